@@ -1,0 +1,29 @@
+//! The greenstack runtime: green threads (stackful coroutines) whose stacks
+//! are reserved large, committed small and grown on demand.
+//!
+//! Most users depend on the `greenstack` facade crate, which re-exports this
+//! one. The pieces:
+//!
+//! - [`stack`]: the stack arena. Reserved slots, a SIGSEGV handler that grows
+//!   them on fault and reports overflows, look-ahead prefault, reclaim.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(target_os = "linux")]
+mod loom;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("greenstack needs Linux: its stacks grow through Linux's fault handling");
+
+#[cfg(not(greenstack_loom))]
+pub mod stack;
+
+/// Under loom only the modeled components are built: the rest of the crate
+/// uses std atomics in statics, which loom cannot track.
+#[cfg(greenstack_loom)]
+mod stack {
+    #[allow(dead_code)]
+    mod arena;
+    #[cfg(test)]
+    mod tests;
+}

@@ -1,0 +1,19 @@
+//! loom's side of the shim. Only built with `--cfg greenstack_loom`.
+
+#[cfg(not(debug_assertions))]
+compile_error!("loom models need debug assertions: add `-C debug-assertions` to RUSTFLAGS");
+
+pub(crate) mod sync {
+    pub(crate) mod atomic {
+        pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+    }
+}
+
+pub(crate) mod hint {
+    /// Under loom a spin must yield, or the model never lets the other
+    /// thread make progress.
+    #[inline]
+    pub(crate) fn spin_loop() {
+        loom::thread::yield_now();
+    }
+}

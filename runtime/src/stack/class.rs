@@ -1,0 +1,475 @@
+//! One size class of the arena: a reservation cut into slots of one stride,
+//! the per-slot metadata the fault handler reads, and the memory side of
+//! allocation, growth and reclaim.
+//!
+//! ```text
+//!  class base (≡ 1 MiB mod 2 MiB)                                  base + capacity·stride
+//!  │ slot 0                      │ slot 1                      │ …
+//!  ├──────┬────────────┬──────┬──┼──────┬──────────────────────┤
+//!  │ hard │ unmarked   │ band │██│ hard │ …                    │
+//!  │guard │ (RW, never │(mark-│██│guard │                      │
+//!  │      │  touched)  │ ers) │██│      │                      │
+//!  └──────┴────────────┴──────┴──┴──────┴──────────────────────┘
+//!  slot_base         floor-band floor top = slot_base + stride
+//!                                  ██ committed: [floor, top)
+//! ```
+//!
+//! With guard markers, the reservation is mapped read-write chunk by chunk,
+//! and what must fault carries markers: the hard guard, and a band of
+//! [`BAND`] bytes below the committed floor (the whole ungrown zone for
+//! reserves up to the band's size). Rust's stack probes touch frames page by
+//! page, so a growing stack always meets the band before anything below it.
+//! With the fallback, the reservation stays `PROT_NONE` and committing is
+//! `mprotect`.
+//!
+//! Slot tops sit 1 MiB past a 2 MiB boundary, so a slot's top page, the band
+//! under it and the next slot's hard guard share one 2 MiB region and one
+//! page-table page (DESIGN.md, "Page tables are part of the cost").
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::arena::{Claim, Exhausted, SlotAllocator};
+use super::mmap;
+
+/// Bytes of guard markers kept below the committed floor in marker mode.
+///
+/// 256 KiB: deep enough that no Rust frame, and no sane C frame, steps over
+/// it; small enough that a slot's top page, the band and the neighbour's
+/// hard guard fit one 2 MiB page-table region (top ≡ 1 MiB mod 2 MiB).
+pub(crate) const BAND: usize = 256 * 1024;
+
+/// How the ungrown part of a slot is made to fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardMode {
+    /// Guard markers (`MADV_GUARD_INSTALL`, Linux 6.13+): one mapping for the
+    /// whole arena.
+    Markers,
+    /// `PROT_NONE` plus `mprotect`: works on any kernel, but each live stack
+    /// costs two mappings, so `vm.max_map_count` caps live stacks.
+    Mprotect,
+}
+
+/// What the fault handler and the allocator know about one slot. All zero
+/// means "never set up"; the array is `calloc`ed, so untouched slots cost no
+/// resident memory.
+#[repr(C)]
+pub(crate) struct SlotMeta {
+    /// Lowest committed address: `[floor, top)` is committed. 0 until the
+    /// slot's memory is set up. Written by the owner and by the fault handler
+    /// on the owner's thread; read by stats from anywhere.
+    pub(crate) floor: AtomicUsize,
+    /// The most bytes this slot has had committed, across reuse.
+    pub(crate) high_water: AtomicUsize,
+    /// Coroutine id, for the overflow report (0: none).
+    pub(crate) id: AtomicU64,
+    /// Name bytes for the overflow report; owned by the live `Slot`.
+    pub(crate) name_ptr: AtomicUsize,
+    /// Length of the name at `name_ptr`.
+    pub(crate) name_len: AtomicUsize,
+    /// Committed bytes beyond the retained top that this pooled slot adds to
+    /// the class's `pool_excess`. 0 while live.
+    pub(crate) pooled_excess: AtomicUsize,
+    /// The class's trim epoch when this slot was last released.
+    pub(crate) released_epoch: AtomicU64,
+}
+
+/// Arena-wide knobs a class needs, already validated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    /// Bytes per slot, a power of two; the reserve including the hard guard.
+    pub(crate) stride: usize,
+    /// Hard guard at the bottom of each slot, page multiple.
+    pub(crate) guard: usize,
+    /// Committed top of a fresh slot, page multiple.
+    pub(crate) initial_commit: usize,
+    /// Committed top a pooled slot keeps, page multiple, >= initial.
+    pub(crate) retained_commit: usize,
+    /// Most bytes one growth fault commits.
+    pub(crate) max_step: usize,
+    /// Pooled committed bytes beyond retained tops before release trims.
+    pub(crate) pool_budget: usize,
+    /// Number of slots.
+    pub(crate) capacity: usize,
+    /// How the ungrown zone faults.
+    pub(crate) mode: GuardMode,
+}
+
+/// Counters, bumped by normal code and by the fault handler (atomics only).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) growth_faults: AtomicU64,
+    pub(crate) bytes_grown: AtomicU64,
+    pub(crate) bytes_reclaimed: AtomicU64,
+    pub(crate) committed: AtomicUsize,
+    pub(crate) live: AtomicUsize,
+    pub(crate) pooled: AtomicUsize,
+    pub(crate) violations: AtomicU64,
+}
+
+/// One size class.
+pub(crate) struct Class {
+    /// Validated geometry.
+    pub(crate) geo: Geometry,
+    /// First slot's base address.
+    pub(crate) base: usize,
+    /// The whole reservation, for `munmap`.
+    reservation: (usize, usize),
+    /// Per-slot metadata, `capacity` entries.
+    pub(crate) metas: Box<[SlotMeta]>,
+    /// Which slots are live or pooled.
+    pub(crate) alloc: SlotAllocator,
+    /// Slots `0..mapped` lie in chunks already made read-write (marker mode).
+    mapped: AtomicUsize,
+    /// Serializes chunk mapping (rare: once per [`CHUNK_BYTES`]).
+    chunk_lock: Mutex<()>,
+    /// Sum of `pooled_excess` over pooled slots.
+    pool_excess: AtomicUsize,
+    /// Bumped by each `trim_idle`.
+    epoch: AtomicU64,
+    /// Statistics.
+    pub(crate) counters: Counters,
+}
+
+/// Bytes of reservation made read-write at a time in marker mode.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// Why a growth fault could not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrowError {
+    /// `madvise`/`mprotect` failed (errno).
+    Os(i32),
+}
+
+impl Class {
+    /// Reserves address space for a class and sets up its bookkeeping.
+    pub(crate) fn new(geo: Geometry) -> io::Result<Class> {
+        const TWO_MIB: usize = 2 << 20;
+        let len = geo
+            .capacity
+            .checked_mul(geo.stride)
+            .and_then(|l| l.checked_add(2 * TWO_MIB))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "arena too large"))?;
+        let raw = mmap::reserve(len)?;
+        // First slot top ≡ 1 MiB (mod 2 MiB); tops are base + k·stride, and
+        // for strides under 2 MiB the offset is harmless.
+        let want = TWO_MIB / 2;
+        let top0 = raw + geo.stride;
+        let shift = (want + TWO_MIB - top0 % TWO_MIB) % TWO_MIB;
+        let base = raw + shift;
+        Ok(Class {
+            geo,
+            base,
+            reservation: (raw, len),
+            metas: zeroed_metas(geo.capacity),
+            alloc: SlotAllocator::new(geo.capacity),
+            mapped: AtomicUsize::new(0),
+            chunk_lock: Mutex::new(()),
+            pool_excess: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The address range the handler attributes to this class.
+    pub(crate) fn span(&self) -> (usize, usize) {
+        (self.base, self.base + self.geo.capacity * self.geo.stride)
+    }
+
+    /// Lowest address of slot `index` (its hard guard).
+    pub(crate) fn slot_base(&self, index: usize) -> usize {
+        self.base + index * self.geo.stride
+    }
+
+    /// One past the highest address of slot `index`.
+    pub(crate) fn slot_top(&self, index: usize) -> usize {
+        self.slot_base(index) + self.geo.stride
+    }
+
+    /// Lowest address that may ever be committed in slot `index`.
+    pub(crate) fn zone_bottom(&self, index: usize) -> usize {
+        self.slot_base(index) + self.geo.guard
+    }
+
+    /// Takes a slot and makes sure its top is committed.
+    pub(crate) fn allocate(&self) -> io::Result<u32> {
+        let claim = self.alloc.allocate().map_err(|Exhausted| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "stack arena exhausted: all {} slots of {} KiB are live (raise the arena's capacity)",
+                    self.geo.capacity,
+                    self.geo.stride / 1024
+                ),
+            )
+        })?;
+        let index = claim.index();
+        let meta = &self.metas[index as usize];
+        if let Claim::Pooled(_) = claim {
+            self.counters.pooled.fetch_sub(1, Ordering::Relaxed);
+            let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
+            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+        }
+        if meta.floor.load(Ordering::Relaxed) == 0 {
+            if let Err(e) = self.set_up(index as usize) {
+                // Give the index back unset; the next taker retries set-up.
+                self.alloc.release(index);
+                self.counters.pooled.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        self.counters.live.fetch_add(1, Ordering::Relaxed);
+        Ok(index)
+    }
+
+    /// First use of a slot: map its chunk, guard its zone, commit its top.
+    fn set_up(&self, index: usize) -> io::Result<()> {
+        let g = &self.geo;
+        let top = self.slot_top(index);
+        let floor = top - g.initial_commit;
+        let zb = self.zone_bottom(index);
+        match g.mode {
+            GuardMode::Markers => {
+                self.map_chunk_for(index)?;
+                let band_lo = floor.saturating_sub(BAND).max(zb);
+                // SAFETY: the slot is ours (just claimed, never set up), its
+                // chunk is read-write, and it holds no data yet.
+                unsafe {
+                    if band_lo == zb {
+                        mmap::guard_install(self.slot_base(index), floor - self.slot_base(index))?;
+                    } else {
+                        mmap::guard_install(self.slot_base(index), g.guard)?;
+                        mmap::guard_install(band_lo, floor - band_lo)?;
+                    }
+                }
+            }
+            GuardMode::Mprotect => {
+                // SAFETY: the top of our own freshly claimed slot, inside the
+                // class reservation, holding no data.
+                unsafe { mmap::protect(floor, top - floor, true) }.map_err(map_limit_error)?;
+            }
+        }
+        self.counters
+            .committed
+            .fetch_add(top - floor, Ordering::Relaxed);
+        let meta = &self.metas[index];
+        meta.high_water.fetch_max(top - floor, Ordering::Relaxed);
+        meta.floor.store(floor, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes the chunk holding slot `index` read-write (marker mode).
+    fn map_chunk_for(&self, index: usize) -> io::Result<()> {
+        // Acquire: pairs with the Release store below, so a slot under
+        // `mapped` is known to be read-write.
+        if index < self.mapped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _held = self.chunk_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mapped = self.mapped.load(Ordering::Acquire);
+        if index < mapped {
+            return Ok(());
+        }
+        let per_chunk = (CHUNK_BYTES / self.geo.stride).max(1);
+        let end = ((index / per_chunk) + 1) * per_chunk;
+        let end = end.min(self.geo.capacity);
+        let lo = self.slot_base(mapped);
+        let hi = self.slot_base(end);
+        // SAFETY: `[lo, hi)` is inside our reservation and has never been
+        // handed out (it lies at or beyond `mapped`).
+        unsafe { mmap::protect(lo, hi - lo, true) }?;
+        self.mapped.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Returns a live slot to the pool, trimming it if the pool is over
+    /// budget.
+    pub(crate) fn release(&self, index: u32) {
+        let meta = &self.metas[index as usize];
+        meta.id.store(0, Ordering::Relaxed);
+        meta.name_len.store(0, Ordering::Relaxed);
+        meta.name_ptr.store(0, Ordering::Relaxed);
+        let floor = meta.floor.load(Ordering::Relaxed);
+        let keep = self.slot_top(index as usize) - self.geo.retained_commit;
+        if floor != 0 && floor < keep {
+            let excess = keep - floor;
+            let before = self.pool_excess.fetch_add(excess, Ordering::Relaxed);
+            if before + excess > self.geo.pool_budget {
+                self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+                self.trim(index as usize);
+            } else {
+                meta.pooled_excess.store(excess, Ordering::Relaxed);
+            }
+        }
+        meta.released_epoch
+            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.counters.live.fetch_sub(1, Ordering::Relaxed);
+        self.counters.pooled.fetch_add(1, Ordering::Relaxed);
+        self.alloc.release(index);
+    }
+
+    /// Gives back everything below the retained top of slot `index`, which
+    /// the caller owns exclusively (releasing it, or trimming it).
+    fn trim(&self, index: usize) {
+        let meta = &self.metas[index];
+        let floor = meta.floor.load(Ordering::Relaxed);
+        let keep = self.slot_top(index) - self.geo.retained_commit;
+        if floor == 0 || floor >= keep {
+            return;
+        }
+        let len = keep - floor;
+        // SAFETY: the slot is exclusively ours and everything below its
+        // retained top is dead stack; `[floor, keep)` is inside the slot.
+        let done = unsafe {
+            match self.geo.mode {
+                GuardMode::Markers => mmap::guard_install(floor, len),
+                GuardMode::Mprotect => {
+                    mmap::discard(floor, len).and_then(|()| mmap::protect(floor, len, false))
+                }
+            }
+        };
+        if done.is_ok() {
+            meta.floor.store(keep, Ordering::Release);
+            self.counters.committed.fetch_sub(len, Ordering::Relaxed);
+            self.counters
+                .bytes_reclaimed
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        // On failure the pages simply stay committed: nothing is lost, and
+        // the slot remains usable as it was.
+    }
+
+    /// Gives back the pages of slots that have sat in the pool since before
+    /// the previous call. Returns the bytes given back.
+    pub(crate) fn trim_idle(&self) -> u64 {
+        let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let before = self.counters.bytes_reclaimed.load(Ordering::Relaxed);
+        for index in 0..self.alloc.touched() {
+            let meta = &self.metas[index];
+            if meta.pooled_excess.load(Ordering::Relaxed) == 0
+                || meta.released_epoch.load(Ordering::Relaxed) + 2 > now
+            {
+                continue;
+            }
+            if !self.alloc.begin_trim(index as u32) {
+                continue;
+            }
+            let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
+            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+            self.trim(index);
+            self.alloc.end_trim(index as u32);
+        }
+        self.counters.bytes_reclaimed.load(Ordering::Relaxed) - before
+    }
+
+    /// Grows live slot `index`, whose fault at `addr` lies in
+    /// `[zone_bottom, floor)`, down past `addr`.
+    ///
+    /// Async-signal-safe: atomics and `madvise`/`mprotect` only. Called from
+    /// the fault handler on the thread running the slot's coroutine, the only
+    /// thread that moves its floor while it is live.
+    pub(crate) fn grow(&self, index: usize, addr: usize) -> Result<(), GrowError> {
+        let g = &self.geo;
+        let page = mmap::page_size();
+        let meta = &self.metas[index];
+        let top = self.slot_top(index);
+        let zb = self.zone_bottom(index);
+        let floor = meta.floor.load(Ordering::Acquire);
+        let committed = top - floor;
+        // Geometric: grow by about what is committed, capped.
+        let step = committed.clamp(page, g.max_step.max(page)) & !(page - 1);
+        let want = (addr & !(page - 1)).min(floor.saturating_sub(step));
+        let new_floor = want.max(zb);
+        let len = floor - new_floor;
+        // SAFETY: `[new_floor, floor)` lies in this live slot's growable zone;
+        // it holds no data (it was never committed). `mprotect` is not on
+        // POSIX's async-signal-safe list, but on Linux it is a plain system
+        // call that takes no user-space lock, as is `madvise`.
+        let rc = unsafe {
+            match g.mode {
+                GuardMode::Markers => {
+                    let rc = mmap::raw_guard_remove(new_floor, len);
+                    let band_lo = new_floor.saturating_sub(BAND).max(zb);
+                    let band_hi = floor.saturating_sub(BAND).max(zb).min(new_floor);
+                    if rc == 0 && band_lo < band_hi {
+                        mmap::raw_guard_install(band_lo, band_hi - band_lo)
+                    } else {
+                        rc
+                    }
+                }
+                GuardMode::Mprotect => mmap::raw_protect(new_floor, len, true),
+            }
+        };
+        if rc != 0 {
+            return Err(GrowError::Os(errno()));
+        }
+        // Release: pairs with Acquire loads of `floor` in stats and in the
+        // handler on later faults.
+        meta.floor.store(new_floor, Ordering::Release);
+        meta.high_water
+            .fetch_max(top - new_floor, Ordering::Relaxed);
+        self.counters.committed.fetch_add(len, Ordering::Relaxed);
+        self.counters.growth_faults.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_grown
+            .fetch_add(len as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for Class {
+    fn drop(&mut self) {
+        let (addr, len) = self.reservation;
+        // SAFETY: the class is being dropped, so no slot of it is live (each
+        // live `Slot` holds an `Arc` to it) and the fault handler no longer
+        // finds it (the arena unregisters it first).
+        let _ = unsafe { mmap::unmap(addr, len) };
+    }
+}
+
+/// Turns ENOMEM from `mprotect` on the fallback into an error that names the
+/// sysctl to raise.
+fn map_limit_error(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ENOMEM) {
+        let limit = mmap::max_map_count()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "cannot commit a coroutine stack: the kernel's mapping limit vm.max_map_count \
+                 ({limit}) is reached (each live stack costs two mappings without guard markers); \
+                 raise it with `sysctl -w vm.max_map_count=N` or use Linux 6.13+"
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns this thread's errno slot, always
+    // valid to read.
+    unsafe { *libc::__errno_location() }
+}
+
+/// `n` all-zero `SlotMeta`s from `calloc`, so untouched entries cost nothing
+/// resident.
+fn zeroed_metas(n: usize) -> Box<[SlotMeta]> {
+    if n == 0 {
+        return Box::new([]);
+    }
+    let layout = std::alloc::Layout::array::<SlotMeta>(n).expect("slot metadata too large");
+    // SAFETY: the layout has non-zero size (n > 0). `SlotMeta` is all atomics,
+    // for which all-zero bytes are a valid value, so the zeroed allocation is
+    // `n` initialized `SlotMeta`s; `Box<[T]>` frees it with the same layout.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut SlotMeta;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+    }
+}

@@ -1,0 +1,494 @@
+//! The SIGSEGV/SIGBUS handler that grows stacks, reports overflows, and
+//! passes every other fault on.
+//!
+//! # The fault path
+//!
+//! 1. A coroutine touches a page below its committed floor. The page carries
+//!    a guard marker (or is `PROT_NONE` on the fallback), so the kernel raises
+//!    SIGSEGV. Because the handler is installed with `SA_ONSTACK`, it runs on
+//!    the thread's alternate signal stack ([`ensure_thread_altstack`]), not on
+//!    the stack that just faulted.
+//! 2. [`handle`] reads the fault address and looks it up in [`TABLE`], a
+//!    fixed array of class address ranges published with Release stores. No
+//!    "current coroutine" is consulted: the slot is `(addr - base) / stride`.
+//! 3. Not in any class: if the kernel raised the signal itself because it
+//!    could not push another signal's frame (`SI_KERNEL`, no address), and
+//!    the interrupted stack pointer lies in a live slot near its floor, grow
+//!    that slot to make room for the frame ([`SIGFRAME_ROOM`]) and return.
+//!    Otherwise go to step 7.
+//! 4. The slot is not live: go to step 7 (a stale pointer into a pooled
+//!    stack is the program's bug, not growth).
+//! 5. The address is in the slot's hard guard: the coroutine overflowed.
+//!    Write one line naming it (id, name, reserve, address) with `write(2)`
+//!    and `abort`. Counters: none (the process ends).
+//! 6. The address is between the hard guard and the committed floor, and the
+//!    interrupted stack pointer is inside the same slot: grow
+//!    ([`Class::grow`]) and return, so the faulting instruction runs again.
+//!    Counters: `growth_faults`, `bytes_grown`, `committed`, and
+//!    `violations` if the thread is inside a no-fault section. If the kernel
+//!    refuses the growth, report that the stack cannot grow and `abort`.
+//! 7. Chain: call the handler that was installed before ours (std's overflow
+//!    reporter, a user's handler), or restore the default action and return
+//!    so the fault repeats and kills the process with the original signal.
+//!
+//! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`
+//! and `abort`, and errno is saved and restored around the handler.
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use super::class::{errno, Class};
+
+/// How many classes can be registered at once across all arenas.
+const TABLE_LEN: usize = 64;
+
+/// Bytes made available below the stack pointer when the kernel could not
+/// push a signal frame: an x86-64 frame with AVX-512 state is about 3.5 KiB;
+/// the rest is room for the signal handler's own frames.
+const SIGFRAME_ROOM: usize = 32 * 1024;
+
+/// Size of the alternate signal stack we install: at least 64 KiB
+/// (DESIGN.md; `_SC_SIGSTKSZ` is 13.5 KiB on this machine).
+const ALTSTACK_SIZE: usize = 64 * 1024;
+
+/// One registered class: its address range and a pointer to it.
+struct Entry {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    class: AtomicPtr<Class>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Entry = Entry {
+    start: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+    class: AtomicPtr::new(std::ptr::null_mut()),
+};
+
+/// The classes the handler knows, read without locks.
+static TABLE: [Entry; TABLE_LEN] = [EMPTY; TABLE_LEN];
+
+/// A class's place in [`TABLE`]; unregisters on drop.
+pub(crate) struct Registration(usize);
+
+/// Publishes `class` to the handler. The class must stay alive until the
+/// returned registration is dropped.
+pub(crate) fn register(class: &Class) -> io::Result<Registration> {
+    install_handler()?;
+    let (start, end) = class.span();
+    for (i, e) in TABLE.iter().enumerate() {
+        let ptr = class as *const Class as *mut Class;
+        if e.class
+            .compare_exchange(
+                std::ptr::null_mut(),
+                ptr,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            e.end.store(end, Ordering::Release);
+            // Release: the handler's Acquire load of `start` sees `end` and
+            // `class` too.
+            e.start.store(start, Ordering::Release);
+            return Ok(Registration(i));
+        }
+    }
+    Err(io::Error::other(format!(
+        "too many stack size classes live at once (at most {TABLE_LEN} across all arenas)"
+    )))
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let e = &TABLE[self.0];
+        e.start.store(0, Ordering::Release);
+        e.end.store(0, Ordering::Release);
+        e.class.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// Finds the registered class whose range holds `addr`.
+fn lookup(addr: usize) -> Option<&'static Class> {
+    for e in TABLE.iter() {
+        let start = e.start.load(Ordering::Acquire);
+        if start == 0 || addr < start || addr >= e.end.load(Ordering::Acquire) {
+            continue;
+        }
+        let p = e.class.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer in the table refers to a class that
+        // stays alive until its `Registration` is dropped, which clears the
+        // entry first. A class is dropped only when no slot of it is live, so
+        // no fault of ours can be in flight for it.
+        return unsafe { p.as_ref() };
+    }
+    None
+}
+
+/// The slot of `class` holding `addr`.
+fn slot_of(class: &Class, addr: usize) -> usize {
+    (addr - class.base) / class.geo.stride
+}
+
+/// Where a stack address lies, for `prefault` and tests.
+pub(crate) struct Located {
+    /// Lowest address that may ever be committed in the slot.
+    pub(crate) zone_bottom: usize,
+    /// Current committed floor.
+    pub(crate) floor: usize,
+}
+
+/// Finds the live slot holding `addr`, if any.
+pub(crate) fn locate(addr: usize) -> Option<Located> {
+    let class = lookup(addr)?;
+    let i = slot_of(class, addr);
+    if !class.alloc.is_live(i as u32) {
+        return None;
+    }
+    Some(Located {
+        zone_bottom: class.zone_bottom(i),
+        floor: class.metas[i].floor.load(Ordering::Acquire),
+    })
+}
+
+thread_local! {
+    /// Depth of no-fault sections on this thread. Const-initialized with no
+    /// destructor, so the handler may read it.
+    static NOFAULT_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Enters (`+1`) or leaves (`-1`) a no-fault section on this thread.
+#[inline(never)]
+pub(crate) fn nofault_adjust(delta: i32) {
+    NOFAULT_DEPTH.with(|d| d.set(d.get().wrapping_add_signed(delta)));
+}
+
+#[inline(never)]
+fn in_nofault_section() -> bool {
+    NOFAULT_DEPTH.with(|d| d.get() > 0)
+}
+
+/// The actions that were installed before ours, for chaining.
+static PREV_SEGV: OnceLock<libc::sigaction> = OnceLock::new();
+static PREV_BUS: OnceLock<libc::sigaction> = OnceLock::new();
+static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+
+/// Installs the handler for SIGSEGV and SIGBUS, once per process.
+pub(crate) fn install_handler() -> io::Result<()> {
+    let r = INSTALLED.get_or_init(|| {
+        for (sig, prev) in [(libc::SIGSEGV, &PREV_SEGV), (libc::SIGBUS, &PREV_BUS)] {
+            // SAFETY: plain sigaction calls with valid, zero-initialized
+            // structs. We save the previous action before installing ours, so
+            // the handler never runs without something to chain to.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                    return Err(errno());
+                }
+                let _ = prev.set(old);
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = handle as *const () as usize;
+                new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut new.sa_mask);
+                if libc::sigaction(sig, &new, std::ptr::null_mut()) != 0 {
+                    return Err(errno());
+                }
+            }
+        }
+        Ok(())
+    });
+    r.map_err(io::Error::from_raw_os_error)
+}
+
+/// The signal handler.
+///
+/// Everything in here must be async-signal-safe: no allocation, no locks, no
+/// formatting through std, no tracing, no `std::io`. See the module docs for
+/// the numbered path.
+extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let saved_errno = errno();
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    let sp = stack_pointer(ctx);
+    if handle_ours(addr, code, sp) {
+        // SAFETY: restoring this thread's errno slot.
+        unsafe { *libc::__errno_location() = saved_errno };
+        return;
+    }
+    // SAFETY: `info` and `ctx` are the kernel's, passed on unchanged.
+    unsafe { chain(sig, info, ctx) };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// Steps 2–6 of the fault path. Returns true if the fault was ours and is
+/// resolved (the handler should return).
+fn handle_ours(addr: usize, code: libc::c_int, sp: usize) -> bool {
+    let Some(class) = lookup(addr) else {
+        if code == libc::SI_KERNEL {
+            return grow_for_signal_frame(sp);
+        }
+        return false;
+    };
+    let i = slot_of(class, addr);
+    if !class.alloc.is_live(i as u32) {
+        return false;
+    }
+    if addr < class.zone_bottom(i) {
+        report_and_abort(class, i, addr, b"overflowed its stack");
+    }
+    let floor = class.metas[i].floor.load(Ordering::Acquire);
+    if addr >= floor || sp < class.slot_base(i) || sp >= class.slot_top(i) {
+        return false;
+    }
+    grow_or_abort(class, i, addr)
+}
+
+/// Step 3: the kernel could not push a signal frame below `sp`.
+fn grow_for_signal_frame(sp: usize) -> bool {
+    let Some(class) = lookup(sp) else {
+        return false;
+    };
+    let i = slot_of(class, sp);
+    if !class.alloc.is_live(i as u32) {
+        return false;
+    }
+    let zb = class.zone_bottom(i);
+    let floor = class.metas[i].floor.load(Ordering::Acquire);
+    let want = sp.saturating_sub(SIGFRAME_ROOM).max(zb);
+    if want >= floor {
+        return false;
+    }
+    grow_or_abort(class, i, want)
+}
+
+fn grow_or_abort(class: &Class, i: usize, addr: usize) -> bool {
+    if in_nofault_section() {
+        class.counters.violations.fetch_add(1, Ordering::Relaxed);
+    }
+    if class.grow(i, addr).is_err() {
+        report_and_abort(
+            class,
+            i,
+            addr,
+            b"cannot grow its stack (the kernel refused the memory)",
+        );
+    }
+    true
+}
+
+/// Writes `greenstack: coroutine 'NAME' (id N) WHAT (reserve R bytes, fault
+/// at 0xA)` to stderr and aborts.
+fn report_and_abort(class: &Class, i: usize, addr: usize, what: &[u8]) -> ! {
+    let meta = &class.metas[i];
+    let mut buf = Buf::new();
+    buf.put(b"greenstack: coroutine ");
+    let (p, n) = (
+        meta.name_ptr.load(Ordering::Acquire),
+        meta.name_len.load(Ordering::Acquire),
+    );
+    if p != 0 {
+        buf.put(b"'");
+        // SAFETY: `name_ptr`/`name_len` are published by the live slot that
+        // owns the name bytes, and the slot is live while its coroutine runs,
+        // which is when it can overflow.
+        buf.put(unsafe { std::slice::from_raw_parts(p as *const u8, n) });
+        buf.put(b"'");
+    } else {
+        buf.put(b"<unnamed>");
+    }
+    buf.put(b" (id ");
+    buf.num(meta.id.load(Ordering::Relaxed) as usize, 10);
+    buf.put(b") ");
+    buf.put(what);
+    buf.put(b" (reserve ");
+    buf.num(class.geo.stride, 10);
+    buf.put(b" bytes, fault at 0x");
+    buf.num(addr, 16);
+    buf.put(b")\n");
+    // SAFETY: write(2) and abort(3) are async-signal-safe; the buffer is a
+    // local array.
+    unsafe {
+        libc::write(2, buf.bytes.as_ptr().cast(), buf.len);
+        libc::abort();
+    }
+}
+
+/// A fixed buffer for the report: no allocation.
+struct Buf {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Buf {
+    fn new() -> Buf {
+        Buf {
+            bytes: [0; 512],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, s: &[u8]) {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn num(&mut self, mut v: usize, radix: usize) {
+        let mut digits = [0u8; 24];
+        let mut k = digits.len();
+        loop {
+            k -= 1;
+            digits[k] = b"0123456789abcdef"[v % radix];
+            v /= radix;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[k..]);
+    }
+}
+
+/// Step 7: hands the signal to whatever was installed before us.
+///
+/// # Safety
+///
+/// - `info` and `ctx` must be the kernel's arguments to this handler.
+unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let prev = if sig == libc::SIGBUS {
+        PREV_BUS.get()
+    } else {
+        PREV_SEGV.get()
+    };
+    let Some(prev) = prev else {
+        restore_default(sig);
+        return;
+    };
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        // Put the old action back and return: the instruction faults again
+        // and the kernel applies the default action (for SIGSEGV, SIG_IGN
+        // on a hardware fault also kills).
+        // SAFETY: reinstalling an action we read from the kernel.
+        unsafe { libc::sigaction(sig, prev, std::ptr::null_mut()) };
+    } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so it
+        // has this signature; we pass the kernel's arguments unchanged.
+        unsafe {
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                std::mem::transmute(h);
+            f(sig, info, ctx);
+        }
+    } else {
+        // SAFETY: a plain handler takes the signal number only.
+        unsafe {
+            let f: extern "C" fn(libc::c_int) = std::mem::transmute(h);
+            f(sig);
+        }
+    }
+}
+
+fn restore_default(sig: libc::c_int) {
+    // SAFETY: installing SIG_DFL with an empty mask is always valid.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &dfl, std::ptr::null_mut());
+    }
+}
+
+/// The interrupted stack pointer, from the signal's machine context.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn stack_pointer(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    unsafe {
+        (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RSP as usize] as usize
+    }
+}
+
+/// The interrupted stack pointer, from the signal's machine context.
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn stack_pointer(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.sp as usize }
+}
+
+/// This thread's alternate signal stack, if we installed it.
+struct AltStack {
+    /// Start of the mapping (the guard page).
+    map: usize,
+    /// Length of the mapping, guard included.
+    len: usize,
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        // SAFETY: disable the alternate stack only if it is still ours, then
+        // unmap it (std's `drop_handler` order: SS_DISABLE before munmap).
+        unsafe {
+            let mut cur: libc::stack_t = std::mem::zeroed();
+            if libc::sigaltstack(std::ptr::null(), &mut cur) == 0
+                && cur.ss_sp as usize == self.map + super::mmap::page_size()
+            {
+                let off = libc::stack_t {
+                    ss_sp: std::ptr::null_mut(),
+                    ss_flags: libc::SS_DISABLE,
+                    ss_size: ALTSTACK_SIZE,
+                };
+                libc::sigaltstack(&off, std::ptr::null_mut());
+            }
+            libc::munmap(self.map as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+thread_local! {
+    static ALTSTACK: Cell<bool> = const { Cell::new(false) };
+    static ALTSTACK_OWNED: std::cell::RefCell<Option<AltStack>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes sure the calling thread has an alternate signal stack of at least
+/// 64 KiB, installing a guarded one if not. Every thread that runs
+/// coroutines must call this before the first resume.
+pub(crate) fn ensure_thread_altstack() -> io::Result<()> {
+    if ALTSTACK.with(Cell::get) {
+        return Ok(());
+    }
+    // SAFETY: querying the current alternate stack into a zeroed struct.
+    let mut cur: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::sigaltstack(std::ptr::null(), &mut cur) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if cur.ss_flags & libc::SS_DISABLE == 0 && cur.ss_size >= ALTSTACK_SIZE {
+        ALTSTACK.with(|c| c.set(true));
+        return Ok(());
+    }
+    let page = super::mmap::page_size();
+    let len = ALTSTACK_SIZE + page;
+    let map = super::mmap::reserve(len)?;
+    // SAFETY: `map` is our fresh reservation; we make all but its lowest page
+    // (the guard) read-write and hand that to the kernel as the alternate
+    // stack. On failure we unmap it again.
+    unsafe {
+        if let Err(e) = super::mmap::protect(map + page, ALTSTACK_SIZE, true) {
+            let _ = super::mmap::unmap(map, len);
+            return Err(e);
+        }
+        let st = libc::stack_t {
+            ss_sp: (map + page) as *mut libc::c_void,
+            ss_flags: 0,
+            ss_size: ALTSTACK_SIZE,
+        };
+        if libc::sigaltstack(&st, std::ptr::null_mut()) != 0 {
+            let e = io::Error::last_os_error();
+            let _ = super::mmap::unmap(map, len);
+            return Err(e);
+        }
+    }
+    ALTSTACK_OWNED.with(|o| *o.borrow_mut() = Some(AltStack { map, len }));
+    ALTSTACK.with(|c| c.set(true));
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The system calls behind the arena, each returning `io::Result`.
+//!
+//! Every call made from normal context goes through here and bumps
+//! [`syscalls`], so a test can assert that a code path made none. The signal
+//! handler uses the `raw_*` variants, which neither count nor allocate.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// `madvise` advice: install guard markers (Linux 6.13, `mm/madvise.c`). Not
+/// yet in the `libc` crate.
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+/// `madvise` advice: remove guard markers (Linux 6.13).
+const MADV_GUARD_REMOVE: libc::c_int = 103;
+
+/// System calls made by the arena from normal context since start-up.
+static SYSCALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many memory-management system calls the arena has made from normal
+/// context (not counting the fault handler's) since the process started.
+pub fn syscalls() -> u64 {
+    SYSCALLS.load(Ordering::Relaxed)
+}
+
+fn counted() {
+    SYSCALLS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The page size, read once.
+pub(crate) fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 {
+            p as usize
+        } else {
+            4096
+        }
+    })
+}
+
+/// Reserves `len` bytes of address space with no access and no commit charge.
+pub(crate) fn reserve(len: usize) -> io::Result<usize> {
+    counted();
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's choice
+    // touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+/// Unmaps `[addr, addr + len)`.
+///
+/// # Safety
+///
+/// - The range must be one the caller reserved and nothing may use it again.
+pub(crate) unsafe fn unmap(addr: usize, len: usize) -> io::Result<()> {
+    counted();
+    // SAFETY: the caller owns the range and promises it is dead.
+    check(unsafe { libc::munmap(addr as *mut libc::c_void, len) })
+}
+
+/// Makes `[addr, addr + len)` readable and writable (`rw`) or inaccessible.
+///
+/// # Safety
+///
+/// - The range must lie inside a reservation of the arena's, and making it
+///   inaccessible must not strand data anyone still uses.
+pub(crate) unsafe fn protect(addr: usize, len: usize, rw: bool) -> io::Result<()> {
+    counted();
+    // SAFETY: forwarded to the caller.
+    check(unsafe { raw_protect(addr, len, rw) })
+}
+
+/// Installs guard markers on `[addr, addr + len)`, discarding its pages.
+///
+/// # Safety
+///
+/// - The range must lie inside a read-write reservation of the arena's and
+///   hold no data anyone still uses.
+pub(crate) unsafe fn guard_install(addr: usize, len: usize) -> io::Result<()> {
+    counted();
+    // SAFETY: forwarded to the caller.
+    check(unsafe { raw_madvise(addr, len, MADV_GUARD_INSTALL) })
+}
+
+/// Gives the pages of `[addr, addr + len)` back; they read as zero after.
+///
+/// # Safety
+///
+/// - The range must hold no data anyone still uses.
+pub(crate) unsafe fn discard(addr: usize, len: usize) -> io::Result<()> {
+    counted();
+    // SAFETY: forwarded to the caller.
+    check(unsafe { raw_madvise(addr, len, libc::MADV_DONTNEED) })
+}
+
+/// `mprotect`, for the signal handler: no counter, no allocation. Returns
+/// the raw result (0 or -1 with errno set).
+///
+/// # Safety
+///
+/// As [`protect`].
+pub(crate) unsafe fn raw_protect(addr: usize, len: usize, rw: bool) -> libc::c_int {
+    let prot = if rw {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    // SAFETY: forwarded to the caller.
+    unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) }
+}
+
+/// `madvise`, for the signal handler: no counter, no allocation.
+///
+/// # Safety
+///
+/// As the counted wrapper for the same advice.
+pub(crate) unsafe fn raw_madvise(addr: usize, len: usize, advice: libc::c_int) -> libc::c_int {
+    // SAFETY: forwarded to the caller.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) }
+}
+
+/// Removes guard markers, for the signal handler.
+///
+/// # Safety
+///
+/// - The range must lie inside a reservation of the arena's.
+pub(crate) unsafe fn raw_guard_remove(addr: usize, len: usize) -> libc::c_int {
+    // SAFETY: forwarded to the caller.
+    unsafe { raw_madvise(addr, len, MADV_GUARD_REMOVE) }
+}
+
+/// Installs guard markers, for the signal handler.
+///
+/// # Safety
+///
+/// As [`guard_install`].
+pub(crate) unsafe fn raw_guard_install(addr: usize, len: usize) -> libc::c_int {
+    // SAFETY: forwarded to the caller.
+    unsafe { raw_madvise(addr, len, MADV_GUARD_INSTALL) }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this kernel supports guard markers (`MADV_GUARD_INSTALL`, Linux
+/// 6.13 and later). Probed once on a scratch page.
+pub(crate) fn guard_markers_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let page = page_size();
+        let Ok(addr) = reserve(page) else {
+            return false;
+        };
+        // SAFETY: `addr` is our own fresh one-page reservation; we make it
+        // writable, try the advice on it and unmap it. Nothing else uses it.
+        unsafe {
+            let ok = protect(addr, page, true).is_ok() && guard_install(addr, page).is_ok();
+            let _ = unmap(addr, page);
+            ok
+        }
+    })
+}
+
+/// The kernel's `vm.max_map_count`, if readable.
+pub(crate) fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,701 @@
+//! Coroutine stacks that are reserved large, committed small, and grown on
+//! fault.
+//!
+//! # Design
+//!
+//! Every coroutine runs on a **slot** of a [`StackArena`]: a power-of-two
+//! stretch of reserved address space whose lowest page(s) are a hard guard
+//! and whose top page is committed when the slot is handed out. Everything
+//! between faults when touched. A process-wide SIGSEGV handler (`fault.rs`)
+//! running on the thread's alternate signal stack finds the slot by
+//! arithmetic on the fault address, commits from the fault address up to the
+//! committed floor, and returns; the coroutine never notices. A touch in the
+//! hard guard is an overflow: the handler names the coroutine and aborts.
+//!
+//! ```text
+//!   slot_base                                               top
+//!   │ hard guard │ growable zone (faults)      │ committed ▲ │
+//!   └────────────┴─────────────────────────────┴───────────┴─┘
+//!                                              floor       stack grows ◄──
+//! ```
+//!
+//! **Growth is contiguous and geometric.** A fault commits every page from
+//! the fault address up to the floor, so any object a frame can point to is
+//! committed, and a system call handed a stack buffer never sees an ungrown
+//! page (the kernel would return `EFAULT` there, with no signal). Each growth
+//! commits at least about as much as is already committed, capped at
+//! [`ArenaBuilder::max_growth_step`], so deep recursion takes a few dozen
+//! faults, not one per page. "Committed" means made accessible: the pages are
+//! populated lazily by the kernel on first touch, so a coroutine that uses 5
+//! KiB is charged 8 KiB of memory, not its whole growth step.
+//!
+//! **Size classes.** Each power-of-two reserve size has its own reservation
+//! (a class, `class.rs`), created on first use. The fault handler finds the
+//! class in a fixed table read without locks.
+//!
+//! **Guards.** With guard markers (Linux 6.13+, `MADV_GUARD_INSTALL`) the
+//! arena is one read-write mapping and the ungrown zone carries markers: the
+//! whole arena shows as one or two lines in `/proc/self/maps`. Without them
+//! the reservation is `PROT_NONE` and growth is `mprotect`, which costs two
+//! mappings per live stack; `vm.max_map_count` (65530 by default) then caps
+//! live stacks near 32,750, and allocation past that returns an error naming
+//! the sysctl. Set `GREENSTACK_GUARD_MODE=mprotect` (or
+//! [`ArenaBuilder::guard_mode`]) to force the fallback.
+//!
+//! **Reclaim.** A released slot keeps [`ArenaBuilder::retained_commit`]
+//! bytes committed and goes on a LIFO pool, so the next allocation reuses a
+//! warm stack with no system call. Pages below the retained top stay while
+//! the pool's excess is under [`ArenaBuilder::pool_budget`]; past it,
+//! release gives them back at once, and [`StackArena::trim_idle`] gives back
+//! those of slots that sat pooled through a whole trim interval.
+//!
+//! **No-fault sections.** Code that must not take a growth fault (a runtime
+//! lock held, a queue being edited, the switch itself) first calls
+//! [`prefault`] to touch the stack far enough ahead. Growth faults taken
+//! inside such a section anyway are counted in
+//! [`ArenaStats::nofault_violations`].
+//!
+//! # Choosing the defaults
+//!
+//! Measured on the project's 2-vCPU KVM machine (DESIGN.md, and
+//! `tests/stack_memory.rs` re-measures it): a parked coroutine whose stack
+//! fits its top page costs that page plus its share of a page-table page,
+//! 4 KiB × min(1, reserve / 2 MiB). At the 256 KiB default reserve that is
+//! 4.5 KiB per coroutine, which keeps a million parked coroutines under
+//! 5 KiB each; deeper stacks ask for a larger reserve per coroutine or per
+//! runtime. The initial commit is one page. Growth doubles the committed
+//! size, capped at 1 MiB per fault: a 32 MiB recursion takes about 40 faults
+//! (`tests/stack_growth.rs`), and the signal round trip (~3 µs) is then under
+//! 2% of the kernel's own per-page fault cost (`benches/stack_growth.rs`).
+
+mod arena;
+mod class;
+mod fault;
+pub mod mmap;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use once_cell::sync::OnceCell;
+
+pub use self::class::GuardMode;
+use self::class::{Class, Geometry};
+use self::fault::Registration;
+
+/// Default reserve per coroutine stack, hard guard included: 256 KiB.
+///
+/// The largest power of two whose page-table share keeps a parked coroutine
+/// at 4.5 KiB (see the module docs).
+pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+
+/// Default number of slots per size class: 1,048,576.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Default cap on one growth step: 1 MiB (about 40 faults for 32 MiB).
+pub const DEFAULT_MAX_GROWTH_STEP: usize = 1 << 20;
+
+/// Default pooled bytes beyond retained tops before release trims: 64 MiB.
+pub const DEFAULT_POOL_BUDGET: usize = 64 << 20;
+
+/// Smallest reserve a slot may have: 16 KiB.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+
+/// Address space one size class may reserve: 4 TiB, a thirty-second of the
+/// 128 TiB user address space of x86-64. A class's capacity is cut to fit.
+pub const CLASS_ADDRESS_BUDGET: usize = 4 << 40;
+
+/// Size classes: reserves `2^14 ..= 2^42` ([`MIN_STACK_SIZE`] to
+/// [`CLASS_ADDRESS_BUDGET`]).
+const CLASSES: usize = 29;
+
+/// Builds a [`StackArena`]; every setting is validated by [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct ArenaBuilder {
+    stack_size: usize,
+    capacity: usize,
+    guard_size: usize,
+    initial_commit: usize,
+    retained_commit: Option<usize>,
+    max_growth_step: usize,
+    pool_budget: usize,
+    guard_mode: Option<GuardMode>,
+}
+
+impl Default for ArenaBuilder {
+    fn default() -> Self {
+        let page = mmap::page_size();
+        ArenaBuilder {
+            stack_size: DEFAULT_STACK_SIZE,
+            capacity: DEFAULT_CAPACITY,
+            guard_size: page,
+            initial_commit: page,
+            retained_commit: None,
+            max_growth_step: DEFAULT_MAX_GROWTH_STEP,
+            pool_budget: DEFAULT_POOL_BUDGET,
+            guard_mode: None,
+        }
+    }
+}
+
+impl ArenaBuilder {
+    /// Default reserve per stack in bytes, hard guard included; rounded up to
+    /// a power of two. Default [`DEFAULT_STACK_SIZE`].
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// Slots per size class. Default [`DEFAULT_CAPACITY`]; cut so that a
+    /// class reserves at most [`CLASS_ADDRESS_BUDGET`].
+    pub fn capacity(mut self, slots: usize) -> Self {
+        self.capacity = slots;
+        self
+    }
+
+    /// Hard guard at the bottom of every slot, in bytes; a page multiple of
+    /// at least one page (the default).
+    pub fn guard_size(mut self, bytes: usize) -> Self {
+        self.guard_size = bytes;
+        self
+    }
+
+    /// Bytes committed at the top of a fresh slot; a page multiple of at
+    /// least one page (the default).
+    pub fn initial_commit(mut self, bytes: usize) -> Self {
+        self.initial_commit = bytes;
+        self
+    }
+
+    /// Bytes a released slot keeps committed; at least the initial commit
+    /// (the default).
+    pub fn retained_commit(mut self, bytes: usize) -> Self {
+        self.retained_commit = Some(bytes);
+        self
+    }
+
+    /// Most bytes one growth fault commits (growth doubles up to this).
+    /// Default [`DEFAULT_MAX_GROWTH_STEP`]; at least one page.
+    pub fn max_growth_step(mut self, bytes: usize) -> Self {
+        self.max_growth_step = bytes;
+        self
+    }
+
+    /// Committed bytes beyond retained tops that pooled slots may keep
+    /// before release gives them back. Default [`DEFAULT_POOL_BUDGET`].
+    pub fn pool_budget(mut self, bytes: usize) -> Self {
+        self.pool_budget = bytes;
+        self
+    }
+
+    /// Forces how ungrown stack is guarded. By default: guard markers where
+    /// the kernel has them, unless the environment variable
+    /// `GREENSTACK_GUARD_MODE` is `mprotect`.
+    pub fn guard_mode(mut self, mode: GuardMode) -> Self {
+        self.guard_mode = Some(mode);
+        self
+    }
+
+    /// Validates the settings and creates the arena. Reserves no memory yet:
+    /// each size class reserves its address space on first use.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` naming the setting at fault; `Unsupported` if guard
+    /// markers are forced on a kernel without them.
+    pub fn build(self) -> io::Result<StackArena> {
+        let page = mmap::page_size();
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.capacity == 0 {
+            return bad("stack arena capacity must be at least 1 slot".into());
+        }
+        if self.capacity >= u32::MAX as usize {
+            return bad(format!(
+                "stack arena capacity {} exceeds {}",
+                self.capacity,
+                u32::MAX - 1
+            ));
+        }
+        if self.guard_size == 0 || self.guard_size % page != 0 {
+            return bad(format!(
+                "guard size {} must be a non-zero multiple of the page size ({page})",
+                self.guard_size
+            ));
+        }
+        if self.initial_commit == 0 || self.initial_commit % page != 0 {
+            return bad(format!(
+                "initial commit {} must be a non-zero multiple of the page size ({page})",
+                self.initial_commit
+            ));
+        }
+        let retained = self.retained_commit.unwrap_or(self.initial_commit);
+        if retained < self.initial_commit || retained % page != 0 {
+            return bad(format!(
+                "retained commit {retained} must be a page multiple of at least the initial commit ({})",
+                self.initial_commit
+            ));
+        }
+        if self.max_growth_step < page {
+            return bad(format!(
+                "max growth step {} is below one page ({page})",
+                self.max_growth_step
+            ));
+        }
+        let mode = match self.guard_mode {
+            Some(GuardMode::Markers) if !mmap::guard_markers_supported() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "guard markers (MADV_GUARD_INSTALL) need Linux 6.13 or later",
+                ))
+            }
+            Some(m) => m,
+            None if std::env::var_os("GREENSTACK_GUARD_MODE").is_some_and(|v| v == "mprotect") => {
+                GuardMode::Mprotect
+            }
+            None if mmap::guard_markers_supported() => GuardMode::Markers,
+            None => GuardMode::Mprotect,
+        };
+        let config = Config {
+            guard: self.guard_size,
+            initial_commit: self.initial_commit,
+            retained_commit: retained,
+            max_step: self.max_growth_step,
+            pool_budget: self.pool_budget,
+            capacity: self.capacity,
+            mode,
+        };
+        let default_class = config.class_for(self.stack_size)?;
+        fault::install_handler()?;
+        Ok(StackArena {
+            inner: Arc::new(Inner {
+                config,
+                default_class,
+                classes: std::array::from_fn(|_| OnceCell::new()),
+            }),
+        })
+    }
+}
+
+/// Validated arena-wide settings.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    guard: usize,
+    initial_commit: usize,
+    retained_commit: usize,
+    max_step: usize,
+    pool_budget: usize,
+    capacity: usize,
+    mode: GuardMode,
+}
+
+impl Config {
+    /// The class index (log2 of the stride) for a requested reserve.
+    fn class_for(&self, stack_size: usize) -> io::Result<usize> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if stack_size < mmap::page_size() {
+            return bad(format!("stack size {stack_size} is below one page"));
+        }
+        let max = CLASS_ADDRESS_BUDGET;
+        if stack_size > max {
+            return bad(format!(
+                "stack size {stack_size} exceeds the largest reserve ({max} bytes)"
+            ));
+        }
+        let stride = stack_size.next_power_of_two().max(MIN_STACK_SIZE);
+        // The zone must hold the initial commit plus at least one page to grow.
+        if self.guard + self.retained_commit + mmap::page_size() > stride {
+            return bad(format!(
+                "stack size {stride} cannot hold the guard ({}) and retained commit ({}) plus a page",
+                self.guard, self.retained_commit
+            ));
+        }
+        Ok(stride.trailing_zeros() as usize - 14)
+    }
+
+    fn geometry(&self, class: usize) -> Geometry {
+        let stride = 1usize << (class + 14);
+        Geometry {
+            stride,
+            guard: self.guard,
+            initial_commit: self.initial_commit,
+            retained_commit: self.retained_commit,
+            max_step: self.max_step,
+            pool_budget: self.pool_budget,
+            capacity: self.capacity.min(CLASS_ADDRESS_BUDGET / stride).max(1),
+            mode: self.mode,
+        }
+    }
+}
+
+/// A size class as the arena holds it: the registration is dropped (and the
+/// handler forgets the class) before the class itself.
+struct ClassHandle {
+    /// Held only for its `Drop`, which must run before `class` is freed.
+    _registration: Registration,
+    class: Box<Class>,
+}
+
+struct Inner {
+    config: Config,
+    default_class: usize,
+    classes: [OnceCell<Arc<ClassHandle>>; CLASSES],
+}
+
+/// Reserved address space for coroutine stacks, handed out as [`Slot`]s
+/// from any thread and taken back on any thread.
+///
+/// Cloning is cheap and shares the arena.
+///
+/// # Examples
+///
+/// ```
+/// use greenstack_runtime::stack::StackArena;
+///
+/// let arena = StackArena::builder().stack_size(64 * 1024).build()?;
+/// let slot = arena.allocate()?;
+/// assert_eq!(slot.reserve(), 64 * 1024);
+/// assert_eq!(arena.stats().live_slots, 1);
+/// drop(slot);
+/// assert_eq!(arena.stats().pooled_slots, 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct StackArena {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StackArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackArena")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StackArena {
+    /// A builder with the default settings.
+    pub fn builder() -> ArenaBuilder {
+        ArenaBuilder::default()
+    }
+
+    /// An arena with the default settings.
+    pub fn new() -> io::Result<StackArena> {
+        ArenaBuilder::default().build()
+    }
+
+    /// How this arena guards ungrown stack.
+    pub fn guard_mode(&self) -> GuardMode {
+        self.inner.config.mode
+    }
+
+    /// The default reserve per stack, in bytes.
+    pub fn default_stack_size(&self) -> usize {
+        1 << (self.inner.default_class + 14)
+    }
+
+    /// Hands out a slot of the default reserve.
+    ///
+    /// # Errors
+    ///
+    /// When every slot is live, or a system call fails (its error, or one
+    /// naming `vm.max_map_count` when the fallback hits the mapping limit).
+    pub fn allocate(&self) -> io::Result<Slot> {
+        self.allocate_class(self.inner.default_class)
+    }
+
+    /// Hands out a slot whose reserve is at least `stack_size` bytes (rounded
+    /// up to a power of two, hard guard included).
+    ///
+    /// # Errors
+    ///
+    /// As [`allocate`](Self::allocate), plus `InvalidInput` for a size the
+    /// arena cannot serve.
+    pub fn allocate_with(&self, stack_size: usize) -> io::Result<Slot> {
+        let class = self.inner.config.class_for(stack_size)?;
+        self.allocate_class(class)
+    }
+
+    fn allocate_class(&self, class: usize) -> io::Result<Slot> {
+        fault::ensure_thread_altstack()?;
+        let handle = self.inner.classes[class].get_or_try_init(|| {
+            let class = Box::new(Class::new(self.inner.config.geometry(class))?);
+            let registration = fault::register(&class)?;
+            Ok::<_, io::Error>(Arc::new(ClassHandle {
+                _registration: registration,
+                class,
+            }))
+        })?;
+        let index = handle.class.allocate()?;
+        Ok(Slot {
+            class: Arc::clone(handle),
+            index,
+            name: None,
+        })
+    }
+
+    /// Gives back the pages of pooled slots that have not been reused since
+    /// the previous call. Call it periodically; returns the bytes given back.
+    pub fn trim_idle(&self) -> u64 {
+        self.handles().map(|h| h.class.trim_idle()).sum()
+    }
+
+    fn handles(&self) -> impl Iterator<Item = &Arc<ClassHandle>> {
+        self.inner.classes.iter().filter_map(OnceCell::get)
+    }
+
+    /// A snapshot of the arena's counters.
+    pub fn stats(&self) -> ArenaStats {
+        let mut s = ArenaStats::default();
+        for h in self.handles() {
+            let c = &h.class;
+            let n = &c.counters;
+            s.reserved_bytes += c.geo.capacity * c.geo.stride;
+            s.capacity_slots += c.geo.capacity;
+            s.committed_bytes += n.committed.load(Ordering::Relaxed);
+            s.live_slots += n.live.load(Ordering::Relaxed);
+            s.pooled_slots += n.pooled.load(Ordering::Relaxed);
+            s.growth_faults += n.growth_faults.load(Ordering::Relaxed);
+            s.bytes_grown += n.bytes_grown.load(Ordering::Relaxed);
+            s.bytes_reclaimed += n.bytes_reclaimed.load(Ordering::Relaxed);
+            s.nofault_violations += n.violations.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+/// Counters of a [`StackArena`], summed over its size classes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArenaStats {
+    /// Address space reserved, in bytes.
+    pub reserved_bytes: usize,
+    /// Slots the arena can hand out at once, over all classes in use.
+    pub capacity_slots: usize,
+    /// Bytes committed (made accessible) in live and pooled slots.
+    pub committed_bytes: usize,
+    /// Slots handed out now.
+    pub live_slots: usize,
+    /// Slots released and kept for reuse.
+    pub pooled_slots: usize,
+    /// Growth faults served.
+    pub growth_faults: u64,
+    /// Bytes committed by growth faults.
+    pub bytes_grown: u64,
+    /// Bytes given back by reclaim.
+    pub bytes_reclaimed: u64,
+    /// Growth faults taken inside no-fault sections (should stay 0).
+    pub nofault_violations: u64,
+}
+
+/// One coroutine stack from a [`StackArena`]. Returned to the arena's pool
+/// on drop.
+///
+/// It implements corosensei's `Stack`, so it can be handed to
+/// `Coroutine::with_stack`. The thread that resumes the coroutine must have
+/// called [`prepare_thread`] (allocation does it for the allocating thread).
+pub struct Slot {
+    class: Arc<ClassHandle>,
+    index: u32,
+    /// Owns the name bytes the fault handler may read.
+    name: Option<Box<str>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("index", &self.index)
+            .field("reserve", &self.reserve())
+            .field("committed", &self.committed())
+            .finish()
+    }
+}
+
+impl Slot {
+    fn class(&self) -> &Class {
+        &self.class.class
+    }
+
+    /// Names the coroutine on this stack for the overflow report. The name is
+    /// copied and kept with the slot until it is released or renamed.
+    pub fn set_identity(&mut self, id: u64, name: Option<&str>) {
+        let class = Arc::clone(&self.class);
+        let meta = &class.class.metas[self.index as usize];
+        meta.name_ptr.store(0, Ordering::Release);
+        self.name = name.map(Box::from);
+        let (p, n) = self
+            .name
+            .as_deref()
+            .map_or((0, 0), |s| (s.as_ptr() as usize, s.len()));
+        meta.id.store(id, Ordering::Relaxed);
+        meta.name_len.store(n, Ordering::Relaxed);
+        // Release: the handler's Acquire load of `name_ptr` sees the length.
+        meta.name_ptr.store(p, Ordering::Release);
+    }
+
+    /// The reserve in bytes, hard guard included.
+    pub fn reserve(&self) -> usize {
+        self.class().geo.stride
+    }
+
+    /// Bytes usable for frames: the reserve less the hard guard.
+    pub fn usable(&self) -> usize {
+        self.class().geo.stride - self.class().geo.guard
+    }
+
+    /// Bytes committed now.
+    pub fn committed(&self) -> usize {
+        let floor = self.class().metas[self.index as usize]
+            .floor
+            .load(Ordering::Acquire);
+        self.class().slot_top(self.index as usize) - floor
+    }
+
+    /// The most bytes this slot has had committed, across reuse.
+    pub fn high_water(&self) -> usize {
+        self.class().metas[self.index as usize]
+            .high_water
+            .load(Ordering::Relaxed)
+    }
+
+    /// Highest address of the stack (one past its top byte).
+    pub fn top(&self) -> usize {
+        self.class().slot_top(self.index as usize)
+    }
+
+    /// Lowest address that may ever be committed (just above the hard guard).
+    pub fn bottom(&self) -> usize {
+        self.class().zone_bottom(self.index as usize)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.class().release(self.index);
+    }
+}
+
+// SAFETY: `base` is the slot's top and `limit` its lowest address, hard guard
+// included, both page-aligned (so aligned to STACK_ALIGNMENT). The guard
+// faults on any access and the handler reports it as an overflow; the top is
+// committed before the slot is handed out, and the rest grows on fault, so
+// the usable part (at least MIN_STACK_SIZE - guard - page > 4 KiB) is
+// reachable. The slot is not reused while this value lives.
+unsafe impl corosensei::stack::Stack for Slot {
+    fn base(&self) -> corosensei::stack::StackPointer {
+        corosensei::stack::StackPointer::new(self.top()).expect("slot top is non-zero")
+    }
+
+    fn limit(&self) -> corosensei::stack::StackPointer {
+        let base = self.class().slot_base(self.index as usize);
+        corosensei::stack::StackPointer::new(base).expect("slot base is non-zero")
+    }
+}
+
+/// Gives the calling thread an alternate signal stack big enough for the
+/// growth handler. Threads that resume coroutines on arena stacks call it
+/// once before the first resume; it is cheap after the first call.
+pub fn prepare_thread() -> io::Result<()> {
+    fault::ensure_thread_altstack()
+}
+
+/// Makes sure the next `bytes` of stack below the caller are committed, so
+/// code that follows can use that much stack without a growth fault.
+///
+/// Costs one touch of a page (~9 ns) when the memory is already committed.
+/// A no-op outside an arena stack. If fewer than `bytes` remain before the
+/// hard guard, commits what remains.
+///
+/// # Examples
+///
+/// ```
+/// // Before calling into C code that must not take a growth fault:
+/// greenstack_runtime::stack::prefault(16 * 1024);
+/// ```
+#[inline(never)]
+pub fn prefault(bytes: usize) {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    let Some(loc) = fault::locate(sp) else { return };
+    let target = sp.saturating_sub(bytes).max(loc.zone_bottom);
+    if target < loc.floor {
+        touch(target);
+    }
+}
+
+/// Reads one byte at `addr` without Rust ever seeing the value.
+#[inline(always)]
+fn touch(addr: usize) {
+    // SAFETY: `addr` lies in the growable zone of the caller's own live slot,
+    // which is mapped (read-write, or guarded so that the read faults and the
+    // handler commits it). The read is done in asm so no uninitialized value
+    // enters Rust's memory model.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!("mov {t}, byte ptr [{a}]", a = in(reg) addr, t = out(reg_byte) _,
+            options(nostack, readonly, preserves_flags));
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!("ldrb {t:w}, [{a}]", a = in(reg) addr, t = out(reg) _,
+            options(nostack, readonly, preserves_flags));
+    }
+}
+
+/// Bytes the runtime prefaults before a no-fault section: 16 KiB, several
+/// times what any of the runtime's own critical sections use.
+pub const NOFAULT_PREFAULT: usize = 16 * 1024;
+
+/// Test-only switch: when set, the runtime's own prefaults are skipped.
+static PREFAULT_DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// A section of code that must not take a stack growth fault.
+///
+/// Entering prefaults [`NOFAULT_PREFAULT`] bytes (unless disabled for
+/// testing); a growth fault on this thread while the guard lives counts as a
+/// violation. Internal to the runtime; public only for tests.
+#[doc(hidden)]
+#[must_use]
+pub struct NoFaultSection {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl NoFaultSection {
+    /// Prefaults and enters the section.
+    #[inline]
+    pub fn enter() -> NoFaultSection {
+        if !PREFAULT_DISABLED.load(Ordering::Relaxed) {
+            prefault(NOFAULT_PREFAULT);
+        }
+        fault::nofault_adjust(1);
+        NoFaultSection {
+            _not_send: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for NoFaultSection {
+    fn drop(&mut self) {
+        fault::nofault_adjust(-1);
+    }
+}
+
+/// Hooks for tests. Not part of the stable API.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// Disables (`false`) or re-enables the runtime's own prefaults, so a
+    /// test can show that the violation counter catches a missing prefault.
+    pub fn set_runtime_prefault(enabled: bool) {
+        PREFAULT_DISABLED.store(!enabled, Ordering::Relaxed);
+    }
+
+    /// The committed floor of the arena slot holding `addr`, if any.
+    pub fn floor_of(addr: usize) -> Option<usize> {
+        fault::locate(addr).map(|l| l.floor)
+    }
+}

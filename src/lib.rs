@@ -1,0 +1,14 @@
+//! greenstack: green threads (stackful coroutines) for Rust whose stacks grow
+//! on demand.
+//!
+//! Every coroutine gets a large reserved stack of which only the top page is
+//! backed by memory at first; a fault handler backs more as the stack grows,
+//! and a guard below it turns an overflow into a report naming the coroutine
+//! instead of a silent write into a neighbour.
+//!
+//! This crate is the facade users depend on. Today it exposes the stack
+//! arena ([`stack`]); the scheduler, sync primitives, timers, networking and
+//! macros build on it.
+#![warn(missing_docs)]
+
+pub use greenstack_runtime::stack;
