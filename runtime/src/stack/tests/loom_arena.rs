@@ -11,20 +11,25 @@ use loom::thread;
 
 use crate::stack::arena::{Exhausted, SlotAllocator};
 
-/// Two threads allocating at once never receive the same slot.
+/// Two threads allocating at once never receive the same slot, whether
+/// they race on the never-used slots (`pooled = 0`), on the free list
+/// (`pooled = 2`), or one on each (`pooled = 1`).
 #[test]
 fn loom_concurrent_allocations_are_distinct() {
-    loom::model(|| {
-        let a = Arc::new(SlotAllocator::new(3));
-        // One slot already pooled, so both the list and the bump path race.
-        let first = a.allocate().unwrap().index();
-        a.release(first);
-        let a2 = Arc::clone(&a);
-        let t = thread::spawn(move || a2.allocate().unwrap().index());
-        let mine = a.allocate().unwrap().index();
-        let theirs = t.join().unwrap();
-        assert_ne!(mine, theirs, "slot handed out twice");
-    });
+    for pooled in 0..=2 {
+        loom::model(move || {
+            let a = Arc::new(SlotAllocator::new(3));
+            let taken: Vec<u32> = (0..pooled).map(|_| a.allocate().unwrap().index()).collect();
+            for i in taken {
+                a.release(i);
+            }
+            let a2 = Arc::clone(&a);
+            let t = thread::spawn(move || a2.allocate().unwrap().index());
+            let mine = a.allocate().unwrap().index();
+            let theirs = t.join().unwrap();
+            assert_ne!(mine, theirs, "slot handed out twice (pooled = {pooled})");
+        });
+    }
 }
 
 /// Allocate on one thread, free on another while a third allocates, then
