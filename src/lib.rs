@@ -12,3 +12,8 @@
 #![warn(missing_docs)]
 
 pub use greenstack_runtime::stack;
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

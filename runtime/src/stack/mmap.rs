@@ -4,8 +4,8 @@
 //! [`syscalls`], so a test can assert that a code path made none. The signal
 //! handler uses the `raw_*` variants, which neither count nor allocate.
 
+use std::cell::Cell;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// `madvise` advice: install guard markers (Linux 6.13, `mm/madvise.c`). Not
@@ -14,17 +14,21 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 /// `madvise` advice: remove guard markers (Linux 6.13).
 const MADV_GUARD_REMOVE: libc::c_int = 103;
 
-/// System calls made by the arena from normal context since start-up.
-static SYSCALLS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// System calls made by the arena from normal context on this thread.
+    static SYSCALLS: Cell<u64> = const { Cell::new(0) };
+}
 
-/// How many memory-management system calls the arena has made from normal
-/// context (not counting the fault handler's) since the process started.
+/// How many memory-management system calls (`mmap`, `munmap`, `mprotect`,
+/// `madvise`) the arena has made on the calling thread, from normal context
+/// (the fault handler's are not counted). Per thread, so a test can count
+/// exactly what its own calls cost while other threads work.
 pub fn syscalls() -> u64 {
-    SYSCALLS.load(Ordering::Relaxed)
+    SYSCALLS.with(Cell::get)
 }
 
 fn counted() {
-    SYSCALLS.fetch_add(1, Ordering::Relaxed);
+    SYSCALLS.with(|c| c.set(c.get() + 1));
 }
 
 /// The page size, read once.

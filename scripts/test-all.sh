@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every test greenstack has, in one command: the README's test command, and
+# what .ci/run runs. Needs only cargo (stable); installs nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "unit, integration and doc tests (guard markers where the kernel has them)"
+cargo test --workspace --locked
+
+step "the stack tests again with the mprotect fallback forced"
+GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults
+
+step "benches, one pass each in test mode"
+cargo test --locked --benches
+
+step "loom models (bounded: LOOM_MAX_PREEMPTIONS=2)"
+RUSTFLAGS="--cfg greenstack_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=2 \
+    cargo test -p greenstack-runtime --lib --release --locked --target-dir target/loom loom_
+
+echo
+echo "all tests passed"

@@ -1,0 +1,247 @@
+//! The arena as an allocator: pooling without system calls, reclaim,
+//! exhaustion, cross-thread free, and the builder's validation.
+
+use std::collections::HashSet;
+use std::hint::black_box;
+
+use corosensei::{Coroutine, CoroutineResult};
+use greenstack::stack::{mmap, ArenaStats, Slot, StackArena};
+
+const PAGE: usize = 4096;
+
+/// Grows `slot` by recursing through about `bytes` of stack, returns it.
+fn grow(slot: Slot, bytes: usize) -> Slot {
+    #[inline(never)]
+    fn dig(top: usize, bytes: usize) -> usize {
+        let pad = black_box([1u8; 1024]);
+        let here = 0u8;
+        if top - black_box(&here) as *const u8 as usize >= bytes {
+            return pad[0] as usize;
+        }
+        dig(top, bytes) + pad[1] as usize
+    }
+    greenstack::stack::prepare_thread().unwrap();
+    let top = slot.top();
+    let mut co = Coroutine::with_stack(slot, move |_: &corosensei::Yielder<(), ()>, ()| {
+        dig(top, bytes)
+    });
+    assert!(matches!(co.resume(()), CoroutineResult::Return(n) if n > 0));
+    co.into_stack()
+}
+
+#[test]
+fn pooled_reuse_makes_no_system_call() {
+    let arena = StackArena::new().unwrap();
+    // Warm: the class exists and one slot has been set up and grown a bit.
+    let slot = grow(arena.allocate().unwrap(), 20 * 1024);
+    drop(slot);
+    let before = mmap::syscalls();
+    for _ in 0..1_000_000 {
+        drop(black_box(arena.allocate().unwrap()));
+    }
+    assert_eq!(
+        mmap::syscalls() - before,
+        0,
+        "release/reallocate of a pooled slot made system calls"
+    );
+    let s = arena.stats();
+    assert_eq!((s.live_slots, s.pooled_slots), (0, 1));
+}
+
+#[test]
+fn warm_slot_is_reused_first_and_keeps_its_pages() {
+    let arena = StackArena::new().unwrap();
+    let a = arena.allocate().unwrap();
+    let b = arena.allocate().unwrap();
+    let (a_top, b_top) = (a.top(), b.top());
+    let b = grow(b, 64 * 1024);
+    let grown = b.committed();
+    assert!(grown > 64 * 1024);
+    drop(a);
+    drop(b);
+    // LIFO: the slot released last comes back first, still grown.
+    let again = arena.allocate().unwrap();
+    assert_eq!(again.top(), b_top);
+    assert_eq!(again.committed(), grown);
+    assert_eq!(arena.allocate().unwrap().top(), a_top);
+}
+
+#[test]
+fn release_over_budget_gives_pages_back() {
+    let arena = StackArena::builder().pool_budget(0).build().unwrap();
+    let slot = grow(arena.allocate().unwrap(), 100 * 1024);
+    let grown = slot.committed();
+    assert!(grown > 100 * 1024);
+    let before = arena.stats();
+    drop(slot);
+    let after = arena.stats();
+    assert_eq!(
+        after.bytes_reclaimed - before.bytes_reclaimed,
+        (grown - PAGE) as u64
+    );
+    assert_eq!(after.committed_bytes, PAGE);
+    let slot = arena.allocate().unwrap();
+    assert_eq!(
+        slot.committed(),
+        PAGE,
+        "a trimmed slot keeps only its retained top"
+    );
+    assert_eq!(
+        slot.high_water(),
+        grown,
+        "the high-water mark survives the trim"
+    );
+    // And it grows again after the trim.
+    let slot = grow(slot, 100 * 1024);
+    assert!(slot.committed() > 100 * 1024);
+}
+
+#[test]
+fn retained_commit_is_kept_on_trim() {
+    let arena = StackArena::builder()
+        .pool_budget(0)
+        .retained_commit(16 * 1024)
+        .build()
+        .unwrap();
+    let slot = grow(arena.allocate().unwrap(), 100 * 1024);
+    drop(slot);
+    assert_eq!(arena.allocate().unwrap().committed(), 16 * 1024);
+}
+
+#[test]
+fn idle_pooled_slots_are_trimmed_after_a_full_interval() {
+    let arena = StackArena::new().unwrap();
+    let slot = grow(arena.allocate().unwrap(), 100 * 1024);
+    let grown = slot.committed();
+    drop(slot);
+    // Released during this interval: the first trim leaves it alone.
+    assert_eq!(arena.trim_idle(), 0);
+    assert_eq!(arena.stats().committed_bytes, grown);
+    // It sat through a whole interval: the second trim gives it back.
+    assert_eq!(arena.trim_idle(), (grown - PAGE) as u64);
+    assert_eq!(arena.stats().committed_bytes, PAGE);
+    assert_eq!(arena.allocate().unwrap().committed(), PAGE);
+}
+
+#[test]
+fn exhaustion_is_an_error_and_recovers() {
+    let arena = StackArena::builder().capacity(3).build().unwrap();
+    let slots: Vec<Slot> = (0..3).map(|_| arena.allocate().unwrap()).collect();
+    let err = arena.allocate().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory);
+    assert!(err.to_string().contains("all 3 slots"), "{err}");
+    drop(slots);
+    assert!(arena.allocate().is_ok());
+}
+
+#[test]
+fn slots_freed_on_other_threads_are_reused_and_never_duplicated() {
+    let arena = StackArena::builder().capacity(64).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Slot>();
+    let freer = std::thread::spawn(move || {
+        let mut n = 0;
+        for slot in rx {
+            drop(slot);
+            n += 1;
+        }
+        n
+    });
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let arena = arena.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let batch: Vec<Slot> = (0..8)
+                        .map(|_| loop {
+                            if let Ok(s) = arena.allocate() {
+                                break s;
+                            }
+                            std::thread::yield_now();
+                        })
+                        .collect();
+                    let tops: HashSet<usize> = batch.iter().map(Slot::top).collect();
+                    assert_eq!(tops.len(), batch.len(), "one slot handed out twice");
+                    for s in batch {
+                        tx.send(s).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(freer.join().unwrap(), 2 * 20_000 * 8);
+    let s: ArenaStats = arena.stats();
+    assert_eq!(s.live_slots, 0);
+    assert!(s.pooled_slots <= 64);
+}
+
+#[test]
+fn builder_rejects_bad_settings_with_clear_errors() {
+    let cases: Vec<(&str, std::io::Result<StackArena>)> = vec![
+        (
+            "capacity must be at least 1",
+            StackArena::builder().capacity(0).build(),
+        ),
+        (
+            "below one page",
+            StackArena::builder().stack_size(100).build(),
+        ),
+        (
+            "below one page",
+            StackArena::builder().stack_size(0).build(),
+        ),
+        (
+            "exceeds the largest reserve",
+            StackArena::builder().stack_size(usize::MAX).build(),
+        ),
+        ("guard size", StackArena::builder().guard_size(0).build()),
+        ("guard size", StackArena::builder().guard_size(100).build()),
+        (
+            "initial commit",
+            StackArena::builder().initial_commit(0).build(),
+        ),
+        (
+            "cannot hold",
+            StackArena::builder()
+                .stack_size(64 * 1024)
+                .initial_commit(64 * 1024)
+                .build(),
+        ),
+        (
+            "retained commit",
+            StackArena::builder()
+                .initial_commit(8192)
+                .retained_commit(4096)
+                .build(),
+        ),
+        (
+            "max growth step",
+            StackArena::builder().max_growth_step(0).build(),
+        ),
+        (
+            "capacity",
+            StackArena::builder().capacity(usize::MAX).build(),
+        ),
+    ];
+    for (want, got) in cases {
+        let err = got.expect_err(want);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        assert!(
+            err.to_string().contains(want),
+            "error {err:?} should mention {want:?}"
+        );
+    }
+    let arena = StackArena::new().unwrap();
+    assert!(arena.allocate_with(usize::MAX).is_err());
+    assert!(arena.allocate_with(0).is_err());
+    assert_eq!(arena.allocate_with(1 << 20).unwrap().reserve(), 1 << 20);
+    assert_eq!(
+        arena.allocate_with(5000).unwrap().reserve(),
+        16 * 1024,
+        "rounded up to the smallest class"
+    );
+}
