@@ -12,6 +12,11 @@
 #![warn(missing_docs)]
 
 pub use greenstack_runtime::stack;
+pub use greenstack_runtime::{
+    coroutine_local, current, park, spawn, spawn_blocking, try_current, yield_now, AccessError,
+    Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime, RuntimeBuilder,
+    RuntimeStats,
+};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -7,7 +7,8 @@ use std::hint::black_box;
 use corosensei::{Coroutine, CoroutineResult};
 use greenstack::stack::{mmap, ArenaStats, Slot, StackArena};
 
-const PAGE: usize = 4096;
+/// What a fresh or trimmed slot keeps committed by default.
+const PAGE: usize = greenstack::stack::DEFAULT_INITIAL_COMMIT;
 
 /// Grows `slot` by recursing through about `bytes` of stack, returns it.
 fn grow(slot: Slot, bytes: usize) -> Slot {
@@ -100,6 +101,7 @@ fn release_over_budget_gives_pages_back() {
 fn retained_commit_is_kept_on_trim() {
     let arena = StackArena::builder()
         .pool_budget(0)
+        .initial_commit(4096)
         .retained_commit(16 * 1024)
         .build()
         .unwrap();
@@ -241,7 +243,7 @@ fn builder_rejects_bad_settings_with_clear_errors() {
     assert_eq!(arena.allocate_with(1 << 20).unwrap().reserve(), 1 << 20);
     assert_eq!(
         arena.allocate_with(5000).unwrap().reserve(),
-        16 * 1024,
-        "rounded up to the smallest class"
+        64 * 1024,
+        "rounded up to the smallest class that holds guard and initial commit"
     );
 }

@@ -68,7 +68,7 @@ fn deep_recursion_grows_in_chunks() {
     );
     assert_eq!(
         after.bytes_grown - before.bytes_grown,
-        (slot.committed() - 4096) as u64
+        (slot.committed() - greenstack::stack::DEFAULT_INITIAL_COMMIT) as u64
     );
 }
 

@@ -18,12 +18,32 @@ compile_error!("greenstack needs Linux: its stacks grow through Linux's fault ha
 #[cfg(not(greenstack_loom))]
 pub mod stack;
 
+#[cfg(not(greenstack_loom))]
+mod scheduler;
+
+#[cfg(not(greenstack_loom))]
+pub use scheduler::{
+    current, park, spawn, spawn_blocking, try_current, yield_now, AccessError, Builder, Cancelled,
+    Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime, RuntimeBuilder, RuntimeStats,
+};
+
 /// Under loom only the modeled components are built: the rest of the crate
 /// uses std atomics in statics, which loom cannot track.
 #[cfg(greenstack_loom)]
 mod stack {
     #[allow(dead_code)]
     mod arena;
+    #[cfg(test)]
+    mod tests;
+}
+
+/// Under loom only the modeled components are built.
+#[cfg(greenstack_loom)]
+mod scheduler {
+    #[allow(dead_code)]
+    pub(crate) mod join;
+    #[allow(dead_code)]
+    pub(crate) mod park;
     #[cfg(test)]
     mod tests;
 }

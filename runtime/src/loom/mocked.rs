@@ -4,9 +4,15 @@
 compile_error!("loom models need debug assertions: add `-C debug-assertions` to RUSTFLAGS");
 
 pub(crate) mod sync {
+    pub(crate) use loom::sync::{Arc, Condvar, Mutex};
+
     pub(crate) mod atomic {
         pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
     }
+}
+
+pub(crate) mod cell {
+    pub(crate) use loom::cell::UnsafeCell;
 }
 
 pub(crate) mod hint {

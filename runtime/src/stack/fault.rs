@@ -261,7 +261,18 @@ fn grow_for_signal_frame(sp: usize) -> bool {
     if want >= floor {
         return false;
     }
-    grow_or_abort(class, i, want)
+    grow_or_abort(class, i, want);
+    // The kernel has already dropped the signal whose frame did not fit.
+    // Say so once per occurrence, and make sure it cannot happen again for
+    // the handlers installed so far.
+    let msg =
+        b"greenstack: a signal was lost: its handler lacks SA_ONSTACK and its frame did not fit \
+below a coroutine's stack pointer; install signal handlers with SA_ONSTACK, or before \
+greenstack::stack::prepare_thread()\n";
+    // SAFETY: write(2) of a static buffer is async-signal-safe.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    adopt_signal_handlers();
+    true
 }
 
 fn grow_or_abort(class: &Class, i: usize, addr: usize) -> bool {
@@ -413,6 +424,34 @@ fn stack_pointer(ctx: *mut libc::c_void) -> usize {
 fn stack_pointer(ctx: *mut libc::c_void) -> usize {
     // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
     unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.sp as usize }
+}
+
+/// Adds `SA_ONSTACK` to every installed signal handler that lacks it, so
+/// the kernel pushes every signal frame on the thread's alternate stack and
+/// never below a coroutine's stack pointer, where the next page may be
+/// ungrown. (The kernel cannot grow it: it drops the signal and raises
+/// SIGSEGV with `SI_KERNEL` instead; `tests/stack_signals.rs` shows it.)
+/// Async-signal-safe: `sigaction` only.
+pub(crate) fn adopt_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: reading an action into a zeroed struct and writing it
+        // back with one more flag; the handler and its signature are kept.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut act) != 0
+                || act.sa_sigaction == libc::SIG_DFL
+                || act.sa_sigaction == libc::SIG_IGN
+                || act.sa_flags & libc::SA_ONSTACK != 0
+            {
+                continue;
+            }
+            act.sa_flags |= libc::SA_ONSTACK;
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
 }
 
 /// This thread's alternate signal stack, if we installed it.

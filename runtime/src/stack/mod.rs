@@ -63,7 +63,7 @@
 //! 4 KiB × min(1, reserve / 2 MiB). At the 256 KiB default reserve that is
 //! 4.5 KiB per coroutine, which keeps a million parked coroutines under
 //! 5 KiB each; deeper stacks ask for a larger reserve per coroutine or per
-//! runtime. The initial commit is one page. Growth doubles the committed
+//! runtime. The initial commit is [`DEFAULT_INITIAL_COMMIT`]. Growth doubles the committed
 //! size, capped at 1 MiB per fault: a 32 MiB recursion takes about 40 faults
 //! (`tests/stack_growth.rs`), and the signal round trip (~3 µs) is then under
 //! 2% of the kernel's own per-page fault cost (`benches/stack_growth.rs`).
@@ -77,7 +77,7 @@ pub mod mmap;
 mod tests;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use once_cell::sync::OnceCell;
@@ -91,6 +91,17 @@ use self::fault::Registration;
 /// The largest power of two whose page-table share keeps a parked coroutine
 /// at 4.5 KiB (see the module docs).
 pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
+
+/// Default bytes committed at the top of a fresh slot: 32 KiB.
+///
+/// "Committed" means accessible, not resident: untouched pages cost no
+/// memory, so a larger initial commit is free for a coroutine that never
+/// uses it. 32 KiB covers the runtime's own look-ahead ([`NOFAULT_PREFAULT`],
+/// 16 KiB, touched at every switch) plus the frames of a typical coroutine,
+/// so a coroutine that parks takes no growth fault at all. With one page, every
+/// coroutine that parked took one (~3 µs; `examples/showcase.rs` shows the
+/// fault count), and resident memory per parked coroutine was the same.
+pub const DEFAULT_INITIAL_COMMIT: usize = 32 * 1024;
 
 /// Default number of slots per size class: 1,048,576.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -132,7 +143,7 @@ impl Default for ArenaBuilder {
             stack_size: DEFAULT_STACK_SIZE,
             capacity: DEFAULT_CAPACITY,
             guard_size: page,
-            initial_commit: page,
+            initial_commit: DEFAULT_INITIAL_COMMIT,
             retained_commit: None,
             max_growth_step: DEFAULT_MAX_GROWTH_STEP,
             pool_budget: DEFAULT_POOL_BUDGET,
@@ -164,7 +175,7 @@ impl ArenaBuilder {
     }
 
     /// Bytes committed at the top of a fresh slot; a page multiple of at
-    /// least one page (the default).
+    /// least one page. Default [`DEFAULT_INITIAL_COMMIT`].
     pub fn initial_commit(mut self, bytes: usize) -> Self {
         self.initial_commit = bytes;
         self
@@ -267,7 +278,7 @@ impl ArenaBuilder {
             capacity: self.capacity,
             mode,
         };
-        let default_class = config.class_for(self.stack_size)?;
+        let default_class = config.class_for(self.stack_size, true)?;
         fault::install_handler()?;
         Ok(StackArena {
             inner: Arc::new(Inner {
@@ -293,7 +304,13 @@ struct Config {
 
 impl Config {
     /// The class index (log2 of the stride) for a requested reserve.
-    fn class_for(&self, stack_size: usize) -> io::Result<usize> {
+    ///
+    /// A reserve too small to hold the guard, the retained commit and one
+    /// page to grow into is an error when `strict` (the arena's default
+    /// size, where it means the settings contradict each other), and is
+    /// rounded up to the smallest class that does otherwise (a per-spawn
+    /// size).
+    fn class_for(&self, stack_size: usize, strict: bool) -> io::Result<usize> {
         let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         if stack_size < mmap::page_size() {
             return bad(format!("stack size {stack_size} is below one page"));
@@ -304,12 +321,18 @@ impl Config {
                 "stack size {stack_size} exceeds the largest reserve ({max} bytes)"
             ));
         }
+        let needed = self.guard + self.retained_commit + mmap::page_size();
         let stride = stack_size.next_power_of_two().max(MIN_STACK_SIZE);
-        // The zone must hold the initial commit plus at least one page to grow.
-        if self.guard + self.retained_commit + mmap::page_size() > stride {
+        if needed > stride && strict {
             return bad(format!(
                 "stack size {stride} cannot hold the guard ({}) and retained commit ({}) plus a page",
                 self.guard, self.retained_commit
+            ));
+        }
+        let stride = stride.max(needed.next_power_of_two());
+        if stride > max {
+            return bad(format!(
+                "guard and commit settings need a reserve over the largest ({max} bytes)"
             ));
         }
         Ok(stride.trailing_zeros() as usize - 14)
@@ -407,14 +430,15 @@ impl StackArena {
     }
 
     /// Hands out a slot whose reserve is at least `stack_size` bytes (rounded
-    /// up to a power of two, hard guard included).
+    /// up to a power of two, hard guard included, and at least the smallest
+    /// reserve that holds the guard and the commit settings).
     ///
     /// # Errors
     ///
     /// As [`allocate`](Self::allocate), plus `InvalidInput` for a size the
     /// arena cannot serve.
     pub fn allocate_with(&self, stack_size: usize) -> io::Result<Slot> {
-        let class = self.inner.config.class_for(stack_size)?;
+        let class = self.inner.config.class_for(stack_size, false)?;
         self.allocate_class(class)
     }
 
@@ -577,6 +601,92 @@ impl Drop for Slot {
     }
 }
 
+impl Slot {
+    /// A second view of this slot's committed size, for the stack checker,
+    /// valid while the slot lives (the caller keeps it no longer).
+    pub(crate) fn gauge(&self) -> StackGauge {
+        let class = &self.class.class;
+        let i = self.index as usize;
+        StackGauge {
+            bottom: class.zone_bottom(i),
+            top: class.slot_top(i),
+            floor: &class.metas[i].floor as *const AtomicUsize,
+            _class: Arc::clone(&self.class),
+        }
+    }
+}
+
+/// Reads a live slot's committed floor without owning the slot.
+pub(crate) struct StackGauge {
+    bottom: usize,
+    top: usize,
+    /// Points into the class's metadata, kept alive by `_class`.
+    floor: *const AtomicUsize,
+    _class: Arc<ClassHandle>,
+}
+
+// SAFETY: `floor` points to an atomic inside the class that `_class` keeps
+// alive; reading it from any thread is fine.
+unsafe impl Send for StackGauge {}
+
+impl StackGauge {
+    /// Bytes committed now.
+    pub(crate) fn committed(&self) -> usize {
+        // SAFETY: the class (and so its metadata) lives while `_class` does.
+        self.top - unsafe { &*self.floor }.load(Ordering::Acquire)
+    }
+
+    /// The slot's reserve, guard included.
+    pub(crate) fn reserve(&self) -> usize {
+        self._class.class.geo.stride
+    }
+
+    /// Tells `prefault` on this thread that this stack is the running one,
+    /// so it need not search the class table. `None` when switching away.
+    pub(crate) fn set_running(gauge: Option<&StackGauge>) {
+        let r = gauge.map_or(RunningStack::NONE, |g| RunningStack {
+            bottom: g.bottom,
+            top: g.top,
+            floor: g.floor,
+        });
+        RUNNING_STACK.with(|c| c.set(r));
+    }
+}
+
+/// The stack the thread is running a coroutine on, as far as the scheduler
+/// told us.
+#[derive(Clone, Copy)]
+struct RunningStack {
+    bottom: usize,
+    top: usize,
+    floor: *const AtomicUsize,
+}
+
+impl RunningStack {
+    const NONE: RunningStack = RunningStack {
+        bottom: 0,
+        top: 0,
+        floor: std::ptr::null(),
+    };
+}
+
+thread_local! {
+    static RUNNING_STACK: std::cell::Cell<RunningStack> = const { std::cell::Cell::new(RunningStack::NONE) };
+}
+
+/// Bounds and floor of the arena slot holding `sp`: the running stack if
+/// the scheduler published it, else a search of the class table.
+#[inline(never)]
+fn locate_fast(sp: usize) -> Option<(usize, usize)> {
+    let r = RUNNING_STACK.with(std::cell::Cell::get);
+    if sp >= r.bottom && sp < r.top {
+        // SAFETY: the scheduler publishes a gauge only while it keeps the
+        // slot (and its class) alive, and clears it before letting go.
+        return Some((r.bottom, unsafe { &*r.floor }.load(Ordering::Acquire)));
+    }
+    fault::locate(sp).map(|l| (l.zone_bottom, l.floor))
+}
+
 // SAFETY: `base` is the slot's top and `limit` its lowest address, hard guard
 // included, both page-aligned (so aligned to STACK_ALIGNMENT). The guard
 // faults on any access and the handler reports it as an overflow; the top is
@@ -595,10 +705,19 @@ unsafe impl corosensei::stack::Stack for Slot {
 }
 
 /// Gives the calling thread an alternate signal stack big enough for the
-/// growth handler. Threads that resume coroutines on arena stacks call it
-/// once before the first resume; it is cheap after the first call.
+/// growth handler, and adds `SA_ONSTACK` to every signal handler installed
+/// so far. Threads that resume coroutines on arena stacks call it before the
+/// first resume (the runtime's workers do).
+///
+/// Why `SA_ONSTACK`: a handler without it has its frame (about 3.4 KiB with
+/// AVX-512 state) pushed below the coroutine's stack pointer, and if that
+/// lands on ungrown stack the kernel drops the signal and raises SIGSEGV
+/// instead. Handlers installed later should use `SA_ONSTACK` themselves.
+/// Costs about 7 µs (one `sigaction` pair per signal).
 pub fn prepare_thread() -> io::Result<()> {
-    fault::ensure_thread_altstack()
+    fault::ensure_thread_altstack()?;
+    fault::adopt_signal_handlers();
+    Ok(())
 }
 
 /// Makes sure the next `bytes` of stack below the caller are committed, so
@@ -618,9 +737,11 @@ pub fn prepare_thread() -> io::Result<()> {
 pub fn prefault(bytes: usize) {
     let here = 0u8;
     let sp = std::hint::black_box(&here) as *const u8 as usize;
-    let Some(loc) = fault::locate(sp) else { return };
-    let target = sp.saturating_sub(bytes).max(loc.zone_bottom);
-    if target < loc.floor {
+    let Some((bottom, floor)) = locate_fast(sp) else {
+        return;
+    };
+    let target = sp.saturating_sub(bytes).max(bottom);
+    if target < floor {
         touch(target);
     }
 }
@@ -663,13 +784,20 @@ pub struct NoFaultSection {
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
+/// The runtime's own look-ahead: [`prefault`] of [`NOFAULT_PREFAULT`]
+/// bytes, unless disabled for a test. Used before a switch.
+#[inline]
+pub(crate) fn prefault_for_runtime() {
+    if !PREFAULT_DISABLED.load(Ordering::Relaxed) {
+        prefault(NOFAULT_PREFAULT);
+    }
+}
+
 impl NoFaultSection {
     /// Prefaults and enters the section.
     #[inline]
     pub fn enter() -> NoFaultSection {
-        if !PREFAULT_DISABLED.load(Ordering::Relaxed) {
-            prefault(NOFAULT_PREFAULT);
-        }
+        prefault_for_runtime();
         fault::nofault_adjust(1);
         NoFaultSection {
             _not_send: std::marker::PhantomData,

@@ -1,0 +1,68 @@
+//! Which workers sleep, so a spawn wakes at most one of them and a remote
+//! wake-up reaches the one it is for.
+//!
+//! A worker going to sleep `announce`s itself, issues a SeqCst fence and
+//! re-checks every queue; a waker pushes work, issues a SeqCst fence and
+//! reads the sleeper count. Of two such sequences at least one sees the
+//! other's write, so a sleeper either finds the work or is found and woken.
+
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// The set of sleeping workers.
+pub(crate) struct Idle {
+    sleepers: Mutex<Vec<usize>>,
+    /// `sleepers.len()`, readable without the lock.
+    count: AtomicUsize,
+}
+
+impl Idle {
+    pub(crate) fn new(workers: usize) -> Idle {
+        Idle {
+            sleepers: Mutex::new(Vec::with_capacity(workers)),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.sleepers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Worker `w` is about to sleep.
+    pub(crate) fn announce(&self, w: usize) {
+        let mut s = self.lock();
+        if !s.contains(&w) {
+            s.push(w);
+        }
+        self.count.store(s.len(), Ordering::SeqCst);
+    }
+
+    /// Takes one sleeper to wake, if any.
+    pub(crate) fn pop_sleeper(&self) -> Option<usize> {
+        fence(Ordering::SeqCst);
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let mut s = self.lock();
+        let w = s.pop();
+        self.count.store(s.len(), Ordering::SeqCst);
+        w
+    }
+
+    /// Takes worker `w` out of the sleepers. True if it was there (the
+    /// caller then owes it a wake-up).
+    pub(crate) fn remove_sleeper(&self, w: usize) -> bool {
+        fence(Ordering::SeqCst);
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let mut s = self.lock();
+        let found = s
+            .iter()
+            .position(|&x| x == w)
+            .map(|i| s.swap_remove(i))
+            .is_some();
+        self.count.store(s.len(), Ordering::SeqCst);
+        found
+    }
+}

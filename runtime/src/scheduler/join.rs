@@ -1,0 +1,216 @@
+//! The join-handle state machine: a coroutine finishing, a joiner waiting,
+//! and a handle being dropped, in any order. Modeled with loom
+//! (`scheduler/tests/loom_join.rs`).
+//!
+//! # State bits
+//!
+//! - `COMPLETE`: the outcome is written. Set once, by the completer, with
+//!   Release after writing `outcome`; whoever sees it with Acquire may read
+//!   the outcome.
+//! - `DETACHED`: the handle is gone without joining; nobody will read the
+//!   outcome. Set once, by the handle's drop.
+//! - `WAKER`: the `waker` cell holds the joiner's waker and belongs to the
+//!   completer. While it is clear and `COMPLETE` is clear, the cell belongs
+//!   to the joiner.
+//!
+//! # Steps
+//!
+//! 1. Completer: write `outcome`, then `fetch_or(COMPLETE)`. If `DETACHED`
+//!    was set, nobody will read: drop the outcome (reporting a panic). Else
+//!    if `WAKER` was set, take the waker and wake it.
+//! 2. Joiner ([`JoinState::register`]): if `COMPLETE`, done. To store a new
+//!    waker it first clears `WAKER` with a CAS that fails if `COMPLETE`
+//!    appeared (then the completer owns the cell, and the joiner is done);
+//!    writes the cell; then sets `WAKER` with a CAS that again fails only on
+//!    `COMPLETE`. Either the completer sees `WAKER` and wakes, or the joiner
+//!    sees `COMPLETE`: never neither.
+//! 3. Detach: `fetch_or(DETACHED)`. If `COMPLETE` was set, the outcome is
+//!    unread and ours to drop (reporting a panic).
+//!
+//! The outcome is dropped exactly once: by the joiner that takes it, by the
+//! completer that saw `DETACHED`, or by the detacher that saw `COMPLETE`.
+
+use std::any::Any;
+use std::task::Waker;
+
+use crate::loom::cell::UnsafeCell;
+use crate::loom::sync::atomic::{AtomicU8, Ordering};
+use crate::loom::sync::Arc;
+
+const COMPLETE: u8 = 1;
+const DETACHED: u8 = 2;
+const WAKER: u8 = 4;
+
+/// How a coroutine ended.
+pub(crate) enum Outcome<T> {
+    /// It returned this value.
+    Value(T),
+    /// It panicked with this payload.
+    Panic(Box<dyn Any + Send + 'static>),
+    /// It was dropped before finishing (runtime shutdown).
+    Cancelled,
+}
+
+/// Who the outcome belongs to, for the report of an unobserved panic.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Identity {
+    pub(crate) id: u64,
+    pub(crate) name: Option<std::sync::Arc<str>>,
+}
+
+/// Shared between a coroutine's completer and its join handle.
+pub(crate) struct JoinState<T> {
+    state: AtomicU8,
+    outcome: UnsafeCell<Option<Outcome<T>>>,
+    waker: UnsafeCell<Option<Waker>>,
+    who: Identity,
+}
+
+// SAFETY: the cells are accessed only as the protocol in the module docs
+// allows: `outcome` is written by the completer before COMPLETE and read by
+// exactly one party after; `waker` is owned by the joiner or the completer as
+// the WAKER/COMPLETE bits say. `T: Send` because the outcome moves from the
+// coroutine's thread to the joiner's.
+unsafe impl<T: Send> Send for JoinState<T> {}
+// SAFETY: as above; no `&T` is ever handed out through a shared reference.
+unsafe impl<T: Send> Sync for JoinState<T> {}
+
+impl<T> JoinState<T> {
+    pub(crate) fn new(who: Identity) -> JoinState<T> {
+        JoinState {
+            state: AtomicU8::new(0),
+            outcome: UnsafeCell::new(None),
+            waker: UnsafeCell::new(None),
+            who,
+        }
+    }
+
+    /// Whether the outcome is written.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.state.load(Ordering::Acquire) & COMPLETE != 0
+    }
+
+    /// Step 1. Called once.
+    pub(crate) fn complete(&self, outcome: Outcome<T>) {
+        // SAFETY: before COMPLETE only the completer touches `outcome`.
+        self.outcome.with_mut(|p| unsafe { *p = Some(outcome) });
+        // AcqRel: Release publishes the outcome (pairs with the Acquire in
+        // `register`/`detach`); Acquire pairs with the Release that set
+        // WAKER, so the waker in the cell is visible.
+        let prev = self.state.fetch_or(COMPLETE, Ordering::AcqRel);
+        debug_assert_eq!(prev & COMPLETE, 0, "completed twice");
+        if prev & DETACHED != 0 {
+            // SAFETY: DETACHED was set before COMPLETE, so no one will read.
+            let unread = self.outcome.with_mut(|p| unsafe { (*p).take() });
+            self.report_unobserved(unread);
+        } else if prev & WAKER != 0 {
+            // SAFETY: WAKER set and COMPLETE now set: the cell is ours.
+            if let Some(w) = self.waker.with_mut(|p| unsafe { (*p).take() }) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Step 2: stores `waker` to be woken on completion. Returns true if the
+    /// outcome is already there (the waker is then not stored).
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
+        let mut cur = self.state.load(Ordering::Acquire);
+        if cur & COMPLETE != 0 {
+            return true;
+        }
+        if cur & WAKER != 0 {
+            // Take the cell back before touching it: clear WAKER, unless
+            // COMPLETE appeared (then the completer owns the cell).
+            match self.state.compare_exchange(
+                cur,
+                cur & !WAKER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => cur &= !WAKER,
+                Err(_) => return true, // only COMPLETE can have changed
+            }
+        }
+        // SAFETY: WAKER and COMPLETE are clear: the cell is the joiner's.
+        self.waker.with_mut(|p| unsafe {
+            if !(*p).as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *p = Some(waker.clone());
+            }
+        });
+        // Release: publishes the waker to the completer.
+        self.state
+            .compare_exchange(cur, cur | WAKER, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    }
+
+    /// Takes the outcome. Call only after seeing completion, once.
+    pub(crate) fn take(&self) -> Outcome<T> {
+        debug_assert!(self.is_complete());
+        // SAFETY: COMPLETE was observed with Acquire and the handle (the only
+        // other reader) is being consumed.
+        self.outcome
+            .with_mut(|p| unsafe { (*p).take() })
+            .unwrap_or(Outcome::Cancelled)
+    }
+
+    /// Step 3: the handle is dropped without joining.
+    pub(crate) fn detach(&self) {
+        // AcqRel: Acquire pairs with `complete`'s Release so the outcome is
+        // visible if COMPLETE was set.
+        let prev = self.state.fetch_or(DETACHED, Ordering::AcqRel);
+        if prev & COMPLETE != 0 {
+            // SAFETY: COMPLETE seen; the completer no longer touches it.
+            let unread = self.outcome.with_mut(|p| unsafe { (*p).take() });
+            self.report_unobserved(unread);
+        }
+    }
+
+    fn report_unobserved(&self, outcome: Option<Outcome<T>>) {
+        if let Some(Outcome::Panic(p)) = &outcome {
+            let msg = panic_message(p.as_ref());
+            tracing::error!(
+                coroutine.id = self.who.id,
+                coroutine.name = self.who.name.as_deref().unwrap_or("<unnamed>"),
+                panic = msg,
+                "coroutine panicked and no one joined it"
+            );
+        }
+        drop(outcome);
+    }
+}
+
+/// The message of a panic payload, if it is a string.
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> &str {
+    if let Some(s) = p.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s
+    } else {
+        "<non-string panic payload>"
+    }
+}
+
+/// Completes the state when dropped, with `Cancelled` unless completed
+/// explicitly: a coroutine dropped before it ran, or force-unwound at
+/// shutdown, still releases its joiner.
+pub(crate) struct Completer<T>(Option<Arc<JoinState<T>>>);
+
+impl<T> Completer<T> {
+    pub(crate) fn new(state: Arc<JoinState<T>>) -> Completer<T> {
+        Completer(Some(state))
+    }
+
+    pub(crate) fn complete(mut self, outcome: Outcome<T>) {
+        if let Some(s) = self.0.take() {
+            s.complete(outcome);
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.complete(Outcome::Cancelled);
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! The M:N work-stealing scheduler.
+//!
+//! N worker threads run M coroutines. Each worker owns:
+//!
+//! - a crossbeam-deque `Worker` of coroutines that have **never run**
+//!   ([`task::NewTask`]: a `Send` closure and a stack slot). Idle workers
+//!   steal from it, and from the runtime's injector, where spawns from
+//!   outside the runtime land;
+//! - a slab of **started** coroutines, and a FIFO ready queue of their keys.
+//!   A started coroutine never leaves its worker (see "Soundness");
+//! - an inbox, where other threads send keys of its coroutines they woke.
+//!
+//! # Soundness
+//!
+//! A started coroutine may hold `!Send` state across a yield: an `Rc`, a
+//! `thread_local!` value, a std `MutexGuard`. And LLVM may cache the address
+//! of a thread-local across a call. Moving a started coroutine to another OS
+//! thread would therefore be undefined behaviour that safe code cannot rule
+//! out. So only never-started tasks are stolen (all they hold is their
+//! `Send` closure), the corosensei coroutine is created on the worker that
+//! first runs it, and a wake-up from elsewhere sends the coroutine's key
+//! home. This is why [`spawn`] is safe while taking only `F: Send`.
+//!
+//! # Waking and sleeping
+//!
+//! A worker with nothing to do announces itself idle ([`idle::Idle`]),
+//! re-checks every source of work, and only then sleeps on its
+//! [`park::Parker`], whose token keeps a wake-up sent in between. A spawn
+//! wakes at most one sleeping worker; a remote wake-up wakes the coroutine's
+//! home worker if it sleeps. The park token protocol of coroutines is in
+//! `park.rs`; both are loom-modeled.
+
+mod blocking;
+mod idle;
+pub(crate) mod join;
+mod local;
+pub(crate) mod park;
+mod task;
+mod watchdog;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use crossbeam_deque::{Injector, Stealer};
+
+use self::join::{Completer, Identity, JoinState, Outcome};
+use self::task::{Header, NewTask};
+use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
+
+pub use self::local::{AccessError, LocalKey};
+pub use self::task::{Cancelled, Coroutine, CoroutineId, JoinHandle};
+pub use blocking::spawn_blocking;
+
+/// Ids are unique in the process, across runtimes.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Runtime-wide counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) spawned: AtomicU64,
+    pub(crate) finished: AtomicU64,
+    pub(crate) steals: AtomicU64,
+    pub(crate) parks: AtomicU64,
+    pub(crate) wakeups: AtomicU64,
+}
+
+/// What other threads may touch of one worker.
+pub(crate) struct WorkerShared {
+    /// Steals never-started tasks from the worker's deque.
+    pub(crate) stealer: Stealer<NewTask>,
+    /// Keys of this worker's coroutines woken by other threads.
+    pub(crate) inbox: Injector<usize>,
+    /// Where the worker sleeps.
+    pub(crate) parker: park::Parker,
+    /// Coroutines this worker has resumed (each resume counts).
+    pub(crate) runs: AtomicU64,
+    /// Header of the coroutine running now, or null (for the watchdog).
+    pub(crate) current: AtomicPtr<Header>,
+    /// Set by the watchdog while it reads `current`'s header.
+    pub(crate) watch_reading: AtomicBool,
+    /// Bumped on every switch into a coroutine (for the watchdog).
+    pub(crate) switches: AtomicU64,
+}
+
+/// State shared by the workers, the handles and the runtime.
+pub(crate) struct Shared {
+    pub(crate) arena: StackArena,
+    pub(crate) workers: Box<[WorkerShared]>,
+    pub(crate) injector: Injector<NewTask>,
+    pub(crate) idle: idle::Idle,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) counters: Counters,
+    pub(crate) blocking: blocking::Pool,
+    /// Spin budget of the watchdog, if on.
+    pub(crate) watchdog: Option<Duration>,
+    /// Live coroutines not yet dropped (spawned - dropped).
+    pub(crate) live: AtomicUsize,
+    /// Where the watchdog sleeps between samples.
+    pub(crate) watchdog_parker: park::Parker,
+}
+
+impl Shared {
+    /// Wakes one sleeping worker, if any sleeps.
+    pub(crate) fn notify_one(&self) {
+        if let Some(w) = self.idle.pop_sleeper() {
+            self.workers[w].parker.unpark();
+        }
+    }
+
+    /// Wakes worker `w` if it sleeps.
+    pub(crate) fn notify_worker(&self, w: usize) {
+        if self.idle.remove_sleeper(w) {
+            self.workers[w].parker.unpark();
+        }
+    }
+}
+
+/// Builds a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    workers: Option<usize>,
+    arena: ArenaBuilder,
+    watchdog: Option<Duration>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            workers: None,
+            arena: StackArena::builder(),
+            watchdog: Some(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Number of worker threads. Default: the available parallelism.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Default stack reserve per coroutine, in bytes (rounded up to a power
+    /// of two). Default 256 KiB.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.arena = self.arena.stack_size(bytes);
+        self
+    }
+
+    /// Replaces the stack arena's settings wholesale.
+    pub fn arena(mut self, arena: ArenaBuilder) -> Self {
+        self.arena = arena;
+        self
+    }
+
+    /// Warn (through `tracing`) when a worker has run the same coroutine
+    /// without a switch for longer than this; `None` turns the watchdog off.
+    /// Default 100 ms.
+    pub fn watchdog(mut self, threshold: Option<Duration>) -> Self {
+        self.watchdog = threshold;
+        self
+    }
+
+    /// Starts the worker threads.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for 0 workers or a bad arena setting; the OS error if
+    /// a thread cannot be started.
+    pub fn build(self) -> io::Result<Runtime> {
+        let n = match self.workers {
+            Some(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a runtime needs at least 1 worker",
+                ))
+            }
+            Some(n) if n > 1024 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{n} workers is over the limit of 1024"),
+                ))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if self.watchdog == Some(Duration::ZERO) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the watchdog threshold must be above zero",
+            ));
+        }
+        let arena = self.arena.build()?;
+        let deques: Vec<crossbeam_deque::Worker<NewTask>> = (0..n)
+            .map(|_| crossbeam_deque::Worker::new_lifo())
+            .collect();
+        let workers = deques
+            .iter()
+            .map(|d| WorkerShared {
+                stealer: d.stealer(),
+                inbox: Injector::new(),
+                parker: park::Parker::new(),
+                runs: AtomicU64::new(0),
+                current: AtomicPtr::new(std::ptr::null_mut()),
+                watch_reading: AtomicBool::new(false),
+                switches: AtomicU64::new(0),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            arena,
+            workers,
+            injector: Injector::new(),
+            idle: idle::Idle::new(n),
+            shutdown: AtomicBool::new(false),
+            counters: Counters::default(),
+            blocking: blocking::Pool::new(),
+            watchdog: self.watchdog,
+            live: AtomicUsize::new(0),
+            watchdog_parker: park::Parker::new(),
+        });
+        let mut rt = Runtime {
+            shared: Arc::clone(&shared),
+            threads: Vec::with_capacity(n),
+            watchdog: None,
+        };
+        for (index, deque) in deques.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            let t = std::thread::Builder::new()
+                .name(format!("greenstack-worker-{index}"))
+                .spawn(move || worker::run(shared, index, deque))?;
+            rt.threads.push(t);
+        }
+        rt.watchdog = Some(watchdog::start(Arc::clone(&shared))?);
+        Ok(rt)
+    }
+}
+
+/// A pool of worker threads running coroutines.
+///
+/// Dropping it stops the workers: every unfinished coroutine is dropped with
+/// a forced unwind (its destructors run), and every stack goes back to the
+/// arena.
+///
+/// # Examples
+///
+/// ```
+/// let rt = greenstack_runtime::Runtime::builder().workers(2).build()?;
+/// let sum = rt.block_on(|| {
+///     let hs: Vec<_> = (0..10u64).map(|i| greenstack_runtime::spawn(move || i * i)).collect();
+///     hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+/// });
+/// assert_eq!(sum, 285);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Runtime {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("workers", &self.shared.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A builder with the defaults.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// A runtime with the defaults.
+    pub fn new() -> io::Result<Runtime> {
+        RuntimeBuilder::default().build()
+    }
+
+    /// Runs `f` as a coroutine and blocks the calling thread until it
+    /// returns its value.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, the panic resumes here. Panics if called from inside a
+    /// coroutine (that would block a worker: spawn and join instead), or if
+    /// no stack can be had for `f`.
+    pub fn block_on<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        assert!(
+            !worker::in_coroutine(),
+            "Runtime::block_on called from inside a coroutine, which would block its worker; spawn and join instead"
+        );
+        let handle = self.spawn(f);
+        match handle.join() {
+            Ok(v) => v,
+            Err(p) => resume_unwind(p),
+        }
+    }
+
+    /// Spawns a coroutine on this runtime, from any thread.
+    ///
+    /// # Panics
+    ///
+    /// With the `io::Error`'s message if no stack can be had.
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        spawn_on(&self.shared, None, None, f)
+            .unwrap_or_else(|e| panic!("greenstack: cannot spawn: {e}"))
+    }
+
+    /// A snapshot of the runtime's counters.
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.shared.counters;
+        let spawned = c.spawned.load(Ordering::Relaxed);
+        let finished = c.finished.load(Ordering::Relaxed);
+        RuntimeStats {
+            spawned,
+            finished,
+            live: self.shared.live.load(Ordering::Relaxed) as u64,
+            steals: c.steals.load(Ordering::Relaxed),
+            parks: c.parks.load(Ordering::Relaxed),
+            wakeups: c.wakeups.load(Ordering::Relaxed),
+            worker_runs: self
+                .shared
+                .workers
+                .iter()
+                .map(|w| w.runs.load(Ordering::Relaxed))
+                .collect(),
+            arena: self.shared.arena.stats(),
+        }
+    }
+
+    /// The stack arena this runtime's coroutines run on.
+    pub fn arena(&self) -> &StackArena {
+        &self.shared.arena
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        for w in self.shared.workers.iter() {
+            w.parker.unpark();
+        }
+        self.shared.watchdog_parker.unpark();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+        // Spawns that raced with shutdown: drop them here (their joiners see
+        // `Cancelled`).
+        while let Some(task) = steal_one(&self.shared.injector) {
+            worker::discard(&self.shared, task);
+        }
+        self.shared.blocking.shutdown();
+    }
+}
+
+fn steal_one<T>(inj: &Injector<T>) -> Option<T> {
+    loop {
+        match inj.steal() {
+            crossbeam_deque::Steal::Success(t) => return Some(t),
+            crossbeam_deque::Steal::Empty => return None,
+            crossbeam_deque::Steal::Retry => {}
+        }
+    }
+}
+
+/// Counters of a [`Runtime`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeStats {
+    /// Coroutines spawned.
+    pub spawned: u64,
+    /// Coroutines that ran to completion (returned or panicked).
+    pub finished: u64,
+    /// Coroutines spawned and not yet dropped.
+    pub live: u64,
+    /// Never-started coroutines taken from another worker or the injector.
+    pub steals: u64,
+    /// Times a coroutine parked (suspended until unparked).
+    pub parks: u64,
+    /// Unparks that made a parked coroutine runnable.
+    pub wakeups: u64,
+    /// Resumes per worker.
+    pub worker_runs: Vec<u64>,
+    /// The stack arena's counters.
+    pub arena: ArenaStats,
+}
+
+/// Spawns `f` on `shared`: the local deque on one of its workers, else the
+/// injector.
+pub(crate) fn spawn_on<F, T>(
+    shared: &Arc<Shared>,
+    name: Option<String>,
+    stack_size: Option<usize>,
+    f: F,
+) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if shared.shutdown.load(Ordering::Acquire) {
+        return Err(io::Error::other("the runtime is shutting down"));
+    }
+    let mut slot = match stack_size {
+        Some(s) => shared.arena.allocate_with(s)?,
+        None => shared.arena.allocate()?,
+    };
+    let id =
+        std::num::NonZeroU64::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)).expect("ids start at 1");
+    let name: Option<Arc<str>> = name.map(Arc::from);
+    slot.set_identity(id.get(), name.as_deref());
+    let header = Arc::new(Header {
+        id,
+        name: name.clone(),
+        park: park::ParkState::new(),
+        home: AtomicUsize::new(usize::MAX),
+        key: AtomicUsize::new(usize::MAX),
+        cancelling: AtomicBool::new(false),
+        shared: Arc::clone(shared),
+    });
+    let state = crate::loom::sync::Arc::new(JoinState::new(Identity { id: id.get(), name }));
+    let completer = Completer::new(crate::loom::sync::Arc::clone(&state));
+    let run = Box::new(move || {
+        let outcome = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(v) => Outcome::Value(v),
+            Err(p) => {
+                if worker::current_is_cancelling() {
+                    // A forced unwind at shutdown: let it through; the
+                    // completer reports `Cancelled` as it drops.
+                    resume_unwind(p);
+                }
+                Outcome::Panic(p)
+            }
+        };
+        completer.complete(outcome);
+    });
+    let coroutine = Coroutine {
+        header: Arc::clone(&header),
+    };
+    shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
+    shared.live.fetch_add(1, Ordering::Relaxed);
+    tracing::trace!(coroutine.id = id.get(), "spawn");
+    worker::submit(shared, NewTask { header, slot, run });
+    Ok(JoinHandle::new(state, Some(coroutine)))
+}
+
+/// The runtime of the calling coroutine or runtime thread, if any.
+fn current_shared() -> Option<Arc<Shared>> {
+    worker::current_shared().or_else(blocking::current_shared)
+}
+
+/// Spawns a coroutine on the current runtime, as [`std::thread::spawn`]
+/// spawns a thread.
+///
+/// # Panics
+///
+/// Outside a greenstack runtime (a coroutine, or a thread of
+/// [`spawn_blocking`]), and with the `io::Error`'s message if no stack can
+/// be had (use [`Builder::spawn`] to get the error instead).
+///
+/// # Examples
+///
+/// ```
+/// # let rt = greenstack_runtime::Runtime::new()?;
+/// # rt.block_on(|| {
+/// let h = greenstack_runtime::spawn(|| 6 * 7);
+/// assert_eq!(h.join().unwrap(), 42);
+/// # });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    Builder::new()
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("greenstack: cannot spawn: {e}"))
+}
+
+/// Configures a coroutine before spawning it, as [`std::thread::Builder`]
+/// does a thread.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with no name and the runtime's default stack size.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the coroutine (shown in overflow reports, tracing and the
+    /// watchdog).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The coroutine's stack reserve in bytes, rounded up to a power of two.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Spawns the coroutine on the current runtime.
+    ///
+    /// # Errors
+    ///
+    /// Outside a runtime; when no stack can be had (capacity exhausted, an
+    /// invalid size, a failed system call); while the runtime shuts down.
+    pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = current_shared().ok_or_else(|| {
+            io::Error::other(
+                "greenstack::spawn called outside a greenstack runtime (use Runtime::spawn)",
+            )
+        })?;
+        spawn_on(&shared, self.name, self.stack_size, f)
+    }
+
+    /// Spawns the coroutine on `rt`, from any thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Self::spawn), except that it works outside a runtime.
+    pub fn spawn_on<F, T>(self, rt: &Runtime, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        spawn_on(&rt.shared, self.name, self.stack_size, f)
+    }
+}
+
+/// Lets the other coroutines on this worker run, then continues. On a plain
+/// thread, yields the thread.
+pub fn yield_now() {
+    if !worker::yield_current() {
+        std::thread::yield_now();
+    }
+}
+
+/// Parks the calling coroutine until [`Coroutine::unpark`] is called (or
+/// returns at once if a token is pending), as [`std::thread::park`] does for
+/// threads. May also return spuriously. On a plain thread, parks the thread.
+pub fn park() {
+    park_current();
+}
+
+pub(crate) fn park_current() {
+    if !worker::park_current_coroutine() {
+        std::thread::park();
+    }
+}
+
+/// The calling coroutine.
+///
+/// # Panics
+///
+/// When called outside a coroutine; see [`try_current`].
+pub fn current() -> Coroutine {
+    try_current().expect("greenstack::current() called outside a coroutine")
+}
+
+/// The calling coroutine, or `None` on a plain thread.
+pub fn try_current() -> Option<Coroutine> {
+    worker::current_header().map(|header| Coroutine { header })
+}
+
+/// A waker for the caller: its coroutine's, or its thread's.
+pub(crate) fn current_waker() -> Waker {
+    match worker::current_header() {
+        Some(h) => Waker::from(h),
+        None => Waker::from(Arc::new(ThreadWaker(std::thread::current()))),
+    }
+}
+
+/// Wakes a plain thread blocked in `park`.
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}

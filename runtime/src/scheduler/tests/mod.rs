@@ -1,0 +1,6 @@
+//! Model tests of the scheduler's synchronization.
+
+#[cfg(greenstack_loom)]
+mod loom_join;
+#[cfg(greenstack_loom)]
+mod loom_park;

@@ -1,0 +1,511 @@
+//! A worker thread: its run loop, its started coroutines, and the
+//! thread-locals through which coroutine code reaches it.
+//!
+//! # The run loop
+//!
+//! 1. Pick work: a ready (started, runnable) coroutine or a new task from
+//!    the local deque, alternating between the two so neither starves the
+//!    other; every 32 ticks, the inbox and the injector first, so remote
+//!    wake-ups and outside spawns wait at most that many runs.
+//! 2. Nothing local: take a batch from the injector, then steal from the
+//!    other workers' deques (never-started tasks only).
+//! 3. Still nothing: announce idle, re-check everything, sleep.
+//! 4. A new task is started here: its corosensei coroutine is created on
+//!    this thread, over the slot the task brought, and it never leaves.
+//! 5. After each resume: requeue on yield, `commit_park` on park (requeue if
+//!    a token raced in), release everything on return. Then the stack
+//!    checker compares the committed stack with the reserve.
+//! 6. On shutdown: every started coroutine is dropped here (corosensei
+//!    force-unwinds it, so its destructors run), every queued task dropped.
+
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use corosensei::{CoroutineResult, Yielder};
+use crossbeam_deque::{Steal, Worker};
+
+use super::local::Map as LocalMap;
+use super::task::{Header, NewTask};
+use super::Shared;
+use crate::stack::{self, NoFaultSection, Slot, StackGauge};
+
+/// What a coroutine asks of its worker when it suspends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Run me again after the others that are ready.
+    Yield,
+    /// Run me again after an unpark.
+    Park,
+}
+
+type Co = corosensei::Coroutine<(), Request, (), Slot>;
+
+/// A started coroutine, owned by its home worker's slab.
+pub(crate) struct Running {
+    /// The corosensei coroutine. Only the worker loop touches it, and never
+    /// while the coroutine code (which reads the other fields through
+    /// `CURRENT`) holds a reference into it.
+    co: UnsafeCell<Option<Co>>,
+    pub(crate) header: Arc<Header>,
+    /// The coroutine's yielder, on its own stack; set when its body starts.
+    yielder: Cell<*const Yielder<(), Request>>,
+    /// `coroutine_local!` values.
+    pub(crate) locals: RefCell<LocalMap>,
+    /// Entered while the coroutine runs.
+    span: tracing::Span,
+    /// Reads the committed stack, for the stack checker.
+    gauge: StackGauge,
+    /// Highest stack-checker threshold already reported (0, 1 or 2).
+    reported: Cell<u8>,
+}
+
+/// One worker's own state, reachable from its thread only.
+struct Local {
+    index: usize,
+    shared: Arc<Shared>,
+    deque: Worker<NewTask>,
+    ready: RefCell<VecDeque<usize>>,
+    slab: RefCell<Vec<Option<Box<Running>>>>,
+    free_keys: RefCell<Vec<usize>>,
+    tick: Cell<u32>,
+}
+
+thread_local! {
+    /// The worker this thread is, if it is one.
+    static WORKER: Cell<*const Local> = const { Cell::new(ptr::null()) };
+    /// The coroutine running on this thread right now, if any.
+    static CURRENT: Cell<*const Running> = const { Cell::new(ptr::null()) };
+}
+
+// Accessors are `#[inline(never)]`: code around a stack switch must not
+// reuse a thread-local address computed before the switch (STYLE.md §2).
+#[inline(never)]
+fn worker_ptr() -> *const Local {
+    WORKER.with(Cell::get)
+}
+
+#[inline(never)]
+fn current_ptr() -> *const Running {
+    CURRENT.with(Cell::get)
+}
+
+#[inline(never)]
+fn set_current(p: *const Running) {
+    CURRENT.with(|c| c.set(p));
+}
+
+/// The running coroutine, if the caller is one.
+pub(crate) fn current_running<'a>() -> Option<&'a Running> {
+    let p = current_ptr();
+    // SAFETY: `CURRENT` is non-null only while the worker resumes (or drops)
+    // that coroutine, whose boxed `Running` stays in the slab meanwhile; the
+    // reference does not outlive the coroutine's run, since the coroutine
+    // code holding it runs only then.
+    unsafe { p.as_ref() }
+}
+
+/// Whether the caller runs inside a coroutine.
+pub(crate) fn in_coroutine() -> bool {
+    !current_ptr().is_null()
+}
+
+/// The calling coroutine's header.
+pub(crate) fn current_header() -> Option<Arc<Header>> {
+    current_running().map(|r| Arc::clone(&r.header))
+}
+
+/// Whether the calling coroutine is being force-unwound at shutdown.
+pub(crate) fn current_is_cancelling() -> bool {
+    current_running().is_some_and(|r| r.header.cancelling.load(Ordering::Relaxed))
+}
+
+/// The runtime of the worker thread calling, if it is one.
+pub(crate) fn current_shared() -> Option<Arc<Shared>> {
+    // SAFETY: `WORKER` points to the `Local` on the worker's own stack frame
+    // in `run`, set for exactly the time that frame lives.
+    unsafe { worker_ptr().as_ref() }.map(|w| Arc::clone(&w.shared))
+}
+
+/// Suspends the calling coroutine with `req`. False on a plain thread.
+fn suspend(req: Request) -> bool {
+    let Some(r) = current_running() else {
+        return false;
+    };
+    let y = r.yielder.get();
+    // The switch itself must not take a growth fault.
+    stack::prefault_for_runtime();
+    // SAFETY: the yielder lives in the coroutine's body frame for as long as
+    // the coroutine runs, and we are that coroutine.
+    unsafe { (*y).suspend(req) };
+    true
+}
+
+/// `yield_now` for a coroutine; false on a plain thread.
+pub(crate) fn yield_current() -> bool {
+    suspend(Request::Yield)
+}
+
+/// `park` for a coroutine; false on a plain thread.
+pub(crate) fn park_current_coroutine() -> bool {
+    let Some(r) = current_running() else {
+        return false;
+    };
+    if r.header.park.take_token() {
+        return true;
+    }
+    suspend(Request::Park)
+}
+
+/// Queues a new task: on the caller's deque if it is a worker of `shared`,
+/// else on the injector. Wakes a sleeping worker if there is one.
+pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
+    let _section = NoFaultSection::enter();
+    // SAFETY: as in `current_shared`.
+    match unsafe { worker_ptr().as_ref() } {
+        Some(w) if Arc::ptr_eq(&w.shared, shared) => w.deque.push(task),
+        _ => shared.injector.push(task),
+    }
+    fence(Ordering::SeqCst);
+    shared.notify_one();
+}
+
+/// Makes coroutine `key` of worker `home` runnable: straight onto the ready
+/// queue if the caller is that worker, else through its inbox.
+pub(crate) fn schedule_remote_or_local(shared: &Arc<Shared>, home: usize, key: usize) {
+    let _section = NoFaultSection::enter();
+    // SAFETY: as in `current_shared`.
+    if let Some(w) = unsafe { worker_ptr().as_ref() } {
+        if w.index == home && Arc::ptr_eq(&w.shared, shared) {
+            w.ready.borrow_mut().push_back(key);
+            return;
+        }
+    }
+    shared.workers[home].inbox.push(key);
+    fence(Ordering::SeqCst);
+    shared.notify_worker(home);
+}
+
+/// Drops a task that will never run (shutdown); its joiner sees
+/// `Cancelled`.
+pub(crate) fn discard(shared: &Shared, task: NewTask) {
+    drop(task);
+    shared.live.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The worker thread's body.
+pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>) {
+    if let Err(e) = stack::prepare_thread() {
+        // Without an alternate signal stack a growth fault would kill the
+        // process; refuse to run coroutines instead.
+        tracing::error!(worker = index, error = %e, "cannot set up the signal stack; worker exits");
+        return;
+    }
+    let local = Local {
+        index,
+        shared,
+        deque,
+        ready: RefCell::new(VecDeque::new()),
+        slab: RefCell::new(Vec::new()),
+        free_keys: RefCell::new(Vec::new()),
+        tick: Cell::new(0),
+    };
+    WORKER.with(|w| w.set(&local));
+    while !local.shared.shutdown.load(Ordering::Acquire) {
+        match local.next_work() {
+            Some(Work::Resume(key)) => local.resume(key),
+            Some(Work::Start(task)) => local.start(task),
+            None => local.sleep(),
+        }
+    }
+    local.shut_down();
+    WORKER.with(|w| w.set(ptr::null()));
+}
+
+enum Work {
+    Resume(usize),
+    Start(NewTask),
+}
+
+impl Local {
+    fn ws(&self) -> &super::WorkerShared {
+        &self.shared.workers[self.index]
+    }
+
+    /// Step 1 and 2 of the run loop.
+    fn next_work(&self) -> Option<Work> {
+        let tick = self.tick.get().wrapping_add(1);
+        self.tick.set(tick);
+        if tick % 32 == 0 {
+            self.drain_inbox();
+            if let Some(t) = self.steal_injector() {
+                return Some(Work::Start(t));
+            }
+        }
+        if self.ready.borrow().is_empty() {
+            self.drain_inbox();
+        }
+        if tick % 2 == 1 {
+            if let Some(t) = self.deque.pop() {
+                return Some(Work::Start(t));
+            }
+        }
+        if let Some(k) = self.ready.borrow_mut().pop_front() {
+            return Some(Work::Resume(k));
+        }
+        if let Some(t) = self.deque.pop() {
+            return Some(Work::Start(t));
+        }
+        self.steal_injector()
+            .or_else(|| self.steal_others())
+            .map(Work::Start)
+    }
+
+    fn drain_inbox(&self) {
+        let inbox = &self.ws().inbox;
+        if inbox.is_empty() {
+            return;
+        }
+        let mut ready = self.ready.borrow_mut();
+        loop {
+            match inbox.steal() {
+                Steal::Success(k) => ready.push_back(k),
+                Steal::Empty => break,
+                Steal::Retry => {}
+            }
+        }
+    }
+
+    fn steal_injector(&self) -> Option<NewTask> {
+        loop {
+            match self.shared.injector.steal_batch_and_pop(&self.deque) {
+                Steal::Success(t) => {
+                    self.shared.counters.steals.fetch_add(1, Ordering::Relaxed);
+                    return Some(t);
+                }
+                Steal::Empty => return None,
+                Steal::Retry => {}
+            }
+        }
+    }
+
+    fn steal_others(&self) -> Option<NewTask> {
+        let n = self.shared.workers.len();
+        for off in 1..n {
+            let victim = &self.shared.workers[(self.index + off) % n];
+            loop {
+                match victim.stealer.steal_batch_and_pop(&self.deque) {
+                    Steal::Success(t) => {
+                        self.shared.counters.steals.fetch_add(1, Ordering::Relaxed);
+                        return Some(t);
+                    }
+                    Steal::Empty => break,
+                    Steal::Retry => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether any source of work is non-empty (step 3's re-check).
+    fn has_work(&self) -> bool {
+        !self.ready.borrow().is_empty()
+            || !self.deque.is_empty()
+            || !self.ws().inbox.is_empty()
+            || !self.shared.injector.is_empty()
+            || self.shared.workers.iter().any(|w| !w.stealer.is_empty())
+            || self.shared.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Step 3: announce, re-check, sleep.
+    fn sleep(&self) {
+        self.shared.idle.announce(self.index);
+        fence(Ordering::SeqCst);
+        if !self.has_work() {
+            self.ws().parker.park();
+        }
+        self.shared.idle.remove_sleeper(self.index);
+    }
+
+    /// Step 4: creates the coroutine here and runs it.
+    fn start(&self, task: NewTask) {
+        let NewTask { header, slot, run } = task;
+        let key = self.free_keys.borrow_mut().pop().unwrap_or_else(|| {
+            let mut slab = self.slab.borrow_mut();
+            slab.push(None);
+            slab.len() - 1
+        });
+        header.home.store(self.index, Ordering::Release);
+        header.key.store(key, Ordering::Release);
+        let span = tracing::debug_span!(
+            "coroutine",
+            id = header.id.get(),
+            name = header.name.as_deref().unwrap_or("")
+        );
+        let gauge = slot.gauge();
+        let co = Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
+            if let Some(r) = current_running() {
+                r.yielder.set(y);
+            }
+            run();
+        });
+        let running = Box::new(Running {
+            co: UnsafeCell::new(Some(co)),
+            header,
+            yielder: Cell::new(ptr::null()),
+            locals: RefCell::new(LocalMap::default()),
+            span,
+            gauge,
+            reported: Cell::new(0),
+        });
+        self.slab.borrow_mut()[key] = Some(running);
+        self.resume(key);
+    }
+
+    /// Step 5: runs coroutine `key` until it suspends or returns.
+    fn resume(&self, key: usize) {
+        let p: *const Running = match self.slab.borrow().get(key) {
+            Some(Some(r)) => &**r,
+            _ => return, // a stale key (cannot happen; harmless if it did)
+        };
+        // SAFETY: the box stays in the slab until `finish` below removes it;
+        // only this thread touches the slab.
+        let r = unsafe { &*p };
+        let ws = self.ws();
+        ws.runs.fetch_add(1, Ordering::Relaxed);
+        ws.switches.fetch_add(1, Ordering::Relaxed);
+        ws.current
+            .store(Arc::as_ptr(&r.header).cast_mut(), Ordering::Release);
+        set_current(p);
+        StackGauge::set_running(Some(&r.gauge));
+        let result = {
+            let _entered = r.span.enter();
+            // SAFETY: only the worker loop touches `co`, and it is not
+            // re-entered: the coroutine code cannot reach this function.
+            let co = unsafe { (*r.co.get()).as_mut() }
+                .expect("a running coroutine has its corosensei state");
+            // Our bodies catch every panic; one escaping `resume` means the
+            // runtime's own code failed mid-switch, and unwinding the worker
+            // past a half-switched coroutine is not recoverable.
+            catch_unwind(AssertUnwindSafe(|| co.resume(())))
+                .unwrap_or_else(|_| abort("a coroutine's resume panicked"))
+        };
+        StackGauge::set_running(None);
+        set_current(ptr::null());
+        ws.current.store(ptr::null_mut(), Ordering::Release);
+        self.check_stack(r);
+        match result {
+            CoroutineResult::Yield(Request::Yield) => self.ready.borrow_mut().push_back(key),
+            CoroutineResult::Yield(Request::Park) => {
+                if r.header.park.commit_park() {
+                    self.shared.counters.parks.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.ready.borrow_mut().push_back(key);
+                }
+            }
+            CoroutineResult::Return(()) => self.finish(key),
+        }
+    }
+
+    /// The stack checker: reports use past 1/2 (info) and 7/8 (warn) of the
+    /// reserve, once each per coroutine.
+    fn check_stack(&self, r: &Running) {
+        let committed = r.gauge.committed();
+        let reserve = r.gauge.reserve();
+        let level = if committed * 8 > reserve * 7 {
+            2
+        } else if committed * 2 > reserve {
+            1
+        } else {
+            0
+        };
+        if level <= r.reported.get() {
+            return;
+        }
+        r.reported.set(level);
+        let (id, name) = (
+            r.header.id.get(),
+            r.header.name.as_deref().unwrap_or("<unnamed>"),
+        );
+        if level == 2 {
+            tracing::warn!(
+                coroutine.id = id,
+                coroutine.name = name,
+                committed,
+                reserve,
+                "coroutine stack past 7/8 of its reserve"
+            );
+        } else {
+            tracing::info!(
+                coroutine.id = id,
+                coroutine.name = name,
+                committed,
+                reserve,
+                "coroutine stack past 1/2 of its reserve"
+            );
+        }
+    }
+
+    /// Releases a finished coroutine: its slab entry, stack and header.
+    fn finish(&self, key: usize) {
+        let running = self.slab.borrow_mut()[key].take();
+        if let Some(r) = &running {
+            r.header.park.finish();
+        }
+        self.wait_for_watchdog();
+        drop(running);
+        self.free_keys.borrow_mut().push(key);
+        self.shared
+            .counters
+            .finished
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Makes sure the watchdog is not reading a header we are about to free
+    /// (see `watchdog.rs`).
+    fn wait_for_watchdog(&self) {
+        let ws = self.ws();
+        ws.current.store(ptr::null_mut(), Ordering::SeqCst);
+        while ws.watch_reading.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Step 6.
+    fn shut_down(&self) {
+        let entries: Vec<Box<Running>> = self.slab.borrow_mut().drain(..).flatten().collect();
+        self.wait_for_watchdog();
+        for r in entries {
+            r.header.cancelling.store(true, Ordering::Relaxed);
+            let p: *const Running = &*r;
+            set_current(p);
+            StackGauge::set_running(Some(&r.gauge));
+            // SAFETY: as in `resume`; dropping a suspended corosensei
+            // coroutine force-unwinds it on its own stack, here.
+            let co = unsafe { (*r.co.get()).take() };
+            drop(co);
+            StackGauge::set_running(None);
+            set_current(ptr::null());
+            drop(r);
+            self.shared.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        while let Some(t) = self.deque.pop() {
+            discard(&self.shared, t);
+        }
+        self.ready.borrow_mut().clear();
+        while !self.ws().inbox.is_empty() {
+            let _ = self.ws().inbox.steal();
+        }
+    }
+}
+
+/// Writes `msg` and aborts: for failures across a stack switch, where
+/// unwinding is not an option.
+fn abort(msg: &str) -> ! {
+    eprintln!("greenstack: fatal: {msg}");
+    std::process::abort()
+}
