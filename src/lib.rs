@@ -11,12 +11,12 @@
 //! macros build on it.
 #![warn(missing_docs)]
 
-pub use greenstack_runtime::stack;
 pub use greenstack_runtime::{
-    coroutine_local, current, park, spawn, spawn_blocking, try_current, yield_now, AccessError,
-    Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime, RuntimeBuilder,
-    RuntimeStats,
+    block_on_future, coroutine_local, current, park, spawn, spawn_blocking, try_current, yield_now,
+    AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime,
+    RuntimeBuilder, RuntimeStats,
 };
+pub use greenstack_runtime::{net, stack, sync, time};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -22,9 +22,19 @@ pub mod stack;
 mod scheduler;
 
 #[cfg(not(greenstack_loom))]
+pub mod time;
+
+#[cfg(not(greenstack_loom))]
+pub mod sync;
+
+#[cfg(not(greenstack_loom))]
+pub mod net;
+
+#[cfg(not(greenstack_loom))]
 pub use scheduler::{
-    current, park, spawn, spawn_blocking, try_current, yield_now, AccessError, Builder, Cancelled,
-    Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime, RuntimeBuilder, RuntimeStats,
+    block_on_future, current, park, spawn, spawn_blocking, try_current, yield_now, AccessError,
+    Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime, RuntimeBuilder,
+    RuntimeStats,
 };
 
 /// Under loom only the modeled components are built: the rest of the crate

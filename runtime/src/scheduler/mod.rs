@@ -31,6 +31,7 @@
 //! `park.rs`; both are loom-modeled.
 
 mod blocking;
+pub(crate) mod driver;
 mod idle;
 pub(crate) mod join;
 mod local;
@@ -79,8 +80,8 @@ pub(crate) struct WorkerShared {
     pub(crate) stealer: Stealer<NewTask>,
     /// Keys of this worker's coroutines woken by other threads.
     pub(crate) inbox: Injector<usize>,
-    /// Where the worker sleeps.
-    pub(crate) parker: park::Parker,
+    /// Where the worker sleeps, and its I/O registrations.
+    pub(crate) driver: driver::DriverHandle,
     /// Coroutines this worker has resumed (each resume counts).
     pub(crate) runs: AtomicU64,
     /// Header of the coroutine running now, or null (for the watchdog).
@@ -112,14 +113,14 @@ impl Shared {
     /// Wakes one sleeping worker, if any sleeps.
     pub(crate) fn notify_one(&self) {
         if let Some(w) = self.idle.pop_sleeper() {
-            self.workers[w].parker.unpark();
+            self.workers[w].driver.unpark();
         }
     }
 
     /// Wakes worker `w` if it sleeps.
     pub(crate) fn notify_worker(&self, w: usize) {
         if self.idle.remove_sleeper(w) {
-            self.workers[w].parker.unpark();
+            self.workers[w].driver.unpark();
         }
     }
 }
@@ -203,12 +204,20 @@ impl RuntimeBuilder {
         let deques: Vec<crossbeam_deque::Worker<NewTask>> = (0..n)
             .map(|_| crossbeam_deque::Worker::new_lifo())
             .collect();
+        let mut drivers = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (d, h) = driver::Driver::pair()?;
+            drivers.push(d);
+            handles.push(h);
+        }
         let workers = deques
             .iter()
-            .map(|d| WorkerShared {
+            .zip(handles)
+            .map(|(d, driver)| WorkerShared {
                 stealer: d.stealer(),
                 inbox: Injector::new(),
-                parker: park::Parker::new(),
+                driver,
                 runs: AtomicU64::new(0),
                 current: AtomicPtr::new(std::ptr::null_mut()),
                 watch_reading: AtomicBool::new(false),
@@ -232,11 +241,11 @@ impl RuntimeBuilder {
             threads: Vec::with_capacity(n),
             watchdog: None,
         };
-        for (index, deque) in deques.into_iter().enumerate() {
+        for (index, (deque, driver)) in deques.into_iter().zip(drivers).enumerate() {
             let shared = Arc::clone(&shared);
             let t = std::thread::Builder::new()
                 .name(format!("greenstack-worker-{index}"))
-                .spawn(move || worker::run(shared, index, deque))?;
+                .spawn(move || worker::run(shared, index, deque, driver))?;
             rt.threads.push(t);
         }
         rt.watchdog = Some(watchdog::start(Arc::clone(&shared))?);
@@ -356,7 +365,7 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         for w in self.shared.workers.iter() {
-            w.parker.unpark();
+            w.driver.unpark();
         }
         self.shared.watchdog_parker.unpark();
         for t in self.threads.drain(..) {
@@ -591,6 +600,43 @@ pub fn current() -> Coroutine {
 /// The calling coroutine, or `None` on a plain thread.
 pub fn try_current() -> Option<Coroutine> {
     worker::current_header().map(|header| Coroutine { header })
+}
+
+/// Calls `f` with the calling worker's driver (timers, poller).
+pub(crate) fn with_driver<R>(f: impl FnOnce(&driver::Driver) -> R) -> Option<R> {
+    worker::with_driver(f)
+}
+
+/// Whether the caller is a coroutine.
+pub(crate) fn in_coroutine() -> bool {
+    worker::in_coroutine()
+}
+
+/// Runs a future to completion from coroutine code (or a plain thread),
+/// parking the coroutine (or blocking the thread) while it is pending. Its
+/// waker unparks the caller, so coroutine code can call async libraries.
+///
+/// # Examples
+///
+/// ```
+/// # let rt = greenstack_runtime::Runtime::new()?;
+/// rt.block_on(|| {
+///     let h = greenstack_runtime::spawn(|| 2 + 2);
+///     // A JoinHandle is a future too.
+///     assert_eq!(greenstack_runtime::block_on_future(h).unwrap(), 4);
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn block_on_future<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let waker = current_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        park_current();
+    }
 }
 
 /// A waker for the caller: its coroutine's, or its thread's.

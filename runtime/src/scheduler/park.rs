@@ -116,7 +116,9 @@ impl Parker {
         }
     }
 
-    /// Sleeps until a token is available, then consumes it.
+    /// Sleeps until a token is available, then consumes it. (Workers sleep
+    /// in their driver; this is the protocol loom checks.)
+    #[cfg_attr(not(greenstack_loom), allow(dead_code))]
     pub(crate) fn park(&self) {
         let mut n = self.notified.lock().unwrap_or_else(|p| p.into_inner());
         while !*n {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Steal, Worker};
 
+use super::driver::Driver;
 use super::local::Map as LocalMap;
 use super::task::{Header, NewTask};
 use super::Shared;
@@ -72,6 +73,8 @@ struct Local {
     slab: RefCell<Vec<Option<Box<Running>>>>,
     free_keys: RefCell<Vec<usize>>,
     tick: Cell<u32>,
+    /// Timers and I/O readiness; where the worker sleeps.
+    driver: Driver,
 }
 
 thread_local! {
@@ -121,6 +124,18 @@ pub(crate) fn current_header() -> Option<Arc<Header>> {
 /// Whether the calling coroutine is being force-unwound at shutdown.
 pub(crate) fn current_is_cancelling() -> bool {
     current_running().is_some_and(|r| r.header.cancelling.load(Ordering::Relaxed))
+}
+
+/// The runtime and index of the worker thread calling, if it is one.
+pub(crate) fn current_worker() -> Option<(Arc<Shared>, usize)> {
+    // SAFETY: as in `current_shared`.
+    unsafe { worker_ptr().as_ref() }.map(|w| (Arc::clone(&w.shared), w.index))
+}
+
+/// Calls `f` with the calling worker's driver, if the caller is a worker.
+pub(crate) fn with_driver<R>(f: impl FnOnce(&Driver) -> R) -> Option<R> {
+    // SAFETY: as in `current_shared`.
+    unsafe { worker_ptr().as_ref() }.map(|w| f(&w.driver))
 }
 
 /// The runtime of the worker thread calling, if it is one.
@@ -197,7 +212,7 @@ pub(crate) fn discard(shared: &Shared, task: NewTask) {
 }
 
 /// The worker thread's body.
-pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>) {
+pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, poll: mio::Poll) {
     if let Err(e) = stack::prepare_thread() {
         // Without an alternate signal stack a growth fault would kill the
         // process; refuse to run coroutines instead.
@@ -212,6 +227,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>) {
         slab: RefCell::new(Vec::new()),
         free_keys: RefCell::new(Vec::new()),
         tick: Cell::new(0),
+        driver: Driver::new(poll),
     };
     WORKER.with(|w| w.set(&local));
     while !local.shared.shutdown.load(Ordering::Acquire) {
@@ -239,6 +255,12 @@ impl Local {
     fn next_work(&self) -> Option<Work> {
         let tick = self.tick.get().wrapping_add(1);
         self.tick.set(tick);
+        if tick % 64 == 0 {
+            // Busy workers still notice I/O readiness and timers.
+            self.driver.poll(&self.ws().driver, false);
+        } else if tick % 8 == 0 || self.ready.borrow().is_empty() {
+            self.driver.fire_timers();
+        }
         if tick % 32 == 0 {
             self.drain_inbox();
             if let Some(t) = self.steal_injector() {
@@ -324,9 +346,10 @@ impl Local {
     fn sleep(&self) {
         self.shared.idle.announce(self.index);
         fence(Ordering::SeqCst);
-        if !self.has_work() {
-            self.ws().parker.park();
-        }
+        let block = !self.has_work();
+        // Sleeps in epoll until a wake-up, I/O or the next timer; without
+        // blocking, still collects I/O that is ready.
+        self.driver.poll(&self.ws().driver, block);
         self.shared.idle.remove_sleeper(self.index);
     }
 

@@ -1,0 +1,205 @@
+//! Networking with std's API that parks the coroutine, not the worker.
+//!
+//! Sockets are non-blocking underneath (mio). An operation tries the system
+//! call; when it would block inside a coroutine, the socket is registered
+//! (once, edge-triggered) with the poller of the worker the coroutine runs
+//! on, and the coroutine parks until readiness or its timeout. On a plain
+//! thread the same call waits in `poll(2)` on the socket alone, so the
+//! types work from threads too. EOF and errors come back exactly as the
+//! system call reports them, as std's do.
+//!
+//! mio rather than `polling`: it is the poller under tokio, edge-triggered
+//! by default (one registration per socket, no re-arming per wait), and has
+//! the eventfd waker the worker's sleep already uses.
+
+mod tcp;
+mod udp;
+mod unix;
+
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixListener, UnixStream};
+
+pub use std::net::Shutdown;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+
+use crate::scheduler::driver::{Registration, READABLE, WRITABLE};
+
+/// The direction an operation waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+impl Dir {
+    fn bit(self) -> u8 {
+        match self {
+            Dir::Read => READABLE,
+            Dir::Write => WRITABLE,
+        }
+    }
+}
+
+/// A non-blocking socket plus what waiting on it needs.
+pub(crate) struct Io<S: AsRawFd> {
+    pub(crate) sock: S,
+    /// Set by the first wait inside a coroutine; `None` inside if that
+    /// happened on a plain thread (never registered).
+    reg: OnceCell<Option<Registration>>,
+    /// Read and write timeouts in nanoseconds; `u64::MAX` is none.
+    timeouts: [AtomicU64; 2],
+}
+
+const NO_TIMEOUT: u64 = u64::MAX;
+
+impl<S: AsRawFd> Io<S> {
+    pub(crate) fn new(sock: S) -> Io<S> {
+        Io {
+            sock,
+            reg: OnceCell::new(),
+            timeouts: [AtomicU64::new(NO_TIMEOUT), AtomicU64::new(NO_TIMEOUT)],
+        }
+    }
+
+    /// std's `set_read_timeout`/`set_write_timeout`: `Some(0)` is an error.
+    pub(crate) fn set_timeout(&self, dir: Dir, t: Option<Duration>) -> io::Result<()> {
+        let nanos = match t {
+            Some(d) if d.is_zero() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "cannot set a 0 duration timeout",
+                ))
+            }
+            Some(d) => u64::try_from(d.as_nanos()).unwrap_or(NO_TIMEOUT - 1),
+            None => NO_TIMEOUT,
+        };
+        self.timeouts[dir as usize].store(nanos, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn timeout(&self, dir: Dir) -> Option<Duration> {
+        match self.timeouts[dir as usize].load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+
+    /// Copies the timeouts to a clone.
+    pub(crate) fn copy_timeouts_to<T: AsRawFd>(&self, other: &Io<T>) {
+        for i in 0..2 {
+            other.timeouts[i].store(self.timeouts[i].load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `op` until it does not report `WouldBlock`, waiting for `dir`
+    /// readiness in between, until the direction's timeout.
+    pub(crate) fn op<R>(&self, dir: Dir, op: impl FnMut(&S) -> io::Result<R>) -> io::Result<R> {
+        let deadline = self
+            .timeout(dir)
+            .and_then(|t| Instant::now().checked_add(t));
+        self.op_until(dir, deadline, op)
+    }
+
+    /// As [`op`](Self::op) with an explicit deadline.
+    pub(crate) fn op_until<R>(
+        &self,
+        dir: Dir,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            let reg = if crate::scheduler::in_coroutine() {
+                self.registration()?
+            } else {
+                None
+            };
+            if let Some(r) = reg {
+                r.state.clear(dir.bit());
+            }
+            match op(&self.sock) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the operation timed out",
+                ));
+            }
+            match reg {
+                Some(r) => {
+                    if r.state.wait(dir.bit(), &crate::scheduler::current_waker()) {
+                        crate::time::park_until(deadline);
+                    }
+                }
+                None => poll_fd(self.sock.as_raw_fd(), dir, deadline)?,
+            }
+        }
+    }
+
+    /// Registers with the calling worker's poller on first use.
+    fn registration(&self) -> io::Result<Option<&Registration>> {
+        let fd = self.sock.as_raw_fd();
+        self.reg
+            .get_or_try_init(|| Registration::new(&mut mio::unix::SourceFd(&fd)))
+            .map(Option::as_ref)
+    }
+}
+
+impl<S: AsRawFd> Drop for Io<S> {
+    fn drop(&mut self) {
+        if let Some(Some(r)) = self.reg.get() {
+            r.deregister(&mut mio::unix::SourceFd(&self.sock.as_raw_fd()));
+        }
+    }
+}
+
+/// Waits in `poll(2)` for `fd` to be ready for `dir`, until `deadline`.
+fn poll_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
+    let events = match dir {
+        Dir::Read => libc::POLLIN,
+        Dir::Write => libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let timeout_ms = match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            // Round up so we never wake before the deadline.
+            i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+        }
+    };
+    // SAFETY: one valid pollfd on our stack, count 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` (close-on-exec), for `try_clone`.
+pub(crate) fn dup(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}

@@ -1,0 +1,225 @@
+//! The channel core behind `mpsc`, `mpmc` and `oneshot`.
+//!
+//! One std mutex guards the queue, the counts of live ends, and two FIFO
+//! queues of parked waiters (receivers waiting for a value, senders waiting
+//! for room). Each send wakes the longest-waiting receiver; each receive
+//! wakes the senders waiting for room. A rendezvous channel (capacity 0)
+//! lets a value into the queue, then holds its sender until a receiver has
+//! taken it (counted by sequence numbers), so `send` returns only after the
+//! hand-over, as std's `sync_channel(0)` does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::wait::{lock, wake_all, Waiter};
+
+pub(crate) struct Chan<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    queue: VecDeque<T>,
+    /// `None`: unbounded. `Some(0)`: rendezvous.
+    cap: Option<usize>,
+    senders: usize,
+    receivers: usize,
+    /// Values ever pushed, and ever taken.
+    pushed: u64,
+    taken: u64,
+    recv_waiters: VecDeque<Arc<Waiter>>,
+    send_waiters: VecDeque<Arc<Waiter>>,
+}
+
+/// Why a receive returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvFail {
+    Empty,
+    Disconnected,
+    Timeout,
+}
+
+/// Why a send did not deliver; the value comes back.
+pub(crate) enum SendFail<T> {
+    Full(T),
+    Disconnected(T),
+    Timeout(T),
+}
+
+impl<T> Chan<T> {
+    pub(crate) fn new(cap: Option<usize>) -> Arc<Chan<T>> {
+        Arc::new(Chan {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                cap,
+                senders: 1,
+                receivers: 1,
+                pushed: 0,
+                taken: 0,
+                recv_waiters: VecDeque::new(),
+                send_waiters: VecDeque::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn add_sender(&self) {
+        lock(&self.state).senders += 1;
+    }
+
+    pub(crate) fn add_receiver(&self) {
+        lock(&self.state).receivers += 1;
+    }
+
+    /// A sender is gone; the last one wakes every receiver.
+    pub(crate) fn drop_sender(&self) {
+        let woken = {
+            let mut st = lock(&self.state);
+            st.senders -= 1;
+            if st.senders == 0 {
+                notify_all(&mut st.recv_waiters)
+            } else {
+                Vec::new()
+            }
+        };
+        wake_all(woken);
+    }
+
+    /// A receiver is gone; the last one wakes every sender (queued values
+    /// stay until the channel is dropped, so a rendezvous sender can take
+    /// its value back).
+    pub(crate) fn drop_receiver(&self) {
+        let woken = {
+            let mut st = lock(&self.state);
+            st.receivers -= 1;
+            if st.receivers == 0 {
+                notify_all(&mut st.send_waiters)
+            } else {
+                Vec::new()
+            }
+        };
+        wake_all(woken);
+    }
+
+    /// Sends `v`, waiting for room (and, for a rendezvous, for a receiver to
+    /// take it) until `deadline`; `block == false` never waits.
+    pub(crate) fn send(
+        &self,
+        v: T,
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendFail<T>> {
+        let mut value = Some(v);
+        let mut my_seq = None;
+        loop {
+            let node;
+            let mut woken = None;
+            {
+                let mut st = lock(&self.state);
+                if st.receivers == 0 {
+                    // Take our value back out if it is still queued.
+                    let v = match value.take() {
+                        Some(v) => v,
+                        None => st
+                            .queue
+                            .pop_back()
+                            .expect("our rendezvous value is still queued"),
+                    };
+                    return Err(SendFail::Disconnected(v));
+                }
+                if let Some(seq) = my_seq {
+                    // Rendezvous: wait until our value was taken.
+                    if st.taken >= seq {
+                        return Ok(());
+                    }
+                } else {
+                    let room = match st.cap {
+                        None => true,
+                        Some(c) => st.queue.len() < c.max(1),
+                    };
+                    if room {
+                        st.queue
+                            .push_back(value.take().expect("value not yet sent"));
+                        st.pushed += 1;
+                        let w = st.recv_waiters.pop_front();
+                        if let Some(w) = &w {
+                            w.notify();
+                        }
+                        if st.cap != Some(0) {
+                            drop(st);
+                            if let Some(w) = w {
+                                w.wake();
+                            }
+                            return Ok(());
+                        }
+                        my_seq = Some(st.pushed);
+                        woken = w;
+                    } else {
+                        if !block {
+                            return Err(SendFail::Full(value.take().expect("value not yet sent")));
+                        }
+                    }
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    let v = match value.take() {
+                        Some(v) => v,
+                        // A rendezvous value nobody took: withdraw it.
+                        None => st
+                            .queue
+                            .pop_back()
+                            .expect("our rendezvous value is still queued"),
+                    };
+                    return Err(SendFail::Timeout(v));
+                }
+                node = Waiter::new(1);
+                st.send_waiters.push_back(Arc::clone(&node));
+            }
+            if let Some(w) = woken {
+                w.wake();
+            }
+            node.wait(deadline);
+        }
+    }
+
+    /// Receives a value, waiting until `deadline` if `block`.
+    pub(crate) fn recv(&self, block: bool, deadline: Option<Instant>) -> Result<T, RecvFail> {
+        loop {
+            let node = {
+                let mut st = lock(&self.state);
+                if let Some(v) = st.queue.pop_front() {
+                    st.taken += 1;
+                    let woken = notify_all(&mut st.send_waiters);
+                    drop(st);
+                    wake_all(woken);
+                    return Ok(v);
+                }
+                if st.senders == 0 {
+                    return Err(RecvFail::Disconnected);
+                }
+                if !block {
+                    return Err(RecvFail::Empty);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(RecvFail::Timeout);
+                }
+                let node = Waiter::new(1);
+                st.recv_waiters.push_back(Arc::clone(&node));
+                node
+            };
+            if !node.wait(deadline) {
+                // Timed out: leave the queue; the loop reports the timeout
+                // unless a value arrived meanwhile.
+                let mut st = lock(&self.state);
+                st.recv_waiters.retain(|w| !Arc::ptr_eq(w, &node));
+            }
+        }
+    }
+
+    /// Whether the other side is gone (no receivers).
+    pub(crate) fn receivers_gone(&self) -> bool {
+        lock(&self.state).receivers == 0
+    }
+}
+
+fn notify_all(q: &mut VecDeque<Arc<Waiter>>) -> Vec<Arc<Waiter>> {
+    q.drain(..).inspect(|w| w.notify()).collect()
+}
