@@ -1,18 +1,14 @@
-//! The greenstack showcase: many parked coroutines for little memory, and
-//! deep recursion that grows its stack on demand.
+//! The greenstack showcase: a hundred thousand parked coroutines for little
+//! memory, deep recursion that grows its stack on demand, and a fan-out
+//! across workers, then the runtime's own account of it.
 //!
 //! Run with `cargo run --release --example showcase`.
-//!
-//! Today it drives the stack arena directly with corosensei coroutines; once
-//! the scheduler lands it runs the same workloads through `spawn`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use corosensei::{Coroutine, CoroutineResult, Yielder};
-use greenstack::stack::{ArenaStats, Slot, StackArena};
-
-type Co = Coroutine<(), (), u64, Slot>;
+use greenstack::sync::{mpsc, oneshot};
+use greenstack::{Builder, Runtime, RuntimeStats};
 
 /// VmRSS + VmPTE of this process, in KiB.
 fn rss_pte_kib() -> usize {
@@ -67,7 +63,7 @@ impl Parser<'_> {
                 while self.input.get(self.pos).is_some_and(u8::is_ascii_digit) {
                     self.pos += 1;
                 }
-                let s = std::str::from_utf8(&self.input[start..self.pos]).unwrap();
+                let s = std::str::from_utf8(&self.input[start..self.pos]).map_err(|e| e.to_string())?;
                 s.parse().map_err(|e| format!("{e}"))
             }
             _ => Err(format!("unexpected input at {}", self.pos)),
@@ -88,106 +84,130 @@ fn nested(depth: usize) -> String {
     s
 }
 
-fn row(label: &str, value: impl std::fmt::Display) {
-    println!("  {label:<34} {value:>16}");
+/// Fan-out Fibonacci: a coroutine per call.
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let left = greenstack::spawn(move || fib(n - 1));
+    let right = fib(n - 2);
+    left.join().expect("fib never panics") + right
 }
 
-fn print_stats(title: &str, s: &ArenaStats) {
-    println!("{title}");
+fn row(label: &str, value: impl std::fmt::Display) {
+    println!("  {label:<36} {value:>18}");
+}
+
+fn print_stats(s: &RuntimeStats) {
+    println!("runtime stats");
+    row("coroutines spawned / finished", format!("{} / {}", s.spawned, s.finished));
+    row("steals / parks / wake-ups", format!("{} / {} / {}", s.steals, s.parks, s.wakeups));
     row(
-        "slots live / pooled",
-        format!("{} / {}", s.live_slots, s.pooled_slots),
+        "resumes per worker",
+        s.worker_runs.iter().map(u64::to_string).collect::<Vec<_>>().join(" / "),
     );
-    row("stack reserved", format!("{} MiB", s.reserved_bytes >> 20));
-    row(
-        "stack committed",
-        format!("{} KiB", s.committed_bytes >> 10),
-    );
-    row("growth faults", s.growth_faults);
-    row("bytes grown", format!("{} KiB", s.bytes_grown >> 10));
-    row(
-        "bytes reclaimed",
-        format!("{} KiB", s.bytes_reclaimed >> 10),
-    );
-    row("no-fault-section violations", s.nofault_violations);
+    let a = &s.arena;
+    row("stack reserved", format!("{} GiB", a.reserved_bytes >> 30));
+    row("stack committed", format!("{} MiB", a.committed_bytes >> 20));
+    row("stack slots live / pooled", format!("{} / {}", a.live_slots, a.pooled_slots));
+    row("growth faults", a.growth_faults);
+    row("bytes grown", format!("{} MiB", a.bytes_grown >> 20));
+    row("bytes reclaimed", format!("{} MiB", a.bytes_reclaimed >> 20));
+    row("no-fault-section violations", a.nofault_violations);
 }
 
 fn main() -> std::io::Result<()> {
-    greenstack::stack::prepare_thread()?;
-    println!("greenstack showcase: stacks reserved large, committed small, grown on fault\n");
+    let rt = Runtime::new()?;
+    println!(
+        "greenstack showcase: {} workers, stacks reserved {} KiB each, committed on demand\n",
+        rt.stats().worker_runs.len(),
+        rt.arena().default_stack_size() >> 10
+    );
 
-    // 1. 100,000 coroutines, each parked mid-run on its own 256 KiB reserve.
+    // 1. 100,000 coroutines parked at once, each waiting on its own oneshot.
     const N: usize = 100_000;
-    let arena = StackArena::new()?;
     let base = rss_pte_kib();
     let t = Instant::now();
-    let mut parked: Vec<Co> = Vec::with_capacity(N);
-    for i in 0..N {
-        let mut slot = arena.allocate()?;
-        slot.set_identity(i as u64 + 1, None);
-        let mut co = Co::with_stack(slot, move |y: &Yielder<(), ()>, ()| {
-            let local = black_box(i as u64);
-            y.suspend(());
-            local * 2
-        });
-        let CoroutineResult::Yield(()) = co.resume(()) else {
-            unreachable!()
-        };
-        parked.push(co);
-    }
-    let per = (rss_pte_kib() - base) as f64 / N as f64;
-    println!(
-        "1. {N} coroutines parked in {:.0} ms: {per:.2} KiB each (RSS + page tables), reserve {} KiB each",
-        t.elapsed().as_secs_f64() * 1e3,
-        arena.default_stack_size() >> 10
-    );
-    print_stats("   arena while parked:", &arena.stats());
-    let mut sum = 0;
-    for mut co in parked.drain(..) {
-        let CoroutineResult::Return(v) = co.resume(()) else {
-            unreachable!()
-        };
-        sum += v;
-    }
-    assert_eq!(sum, (0..N as u64).map(|i| i * 2).sum());
-    println!("   all {N} resumed and finished (checksum ok)\n");
-
-    // 2. Deep recursion: parse 100,000 levels of nesting on one coroutine
-    //    whose stack starts at one page and grows to what the parse needs.
-    let deep = StackArena::builder().stack_size(256 << 20).build()?;
-    let depth = 100_000;
-    let input = nested(depth);
-    let mut slot = deep.allocate()?;
-    slot.set_identity(1, Some("parser"));
-    let t = Instant::now();
-    let mut co = Co::with_stack(slot, move |_: &Yielder<(), ()>, ()| {
-        let mut p = Parser {
-            input: input.as_bytes(),
-            pos: 0,
-        };
-        p.expr().expect("the input is well formed")
+    let (senders, parked_kib) = rt.block_on(move || {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut senders = Vec::with_capacity(N);
+        let mut handles = Vec::with_capacity(N);
+        for i in 0..N as u64 {
+            let (tx, rx) = oneshot::channel::<u64>();
+            let ready = ready_tx.clone();
+            handles.push(greenstack::spawn(move || {
+                ready.send(()).expect("main waits for all");
+                drop(ready);
+                rx.recv().expect("main sends to every coroutine") + i
+            }));
+            senders.push(tx);
+        }
+        drop(ready_tx);
+        ready_rx.iter().take(N).for_each(drop);
+        (senders.into_iter().zip(handles).collect::<Vec<_>>(), rss_pte_kib())
     });
-    let CoroutineResult::Return(v) = co.resume(()) else {
-        unreachable!()
-    };
-    assert_eq!(v, depth as u64 + 1);
-    let slot = co.into_stack();
+    let per = parked_kib.saturating_sub(base) as f64 / N as f64;
     println!(
-        "2. parsed {depth} nested levels in {:.1} ms: stack grew to {} KiB of a {} MiB reserve",
-        t.elapsed().as_secs_f64() * 1e3,
-        slot.committed() >> 10,
-        slot.reserve() >> 20
+        "1. {N} coroutines parked in {:.0} ms: {per:.2} KiB each (RSS + page tables, everything included)",
+        t.elapsed().as_secs_f64() * 1e3
     );
-    drop(slot);
-    print_stats("   arena after the parse:", &deep.stats());
-    println!();
+    let sum = rt.block_on(move || {
+        let mut joins = Vec::with_capacity(N);
+        for (tx, h) in senders {
+            tx.send(1).expect("the coroutine waits");
+            joins.push(h);
+        }
+        joins.into_iter().map(|h| h.join().expect("no panic")).sum::<u64>()
+    });
+    assert_eq!(sum, (0..N as u64).map(|i| i + 1).sum());
+    println!("   all {N} woken, finished and joined (checksum ok)\n");
 
-    // 3. Reclaim: idle pooled stacks give their pages back.
-    let trimmed = deep.trim_idle() + deep.trim_idle() + arena.trim_idle() + arena.trim_idle();
+    // 2. Deep recursion: parse 100,000 nesting levels on one coroutine whose
+    //    stack starts at 32 KiB committed and grows to what the parse needs.
+    let depth = 100_000;
+    let before = rt.stats().arena;
+    let t = Instant::now();
+    let (v, used) = rt.block_on(move || {
+        let input = nested(depth);
+        Builder::new()
+            .name("parser")
+            .stack_size(256 << 20)
+            .spawn(move || {
+                let mut p = Parser { input: input.as_bytes(), pos: 0 };
+                let v = p.expr().expect("the input is well formed");
+                let here = 0u8;
+                (v, black_box(&here) as *const u8 as usize)
+            })
+            .expect("a 256 MiB reserve is available")
+            .join()
+            .expect("the parser does not panic")
+    });
+    assert_eq!(v, depth as u64 + 1);
+    let _ = used;
+    let after = rt.stats().arena;
     println!(
-        "3. trim_idle gave back {} KiB of idle pooled stack",
-        trimmed >> 10
+        "2. parsed {depth} nested levels in {:.1} ms on a 256 MiB reserve: \
+         {} growth faults committed {} MiB on demand\n",
+        t.elapsed().as_secs_f64() * 1e3,
+        after.growth_faults - before.growth_faults,
+        (after.bytes_grown - before.bytes_grown) >> 20
     );
-    print_stats("   default arena at the end:", &arena.stats());
+
+    // 3. Fan-out: fib(25) with a coroutine per call, stolen across workers.
+    let before = rt.stats();
+    let t = Instant::now();
+    let f = rt.block_on(|| fib(25));
+    let after = rt.stats();
+    println!(
+        "3. fib(25) = {f} with {} coroutines in {:.1} ms; {} steals across workers\n",
+        after.spawned - before.spawned,
+        t.elapsed().as_secs_f64() * 1e3,
+        after.steals - before.steals
+    );
+
+    // 4. Idle pooled stacks give their pages back.
+    let reclaimed = rt.arena().trim_idle() + rt.arena().trim_idle();
+    println!("4. trim_idle gave back {} MiB of idle pooled stack\n", reclaimed >> 20);
+    print_stats(&rt.stats());
     Ok(())
 }
