@@ -8,8 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::scheduler::{current_waker, park_current, with_driver};
-
 /// Puts the calling coroutine (or thread) to sleep for at least `dur`.
 ///
 /// Never returns early. `Duration::MAX` sleeps forever.
@@ -47,17 +45,15 @@ pub fn sleep_until(deadline: Instant) {
 /// comes first; may return spuriously. The building block of every wait
 /// with a timeout: callers loop and re-check their condition.
 pub(crate) fn park_until(deadline: Option<Instant>) {
-    let Some(deadline) = deadline else {
-        park_current();
+    if crate::scheduler::park_current_until(deadline) {
         return;
-    };
-    let waker = current_waker();
-    match with_driver(|d| d.add_timer(deadline, waker)) {
-        Some(_timer) if crate::scheduler::in_coroutine() => park_current(),
-        _ => {
+    }
+    match deadline {
+        None => std::thread::park(),
+        Some(d) => {
             let now = Instant::now();
-            if now < deadline {
-                std::thread::park_timeout(deadline - now);
+            if now < d {
+                std::thread::park_timeout(d - now);
             }
         }
     }

@@ -295,8 +295,10 @@ impl Runtime {
         RuntimeBuilder::default().build()
     }
 
-    /// Runs `f` as a coroutine and blocks the calling thread until it
-    /// returns its value.
+    /// Runs `f` as a coroutine on the calling thread and blocks it until `f`
+    /// returns its value. The root coroutine never leaves this thread, so
+    /// neither `f` nor its value need be `Send`; the coroutines it spawns
+    /// run on the workers.
     ///
     /// # Panics
     ///
@@ -305,15 +307,19 @@ impl Runtime {
     /// no stack can be had for `f`.
     pub fn block_on<F, T>(&self, f: F) -> T
     where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
+        F: FnOnce() -> T + 'static,
+        T: 'static,
     {
         assert!(
             !worker::in_coroutine(),
             "Runtime::block_on called from inside a coroutine, which would block its worker; spawn and join instead"
         );
-        let handle = self.spawn(f);
-        match handle.join() {
+        let (header, slot) = new_coroutine(&self.shared, None, None, Some(std::thread::current()))
+            .unwrap_or_else(|e| panic!("greenstack: cannot start the block_on coroutine: {e}"));
+        if let Err(e) = crate::stack::prepare_thread() {
+            panic!("greenstack: cannot prepare this thread to run a coroutine: {e}");
+        }
+        match worker::run_root(&self.shared, header, slot, f) {
             Ok(v) => v,
             Err(p) => resume_unwind(p),
         }
@@ -427,26 +433,8 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    if shared.shutdown.load(Ordering::Acquire) {
-        return Err(io::Error::other("the runtime is shutting down"));
-    }
-    let mut slot = match stack_size {
-        Some(s) => shared.arena.allocate_with(s)?,
-        None => shared.arena.allocate()?,
-    };
-    let id =
-        std::num::NonZeroU64::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)).expect("ids start at 1");
-    let name: Option<Arc<str>> = name.map(Arc::from);
-    slot.set_identity(id.get(), name.as_deref());
-    let header = Arc::new(Header {
-        id,
-        name: name.clone(),
-        park: park::ParkState::new(),
-        home: AtomicUsize::new(usize::MAX),
-        key: AtomicUsize::new(usize::MAX),
-        cancelling: AtomicBool::new(false),
-        shared: Arc::clone(shared),
-    });
+    let (header, slot) = new_coroutine(shared, name, stack_size, None)?;
+    let (id, name) = (header.id, header.name.clone());
     let state = crate::loom::sync::Arc::new(JoinState::new(Identity { id: id.get(), name }));
     let completer = Completer::new(crate::loom::sync::Arc::clone(&state));
     let run = Box::new(move || {
@@ -471,6 +459,45 @@ where
     tracing::trace!(coroutine.id = id.get(), "spawn");
     worker::submit(shared, NewTask { header, slot, run });
     Ok(JoinHandle::new(state, Some(coroutine)))
+}
+
+/// A coroutine's header and stack: the part of spawning shared by `spawn`
+/// and `block_on`.
+fn new_coroutine(
+    shared: &Arc<Shared>,
+    name: Option<String>,
+    stack_size: Option<usize>,
+    root_thread: Option<std::thread::Thread>,
+) -> io::Result<(Arc<Header>, crate::stack::Slot)> {
+    if shared.shutdown.load(Ordering::Acquire) {
+        return Err(io::Error::other("the runtime is shutting down"));
+    }
+    let mut slot = match stack_size {
+        Some(s) => shared.arena.allocate_with(s)?,
+        None => shared.arena.allocate()?,
+    };
+    let id =
+        std::num::NonZeroU64::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)).expect("ids start at 1");
+    let name: Option<Arc<str>> = name.map(Arc::from);
+    slot.set_identity(id.get(), name.as_deref());
+    let home = if root_thread.is_some() {
+        worker::ROOT_HOME
+    } else {
+        usize::MAX
+    };
+    let header = Arc::new(Header {
+        id,
+        name,
+        park: park::ParkState::new(),
+        home: AtomicUsize::new(home),
+        key: AtomicUsize::new(usize::MAX),
+        cancelling: AtomicBool::new(false),
+        shared: Arc::clone(shared),
+        root_thread,
+    });
+    shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
+    shared.live.fetch_add(1, Ordering::Relaxed);
+    Ok((header, slot))
 }
 
 /// The runtime of the calling coroutine or runtime thread, if any.
@@ -583,9 +610,15 @@ pub fn park() {
 }
 
 pub(crate) fn park_current() {
-    if !worker::park_current_coroutine() {
+    if !worker::park_current_coroutine(None) {
         std::thread::park();
     }
+}
+
+/// Parks the calling coroutine until an unpark or `deadline`. False (and
+/// nothing done) on a plain thread.
+pub(crate) fn park_current_until(deadline: Option<std::time::Instant>) -> bool {
+    worker::park_current_coroutine(deadline)
 }
 
 /// The calling coroutine.
@@ -600,11 +633,6 @@ pub fn current() -> Coroutine {
 /// The calling coroutine, or `None` on a plain thread.
 pub fn try_current() -> Option<Coroutine> {
     worker::current_header().map(|header| Coroutine { header })
-}
-
-/// Calls `f` with the calling worker's driver (timers, poller).
-pub(crate) fn with_driver<R>(f: impl FnOnce(&driver::Driver) -> R) -> Option<R> {
-    worker::with_driver(f)
 }
 
 /// Whether the caller is a coroutine.

@@ -95,6 +95,20 @@ impl ParkState {
         }
     }
 
+    /// Whether the coroutine is parked (no unpark since `commit_park`).
+    pub(crate) fn is_parked(&self) -> bool {
+        self.0.load(Ordering::Acquire) == PARKED
+    }
+
+    /// Ends a park from the parked side (its deadline passed): `PARKED ->
+    /// EMPTY`. False if an unpark got there first (it schedules the
+    /// coroutine itself).
+    pub(crate) fn cancel_park(&self) -> bool {
+        self.0
+            .compare_exchange(PARKED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Step 5: the coroutine has finished.
     pub(crate) fn finish(&self) {
         self.0.store(DONE, Ordering::Release);

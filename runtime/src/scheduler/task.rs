@@ -35,6 +35,8 @@ pub(crate) struct Header {
     pub(crate) cancelling: AtomicBool,
     /// The runtime it belongs to, for remote wake-ups.
     pub(crate) shared: Arc<Shared>,
+    /// For a `block_on` root: the thread it runs on.
+    pub(crate) root_thread: Option<std::thread::Thread>,
 }
 
 impl Header {
@@ -42,9 +44,7 @@ impl Header {
     pub(crate) fn unpark(&self) {
         if self.park.unpark() {
             self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
-            let home = self.home.load(Ordering::Acquire);
-            let key = self.key.load(Ordering::Acquire);
-            super::worker::schedule_remote_or_local(&self.shared, home, key);
+            super::worker::schedule(self);
         }
     }
 }

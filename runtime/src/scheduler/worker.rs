@@ -24,11 +24,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Steal, Worker};
 
-use super::driver::Driver;
+use super::driver::{Driver, TimerGuard};
 use super::local::Map as LocalMap;
 use super::task::{Header, NewTask};
 use super::Shared;
@@ -39,9 +40,13 @@ use crate::stack::{self, NoFaultSection, Slot, StackGauge};
 pub(crate) enum Request {
     /// Run me again after the others that are ready.
     Yield,
-    /// Run me again after an unpark.
-    Park,
+    /// Run me again after an unpark, or at the deadline if there is one.
+    Park(Option<Instant>),
 }
+
+/// `Header::home` of a `block_on` root coroutine: it lives on the thread
+/// that called `block_on`, not on a worker.
+pub(crate) const ROOT_HOME: usize = usize::MAX - 1;
 
 type Co = corosensei::Coroutine<(), Request, (), Slot>;
 
@@ -62,6 +67,53 @@ pub(crate) struct Running {
     gauge: StackGauge,
     /// Highest stack-checker threshold already reported (0, 1 or 2).
     reported: Cell<u8>,
+    /// The timer of a park with a deadline; cancelled when it runs again.
+    timer: RefCell<Option<TimerGuard>>,
+}
+
+impl Running {
+    fn new(co: Co, header: Arc<Header>, gauge: StackGauge) -> Box<Running> {
+        let span = tracing::debug_span!(
+            "coroutine",
+            id = header.id.get(),
+            name = header.name.as_deref().unwrap_or("")
+        );
+        Box::new(Running {
+            co: UnsafeCell::new(Some(co)),
+            header,
+            yielder: Cell::new(ptr::null()),
+            locals: RefCell::new(LocalMap::default()),
+            span,
+            gauge,
+            reported: Cell::new(0),
+            timer: RefCell::new(None),
+        })
+    }
+
+    /// Resumes the coroutine on this thread until it suspends or returns.
+    /// `p` must point to `self`, boxed and kept alive by the caller.
+    fn resume(&self, p: *const Running) -> CoroutineResult<Request, ()> {
+        self.timer.borrow_mut().take();
+        set_current(p);
+        StackGauge::set_running(Some(&self.gauge));
+        let result = {
+            let _entered = self.span.enter();
+            // SAFETY: only the thread driving this coroutine touches `co`,
+            // and never re-entrantly: coroutine code cannot reach here for
+            // its own `Running`.
+            let co = unsafe { (*self.co.get()).as_mut() }
+                .expect("a running coroutine has its corosensei state");
+            // Our bodies catch every panic; one escaping `resume` means the
+            // runtime's own code failed mid-switch, and unwinding past a
+            // half-switched coroutine is not recoverable.
+            catch_unwind(AssertUnwindSafe(|| co.resume(())))
+                .unwrap_or_else(|_| abort("a coroutine's resume panicked"))
+        };
+        StackGauge::set_running(None);
+        set_current(ptr::null());
+        check_stack(self);
+        result
+    }
 }
 
 /// One worker's own state, reachable from its thread only.
@@ -132,17 +184,70 @@ pub(crate) fn current_worker() -> Option<(Arc<Shared>, usize)> {
     unsafe { worker_ptr().as_ref() }.map(|w| (Arc::clone(&w.shared), w.index))
 }
 
-/// Calls `f` with the calling worker's driver, if the caller is a worker.
-pub(crate) fn with_driver<R>(f: impl FnOnce(&Driver) -> R) -> Option<R> {
-    // SAFETY: as in `current_shared`.
-    unsafe { worker_ptr().as_ref() }.map(|w| f(&w.driver))
-}
-
-/// The runtime of the worker thread calling, if it is one.
+/// The runtime of the calling worker thread or coroutine (a `block_on`
+/// root included), if any.
 pub(crate) fn current_shared() -> Option<Arc<Shared>> {
     // SAFETY: `WORKER` points to the `Local` on the worker's own stack frame
     // in `run`, set for exactly the time that frame lives.
-    unsafe { worker_ptr().as_ref() }.map(|w| Arc::clone(&w.shared))
+    match unsafe { worker_ptr().as_ref() } {
+        Some(w) => Some(Arc::clone(&w.shared)),
+        None => current_running().map(|r| Arc::clone(&r.header.shared)),
+    }
+}
+
+/// Runs `root` as a coroutine on the calling thread, `block_on`'s root:
+/// it never leaves this thread, so neither it nor its value need be `Send`.
+/// Coroutines it spawns go to the workers through the injector. Parks block
+/// this thread until the root is unparked (or its deadline passes).
+pub(crate) fn run_root<T: 'static>(
+    shared: &Arc<Shared>,
+    header: Arc<Header>,
+    slot: Slot,
+    root: impl FnOnce() -> T + 'static,
+) -> std::thread::Result<T> {
+    let out: std::rc::Rc<Cell<Option<std::thread::Result<T>>>> = std::rc::Rc::new(Cell::new(None));
+    let out2 = std::rc::Rc::clone(&out);
+    let gauge = slot.gauge();
+    let co = Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
+        if let Some(r) = current_running() {
+            r.yielder.set(y);
+        }
+        out2.set(Some(catch_unwind(AssertUnwindSafe(root))));
+    });
+    let running = Running::new(co, header, gauge);
+    let p: *const Running = &*running;
+    loop {
+        match running.resume(p) {
+            CoroutineResult::Return(()) => break,
+            CoroutineResult::Yield(Request::Yield) => std::thread::yield_now(),
+            CoroutineResult::Yield(Request::Park(deadline)) => {
+                if !running.header.park.commit_park() {
+                    continue;
+                }
+                shared.counters.parks.fetch_add(1, Ordering::Relaxed);
+                while running.header.park.is_parked() {
+                    match deadline {
+                        None => std::thread::park(),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                // Wake ourselves; if an unpark raced in, it
+                                // already did.
+                                running.header.park.cancel_park();
+                                break;
+                            }
+                            std::thread::park_timeout(d - now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    running.header.park.finish();
+    drop(running);
+    shared.counters.finished.fetch_add(1, Ordering::Relaxed);
+    shared.live.fetch_sub(1, Ordering::Relaxed);
+    out.take().expect("the root ran to completion")
 }
 
 /// Suspends the calling coroutine with `req`. False on a plain thread.
@@ -164,15 +269,16 @@ pub(crate) fn yield_current() -> bool {
     suspend(Request::Yield)
 }
 
-/// `park` for a coroutine; false on a plain thread.
-pub(crate) fn park_current_coroutine() -> bool {
+/// `park` for a coroutine, until an unpark or `deadline`; false on a plain
+/// thread.
+pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
     let Some(r) = current_running() else {
         return false;
     };
     if r.header.park.take_token() {
         return true;
     }
-    suspend(Request::Park)
+    suspend(Request::Park(deadline))
 }
 
 /// Queues a new task: on the caller's deque if it is a worker of `shared`,
@@ -188,10 +294,20 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
     shared.notify_one();
 }
 
-/// Makes coroutine `key` of worker `home` runnable: straight onto the ready
-/// queue if the caller is that worker, else through its inbox.
-pub(crate) fn schedule_remote_or_local(shared: &Arc<Shared>, home: usize, key: usize) {
+/// Makes a coroutine that an unpark took out of `PARKED` runnable: straight
+/// onto the ready queue if the caller is its worker, else through its home
+/// worker's inbox (or, for a `block_on` root, by unparking its thread).
+pub(crate) fn schedule(header: &Header) {
     let _section = NoFaultSection::enter();
+    let home = header.home.load(Ordering::Acquire);
+    let key = header.key.load(Ordering::Acquire);
+    let shared = &header.shared;
+    if home == ROOT_HOME {
+        if let Some(t) = &header.root_thread {
+            t.unpark();
+        }
+        return;
+    }
     // SAFETY: as in `current_shared`.
     if let Some(w) = unsafe { worker_ptr().as_ref() } {
         if w.index == home && Arc::ptr_eq(&w.shared, shared) {
@@ -363,11 +479,6 @@ impl Local {
         });
         header.home.store(self.index, Ordering::Release);
         header.key.store(key, Ordering::Release);
-        let span = tracing::debug_span!(
-            "coroutine",
-            id = header.id.get(),
-            name = header.name.as_deref().unwrap_or("")
-        );
         let gauge = slot.gauge();
         let co = Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
             if let Some(r) = current_running() {
@@ -375,15 +486,7 @@ impl Local {
             }
             run();
         });
-        let running = Box::new(Running {
-            co: UnsafeCell::new(Some(co)),
-            header,
-            yielder: Cell::new(ptr::null()),
-            locals: RefCell::new(LocalMap::default()),
-            span,
-            gauge,
-            reported: Cell::new(0),
-        });
+        let running = Running::new(co, header, gauge);
         self.slab.borrow_mut()[key] = Some(running);
         self.resume(key);
     }
@@ -402,73 +505,22 @@ impl Local {
         ws.switches.fetch_add(1, Ordering::Relaxed);
         ws.current
             .store(Arc::as_ptr(&r.header).cast_mut(), Ordering::Release);
-        set_current(p);
-        StackGauge::set_running(Some(&r.gauge));
-        let result = {
-            let _entered = r.span.enter();
-            // SAFETY: only the worker loop touches `co`, and it is not
-            // re-entered: the coroutine code cannot reach this function.
-            let co = unsafe { (*r.co.get()).as_mut() }
-                .expect("a running coroutine has its corosensei state");
-            // Our bodies catch every panic; one escaping `resume` means the
-            // runtime's own code failed mid-switch, and unwinding the worker
-            // past a half-switched coroutine is not recoverable.
-            catch_unwind(AssertUnwindSafe(|| co.resume(())))
-                .unwrap_or_else(|_| abort("a coroutine's resume panicked"))
-        };
-        StackGauge::set_running(None);
-        set_current(ptr::null());
+        let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
-        self.check_stack(r);
         match result {
             CoroutineResult::Yield(Request::Yield) => self.ready.borrow_mut().push_back(key),
-            CoroutineResult::Yield(Request::Park) => {
+            CoroutineResult::Yield(Request::Park(deadline)) => {
                 if r.header.park.commit_park() {
                     self.shared.counters.parks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(d) = deadline {
+                        let waker = std::task::Waker::from(Arc::clone(&r.header));
+                        *r.timer.borrow_mut() = Some(self.driver.add_timer(d, waker));
+                    }
                 } else {
                     self.ready.borrow_mut().push_back(key);
                 }
             }
             CoroutineResult::Return(()) => self.finish(key),
-        }
-    }
-
-    /// The stack checker: reports use past 1/2 (info) and 7/8 (warn) of the
-    /// reserve, once each per coroutine.
-    fn check_stack(&self, r: &Running) {
-        let committed = r.gauge.committed();
-        let reserve = r.gauge.reserve();
-        let level = if committed * 8 > reserve * 7 {
-            2
-        } else if committed * 2 > reserve {
-            1
-        } else {
-            0
-        };
-        if level <= r.reported.get() {
-            return;
-        }
-        r.reported.set(level);
-        let (id, name) = (
-            r.header.id.get(),
-            r.header.name.as_deref().unwrap_or("<unnamed>"),
-        );
-        if level == 2 {
-            tracing::warn!(
-                coroutine.id = id,
-                coroutine.name = name,
-                committed,
-                reserve,
-                "coroutine stack past 7/8 of its reserve"
-            );
-        } else {
-            tracing::info!(
-                coroutine.id = id,
-                coroutine.name = name,
-                committed,
-                reserve,
-                "coroutine stack past 1/2 of its reserve"
-            );
         }
     }
 
@@ -523,6 +575,45 @@ impl Local {
         while !self.ws().inbox.is_empty() {
             let _ = self.ws().inbox.steal();
         }
+    }
+}
+
+/// The stack checker: reports use past 1/2 (info) and 7/8 (warn) of the
+/// reserve, once each per coroutine.
+fn check_stack(r: &Running) {
+    let committed = r.gauge.committed();
+    let reserve = r.gauge.reserve();
+    let level = if committed * 8 > reserve * 7 {
+        2
+    } else if committed * 2 > reserve {
+        1
+    } else {
+        0
+    };
+    if level <= r.reported.get() {
+        return;
+    }
+    r.reported.set(level);
+    let (id, name) = (
+        r.header.id.get(),
+        r.header.name.as_deref().unwrap_or("<unnamed>"),
+    );
+    if level == 2 {
+        tracing::warn!(
+            coroutine.id = id,
+            coroutine.name = name,
+            committed,
+            reserve,
+            "coroutine stack past 7/8 of its reserve"
+        );
+    } else {
+        tracing::info!(
+            coroutine.id = id,
+            coroutine.name = name,
+            committed,
+            reserve,
+            "coroutine stack past 1/2 of its reserve"
+        );
     }
 }
 
