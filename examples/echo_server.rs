@@ -24,7 +24,9 @@ fn handle(mut conn: TcpStream) -> std::io::Result<u64> {
 }
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7878".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7878".into());
     let rt = greenstack::Runtime::new()?;
     rt.block_on(move || -> std::io::Result<()> {
         let listener = TcpListener::bind(&addr)?;
@@ -32,10 +34,12 @@ fn main() -> std::io::Result<()> {
         for conn in listener.incoming() {
             let conn = conn?;
             let peer = conn.peer_addr()?;
-            greenstack::Builder::new().name(format!("conn-{peer}")).spawn(move || match handle(conn) {
-                Ok(n) => println!("{peer}: echoed {n} bytes"),
-                Err(e) => println!("{peer}: {e}"),
-            })?;
+            greenstack::Builder::new()
+                .name(format!("conn-{peer}"))
+                .spawn(move || match handle(conn) {
+                    Ok(n) => println!("{peer}: echoed {n} bytes"),
+                    Err(e) => println!("{peer}: {e}"),
+                })?;
         }
         Ok(())
     })

@@ -10,7 +10,8 @@ use std::io::{Read, Write};
 
 use greenstack::net::{TcpListener, TcpStream};
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
 
 /// Serves requests on one connection until the client closes it or asks to
 /// close. Requests are read up to the blank line; bodies are not expected.
@@ -31,7 +32,9 @@ fn serve(mut conn: TcpStream) -> std::io::Result<()> {
             }
         }
         if filled == buf.len() {
-            conn.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n")?;
+            conn.write_all(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+            )?;
             return Ok(());
         }
         let n = conn.read(&mut buf[filled..])?;
@@ -47,11 +50,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let rt = greenstack::Runtime::new()?;
     rt.block_on(move || -> std::io::Result<()> {
         let listener = TcpListener::bind(&addr)?;

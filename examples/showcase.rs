@@ -63,7 +63,8 @@ impl Parser<'_> {
                 while self.input.get(self.pos).is_some_and(u8::is_ascii_digit) {
                     self.pos += 1;
                 }
-                let s = std::str::from_utf8(&self.input[start..self.pos]).map_err(|e| e.to_string())?;
+                let s =
+                    std::str::from_utf8(&self.input[start..self.pos]).map_err(|e| e.to_string())?;
                 s.parse().map_err(|e| format!("{e}"))
             }
             _ => Err(format!("unexpected input at {}", self.pos)),
@@ -100,19 +101,38 @@ fn row(label: &str, value: impl std::fmt::Display) {
 
 fn print_stats(s: &RuntimeStats) {
     println!("runtime stats");
-    row("coroutines spawned / finished", format!("{} / {}", s.spawned, s.finished));
-    row("steals / parks / wake-ups", format!("{} / {} / {}", s.steals, s.parks, s.wakeups));
+    row(
+        "coroutines spawned / finished",
+        format!("{} / {}", s.spawned, s.finished),
+    );
+    row(
+        "steals / parks / wake-ups",
+        format!("{} / {} / {}", s.steals, s.parks, s.wakeups),
+    );
     row(
         "resumes per worker",
-        s.worker_runs.iter().map(u64::to_string).collect::<Vec<_>>().join(" / "),
+        s.worker_runs
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" / "),
     );
     let a = &s.arena;
     row("stack reserved", format!("{} GiB", a.reserved_bytes >> 30));
-    row("stack committed", format!("{} MiB", a.committed_bytes >> 20));
-    row("stack slots live / pooled", format!("{} / {}", a.live_slots, a.pooled_slots));
+    row(
+        "stack committed",
+        format!("{} MiB", a.committed_bytes >> 20),
+    );
+    row(
+        "stack slots live / pooled",
+        format!("{} / {}", a.live_slots, a.pooled_slots),
+    );
     row("growth faults", a.growth_faults);
     row("bytes grown", format!("{} MiB", a.bytes_grown >> 20));
-    row("bytes reclaimed", format!("{} MiB", a.bytes_reclaimed >> 20));
+    row(
+        "bytes reclaimed",
+        format!("{} MiB", a.bytes_reclaimed >> 20),
+    );
     row("no-fault-section violations", a.nofault_violations);
 }
 
@@ -144,7 +164,10 @@ fn main() -> std::io::Result<()> {
         }
         drop(ready_tx);
         ready_rx.iter().take(N).for_each(drop);
-        (senders.into_iter().zip(handles).collect::<Vec<_>>(), rss_pte_kib())
+        (
+            senders.into_iter().zip(handles).collect::<Vec<_>>(),
+            rss_pte_kib(),
+        )
     });
     let per = parked_kib.saturating_sub(base) as f64 / N as f64;
     println!(
@@ -157,7 +180,10 @@ fn main() -> std::io::Result<()> {
             tx.send(1).expect("the coroutine waits");
             joins.push(h);
         }
-        joins.into_iter().map(|h| h.join().expect("no panic")).sum::<u64>()
+        joins
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .sum::<u64>()
     });
     assert_eq!(sum, (0..N as u64).map(|i| i + 1).sum());
     println!("   all {N} woken, finished and joined (checksum ok)\n");
@@ -173,7 +199,10 @@ fn main() -> std::io::Result<()> {
             .name("parser")
             .stack_size(256 << 20)
             .spawn(move || {
-                let mut p = Parser { input: input.as_bytes(), pos: 0 };
+                let mut p = Parser {
+                    input: input.as_bytes(),
+                    pos: 0,
+                };
                 let v = p.expr().expect("the input is well formed");
                 let here = 0u8;
                 (v, black_box(&here) as *const u8 as usize)
@@ -207,7 +236,10 @@ fn main() -> std::io::Result<()> {
 
     // 4. Idle pooled stacks give their pages back.
     let reclaimed = rt.arena().trim_idle() + rt.arena().trim_idle();
-    println!("4. trim_idle gave back {} MiB of idle pooled stack\n", reclaimed >> 20);
+    println!(
+        "4. trim_idle gave back {} MiB of idle pooled stack\n",
+        reclaimed >> 20
+    );
     print_stats(&rt.stats());
     Ok(())
 }

@@ -454,8 +454,6 @@ where
     let coroutine = Coroutine {
         header: Arc::clone(&header),
     };
-    shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
-    shared.live.fetch_add(1, Ordering::Relaxed);
     tracing::trace!(coroutine.id = id.get(), "spawn");
     worker::submit(shared, NewTask { header, slot, run });
     Ok(JoinHandle::new(state, Some(coroutine)))
