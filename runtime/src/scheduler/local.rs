@@ -16,6 +16,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Default)]
 pub(crate) struct Map(Vec<Option<Box<dyn Any>>>);
 
+impl Map {
+    /// Removes and returns one value (the last set), to drop it outside the
+    /// borrow: its destructor may use other keys.
+    pub(crate) fn take_one(&mut self) -> Option<Box<dyn Any>> {
+        while let Some(last) = self.0.pop() {
+            if last.is_some() {
+                return last;
+            }
+        }
+        None
+    }
+}
+
 static NEXT_KEY: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {

@@ -370,6 +370,17 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
+        if worker::current_shared().is_some_and(|s| Arc::ptr_eq(&s, &self.shared)) {
+            // Dropped by one of its own coroutines: this thread cannot join
+            // itself. Stop the workers and let them finish shutting down on
+            // their own once this coroutine returns or parks.
+            tracing::warn!("a greenstack runtime was dropped from one of its own coroutines; its workers stop without being joined");
+            for w in self.shared.workers.iter() {
+                w.driver.unpark();
+            }
+            self.shared.watchdog_parker.unpark();
+            return;
+        }
         for w in self.shared.workers.iter() {
             w.driver.unpark();
         }
@@ -449,6 +460,7 @@ where
                 Outcome::Panic(p)
             }
         };
+        worker::drop_current_locals();
         completer.complete(outcome);
     });
     let coroutine = Coroutine {

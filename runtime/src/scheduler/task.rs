@@ -167,6 +167,12 @@ impl<T> JoinHandle<T> {
     pub fn join(mut self) -> std::thread::Result<T> {
         let state = self.state.take().expect("join handle already used");
         if !state.is_complete() {
+            if super::worker::current_is_cancelling() {
+                // A destructor of a coroutine force-unwound at shutdown
+                // cannot wait: the coroutine it joins may never run again.
+                state.detach();
+                return Err(Box::new(Cancelled));
+            }
             let waker = super::current_waker();
             while !state.register(&waker) {
                 super::park_current();

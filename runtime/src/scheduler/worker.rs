@@ -73,6 +73,9 @@ pub(crate) struct Running {
 
 impl Running {
     fn new(co: Co, header: Arc<Header>, gauge: StackGauge) -> Box<Running> {
+        // A pooled slot may come back grown by an earlier tenant: only
+        // crossings this coroutine makes are its own.
+        let inherited = stack_level(gauge.committed(), gauge.reserve());
         let span = tracing::debug_span!(
             "coroutine",
             id = header.id.get(),
@@ -85,7 +88,7 @@ impl Running {
             locals: RefCell::new(LocalMap::default()),
             span,
             gauge,
-            reported: Cell::new(0),
+            reported: Cell::new(inherited),
             timer: RefCell::new(None),
         })
     }
@@ -255,6 +258,12 @@ fn suspend(req: Request) -> bool {
     let Some(r) = current_running() else {
         return false;
     };
+    if r.header.cancelling.load(Ordering::Relaxed) {
+        // Being force-unwound at shutdown: a destructor that parks or
+        // yields returns at once. Switching now would throw a second forced
+        // unwind out of a destructor, which aborts.
+        return true;
+    }
     let y = r.yielder.get();
     // The switch itself must not take a growth fault.
     stack::prefault_for_runtime();
@@ -531,7 +540,7 @@ impl Local {
             r.header.park.finish();
         }
         self.wait_for_watchdog();
-        drop(running);
+        drop_quietly(running);
         self.free_keys.borrow_mut().push(key);
         self.shared
             .counters
@@ -565,7 +574,7 @@ impl Local {
             drop(co);
             StackGauge::set_running(None);
             set_current(ptr::null());
-            drop(r);
+            drop_quietly(r);
             self.shared.live.fetch_sub(1, Ordering::Relaxed);
         }
         while let Some(t) = self.deque.pop() {
@@ -581,16 +590,9 @@ impl Local {
 /// The stack checker: reports use past 1/2 (info) and 7/8 (warn) of the
 /// reserve, once each per coroutine.
 fn check_stack(r: &Running) {
-    let committed = r.gauge.committed();
-    let reserve = r.gauge.reserve();
-    let level = if committed * 8 > reserve * 7 {
-        2
-    } else if committed * 2 > reserve {
-        1
-    } else {
-        0
-    };
-    if level <= r.reported.get() {
+    let level = stack_level(r.gauge.committed(), r.gauge.reserve());
+    let reported = r.reported.get();
+    if level <= reported {
         return;
     }
     r.reported.set(level);
@@ -598,6 +600,16 @@ fn check_stack(r: &Running) {
         r.header.id.get(),
         r.header.name.as_deref().unwrap_or("<unnamed>"),
     );
+    let (committed, reserve) = (r.gauge.committed(), r.gauge.reserve());
+    if reported < 1 {
+        tracing::info!(
+            coroutine.id = id,
+            coroutine.name = name,
+            committed,
+            reserve,
+            "coroutine stack reached 1/2 of its reserve"
+        );
+    }
     if level == 2 {
         tracing::warn!(
             coroutine.id = id,
@@ -606,14 +618,47 @@ fn check_stack(r: &Running) {
             reserve,
             "coroutine stack past 7/8 of its reserve"
         );
+    }
+}
+
+/// 0 below half the reserve, 1 from half, 2 past 7/8. Growth doubles the
+/// committed size, so "from half" (not "past half") is what a power-of-two
+/// reserve reaches on its way up.
+fn stack_level(committed: usize, reserve: usize) -> u8 {
+    if committed * 8 > reserve * 7 {
+        2
+    } else if committed * 2 >= reserve {
+        1
     } else {
-        tracing::info!(
-            coroutine.id = id,
-            coroutine.name = name,
-            committed,
-            reserve,
-            "coroutine stack past 1/2 of its reserve"
+        0
+    }
+}
+
+/// Drops a finished coroutine's remains on the worker. Its locals were
+/// dropped in the coroutine already; whatever else panics here (a value the
+/// coroutine left behind) is reported instead of unwinding the worker,
+/// which would strand every coroutine pinned to it.
+fn drop_quietly<T>(value: T) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        tracing::error!(
+            panic = super::join::panic_message(p.as_ref()),
+            "a coroutine's remains panicked on drop"
         );
+    }
+}
+
+/// Drops the calling coroutine's `coroutine_local!` values, in the
+/// coroutine (so they may still use `current()` and each other), before it
+/// reports completion, so `join` returns after they are gone, as std's does
+/// for thread-locals. A panicking destructor is reported, not propagated.
+pub(crate) fn drop_current_locals() {
+    let Some(r) = current_running() else { return };
+    loop {
+        let next = r.locals.borrow_mut().take_one();
+        match next {
+            Some(v) => drop_quietly(v),
+            None => break,
+        }
     }
 }
 
