@@ -11,6 +11,7 @@
 //! macros build on it.
 #![warn(missing_docs)]
 
+pub use greenstack_macros::{main, spawn, test};
 pub use greenstack_runtime::{
     block_on_future, coroutine_local, current, park, spawn, spawn_blocking, try_current, yield_now,
     AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime,

@@ -1,7 +1,61 @@
-//! Procedural macros for greenstack: `#[greenstack::main]`, `#[greenstack::test]`
-//! and `spawn!`.
+//! Procedural macros for greenstack, re-exported by the `greenstack` crate:
+//! [`macro@main`], [`macro@test`] and [`spawn!`].
 //!
-//! The macros land together with the scheduler they expand to; until then this
-//! crate only reserves the name in the workspace so that the facade's layout is
-//! final.
+//! The generated code names the facade by its absolute path
+//! (`::greenstack::…`), so it works in any crate that depends on
+//! `greenstack`. A misuse is a compile error pointing at the offending token
+//! and listing the options accepted.
 #![warn(missing_docs)]
+
+mod entry;
+
+use proc_macro::TokenStream;
+
+/// Runs `fn main` as the root coroutine of a greenstack runtime.
+///
+/// `main` may return `()` or a `Result`, as usual. Options:
+///
+/// - `workers = N`: worker threads (default: the available parallelism);
+/// - `stack_size = EXPR`: the default stack reserve per coroutine, in bytes.
+///
+/// ```ignore
+/// #[greenstack::main(workers = 2, stack_size = 1 << 20)]
+/// fn main() -> std::io::Result<()> {
+///     let h = greenstack::spawn!(|| 6 * 7);
+///     assert_eq!(h.join().unwrap(), 42);
+///     Ok(())
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::entry(args.into(), item.into(), entry::Kind::Main).into()
+}
+
+/// Runs a test as the root coroutine of its own greenstack runtime, with
+/// the same options as [`macro@main`].
+///
+/// ```ignore
+/// #[greenstack::test(workers = 1)]
+/// fn spawns_and_joins() {
+///     assert_eq!(greenstack::spawn!(|| 1 + 1).join().unwrap(), 2);
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::entry(args.into(), item.into(), entry::Kind::Test).into()
+}
+
+/// Spawns a coroutine, as `greenstack::spawn` does, with optional settings
+/// before the closure: `name = EXPR` and `stack_size = EXPR`.
+///
+/// Expands to `greenstack::Builder`, and returns the `JoinHandle`; like
+/// `greenstack::spawn`, it panics with the error's message if no stack can
+/// be had.
+///
+/// ```ignore
+/// let h = greenstack::spawn!(name = "conn", stack_size = 256 * 1024, move || handle(conn));
+/// ```
+#[proc_macro]
+pub fn spawn(input: TokenStream) -> TokenStream {
+    entry::spawn(input.into()).into()
+}

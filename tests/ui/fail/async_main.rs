@@ -1,0 +1,2 @@
+#[greenstack::main]
+async fn main() {}

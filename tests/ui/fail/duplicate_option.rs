@@ -1,0 +1,4 @@
+#[greenstack::test(workers = 1, workers = 2)]
+fn twice() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[greenstack::main]
+fn main(argc: i32) {
+    let _ = argc;
+}

@@ -1,0 +1,4 @@
+#[greenstack::main]
+fn main() {
+    let _h = greenstack::spawn!();
+}

@@ -1,0 +1,4 @@
+#[greenstack::main]
+fn main() {
+    let _h = greenstack::spawn!(priority = 3, || 1);
+}

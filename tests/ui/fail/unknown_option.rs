@@ -1,0 +1,2 @@
+#[greenstack::main(threads = 2)]
+fn main() {}
