@@ -115,8 +115,14 @@ impl<T> Chan<T> {
             let mut woken = None;
             {
                 let mut st = lock(&self.state);
+                if my_seq.is_some_and(|seq| st.taken >= seq) {
+                    // Rendezvous: a receiver took our value (it may have
+                    // left since; the hand-over happened).
+                    return Ok(());
+                }
                 if st.receivers == 0 {
-                    // Take our value back out if it is still queued.
+                    // Take our value back out if it is still queued (a
+                    // rendezvous queue holds at most one value: ours).
                     let v = match value.take() {
                         Some(v) => v,
                         None => st
@@ -126,11 +132,12 @@ impl<T> Chan<T> {
                     };
                     return Err(SendFail::Disconnected(v));
                 }
-                if let Some(seq) = my_seq {
-                    // Rendezvous: wait until our value was taken.
-                    if st.taken >= seq {
-                        return Ok(());
-                    }
+                if my_seq.is_some() {
+                    // Rendezvous: still waiting for our value to be taken.
+                } else if st.cap == Some(0) && !block && st.recv_waiters.is_empty() {
+                    // std: a rendezvous try_send succeeds only if a receiver
+                    // is already waiting.
+                    return Err(SendFail::Full(value.take().expect("value not yet sent")));
                 } else {
                     let room = match st.cap {
                         None => true,
@@ -144,7 +151,7 @@ impl<T> Chan<T> {
                         if let Some(w) = &w {
                             w.notify();
                         }
-                        if st.cap != Some(0) {
+                        if st.cap != Some(0) || !block {
                             drop(st);
                             if let Some(w) = w {
                                 w.wake();
@@ -176,7 +183,10 @@ impl<T> Chan<T> {
             if let Some(w) = woken {
                 w.wake();
             }
-            node.wait(deadline);
+            if !node.wait(deadline) {
+                // Timed out: leave the queue; the loop reports the timeout.
+                lock(&self.state).send_waiters.retain(|w| !Arc::ptr_eq(w, &node));
+            }
         }
     }
 
