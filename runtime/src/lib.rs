@@ -16,6 +16,9 @@ mod loom;
 compile_error!("greenstack needs Linux: its stacks grow through Linux's fault handling");
 
 #[cfg(not(greenstack_loom))]
+mod counter;
+
+#[cfg(not(greenstack_loom))]
 pub mod stack;
 
 #[cfg(not(greenstack_loom))]

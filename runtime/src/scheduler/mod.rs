@@ -53,6 +53,8 @@ use std::time::Duration;
 
 use crossbeam_deque::{Injector, Stealer};
 
+use crate::counter::Sharded;
+
 use self::join::{Completer, Identity, JoinState, Outcome};
 use self::task::{Header, NewTask};
 use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
@@ -61,17 +63,43 @@ pub use self::local::{AccessError, LocalKey};
 pub use self::task::{Cancelled, Coroutine, CoroutineId, JoinHandle};
 pub use blocking::spawn_blocking;
 
-/// Ids are unique in the process, across runtimes.
+/// Ids are unique in the process, across runtimes. Threads take them in
+/// blocks of [`ID_BLOCK`], so spawning on two workers does not bounce this
+/// cache line on every spawn.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Ids a thread reserves at a time.
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// The calling thread's reserved ids: next, and one past the last.
+    static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A fresh coroutine id.
+fn next_id() -> std::num::NonZeroU64 {
+    let id = IDS.with(|c| {
+        let (next, end) = c.get();
+        let (next, end) = if next < end {
+            (next, end)
+        } else {
+            let start = NEXT_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            (start, start + ID_BLOCK)
+        };
+        c.set((next + 1, end));
+        next
+    });
+    std::num::NonZeroU64::new(id).expect("ids start at 1")
+}
 
 /// Runtime-wide counters.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) spawned: AtomicU64,
-    pub(crate) finished: AtomicU64,
-    pub(crate) steals: AtomicU64,
-    pub(crate) parks: AtomicU64,
-    pub(crate) wakeups: AtomicU64,
+    pub(crate) spawned: Sharded,
+    pub(crate) finished: Sharded,
+    pub(crate) steals: Sharded,
+    pub(crate) parks: Sharded,
+    pub(crate) wakeups: Sharded,
 }
 
 /// What other threads may touch of one worker.
@@ -95,7 +123,9 @@ pub(crate) struct WorkerShared {
 /// State shared by the workers, the handles and the runtime.
 pub(crate) struct Shared {
     pub(crate) arena: StackArena,
-    pub(crate) workers: Box<[WorkerShared]>,
+    /// Padded so one worker's counters do not share a cache line with the
+    /// next worker's.
+    pub(crate) workers: Box<[crossbeam_utils::CachePadded<WorkerShared>]>,
     pub(crate) injector: Injector<NewTask>,
     pub(crate) idle: idle::Idle,
     pub(crate) shutdown: AtomicBool,
@@ -104,7 +134,7 @@ pub(crate) struct Shared {
     /// Spin budget of the watchdog, if on.
     pub(crate) watchdog: Option<Duration>,
     /// Live coroutines not yet dropped (spawned - dropped).
-    pub(crate) live: AtomicUsize,
+    pub(crate) live: Sharded,
     /// Where the watchdog sleeps between samples.
     pub(crate) watchdog_parker: park::Parker,
 }
@@ -214,14 +244,16 @@ impl RuntimeBuilder {
         let workers = deques
             .iter()
             .zip(handles)
-            .map(|(d, driver)| WorkerShared {
-                stealer: d.stealer(),
-                inbox: Injector::new(),
-                driver,
-                runs: AtomicU64::new(0),
-                current: AtomicPtr::new(std::ptr::null_mut()),
-                watch_reading: AtomicBool::new(false),
-                switches: AtomicU64::new(0),
+            .map(|(d, driver)| {
+                crossbeam_utils::CachePadded::new(WorkerShared {
+                    stealer: d.stealer(),
+                    inbox: Injector::new(),
+                    driver,
+                    runs: AtomicU64::new(0),
+                    current: AtomicPtr::new(std::ptr::null_mut()),
+                    watch_reading: AtomicBool::new(false),
+                    switches: AtomicU64::new(0),
+                })
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -233,7 +265,7 @@ impl RuntimeBuilder {
             counters: Counters::default(),
             blocking: blocking::Pool::new(),
             watchdog: self.watchdog,
-            live: AtomicUsize::new(0),
+            live: Sharded::default(),
             watchdog_parker: park::Parker::new(),
         });
         let mut rt = Runtime {
@@ -342,15 +374,15 @@ impl Runtime {
     /// A snapshot of the runtime's counters.
     pub fn stats(&self) -> RuntimeStats {
         let c = &self.shared.counters;
-        let spawned = c.spawned.load(Ordering::Relaxed);
-        let finished = c.finished.load(Ordering::Relaxed);
+        let spawned = c.spawned.get();
+        let finished = c.finished.get();
         RuntimeStats {
             spawned,
             finished,
-            live: self.shared.live.load(Ordering::Relaxed) as u64,
-            steals: c.steals.load(Ordering::Relaxed),
-            parks: c.parks.load(Ordering::Relaxed),
-            wakeups: c.wakeups.load(Ordering::Relaxed),
+            live: self.shared.live.get(),
+            steals: c.steals.get(),
+            parks: c.parks.get(),
+            wakeups: c.wakeups.get(),
             worker_runs: self
                 .shared
                 .workers
@@ -486,8 +518,7 @@ fn new_coroutine(
         Some(s) => shared.arena.allocate_with(s)?,
         None => shared.arena.allocate()?,
     };
-    let id =
-        std::num::NonZeroU64::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)).expect("ids start at 1");
+    let id = next_id();
     let name: Option<Arc<str>> = name.map(Arc::from);
     slot.set_identity(id.get(), name.as_deref());
     let home = if root_thread.is_some() {
@@ -505,8 +536,8 @@ fn new_coroutine(
         shared: Arc::clone(shared),
         root_thread,
     });
-    shared.counters.spawned.fetch_add(1, Ordering::Relaxed);
-    shared.live.fetch_add(1, Ordering::Relaxed);
+    shared.counters.spawned.add(1);
+    shared.live.add(1);
     Ok((header, slot))
 }
 
@@ -582,12 +613,17 @@ impl Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let shared = current_shared().ok_or_else(|| {
-            io::Error::other(
-                "greenstack::spawn called outside a greenstack runtime (use Runtime::spawn)",
-            )
-        })?;
-        spawn_on(&shared, self.name, self.stack_size, f)
+        // Borrowed, not cloned: an `Arc` clone per spawn bounces the
+        // runtime's reference count between the workers' caches.
+        worker::with_current_shared(move |s| match s {
+            Some(s) => spawn_on(s, self.name, self.stack_size, f),
+            None => match blocking::current_shared() {
+                Some(s) => spawn_on(&s, self.name, self.stack_size, f),
+                None => Err(io::Error::other(
+                    "greenstack::spawn called outside a greenstack runtime (use Runtime::spawn)",
+                )),
+            },
+        })
     }
 
     /// Spawns the coroutine on `rt`, from any thread.

@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -43,7 +43,7 @@ impl Header {
     /// Makes the coroutine runnable if it is parked, else leaves a token.
     pub(crate) fn unpark(&self) {
         if self.park.unpark() {
-            self.shared.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.wakeups.add(1);
             super::worker::schedule(self);
         }
     }

@@ -187,6 +187,16 @@ pub(crate) fn current_worker() -> Option<(Arc<Shared>, usize)> {
     unsafe { worker_ptr().as_ref() }.map(|w| (Arc::clone(&w.shared), w.index))
 }
 
+/// Calls `f` with the runtime of the calling worker thread or coroutine
+/// (a `block_on` root included), borrowed.
+pub(crate) fn with_current_shared<R>(f: impl FnOnce(Option<&Arc<Shared>>) -> R) -> R {
+    // SAFETY: as in `current_shared`; the borrow ends with `f`.
+    match unsafe { worker_ptr().as_ref() } {
+        Some(w) => f(Some(&w.shared)),
+        None => f(current_running().map(|r| &r.header.shared)),
+    }
+}
+
 /// The runtime of the calling worker thread or coroutine (a `block_on`
 /// root included), if any.
 pub(crate) fn current_shared() -> Option<Arc<Shared>> {
@@ -210,7 +220,9 @@ pub(crate) fn run_root<T: 'static>(
 ) -> std::thread::Result<T> {
     let out: std::rc::Rc<Cell<Option<std::thread::Result<T>>>> = std::rc::Rc::new(Cell::new(None));
     let out2 = std::rc::Rc::clone(&out);
-    let gauge = slot.gauge();
+    // SAFETY: the gauge goes into the same `Running` as the coroutine that
+    // owns the slot, and is read only while that coroutine exists.
+    let gauge = unsafe { slot.gauge() };
     let co = Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
         if let Some(r) = current_running() {
             r.yielder.set(y);
@@ -227,7 +239,7 @@ pub(crate) fn run_root<T: 'static>(
                 if !running.header.park.commit_park() {
                     continue;
                 }
-                shared.counters.parks.fetch_add(1, Ordering::Relaxed);
+                shared.counters.parks.add(1);
                 while running.header.park.is_parked() {
                     match deadline {
                         None => std::thread::park(),
@@ -248,8 +260,8 @@ pub(crate) fn run_root<T: 'static>(
     }
     running.header.park.finish();
     drop(running);
-    shared.counters.finished.fetch_add(1, Ordering::Relaxed);
-    shared.live.fetch_sub(1, Ordering::Relaxed);
+    shared.counters.finished.add(1);
+    shared.live.add(-1);
     out.take().expect("the root ran to completion")
 }
 
@@ -333,7 +345,7 @@ pub(crate) fn schedule(header: &Header) {
 /// `Cancelled`.
 pub(crate) fn discard(shared: &Shared, task: NewTask) {
     drop(task);
-    shared.live.fetch_sub(1, Ordering::Relaxed);
+    shared.live.add(-1);
 }
 
 /// The worker thread's body.
@@ -430,7 +442,7 @@ impl Local {
         loop {
             match self.shared.injector.steal_batch_and_pop(&self.deque) {
                 Steal::Success(t) => {
-                    self.shared.counters.steals.fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.steals.add(1);
                     return Some(t);
                 }
                 Steal::Empty => return None,
@@ -446,7 +458,7 @@ impl Local {
             loop {
                 match victim.stealer.steal_batch_and_pop(&self.deque) {
                     Steal::Success(t) => {
-                        self.shared.counters.steals.fetch_add(1, Ordering::Relaxed);
+                        self.shared.counters.steals.add(1);
                         return Some(t);
                     }
                     Steal::Empty => break,
@@ -488,7 +500,9 @@ impl Local {
         });
         header.home.store(self.index, Ordering::Release);
         header.key.store(key, Ordering::Release);
-        let gauge = slot.gauge();
+        // SAFETY: the gauge goes into the same `Running` as the coroutine that
+        // owns the slot, and is read only while that coroutine exists.
+        let gauge = unsafe { slot.gauge() };
         let co = Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
             if let Some(r) = current_running() {
                 r.yielder.set(y);
@@ -520,7 +534,7 @@ impl Local {
             CoroutineResult::Yield(Request::Yield) => self.ready.borrow_mut().push_back(key),
             CoroutineResult::Yield(Request::Park(deadline)) => {
                 if r.header.park.commit_park() {
-                    self.shared.counters.parks.fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.parks.add(1);
                     if let Some(d) = deadline {
                         let waker = std::task::Waker::from(Arc::clone(&r.header));
                         *r.timer.borrow_mut() = Some(self.driver.add_timer(d, waker));
@@ -542,11 +556,8 @@ impl Local {
         self.wait_for_watchdog();
         drop_quietly(running);
         self.free_keys.borrow_mut().push(key);
-        self.shared
-            .counters
-            .finished
-            .fetch_add(1, Ordering::Relaxed);
-        self.shared.live.fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.finished.add(1);
+        self.shared.live.add(-1);
     }
 
     /// Makes sure the watchdog is not reading a header we are about to free
@@ -575,7 +586,7 @@ impl Local {
             StackGauge::set_running(None);
             set_current(ptr::null());
             drop_quietly(r);
-            self.shared.live.fetch_sub(1, Ordering::Relaxed);
+            self.shared.live.add(-1);
         }
         while let Some(t) = self.deque.pop() {
             discard(&self.shared, t);

@@ -103,8 +103,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_grown: AtomicU64,
     pub(crate) bytes_reclaimed: AtomicU64,
     pub(crate) committed: AtomicUsize,
-    pub(crate) live: AtomicUsize,
-    pub(crate) pooled: AtomicUsize,
+    pub(crate) live: crate::counter::Sharded,
+    pub(crate) pooled: crate::counter::Sharded,
     pub(crate) violations: AtomicU64,
 }
 
@@ -207,7 +207,7 @@ impl Class {
         let index = claim.index();
         let meta = &self.metas[index as usize];
         if let Claim::Pooled(_) = claim {
-            self.counters.pooled.fetch_sub(1, Ordering::Relaxed);
+            self.counters.pooled.add(-1);
             let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
             self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
         }
@@ -215,11 +215,11 @@ impl Class {
             if let Err(e) = self.set_up(index as usize) {
                 // Give the index back unset; the next taker retries set-up.
                 self.alloc.release(index);
-                self.counters.pooled.fetch_add(1, Ordering::Relaxed);
+                self.counters.pooled.add(1);
                 return Err(e);
             }
         }
-        self.counters.live.fetch_add(1, Ordering::Relaxed);
+        self.counters.live.add(1);
         Ok(index)
     }
 
@@ -283,9 +283,31 @@ impl Class {
         Ok(())
     }
 
-    /// Returns a live slot to the pool, trimming it if the pool is over
-    /// budget.
-    pub(crate) fn release(&self, index: u32) {
+    /// Takes back a slot that `retire` left in a thread's magazine: the
+    /// pooled-slot half of `allocate`, without touching the shared free list.
+    pub(crate) fn reuse_retired(&self, index: u32) {
+        let meta = &self.metas[index as usize];
+        self.counters.pooled.add(-1);
+        let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
+        if excess != 0 {
+            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+        }
+        self.counters.live.add(1);
+    }
+
+    /// Slots a thread may keep retired in its magazine: 32, or none for a
+    /// small arena, so that slots held back by one thread never make
+    /// another thread's allocation fail (at most 1/64 of the capacity per
+    /// thread).
+    pub(crate) fn magazine_size(&self) -> usize {
+        (self.geo.capacity / 64).min(32)
+    }
+
+    /// Readies a live slot for the pool, trimming it if the pool is over
+    /// budget, but leaves it claimed in the allocator: the caller either
+    /// releases it there or keeps it in its thread's magazine (then
+    /// `reuse_retired` takes it back).
+    pub(crate) fn retire(&self, index: u32) {
         let meta = &self.metas[index as usize];
         meta.id.store(0, Ordering::Relaxed);
         meta.name_len.store(0, Ordering::Relaxed);
@@ -304,9 +326,8 @@ impl Class {
         }
         meta.released_epoch
             .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.counters.live.fetch_sub(1, Ordering::Relaxed);
-        self.counters.pooled.fetch_add(1, Ordering::Relaxed);
-        self.alloc.release(index);
+        self.counters.live.add(-1);
+        self.counters.pooled.add(1);
     }
 
     /// Gives back everything below the retained top of slot `index`, which

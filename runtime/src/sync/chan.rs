@@ -185,7 +185,9 @@ impl<T> Chan<T> {
             }
             if !node.wait(deadline) {
                 // Timed out: leave the queue; the loop reports the timeout.
-                lock(&self.state).send_waiters.retain(|w| !Arc::ptr_eq(w, &node));
+                lock(&self.state)
+                    .send_waiters
+                    .retain(|w| !Arc::ptr_eq(w, &node));
             }
         }
     }
