@@ -1,0 +1,195 @@
+//! Every example runs to completion (the servers serve one scripted request),
+//! and a crate outside this workspace can use the macros and `sync`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The directory cargo put this profile's example binaries in.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/..");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example binary {} missing: cargo test builds examples",
+        path.display()
+    );
+    Command::new(path)
+}
+
+/// Runs an example to completion; returns its stdout.
+fn run(name: &str, args: &[&str]) -> String {
+    let out = example(name).args(args).output().expect("run example");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn showcase_runs() {
+    let out = run("showcase", &[]);
+    assert!(out.contains("checksum ok"), "{out}");
+    assert!(out.contains("parsed 100000 nested levels"), "{out}");
+    assert!(out.contains("fib(25) = 75025"), "{out}");
+    assert!(out.contains("no-fault-section violations"), "{out}");
+}
+
+#[test]
+fn fanout_fib_runs() {
+    let out = run("fanout_fib", &["18"]);
+    assert!(out.contains("fib(18) = 2584"), "{out}");
+}
+
+#[test]
+fn deep_recursion_runs() {
+    let out = run("deep_recursion", &["100000"]);
+    assert!(out.contains("parsed 100000 nested levels"), "{out}");
+}
+
+#[test]
+fn async_interop_runs() {
+    let out = run("async_interop", &[]);
+    assert!(out.contains("completed by another thread"), "{out}");
+    assert!(out.contains("sum of squares = 285"), "{out}");
+}
+
+/// Kills the server when the test ends, however it ends. Keeps the read
+/// end of its stdout open meanwhile, so its prints do not fail.
+struct Server(
+    Child,
+    #[allow(dead_code)] BufReader<std::process::ChildStdout>,
+);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server example on an ephemeral port; returns it and its address.
+fn start_server(name: &str) -> (Server, String) {
+    let mut child = example(name)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start server example");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .expect("the server prints its address");
+    let server = Server(child, reader);
+    let addr = line
+        .split_whitespace()
+        .last()
+        .expect("an address")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    (server, addr)
+}
+
+#[test]
+fn echo_server_echoes() {
+    let (_server, addr) = start_server("echo_server");
+    let mut c = TcpStream::connect(&addr).expect("connect to echo_server");
+    c.write_all(b"greenstack echo").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = String::new();
+    c.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "greenstack echo");
+}
+
+#[test]
+fn http_hello_answers_keep_alive_requests() {
+    let (_server, addr) = start_server("http_hello");
+    let mut c = TcpStream::connect(&addr).expect("connect to http_hello");
+    c.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 2, "{resp}");
+    assert_eq!(resp.matches("Hello, world!").count(), 2, "{resp}");
+}
+
+#[test]
+fn a_crate_outside_the_workspace_uses_main_spawn_and_sync() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("greenstack-user-crate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"user-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ngreenstack = {{ path = {:?} }}\n\n[workspace]\n",
+            root.display().to_string()
+        ),
+    )
+    .unwrap();
+    // Pin the same dependency versions as this workspace (works offline).
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        r#"
+use std::sync::Arc;
+use greenstack::sync::{mpsc, Mutex, WaitGroup};
+
+#[greenstack::main(workers = 2)]
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let total = Arc::new(Mutex::new(0u64));
+    let wg = Arc::new(WaitGroup::new());
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=100u64 {
+        let (total, wg, tx) = (Arc::clone(&total), Arc::clone(&wg), tx.clone());
+        wg.add(1);
+        greenstack::spawn!(name = format!("adder-{i}"), move || {
+            *total.lock() += i;
+            tx.send(i).unwrap();
+            wg.done();
+        });
+    }
+    drop(tx);
+    wg.wait();
+    let received: u64 = rx.iter().sum();
+    let sum = *total.lock();
+    println!("user crate: sum {sum}, received {received}");
+    assert_eq!((sum, received), (5050, 5050));
+    Ok(())
+}
+"#,
+    )
+    .unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["run", "--quiet", "--offline"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", root.join("target").join("user-crate"))
+        .output()
+        .expect("run cargo on the user crate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "user crate failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("user crate: sum 5050, received 5050"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
