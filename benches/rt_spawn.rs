@@ -1,23 +1,26 @@
 //! Spawn + join through the scheduler, in ns per coroutine.
 //!
 //! - `spawn_join/1M_2workers`: on a 2-worker runtime, one coroutine (the
-//!   `block_on` body) spawns [`TASKS`] tiny coroutines, each returning its
-//!   index, then joins them in spawn order and checks the sum. Each sample
-//!   is one whole run (flat sampling); only the spawns and joins are timed,
-//!   not building the runtime or the hand-off into `block_on`. The first
-//!   run (warm-up) sets the stack slots up; later runs take them from the
-//!   arena's pool, so this is the steady-state spawn path. With one run per
-//!   sample criterion always prints "Unable to complete 10 samples"; that
-//!   is expected (10 runs of about a second each, plus the warm-up).
+//!   `block_on` body, which runs on the calling thread) spawns [`TASKS`]
+//!   tiny coroutines, each returning its index, into the runtime's
+//!   injector, from which both workers take them; it then joins them in
+//!   spawn order and checks the sum. Each sample is one whole run (flat
+//!   sampling); only the spawns and joins are timed, not building the
+//!   runtime or the hand-off into `block_on`. The first run (warm-up) sets
+//!   the stack slots up; later runs take them from the arena's pool, so
+//!   this is the steady-state spawn path. With one run per sample criterion
+//!   always prints "Unable to complete 10 samples"; that is expected (10
+//!   runs of about a second each, plus the warm-up).
 //! - `fanout_fib/{1,2}_workers`: `fib(`[`FIB_N`]`)` where every node with
 //!   `n >= 2` runs `fib(n - 1)` in a spawned coroutine and `fib(n - 2)`
 //!   inline, then joins the child: a tree of [`fib_spawns`] coroutines,
-//!   most of which park in a join at least once. Run on 1 and on 2 workers;
-//!   the ratio of the two is the speed-up from the second worker. Flat
-//!   sampling: every sample is the same number of whole trees.
+//!   most of which park in a join at least once. The root node runs on the
+//!   calling thread (`block_on`), every other node on the workers. Run on 1
+//!   and on 2 workers; the ratio of the two is the speed-up from the second
+//!   worker. Flat sampling: every sample is the same number of whole trees.
 //!
-//! Both report `Throughput::Elements(coroutines spawned)`, so ns per task is
-//! `1e9 / thrpt` (or the time per iteration / elements). Each benchmark
+//! Both report `Throughput::Elements(coroutines spawned)`, so ns per task
+//! is `1e9 / thrpt` (or the time per iteration / elements). Each benchmark
 //! asserts, from `rt.stats()`, that it spawned exactly that many.
 
 use std::hint::black_box;

@@ -2,11 +2,12 @@
 //!
 //! - `yield_pingpong/1_worker`: on a 1-worker runtime, two coroutines each
 //!   call `greenstack::yield_now()` [`YIELDS`] times, so the worker
-//!   alternates between them. One iteration is both loops, from inside
-//!   `block_on`: the two spawns, the `2 * YIELDS` yields and the joins (the
-//!   spawns and joins are a rounding error against the yields). Each yield
-//!   is a switch out to the worker, a trip through its run loop and ready
-//!   queue, and a switch into the other coroutine.
+//!   alternates between them; the `block_on` body that spawns and joins
+//!   them waits on the calling thread. One iteration is both loops, timed
+//!   from inside `block_on`: the two spawns, the `2 * YIELDS` yields and
+//!   the joins (the spawns and joins are a rounding error against the
+//!   yields). Each yield is a switch out to the worker, a trip through its
+//!   run loop and ready queue, and a switch into the other coroutine.
 //!
 //! Reports `Throughput::Elements(2 * YIELDS)`, so ns per yield is
 //! `1e9 / thrpt` (or the time per iteration / elements).
