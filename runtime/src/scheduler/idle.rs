@@ -5,6 +5,15 @@
 //! re-checks every queue; a waker pushes work, issues a SeqCst fence and
 //! reads the sleeper count. Of two such sequences at least one sees the
 //! other's write, so a sleeper either finds the work or is found and woken.
+//!
+//! **Searching.** A worker that just woke counts itself in `searching`
+//! until its next pick. A spawn that sees a searcher wakes nobody: the
+//! searcher will find the work. This is the same Dekker pair: the searcher
+//! decrements `searching` (SeqCst) before it announces itself and re-checks
+//! the queues, and the spawner pushes before it reads `searching`. The last
+//! searcher to find work wakes one more sleeper if work is still queued, so
+//! a burst spreads to every worker without one wake-up per spawn (which
+//! cost an eventfd write and a context switch each: `benches/rt_spawn.rs`).
 
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -14,6 +23,8 @@ pub(crate) struct Idle {
     sleepers: Mutex<Vec<usize>>,
     /// `sleepers.len()`, readable without the lock.
     count: AtomicUsize,
+    /// Workers woken and still looking for work.
+    pub(crate) searching: AtomicUsize,
 }
 
 impl Idle {
@@ -21,6 +32,7 @@ impl Idle {
         Idle {
             sleepers: Mutex::new(Vec::with_capacity(workers)),
             count: AtomicUsize::new(0),
+            searching: AtomicUsize::new(0),
         }
     }
 
@@ -37,10 +49,10 @@ impl Idle {
         self.count.store(s.len(), Ordering::SeqCst);
     }
 
-    /// Takes one sleeper to wake, if any.
+    /// Takes one sleeper to wake, if any and if no worker is searching.
     pub(crate) fn pop_sleeper(&self) -> Option<usize> {
         fence(Ordering::SeqCst);
-        if self.count.load(Ordering::SeqCst) == 0 {
+        if self.searching.load(Ordering::SeqCst) > 0 || self.count.load(Ordering::SeqCst) == 0 {
             return None;
         }
         let mut s = self.lock();
