@@ -6,9 +6,34 @@
 //! and a guard below it turns an overflow into a report naming the coroutine
 //! instead of a silent write into a neighbour.
 //!
-//! This crate is the facade users depend on. Today it exposes the stack
-//! arena ([`stack`]); the scheduler, sync primitives, timers, networking and
-//! macros build on it.
+//! This crate is the facade users depend on:
+//!
+//! - [`macro@main`], [`macro@test`] and [`spawn!`] for applications and tests;
+//! - [`Runtime`], [`spawn`], [`Builder`], [`JoinHandle`], [`yield_now`],
+//!   [`park`], [`current`], [`spawn_blocking`] and [`coroutine_local!`], in
+//!   the shape of `std::thread`;
+//! - [`sync`], [`time`] and [`net`], which park the coroutine, not the
+//!   worker, and [`block_on_future`] to call async code;
+//! - [`stack`], the arena the stacks live in.
+//!
+//! A started coroutine never changes threads, so `Rc`, `thread_local!` and
+//! std guards are safe to hold across a yield; that is what makes `spawn`
+//! safe.
+//!
+//! # Examples
+//!
+//! ```
+//! #[greenstack::main(workers = 2)]
+//! fn main() {
+//!     let (tx, rx) = greenstack::sync::mpsc::channel();
+//!     for i in 0..10u64 {
+//!         let tx = tx.clone();
+//!         greenstack::spawn!(move || tx.send(i * i).unwrap());
+//!     }
+//!     drop(tx);
+//!     assert_eq!(rx.iter().sum::<u64>(), 285);
+//! }
+//! ```
 #![warn(missing_docs)]
 
 pub use greenstack_macros::{main, spawn, test};

@@ -2,10 +2,23 @@
 //! are reserved large, committed small and grown on demand.
 //!
 //! Most users depend on the `greenstack` facade crate, which re-exports this
-//! one. The pieces:
+//! one and adds the macros. The pieces:
 //!
+//! - [`Runtime`], [`spawn`], [`Builder`], [`JoinHandle`], [`yield_now`],
+//!   [`park`], [`current`], [`spawn_blocking`], [`coroutine_local!`]: the
+//!   M:N work-stealing scheduler, with `std::thread`'s shape.
+//! - [`sync`], [`time`], [`net`], [`block_on_future`]: blocking-style
+//!   primitives that park the coroutine, not the worker.
 //! - [`stack`]: the stack arena. Reserved slots, a SIGSEGV handler that grows
 //!   them on fault and reports overflows, look-ahead prefault, reclaim.
+//!
+//! # Why `spawn` is safe
+//!
+//! A coroutine that has started never moves to another OS thread; idle
+//! workers steal only coroutines that have never run, which hold nothing but
+//! their `Send` closure. So a coroutine may keep an `Rc`, a `thread_local!`
+//! reference or a std `MutexGuard` across a yield, park, channel receive or
+//! socket read, and thread-local addresses the compiler cached stay valid.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 
