@@ -9,7 +9,7 @@
 //! This crate is the facade users depend on:
 //!
 //! - [`macro@main`], [`macro@test`] and [`spawn!`] for applications and tests;
-//! - [`Runtime`], [`spawn`], [`Builder`], [`JoinHandle`], [`yield_now`],
+//! - [`Runtime`], [`spawn()`], [`Builder`], [`JoinHandle`], [`yield_now`],
 //!   [`park`], [`current`], [`spawn_blocking`] and [`coroutine_local!`], in
 //!   the shape of `std::thread`;
 //! - [`sync`], [`time`] and [`net`], which park the coroutine, not the
