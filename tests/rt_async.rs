@@ -10,8 +10,11 @@
 //! - a stress of many cross-thread completions, where a lost wake-up would
 //!   hang (caught by the hang guard).
 
+mod common;
+#[allow(unused_imports)]
+use common::*;
+
 use std::future::Future;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,49 +23,7 @@ use std::thread;
 use std::time::Duration;
 
 use greenstack::sync::mpsc;
-use greenstack::{block_on_future, JoinHandle, Runtime};
-
-/// How long a test may run before it counts as hung. A hang guard, not a
-/// timing assertion: far above what any test needs.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// Runs `body` on a fresh thread and waits at most [`HANG_GUARD`] for it.
-/// A panic in `body` is re-raised here; a hang fails the test (the stuck
-/// thread is leaked).
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = thread::Builder::new()
-        .name(format!("bounded: {what}"))
-        .spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
-        })
-        .expect("spawning the test thread");
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(Ok(v)) => {
-            h.join().expect("the test thread ends after sending");
-            v
-        }
-        Ok(Err(p)) => resume_unwind(p),
-        Err(_) => panic!("hang guard: {what} did not finish within {HANG_GUARD:?}"),
-    }
-}
-
-/// A runtime with `workers` workers and the other defaults.
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("building a runtime")
-}
-
-/// Asserts the runtime's no-fault-section violation counter is still 0.
-fn assert_no_nofault_violations(rt: &Runtime) {
-    let stats = rt.stats();
-    assert_eq!(
-        stats.arena.nofault_violations, 0,
-        "growth faults inside no-fault sections: {stats:?}"
-    );
-}
+use greenstack::{block_on_future, JoinHandle};
 
 /// The shared half of a [`Signal`]: a completion flag and the waker of the
 /// last poll.

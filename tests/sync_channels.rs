@@ -10,114 +10,17 @@
 //! Every test runs under a hang guard, so a lost wake-up fails instead of
 //! hanging.
 
+mod common;
+#[allow(unused_imports)]
+use common::*;
+
 use std::collections::BTreeSet;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use greenstack::sync::{mpmc, mpsc, oneshot};
-use greenstack::{JoinHandle, Runtime};
-
-/// How long a test may run before it counts as hung. A hang guard, not a
-/// timing assertion: far above what any test needs.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// Runs `body` on a fresh thread and waits at most [`HANG_GUARD`] for it.
-/// A panic in `body` is re-raised here; a hang fails the test (the stuck
-/// thread is leaked).
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    bounded_for(what, HANG_GUARD, body)
-}
-
-/// [`bounded`] with a hang guard of `limit`.
-fn bounded_for<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    body: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = thread::Builder::new()
-        .name(format!("bounded: {what}"))
-        .spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
-        })
-        .expect("spawning the test thread");
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => {
-            h.join().expect("the test thread ends after sending");
-            v
-        }
-        Ok(Err(p)) => resume_unwind(p),
-        Err(_) => panic!("hang guard: {what} did not finish within {limit:?}"),
-    }
-}
-
-/// A runtime with `workers` workers and the other defaults.
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("building a runtime")
-}
-
-/// Asserts the runtime's no-fault-section violation counter is still 0.
-fn assert_no_nofault_violations(rt: &Runtime) {
-    let stats = rt.stats();
-    assert_eq!(
-        stats.arena.nofault_violations, 0,
-        "growth faults inside no-fault sections: {stats:?}"
-    );
-}
-
-/// Where one end of a channel runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// A coroutine on the runtime.
-    Co,
-    /// A plain thread.
-    Th,
-}
-
-/// A coroutine or a thread started by [`start`].
-enum Task<T> {
-    Co(JoinHandle<T>),
-    Th(thread::JoinHandle<T>),
-}
-
-impl<T> Task<T> {
-    /// Waits for the task; its panic is re-raised in the caller.
-    fn join(self) -> T {
-        match self {
-            Task::Co(h) => h.join().unwrap_or_else(|p| resume_unwind(p)),
-            Task::Th(h) => h.join().unwrap_or_else(|p| resume_unwind(p)),
-        }
-    }
-}
-
-/// Runs `f` as a coroutine on `rt` (side `Co`) or on a new plain thread
-/// (side `Th`).
-fn start<T: Send + 'static>(
-    side: Side,
-    rt: Option<&Runtime>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Task<T> {
-    match side {
-        Side::Co => Task::Co(rt.expect("a coroutine needs a runtime").spawn(f)),
-        Side::Th => Task::Th(thread::spawn(f)),
-    }
-}
-
-/// Sleeps without involving any runtime on a plain thread: greenstack's
-/// sleep in a coroutine (parks it), std's on a thread.
-fn nap(d: Duration) {
-    if greenstack::try_current().is_some() {
-        greenstack::time::sleep(d);
-    } else {
-        thread::sleep(d);
-    }
-}
+use greenstack::Runtime;
 
 /// Runs `scenario(a, b, rt)` for every pairing of sides: thread/thread with
 /// no runtime at all, then coroutine/coroutine, coroutine/thread and

@@ -10,103 +10,18 @@
 //! Every test runs under a hang guard: a starved waiter or a lost wake-up
 //! fails the test instead of hanging it.
 
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+mod common;
+#[allow(unused_imports)]
+use common::*;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use greenstack::sync::{mpsc, Barrier, Condvar, Mutex, RwLock, Semaphore, WaitGroup};
-use greenstack::{JoinHandle, Runtime};
-
-/// How long a test may run before it counts as hung. A hang guard, not a
-/// timing assertion: far above what any test needs.
-const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// Runs `body` on a fresh thread and waits at most [`HANG_GUARD`] for it.
-/// A panic in `body` is re-raised here; a hang fails the test (the stuck
-/// thread is leaked).
-fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = thread::Builder::new()
-        .name(format!("bounded: {what}"))
-        .spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
-        })
-        .expect("spawning the test thread");
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(Ok(v)) => {
-            h.join().expect("the test thread ends after sending");
-            v
-        }
-        Ok(Err(p)) => resume_unwind(p),
-        Err(_) => panic!("hang guard: {what} did not finish within {HANG_GUARD:?}"),
-    }
-}
-
-/// A runtime with `workers` workers and the other defaults.
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("building a runtime")
-}
-
-/// Asserts the runtime's no-fault-section violation counter is still 0.
-fn assert_no_nofault_violations(rt: &Runtime) {
-    let stats = rt.stats();
-    assert_eq!(
-        stats.arena.nofault_violations, 0,
-        "growth faults inside no-fault sections: {stats:?}"
-    );
-}
-
-/// Where a task runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// A coroutine on the runtime.
-    Co,
-    /// A plain thread.
-    Th,
-}
-
-/// A coroutine or a thread started by [`start`].
-enum Task<T> {
-    Co(JoinHandle<T>),
-    Th(thread::JoinHandle<T>),
-}
-
-impl<T> Task<T> {
-    /// Waits for the task; its panic is re-raised in the caller.
-    fn join(self) -> T {
-        match self {
-            Task::Co(h) => h.join().unwrap_or_else(|p| resume_unwind(p)),
-            Task::Th(h) => h.join().unwrap_or_else(|p| resume_unwind(p)),
-        }
-    }
-}
-
-/// Runs `f` as a coroutine on `rt` (side `Co`) or on a new plain thread
-/// (side `Th`).
-fn start<T: Send + 'static>(
-    side: Side,
-    rt: &Runtime,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Task<T> {
-    match side {
-        Side::Co => Task::Co(rt.spawn(f)),
-        Side::Th => Task::Th(thread::spawn(f)),
-    }
-}
-
-/// Sleeps: greenstack's sleep in a coroutine (parks it), std's on a thread.
-fn nap(d: Duration) {
-    if greenstack::try_current().is_some() {
-        greenstack::time::sleep(d);
-    } else {
-        thread::sleep(d);
-    }
-}
+use greenstack::JoinHandle;
 
 /// Lets others run: a coroutine yields; a thread spins briefly (a thread
 /// `yield_now` on a busy machine can cost a whole scheduler tick).
@@ -251,7 +166,7 @@ fn mutex_excludes_across_coroutines_and_threads() {
                 let m = Arc::clone(&m);
                 let inside = Arc::clone(&inside);
                 let side = if i % 2 == 0 { Side::Co } else { Side::Th };
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     for _ in 0..ITERS {
                         let mut g = m.lock();
                         assert!(!inside.swap(true, Ordering::SeqCst), "two holders");
@@ -409,7 +324,7 @@ fn rwlock_writer_not_starved(workers: usize, writer: Side) {
             Arc::clone(&active),
             Arc::clone(&writing),
         );
-        start(writer, &rt, move || {
+        start(writer, Some(&rt), move || {
             // Let the stream of readers get going first.
             spin_until(|| reads.load(Ordering::SeqCst) >= 200);
             for _ in 0..WRITES {
@@ -476,7 +391,7 @@ fn rwlock_readers_share_writer_excludes_across_sides() {
             .map(|side| {
                 let (lock, held, release) =
                     (Arc::clone(&lock), Arc::clone(&held), Arc::clone(&release));
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     let g = lock.read();
                     assert_eq!(*g, "before");
                     // All three readers hold the lock at once.
@@ -536,7 +451,7 @@ fn condvar_wait_notify_one_across_sides() {
                 let s = shared(false);
                 let w = {
                     let s = Arc::clone(&s);
-                    start(waiter, &rt, move || {
+                    start(waiter, Some(&rt), move || {
                         let mut g = s.m.lock();
                         while !*g {
                             g = s.cv.wait(g);
@@ -544,7 +459,7 @@ fn condvar_wait_notify_one_across_sides() {
                     })
                 };
                 let s2 = Arc::clone(&s);
-                start(notifier, &rt, move || {
+                start(notifier, Some(&rt), move || {
                     *s2.m.lock() = true;
                     s2.cv.notify_one();
                 })
@@ -573,7 +488,7 @@ fn condvar_notify_one_and_notify_all_reach_every_waiter() {
             .map(|i| {
                 let s = Arc::clone(&s);
                 let side = if i % 2 == 0 { Side::Co } else { Side::Th };
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     // Round 1: take one token.
                     let mut g = s.m.lock();
                     g.0 += 1;
@@ -610,7 +525,7 @@ fn condvar_wait_timeout() {
         for side in [Side::Co, Side::Th] {
             let s = shared(0u32);
             let s2 = Arc::clone(&s);
-            start(side, &rt, move || {
+            start(side, Some(&rt), move || {
                 for ms in [1u64, 10, 30] {
                     let timeout = Duration::from_millis(ms);
                     let g = s2.m.lock();
@@ -637,7 +552,7 @@ fn condvar_wait_timeout() {
             let s = shared(false);
             let w = {
                 let s = Arc::clone(&s);
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     let (g, r) =
                         s.cv.wait_timeout_while(s.m.lock(), Duration::from_secs(30), |v| !*v);
                     assert!(!r.timed_out(), "notified in time");
@@ -646,7 +561,7 @@ fn condvar_wait_timeout() {
             };
             let other = if side == Side::Co { Side::Th } else { Side::Co };
             let s2 = Arc::clone(&s);
-            start(other, &rt, move || {
+            start(other, Some(&rt), move || {
                 nap(Duration::from_millis(10));
                 *s2.m.lock() = true;
                 s2.cv.notify_all();
@@ -655,14 +570,14 @@ fn condvar_wait_timeout() {
             assert!(w.join());
             let s3 = shared(());
             let s4 = Arc::clone(&s3);
-            let w = start(side, &rt, move || {
+            let w = start(side, Some(&rt), move || {
                 let g = s4.m.lock();
                 let (_g, r) = s4.cv.wait_timeout(g, Duration::from_secs(30));
                 r.timed_out()
             });
             // Notify until the waiter is gone (it may not be queued yet on
             // the first notifications).
-            let notifier = start(other, &rt, move || loop {
+            let notifier = start(other, Some(&rt), move || loop {
                 s3.cv.notify_one();
                 if Arc::strong_count(&s3) == 1 {
                     break;
@@ -690,12 +605,12 @@ fn condvar_wait_while() {
             let s = shared(0u32);
             let w = {
                 let s = Arc::clone(&s);
-                start(waiter, &rt, move || {
+                start(waiter, Some(&rt), move || {
                     *s.cv.wait_while(s.m.lock(), |v| *v < 5)
                 })
             };
             let s2 = Arc::clone(&s);
-            start(notifier, &rt, move || {
+            start(notifier, Some(&rt), move || {
                 for _ in 0..5 {
                     nap(Duration::from_millis(2));
                     *s2.m.lock() += 1;
@@ -726,7 +641,7 @@ fn semaphore_at_most_n_holders() {
                 let (sem, held, max_held) =
                     (Arc::clone(&sem), Arc::clone(&held), Arc::clone(&max_held));
                 let side = if i % 3 == 2 { Side::Th } else { Side::Co };
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     for k in 0..50 {
                         let p = sem.acquire();
                         let n = held.fetch_add(1, Ordering::SeqCst) + 1;
@@ -761,7 +676,7 @@ fn semaphore_try_timeout_and_add_permits() {
         for side in [Side::Co, Side::Th] {
             let sem = Arc::new(Semaphore::new(2));
             let s = Arc::clone(&sem);
-            start(side, &rt, move || {
+            start(side, Some(&rt), move || {
                 let a = s.try_acquire().expect("a free permit");
                 let b = s.acquire();
                 assert!(s.try_acquire().is_none());
@@ -778,7 +693,7 @@ fn semaphore_try_timeout_and_add_permits() {
             .join();
             let other = if side == Side::Co { Side::Th } else { Side::Co };
             let s = Arc::clone(&sem);
-            let waiter = start(other, &rt, move || {
+            let waiter = start(other, Some(&rt), move || {
                 let _p = s.acquire();
             });
             nap(Duration::from_millis(10));
@@ -814,7 +729,7 @@ fn barrier_one_leader_per_round_and_reusable() {
                     Arc::clone(&leaders),
                 );
                 let side = if i < 3 { Side::Co } else { Side::Th };
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     for r in 0..ROUNDS {
                         if (r + i) % 7 == 0 {
                             nap(Duration::from_millis(1));
@@ -861,7 +776,7 @@ fn wait_group_waits_for_every_task() {
             .into_iter()
             .map(|side| {
                 let (wg, work) = (Arc::clone(&wg), Arc::clone(&work));
-                start(side, &rt, move || {
+                start(side, Some(&rt), move || {
                     wg.wait();
                     work.load(Ordering::SeqCst)
                 })
@@ -875,7 +790,7 @@ fn wait_group_waits_for_every_task() {
             let (wg, work) = (Arc::clone(&wg), Arc::clone(&work));
             let side = if i % 4 == 3 { Side::Th } else { Side::Co };
             // Detached: the wait group is the only way to know they ended.
-            drop(start(side, &rt, move || {
+            drop(start(side, Some(&rt), move || {
                 nap(Duration::from_millis(1 + (i % 5) as u64));
                 work.fetch_add(1, Ordering::SeqCst);
                 wg.done();

@@ -1,0 +1,110 @@
+//! Helpers shared by the integration tests: a hang guard, runtimes, the
+//! no-fault check, and running a task as a coroutine or a plain thread.
+//!
+//! Each test file uses a subset, so unused items are expected here.
+#![allow(dead_code)]
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::thread;
+use std::time::Duration;
+
+use greenstack::{JoinHandle, Runtime};
+
+/// How long a test may run before it counts as hung. A hang guard, not a
+/// timing assertion: far above what any test needs.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// Runs `body` on a fresh thread and waits at most [`HANG_GUARD`] for it.
+/// A panic in `body` is re-raised here; a hang fails the test (the stuck
+/// thread is leaked).
+pub fn bounded<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    bounded_for(what, HANG_GUARD, body)
+}
+
+/// [`bounded`] with a hang guard of `limit`.
+pub fn bounded_for<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = thread::Builder::new()
+        .name(format!("bounded: {what}"))
+        .spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
+        })
+        .expect("spawning the test thread");
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => {
+            h.join().expect("the test thread ends after sending");
+            v
+        }
+        Ok(Err(p)) => resume_unwind(p),
+        Err(_) => panic!("hang guard: {what} did not finish within {limit:?}"),
+    }
+}
+
+/// A runtime with `workers` workers and the other defaults.
+pub fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("building a runtime")
+}
+
+/// Asserts the runtime's no-fault-section violation counter is still 0.
+pub fn assert_no_nofault_violations(rt: &Runtime) {
+    let stats = rt.stats();
+    assert_eq!(
+        stats.arena.nofault_violations, 0,
+        "growth faults inside no-fault sections: {stats:?}"
+    );
+}
+
+/// Where one end of a channel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A coroutine on the runtime.
+    Co,
+    /// A plain thread.
+    Th,
+}
+
+/// A coroutine or a thread started by [`start`].
+pub enum Task<T> {
+    Co(JoinHandle<T>),
+    Th(thread::JoinHandle<T>),
+}
+
+impl<T> Task<T> {
+    /// Waits for the task; its panic is re-raised in the caller.
+    pub fn join(self) -> T {
+        match self {
+            Task::Co(h) => h.join().unwrap_or_else(|p| resume_unwind(p)),
+            Task::Th(h) => h.join().unwrap_or_else(|p| resume_unwind(p)),
+        }
+    }
+}
+
+/// Runs `f` as a coroutine on `rt` (side `Co`) or on a new plain thread
+/// (side `Th`).
+pub fn start<T: Send + 'static>(
+    side: Side,
+    rt: Option<&Runtime>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Task<T> {
+    match side {
+        Side::Co => Task::Co(rt.expect("a coroutine needs a runtime").spawn(f)),
+        Side::Th => Task::Th(thread::spawn(f)),
+    }
+}
+
+/// Sleeps without involving any runtime on a plain thread: greenstack's
+/// sleep in a coroutine (parks it), std's on a thread.
+pub fn nap(d: Duration) {
+    if greenstack::try_current().is_some() {
+        greenstack::time::sleep(d);
+    } else {
+        thread::sleep(d);
+    }
+}
