@@ -235,3 +235,34 @@ impl<T> Chan<T> {
 fn notify_all(q: &mut VecDeque<Arc<Waiter>>) -> Vec<Arc<Waiter>> {
     q.drain(..).inspect(|w| w.notify()).collect()
 }
+
+/// std's error for a failed `try_recv`.
+pub(crate) fn try_recv_error(e: RecvFail) -> std::sync::mpsc::TryRecvError {
+    match e {
+        RecvFail::Disconnected => std::sync::mpsc::TryRecvError::Disconnected,
+        RecvFail::Empty | RecvFail::Timeout => std::sync::mpsc::TryRecvError::Empty,
+    }
+}
+
+/// std's error for a failed `recv_timeout`.
+pub(crate) fn recv_timeout_error(e: RecvFail) -> std::sync::mpsc::RecvTimeoutError {
+    match e {
+        RecvFail::Disconnected => std::sync::mpsc::RecvTimeoutError::Disconnected,
+        RecvFail::Empty | RecvFail::Timeout => std::sync::mpsc::RecvTimeoutError::Timeout,
+    }
+}
+
+/// std's error for a failed `try_send` (a timeout counts as full).
+pub(crate) fn try_send_error<T>(e: SendFail<T>) -> std::sync::mpsc::TrySendError<T> {
+    match e {
+        SendFail::Full(v) | SendFail::Timeout(v) => std::sync::mpsc::TrySendError::Full(v),
+        SendFail::Disconnected(v) => std::sync::mpsc::TrySendError::Disconnected(v),
+    }
+}
+
+/// The value a failed send gives back.
+pub(crate) fn unsent<T>(e: SendFail<T>) -> T {
+    match e {
+        SendFail::Full(v) | SendFail::Disconnected(v) | SendFail::Timeout(v) => v,
+    }
+}

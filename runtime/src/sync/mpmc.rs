@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::chan::{Chan, RecvFail, SendFail};
+use super::chan::{recv_timeout_error, try_recv_error, try_send_error, unsent, Chan};
 use super::wait::deadline_after;
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
@@ -57,17 +57,14 @@ impl<T> Sender<T> {
     /// Sends, waiting for room in a bounded channel; fails only when every
     /// receiver is gone.
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
-        self.chan.send(t, true, None).map_err(|e| match e {
-            SendFail::Full(v) | SendFail::Disconnected(v) | SendFail::Timeout(v) => SendError(v),
-        })
+        self.chan
+            .send(t, true, None)
+            .map_err(|e| SendError(unsent(e)))
     }
 
     /// Sends if there is room now.
     pub fn try_send(&self, t: T) -> Result<(), TrySendError<T>> {
-        self.chan.send(t, false, None).map_err(|e| match e {
-            SendFail::Full(v) | SendFail::Timeout(v) => TrySendError::Full(v),
-            SendFail::Disconnected(v) => TrySendError::Disconnected(v),
-        })
+        self.chan.send(t, false, None).map_err(try_send_error)
     }
 }
 
@@ -80,20 +77,14 @@ impl<T> Receiver<T> {
 
     /// A value if one is queued now.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.chan.recv(false, None).map_err(|e| match e {
-            RecvFail::Disconnected => TryRecvError::Disconnected,
-            RecvFail::Empty | RecvFail::Timeout => TryRecvError::Empty,
-        })
+        self.chan.recv(false, None).map_err(try_recv_error)
     }
 
     /// Waits at most `timeout` for a value.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.chan
             .recv(true, deadline_after(timeout))
-            .map_err(|e| match e {
-                RecvFail::Disconnected => RecvTimeoutError::Disconnected,
-                RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
-            })
+            .map_err(recv_timeout_error)
     }
 
     /// Iterates until every sender is gone.

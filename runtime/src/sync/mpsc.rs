@@ -24,7 +24,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::chan::{Chan, RecvFail, SendFail};
+use super::chan::{recv_timeout_error, try_recv_error, try_send_error, unsent, Chan};
 use super::wait::deadline_after;
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
@@ -72,7 +72,7 @@ impl<T> Sender<T> {
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
         self.chan
             .send(t, true, None)
-            .map_err(|e| SendError(send_value(e)))
+            .map_err(|e| SendError(unsent(e)))
     }
 }
 
@@ -81,15 +81,12 @@ impl<T> SyncSender<T> {
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
         self.chan
             .send(t, true, None)
-            .map_err(|e| SendError(send_value(e)))
+            .map_err(|e| SendError(unsent(e)))
     }
 
     /// Sends if there is room now.
     pub fn try_send(&self, t: T) -> Result<(), TrySendError<T>> {
-        self.chan.send(t, false, None).map_err(|e| match e {
-            SendFail::Full(v) | SendFail::Timeout(v) => TrySendError::Full(v),
-            SendFail::Disconnected(v) => TrySendError::Disconnected(v),
-        })
+        self.chan.send(t, false, None).map_err(try_send_error)
     }
 
     /// Sends, waiting at most `timeout` for room (or, with bound 0, for a
@@ -97,16 +94,7 @@ impl<T> SyncSender<T> {
     pub fn send_timeout(&self, t: T, timeout: Duration) -> Result<(), TrySendError<T>> {
         self.chan
             .send(t, true, deadline_after(timeout))
-            .map_err(|e| match e {
-                SendFail::Full(v) | SendFail::Timeout(v) => TrySendError::Full(v),
-                SendFail::Disconnected(v) => TrySendError::Disconnected(v),
-            })
-    }
-}
-
-fn send_value<T>(e: SendFail<T>) -> T {
-    match e {
-        SendFail::Full(v) | SendFail::Disconnected(v) | SendFail::Timeout(v) => v,
+            .map_err(try_send_error)
     }
 }
 
@@ -119,10 +107,7 @@ impl<T> Receiver<T> {
 
     /// A value if one is queued now.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.chan.recv(false, None).map_err(|e| match e {
-            RecvFail::Disconnected => TryRecvError::Disconnected,
-            RecvFail::Empty | RecvFail::Timeout => TryRecvError::Empty,
-        })
+        self.chan.recv(false, None).map_err(try_recv_error)
     }
 
     /// Waits at most `timeout` for a value.
@@ -136,10 +121,7 @@ impl<T> Receiver<T> {
     }
 
     fn recv_deadline_opt(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        self.chan.recv(true, deadline).map_err(|e| match e {
-            RecvFail::Disconnected => RecvTimeoutError::Disconnected,
-            RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
-        })
+        self.chan.recv(true, deadline).map_err(recv_timeout_error)
     }
 
     /// Iterates over values until every sender is gone.

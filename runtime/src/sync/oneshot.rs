@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::chan::{Chan, RecvFail, SendFail};
+use super::chan::{recv_timeout_error, try_recv_error, unsent, Chan};
 use super::wait::deadline_after;
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, TryRecvError};
@@ -46,9 +46,7 @@ pub struct Receiver<T> {
 impl<T> Sender<T> {
     /// Sends the value; gives it back if the receiver is gone.
     pub fn send(self, t: T) -> Result<(), T> {
-        self.chan.send(t, false, None).map_err(|e| match e {
-            SendFail::Full(v) | SendFail::Disconnected(v) | SendFail::Timeout(v) => v,
-        })
+        self.chan.send(t, false, None).map_err(unsent)
     }
 
     /// Whether the receiver is gone.
@@ -65,20 +63,14 @@ impl<T> Receiver<T> {
 
     /// The value if it has been sent.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.chan.recv(false, None).map_err(|e| match e {
-            RecvFail::Disconnected => TryRecvError::Disconnected,
-            RecvFail::Empty | RecvFail::Timeout => TryRecvError::Empty,
-        })
+        self.chan.recv(false, None).map_err(try_recv_error)
     }
 
     /// Waits at most `timeout` for the value.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.chan
             .recv(true, deadline_after(timeout))
-            .map_err(|e| match e {
-                RecvFail::Disconnected => RecvTimeoutError::Disconnected,
-                RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
-            })
+            .map_err(recv_timeout_error)
     }
 }
 
