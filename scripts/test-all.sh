@@ -15,7 +15,8 @@ step "unit, integration and doc tests (guard markers where the kernel has them)"
 cargo test --workspace --locked
 
 step "the stack tests again with the mprotect fallback forced"
-GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults
+GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults \
+    --test stack_inject --test stack_signals
 
 step "benches, one pass each in test mode"
 cargo test --locked --benches

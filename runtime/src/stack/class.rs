@@ -232,6 +232,7 @@ impl Class {
         match g.mode {
             GuardMode::Markers => {
                 self.map_chunk_for(index)?;
+                mmap::check_injected(mmap::Fault::GuardInstall)?;
                 let band_lo = floor.saturating_sub(BAND).max(zb);
                 // SAFETY: the slot is ours (just claimed, never set up), its
                 // chunk is read-write, and it holds no data yet.
@@ -245,6 +246,7 @@ impl Class {
                 }
             }
             GuardMode::Mprotect => {
+                mmap::check_injected(mmap::Fault::GuardInstall)?;
                 // SAFETY: the top of our own freshly claimed slot, inside the
                 // class reservation, holding no data.
                 unsafe { mmap::protect(floor, top - floor, true) }.map_err(map_limit_error)?;
@@ -274,6 +276,7 @@ impl Class {
         let per_chunk = (CHUNK_BYTES / self.geo.stride).max(1);
         let end = ((index / per_chunk) + 1) * per_chunk;
         let end = end.min(self.geo.capacity);
+        mmap::check_injected(mmap::Fault::ChunkMap)?;
         let lo = self.slot_base(mapped);
         let hi = self.slot_base(end);
         // SAFETY: `[lo, hi)` is inside our reservation and has never been
@@ -403,6 +406,9 @@ impl Class {
         let want = (addr & !(page - 1)).min(floor.saturating_sub(step));
         let new_floor = want.max(zb);
         let len = floor - new_floor;
+        if mmap::injected(mmap::Fault::Grow) {
+            return Err(GrowError::Os(libc::ENOMEM));
+        }
         // SAFETY: `[new_floor, floor)` lies in this live slot's growable zone;
         // it holds no data (it was never committed). `mprotect` is not on
         // POSIX's async-signal-safe list, but on Linux it is a plain system

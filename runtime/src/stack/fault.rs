@@ -209,6 +209,7 @@ pub(crate) fn install_handler() -> io::Result<()> {
 /// the numbered path.
 extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let saved_errno = errno();
+    injected_handler_faults();
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     let sp = stack_pointer(ctx);
@@ -221,6 +222,30 @@ extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut lib
     unsafe { chain(sig, info, ctx) };
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// Test-only: faults inside the handler on request, to show that a fault
+/// here ends the process (SIGSEGV is blocked while the handler runs, so the
+/// kernel kills the process) rather than hanging.
+fn injected_handler_faults() {
+    use super::mmap::{injected, Fault};
+    if injected(Fault::InHandler) {
+        // SAFETY: none; this read of an unmapped address is the injected
+        // fault, reachable only from tests.
+        unsafe { std::ptr::read_volatile(std::hint::black_box(16usize) as *const u8) };
+    }
+    if injected(Fault::HandlerOverflow) {
+        overflow_altstack(0);
+    }
+}
+
+/// Recurses with 4 KiB frames until the alternate signal stack's guard
+/// page is hit.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn overflow_altstack(depth: usize) -> usize {
+    let frame = std::hint::black_box([depth as u8; 4096]);
+    overflow_altstack(depth + 1) + frame[depth % 4096] as usize
 }
 
 /// Steps 2–6 of the fault path. Returns true if the fault was ours and is

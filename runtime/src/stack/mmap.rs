@@ -31,6 +31,66 @@ fn counted() {
     SYSCALLS.with(|c| c.set(c.get() + 1));
 }
 
+/// Points where a test can make the arena's memory operations fail (or the
+/// fault handler itself fault), to check that failures come back as errors
+/// and that the process never hangs. Test-only; see `stack::testing`.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Fault {
+    /// Making a chunk of a class reservation read-write.
+    ChunkMap = 0,
+    /// Installing guard markers (or `mprotect`ing the top) on a fresh slot.
+    GuardInstall = 1,
+    /// Committing stack in the fault handler (growth).
+    Grow = 2,
+    /// The fault handler dereferences a bad pointer on entry.
+    InHandler = 3,
+    /// The fault handler recurses until it overflows the signal stack.
+    HandlerOverflow = 4,
+}
+
+/// Remaining injected failures per [`Fault`]. Plain atomics: the handler
+/// reads them too.
+static INJECTED: [std::sync::atomic::AtomicU32; 5] =
+    [const { std::sync::atomic::AtomicU32::new(0) }; 5];
+
+/// Makes the next `count` operations at `point` fail.
+pub(crate) fn inject(point: Fault, count: u32) {
+    INJECTED[point as usize].store(count, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True (and one failure used up) if a failure is injected at `point`.
+/// Async-signal-safe.
+pub(crate) fn injected(point: Fault) -> bool {
+    let c = &INJECTED[point as usize];
+    let mut n = c.load(std::sync::atomic::Ordering::Relaxed);
+    while n > 0 {
+        match c.compare_exchange_weak(
+            n,
+            n - 1,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => return true,
+            Err(v) => n = v,
+        }
+    }
+    false
+}
+
+/// `Err(ENOMEM)` if a failure is injected at `point`.
+pub(crate) fn check_injected(point: Fault) -> io::Result<()> {
+    if injected(point) {
+        Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("injected failure at {point:?}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The page size, read once.
 pub(crate) fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();

@@ -928,4 +928,12 @@ pub mod testing {
     pub fn floor_of(addr: usize) -> Option<usize> {
         fault::locate(addr).map(|l| l.floor)
     }
+
+    pub use super::mmap::Fault;
+
+    /// Makes the next `count` operations at `point` fail (process-wide).
+    /// `count == 0` clears it.
+    pub fn inject_failure(point: Fault, count: u32) {
+        super::mmap::inject(point, count);
+    }
 }
