@@ -59,6 +59,21 @@ fn stack_alloc(c: &mut Criterion) {
         b.iter(|| drop(black_box(arena.allocate().expect("allocate a slot"))))
     });
 
+    // The same with scrubbing on, plus the cost the scrub moves to the next
+    // coroutine: touching its top page again (a fresh zero-filled page).
+    let scrubbed = StackArena::builder()
+        .scrub(true)
+        .build()
+        .expect("build the arena");
+    g.bench_function("pooled_scrubbed", |b| {
+        b.iter(|| {
+            let slot = scrubbed.allocate().expect("allocate a slot");
+            // SAFETY: the top page of a live slot is committed and ours.
+            unsafe { ((slot.top() - 64) as *mut u8).write_volatile(1) };
+            drop(black_box(slot))
+        })
+    });
+
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("batch64_same_thread", |b| {
         b.iter_custom(|iters| {

@@ -247,3 +247,48 @@ fn builder_rejects_bad_settings_with_clear_errors() {
         "rounded up to the smallest class that holds guard and initial commit"
     );
 }
+
+/// Writes a pattern over the top 16 KiB of `slot` from inside a coroutine,
+/// returns the slot.
+fn scribble(slot: Slot) -> Slot {
+    greenstack::stack::prepare_thread().unwrap();
+    let mut co = Coroutine::with_stack(slot, move |_: &corosensei::Yielder<(), ()>, ()| {
+        let secret = black_box([0xa5u8; 16 * 1024]);
+        secret[7] as usize
+    });
+    assert!(matches!(co.resume(()), CoroutineResult::Return(0xa5)));
+    co.into_stack()
+}
+
+/// Bytes equal to 0xa5 in the top 32 KiB of `slot`.
+fn leftovers(slot: &Slot) -> usize {
+    (slot.top() - 32 * 1024..slot.top())
+        // SAFETY: the top 32 KiB of a live slot are committed and readable,
+        // and nothing runs on this slot while we read it.
+        .filter(|&a| unsafe { (a as *const u8).read_volatile() } == 0xa5)
+        .count()
+}
+
+#[test]
+fn scrub_zeroes_a_reused_stack_and_is_off_by_default() {
+    for scrub in [false, true] {
+        let arena = StackArena::builder().scrub(scrub).build().unwrap();
+        let slot = scribble(arena.allocate().unwrap());
+        let top = slot.top();
+        drop(slot);
+        let again = arena.allocate().unwrap();
+        assert_eq!(again.top(), top, "the same warm slot comes back");
+        let left = leftovers(&again);
+        if scrub {
+            assert_eq!(
+                left, 0,
+                "scrubbed slot still holds {left} bytes of the old data"
+            );
+        } else {
+            assert!(
+                left > 8 * 1024,
+                "without scrubbing the old data is still there ({left} bytes)"
+            );
+        }
+    }
+}

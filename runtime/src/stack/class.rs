@@ -90,6 +90,8 @@ pub(crate) struct Geometry {
     pub(crate) max_step: usize,
     /// Pooled committed bytes beyond retained tops before release trims.
     pub(crate) pool_budget: usize,
+    /// Zero a reused slot's committed stack before handing it out.
+    pub(crate) scrub: bool,
     /// Number of slots.
     pub(crate) capacity: usize,
     /// How the ungrown zone faults.
@@ -210,6 +212,11 @@ impl Class {
             self.counters.pooled.add(-1);
             let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
             self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+            if let Err(e) = self.scrub(index as usize) {
+                self.alloc.release(index);
+                self.counters.pooled.add(1);
+                return Err(e);
+            }
         }
         if meta.floor.load(Ordering::Relaxed) == 0 {
             if let Err(e) = self.set_up(index as usize) {
@@ -288,14 +295,42 @@ impl Class {
 
     /// Takes back a slot that `retire` left in a thread's magazine: the
     /// pooled-slot half of `allocate`, without touching the shared free list.
-    pub(crate) fn reuse_retired(&self, index: u32) {
+    ///
+    /// # Errors
+    ///
+    /// If scrubbing fails; the slot then goes back to the shared pool.
+    pub(crate) fn reuse_retired(&self, index: u32) -> io::Result<()> {
         let meta = &self.metas[index as usize];
         self.counters.pooled.add(-1);
         let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
         if excess != 0 {
             self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
         }
+        if let Err(e) = self.scrub(index as usize) {
+            self.alloc.release(index);
+            self.counters.pooled.add(1);
+            return Err(e);
+        }
         self.counters.live.add(1);
+        Ok(())
+    }
+
+    /// With scrubbing on, discards the committed pages of a slot about to be
+    /// reused, so the next coroutine reads zeros, never its predecessor's
+    /// data. One `madvise(MADV_DONTNEED)`; the pages fault back in as zero
+    /// pages on first touch (`benches/stack_alloc.rs` measures the cost).
+    fn scrub(&self, index: usize) -> io::Result<()> {
+        if !self.geo.scrub {
+            return Ok(());
+        }
+        let floor = self.metas[index].floor.load(Ordering::Acquire);
+        if floor == 0 {
+            return Ok(()); // never set up: nothing was ever written
+        }
+        let top = self.slot_top(index);
+        // SAFETY: the slot is ours (just claimed, not yet handed out) and
+        // its committed range holds only a finished coroutine's dead stack.
+        unsafe { mmap::discard(floor, top - floor) }
     }
 
     /// Slots a thread may keep retired in its magazine: 32, or none for a

@@ -135,6 +135,7 @@ pub struct ArenaBuilder {
     max_growth_step: usize,
     pool_budget: usize,
     guard_mode: Option<GuardMode>,
+    scrub: bool,
 }
 
 impl Default for ArenaBuilder {
@@ -149,6 +150,7 @@ impl Default for ArenaBuilder {
             max_growth_step: DEFAULT_MAX_GROWTH_STEP,
             pool_budget: DEFAULT_POOL_BUDGET,
             guard_mode: None,
+            scrub: false,
         }
     }
 }
@@ -200,6 +202,16 @@ impl ArenaBuilder {
     /// before release gives them back. Default [`DEFAULT_POOL_BUDGET`].
     pub fn pool_budget(mut self, bytes: usize) -> Self {
         self.pool_budget = bytes;
+        self
+    }
+
+    /// Zeroes a reused stack before handing it out, so a coroutine never
+    /// sees data a previous one left on the same slot (off by default).
+    /// Costs one `madvise` per reuse plus refaulting the pages touched: see
+    /// `benches/stack_alloc.rs` (`pooled_scrubbed`) for the figure, and
+    /// note that pooled reuse then makes a system call.
+    pub fn scrub(mut self, on: bool) -> Self {
+        self.scrub = on;
         self
     }
 
@@ -278,6 +290,7 @@ impl ArenaBuilder {
             pool_budget: self.pool_budget,
             capacity: self.capacity,
             mode,
+            scrub: self.scrub,
         };
         let default_class = config.class_for(self.stack_size, true)?;
         fault::install_handler()?;
@@ -301,6 +314,7 @@ struct Config {
     pool_budget: usize,
     capacity: usize,
     mode: GuardMode,
+    scrub: bool,
 }
 
 impl Config {
@@ -350,6 +364,7 @@ impl Config {
             pool_budget: self.pool_budget,
             capacity: self.capacity.min(CLASS_ADDRESS_BUDGET / stride).max(1),
             mode: self.mode,
+            scrub: self.scrub,
         }
     }
 }
@@ -455,7 +470,7 @@ impl StackArena {
         })?;
         let (class, index) = match magazine_take(handle) {
             Some((class, i)) => {
-                class.class.reuse_retired(i);
+                class.class.reuse_retired(i)?;
                 (class, i)
             }
             None => (Arc::clone(handle), handle.class.allocate()?),
