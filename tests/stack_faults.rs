@@ -230,3 +230,68 @@ fn user_handler_installed_first_still_gets_foreign_faults() {
         USER_FAULTS.load(Ordering::Relaxed)
     );
 }
+
+/// The action that was installed before the late user handler (ours).
+static PREVIOUS: std::sync::OnceLock<libc::sigaction> = std::sync::OnceLock::new();
+/// Faults the late handler saw.
+static LATE_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A user's handler installed after the runtime, chaining as documented:
+/// it handles nothing itself here and passes every fault to the previous
+/// action with the kernel's arguments.
+extern "C" fn late_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    LATE_SEEN.fetch_add(1, Ordering::Relaxed);
+    let prev = PREVIOUS.get().expect("saved before installing");
+    // SAFETY: the previous action is greenstack's SA_SIGINFO handler; we pass
+    // the kernel's arguments unchanged.
+    unsafe {
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            std::mem::transmute(prev.sa_sigaction);
+        f(sig, info, ctx);
+    }
+}
+
+#[test]
+fn user_handler_installed_later_keeps_growth_working_when_it_chains() {
+    if child_scenario().is_none() {
+        let out = run_child(
+            "user_handler_installed_later_keeps_growth_working_when_it_chains",
+            "late",
+            &[],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("late handler chained"), "{stdout}");
+        return;
+    }
+    let arena = StackArena::builder().stack_size(4 << 20).build().unwrap();
+    // SAFETY: reading the current action, then installing ours with
+    // SA_ONSTACK (growth faults must run on the alternate stack).
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        assert_eq!(
+            libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut old),
+            0
+        );
+        PREVIOUS.set(old).unwrap();
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = late_handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+    }
+    let slot = arena.allocate().unwrap();
+    let n = run_on(slot, || black_box([3u8; 512 * 1024])[9] as usize);
+    assert_eq!(n, 3);
+    assert!(arena.stats().growth_faults > 0);
+    assert!(LATE_SEEN.load(Ordering::Relaxed) > 0);
+    println!(
+        "late handler chained {} faults",
+        LATE_SEEN.load(Ordering::Relaxed)
+    );
+}

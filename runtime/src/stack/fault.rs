@@ -33,6 +33,13 @@
 //!
 //! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`
 //! and `abort`, and errno is saved and restored around the handler.
+//!
+//! A handler a user installs *after* ours replaces it. It must then chain:
+//! install with `SA_ONSTACK | SA_SIGINFO`, keep the action `sigaction`
+//! returned as the old one, and call it with the kernel's arguments for
+//! every fault it does not handle. Otherwise the first growth fault reaches
+//! a handler that does not know our stacks and the process dies.
+//! (`tests/stack_faults.rs` shows both orders.)
 
 use std::cell::Cell;
 use std::io;
