@@ -493,7 +493,7 @@ where
             }
         };
         worker::drop_current_locals();
-        completer.complete(outcome);
+        completer.prepare(outcome)
     });
     let coroutine = Coroutine {
         header: Arc::clone(&header),

@@ -64,7 +64,9 @@ impl Wake for Header {
 pub(crate) struct NewTask {
     pub(crate) header: Arc<Header>,
     pub(crate) slot: Slot,
-    pub(crate) run: Box<dyn FnOnce() + Send + 'static>,
+    /// Runs the body; returns the completion to announce once the stack
+    /// is released.
+    pub(crate) run: Box<dyn FnOnce() -> super::join::Pending + Send + 'static>,
 }
 
 /// A coroutine's unique id.

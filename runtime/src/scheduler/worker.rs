@@ -30,6 +30,7 @@ use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Steal, Worker};
 
 use super::driver::{Driver, TimerGuard};
+use super::join::Pending;
 use super::local::Map as LocalMap;
 use super::task::{Header, NewTask};
 use super::Shared;
@@ -52,7 +53,9 @@ const SPIN_ROUNDS: u32 = 64;
 /// that called `block_on`, not on a worker.
 pub(crate) const ROOT_HOME: usize = usize::MAX - 1;
 
-type Co = corosensei::Coroutine<(), Request, (), Slot>;
+/// A corosensei coroutine as we run it: it returns its join state's pending
+/// completion (none for a `block_on` root), announced once its stack is free.
+type Co = corosensei::Coroutine<(), Request, Option<Pending>, Slot>;
 
 /// A started coroutine, owned by its home worker's slab.
 pub(crate) struct Running {
@@ -99,7 +102,7 @@ impl Running {
 
     /// Resumes the coroutine on this thread until it suspends or returns.
     /// `p` must point to `self`, boxed and kept alive by the caller.
-    fn resume(&self, p: *const Running) -> CoroutineResult<Request, ()> {
+    fn resume(&self, p: *const Running) -> CoroutineResult<Request, Option<Pending>> {
         self.timer.borrow_mut().take();
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
@@ -234,12 +237,13 @@ pub(crate) fn run_root<T: 'static>(
             r.yielder.set(y);
         }
         out2.set(Some(catch_unwind(AssertUnwindSafe(root))));
+        None
     });
     let running = Running::new(co, header, gauge);
     let p: *const Running = &*running;
     loop {
         match running.resume(p) {
-            CoroutineResult::Return(()) => break,
+            CoroutineResult::Return(_) => break,
             CoroutineResult::Yield(Request::Yield) => std::thread::yield_now(),
             CoroutineResult::Yield(Request::Park(deadline)) => {
                 if !running.header.park.commit_park() {
@@ -350,7 +354,8 @@ pub(crate) fn schedule(header: &Header) {
 /// Drops a task that will never run (shutdown); its joiner sees
 /// `Cancelled`.
 pub(crate) fn discard(shared: &Shared, task: NewTask) {
-    drop(task);
+    // A closure whose captures panic on drop must not cut shutdown short.
+    drop_quietly(task);
     shared.live.add(-1);
 }
 
@@ -504,6 +509,11 @@ impl Local {
         self.shared.idle.announce(self.index);
         fence(Ordering::SeqCst);
         let block = !self.has_work();
+        if block {
+            // Going to sleep: the stacks this worker holds back become
+            // available to the others (and to idle trimming).
+            stack::flush_thread_magazines();
+        }
         // Sleeps in epoll until a wake-up, I/O or the next timer; without
         // blocking, still collects I/O that is ready.
         self.driver.poll(&self.ws().driver, block);
@@ -544,7 +554,7 @@ impl Local {
             if let Some(r) = current_running() {
                 r.yielder.set(y);
             }
-            run();
+            Some(run())
         });
         let running = Running::new(co, header, gauge);
         self.slab.borrow_mut()[key] = Some(running);
@@ -580,21 +590,25 @@ impl Local {
                     self.ready.borrow_mut().push_back(key);
                 }
             }
-            CoroutineResult::Return(()) => self.finish(key),
+            CoroutineResult::Return(pending) => self.finish(key, pending),
         }
     }
 
     /// Releases a finished coroutine: its slab entry, stack and header.
-    fn finish(&self, key: usize) {
+    fn finish(&self, key: usize, pending: Option<Pending>) {
         let running = self.slab.borrow_mut()[key].take();
         if let Some(r) = &running {
             r.header.park.finish();
         }
         self.wait_for_watchdog();
+        // Stack back to the arena first, then tell the joiner.
         drop_quietly(running);
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
         self.shared.live.add(-1);
+        if let Some(p) = pending {
+            p.publish();
+        }
     }
 
     /// Makes sure the watchdog is not reading a header we are about to free

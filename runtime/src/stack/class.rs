@@ -132,7 +132,17 @@ pub(crate) struct Class {
     epoch: AtomicU64,
     /// Statistics.
     pub(crate) counters: Counters,
+    /// Set when the arena is dropped: threads stop caching its slots.
+    pub(crate) closed: std::sync::atomic::AtomicBool,
 }
+
+/// Smallest capacity for which threads keep magazines of warm slots: 4,096
+/// (32 slots per thread is then at most 0.8% of it).
+pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
+
+/// `released_epoch` of a pooled slot whose pages `trim_idle` already gave
+/// back (so later trims skip it until it is used again).
+const IDLE_TRIMMED: u64 = u64::MAX;
 
 /// Bytes of reservation made read-write at a time in marker mode.
 const CHUNK_BYTES: usize = 64 << 20;
@@ -171,6 +181,7 @@ impl Class {
             pool_excess: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -200,7 +211,7 @@ impl Class {
             io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 format!(
-                    "stack arena exhausted: all {} slots of {} KiB are live (raise the arena's capacity)",
+                    "stack arena exhausted: all {} slots of {} KiB are live or cached by other threads (raise the arena's capacity)",
                     self.geo.capacity,
                     self.geo.stride / 1024
                 ),
@@ -333,12 +344,18 @@ impl Class {
         unsafe { mmap::discard(floor, top - floor) }
     }
 
-    /// Slots a thread may keep retired in its magazine: 32, or none for a
-    /// small arena, so that slots held back by one thread never make
-    /// another thread's allocation fail (at most 1/64 of the capacity per
-    /// thread).
+    /// Slots a thread may keep retired in its magazine: 32 for arenas of at
+    /// least [`MAGAZINE_MIN_CAPACITY`] slots, none for smaller ones. A slot
+    /// in one thread's magazine is not available to another thread, so in a
+    /// big arena up to 32 slots per thread (under 1% of the capacity) count
+    /// as in use for exhaustion; small arenas, where that would show, keep
+    /// exhaustion exact by caching nothing.
     pub(crate) fn magazine_size(&self) -> usize {
-        (self.geo.capacity / 64).min(32)
+        if self.geo.capacity >= MAGAZINE_MIN_CAPACITY && !self.closed.load(Ordering::Relaxed) {
+            32
+        } else {
+            0
+        }
     }
 
     /// Readies a live slot for the pool, trimming it if the pool is over
@@ -400,14 +417,18 @@ impl Class {
     }
 
     /// Gives back the pages of slots that have sat in the pool since before
-    /// the previous call. Returns the bytes given back.
+    /// the previous call: everything below the retained top is uncommitted,
+    /// and the retained top's pages are discarded (it stays committed, so
+    /// reuse takes no growth fault). Returns the bytes given back.
     pub(crate) fn trim_idle(&self) -> u64 {
         let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let before = self.counters.bytes_reclaimed.load(Ordering::Relaxed);
         for index in 0..self.alloc.touched() {
             let meta = &self.metas[index];
-            if meta.pooled_excess.load(Ordering::Relaxed) == 0
-                || meta.released_epoch.load(Ordering::Relaxed) + 2 > now
+            let released = meta.released_epoch.load(Ordering::Relaxed);
+            if released == IDLE_TRIMMED
+                || released.saturating_add(2) > now
+                || meta.floor.load(Ordering::Relaxed) == 0
             {
                 continue;
             }
@@ -417,6 +438,18 @@ impl Class {
             let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
             self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
             self.trim(index);
+            // The retained top too: it stays committed (no growth fault on
+            // reuse) but its pages go back, to fault in again as zeros.
+            let top = self.slot_top(index);
+            let keep = top - self.geo.retained_commit;
+            // SAFETY: the slot is pooled and claimed for trimming; its stack
+            // is dead.
+            if unsafe { mmap::discard(keep, top - keep) }.is_ok() {
+                self.counters
+                    .bytes_reclaimed
+                    .fetch_add((top - keep) as u64, Ordering::Relaxed);
+            }
+            meta.released_epoch.store(IDLE_TRIMMED, Ordering::Relaxed);
             self.alloc.end_trim(index as u32);
         }
         self.counters.bytes_reclaimed.load(Ordering::Relaxed) - before

@@ -336,7 +336,20 @@ impl Config {
                 "stack size {stack_size} exceeds the largest reserve ({max} bytes)"
             ));
         }
-        let needed = self.guard + self.retained_commit + mmap::page_size();
+        let needed = self
+            .guard
+            .checked_add(self.retained_commit)
+            .and_then(|n| n.checked_add(mmap::page_size()))
+            .filter(|&n| n <= max)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "guard ({}) and retained commit ({}) exceed the largest reserve ({max} bytes)",
+                        self.guard, self.retained_commit
+                    ),
+                )
+            })?;
         let stride = stack_size.next_power_of_two().max(MIN_STACK_SIZE);
         if needed > stride && strict {
             return bad(format!(
@@ -375,6 +388,19 @@ struct ClassHandle {
     /// Held only for its `Drop`, which must run before `class` is freed.
     _registration: Registration,
     class: Box<Class>,
+}
+
+impl Drop for Inner {
+    /// The arena is gone: threads stop caching its slots, and this thread's
+    /// cached ones go back now, so its classes (their reservations and
+    /// their entries in the fault handler's table) are freed as soon as the
+    /// last slot is. Worker threads flush theirs when they exit.
+    fn drop(&mut self) {
+        for h in self.classes.iter().filter_map(OnceCell::get) {
+            h.class.closed.store(true, Ordering::Relaxed);
+            flush_magazine(h);
+        }
+    }
 }
 
 struct Inner {
@@ -658,6 +684,18 @@ impl Drop for Magazine {
             class.class.alloc.release(i);
         }
     }
+}
+
+/// Empties all of this thread's magazines into their classes' shared pools:
+/// a worker does it before it sleeps, so slots it holds back become
+/// reusable by others and trimmable by `trim_idle`.
+pub(crate) fn flush_thread_magazines() {
+    let _ = MAGAZINES.try_with(|m| {
+        let mut mags = m.borrow_mut();
+        if mags.iter().any(|g| !g.slots.is_empty()) {
+            mags.clear();
+        }
+    });
 }
 
 /// Empties this thread's magazine for `class` into its shared pool.
