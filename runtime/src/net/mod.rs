@@ -12,6 +12,49 @@
 //! by default (one registration per socket, no re-arming per wait), and has
 //! the eventfd waker the worker's sleep already uses.
 
+/// `Read` and `Write` for a stream type and for shared references to it
+/// (as std offers for `&TcpStream`), over its `io: Io<_>` field.
+macro_rules! stream_io {
+    ($t:ty) => {
+        impl std::io::Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::io::Read::read(&mut &*self, buf)
+            }
+        }
+
+        impl std::io::Read for &$t {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.io.op($crate::net::Dir::Read, |mut s| {
+                    std::io::Read::read(&mut s, buf)
+                })
+            }
+        }
+
+        impl std::io::Write for $t {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                std::io::Write::write(&mut &*self, buf)
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl std::io::Write for &$t {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.io.op($crate::net::Dir::Write, |mut s| {
+                    std::io::Write::write(&mut s, buf)
+                })
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use stream_io;
+
 mod tcp;
 mod udp;
 mod unix;
