@@ -571,8 +571,12 @@ impl Local {
         // only this thread touches the slab.
         let r = unsafe { &*p };
         let ws = self.ws();
-        ws.runs.fetch_add(1, Ordering::Relaxed);
-        ws.switches.fetch_add(1, Ordering::Relaxed);
+        // This worker is their only writer: plain load and store, no
+        // locked read-modify-write on every resume.
+        ws.runs
+            .store(ws.runs.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        ws.switches
+            .store(ws.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         ws.current
             .store(Arc::as_ptr(&r.header).cast_mut(), Ordering::Release);
         let result = r.resume(p);
