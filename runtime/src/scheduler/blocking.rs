@@ -86,7 +86,7 @@ where
         completer.complete(outcome);
     });
     submit(&shared, job);
-    JoinHandle::new(state, None)
+    JoinHandle::blocking(state)
 }
 
 fn submit(shared: &Arc<Shared>, job: Job) {

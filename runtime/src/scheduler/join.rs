@@ -97,13 +97,13 @@ impl<T> JoinState<T> {
     }
 
     /// Step 1, first half: writes the outcome without announcing it.
-    fn store(&self, outcome: Outcome<T>) {
+    pub(crate) fn store(&self, outcome: Outcome<T>) {
         // SAFETY: before COMPLETE only the completer touches `outcome`.
         self.outcome.with_mut(|p| unsafe { *p = Some(outcome) });
     }
 
     /// Step 1, second half: announces the stored outcome.
-    fn publish(&self) {
+    pub(crate) fn publish(&self) {
         // AcqRel: Release publishes the outcome (pairs with the Acquire in
         // `register`/`detach`); Acquire pairs with the Release that set
         // WAKER, so the waker in the cell is visible.
@@ -210,59 +210,10 @@ impl<T> Completer<T> {
         Completer(Some(state))
     }
 
-    /// Stores the outcome and returns the announcement to make later: the
-    /// scheduler announces a coroutine's completion only after its stack is
-    /// back in the arena, so a joiner that spawns again finds the slot free
-    /// (as a std thread's resources are gone once `join` returns).
-    #[cfg(not(greenstack_loom))]
-    pub(crate) fn prepare(mut self, outcome: Outcome<T>) -> Pending
-    where
-        T: Send + 'static,
-    {
-        let s = self.0.take().expect("completed once");
-        s.store(outcome);
-        Pending(s)
-    }
-
     pub(crate) fn complete(mut self, outcome: Outcome<T>) {
         if let Some(s) = self.0.take() {
             s.complete(outcome);
         }
-    }
-}
-
-/// A stored outcome not yet announced; see [`Completer::prepare`].
-#[cfg(not(greenstack_loom))]
-pub(crate) struct Pending(std::sync::Arc<dyn Publish>);
-
-#[cfg(not(greenstack_loom))]
-impl Pending {
-    /// Announces the outcome: wakes the joiner, or drops an unread one.
-    pub(crate) fn publish(self) {
-        drop(self);
-    }
-}
-
-/// Dropping announces too, so a completion is never lost on an unexpected
-/// path.
-#[cfg(not(greenstack_loom))]
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.publish_stored();
-    }
-}
-
-/// Type-erased `publish`, so the scheduler can hold any coroutine's pending
-/// completion.
-#[cfg(not(greenstack_loom))]
-trait Publish: Send + Sync {
-    fn publish_stored(&self);
-}
-
-#[cfg(not(greenstack_loom))]
-impl<T: Send> Publish for JoinState<T> {
-    fn publish_stored(&self) {
-        self.publish();
     }
 }
 

@@ -45,8 +45,8 @@ mod tests;
 
 use std::fmt;
 use std::io;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::panic::resume_unwind;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -55,8 +55,8 @@ use crossbeam_deque::{Injector, Stealer};
 
 use crate::counter::Sharded;
 
-use self::join::{Completer, Identity, JoinState, Outcome};
-use self::task::{Header, NewTask};
+use self::join::Identity;
+use self::task::{Header, HeaderInit, NewTask, TaskRef};
 use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
 
 pub use self::local::{AccessError, LocalKey};
@@ -346,8 +346,10 @@ impl Runtime {
             !worker::in_coroutine(),
             "Runtime::block_on called from inside a coroutine, which would block its worker; spawn and join instead"
         );
-        let (header, slot) = new_coroutine(&self.shared, None, None, Some(std::thread::current()))
+        let (init, slot) = new_coroutine(&self.shared, None, None, Some(std::thread::current()))
             .unwrap_or_else(|e| panic!("greenstack: cannot start the block_on coroutine: {e}"));
+        // The root's body runs in `run_root`; its cell holds no closure.
+        let (header, _) = TaskRef::new::<fn(), ()>(init, None, Identity::default());
         if let Err(e) = crate::stack::prepare_thread() {
             panic!("greenstack: cannot prepare this thread to run a coroutine: {e}");
         }
@@ -476,41 +478,33 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let (header, slot) = new_coroutine(shared, name, stack_size, None)?;
-    let (id, name) = (header.id, header.name.clone());
-    let state = crate::loom::sync::Arc::new(JoinState::new(Identity { id: id.get(), name }));
-    let completer = Completer::new(crate::loom::sync::Arc::clone(&state));
-    let run = Box::new(move || {
-        let outcome = match catch_unwind(AssertUnwindSafe(f)) {
-            Ok(v) => Outcome::Value(v),
-            Err(p) => {
-                if worker::current_is_cancelling() {
-                    // A forced unwind at shutdown: let it through; the
-                    // completer reports `Cancelled` as it drops.
-                    resume_unwind(p);
-                }
-                Outcome::Panic(p)
-            }
-        };
-        worker::drop_current_locals();
-        completer.prepare(outcome)
-    });
+    let (init, slot) = new_coroutine(shared, name, stack_size, None)?;
+    let who = Identity {
+        id: init.id.get(),
+        name: init.name.clone(),
+    };
+    let id = init.id;
+    let (task, state) = TaskRef::new(init, Some(f), who);
     let coroutine = Coroutine {
-        header: Arc::clone(&header),
+        header: task.clone(),
     };
     tracing::trace!(coroutine.id = id.get(), "spawn");
-    worker::submit(shared, NewTask { header, slot, run });
-    Ok(JoinHandle::new(state, Some(coroutine)))
+    // SAFETY: `task` was just made with a closure and goes into this one
+    // `NewTask` only.
+    worker::submit(shared, unsafe { NewTask::new(task, slot) });
+    // SAFETY: `state` is `task`'s join state, made for `T`; this is its only
+    // handle.
+    Ok(unsafe { JoinHandle::task(coroutine, state) })
 }
 
-/// A coroutine's header and stack: the part of spawning shared by `spawn`
-/// and `block_on`.
+/// What a coroutine's header starts with, and its stack: the part of
+/// spawning shared by `spawn` and `block_on`.
 fn new_coroutine(
     shared: &Arc<Shared>,
     name: Option<String>,
     stack_size: Option<usize>,
     root_thread: Option<std::thread::Thread>,
-) -> io::Result<(Arc<Header>, crate::stack::Slot)> {
+) -> io::Result<(HeaderInit, crate::stack::Slot)> {
     if shared.shutdown.load(Ordering::Acquire) {
         return Err(io::Error::other("the runtime is shutting down"));
     }
@@ -526,19 +520,18 @@ fn new_coroutine(
     } else {
         usize::MAX
     };
-    let header = Arc::new(Header {
-        id,
-        name,
-        park: park::ParkState::new(),
-        home: AtomicUsize::new(home),
-        key: AtomicUsize::new(usize::MAX),
-        cancelling: AtomicBool::new(false),
-        shared: Arc::clone(shared),
-        root_thread,
-    });
     shared.counters.spawned.add(1);
     shared.live.add(1);
-    Ok((header, slot))
+    Ok((
+        HeaderInit {
+            id,
+            name,
+            home,
+            shared: Arc::clone(shared),
+            root_thread,
+        },
+        slot,
+    ))
 }
 
 /// The runtime of the calling coroutine or runtime thread, if any.
@@ -716,7 +709,7 @@ pub fn block_on_future<F: std::future::Future>(fut: F) -> F::Output {
 /// A waker for the caller: its coroutine's, or its thread's.
 pub(crate) fn current_waker() -> Waker {
     match worker::current_header() {
-        Some(h) => Waker::from(h),
+        Some(h) => h.into_waker(),
         None => Waker::from(Arc::new(ThreadWaker(std::thread::current()))),
     }
 }

@@ -3,13 +3,18 @@
 //! handle and the `JoinHandle`.
 
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::num::NonZeroU64;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use super::join::{JoinState, Outcome};
 use super::park::ParkState;
@@ -18,6 +23,13 @@ use crate::stack::Slot;
 
 /// Shared, thread-safe facts about one coroutine. Holds nothing `!Send`:
 /// the coroutine itself lives in its worker's slab and never leaves it.
+///
+/// A header is the first field of its task's one allocation (a [`Cell`]:
+/// header, join state and closure together), reference-counted by
+/// [`TaskRef`]s. One allocation per spawn instead of three (header, join
+/// state, boxed closure) is what a spawn costs least with; `Arc` cannot
+/// hand out a typed handle to the header of a generic allocation, which is
+/// why the count is written here by hand.
 pub(crate) struct Header {
     /// Unique within the process, from 1.
     pub(crate) id: NonZeroU64,
@@ -37,6 +49,19 @@ pub(crate) struct Header {
     pub(crate) shared: Arc<Shared>,
     /// For a `block_on` root: the thread it runs on.
     pub(crate) root_thread: Option<std::thread::Thread>,
+    /// `TaskRef`s alive.
+    refs: AtomicUsize,
+    /// The operations that know the cell's concrete type.
+    vtable: &'static Vtable,
+}
+
+/// What a header needs at creation; the rest is set by [`TaskRef::new`].
+pub(crate) struct HeaderInit {
+    pub(crate) id: NonZeroU64,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) home: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) root_thread: Option<std::thread::Thread>,
 }
 
 impl Header {
@@ -49,24 +74,346 @@ impl Header {
     }
 }
 
-impl Wake for Header {
-    fn wake(self: Arc<Self>) {
-        self.unpark();
+/// The type-erased operations of a task cell.
+struct Vtable {
+    /// Runs the closure and stores its outcome (see [`TaskRef::run`]).
+    run: unsafe fn(NonNull<Header>) -> bool,
+    /// Drops a never-run closure and completes with `Cancelled`.
+    cancel: unsafe fn(NonNull<Header>),
+    /// Announces a stored outcome.
+    publish: unsafe fn(NonNull<Header>),
+    /// Frees the cell.
+    dealloc: unsafe fn(NonNull<Header>),
+}
+
+/// One spawned coroutine's allocation. `repr(C)` with the header first, so
+/// a pointer to the cell is a pointer to its header and back.
+#[repr(C)]
+struct Cell<F, T> {
+    header: Header,
+    join: JoinState<T>,
+    /// The body, until it runs (or is cancelled).
+    func: UnsafeCell<Option<F>>,
+}
+
+impl<F, T> Cell<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    const VTABLE: Vtable = Vtable {
+        run: Self::run,
+        cancel: Self::cancel,
+        publish: Self::publish,
+        dealloc: Self::dealloc,
+    };
+
+    /// # Safety
+    /// `h` heads a live `Cell<F, T>`.
+    unsafe fn get<'a>(h: NonNull<Header>) -> &'a Cell<F, T> {
+        // SAFETY: by the caller; the header is the cell's first field.
+        unsafe { h.cast::<Cell<F, T>>().as_ref() }
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.unpark();
+    /// # Safety
+    /// Called at most once per cell, and never together with `cancel`:
+    /// only by the holder of the cell's [`NewTask`].
+    unsafe fn run(h: NonNull<Header>) -> bool {
+        // SAFETY: by the caller.
+        let cell = unsafe { Self::get(h) };
+        // SAFETY: the unique right to run (the caller's contract) makes us
+        // the only one touching `func`.
+        let f = unsafe { (*cell.func.get()).take() };
+        let Some(f) = f else { return false };
+        /// Completes with `Cancelled` if the body is unwound past us (a
+        /// forced unwind at shutdown), so the joiner is still released.
+        struct Guard<'a, T>(Option<&'a JoinState<T>>);
+        impl<T> Drop for Guard<'_, T> {
+            fn drop(&mut self) {
+                if let Some(j) = self.0.take() {
+                    j.complete(Outcome::Cancelled);
+                }
+            }
+        }
+        let mut guard = Guard(Some(&cell.join));
+        let outcome = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(v) => Outcome::Value(v),
+            Err(p) => {
+                if super::worker::current_is_cancelling() {
+                    // A forced unwind at shutdown: let it through; the
+                    // guard reports `Cancelled` as it drops.
+                    resume_unwind(p);
+                }
+                Outcome::Panic(p)
+            }
+        };
+        super::worker::drop_current_locals();
+        guard.0 = None;
+        cell.join.store(outcome);
+        true
+    }
+
+    /// # Safety
+    /// As for `run`.
+    unsafe fn cancel(h: NonNull<Header>) {
+        // SAFETY: by the caller.
+        let cell = unsafe { Self::get(h) };
+        // SAFETY: as in `run`.
+        let f = unsafe { (*cell.func.get()).take() };
+        if f.is_some() {
+            // Release the joiner first: a capture that panics on drop must
+            // not leave it waiting.
+            cell.join.complete(Outcome::Cancelled);
+            drop(f);
+        }
+    }
+
+    /// # Safety
+    /// Once, after `run` returned true.
+    unsafe fn publish(h: NonNull<Header>) {
+        // SAFETY: by the caller.
+        unsafe { Self::get(h) }.join.publish();
+    }
+
+    /// # Safety
+    /// The last reference is gone.
+    unsafe fn dealloc(h: NonNull<Header>) {
+        // SAFETY: the cell came from `Box::into_raw` in `TaskRef::new`, and
+        // no reference to it is left.
+        drop(unsafe { Box::from_raw(h.cast::<Cell<F, T>>().as_ptr()) });
     }
 }
 
-/// A coroutine that has not run yet: its `Send` closure and its stack slot.
-/// This is all an idle worker ever steals.
+/// A counted reference to a task's header (and its cell), as an
+/// `Arc<Header>` would be.
+pub(crate) struct TaskRef {
+    ptr: NonNull<Header>,
+}
+
+// SAFETY: a `TaskRef` only gives out `&Header` (`Send + Sync`); the cell's
+// closure and outcome are reached only through `NewTask` (which requires
+// `F: Send`) and `JoinHandle` (`T: Send`), whose own impls carry those bounds.
+unsafe impl Send for TaskRef {}
+// SAFETY: as above.
+unsafe impl Sync for TaskRef {}
+
+impl TaskRef {
+    /// Allocates a task cell for `f` (`None` for a `block_on` root, whose
+    /// body the caller runs itself), with one reference.
+    pub(crate) fn new<F, T>(
+        init: HeaderInit,
+        f: Option<F>,
+        who: super::join::Identity,
+    ) -> (TaskRef, NonNull<JoinState<T>>)
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cell = Box::new(Cell::<F, T> {
+            header: Header {
+                id: init.id,
+                name: init.name,
+                park: ParkState::new(),
+                home: AtomicUsize::new(init.home),
+                key: AtomicUsize::new(usize::MAX),
+                cancelling: AtomicBool::new(false),
+                shared: init.shared,
+                root_thread: init.root_thread,
+                refs: AtomicUsize::new(1),
+                vtable: &Cell::<F, T>::VTABLE,
+            },
+            join: JoinState::new(who),
+            func: UnsafeCell::new(f),
+        });
+        let cell = NonNull::from(Box::leak(cell));
+        // SAFETY: `cell` is valid; this only computes a field's address.
+        let join = unsafe { NonNull::new_unchecked(std::ptr::addr_of_mut!((*cell.as_ptr()).join)) };
+        (TaskRef { ptr: cell.cast() }, join)
+    }
+
+    /// The header's address, for identity and the watchdog.
+    pub(crate) fn as_ptr(&self) -> *const Header {
+        self.ptr.as_ptr()
+    }
+
+    /// Announces the outcome that [`NewTask`]'s run stored.
+    ///
+    /// # Safety
+    /// Once, after that run returned true.
+    pub(crate) unsafe fn publish(&self) {
+        // SAFETY: by the caller.
+        unsafe { (self.vtable.publish)(self.ptr) }
+    }
+
+    /// A waker that unparks this coroutine.
+    pub(crate) fn waker(&self) -> Waker {
+        Self::into_waker(self.clone())
+    }
+
+    /// Turns this reference into a waker (no count change).
+    pub(crate) fn into_waker(self) -> Waker {
+        let raw = RawWaker::new(ManuallyDrop::new(self).ptr.as_ptr().cast(), &WAKER_VTABLE);
+        // SAFETY: the vtable's functions treat the data pointer as the one
+        // reference it carries, as `RawWaker`'s contract requires.
+        unsafe { Waker::from_raw(raw) }
+    }
+
+    /// # Safety
+    /// `p` carries one reference (from `into_waker`).
+    unsafe fn from_raw(p: *const ()) -> TaskRef {
+        TaskRef {
+            // SAFETY: it came from a non-null `TaskRef` pointer.
+            ptr: unsafe { NonNull::new_unchecked(p as *mut Header) },
+        }
+    }
+}
+
+static WAKER_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(waker_clone, waker_wake, waker_wake_by_ref, waker_drop);
+
+unsafe fn waker_clone(p: *const ()) -> RawWaker {
+    // SAFETY: the waker holds a reference, so the header is alive.
+    let t = ManuallyDrop::new(unsafe { TaskRef::from_raw(p) });
+    std::mem::forget(TaskRef::clone(&t));
+    RawWaker::new(p, &WAKER_VTABLE)
+}
+
+unsafe fn waker_wake(p: *const ()) {
+    // SAFETY: the waker's reference becomes this `TaskRef`, dropped after.
+    let t = unsafe { TaskRef::from_raw(p) };
+    t.unpark();
+}
+
+unsafe fn waker_wake_by_ref(p: *const ()) {
+    // SAFETY: as in `waker_clone`.
+    let t = ManuallyDrop::new(unsafe { TaskRef::from_raw(p) });
+    t.unpark();
+}
+
+unsafe fn waker_drop(p: *const ()) {
+    // SAFETY: the waker's reference, released.
+    drop(unsafe { TaskRef::from_raw(p) });
+}
+
+impl std::ops::Deref for TaskRef {
+    type Target = Header;
+    fn deref(&self) -> &Header {
+        // SAFETY: our reference keeps the cell alive.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl Clone for TaskRef {
+    fn clone(&self) -> TaskRef {
+        // Relaxed, as `Arc::clone`: a new reference is made from an existing
+        // one, which already orders everything before it.
+        let old = self.refs.fetch_add(1, Ordering::Relaxed);
+        if old > isize::MAX as usize {
+            std::process::abort();
+        }
+        TaskRef { ptr: self.ptr }
+    }
+}
+
+impl Drop for TaskRef {
+    fn drop(&mut self) {
+        // Release/Acquire, as `Arc`'s drop: every use through other
+        // references happens before the free.
+        if self.refs.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: that was the last reference.
+        unsafe { (self.vtable.dealloc)(self.ptr) }
+    }
+}
+
+/// A coroutine that has not run yet: its cell (with the `Send` closure) and
+/// its stack slot. This is all an idle worker ever steals. Dropping it
+/// unrun completes its join state with `Cancelled`.
 pub(crate) struct NewTask {
-    pub(crate) header: Arc<Header>,
-    pub(crate) slot: Slot,
-    /// Runs the body; returns the completion to announce once the stack
-    /// is released.
-    pub(crate) run: Box<dyn FnOnce() -> super::join::Pending + Send + 'static>,
+    task: ManuallyDrop<TaskRef>,
+    slot: ManuallyDrop<Slot>,
+}
+
+impl NewTask {
+    /// # Safety
+    /// `task` was made with a closure and has never been part of another
+    /// `NewTask`: this one holds the only right to run it.
+    pub(crate) unsafe fn new(task: TaskRef, slot: Slot) -> NewTask {
+        NewTask {
+            task: ManuallyDrop::new(task),
+            slot: ManuallyDrop::new(slot),
+        }
+    }
+
+    /// The task and slot, and the right to run the closure, for starting.
+    pub(crate) fn into_parts(self) -> (TaskRef, Slot, RunOnce) {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so each field is taken once.
+        let (task, slot) = unsafe {
+            (
+                ManuallyDrop::take(&mut this.task),
+                ManuallyDrop::take(&mut this.slot),
+            )
+        };
+        let run = RunOnce {
+            ptr: task.ptr,
+            _not_clone: PhantomData,
+        };
+        (task, slot, run)
+    }
+}
+
+impl Drop for NewTask {
+    fn drop(&mut self) {
+        // SAFETY: each field is taken or dropped here once; the right to
+        // run is ours and is used for cancelling instead.
+        unsafe {
+            // The stack goes back before the joiner hears of it.
+            ManuallyDrop::drop(&mut self.slot);
+            // Owned from here, so it is released even if a capture of the
+            // closure panics as `cancel` drops it.
+            let task = ManuallyDrop::take(&mut self.task);
+            (task.vtable.cancel)(task.ptr);
+        }
+    }
+}
+
+/// The right to run a started task's closure, once; used inside the
+/// coroutine while its `Running` holds the task's reference.
+pub(crate) struct RunOnce {
+    ptr: NonNull<Header>,
+    _not_clone: PhantomData<*const ()>,
+}
+
+// SAFETY: it moves into the coroutine's closure on the worker that created
+// it; the closure it runs is `Send`.
+unsafe impl Send for RunOnce {}
+
+impl RunOnce {
+    /// Runs the closure and stores its outcome; true if there is one to
+    /// publish (with [`TaskRef::publish`]) once the stack is released.
+    ///
+    /// # Safety
+    /// The task's cell is alive for the whole call (its `Running` holds a
+    /// reference).
+    pub(crate) unsafe fn run(self) -> bool {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: alive by the caller; `RunOnce` is the unique right to run.
+        unsafe { (this.ptr.as_ref().vtable.run)(this.ptr) }
+    }
+}
+
+/// A coroutine dropped before its body started still releases its joiner.
+/// (The worker drops a coroutine before the `TaskRef` in its `Running`, so
+/// the cell is alive here.)
+impl Drop for RunOnce {
+    fn drop(&mut self) {
+        // SAFETY: alive as said above; the right to run is used for
+        // cancelling instead.
+        unsafe { (self.ptr.as_ref().vtable.cancel)(self.ptr) }
+    }
 }
 
 /// A coroutine's unique id.
@@ -91,7 +438,7 @@ impl fmt::Display for CoroutineId {
 /// `Sync`.
 #[derive(Clone)]
 pub struct Coroutine {
-    pub(crate) header: Arc<Header>,
+    pub(crate) header: TaskRef,
 }
 
 impl Coroutine {
@@ -114,7 +461,7 @@ impl Coroutine {
 
     /// A [`Waker`] that unparks this coroutine.
     pub fn waker(&self) -> Waker {
-        Waker::from(Arc::clone(&self.header))
+        self.header.waker()
     }
 }
 
@@ -146,19 +493,58 @@ impl std::error::Error for Cancelled {}
 /// It is also a [`Future`] of the same result, so async code can await a
 /// coroutine.
 pub struct JoinHandle<T> {
-    state: Option<crate::loom::sync::Arc<JoinState<T>>>,
-    coroutine: Option<Coroutine>,
+    /// The join state; `None` once the outcome is taken.
+    state: Option<NonNull<JoinState<T>>>,
+    /// What keeps `state` alive.
+    owner: Owner<T>,
 }
 
+enum Owner<T> {
+    /// A coroutine: the state lives in its task cell.
+    Task(Coroutine),
+    /// A `spawn_blocking` job: the state is allocated on its own (held
+    /// here only to keep it alive).
+    Blocking(#[allow(dead_code)] crate::loom::sync::Arc<JoinState<T>>),
+}
+
+// SAFETY: the handle owns a reference to the join state and moves only the
+// outcome (`T: Send`) between threads; `JoinState<T>` is `Send + Sync` for
+// `T: Send`.
+unsafe impl<T: Send> Send for JoinHandle<T> {}
+// SAFETY: `&JoinHandle` only reads the state's flags.
+unsafe impl<T: Send> Sync for JoinHandle<T> {}
+
 impl<T> JoinHandle<T> {
-    pub(crate) fn new(
-        state: crate::loom::sync::Arc<JoinState<T>>,
-        coroutine: Option<Coroutine>,
-    ) -> Self {
+    /// A handle to a `spawn_blocking` job's state.
+    pub(crate) fn blocking(state: crate::loom::sync::Arc<JoinState<T>>) -> Self {
+        JoinHandle {
+            state: Some(NonNull::from(&*state)),
+            owner: Owner::Blocking(state),
+        }
+    }
+
+    /// A handle to a coroutine whose cell holds `state`.
+    ///
+    /// # Safety
+    /// `state` is the join state in `coroutine`'s cell, made for this `T`,
+    /// and no other handle to it exists.
+    pub(crate) unsafe fn task(coroutine: Coroutine, state: NonNull<JoinState<T>>) -> Self {
         JoinHandle {
             state: Some(state),
-            coroutine,
+            owner: Owner::Task(coroutine),
         }
+    }
+
+    fn state(&self) -> Option<&JoinState<T>> {
+        // SAFETY: `owner` keeps the state alive as long as `self`.
+        self.state.map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    /// Takes the outcome (once, after completion was seen).
+    fn take_outcome(&mut self) -> Outcome<T> {
+        let s = self.state().expect("join handle already used").take();
+        self.state = None;
+        s
     }
 
     /// Waits for the coroutine to finish and returns its value, or the
@@ -167,12 +553,11 @@ impl<T> JoinHandle<T> {
     /// Inside a coroutine this parks the calling coroutine; on a plain
     /// thread it blocks the thread.
     pub fn join(mut self) -> std::thread::Result<T> {
-        let state = self.state.take().expect("join handle already used");
+        let state = self.state().expect("join handle already used");
         if !state.is_complete() {
             if super::worker::current_is_cancelling() {
                 // A destructor of a coroutine force-unwound at shutdown
                 // cannot wait: the coroutine it joins may never run again.
-                state.detach();
                 return Err(Box::new(Cancelled));
             }
             let waker = super::current_waker();
@@ -180,18 +565,21 @@ impl<T> JoinHandle<T> {
                 super::park_current();
             }
         }
-        into_result(state.take())
+        into_result(self.take_outcome())
     }
 
     /// Whether the coroutine has finished (its value is ready).
     pub fn is_finished(&self) -> bool {
-        self.state.as_ref().is_some_and(|s| s.is_complete())
+        self.state().is_some_and(|s| s.is_complete())
     }
 
     /// The coroutine, if it runs on a greenstack worker (`None` for
     /// [`spawn_blocking`](crate::spawn_blocking) jobs).
     pub fn coroutine(&self) -> Option<&Coroutine> {
-        self.coroutine.as_ref()
+        match &self.owner {
+            Owner::Task(c) => Some(c),
+            Owner::Blocking(_) => None,
+        }
     }
 }
 
@@ -205,7 +593,7 @@ fn into_result<T>(o: Outcome<T>) -> std::thread::Result<T> {
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        if let Some(s) = self.state.take() {
+        if let Some(s) = self.state() {
             s.detach();
         }
     }
@@ -215,13 +603,9 @@ impl<T> Future for JoinHandle<T> {
     type Output = std::thread::Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let state = self
-            .state
-            .as_ref()
-            .expect("JoinHandle polled after completion");
+        let state = self.state().expect("JoinHandle polled after completion");
         if state.register(cx.waker()) {
-            let state = self.state.take().expect("checked above");
-            Poll::Ready(into_result(state.take()))
+            Poll::Ready(into_result(self.take_outcome()))
         } else {
             Poll::Pending
         }
@@ -233,7 +617,7 @@ impl<T> Unpin for JoinHandle<T> {}
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinHandle")
-            .field("coroutine", &self.coroutine)
+            .field("coroutine", &self.coroutine())
             .field("finished", &self.is_finished())
             .finish()
     }

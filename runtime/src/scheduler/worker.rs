@@ -30,9 +30,8 @@ use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Steal, Worker};
 
 use super::driver::{Driver, TimerGuard};
-use super::join::Pending;
 use super::local::Map as LocalMap;
-use super::task::{Header, NewTask};
+use super::task::{Header, NewTask, TaskRef};
 use super::Shared;
 use crate::stack::{self, NoFaultSection, Slot, StackGauge};
 
@@ -53,9 +52,10 @@ const SPIN_ROUNDS: u32 = 64;
 /// that called `block_on`, not on a worker.
 pub(crate) const ROOT_HOME: usize = usize::MAX - 1;
 
-/// A corosensei coroutine as we run it: it returns its join state's pending
-/// completion (none for a `block_on` root), announced once its stack is free.
-type Co = corosensei::Coroutine<(), Request, Option<Pending>, Slot>;
+/// A corosensei coroutine as we run it: it returns whether its task cell
+/// holds an outcome to announce (never for a `block_on` root), which the
+/// worker announces once the stack is free.
+type Co = corosensei::Coroutine<(), Request, bool, Slot>;
 
 /// A started coroutine, owned by its home worker's slab.
 pub(crate) struct Running {
@@ -63,7 +63,7 @@ pub(crate) struct Running {
     /// while the coroutine code (which reads the other fields through
     /// `CURRENT`) holds a reference into it.
     co: UnsafeCell<Option<Co>>,
-    pub(crate) header: Arc<Header>,
+    pub(crate) header: TaskRef,
     /// The coroutine's yielder, on its own stack; set when its body starts.
     yielder: Cell<*const Yielder<(), Request>>,
     /// `coroutine_local!` values.
@@ -79,7 +79,7 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn new(co: Co, header: Arc<Header>, gauge: StackGauge) -> Box<Running> {
+    fn new(co: Co, header: TaskRef, gauge: StackGauge) -> Box<Running> {
         // A pooled slot may come back grown by an earlier tenant: only
         // crossings this coroutine makes are its own.
         let inherited = stack_level(gauge.committed(), gauge.reserve());
@@ -102,7 +102,7 @@ impl Running {
 
     /// Resumes the coroutine on this thread until it suspends or returns.
     /// `p` must point to `self`, boxed and kept alive by the caller.
-    fn resume(&self, p: *const Running) -> CoroutineResult<Request, Option<Pending>> {
+    fn resume(&self, p: *const Running) -> CoroutineResult<Request, bool> {
         self.timer.borrow_mut().take();
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
@@ -181,8 +181,8 @@ pub(crate) fn in_coroutine() -> bool {
 }
 
 /// The calling coroutine's header.
-pub(crate) fn current_header() -> Option<Arc<Header>> {
-    current_running().map(|r| Arc::clone(&r.header))
+pub(crate) fn current_header() -> Option<TaskRef> {
+    current_running().map(|r| r.header.clone())
 }
 
 /// Whether the calling coroutine is being force-unwound at shutdown.
@@ -223,7 +223,7 @@ pub(crate) fn current_shared() -> Option<Arc<Shared>> {
 /// this thread until the root is unparked (or its deadline passes).
 pub(crate) fn run_root<T: 'static>(
     shared: &Arc<Shared>,
-    header: Arc<Header>,
+    header: TaskRef,
     slot: Slot,
     root: impl FnOnce() -> T + 'static,
 ) -> std::thread::Result<T> {
@@ -237,7 +237,7 @@ pub(crate) fn run_root<T: 'static>(
             r.yielder.set(y);
         }
         out2.set(Some(catch_unwind(AssertUnwindSafe(root))));
-        None
+        false
     });
     let running = Running::new(co, header, gauge);
     let p: *const Running = &*running;
@@ -539,7 +539,7 @@ impl Local {
 
     /// Step 4: creates the coroutine here and runs it.
     fn start(&self, task: NewTask) {
-        let NewTask { header, slot, run } = task;
+        let (header, slot, run) = task.into_parts();
         let key = self.free_keys.borrow_mut().pop().unwrap_or_else(|| {
             let mut slab = self.slab.borrow_mut();
             slab.push(None);
@@ -554,7 +554,9 @@ impl Local {
             if let Some(r) = current_running() {
                 r.yielder.set(y);
             }
-            Some(run())
+            // SAFETY: the task's `Running` (below) holds a reference to its
+            // cell for as long as this coroutine exists.
+            unsafe { run.run() }
         });
         let running = Running::new(co, header, gauge);
         self.slab.borrow_mut()[key] = Some(running);
@@ -578,7 +580,7 @@ impl Local {
         ws.switches
             .store(ws.switches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         ws.current
-            .store(Arc::as_ptr(&r.header).cast_mut(), Ordering::Release);
+            .store(r.header.as_ptr().cast_mut(), Ordering::Release);
         let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
         match result {
@@ -587,32 +589,44 @@ impl Local {
                 if r.header.park.commit_park() {
                     self.shared.counters.parks.add(1);
                     if let Some(d) = deadline {
-                        let waker = std::task::Waker::from(Arc::clone(&r.header));
+                        let waker = r.header.waker();
                         *r.timer.borrow_mut() = Some(self.driver.add_timer(d, waker));
                     }
                 } else {
                     self.ready.borrow_mut().push_back(key);
                 }
             }
-            CoroutineResult::Return(pending) => self.finish(key, pending),
+            CoroutineResult::Return(stored) => self.finish(key, stored),
         }
     }
 
     /// Releases a finished coroutine: its slab entry, stack and header.
-    fn finish(&self, key: usize, pending: Option<Pending>) {
+    /// `stored`: its cell holds an outcome to announce.
+    fn finish(&self, key: usize, stored: bool) {
         let running = self.slab.borrow_mut()[key].take();
-        if let Some(r) = &running {
-            r.header.park.finish();
-        }
+        let Some(running) = running else { return };
+        running.header.park.finish();
         self.wait_for_watchdog();
-        // Stack back to the arena first, then tell the joiner.
-        drop_quietly(running);
+        // Stack back to the arena first, then tell the joiner (the task
+        // reference, taken out, keeps the cell alive for that).
+        let Running {
+            co,
+            header,
+            locals,
+            span,
+            gauge,
+            timer,
+            ..
+        } = *running;
+        drop_quietly((co, locals, timer, gauge, span));
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
         self.shared.live.add(-1);
-        if let Some(p) = pending {
-            p.publish();
+        if stored {
+            // SAFETY: the run stored an outcome and returned true, once.
+            unsafe { header.publish() };
         }
+        drop_quietly(header);
     }
 
     /// Makes sure the watchdog is not reading a header we are about to free
