@@ -227,6 +227,59 @@ fn capacity_exhaustion_through_the_runtime() {
     });
 }
 
+/// A burst of spawns far ahead of the workers takes stacks at start (past
+/// 1,024 queued): with more queued coroutines than slots, the ones that
+/// find no stack when they start report it through `join` as `Err` naming
+/// the limit, the rest run, and the runtime keeps serving.
+#[test]
+fn burst_past_the_backlog_reports_a_missing_stack_through_join() {
+    bounded("lazy stack exhaustion", || {
+        const SLOTS: usize = 1_500;
+        const SPAWNED: usize = 3_000;
+        let rt = Runtime::builder()
+            .workers(1)
+            .arena(StackArena::builder().capacity(SLOTS))
+            .build()
+            .expect("a runtime with a small arena");
+        let gate = Arc::new(Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        // One coroutine spawns them all without yielding: on one worker,
+        // none starts before the burst is queued.
+        let handles = join(rt.spawn(move || {
+            (0..SPAWNED)
+                .map(|_| {
+                    let g = Arc::clone(&g);
+                    Builder::new()
+                        .spawn(move || g.acquire().forget())
+                        .expect("spawn inside the backlog")
+                })
+                .collect::<Vec<JoinHandle<()>>>()
+        }));
+        wait_for(|| rt.stats().arena.live_slots == SLOTS);
+        gate.add_permits(SPAWNED);
+        let (mut ok, mut failed) = (0, 0);
+        for h in handles {
+            match h.join() {
+                Ok(()) => ok += 1,
+                Err(p) => {
+                    let msg = panic_message(p.as_ref());
+                    assert!(
+                        msg.contains("no stack for coroutine") && msg.contains("exhausted"),
+                        "{msg}"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(ok + failed, SPAWNED);
+        assert!(failed > 0, "every coroutine found a stack");
+        assert!(ok >= SLOTS - 1, "only {ok} ran");
+        assert_eq!(join(spawn_when_a_slot_is_free(&rt, || 7)), 7);
+        wait_for(|| rt.stats().finished == rt.stats().spawned);
+        assert_eq!(rt.stats().live, 0);
+    });
+}
+
 /// Spawns `f` on `rt`, retrying (every millisecond, under the caller's
 /// hang guard) while the arena is exhausted.
 ///

@@ -56,7 +56,7 @@ use crossbeam_deque::{Injector, Stealer};
 use crate::counter::Sharded;
 
 use self::join::Identity;
-use self::task::{Header, HeaderInit, NewTask, TaskRef};
+use self::task::{Header, HeaderInit, NewTask, Stack, TaskRef};
 use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
 
 pub use self::local::{AccessError, LocalKey};
@@ -346,8 +346,17 @@ impl Runtime {
             !worker::in_coroutine(),
             "Runtime::block_on called from inside a coroutine, which would block its worker; spawn and join instead"
         );
-        let (init, slot) = new_coroutine(&self.shared, None, None, Some(std::thread::current()))
-            .unwrap_or_else(|e| panic!("greenstack: cannot start the block_on coroutine: {e}"));
+        let (init, stack) = new_coroutine(
+            &self.shared,
+            None,
+            None,
+            Some(std::thread::current()),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("greenstack: cannot start the block_on coroutine: {e}"));
+        let Stack::Ready(slot) = stack else {
+            unreachable!("block_on's stack is taken at once")
+        };
         // The root's body runs in `run_root`; its cell holds no closure.
         let (header, _) = TaskRef::new::<fn(), ()>(init, None, Identity::default());
         if let Err(e) = crate::stack::prepare_thread() {
@@ -478,7 +487,11 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let (init, slot) = new_coroutine(shared, name, stack_size, None)?;
+    // A spawner far ahead of the workers (a loop spawning before it joins)
+    // would otherwise hold a stack for every queued coroutine: the first
+    // touch of each is a page fault, and a million of them are gigabytes.
+    let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
+    let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let who = Identity {
         id: init.id.get(),
         name: init.name.clone(),
@@ -504,17 +517,25 @@ fn new_coroutine(
     name: Option<String>,
     stack_size: Option<usize>,
     root_thread: Option<std::thread::Thread>,
-) -> io::Result<(HeaderInit, crate::stack::Slot)> {
+    lazy: bool,
+) -> io::Result<(HeaderInit, Stack)> {
     if shared.shutdown.load(Ordering::Acquire) {
         return Err(io::Error::other("the runtime is shutting down"));
     }
-    let mut slot = match stack_size {
-        Some(s) => shared.arena.allocate_with(s)?,
-        None => shared.arena.allocate()?,
-    };
-    let id = next_id();
+    let id;
     let name: Option<Arc<str>> = name.map(Arc::from);
-    slot.set_identity(id.get(), name.as_deref());
+    let stack = if lazy {
+        if let Some(s) = stack_size {
+            shared.arena.check_size(s)?;
+        }
+        id = next_id();
+        Stack::AtStart(stack_size)
+    } else {
+        let mut slot = allocate_stack(shared, stack_size)?;
+        id = next_id();
+        slot.set_identity(id.get(), name.as_deref());
+        Stack::Ready(slot)
+    };
     let home = if root_thread.is_some() {
         worker::ROOT_HOME
     } else {
@@ -530,8 +551,25 @@ fn new_coroutine(
             shared: Arc::clone(shared),
             root_thread,
         },
-        slot,
+        stack,
     ))
+}
+
+/// How many never-started coroutines may wait in the spawner's queue with
+/// a stack each; later spawns take their stack when they start instead.
+/// Below it, `Builder::spawn` reports a stack that cannot be had; past it,
+/// the coroutine's join does (see [`Builder::spawn`]).
+pub(crate) const LAZY_STACK_BACKLOG: usize = 1024;
+
+/// A stack of the default size or of `stack_size` bytes.
+pub(crate) fn allocate_stack(
+    shared: &Shared,
+    stack_size: Option<usize>,
+) -> io::Result<crate::stack::Slot> {
+    match stack_size {
+        Some(s) => shared.arena.allocate_with(s),
+        None => shared.arena.allocate(),
+    }
 }
 
 /// The runtime of the calling coroutine or runtime thread, if any.
@@ -601,6 +639,14 @@ impl Builder {
     ///
     /// Outside a runtime; when no stack can be had (capacity exhausted, an
     /// invalid size, a failed system call); while the runtime shuts down.
+    ///
+    /// One exception: while more than 1,024 never-started coroutines wait
+    /// in the spawner's queue, a new one takes its stack only when it
+    /// starts (so a burst of spawns does not hold a stack per queued
+    /// coroutine). If no stack can be had then, its [`JoinHandle::join`]
+    /// returns `Err` with the error's message as the payload, as for a
+    /// panic, and the error is logged. An invalid size is still reported
+    /// here.
     pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,

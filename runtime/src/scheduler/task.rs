@@ -80,6 +80,8 @@ struct Vtable {
     run: unsafe fn(NonNull<Header>) -> bool,
     /// Drops a never-run closure and completes with `Cancelled`.
     cancel: unsafe fn(NonNull<Header>),
+    /// Drops a never-run closure and completes with a panic payload.
+    fail: unsafe fn(NonNull<Header>, Box<dyn Any + Send + 'static>),
     /// Announces a stored outcome.
     publish: unsafe fn(NonNull<Header>),
     /// Frees the cell.
@@ -104,6 +106,7 @@ where
     const VTABLE: Vtable = Vtable {
         run: Self::run,
         cancel: Self::cancel,
+        fail: Self::fail,
         publish: Self::publish,
         dealloc: Self::dealloc,
     };
@@ -164,6 +167,19 @@ where
             // Release the joiner first: a capture that panics on drop must
             // not leave it waiting.
             cell.join.complete(Outcome::Cancelled);
+            drop(f);
+        }
+    }
+
+    /// # Safety
+    /// As for `run`.
+    unsafe fn fail(h: NonNull<Header>, payload: Box<dyn Any + Send + 'static>) {
+        // SAFETY: by the caller.
+        let cell = unsafe { Self::get(h) };
+        // SAFETY: as in `run`.
+        let f = unsafe { (*cell.func.get()).take() };
+        if f.is_some() {
+            cell.join.complete(Outcome::Panic(payload));
             drop(f);
         }
     }
@@ -328,27 +344,36 @@ impl Drop for TaskRef {
     }
 }
 
+/// Where a never-started coroutine's stack comes from.
+pub(crate) enum Stack {
+    /// Taken at spawn.
+    Ready(Slot),
+    /// To be taken when it starts, of the default size (`None`) or this
+    /// many bytes (already checked): see `LAZY_STACK_BACKLOG`.
+    AtStart(Option<usize>),
+}
+
 /// A coroutine that has not run yet: its cell (with the `Send` closure) and
-/// its stack slot. This is all an idle worker ever steals. Dropping it
-/// unrun completes its join state with `Cancelled`.
+/// its stack. This is all an idle worker ever steals. Dropping it unrun
+/// completes its join state with `Cancelled`.
 pub(crate) struct NewTask {
     task: ManuallyDrop<TaskRef>,
-    slot: ManuallyDrop<Slot>,
+    slot: ManuallyDrop<Stack>,
 }
 
 impl NewTask {
     /// # Safety
     /// `task` was made with a closure and has never been part of another
     /// `NewTask`: this one holds the only right to run it.
-    pub(crate) unsafe fn new(task: TaskRef, slot: Slot) -> NewTask {
+    pub(crate) unsafe fn new(task: TaskRef, slot: Stack) -> NewTask {
         NewTask {
             task: ManuallyDrop::new(task),
             slot: ManuallyDrop::new(slot),
         }
     }
 
-    /// The task and slot, and the right to run the closure, for starting.
-    pub(crate) fn into_parts(self) -> (TaskRef, Slot, RunOnce) {
+    /// The task and stack, and the right to run the closure, for starting.
+    pub(crate) fn into_parts(self) -> (TaskRef, Stack, RunOnce) {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped, so each field is taken once.
         let (task, slot) = unsafe {
@@ -402,6 +427,17 @@ impl RunOnce {
         let this = ManuallyDrop::new(self);
         // SAFETY: alive by the caller; `RunOnce` is the unique right to run.
         unsafe { (this.ptr.as_ref().vtable.run)(this.ptr) }
+    }
+}
+
+impl RunOnce {
+    /// Gives up the run: the closure is dropped and the joiner gets `Err`
+    /// with `payload`, as if the body had panicked with it.
+    pub(crate) fn fail(self, payload: Box<dyn Any + Send + 'static>) {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: the cell is alive (the caller holds the task's reference)
+        // and `RunOnce` is the unique right to run.
+        unsafe { (this.ptr.as_ref().vtable.fail)(this.ptr, payload) }
     }
 }
 

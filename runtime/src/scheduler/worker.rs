@@ -31,7 +31,7 @@ use crossbeam_deque::{Steal, Worker};
 
 use super::driver::{Driver, TimerGuard};
 use super::local::Map as LocalMap;
-use super::task::{Header, NewTask, TaskRef};
+use super::task::{Header, NewTask, Stack, TaskRef};
 use super::Shared;
 use crate::stack::{self, NoFaultSection, Slot, StackGauge};
 
@@ -325,6 +325,16 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
     shared.notify_one();
 }
 
+/// How many never-started coroutines wait where a spawn from the caller
+/// would queue one: its worker's deque, or the injector.
+pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
+    // SAFETY: as in `current_shared`.
+    match unsafe { worker_ptr().as_ref() } {
+        Some(w) if Arc::ptr_eq(&w.shared, shared) => w.deque.len(),
+        _ => shared.injector.len(),
+    }
+}
+
 /// Makes a coroutine that an unpark took out of `PARKED` runnable: straight
 /// onto the ready queue if the caller is its worker, else through its home
 /// worker's inbox (or, for a `block_on` root, by unparking its thread).
@@ -539,7 +549,30 @@ impl Local {
 
     /// Step 4: creates the coroutine here and runs it.
     fn start(&self, task: NewTask) {
-        let (header, slot, run) = task.into_parts();
+        let (header, stack, run) = task.into_parts();
+        let slot = match stack {
+            Stack::Ready(slot) => slot,
+            Stack::AtStart(size) => match super::allocate_stack(&self.shared, size) {
+                Ok(mut slot) => {
+                    slot.set_identity(header.id.get(), header.name.as_deref());
+                    slot
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "greenstack: no stack for coroutine {} when it started: {e}",
+                        header.id
+                    );
+                    tracing::error!(coroutine.id = header.id.get(), error = %e, "no stack for a coroutine that was to start");
+                    header.park.finish();
+                    // Dropping the closure may panic; the worker must not.
+                    let failed = catch_unwind(AssertUnwindSafe(|| run.fail(Box::new(msg))));
+                    drop_quietly(failed);
+                    self.shared.counters.finished.add(1);
+                    self.shared.live.add(-1);
+                    return;
+                }
+            },
+        };
         let key = self.free_keys.borrow_mut().pop().unwrap_or_else(|| {
             let mut slab = self.slab.borrow_mut();
             slab.push(None);

@@ -40,6 +40,8 @@
 //! allocator that pops a slot being trimmed waits (one `madvise`, bounded) for
 //! `TRIMMING -> POOLED` before it may take it with `POOLED -> LIVE`.
 
+use crossbeam_utils::CachePadded;
+
 use crate::loom::hint::spin_loop;
 use crate::loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -62,14 +64,17 @@ pub(crate) struct Exhausted;
 pub(crate) struct SlotAllocator {
     /// Packed `(tag << 32) | (index + 1)` of the free list's top; low half 0
     /// when the list is empty.
-    head: AtomicU64,
+    /// Padded (as is `fresh`): every thread that allocates or releases
+    /// writes it, and the fields read on each allocation must not share its
+    /// cache line.
+    head: CachePadded<AtomicU64>,
     /// `next[i]`: the entry below pooled slot `i`, as `index + 1` (0 ends the
     /// list). Only meaningful while `i` is on the list.
     next: Box<[AtomicU32]>,
     /// One of `POOLED`, `LIVE`, `TRIMMING` per slot.
     state: Box<[AtomicU8]>,
     /// Slots `fresh..capacity` have never been handed out.
-    fresh: AtomicU32,
+    fresh: CachePadded<AtomicU32>,
     /// How many slots exist; at most `u32::MAX - 1` so `index + 1` fits.
     capacity: u32,
 }
@@ -104,10 +109,10 @@ impl SlotAllocator {
             "slot capacity {capacity} too large"
         );
         SlotAllocator {
-            head: AtomicU64::new(0),
+            head: CachePadded::new(AtomicU64::new(0)),
             next: zeroed_u32s(capacity),
             state: zeroed_u8s(capacity),
-            fresh: AtomicU32::new(0),
+            fresh: CachePadded::new(AtomicU32::new(0)),
             capacity: capacity as u32,
         }
     }

@@ -127,7 +127,7 @@ pub(crate) struct Class {
     /// Serializes chunk mapping (rare: once per [`CHUNK_BYTES`]).
     chunk_lock: Mutex<()>,
     /// Sum of `pooled_excess` over pooled slots.
-    pool_excess: AtomicUsize,
+    pool_excess: crossbeam_utils::CachePadded<AtomicUsize>,
     /// Bumped by each `trim_idle`.
     epoch: AtomicU64,
     /// Statistics.
@@ -178,7 +178,7 @@ impl Class {
             alloc: SlotAllocator::new(geo.capacity),
             mapped: AtomicUsize::new(0),
             chunk_lock: Mutex::new(()),
-            pool_excess: AtomicUsize::new(0),
+            pool_excess: crossbeam_utils::CachePadded::new(AtomicUsize::new(0)),
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -222,7 +222,9 @@ impl Class {
         if let Claim::Pooled(_) = claim {
             self.counters.pooled.add(-1);
             let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
-            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+            if excess != 0 {
+                self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+            }
             if let Err(e) = self.scrub(index as usize) {
                 self.alloc.release(index);
                 self.counters.pooled.add(1);

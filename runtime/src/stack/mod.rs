@@ -484,6 +484,12 @@ impl StackArena {
         self.allocate_class(class)
     }
 
+    /// Checks that [`allocate_with`](Self::allocate_with) could serve
+    /// `stack_size`, without allocating.
+    pub(crate) fn check_size(&self, stack_size: usize) -> io::Result<()> {
+        self.inner.config.class_for(stack_size, false).map(drop)
+    }
+
     fn allocate_class(&self, class: usize) -> io::Result<Slot> {
         fault::ensure_thread_altstack()?;
         let handle = self.inner.classes[class].get_or_try_init(|| {
