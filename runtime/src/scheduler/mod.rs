@@ -548,7 +548,7 @@ fn new_coroutine(
             id,
             name,
             home,
-            shared: Arc::clone(shared),
+            shared: worker::shared_handle(shared),
             root_thread,
         },
         stack,

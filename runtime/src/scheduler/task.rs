@@ -45,8 +45,11 @@ pub(crate) struct Header {
     /// Set at shutdown before the coroutine is force-unwound, so its body
     /// lets the unwind pass instead of reporting it as a panic.
     pub(crate) cancelling: AtomicBool,
-    /// The runtime it belongs to, for remote wake-ups.
-    pub(crate) shared: Arc<Shared>,
+    /// The runtime it belongs to, for remote wake-ups, through a handle of
+    /// the spawning worker's own: every header holding the runtime's one
+    /// `Arc` would make its count a cache line all workers write on every
+    /// spawn and exit (measured: ~6% of `fanout_fib` on 2 workers).
+    pub(crate) shared: Arc<Arc<Shared>>,
     /// For a `block_on` root: the thread it runs on.
     pub(crate) root_thread: Option<std::thread::Thread>,
     /// `TaskRef`s alive.
@@ -60,7 +63,7 @@ pub(crate) struct HeaderInit {
     pub(crate) id: NonZeroU64,
     pub(crate) name: Option<Arc<str>>,
     pub(crate) home: usize,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Arc<Shared>>,
     pub(crate) root_thread: Option<std::thread::Thread>,
 }
 

@@ -130,6 +130,8 @@ impl Running {
 struct Local {
     index: usize,
     shared: Arc<Shared>,
+    /// The handle headers spawned here hold (see `Header::shared`).
+    handle: Arc<Arc<Shared>>,
     deque: Worker<NewTask>,
     ready: RefCell<VecDeque<usize>>,
     slab: RefCell<Vec<Option<Box<Running>>>>,
@@ -202,7 +204,7 @@ pub(crate) fn with_current_shared<R>(f: impl FnOnce(Option<&Arc<Shared>>) -> R) 
     // SAFETY: as in `current_shared`; the borrow ends with `f`.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) => f(Some(&w.shared)),
-        None => f(current_running().map(|r| &r.header.shared)),
+        None => f(current_running().map(|r| &*r.header.shared)),
     }
 }
 
@@ -213,7 +215,7 @@ pub(crate) fn current_shared() -> Option<Arc<Shared>> {
     // in `run`, set for exactly the time that frame lives.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) => Some(Arc::clone(&w.shared)),
-        None => current_running().map(|r| Arc::clone(&r.header.shared)),
+        None => current_running().map(|r| Arc::clone(&*r.header.shared)),
     }
 }
 
@@ -325,6 +327,16 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
     shared.notify_one();
 }
 
+/// A handle on `shared` for a new header: the calling worker's own if it
+/// is one of `shared`'s, else a new one (see `Header::shared`).
+pub(crate) fn shared_handle(shared: &Arc<Shared>) -> Arc<Arc<Shared>> {
+    // SAFETY: as in `current_shared`.
+    match unsafe { worker_ptr().as_ref() } {
+        Some(w) if Arc::ptr_eq(&w.shared, shared) => Arc::clone(&w.handle),
+        _ => Arc::new(Arc::clone(shared)),
+    }
+}
+
 /// How many never-started coroutines wait where a spawn from the caller
 /// would queue one: its worker's deque, or the injector.
 pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
@@ -342,7 +354,7 @@ pub(crate) fn schedule(header: &Header) {
     let _section = NoFaultSection::enter();
     let home = header.home.load(Ordering::Acquire);
     let key = header.key.load(Ordering::Acquire);
-    let shared = &header.shared;
+    let shared: &Arc<Shared> = &header.shared;
     if home == ROOT_HOME {
         if let Some(t) = &header.root_thread {
             t.unpark();
@@ -379,6 +391,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     }
     let local = Local {
         index,
+        handle: Arc::new(Arc::clone(&shared)),
         shared,
         deque,
         ready: RefCell::new(VecDeque::new()),
