@@ -31,7 +31,7 @@ use crossbeam_deque::{Steal, Worker};
 
 use super::driver::{Driver, TimerGuard};
 use super::local::Map as LocalMap;
-use super::task::{Header, NewTask, Stack, TaskRef};
+use super::task::{Header, NewTask, SharedHandle, Stack, TaskRef};
 use super::Shared;
 use crate::stack::{self, NoFaultSection, Slot, StackGauge};
 
@@ -131,7 +131,7 @@ struct Local {
     index: usize,
     shared: Arc<Shared>,
     /// The handle headers spawned here hold (see `Header::shared`).
-    handle: Arc<Arc<Shared>>,
+    handle: SharedHandle,
     deque: Worker<NewTask>,
     ready: RefCell<VecDeque<usize>>,
     slab: RefCell<Vec<Option<Box<Running>>>>,
@@ -329,7 +329,7 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
 
 /// A handle on `shared` for a new header: the calling worker's own if it
 /// is one of `shared`'s, else a new one (see `Header::shared`).
-pub(crate) fn shared_handle(shared: &Arc<Shared>) -> Arc<Arc<Shared>> {
+pub(crate) fn shared_handle(shared: &Arc<Shared>) -> SharedHandle {
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) if Arc::ptr_eq(&w.shared, shared) => Arc::clone(&w.handle),
