@@ -1,6 +1,6 @@
 //! A bounded stress of the scheduler on 2 workers: spawns, parks, unparks
 //! (local, from a second runtime's coroutines, from blocking-pool threads),
-//! joins and panics, each at a pseudo-random stack depth or right above the
+//! joins, panics and a shared lock, each at a pseudo-random stack depth or right above the
 //! committed stack floor, so the runtime's no-fault sections run where a
 //! missing prefault would fault. Afterwards no growth fault may have hit a
 //! no-fault section, and every coroutine must have finished. The same stress
@@ -142,7 +142,7 @@ fn wake(flag: &AtomicBool, target: &Coroutine, spot: u64) {
 fn task(seed: u64, other: &Runtime) -> u64 {
     let r = mix(seed);
     let place = spot(r);
-    match r % 7 {
+    match r % 8 {
         // Spawn a child deep, join it shallow.
         0 => {
             let h = at(place, || greenstack::spawn(move || seed ^ 1));
@@ -214,6 +214,18 @@ fn task(seed: u64, other: &Runtime) -> u64 {
                 }
             });
             waker.join().unwrap();
+            seed
+        }
+        // Take and release a shared lock (its state edited in a no-fault
+        // section), 0 to 8 KiB above the floor: the frames down to the
+        // section take a few hundred bytes to a few KiB (more in debug
+        // builds), so the sweep makes the section itself straddle the
+        // floor now and then.
+        6 => {
+            static SHARED: std::sync::OnceLock<greenstack::sync::Mutex<u64>> =
+                std::sync::OnceLock::new();
+            let m = SHARED.get_or_init(|| greenstack::sync::Mutex::new(0));
+            at(4096 + (r >> 20) % 8192, || *m.lock() += 1);
             seed
         }
         // Woken from a plain thread of the blocking pool.

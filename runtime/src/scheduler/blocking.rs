@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::join::{Completer, Identity, JoinState, Outcome};
+use super::join::{Completer, JoinState, Outcome};
 use super::{JoinHandle, Shared};
 
 /// Most blocking threads at once: 512.
@@ -76,7 +76,7 @@ where
 {
     let shared = super::current_shared()
         .expect("greenstack::spawn_blocking called outside a greenstack runtime");
-    let state = crate::loom::sync::Arc::new(JoinState::new(Identity::default()));
+    let state = crate::loom::sync::Arc::new(JoinState::new());
     let completer = Completer::new(crate::loom::sync::Arc::clone(&state));
     let job: Job = Box::new(move || {
         let outcome = match catch_unwind(AssertUnwindSafe(f)) {

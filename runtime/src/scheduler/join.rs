@@ -51,11 +51,25 @@ pub(crate) enum Outcome<T> {
     Cancelled,
 }
 
-/// Who the outcome belongs to, for the report of an unobserved panic.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Identity {
-    pub(crate) id: u64,
-    pub(crate) name: Option<std::sync::Arc<str>>,
+/// An outcome nobody will read, handed back by the party that must drop it
+/// so that party can report an unobserved panic under the coroutine's name
+/// (the state itself does not keep the name: 24 bytes per coroutine).
+#[must_use = "an unread outcome should be reported"]
+pub(crate) struct Unread<T>(Option<Outcome<T>>);
+
+impl<T> Unread<T> {
+    /// Reports a panic in it (as coroutine `id`, `name`), then drops it.
+    pub(crate) fn report(self, id: u64, name: Option<&str>) {
+        if let Some(Outcome::Panic(p)) = &self.0 {
+            let msg = panic_message(p.as_ref());
+            tracing::error!(
+                coroutine.id = id,
+                coroutine.name = name.unwrap_or("<unnamed>"),
+                panic = msg,
+                "coroutine panicked and no one joined it"
+            );
+        }
+    }
 }
 
 /// Shared between a coroutine's completer and its join handle.
@@ -63,7 +77,6 @@ pub(crate) struct JoinState<T> {
     state: AtomicU8,
     outcome: UnsafeCell<Option<Outcome<T>>>,
     waker: UnsafeCell<Option<Waker>>,
-    who: Identity,
 }
 
 // SAFETY: the cells are accessed only as the protocol in the module docs
@@ -76,12 +89,11 @@ unsafe impl<T: Send> Send for JoinState<T> {}
 unsafe impl<T: Send> Sync for JoinState<T> {}
 
 impl<T> JoinState<T> {
-    pub(crate) fn new(who: Identity) -> JoinState<T> {
+    pub(crate) fn new() -> JoinState<T> {
         JoinState {
             state: AtomicU8::new(0),
             outcome: UnsafeCell::new(None),
             waker: UnsafeCell::new(None),
-            who,
         }
     }
 
@@ -90,10 +102,10 @@ impl<T> JoinState<T> {
         self.state.load(Ordering::Acquire) & COMPLETE != 0
     }
 
-    /// Step 1. Called once.
-    pub(crate) fn complete(&self, outcome: Outcome<T>) {
+    /// Step 1. Called once. Returns the outcome if nobody will read it.
+    pub(crate) fn complete(&self, outcome: Outcome<T>) -> Unread<T> {
         self.store(outcome);
-        self.publish();
+        self.publish()
     }
 
     /// Step 1, first half: writes the outcome without announcing it.
@@ -103,7 +115,7 @@ impl<T> JoinState<T> {
     }
 
     /// Step 1, second half: announces the stored outcome.
-    pub(crate) fn publish(&self) {
+    pub(crate) fn publish(&self) -> Unread<T> {
         // AcqRel: Release publishes the outcome (pairs with the Acquire in
         // `register`/`detach`); Acquire pairs with the Release that set
         // WAKER, so the waker in the cell is visible.
@@ -111,14 +123,15 @@ impl<T> JoinState<T> {
         debug_assert_eq!(prev & COMPLETE, 0, "completed twice");
         if prev & DETACHED != 0 {
             // SAFETY: DETACHED was set before COMPLETE, so no one will read.
-            let unread = self.outcome.with_mut(|p| unsafe { (*p).take() });
-            self.report_unobserved(unread);
-        } else if prev & WAKER != 0 {
+            return Unread(self.outcome.with_mut(|p| unsafe { (*p).take() }));
+        }
+        if prev & WAKER != 0 {
             // SAFETY: WAKER set and COMPLETE now set: the cell is ours.
             if let Some(w) = self.waker.with_mut(|p| unsafe { (*p).take() }) {
                 w.wake();
             }
         }
+        Unread(None)
     }
 
     /// Step 2: stores `waker` to be woken on completion. Returns true if the
@@ -163,29 +176,17 @@ impl<T> JoinState<T> {
             .unwrap_or(Outcome::Cancelled)
     }
 
-    /// Step 3: the handle is dropped without joining.
-    pub(crate) fn detach(&self) {
+    /// Step 3: the handle is dropped without joining. Returns the outcome
+    /// if it was already there (unread, ours to drop).
+    pub(crate) fn detach(&self) -> Unread<T> {
         // AcqRel: Acquire pairs with `complete`'s Release so the outcome is
         // visible if COMPLETE was set.
         let prev = self.state.fetch_or(DETACHED, Ordering::AcqRel);
         if prev & COMPLETE != 0 {
             // SAFETY: COMPLETE seen; the completer no longer touches it.
-            let unread = self.outcome.with_mut(|p| unsafe { (*p).take() });
-            self.report_unobserved(unread);
+            return Unread(self.outcome.with_mut(|p| unsafe { (*p).take() }));
         }
-    }
-
-    fn report_unobserved(&self, outcome: Option<Outcome<T>>) {
-        if let Some(Outcome::Panic(p)) = &outcome {
-            let msg = panic_message(p.as_ref());
-            tracing::error!(
-                coroutine.id = self.who.id,
-                coroutine.name = self.who.name.as_deref().unwrap_or("<unnamed>"),
-                panic = msg,
-                "coroutine panicked and no one joined it"
-            );
-        }
-        drop(outcome);
+        Unread(None)
     }
 }
 
@@ -212,7 +213,7 @@ impl<T> Completer<T> {
 
     pub(crate) fn complete(mut self, outcome: Outcome<T>) {
         if let Some(s) = self.0.take() {
-            s.complete(outcome);
+            s.complete(outcome).report(0, Some("<blocking job>"));
         }
     }
 }
@@ -220,7 +221,8 @@ impl<T> Completer<T> {
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
         if let Some(s) = self.0.take() {
-            s.complete(Outcome::Cancelled);
+            s.complete(Outcome::Cancelled)
+                .report(0, Some("<blocking job>"));
         }
     }
 }

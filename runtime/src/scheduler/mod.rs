@@ -55,7 +55,6 @@ use crossbeam_deque::{Injector, Stealer};
 
 use crate::counter::Sharded;
 
-use self::join::Identity;
 use self::task::{Header, HeaderInit, NewTask, Stack, TaskRef};
 use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
 
@@ -358,7 +357,7 @@ impl Runtime {
             unreachable!("block_on's stack is taken at once")
         };
         // The root's body runs in `run_root`; its cell holds no closure.
-        let (header, _) = TaskRef::new::<fn(), ()>(init, None, Identity::default());
+        let (header, _) = TaskRef::new::<fn(), ()>(init, None);
         if let Err(e) = crate::stack::prepare_thread() {
             panic!("greenstack: cannot prepare this thread to run a coroutine: {e}");
         }
@@ -492,12 +491,8 @@ where
     // touch of each is a page fault, and a million of them are gigabytes.
     let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
-    let who = Identity {
-        id: init.id.get(),
-        name: init.name.clone(),
-    };
     let id = init.id;
-    let (task, state) = TaskRef::new(init, Some(f), who);
+    let (task, state) = TaskRef::new(init, Some(f));
     let coroutine = Coroutine {
         header: task.clone(),
     };
@@ -539,7 +534,7 @@ fn new_coroutine(
     let home = if root_thread.is_some() {
         worker::ROOT_HOME
     } else {
-        usize::MAX
+        u32::MAX
     };
     shared.counters.spawned.add(1);
     shared.live.add(1);

@@ -12,7 +12,7 @@ use std::num::NonZeroU64;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
@@ -39,9 +39,10 @@ pub(crate) struct Header {
     pub(crate) park: ParkState,
     /// The worker that started it (`usize::MAX` before it starts). Written
     /// once, on that worker, before the coroutine first runs.
-    pub(crate) home: AtomicUsize,
+    /// (`u32`s, as `key`: 8 bytes less per coroutine.)
+    pub(crate) home: AtomicU32,
     /// Its key in the home worker's slab, written with `home`.
-    pub(crate) key: AtomicUsize,
+    pub(crate) key: AtomicU32,
     /// Set at shutdown before the coroutine is force-unwound, so its body
     /// lets the unwind pass instead of reporting it as a panic.
     pub(crate) cancelling: AtomicBool,
@@ -67,7 +68,7 @@ pub(crate) type SharedHandle = Arc<Arc<Shared>>;
 pub(crate) struct HeaderInit {
     pub(crate) id: NonZeroU64,
     pub(crate) name: Option<Arc<str>>,
-    pub(crate) home: usize,
+    pub(crate) home: u32,
     pub(crate) shared: SharedHandle,
     pub(crate) root_thread: Option<std::thread::Thread>,
 }
@@ -142,7 +143,8 @@ where
         impl<T> Drop for Guard<'_, T> {
             fn drop(&mut self) {
                 if let Some(j) = self.0.take() {
-                    j.complete(Outcome::Cancelled);
+                    // Nothing to report in a `Cancelled`.
+                    drop(j.complete(Outcome::Cancelled));
                 }
             }
         }
@@ -174,7 +176,7 @@ where
         if f.is_some() {
             // Release the joiner first: a capture that panics on drop must
             // not leave it waiting.
-            cell.join.complete(Outcome::Cancelled);
+            drop(cell.join.complete(Outcome::Cancelled));
             drop(f);
         }
     }
@@ -187,7 +189,9 @@ where
         // SAFETY: as in `run`.
         let f = unsafe { (*cell.func.get()).take() };
         if f.is_some() {
-            cell.join.complete(Outcome::Panic(payload));
+            cell.join
+                .complete(Outcome::Panic(payload))
+                .report(cell.header.id.get(), cell.header.name.as_deref());
             drop(f);
         }
     }
@@ -196,7 +200,11 @@ where
     /// Once, after `run` returned true.
     unsafe fn publish(h: NonNull<Header>) {
         // SAFETY: by the caller.
-        unsafe { Self::get(h) }.join.publish();
+        let cell = unsafe { Self::get(h) };
+        let header = &cell.header;
+        cell.join
+            .publish()
+            .report(header.id.get(), header.name.as_deref());
     }
 
     /// # Safety
@@ -224,11 +232,7 @@ unsafe impl Sync for TaskRef {}
 impl TaskRef {
     /// Allocates a task cell for `f` (`None` for a `block_on` root, whose
     /// body the caller runs itself), with one reference.
-    pub(crate) fn new<F, T>(
-        init: HeaderInit,
-        f: Option<F>,
-        who: super::join::Identity,
-    ) -> (TaskRef, NonNull<JoinState<T>>)
+    pub(crate) fn new<F, T>(init: HeaderInit, f: Option<F>) -> (TaskRef, NonNull<JoinState<T>>)
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -238,15 +242,15 @@ impl TaskRef {
                 id: init.id,
                 name: init.name,
                 park: ParkState::new(),
-                home: AtomicUsize::new(init.home),
-                key: AtomicUsize::new(usize::MAX),
+                home: AtomicU32::new(init.home),
+                key: AtomicU32::new(u32::MAX),
                 cancelling: AtomicBool::new(false),
                 shared: init.shared,
                 root_thread: init.root_thread,
                 refs: AtomicUsize::new(1),
                 vtable: &Cell::<F, T>::VTABLE,
             },
-            join: JoinState::new(who),
+            join: JoinState::new(),
             func: UnsafeCell::new(f),
         });
         let cell = NonNull::from(Box::leak(cell));
@@ -638,7 +642,11 @@ fn into_result<T>(o: Outcome<T>) -> std::thread::Result<T> {
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
         if let Some(s) = self.state() {
-            s.detach();
+            let unread = s.detach();
+            match &self.owner {
+                Owner::Task(c) => unread.report(c.header.id.get(), c.header.name.as_deref()),
+                Owner::Blocking(_) => unread.report(0, Some("<blocking job>")),
+            }
         }
     }
 }

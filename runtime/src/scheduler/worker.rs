@@ -50,7 +50,7 @@ const SPIN_ROUNDS: u32 = 64;
 
 /// `Header::home` of a `block_on` root coroutine: it lives on the thread
 /// that called `block_on`, not on a worker.
-pub(crate) const ROOT_HOME: usize = usize::MAX - 1;
+pub(crate) const ROOT_HOME: u32 = u32::MAX - 1;
 
 /// A corosensei coroutine as we run it: it returns whether its task cell
 /// holds an outcome to announce (never for a `block_on` root), which the
@@ -68,8 +68,9 @@ pub(crate) struct Running {
     yielder: Cell<*const Yielder<(), Request>>,
     /// `coroutine_local!` values.
     pub(crate) locals: RefCell<LocalMap>,
-    /// Entered while the coroutine runs.
-    span: tracing::Span,
+    /// Entered while the coroutine runs; boxed, and only if a subscriber
+    /// wants it (a disabled `Span` would still take 40 bytes per coroutine).
+    span: Option<Box<tracing::Span>>,
     /// Reads the committed stack, for the stack checker.
     gauge: StackGauge,
     /// Highest stack-checker threshold already reported (0, 1 or 2).
@@ -88,6 +89,7 @@ impl Running {
             id = header.id.get(),
             name = header.name.as_deref().unwrap_or("")
         );
+        let span = (!span.is_disabled()).then(|| Box::new(span));
         Box::new(Running {
             co: UnsafeCell::new(Some(co)),
             header,
@@ -107,7 +109,7 @@ impl Running {
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
         let result = {
-            let _entered = self.span.enter();
+            let _entered = self.span.as_deref().map(tracing::Span::enter);
             // SAFETY: only the thread driving this coroutine touches `co`,
             // and never re-entrantly: coroutine code cannot reach here for
             // its own `Running`.
@@ -316,14 +318,21 @@ pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
 
 /// Queues a new task: on the caller's deque if it is a worker of `shared`,
 /// else on the injector. Wakes a sleeping worker if there is one.
+///
+/// The push is outside the no-fault section: the deque and injector are
+/// lock-free, so a growth fault in them holds nothing the handler needs;
+/// and a push that grows the deque flushes crossbeam-epoch garbage, whose
+/// stack use (26 KiB in a debug build, found by a violation in
+/// `tests/rt_stress.rs`) is beyond the look-ahead we can afford on every
+/// spawn. The section covers the wake-up, which takes the sleepers' lock.
 pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
-    let _section = NoFaultSection::enter();
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) if Arc::ptr_eq(&w.shared, shared) => w.deque.push(task),
         _ => shared.injector.push(task),
     }
     fence(Ordering::SeqCst);
+    let _section = NoFaultSection::enter();
     shared.notify_one();
 }
 
@@ -353,7 +362,7 @@ pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
 pub(crate) fn schedule(header: &Header) {
     let _section = NoFaultSection::enter();
     let home = header.home.load(Ordering::Acquire);
-    let key = header.key.load(Ordering::Acquire);
+    let key = header.key.load(Ordering::Acquire) as usize;
     let shared: &Arc<Shared> = &header.shared;
     if home == ROOT_HOME {
         if let Some(t) = &header.root_thread {
@@ -363,14 +372,14 @@ pub(crate) fn schedule(header: &Header) {
     }
     // SAFETY: as in `current_shared`.
     if let Some(w) = unsafe { worker_ptr().as_ref() } {
-        if w.index == home && Arc::ptr_eq(&w.shared, shared) {
+        if w.index == home as usize && Arc::ptr_eq(&w.shared, shared) {
             w.ready.borrow_mut().push_back(key);
             return;
         }
     }
-    shared.workers[home].inbox.push(key);
+    shared.workers[home as usize].inbox.push(key);
     fence(Ordering::SeqCst);
-    shared.notify_worker(home);
+    shared.notify_worker(home as usize);
 }
 
 /// Drops a task that will never run (shutdown); its joiner sees
@@ -591,8 +600,10 @@ impl Local {
             slab.push(None);
             slab.len() - 1
         });
-        header.home.store(self.index, Ordering::Release);
-        header.key.store(key, Ordering::Release);
+        // Worker counts and slab keys stay far below `u32::MAX - 1`: the
+        // builder caps workers, and a key per live coroutine on one worker.
+        header.home.store(self.index as u32, Ordering::Release);
+        header.key.store(key as u32, Ordering::Release);
         // SAFETY: the gauge goes into the same `Running` as the coroutine that
         // owns the slot, and is read only while that coroutine exists.
         let gauge = unsafe { slot.gauge() };

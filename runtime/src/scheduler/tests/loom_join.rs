@@ -7,7 +7,7 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
-use crate::scheduler::join::{Completer, Identity, JoinState, Outcome};
+use crate::scheduler::join::{Completer, JoinState, Outcome};
 
 /// Counts wake-ups.
 struct CountingWaker(AtomicUsize);
@@ -32,7 +32,7 @@ impl Drop for Tracked {
 #[test]
 fn loom_join_races_completion() {
     loom::model(|| {
-        let state: Arc<JoinState<u32>> = Arc::new(JoinState::new(Identity::default()));
+        let state: Arc<JoinState<u32>> = Arc::new(JoinState::new());
         let completer = Completer::new(Arc::clone(&state));
         let finisher = thread::spawn(move || completer.complete(Outcome::Value(7)));
         let counter = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
@@ -55,7 +55,7 @@ fn loom_join_races_completion() {
 #[test]
 fn loom_reregister_races_completion() {
     loom::model(|| {
-        let state: Arc<JoinState<u32>> = Arc::new(JoinState::new(Identity::default()));
+        let state: Arc<JoinState<u32>> = Arc::new(JoinState::new());
         let completer = Completer::new(Arc::clone(&state));
         let first = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
         let second = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
@@ -76,11 +76,11 @@ fn loom_reregister_races_completion() {
 fn loom_detach_races_completion() {
     loom::model(|| {
         let drops = Arc::new(AtomicUsize::new(0));
-        let state: Arc<JoinState<Tracked>> = Arc::new(JoinState::new(Identity::default()));
+        let state: Arc<JoinState<Tracked>> = Arc::new(JoinState::new());
         let completer = Completer::new(Arc::clone(&state));
         let value = Tracked(Arc::clone(&drops));
         let finisher = thread::spawn(move || completer.complete(Outcome::Value(value)));
-        state.detach();
+        drop(state.detach());
         finisher.join().unwrap();
         assert_eq!(
             drops.load(Ordering::SeqCst),
@@ -97,7 +97,7 @@ fn loom_detach_races_completion() {
 #[test]
 fn loom_cancelled_completer_wakes_joiner() {
     loom::model(|| {
-        let state: Arc<JoinState<u32>> = Arc::new(JoinState::new(Identity::default()));
+        let state: Arc<JoinState<u32>> = Arc::new(JoinState::new());
         let completer = Completer::new(Arc::clone(&state));
         let dropper = thread::spawn(move || drop(completer));
         let counter = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
