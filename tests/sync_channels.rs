@@ -865,3 +865,40 @@ fn mpsc_rendezvous_send_after_a_timed_out_send() {
         assert_eq!(receiver.join().unwrap(), (Ok(2), Ok(3)));
     });
 }
+
+/// Two waiters on one `&oneshot::Receiver` (it is `Sync`), a coroutine and
+/// a thread: one gets the value, the other then sees the sender gone.
+#[test]
+fn oneshot_two_waiters_on_one_receiver() {
+    bounded("oneshot two waiters", || {
+        let rt = runtime(2);
+        for round in 0..20u32 {
+            let (tx, rx) = oneshot::channel::<u32>();
+            let rx = Arc::new(rx);
+            let waiters: Vec<Task<Option<u32>>> = [Side::Co, Side::Th]
+                .into_iter()
+                .map(|side| {
+                    let rx = Arc::clone(&rx);
+                    start(side, Some(&rt), move || {
+                        match rx.recv_timeout(Duration::from_secs(60)) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                assert_eq!(e, oneshot::RecvTimeoutError::Disconnected);
+                                None
+                            }
+                        }
+                    })
+                })
+                .collect();
+            nap(Duration::from_micros(u64::from(round % 4) * 200));
+            tx.send(round).unwrap();
+            let got: Vec<Option<u32>> = waiters.into_iter().map(Task::join).collect();
+            assert_eq!(
+                got.iter().flatten().collect::<Vec<_>>(),
+                [&round],
+                "{got:?}"
+            );
+        }
+        assert_no_nofault_violations(&rt);
+    });
+}

@@ -1,4 +1,4 @@
-//! The channel core behind `mpsc` and `mpmc`.
+//! The channel core behind `mpsc` and `mpmc` (`oneshot` has its own).
 //!
 //! One std mutex guards the queue, the counts of live ends, and two FIFO
 //! queues of parked waiters (receivers waiting for a value, senders waiting
@@ -235,11 +235,6 @@ impl<T> Chan<T> {
             // Woken without a value (the last sender left) or timed out:
             // the loop decides.
         }
-    }
-
-    /// Whether the other side is gone (no receivers).
-    pub(crate) fn receivers_gone(&self) -> bool {
-        lock(&self.state).receivers == 0
     }
 }
 
