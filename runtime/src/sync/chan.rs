@@ -1,6 +1,6 @@
 //! The channel core behind `mpsc` and `mpmc` (`oneshot` has its own).
 //!
-//! One std mutex guards the queue, the counts of live ends, and two FIFO
+//! One spinlock (see `wait.rs` for why) guards the queue, the counts of live ends, and two FIFO
 //! queues of parked waiters (receivers waiting for a value, senders waiting
 //! for room). Waiters are [`Node`]s on their own stacks (see `wait.rs` for
 //! the protocol), so waiting allocates nothing.
@@ -19,13 +19,13 @@
 //!   hand-over already.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::wait::{lock, Node, NodePtr, Wakers};
+use super::wait::{Node, NodePtr, SpinGuard, SpinLock, Wakers};
 
 pub(crate) struct Chan<T> {
-    state: Mutex<State<T>>,
+    state: SpinLock<State<T>>,
 }
 
 struct State<T> {
@@ -61,7 +61,7 @@ pub(crate) enum SendFail<T> {
 impl<T> Chan<T> {
     pub(crate) fn new(cap: Option<usize>) -> Arc<Chan<T>> {
         Arc::new(Chan {
-            state: Mutex::new(State {
+            state: SpinLock::new(State {
                 queue: VecDeque::new(),
                 cap,
                 senders: 1,
@@ -75,17 +75,17 @@ impl<T> Chan<T> {
     }
 
     pub(crate) fn add_sender(&self) {
-        lock(&self.state).senders += 1;
+        self.state.lock().senders += 1;
     }
 
     pub(crate) fn add_receiver(&self) {
-        lock(&self.state).receivers += 1;
+        self.state.lock().receivers += 1;
     }
 
     /// A sender is gone; the last one wakes every receiver.
     pub(crate) fn drop_sender(&self) {
         let woken = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.senders -= 1;
             if st.senders == 0 {
                 notify_all(&mut st.recv_waiters)
@@ -101,7 +101,7 @@ impl<T> Chan<T> {
     /// its value back).
     pub(crate) fn drop_receiver(&self) {
         let woken = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.receivers -= 1;
             if st.receivers == 0 {
                 notify_all(&mut st.send_waiters)
@@ -127,7 +127,7 @@ impl<T> Chan<T> {
             // move while queued.
             let node: Node<()>;
             {
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 if my_seq.is_some_and(|seq| st.taken >= seq) {
                     // Rendezvous: a receiver took our value (it may have
                     // left since; the hand-over happened).
@@ -192,7 +192,7 @@ impl<T> Chan<T> {
             if !node.wait(deadline) {
                 // Timed out: leave the queue (node protocol, step 3); the
                 // loop reports the timeout.
-                lock(&self.state).send_waiters.retain(|w| !w.is(&node));
+                self.state.lock().send_waiters.retain(|w| !w.is(&node));
             }
         }
     }
@@ -204,7 +204,7 @@ impl<T> Chan<T> {
             // move while queued.
             let mut node: Node<T>;
             {
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 if let Some(v) = st.queue.pop_front() {
                     st.taken += 1;
                     let woken = notify_all(&mut st.send_waiters);
@@ -227,7 +227,7 @@ impl<T> Chan<T> {
             if !node.wait(deadline) {
                 // Timed out: leave the queue (node protocol, step 3). A
                 // value handed over meanwhile is still ours.
-                lock(&self.state).recv_waiters.retain(|w| !w.is(&node));
+                self.state.lock().recv_waiters.retain(|w| !w.is(&node));
             }
             if let Some(v) = node.take_value() {
                 return Ok(v);
@@ -241,7 +241,7 @@ impl<T> Chan<T> {
 /// Takes our rendezvous value back out of the queue (which holds at most
 /// one value: ours, the last pushed) and uncounts it, so the next sender's
 /// sequence number is again one past what receivers will have taken.
-fn withdraw<T>(st: &mut State<T>) -> T {
+fn withdraw<T>(st: &mut SpinGuard<'_, State<T>>) -> T {
     st.pushed -= 1;
     st.queue
         .pop_back()

@@ -252,6 +252,93 @@ pub(crate) fn lock<S>(m: &Mutex<S>) -> Locked<'_, S> {
     }
 }
 
+/// A spinlock for the channel core's state, entered inside a no-fault
+/// section like [`lock`].
+///
+/// Why not the std mutex: its unlock is an atomic swap (it must learn
+/// whether to wake a sleeper), a second locked instruction per critical
+/// section. Here unlocking is a plain Release store. Spinning is fine
+/// because every critical section is a few dozen instructions that never
+/// park, yield or take a growth fault (the no-fault section prefaults
+/// first), so a holder on a worker always runs to its unlock; only a plain
+/// thread preempted by the OS mid-section makes others wait, and they back
+/// off to `yield_now` after a few rounds (crossbeam's `Backoff::snooze`).
+/// Measured with `channel_pingpong workers=1 n=100000` (benches/compare,
+/// median of 9 interleaved runs): 108.4 ns per hand-off with the std mutex,
+/// 99.8 ns with this lock.
+pub(crate) struct SpinLock<S> {
+    locked: AtomicBool,
+    value: UnsafeCell<S>,
+}
+
+// SAFETY: the lock hands `S` from thread to thread, so `S: Send` suffices,
+// as for `std::sync::Mutex`.
+unsafe impl<S: Send> Send for SpinLock<S> {}
+// SAFETY: `value` is only reached through a `SpinGuard`, and at most one
+// exists at a time (the `locked` flag), as for `std::sync::Mutex`.
+unsafe impl<S: Send> Sync for SpinLock<S> {}
+
+impl<S> SpinLock<S> {
+    /// An unlocked lock around `value`.
+    pub(crate) fn new(value: S) -> SpinLock<S> {
+        SpinLock {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Locks inside a no-fault section (entered first, left after the
+    /// unlock).
+    pub(crate) fn lock(&self) -> SpinGuard<'_, S> {
+        let section = NoFaultSection::enter();
+        // Acquire: pairs with the Release store in `SpinGuard::drop`.
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            let backoff = crossbeam_utils::Backoff::new();
+            while self.locked.load(Ordering::Relaxed) {
+                backoff.snooze();
+            }
+        }
+        SpinGuard {
+            lock: self,
+            _section: section,
+        }
+    }
+}
+
+/// A held [`SpinLock`].
+pub(crate) struct SpinGuard<'a, S> {
+    // Field order is drop order, but `Drop` unlocks before either goes.
+    lock: &'a SpinLock<S>,
+    _section: NoFaultSection,
+}
+
+impl<S> std::ops::Deref for SpinGuard<'_, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        // SAFETY: we hold the lock, so nobody else reaches the value.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<S> std::ops::DerefMut for SpinGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut S {
+        // SAFETY: we hold the lock, so nobody else reaches the value.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<S> Drop for SpinGuard<'_, S> {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire in `SpinLock::lock`. The section
+        // is left after this (field drop).
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
 /// `now + d`, or `None` (wait forever) if that overflows.
 pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
     Instant::now().checked_add(d)
