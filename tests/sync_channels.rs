@@ -902,3 +902,17 @@ fn oneshot_two_waiters_on_one_receiver() {
         assert_no_nofault_violations(&rt);
     });
 }
+
+/// Every channel end stays `Send` and `Sync` for a `Send` value, as before
+/// the lock-free oneshot and the stack-node waiters.
+#[test]
+fn channel_ends_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<mpsc::Sender<u32>>();
+    send_sync::<mpsc::SyncSender<u32>>();
+    send_sync::<mpsc::Receiver<u32>>();
+    send_sync::<mpmc::Sender<u32>>();
+    send_sync::<mpmc::Receiver<u32>>();
+    send_sync::<oneshot::Sender<u32>>();
+    send_sync::<oneshot::Receiver<u32>>();
+}
