@@ -916,3 +916,65 @@ fn channel_ends_are_send_and_sync() {
     send_sync::<oneshot::Sender<u32>>();
     send_sync::<oneshot::Receiver<u32>>();
 }
+
+/// A coroutine parked in a channel wait when its runtime shuts down is
+/// force-unwound; its wait must leave the channel's queue on the way out,
+/// so a later send (from a thread the runtime never owned) reaches the
+/// other receiver instead of the unwound coroutine's dead stack frame.
+#[test]
+fn waiters_unwound_at_shutdown_leave_the_queue() {
+    bounded("unwound waiters", || {
+        for round in 0..3 {
+            let (tx, rx) = mpmc::channel::<u32>();
+            let (btx, brx) = mpmc::bounded::<u32>(0);
+            let (otx, orx) = oneshot::channel::<u32>();
+            let orx = Arc::new(orx);
+            let parked = Arc::new(AtomicUsize::new(0));
+            let rt = runtime(1 + round % 2);
+            {
+                let (rx, parked) = (rx.clone(), Arc::clone(&parked));
+                rt.spawn(move || {
+                    parked.fetch_add(1, Ordering::SeqCst);
+                    let _ = rx.recv();
+                });
+            }
+            {
+                let (btx, parked) = (btx.clone(), Arc::clone(&parked));
+                rt.spawn(move || {
+                    parked.fetch_add(1, Ordering::SeqCst);
+                    let _ = btx.send(1);
+                });
+            }
+            {
+                let (orx, parked) = (Arc::clone(&orx), Arc::clone(&parked));
+                rt.spawn(move || {
+                    parked.fetch_add(1, Ordering::SeqCst);
+                    let _ = orx.recv_timeout(Duration::from_secs(3600));
+                });
+            }
+            while parked.load(Ordering::SeqCst) < 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            drop(rt);
+            tx.send(7).unwrap();
+            assert_eq!(rx.try_recv(), Ok(7), "round {round}");
+            // The rendezvous sender left its queue too. Its value may still
+            // be queued (as it always was after an unwind); taking it wakes
+            // the senders waiting on the channel, which must not include the
+            // unwound one.
+            let left = brx.try_recv();
+            assert!(
+                matches!(left, Ok(1) | Err(mpmc::TryRecvError::Empty)),
+                "{left:?}"
+            );
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(5));
+                otx.send(9).unwrap();
+            });
+            // Woken by the sender (not by a 1 ms poll around a stale waker).
+            assert_eq!(orx.recv_timeout(Duration::from_secs(60)), Ok(9));
+            sender.join().unwrap();
+        }
+    });
+}

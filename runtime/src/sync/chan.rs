@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::wait::{Node, NodePtr, SpinGuard, SpinLock, Wakers};
+use super::wait::{Defer, Node, NodePtr, SpinGuard, SpinLock, Wakers};
 
 pub(crate) struct Chan<T> {
     state: SpinLock<State<T>>,
@@ -189,10 +189,11 @@ impl<T> Chan<T> {
                 node = Node::new();
                 st.send_waiters.push_back(node.ptr());
             }
-            if !node.wait(deadline) {
-                // Timed out: leave the queue (node protocol, step 3); the
-                // loop reports the timeout.
-                self.state.lock().send_waiters.retain(|w| !w.is(&node));
+            // Leaves the queue on a timeout or an unwind (node protocol,
+            // steps 3 and 4); the loop reports a timeout.
+            let leave = Defer::new(|| self.state.lock().send_waiters.retain(|w| !w.is(&node)));
+            if node.wait(deadline) {
+                leave.disarm();
             }
         }
     }
@@ -224,10 +225,13 @@ impl<T> Chan<T> {
                 node = Node::new();
                 st.recv_waiters.push_back(node.ptr());
             }
-            if !node.wait(deadline) {
-                // Timed out: leave the queue (node protocol, step 3). A
-                // value handed over meanwhile is still ours.
-                self.state.lock().recv_waiters.retain(|w| !w.is(&node));
+            // Leaves the queue on a timeout or an unwind (node protocol,
+            // steps 3 and 4). A value handed over meanwhile is still ours.
+            let leave = Defer::new(|| self.state.lock().recv_waiters.retain(|w| !w.is(&node)));
+            if node.wait(deadline) {
+                leave.disarm();
+            } else {
+                drop(leave);
             }
             if let Some(v) = node.take_value() {
                 return Ok(v);

@@ -46,7 +46,8 @@
 //    the value is there to take.
 //
 // So every receiver leaves the slot empty (or the sender's), and no stale
-// waker survives a wait. `Receiver` is `Sync` (as it was), so two threads
+// waker survives a wait, not even one cut short by an unwind (step 3 then
+// runs from a drop guard). `Receiver` is `Sync` (as it was), so two threads
 // may wait through `&Receiver` at once; the one that does not get the slot
 // polls every millisecond instead. That is a pathological use, and still
 // correct: it only adds latency.
@@ -60,7 +61,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::chan::{recv_timeout_error, try_recv_error, RecvFail};
-use super::wait::deadline_after;
+use super::wait::{deadline_after, Defer};
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, TryRecvError};
 
@@ -207,6 +208,14 @@ impl<T> Receiver<T> {
             Register::Done => true,
             Register::Busy => false,
         };
+        // If the wait is unwound (the runtime force-unwinds parked
+        // coroutines at shutdown), take our waker back out, so the next
+        // waiter can register; a no-op once `COMPLETE`.
+        let leave = registered.then(|| {
+            Defer::new(|| {
+                self.unregister();
+            })
+        });
         loop {
             if let Some(r) = self.take() {
                 // `COMPLETE`: the sender took our waker (step 2), if any.
@@ -214,9 +223,12 @@ impl<T> Receiver<T> {
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                if registered && !self.unregister() {
-                    // Completed meanwhile: the value (if any) is ours.
-                    return self.take().expect("complete");
+                if let Some(leave) = leave {
+                    leave.disarm();
+                    if !self.unregister() {
+                        // Completed meanwhile: the value (if any) is ours.
+                        return self.take().expect("complete");
+                    }
                 }
                 return Err(RecvFail::Timeout);
             }

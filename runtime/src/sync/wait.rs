@@ -30,6 +30,10 @@
 //!    removes it (no notifier can reach the node any more); if not, a
 //!    notifier popped it under the lock, and so finished step 2 before our
 //!    lock succeeded. Either way the node is the waiter's alone again.
+//! 4. (b) also runs when the wait is cut short by an unwind: the runtime
+//!    force-unwinds parked coroutines at shutdown, from inside their park,
+//!    and their channels may outlive them. A [`Defer`] guard, armed around
+//!    every wait and disarmed only on (a), does it.
 //!
 //! crossbeam-channel's `zero.rs` hands a stack `Packet` over the same way
 //! (a final `ready` store, after which the other side may free it).
@@ -188,6 +192,31 @@ impl<V> NodePtr<V> {
     /// Whether this points to `node`.
     pub(crate) fn is(&self, node: &Node<V>) -> bool {
         std::ptr::eq(self.0.as_ptr(), node)
+    }
+}
+
+/// Runs its closure when dropped, unless [`disarm`](Self::disarm)ed: the
+/// waiter's way out of its queue on a timeout *or an unwind* (protocol
+/// step 4).
+pub(crate) struct Defer<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Defer<F> {
+    /// Arms `f`.
+    pub(crate) fn new(f: F) -> Defer<F> {
+        Defer(Some(f))
+    }
+
+    /// Drops `f` without running it.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
     }
 }
 
