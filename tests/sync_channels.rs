@@ -564,11 +564,19 @@ fn scenario_oneshot(a: Side, b: Side, rt: Option<&Runtime>) {
     assert_eq!(receiver.join().as_deref(), Ok("value"));
 
     let (tx, rx) = oneshot::channel::<u32>();
+    // The sender waits for the receiver's first look, so a receiver thread
+    // that starts late on a loaded machine still finds the channel open.
+    let looked = Arc::new(AtomicUsize::new(0));
+    let looked2 = Arc::clone(&looked);
     let receiver = start(b, rt, move || {
         assert_eq!(rx.try_recv(), Err(oneshot::TryRecvError::Empty));
+        looked2.store(1, Ordering::SeqCst);
         rx.recv()
     });
     start(a, rt, move || {
+        while looked.load(Ordering::SeqCst) == 0 {
+            nap(Duration::from_millis(1));
+        }
         nap(Duration::from_millis(10));
         drop(tx);
     })
