@@ -564,11 +564,19 @@ fn scenario_oneshot(a: Side, b: Side, rt: Option<&Runtime>) {
     assert_eq!(receiver.join().as_deref(), Ok("value"));
 
     let (tx, rx) = oneshot::channel::<u32>();
+    // The sender waits for the receiver's first look, so a receiver thread
+    // that starts late on a loaded machine still finds the channel open.
+    let looked = Arc::new(AtomicUsize::new(0));
+    let looked2 = Arc::clone(&looked);
     let receiver = start(b, rt, move || {
         assert_eq!(rx.try_recv(), Err(oneshot::TryRecvError::Empty));
+        looked2.store(1, Ordering::SeqCst);
         rx.recv()
     });
     start(a, rt, move || {
+        while looked.load(Ordering::SeqCst) == 0 {
+            nap(Duration::from_millis(1));
+        }
         nap(Duration::from_millis(10));
         drop(tx);
     })
@@ -677,5 +685,304 @@ fn mpsc_per_sender_order_is_kept() {
         senders.into_iter().for_each(Task::join);
         assert_eq!(receiver.join(), 6 * PER as usize);
         assert_no_nofault_violations(&rt);
+    });
+}
+
+// -------------------------------------------------------------- stress ---
+
+/// Receivers that time out again and again (1–40 µs) while values arrive,
+/// mixed with plain blocking receivers, coroutines and threads on a
+/// 2-worker runtime: a timed-out waiter leaving the queue must never take
+/// a value with it, nor a wake-up meant for another. Every value is
+/// received exactly once, for unbounded, bounded and rendezvous channels.
+#[test]
+fn stress_timeouts_race_sends_without_losing_values() {
+    bounded("stress timeouts", || {
+        const PER: u32 = if cfg!(miri) { 50 } else { 3_000 };
+        let rt = runtime(2);
+        for bound in [None, Some(1), Some(0)] {
+            let (tx, rx) = match bound {
+                None => mpmc::channel::<u32>(),
+                Some(b) => mpmc::bounded::<u32>(b),
+            };
+            let receivers: Vec<Task<Vec<u32>>> = [Side::Co, Side::Th, Side::Co, Side::Co]
+                .into_iter()
+                .enumerate()
+                .map(|(r, side)| {
+                    let rx = rx.clone();
+                    start(side, Some(&rt), move || {
+                        let mut got = Vec::new();
+                        let mut spin = r as u64;
+                        loop {
+                            if r == 3 {
+                                // One plain blocking receiver.
+                                match rx.recv() {
+                                    Ok(v) => got.push(v),
+                                    Err(_) => return got,
+                                }
+                                continue;
+                            }
+                            spin = spin.wrapping_mul(7).wrapping_add(1);
+                            let t = Duration::from_micros(1 + spin % 40);
+                            match rx.recv_timeout(t) {
+                                Ok(v) => got.push(v),
+                                Err(mpmc::RecvTimeoutError::Timeout) => {}
+                                Err(mpmc::RecvTimeoutError::Disconnected) => return got,
+                            }
+                        }
+                    })
+                })
+                .collect();
+            drop(rx);
+            let senders: Vec<Task<()>> = [Side::Co, Side::Th, Side::Co]
+                .into_iter()
+                .enumerate()
+                .map(|(s, side)| {
+                    let tx = tx.clone();
+                    let base = s as u32 * PER;
+                    start(side, Some(&rt), move || {
+                        for i in 0..PER {
+                            tx.send(base + i).unwrap();
+                            if i % 64 == 0 {
+                                greenstack::yield_now();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            drop(tx);
+            senders.into_iter().for_each(Task::join);
+            let mut all: Vec<u32> = receivers.into_iter().flat_map(Task::join).collect();
+            let total = all.len();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), total, "a value was received twice ({bound:?})");
+            assert_eq!(all.len(), 3 * PER as usize, "values lost ({bound:?})");
+        }
+        // Rendezvous senders that time out while receivers come and go.
+        let (tx, rx) = mpsc::sync_channel::<u32>(0);
+        let sender = start(Side::Co, Some(&rt), move || {
+            let mut sent = 0u32;
+            let mut i = 0u32;
+            while sent < PER {
+                match tx.send_timeout(sent, Duration::from_micros(1 + u64::from(i % 30))) {
+                    Ok(()) => sent += 1,
+                    Err(mpsc::TrySendError::Full(v)) => assert_eq!(v, sent),
+                    Err(e) => panic!("{e:?}"),
+                }
+                i += 1;
+            }
+        });
+        let receiver = start(Side::Th, Some(&rt), move || {
+            let mut next = 0;
+            loop {
+                match rx.recv_timeout(Duration::from_micros(25)) {
+                    Ok(v) => {
+                        assert_eq!(v, next);
+                        next += 1;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return next,
+                }
+            }
+        });
+        sender.join();
+        assert_eq!(receiver.join(), PER);
+        assert_no_nofault_violations(&rt);
+    });
+}
+
+/// Many oneshots whose send, drop, and the receiver's waits race:
+/// coroutines and threads, on a 2-worker runtime. A lost wake-up hangs
+/// (and the guard fails the test); a value must arrive exactly when sent.
+#[test]
+fn stress_oneshot_races() {
+    bounded("stress oneshot", || {
+        const ROUNDS: u32 = if cfg!(miri) { 50 } else { 2_000 };
+        let rt = runtime(2);
+        for (a, b) in [
+            (Side::Co, Side::Co),
+            (Side::Co, Side::Th),
+            (Side::Th, Side::Co),
+        ] {
+            let rounds = if a == Side::Th || b == Side::Th {
+                ROUNDS / 10
+            } else {
+                ROUNDS
+            };
+            for i in 0..rounds {
+                let (tx, rx) = oneshot::channel::<u32>();
+                let sends = i % 5 != 4;
+                let sender = start(a, Some(&rt), move || {
+                    if i % 3 == 0 {
+                        greenstack::yield_now();
+                    }
+                    if sends {
+                        tx.send(i).unwrap();
+                    } else {
+                        drop(tx);
+                    }
+                });
+                let receiver = start(b, Some(&rt), move || match i % 4 {
+                    0 => rx.recv().ok(),
+                    1 => loop {
+                        match rx.recv_timeout(Duration::from_micros(u64::from(i % 20))) {
+                            Ok(v) => return Some(v),
+                            Err(oneshot::RecvTimeoutError::Timeout) => {}
+                            Err(oneshot::RecvTimeoutError::Disconnected) => return None,
+                        }
+                    },
+                    2 => loop {
+                        match rx.try_recv() {
+                            Ok(v) => return Some(v),
+                            Err(oneshot::TryRecvError::Empty) => greenstack::yield_now(),
+                            Err(oneshot::TryRecvError::Disconnected) => return None,
+                        }
+                    },
+                    _ => match rx.recv_timeout(Duration::from_micros(3)) {
+                        Ok(v) => Some(v),
+                        Err(_) => rx.recv().ok(),
+                    },
+                });
+                sender.join();
+                assert_eq!(
+                    receiver.join(),
+                    sends.then_some(i),
+                    "round {i} {a:?}->{b:?}"
+                );
+            }
+        }
+        assert_no_nofault_violations(&rt);
+    });
+}
+
+/// A rendezvous `send_timeout` that times out takes its value back; the
+/// next `send` must still complete once a receiver takes it (a withdrawn
+/// value used to stay counted, so later sends waited forever).
+#[test]
+fn mpsc_rendezvous_send_after_a_timed_out_send() {
+    bounded("rendezvous after timeout", || {
+        let (tx, rx) = mpsc::sync_channel::<u32>(0);
+        assert_eq!(
+            tx.send_timeout(1, Duration::from_millis(1)),
+            Err(mpsc::TrySendError::Full(1))
+        );
+        let receiver = std::thread::spawn(move || (rx.recv(), rx.recv()));
+        tx.send(2).unwrap();
+        tx.send(3).unwrap();
+        assert_eq!(receiver.join().unwrap(), (Ok(2), Ok(3)));
+    });
+}
+
+/// Two waiters on one `&oneshot::Receiver` (it is `Sync`), a coroutine and
+/// a thread: one gets the value, the other then sees the sender gone.
+#[test]
+fn oneshot_two_waiters_on_one_receiver() {
+    bounded("oneshot two waiters", || {
+        let rt = runtime(2);
+        for round in 0..20u32 {
+            let (tx, rx) = oneshot::channel::<u32>();
+            let rx = Arc::new(rx);
+            let waiters: Vec<Task<Option<u32>>> = [Side::Co, Side::Th]
+                .into_iter()
+                .map(|side| {
+                    let rx = Arc::clone(&rx);
+                    start(side, Some(&rt), move || {
+                        match rx.recv_timeout(Duration::from_secs(60)) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                assert_eq!(e, oneshot::RecvTimeoutError::Disconnected);
+                                None
+                            }
+                        }
+                    })
+                })
+                .collect();
+            nap(Duration::from_micros(u64::from(round % 4) * 200));
+            tx.send(round).unwrap();
+            let got: Vec<Option<u32>> = waiters.into_iter().map(Task::join).collect();
+            assert_eq!(
+                got.iter().flatten().collect::<Vec<_>>(),
+                [&round],
+                "{got:?}"
+            );
+        }
+        assert_no_nofault_violations(&rt);
+    });
+}
+
+/// Every channel end stays `Send` and `Sync` for a `Send` value, as before
+/// the lock-free oneshot and the stack-node waiters.
+#[test]
+fn channel_ends_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<mpsc::Sender<u32>>();
+    send_sync::<mpsc::SyncSender<u32>>();
+    send_sync::<mpsc::Receiver<u32>>();
+    send_sync::<mpmc::Sender<u32>>();
+    send_sync::<mpmc::Receiver<u32>>();
+    send_sync::<oneshot::Sender<u32>>();
+    send_sync::<oneshot::Receiver<u32>>();
+}
+
+/// A coroutine parked in a channel wait when its runtime shuts down is
+/// force-unwound; its wait must leave the channel's queue on the way out,
+/// so a later send (from a thread the runtime never owned) reaches the
+/// other receiver instead of the unwound coroutine's dead stack frame.
+#[test]
+fn waiters_unwound_at_shutdown_leave_the_queue() {
+    bounded("unwound waiters", || {
+        for round in 0..3 {
+            let (tx, rx) = mpmc::channel::<u32>();
+            let (btx, brx) = mpmc::bounded::<u32>(0);
+            let (otx, orx) = oneshot::channel::<u32>();
+            let orx = Arc::new(orx);
+            let parked = Arc::new(AtomicUsize::new(0));
+            let rt = runtime(1 + round % 2);
+            {
+                let (rx, parked) = (rx.clone(), Arc::clone(&parked));
+                rt.spawn(move || {
+                    parked.fetch_add(1, Ordering::SeqCst);
+                    let _ = rx.recv();
+                });
+            }
+            {
+                let (btx, parked) = (btx.clone(), Arc::clone(&parked));
+                rt.spawn(move || {
+                    parked.fetch_add(1, Ordering::SeqCst);
+                    let _ = btx.send(1);
+                });
+            }
+            {
+                let (orx, parked) = (Arc::clone(&orx), Arc::clone(&parked));
+                rt.spawn(move || {
+                    parked.fetch_add(1, Ordering::SeqCst);
+                    let _ = orx.recv_timeout(Duration::from_secs(3600));
+                });
+            }
+            while parked.load(Ordering::SeqCst) < 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            drop(rt);
+            tx.send(7).unwrap();
+            assert_eq!(rx.try_recv(), Ok(7), "round {round}");
+            // The rendezvous sender left its queue too. Its value may still
+            // be queued (as it always was after an unwind); taking it wakes
+            // the senders waiting on the channel, which must not include the
+            // unwound one.
+            let left = brx.try_recv();
+            assert!(
+                matches!(left, Ok(1) | Err(mpmc::TryRecvError::Empty)),
+                "{left:?}"
+            );
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(5));
+                otx.send(9).unwrap();
+            });
+            // Woken by the sender (not by a 1 ms poll around a stale waker).
+            assert_eq!(orx.recv_timeout(Duration::from_secs(60)), Ok(9));
+            sender.join().unwrap();
+        }
     });
 }

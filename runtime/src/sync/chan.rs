@@ -1,21 +1,31 @@
-//! The channel core behind `mpsc`, `mpmc` and `oneshot`.
+//! The channel core behind `mpsc` and `mpmc` (`oneshot` has its own).
 //!
-//! One std mutex guards the queue, the counts of live ends, and two FIFO
+//! One spinlock (see `wait.rs` for why) guards the queue, the counts of live ends, and two FIFO
 //! queues of parked waiters (receivers waiting for a value, senders waiting
-//! for room). Each send wakes the longest-waiting receiver; each receive
-//! wakes the senders waiting for room. A rendezvous channel (capacity 0)
-//! lets a value into the queue, then holds its sender until a receiver has
-//! taken it (counted by sequence numbers), so `send` returns only after the
-//! hand-over, as std's `sync_channel(0)` does.
+//! for room). Waiters are [`Node`]s on their own stacks (see `wait.rs` for
+//! the protocol), so waiting allocates nothing.
+//!
+//! - A send that finds a receiver waiting hands the value straight into its
+//!   node: the receiver returns it without taking the lock again. Receivers
+//!   wait only on an empty queue, and a sender queues a value only when no
+//!   receiver waits, so the queue is empty whenever a receiver waits and
+//!   direct hand-over keeps FIFO order.
+//! - A send with nobody waiting only pushes: no wake path at all.
+//! - Each receive wakes the senders waiting for room (none: nothing to do).
+//! - A rendezvous channel (capacity 0) lets a value into the queue, then
+//!   holds its sender until a receiver has taken it (counted by sequence
+//!   numbers), so `send` returns only after the hand-over, as std's
+//!   `sync_channel(0)` does. Handing the value to a waiting receiver is that
+//!   hand-over already.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::wait::{lock, wake_all, Waiter};
+use super::wait::{Defer, Node, NodePtr, SpinGuard, SpinLock, Wakers};
 
 pub(crate) struct Chan<T> {
-    state: Mutex<State<T>>,
+    state: SpinLock<State<T>>,
 }
 
 struct State<T> {
@@ -24,11 +34,13 @@ struct State<T> {
     cap: Option<usize>,
     senders: usize,
     receivers: usize,
-    /// Values ever pushed, and ever taken.
+    /// Values ever pushed (or handed over), and ever taken.
     pushed: u64,
     taken: u64,
-    recv_waiters: VecDeque<Arc<Waiter>>,
-    send_waiters: VecDeque<Arc<Waiter>>,
+    /// Receivers waiting for a value; non-empty only while `queue` is empty.
+    recv_waiters: VecDeque<NodePtr<T>>,
+    /// Senders waiting for room (or for their rendezvous value to be taken).
+    send_waiters: VecDeque<NodePtr<()>>,
 }
 
 /// Why a receive returned nothing.
@@ -49,7 +61,7 @@ pub(crate) enum SendFail<T> {
 impl<T> Chan<T> {
     pub(crate) fn new(cap: Option<usize>) -> Arc<Chan<T>> {
         Arc::new(Chan {
-            state: Mutex::new(State {
+            state: SpinLock::new(State {
                 queue: VecDeque::new(),
                 cap,
                 senders: 1,
@@ -63,25 +75,25 @@ impl<T> Chan<T> {
     }
 
     pub(crate) fn add_sender(&self) {
-        lock(&self.state).senders += 1;
+        self.state.lock().senders += 1;
     }
 
     pub(crate) fn add_receiver(&self) {
-        lock(&self.state).receivers += 1;
+        self.state.lock().receivers += 1;
     }
 
     /// A sender is gone; the last one wakes every receiver.
     pub(crate) fn drop_sender(&self) {
         let woken = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.senders -= 1;
             if st.senders == 0 {
                 notify_all(&mut st.recv_waiters)
             } else {
-                Vec::new()
+                Wakers::default()
             }
         };
-        wake_all(woken);
+        woken.wake();
     }
 
     /// A receiver is gone; the last one wakes every sender (queued values
@@ -89,15 +101,15 @@ impl<T> Chan<T> {
     /// its value back).
     pub(crate) fn drop_receiver(&self) {
         let woken = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.receivers -= 1;
             if st.receivers == 0 {
                 notify_all(&mut st.send_waiters)
             } else {
-                Vec::new()
+                Wakers::default()
             }
         };
-        wake_all(woken);
+        woken.wake();
     }
 
     /// Sends `v`, waiting for room (and, for a rendezvous, for a receiver to
@@ -111,10 +123,11 @@ impl<T> Chan<T> {
         let mut value = Some(v);
         let mut my_seq = None;
         loop {
-            let node;
-            let mut woken = None;
+            // Declared before the lock so it outlives the wait; it does not
+            // move while queued.
+            let node: Node<()>;
             {
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 if my_seq.is_some_and(|seq| st.taken >= seq) {
                     // Rendezvous: a receiver took our value (it may have
                     // left since; the hand-over happened).
@@ -125,16 +138,25 @@ impl<T> Chan<T> {
                     // rendezvous queue holds at most one value: ours).
                     let v = match value.take() {
                         Some(v) => v,
-                        None => st
-                            .queue
-                            .pop_back()
-                            .expect("our rendezvous value is still queued"),
+                        None => withdraw(&mut st),
                     };
                     return Err(SendFail::Disconnected(v));
                 }
                 if my_seq.is_some() {
                     // Rendezvous: still waiting for our value to be taken.
-                } else if st.cap == Some(0) && !block && st.recv_waiters.is_empty() {
+                } else if let Some(w) = st.recv_waiters.pop_front() {
+                    // A receiver waits, so the queue is empty: hand the
+                    // value straight over.
+                    debug_assert!(st.queue.is_empty());
+                    st.pushed += 1;
+                    st.taken += 1;
+                    // SAFETY: `w` was just popped from its queue under the
+                    // lock, and receivers follow the node protocol (`recv`).
+                    let waker = unsafe { w.notify(value.take()) };
+                    drop(st);
+                    waker.wake();
+                    return Ok(());
+                } else if st.cap == Some(0) && !block {
                     // std: a rendezvous try_send succeeds only if a receiver
                     // is already waiting.
                     return Err(SendFail::Full(value.take().expect("value not yet sent")));
@@ -144,50 +166,34 @@ impl<T> Chan<T> {
                         Some(c) => st.queue.len() < c.max(1),
                     };
                     if room {
+                        // No receiver waits: nobody to wake.
                         st.queue
                             .push_back(value.take().expect("value not yet sent"));
                         st.pushed += 1;
-                        let w = st.recv_waiters.pop_front();
-                        if let Some(w) = &w {
-                            w.notify();
-                        }
                         if st.cap != Some(0) || !block {
-                            drop(st);
-                            if let Some(w) = w {
-                                w.wake();
-                            }
                             return Ok(());
                         }
                         my_seq = Some(st.pushed);
-                        woken = w;
-                    } else {
-                        if !block {
-                            return Err(SendFail::Full(value.take().expect("value not yet sent")));
-                        }
+                    } else if !block {
+                        return Err(SendFail::Full(value.take().expect("value not yet sent")));
                     }
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     let v = match value.take() {
                         Some(v) => v,
                         // A rendezvous value nobody took: withdraw it.
-                        None => st
-                            .queue
-                            .pop_back()
-                            .expect("our rendezvous value is still queued"),
+                        None => withdraw(&mut st),
                     };
                     return Err(SendFail::Timeout(v));
                 }
-                node = Waiter::new(1);
-                st.send_waiters.push_back(Arc::clone(&node));
+                node = Node::new();
+                st.send_waiters.push_back(node.ptr());
             }
-            if let Some(w) = woken {
-                w.wake();
-            }
-            if !node.wait(deadline) {
-                // Timed out: leave the queue; the loop reports the timeout.
-                lock(&self.state)
-                    .send_waiters
-                    .retain(|w| !Arc::ptr_eq(w, &node));
+            // Leaves the queue on a timeout or an unwind (node protocol,
+            // steps 3 and 4); the loop reports a timeout.
+            let leave = Defer::new(|| self.state.lock().send_waiters.retain(|w| !w.is(&node)));
+            if node.wait(deadline) {
+                leave.disarm();
             }
         }
     }
@@ -195,13 +201,16 @@ impl<T> Chan<T> {
     /// Receives a value, waiting until `deadline` if `block`.
     pub(crate) fn recv(&self, block: bool, deadline: Option<Instant>) -> Result<T, RecvFail> {
         loop {
-            let node = {
-                let mut st = lock(&self.state);
+            // Declared before the lock so it outlives the wait; it does not
+            // move while queued.
+            let mut node: Node<T>;
+            {
+                let mut st = self.state.lock();
                 if let Some(v) = st.queue.pop_front() {
                     st.taken += 1;
                     let woken = notify_all(&mut st.send_waiters);
                     drop(st);
-                    wake_all(woken);
+                    woken.wake();
                     return Ok(v);
                 }
                 if st.senders == 0 {
@@ -213,27 +222,47 @@ impl<T> Chan<T> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(RecvFail::Timeout);
                 }
-                let node = Waiter::new(1);
-                st.recv_waiters.push_back(Arc::clone(&node));
-                node
-            };
-            if !node.wait(deadline) {
-                // Timed out: leave the queue; the loop reports the timeout
-                // unless a value arrived meanwhile.
-                let mut st = lock(&self.state);
-                st.recv_waiters.retain(|w| !Arc::ptr_eq(w, &node));
+                node = Node::new();
+                st.recv_waiters.push_back(node.ptr());
             }
+            // Leaves the queue on a timeout or an unwind (node protocol,
+            // steps 3 and 4). A value handed over meanwhile is still ours.
+            let leave = Defer::new(|| self.state.lock().recv_waiters.retain(|w| !w.is(&node)));
+            if node.wait(deadline) {
+                leave.disarm();
+            } else {
+                drop(leave);
+            }
+            if let Some(v) = node.take_value() {
+                return Ok(v);
+            }
+            // Woken without a value (the last sender left) or timed out:
+            // the loop decides.
         }
-    }
-
-    /// Whether the other side is gone (no receivers).
-    pub(crate) fn receivers_gone(&self) -> bool {
-        lock(&self.state).receivers == 0
     }
 }
 
-fn notify_all(q: &mut VecDeque<Arc<Waiter>>) -> Vec<Arc<Waiter>> {
-    q.drain(..).inspect(|w| w.notify()).collect()
+/// Takes our rendezvous value back out of the queue (which holds at most
+/// one value: ours, the last pushed) and uncounts it, so the next sender's
+/// sequence number is again one past what receivers will have taken.
+fn withdraw<T>(st: &mut SpinGuard<'_, State<T>>) -> T {
+    st.pushed -= 1;
+    st.queue
+        .pop_back()
+        .expect("our rendezvous value is still queued")
+}
+
+/// Notifies every node of `q` (emptying it); wake the result after
+/// unlocking.
+fn notify_all<V>(q: &mut VecDeque<NodePtr<V>>) -> Wakers {
+    let mut woken = Wakers::default();
+    for w in q.drain(..) {
+        // SAFETY: `w` is removed from its queue under the lock, which the
+        // caller holds; every user of these queues follows the node
+        // protocol.
+        woken.push(unsafe { w.notify(None) });
+    }
+    woken
 }
 
 /// std's error for a failed `try_recv`.

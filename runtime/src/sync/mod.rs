@@ -9,9 +9,12 @@
 //! - [`mpsc`]: std's channel API and semantics; [`mpmc`]: both ends clone;
 //!   [`oneshot`]: one value.
 //!
-//! Internally each primitive guards its queue with a std mutex held for a
-//! few instructions, inside a no-fault section: the stack is prefaulted
-//! before the lock is taken, so no growth fault happens while it is held.
+//! Internally each primitive guards its queue with a lock held for a few
+//! instructions (a std mutex; a spinlock for the channels), inside a
+//! no-fault section: the stack is prefaulted before the lock is taken, so
+//! no growth fault happens while it is held. Channel waiters wait in nodes
+//! on their own stacks, so waiting allocates nothing; [`oneshot`] takes no
+//! lock at all (one atomic state word).
 
 mod chan;
 mod condvar;
