@@ -12,20 +12,34 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Values of one coroutine (or one thread), by key index.
+/// Values of one coroutine (or one thread), by key index. The vector is
+/// boxed on first use: most coroutines never use a key, and every one of
+/// them carries a map (8 bytes instead of 24).
 #[derive(Default)]
-pub(crate) struct Map(Vec<Option<Box<dyn Any>>>);
+pub(crate) struct Map(Option<Box<Values>>);
+
+/// The values by key index; each boxed, so its address stays put.
+type Values = Vec<Option<Box<dyn Any>>>;
 
 impl Map {
     /// Removes and returns one value (the last set), to drop it outside the
     /// borrow: its destructor may use other keys.
     pub(crate) fn take_one(&mut self) -> Option<Box<dyn Any>> {
-        while let Some(last) = self.0.pop() {
+        let v = self.0.as_mut()?;
+        while let Some(last) = v.pop() {
             if last.is_some() {
                 return last;
             }
         }
         None
+    }
+
+    fn values(&mut self) -> &mut Values {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    fn get(&self, index: usize) -> Option<&dyn Any> {
+        self.0.as_ref()?.get(index)?.as_deref()
     }
 }
 
@@ -117,17 +131,18 @@ impl<T: 'static> LocalKey<T> {
         // Initialize without holding the borrow: `init` may use other keys.
         let fresh: Box<dyn Any> = Box::new((self.init)());
         let mut m = map.borrow_mut();
-        if m.0.len() <= index {
-            m.0.resize_with(index + 1, || None);
+        let values = m.values();
+        if values.len() <= index {
+            values.resize_with(index + 1, || None);
         }
-        let slot = m.0[index].get_or_insert(fresh);
+        let slot = values[index].get_or_insert(fresh);
         slot.downcast_ref::<T>()
             .expect("a key's values all have its type") as *const T
     }
 
     fn lookup(map: &RefCell<Map>, index: usize) -> Option<*const T> {
         let m = map.borrow();
-        let v = m.0.get(index)?.as_ref()?;
+        let v = m.get(index)?;
         Some(
             v.downcast_ref::<T>()
                 .expect("a key's values all have its type") as *const T,

@@ -357,7 +357,7 @@ impl Runtime {
             unreachable!("block_on's stack is taken at once")
         };
         // The root's body runs in `run_root`; its cell holds no closure.
-        let (header, _) = TaskRef::new::<fn(), ()>(init, None);
+        let header = TaskRef::new::<fn(), ()>(init, None);
         if let Err(e) = crate::stack::prepare_thread() {
             panic!("greenstack: cannot prepare this thread to run a coroutine: {e}");
         }
@@ -492,7 +492,7 @@ where
     let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
-    let (task, state) = TaskRef::new(init, Some(f));
+    let task = TaskRef::new(init, Some(f));
     let coroutine = Coroutine {
         header: task.clone(),
     };
@@ -500,9 +500,8 @@ where
     // SAFETY: `task` was just made with a closure and goes into this one
     // `NewTask` only.
     worker::submit(shared, unsafe { NewTask::new(task, slot) });
-    // SAFETY: `state` is `task`'s join state, made for `T`; this is its only
-    // handle.
-    Ok(unsafe { JoinHandle::task(coroutine, state) })
+    // SAFETY: `task`'s cell was made for `T`; this is its only handle.
+    Ok(unsafe { JoinHandle::task(coroutine) })
 }
 
 /// What a coroutine's header starts with, and its stack: the part of

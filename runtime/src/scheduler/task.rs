@@ -232,7 +232,7 @@ unsafe impl Sync for TaskRef {}
 impl TaskRef {
     /// Allocates a task cell for `f` (`None` for a `block_on` root, whose
     /// body the caller runs itself), with one reference.
-    pub(crate) fn new<F, T>(init: HeaderInit, f: Option<F>) -> (TaskRef, NonNull<JoinState<T>>)
+    pub(crate) fn new<F, T>(init: HeaderInit, f: Option<F>) -> TaskRef
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -253,10 +253,20 @@ impl TaskRef {
             join: JoinState::new(),
             func: UnsafeCell::new(f),
         });
-        let cell = NonNull::from(Box::leak(cell));
-        // SAFETY: `cell` is valid; this only computes a field's address.
-        let join = unsafe { NonNull::new_unchecked(std::ptr::addr_of_mut!((*cell.as_ptr()).join)) };
-        (TaskRef { ptr: cell.cast() }, join)
+        TaskRef {
+            ptr: NonNull::from(Box::leak(cell)).cast(),
+        }
+    }
+
+    /// The join state in this task's cell.
+    ///
+    /// # Safety
+    /// The cell was made by `TaskRef::new::<_, T>`.
+    pub(crate) unsafe fn join_state<T>(&self) -> &JoinState<T> {
+        // SAFETY: `repr(C)` puts `join` right after the header at an offset
+        // that depends on `T` only (the closure comes after it), so a
+        // `Cell<(), T>` view finds it; our reference keeps the cell alive.
+        unsafe { &*std::ptr::addr_of!((*self.ptr.cast::<Cell<(), T>>().as_ptr()).join) }
     }
 
     /// The header's address, for identity and the watchdog.
@@ -541,18 +551,18 @@ impl std::error::Error for Cancelled {}
 /// It is also a [`Future`] of the same result, so async code can await a
 /// coroutine.
 pub struct JoinHandle<T> {
-    /// The join state; `None` once the outcome is taken.
-    state: Option<NonNull<JoinState<T>>>,
-    /// What keeps `state` alive.
+    /// What holds the join state (16 bytes: one per spawned coroutine
+    /// that someone keeps a handle to).
     owner: Owner<T>,
 }
 
 enum Owner<T> {
-    /// A coroutine: the state lives in its task cell.
+    /// A coroutine: the state lives in its task cell, made for `T`.
     Task(Coroutine),
-    /// A `spawn_blocking` job: the state is allocated on its own (held
-    /// here only to keep it alive).
-    Blocking(#[allow(dead_code)] crate::loom::sync::Arc<JoinState<T>>),
+    /// A `spawn_blocking` job: the state is allocated on its own.
+    Blocking(crate::loom::sync::Arc<JoinState<T>>),
+    /// The outcome has been taken.
+    Taken,
 }
 
 // SAFETY: the handle owns a reference to the join state and moves only the
@@ -566,32 +576,35 @@ impl<T> JoinHandle<T> {
     /// A handle to a `spawn_blocking` job's state.
     pub(crate) fn blocking(state: crate::loom::sync::Arc<JoinState<T>>) -> Self {
         JoinHandle {
-            state: Some(NonNull::from(&*state)),
             owner: Owner::Blocking(state),
         }
     }
 
-    /// A handle to a coroutine whose cell holds `state`.
+    /// A handle to a coroutine.
     ///
     /// # Safety
-    /// `state` is the join state in `coroutine`'s cell, made for this `T`,
+    /// `coroutine`'s cell was made for this `T` (`TaskRef::new::<_, T>`),
     /// and no other handle to it exists.
-    pub(crate) unsafe fn task(coroutine: Coroutine, state: NonNull<JoinState<T>>) -> Self {
+    pub(crate) unsafe fn task(coroutine: Coroutine) -> Self {
         JoinHandle {
-            state: Some(state),
             owner: Owner::Task(coroutine),
         }
     }
 
     fn state(&self) -> Option<&JoinState<T>> {
-        // SAFETY: `owner` keeps the state alive as long as `self`.
-        self.state.map(|p| unsafe { &*p.as_ptr() })
+        match &self.owner {
+            // SAFETY: the cell was made for `T` (see `task`), and the
+            // coroutine handle keeps it alive as long as `self`.
+            Owner::Task(c) => Some(unsafe { c.header.join_state::<T>() }),
+            Owner::Blocking(s) => Some(s),
+            Owner::Taken => None,
+        }
     }
 
     /// Takes the outcome (once, after completion was seen).
     fn take_outcome(&mut self) -> Outcome<T> {
         let s = self.state().expect("join handle already used").take();
-        self.state = None;
+        self.owner = Owner::Taken;
         s
     }
 
@@ -626,7 +639,7 @@ impl<T> JoinHandle<T> {
     pub fn coroutine(&self) -> Option<&Coroutine> {
         match &self.owner {
             Owner::Task(c) => Some(c),
-            Owner::Blocking(_) => None,
+            Owner::Blocking(_) | Owner::Taken => None,
         }
     }
 }
@@ -645,7 +658,7 @@ impl<T> Drop for JoinHandle<T> {
             let unread = s.detach();
             match &self.owner {
                 Owner::Task(c) => unread.report(c.header.id.get(), c.header.name.as_deref()),
-                Owner::Blocking(_) => unread.report(0, Some("<blocking job>")),
+                Owner::Blocking(_) | Owner::Taken => unread.report(0, Some("<blocking job>")),
             }
         }
     }
