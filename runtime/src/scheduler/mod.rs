@@ -55,7 +55,8 @@ use crossbeam_deque::{Injector, Stealer};
 
 use crate::counter::Sharded;
 
-use self::task::{Header, HeaderInit, NewTask, Stack, TaskRef};
+pub(crate) use self::task::Header;
+use self::task::{HeaderInit, NewTask, Stack, TaskRef};
 use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
 
 pub use self::local::{AccessError, LocalKey};
@@ -744,6 +745,12 @@ pub fn block_on_future<F: std::future::Future>(fut: F) -> F::Output {
         }
         park_current();
     }
+}
+
+/// The calling coroutine's header, uncounted: valid while the coroutine
+/// lives (see `sync::wait`'s node protocol for how that is kept).
+pub(crate) fn current_header_ptr() -> Option<std::ptr::NonNull<Header>> {
+    worker::current_running().map(|r| std::ptr::NonNull::from(&*r.header))
 }
 
 /// A waker for the caller: its coroutine's, or its thread's.

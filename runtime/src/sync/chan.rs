@@ -152,9 +152,9 @@ impl<T> Chan<T> {
                     st.taken += 1;
                     // SAFETY: `w` was just popped from its queue under the
                     // lock, and receivers follow the node protocol (`recv`).
-                    let waker = unsafe { w.notify(value.take()) };
+                    let woken = unsafe { w.notify(value.take()) };
                     drop(st);
-                    waker.wake();
+                    woken.wake();
                     return Ok(());
                 } else if st.cap == Some(0) && !block {
                     // std: a rendezvous try_send succeeds only if a receiver
@@ -191,7 +191,10 @@ impl<T> Chan<T> {
             }
             // Leaves the queue on a timeout or an unwind (node protocol,
             // steps 3 and 4); the loop reports a timeout.
-            let leave = Defer::new(|| self.state.lock().send_waiters.retain(|w| !w.is(&node)));
+            let leave = Defer::new(|| {
+                self.state.lock().send_waiters.retain(|w| !w.is(&node));
+                node.settle();
+            });
             if node.wait(deadline) {
                 leave.disarm();
             }
@@ -227,7 +230,10 @@ impl<T> Chan<T> {
             }
             // Leaves the queue on a timeout or an unwind (node protocol,
             // steps 3 and 4). A value handed over meanwhile is still ours.
-            let leave = Defer::new(|| self.state.lock().recv_waiters.retain(|w| !w.is(&node)));
+            let leave = Defer::new(|| {
+                self.state.lock().recv_waiters.retain(|w| !w.is(&node));
+                node.settle();
+            });
             if node.wait(deadline) {
                 leave.disarm();
             } else {
@@ -254,7 +260,7 @@ fn withdraw<T>(st: &mut SpinGuard<'_, State<T>>) -> T {
 
 /// Notifies every node of `q` (emptying it); wake the result after
 /// unlocking.
-fn notify_all<V>(q: &mut VecDeque<NodePtr<V>>) -> Wakers {
+fn notify_all<V>(q: &mut VecDeque<NodePtr<V>>) -> Wakers<V> {
     let mut woken = Wakers::default();
     for w in q.drain(..) {
         // SAFETY: `w` is removed from its queue under the lock, which the

@@ -21,26 +21,37 @@
 //! 1. The waiter builds the node (its waker inside), pushes a pointer to it
 //!    under the primitive's lock, unlocks and parks until `notified`.
 //! 2. A notifier pops the pointer under the same lock and, still under the
-//!    lock, writes the handed-over value (if any), *moves the waker out*,
-//!    and stores `notified = true` (Release) as its very last access. It
-//!    wakes the moved-out waker after unlocking, without the node.
-//! 3. The waiter leaves only (a) after loading `notified == true` (Acquire:
-//!    the notifier is done with the node), or (b) after its deadline passes
+//!    lock, writes the handed-over value (if any), *moves the wake target
+//!    out*, and stores `state = NOTIFIED` (Release). After unlocking it
+//!    wakes the target, then stores `state = DONE` (Release) as its very
+//!    last access to the node.
+//! 3. The waiter leaves only (a) after loading `state == DONE` (Acquire: the
+//!    notifier is done with the node *and* with the wake target), spinning
+//!    briefly if it sees `NOTIFIED` first, or (b) after its deadline passes
 //!    and it has taken the lock again: if its pointer is still queued it
 //!    removes it (no notifier can reach the node any more); if not, a
-//!    notifier popped it under the lock, and so finished step 2 before our
-//!    lock succeeded. Either way the node is the waiter's alone again.
+//!    notifier popped it, and the waiter waits for `DONE` as in (a)
+//!    ([`Node::settle`]). Either way the node is the waiter's alone again.
 //! 4. (b) also runs when the wait is cut short by an unwind: the runtime
 //!    force-unwinds parked coroutines at shutdown, from inside their park,
 //!    and their channels may outlive them. A [`Defer`] guard, armed around
 //!    every wait and disarmed only on (a), does it.
 //!
+//! Why two steps: a coroutine's wake target is a plain pointer to its
+//! header, not a counted `Waker` (a count bumped and dropped on every wait
+//! is two locked instructions, on a line both workers write). The header
+//! lives while its coroutine does, and the coroutine cannot finish before
+//! its wait returns, which step 3 holds back until the wake is done. The
+//! spin in (a) is at most the notifier's few instructions between its
+//! unlock and `DONE` (the notifier never suspends there).
+//!
 //! crossbeam-channel's `zero.rs` hands a stack `Packet` over the same way
 //! (a final `ready` store, after which the other side may free it).
 
 use std::cell::UnsafeCell;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -98,25 +109,32 @@ impl Waiter {
     }
 }
 
+/// `Node::state`: queued, or not yet notified.
+const WAITING: u8 = 0;
+/// Popped and handed over; the notifier may still be waking the target.
+const NOTIFIED: u8 = 1;
+/// The notifier is done with the node and the target.
+const DONE: u8 = 2;
+
 /// A waiter's node on its own stack (see the module docs). `V` is what a
 /// notifier may hand over with the wake-up (a channel value, or `()`).
 pub(crate) struct Node<V> {
-    /// The waker; moved out by the notifier under the lock (step 2).
-    waker: UnsafeCell<Option<Waker>>,
+    /// Whom to wake; moved out by the notifier under the lock (step 2).
+    target: UnsafeCell<Option<WakeTarget>>,
     /// A value handed over by the notifier, under the lock, before
-    /// `notified` is set.
+    /// `state` leaves `WAITING`.
     value: UnsafeCell<Option<V>>,
-    /// Set (Release) by the notifier as its last access to the node.
-    notified: AtomicBool,
+    /// `WAITING`, `NOTIFIED` or `DONE` (module docs).
+    state: AtomicU8,
 }
 
 impl<V> Node<V> {
-    /// A node for the caller (its coroutine's waker, or its thread's).
+    /// A node for the caller (its coroutine, or its thread's waker).
     pub(crate) fn new() -> Node<V> {
         Node {
-            waker: UnsafeCell::new(Some(crate::scheduler::current_waker())),
+            target: UnsafeCell::new(Some(WakeTarget::current())),
             value: UnsafeCell::new(None),
-            notified: AtomicBool::new(false),
+            state: AtomicU8::new(WAITING),
         }
     }
 
@@ -125,20 +143,37 @@ impl<V> Node<V> {
         NodePtr(NonNull::from(self))
     }
 
-    /// Parks until notified or `deadline` (step 3). True if notified; if
-    /// false, the caller must take the lock and unqueue the node before it
-    /// may drop it.
+    /// Parks until notified or `deadline` (step 3). True if notified (and
+    /// the notifier done); if false, the caller must take the lock and
+    /// unqueue the node, then [`settle`](Self::settle), before it may drop
+    /// it.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         loop {
-            // Acquire: pairs with the Release in `NodePtr::notify`, so the
-            // handed-over value is visible and the notifier is done.
-            if self.notified.load(Ordering::Acquire) {
+            // Acquire: pairs with the Release stores in `NodePtr::notify`
+            // and `Notified::wake`, so the handed-over value is visible.
+            if self.state.load(Ordering::Acquire) != WAITING {
+                self.settle();
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             crate::time::park_until(deadline);
+        }
+    }
+
+    /// Waits out a notifier that popped the node but may still be waking
+    /// its target (step 3). Returns at once for a node never notified.
+    pub(crate) fn settle(&self) {
+        let mut spins = 0u32;
+        while self.state.load(Ordering::Acquire) == NOTIFIED {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                // The notifier is a thread the OS preempted mid-wake.
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -149,49 +184,104 @@ impl<V> Node<V> {
     }
 }
 
+/// Whom a node's notifier wakes.
+pub(crate) enum WakeTarget {
+    /// A coroutine, by its header, uncounted: alive while its wait lasts
+    /// (module docs).
+    Coroutine(NonNull<crate::scheduler::Header>),
+    /// A plain thread (or anything else with a waker).
+    Other(Waker),
+}
+
+impl WakeTarget {
+    /// The caller's.
+    fn current() -> WakeTarget {
+        match crate::scheduler::current_header_ptr() {
+            Some(h) => WakeTarget::Coroutine(h),
+            None => WakeTarget::Other(crate::scheduler::current_waker()),
+        }
+    }
+}
+
 /// A queued pointer to a [`Node`] on some waiter's stack.
 pub(crate) struct NodePtr<V>(NonNull<Node<V>>);
 
 // SAFETY: a `NodePtr` is only dereferenced by a notifier holding the lock of
-// the queue it was popped from, and the node it points to stays alive until
-// then (module docs, step 3). Through it the notifier moves the waker
-// (`Send`) out and a `V` in, which the waiter then takes on its own thread:
-// hence `V: Send`.
+// the queue it was popped from (and, for the final `DONE` store, by the
+// `Notified` it became), and the node it points to stays alive until then
+// (module docs, step 3). Through it the notifier moves the wake target
+// (a header, `Sync`, or a `Waker`, `Send`) out and a `V` in, which the waiter
+// then takes on its own thread: hence `V: Send`.
 unsafe impl<V: Send> Send for NodePtr<V> {}
 
 impl<V> NodePtr<V> {
-    /// Step 2: hands over `value`, marks the node notified and returns its
-    /// waker, to wake after unlocking.
+    /// Step 2, under the lock: hands over `value` and marks the node
+    /// notified. Wake the result after unlocking.
     ///
     /// # Safety
     ///
     /// - The caller holds the lock of the queue this pointer was in, and has
     ///   just removed it from that queue under the same lock.
-    /// - The node's owner follows step 3 (it waits on this lock before
-    ///   dropping a node it did not see notified).
-    pub(crate) unsafe fn notify(self, value: Option<V>) -> Waker {
+    /// - The node's owner follows step 3.
+    pub(crate) unsafe fn notify(self, value: Option<V>) -> Notified<V> {
         let node = self.0.as_ptr();
-        // SAFETY: by the contract the node is alive and, until `notified` is
-        // set, nobody else reads or writes its cells: its owner only loads
-        // `notified` until then, and other notifiers need the queue's lock
-        // and can no longer find the pointer.
-        unsafe {
+        // SAFETY: by the contract the node is alive and, until `state`
+        // leaves WAITING, nobody else reads or writes its cells: its owner
+        // only loads `state` until then, and other notifiers need the
+        // queue's lock and can no longer find the pointer.
+        let target = unsafe {
             if value.is_some() {
                 *(*node).value.get() = value;
             }
-            let waker = (*(*node).waker.get())
+            let target = (*(*node).target.get())
                 .take()
-                .expect("a queued node has its waker");
-            // Release: pairs with the Acquire in `Node::wait`. The last
-            // access to the node: its owner may free it from here on.
-            (*node).notified.store(true, Ordering::Release);
-            waker
+                .expect("a queued node has its wake target");
+            // Release: pairs with the Acquire in `Node::wait`.
+            (*node).state.store(NOTIFIED, Ordering::Release);
+            target
+        };
+        Notified {
+            node: ManuallyDrop::new(self),
+            target: ManuallyDrop::new(target),
         }
     }
 
     /// Whether this points to `node`.
     pub(crate) fn is(&self, node: &Node<V>) -> bool {
         std::ptr::eq(self.0.as_ptr(), node)
+    }
+}
+
+/// A notified node still to wake (step 2, after the unlock). Waking, or
+/// dropping, finishes the step: the node is released with `DONE`.
+pub(crate) struct Notified<V> {
+    node: ManuallyDrop<NodePtr<V>>,
+    target: ManuallyDrop<WakeTarget>,
+}
+
+impl<V> Notified<V> {
+    /// Wakes the target, then releases the node.
+    pub(crate) fn wake(self) {
+        drop(self);
+    }
+}
+
+impl<V> Drop for Notified<V> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here.
+        let target = unsafe { ManuallyDrop::take(&mut self.target) };
+        match target {
+            // SAFETY: the node's owner is held in its wait until `DONE`
+            // below, so its coroutine and header are alive.
+            WakeTarget::Coroutine(h) => unsafe { h.as_ref() }.unpark(),
+            WakeTarget::Other(w) => w.wake(),
+        }
+        // SAFETY: the owner waits for this store before dropping the node.
+        // Release: our wake happens before the owner returns. The last
+        // access to the node.
+        unsafe { self.node.0.as_ref() }
+            .state
+            .store(DONE, Ordering::Release);
     }
 }
 
@@ -220,17 +310,25 @@ impl<F: FnOnce()> Drop for Defer<F> {
     }
 }
 
-/// Wakers taken out under a lock, to wake after it is released. The first
+/// Nodes notified under a lock, to wake after it is released. The first
 /// one is kept inline, so waking one waiter allocates nothing.
-#[derive(Default)]
-pub(crate) struct Wakers {
-    first: Option<Waker>,
-    rest: Vec<Waker>,
+pub(crate) struct Wakers<V> {
+    first: Option<Notified<V>>,
+    rest: Vec<Notified<V>>,
 }
 
-impl Wakers {
+impl<V> Default for Wakers<V> {
+    fn default() -> Self {
+        Wakers {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<V> Wakers<V> {
     /// Adds one.
-    pub(crate) fn push(&mut self, w: Waker) {
+    pub(crate) fn push(&mut self, w: Notified<V>) {
         if self.first.is_none() {
             self.first = Some(w);
         } else {
