@@ -359,8 +359,12 @@ pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
 /// Makes a coroutine that an unpark took out of `PARKED` runnable: straight
 /// onto the ready queue if the caller is its worker, else through its home
 /// worker's inbox (or, for a `block_on` root, by unparking its thread).
+///
+/// On the home worker itself this is a push onto a `RefCell`'d queue of its
+/// own, which holds no lock: no no-fault section (it would cost a prefault
+/// on every local wake-up). The remote path edits the home worker's inbox
+/// and the sleepers' list under their lock, inside one.
 pub(crate) fn schedule(header: &Header) {
-    let _section = NoFaultSection::enter();
     let home = header.home.load(Ordering::Acquire);
     let key = header.key.load(Ordering::Acquire) as usize;
     let shared: &Arc<Shared> = &header.shared;
@@ -377,6 +381,7 @@ pub(crate) fn schedule(header: &Header) {
             return;
         }
     }
+    let _section = NoFaultSection::enter();
     shared.workers[home as usize].inbox.push(key);
     fence(Ordering::SeqCst);
     shared.notify_worker(home as usize);
