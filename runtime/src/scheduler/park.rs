@@ -48,6 +48,12 @@ impl ParkState {
 
     /// Step 1: consumes a pending token. True if there was one.
     pub(crate) fn take_token(&self) -> bool {
+        // A plain load first: most parks find no token, and a failing CAS
+        // is still a locked instruction. A token arriving just after the
+        // load is found by `commit_park` (step 4).
+        if self.0.load(Ordering::Relaxed) != NOTIFIED {
+            return false;
+        }
         // Acquire: pairs with the Release in `unpark`, so what the unparker
         // wrote before unparking is visible once park returns.
         self.0

@@ -459,19 +459,29 @@ impl Local {
             self.drain_inbox();
         }
         if tick % 2 == 1 {
-            if let Some(t) = self.deque.pop() {
+            if let Some(t) = self.pop_deque() {
                 return Some(Work::Start(t));
             }
         }
         if let Some(k) = self.ready.borrow_mut().pop_front() {
             return Some(Work::Resume(k));
         }
-        if let Some(t) = self.deque.pop() {
+        if let Some(t) = self.pop_deque() {
             return Some(Work::Start(t));
         }
         self.steal_injector()
             .or_else(|| self.steal_others())
             .map(Work::Start)
+    }
+
+    /// Pops the local deque. Checks for emptiness first with loads only:
+    /// crossbeam's LIFO `pop` issues a SeqCst fence even on an empty deque,
+    /// which cost every other pick of a coroutine ping-pong.
+    fn pop_deque(&self) -> Option<NewTask> {
+        if self.deque.is_empty() {
+            return None;
+        }
+        self.deque.pop()
     }
 
     fn drain_inbox(&self) {
