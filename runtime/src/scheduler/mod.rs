@@ -358,7 +358,7 @@ impl Runtime {
             unreachable!("block_on's stack is taken at once")
         };
         // The root's body runs in `run_root`; its cell holds no closure.
-        let header = TaskRef::new::<fn(), ()>(init, None);
+        let header = TaskRef::new_root(init);
         if let Err(e) = crate::stack::prepare_thread() {
             panic!("greenstack: cannot prepare this thread to run a coroutine: {e}");
         }
@@ -493,7 +493,7 @@ where
     let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
-    let task = TaskRef::new(init, Some(f));
+    let task = TaskRef::new(init, f);
     let coroutine = Coroutine {
         header: task.clone(),
     };

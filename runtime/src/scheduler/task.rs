@@ -12,7 +12,7 @@ use std::num::NonZeroU64;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
@@ -51,10 +51,9 @@ pub(crate) struct Header {
     /// `Arc` would make its count a cache line all workers write on every
     /// spawn and exit (measured: ~6% of `fanout_fib` on 2 workers).
     pub(crate) shared: SharedHandle,
-    /// For a `block_on` root: the thread it runs on.
-    pub(crate) root_thread: Option<std::thread::Thread>,
-    /// `TaskRef`s alive.
-    refs: AtomicUsize,
+    /// `TaskRef`s alive (`u32`, as `home` and `key`: a smaller header is a
+    /// smaller allocation class for every spawn).
+    refs: AtomicU32,
     /// The operations that know the cell's concrete type.
     vtable: &'static Vtable,
 }
@@ -81,6 +80,42 @@ impl Header {
             super::worker::schedule(self);
         }
     }
+}
+
+impl Header {
+    /// For a `block_on` root: the thread it runs on.
+    pub(crate) fn root_thread(&self) -> Option<&std::thread::Thread> {
+        if !std::ptr::eq(self.vtable, &ROOT_VTABLE) {
+            return None;
+        }
+        // SAFETY: only `TaskRef::new_root` gives a header this vtable, and
+        // that header is the first field of a `RootCell`.
+        Some(unsafe { &(*(self as *const Header).cast::<RootCell>()).thread })
+    }
+}
+
+/// A `block_on` root's allocation: its header and its thread.
+#[repr(C)]
+struct RootCell {
+    header: Header,
+    thread: std::thread::Thread,
+}
+
+/// A root has no closure to run or cancel and no join state: its body and
+/// result live in `run_root`.
+static ROOT_VTABLE: Vtable = Vtable {
+    run: |_| false,
+    cancel: |_| {},
+    fail: |_, _| {},
+    publish: |_| {},
+    dealloc: root_dealloc,
+};
+
+/// # Safety
+/// `h` heads a `RootCell` whose last reference is gone.
+unsafe fn root_dealloc(h: NonNull<Header>) {
+    // SAFETY: made by `Box::leak` in `TaskRef::new_root`; no reference left.
+    drop(unsafe { Box::from_raw(h.cast::<RootCell>().as_ptr()) });
 }
 
 /// The type-erased operations of a task cell.
@@ -230,13 +265,14 @@ unsafe impl Send for TaskRef {}
 unsafe impl Sync for TaskRef {}
 
 impl TaskRef {
-    /// Allocates a task cell for `f` (`None` for a `block_on` root, whose
-    /// body the caller runs itself), with one reference.
-    pub(crate) fn new<F, T>(init: HeaderInit, f: Option<F>) -> TaskRef
+    /// Allocates a task cell for `f`, with one reference.
+    pub(crate) fn new<F, T>(init: HeaderInit, f: F) -> TaskRef
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        debug_assert!(init.root_thread.is_none(), "a root takes `new_root`");
+        let f = Some(f);
         let cell = Box::new(Cell::<F, T> {
             header: Header {
                 id: init.id,
@@ -246,12 +282,35 @@ impl TaskRef {
                 key: AtomicU32::new(u32::MAX),
                 cancelling: AtomicBool::new(false),
                 shared: init.shared,
-                root_thread: init.root_thread,
-                refs: AtomicUsize::new(1),
+                refs: AtomicU32::new(1),
                 vtable: &Cell::<F, T>::VTABLE,
             },
             join: JoinState::new(),
             func: UnsafeCell::new(f),
+        });
+        TaskRef {
+            ptr: NonNull::from(Box::leak(cell)).cast(),
+        }
+    }
+
+    /// Allocates the header of a `block_on` root, which runs on the thread
+    /// in `init` (its body runs in `run_root`; it has no closure or join
+    /// state here).
+    pub(crate) fn new_root(init: HeaderInit) -> TaskRef {
+        let thread = init.root_thread.expect("a root has its thread");
+        let cell = Box::new(RootCell {
+            header: Header {
+                id: init.id,
+                name: init.name,
+                park: ParkState::new(),
+                home: AtomicU32::new(init.home),
+                key: AtomicU32::new(u32::MAX),
+                cancelling: AtomicBool::new(false),
+                shared: init.shared,
+                refs: AtomicU32::new(1),
+                vtable: &ROOT_VTABLE,
+            },
+            thread,
         });
         TaskRef {
             ptr: NonNull::from(Box::leak(cell)).cast(),
@@ -346,7 +405,8 @@ impl Clone for TaskRef {
         // Relaxed, as `Arc::clone`: a new reference is made from an existing
         // one, which already orders everything before it.
         let old = self.refs.fetch_add(1, Ordering::Relaxed);
-        if old > isize::MAX as usize {
+        if old > i32::MAX as u32 {
+            // Two billion handles to one coroutine: leaked in a loop.
             std::process::abort();
         }
         TaskRef { ptr: self.ptr }

@@ -369,7 +369,7 @@ pub(crate) fn schedule(header: &Header) {
     let key = header.key.load(Ordering::Acquire) as usize;
     let shared: &Arc<Shared> = &header.shared;
     if home == ROOT_HOME {
-        if let Some(t) = &header.root_thread {
+        if let Some(t) = header.root_thread() {
             t.unpark();
         }
         return;
