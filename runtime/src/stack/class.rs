@@ -471,8 +471,9 @@ impl Class {
         let zb = self.zone_bottom(index);
         let floor = meta.floor.load(Ordering::Acquire);
         let committed = top - floor;
-        // Geometric: grow by about what is committed, capped.
-        let step = committed.clamp(page, g.max_step.max(page)) & !(page - 1);
+        // Geometric: grow by three times what is committed (so the commit
+        // about quadruples), capped; see the module docs of `stack`.
+        let step = (3 * committed).clamp(page, g.max_step.max(page)) & !(page - 1);
         let want = (addr & !(page - 1)).min(floor.saturating_sub(step));
         let new_floor = want.max(zb);
         let len = floor - new_floor;
