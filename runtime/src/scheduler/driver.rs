@@ -78,6 +78,9 @@ pub(crate) struct DriverHandle {
     registry: mio::Registry,
     /// Registered sockets by token.
     io: Mutex<IoSlab>,
+    /// How many sockets are registered (the slab's live entries), readable
+    /// without the lock: a worker with none has no I/O to collect.
+    registered: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -255,6 +258,7 @@ impl DriverHandle {
                 io.entries.len() - 1
             });
             io.entries[t] = Some(Arc::clone(state));
+            self.registered.fetch_add(1, Ordering::Relaxed);
             t
         };
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
@@ -269,6 +273,7 @@ impl DriverHandle {
         let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = io.entries.get_mut(token) {
             if e.take().is_some() {
+                self.registered.fetch_sub(1, Ordering::Relaxed);
                 io.free.push(token);
             }
         }
@@ -339,6 +344,7 @@ impl Driver {
                 waker,
                 registry,
                 io: Mutex::new(IoSlab::default()),
+                registered: AtomicUsize::new(0),
             },
         ))
     }
@@ -376,7 +382,15 @@ impl Driver {
     /// `next_work` in `worker.rs` calls this on every tick while its ready
     /// queue is empty and on every 8th tick otherwise (this rule must match
     /// it): so at most one run since the previous call means the ready
-    /// queue was empty. Without this, a worker that runs dry spins for up
+    /// queue was empty. The worker has run dry when, besides, its deque,
+    /// its inbox and the injector are empty too: a worker starting new
+    /// coroutines from its deque also has an empty ready queue, and an
+    /// `epoll_wait` per start cost `spawn_join` (1M tasks, 2 workers) about
+    /// 20% (`compare-greenstack spawn_join workers=2 n=1000000`: ~200 to
+    /// ~240 ns/task, 3 runs each). And it has sockets registered: a
+    /// worker without I/O gains nothing from the call, and a cross-worker
+    /// ping-pong (`channel_pingpong workers=2`) waits out its latency.
+    /// Without this, a worker that runs dry spins for up
     /// to `SPIN_ROUNDS` (10–20 µs) looking at its queues while readiness
     /// for its sockets waits in epoll, and only then polls (measured with
     /// `perf record` on `compare-greenstack tcp_echo n=100`: 29% of all
@@ -387,7 +401,12 @@ impl Driver {
         if let Some((shared, index)) = self.home.get_or_init(super::worker::current_worker) {
             let ws = &shared.workers[*index];
             let runs = ws.runs.load(Ordering::Relaxed);
-            if runs.wrapping_sub(self.runs_seen.replace(runs)) <= 1 {
+            let dry = runs.wrapping_sub(self.runs_seen.replace(runs)) <= 1
+                && ws.driver.registered.load(Ordering::Relaxed) > 0
+                && ws.stealer.is_empty()
+                && ws.inbox.is_empty()
+                && shared.injector.is_empty();
+            if dry {
                 // Fires the timers too.
                 return self.poll(&ws.driver, false);
             }
