@@ -124,21 +124,16 @@ impl IoState {
         w.iter().any(|l| !l.is_empty())
     }
 
-    fn fire(&self, bits: u8) {
+    /// Sets `bits` and moves their waiters' wakers to `woken`, for the
+    /// caller to wake once it holds no lock.
+    fn fire(&self, bits: u8, woken: &mut Vec<Waker>) {
         self.readiness.fetch_or(bits, Ordering::AcqRel);
-        let woken: Vec<Waker> = {
-            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            let mut out = Vec::new();
-            if bits & READABLE != 0 {
-                out.append(&mut w[0]);
-            }
-            if bits & WRITABLE != 0 {
-                out.append(&mut w[1]);
-            }
-            out
-        };
-        for waker in woken {
-            waker.wake();
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if bits & READABLE != 0 {
+            woken.append(&mut w[0]);
+        }
+        if bits & WRITABLE != 0 {
+            woken.append(&mut w[1]);
         }
     }
 }
@@ -327,8 +322,9 @@ pub(crate) struct Driver {
     /// The worker's `runs` count at the previous upkeep (see
     /// [`fire_timers`](Self::fire_timers)).
     runs_seen: Cell<u64>,
-    /// Sockets an I/O poll found ready, reused from poll to poll.
-    ready: RefCell<Vec<(Arc<IoState>, u8)>>,
+    /// Wakers an I/O poll collected, reused from poll to poll (so a poll
+    /// allocates nothing).
+    woken: RefCell<Vec<Waker>>,
 }
 
 impl Driver {
@@ -358,7 +354,7 @@ impl Driver {
             seq: Cell::new(0),
             home: once_cell::unsync::OnceCell::new(),
             runs_seen: Cell::new(0),
-            ready: RefCell::new(Vec::new()),
+            woken: RefCell::new(Vec::new()),
         }
     }
 
@@ -459,8 +455,10 @@ impl Driver {
                 tracing::error!(error = %e, "epoll_wait failed");
             }
         }
-        let mut ready = self.ready.borrow_mut();
+        let mut woken = self.woken.borrow_mut();
         {
+            // Lock order: a slab, then an `IoState`'s waiters (as in
+            // `Registration::move_to`: its place, then either).
             let io = handle.io.lock().unwrap_or_else(|p| p.into_inner());
             for ev in events.iter() {
                 if ev.token() == WAKE_TOKEN {
@@ -474,15 +472,15 @@ impl Driver {
                     bits |= WRITABLE;
                 }
                 if let Some(Some(state)) = io.entries.get(ev.token().0) {
-                    ready.push((Arc::clone(state), bits));
+                    state.fire(bits, &mut woken);
                 }
             }
         }
         drop(events);
-        for (state, bits) in ready.drain(..) {
-            state.fire(bits);
+        for waker in woken.drain(..) {
+            waker.wake();
         }
-        drop(ready);
+        drop(woken);
         self.fire_due_timers();
     }
 }
