@@ -379,20 +379,24 @@ impl Driver {
     /// queue is empty and on every 8th tick otherwise (this rule must match
     /// it): so at most one run since the previous call means the ready
     /// queue was empty. The worker has run dry when, besides, its deque,
-    /// its inbox and the injector are empty too: a worker starting new
-    /// coroutines from its deque also has an empty ready queue, and an
-    /// `epoll_wait` per start cost `spawn_join` (1M tasks, 2 workers) about
-    /// 20% (`compare-greenstack spawn_join workers=2 n=1000000`: ~200 to
-    /// ~240 ns/task, 3 runs each). And it has sockets registered: a
-    /// worker without I/O gains nothing from the call, and a cross-worker
-    /// ping-pong (`channel_pingpong workers=2`) waits out its latency.
-    /// Without this, a worker that runs dry spins for up
-    /// to `SPIN_ROUNDS` (10–20 µs) looking at its queues while readiness
-    /// for its sockets waits in epoll, and only then polls (measured with
-    /// `perf record` on `compare-greenstack tcp_echo n=100`: 29% of all
-    /// samples in that spin). Polling on every 8th tick as well cost more
-    /// `epoll_wait`s than it saved with 1,000 connections (186k vs 212k
-    /// req/s, medians of 5), so a busy worker keeps its every-64-ticks poll.
+    /// its inbox and the injector are empty, and it has sockets registered:
+    ///
+    /// - Without the poll, a worker that runs dry spins for up to
+    ///   `SPIN_ROUNDS` (10–20 µs) looking at its queues while readiness for
+    ///   its sockets waits in epoll (`perf record` of `compare-greenstack
+    ///   tcp_echo workers=2 n=100 trips=2000`: 29% of all samples in that
+    ///   spin). With it, that run went from 253k to 272k req/s (medians of
+    ///   7, alternated with tokio's 305k).
+    /// - A worker starting new coroutines from its deque also has an empty
+    ///   ready queue: an `epoll_wait` per start took `spawn_join workers=2
+    ///   n=1000000` from ~180 to ~235 ns/task (medians of 3).
+    /// - A worker without sockets gains nothing from the call, and a
+    ///   cross-worker ping-pong (`channel_pingpong workers=2`) would wait
+    ///   out its latency.
+    /// - Polling on every 8th tick too (a busy worker) cost more
+    ///   `epoll_wait`s than it saved: `tcp_echo n=1000 trips=200`, 186k
+    ///   req/s against 212k without (medians of 5). A busy worker keeps
+    ///   `next_work`'s poll every 64 ticks.
     pub(crate) fn fire_timers(&self) {
         if let Some((shared, index)) = self.home.get_or_init(super::worker::current_worker) {
             let ws = &shared.workers[*index];
