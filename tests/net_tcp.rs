@@ -431,6 +431,71 @@ fn full_duplex_on_cloned_and_shared_streams() {
     });
 }
 
+/// Streams connected by one coroutine, then used by coroutines spawned
+/// afresh each round (so a stream's user moves between the workers from
+/// round to round, and its registration with it), on the server's runtime
+/// as in the `tcp_echo` bench: every round trip gets its echo back, and a
+/// read timeout turns a lost wake-up into a failure instead of a hang. The
+/// server ends with every connection's bytes accounted for.
+#[test]
+fn streams_handed_between_coroutines_keep_echoing() {
+    raise_fd_limit();
+    bounded("handed-over streams", || {
+        const CONNS: usize = 64;
+        const ROUNDS: usize = 6;
+        const TRIPS: usize = 50;
+        let rt = runtime(2);
+        let (addr, server) = echo_server(&rt, CONNS);
+        let mut streams: Vec<TcpStream> = rt
+            .spawn(move || {
+                (0..CONNS)
+                    .map(|_| {
+                        let s = TcpStream::connect(addr).unwrap();
+                        s.set_nodelay(true).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        s
+                    })
+                    .collect()
+            })
+            .join()
+            .unwrap();
+        for round in 0..ROUNDS {
+            let all = std::mem::take(&mut streams);
+            streams = rt
+                .spawn(move || {
+                    let users: Vec<JoinHandle<TcpStream>> = all
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, mut s)| {
+                            greenstack::spawn(move || {
+                                let mut out = [0u8; 64];
+                                let mut back = [0u8; 64];
+                                for trip in 0..TRIPS {
+                                    fill(i as u64, (round * TRIPS + trip) * 64, &mut out);
+                                    s.write_all(&out).unwrap();
+                                    s.read_exact(&mut back).unwrap_or_else(|e| {
+                                        panic!("conn {i}, round {round}, trip {trip}: {e}")
+                                    });
+                                    assert_eq!(out, back, "conn {i}, round {round}, trip {trip}");
+                                }
+                                s
+                            })
+                        })
+                        .collect();
+                    users.into_iter().map(|u| u.join().unwrap()).collect()
+                })
+                .join()
+                .unwrap();
+        }
+        drop(streams);
+        let (reports, _) = server.join().unwrap();
+        for (_, r) in reports {
+            assert_eq!(r.unwrap(), (ROUNDS * TRIPS * 64) as u64);
+        }
+        assert_no_nofault_violations(&rt);
+    });
+}
+
 /// `set_read_timeout(50 ms)` on a stream nobody writes to: `read` fails
 /// with `WouldBlock` (std's kind on Unix; `TimedOut` also accepted) after
 /// at least 50 ms, in a coroutine and on a plain thread; the stream still

@@ -179,7 +179,8 @@ impl<S: AsRawFd> Io<S> {
             }
             match reg {
                 Some(r) => {
-                    if r.state.wait(dir.bit(), &crate::scheduler::current_waker()) {
+                    let fd = self.sock.as_raw_fd();
+                    if r.wait(dir.bit(), &mut mio::unix::SourceFd(&fd)) {
                         crate::time::park_until(deadline);
                     }
                 }
