@@ -83,6 +83,21 @@ impl Header {
 }
 
 impl Header {
+    /// A fresh header with one reference, for a cell with `vtable`.
+    fn new(init: HeaderInit, vtable: &'static Vtable) -> Header {
+        Header {
+            id: init.id,
+            name: init.name,
+            park: ParkState::new(),
+            home: AtomicU32::new(init.home),
+            key: AtomicU32::new(u32::MAX),
+            cancelling: AtomicBool::new(false),
+            shared: init.shared,
+            refs: AtomicU32::new(1),
+            vtable,
+        }
+    }
+
     /// For a `block_on` root: the thread it runs on.
     pub(crate) fn root_thread(&self) -> Option<&std::thread::Thread> {
         if !std::ptr::eq(self.vtable, &ROOT_VTABLE) {
@@ -274,17 +289,7 @@ impl TaskRef {
         debug_assert!(init.root_thread.is_none(), "a root takes `new_root`");
         let f = Some(f);
         let cell = Box::new(Cell::<F, T> {
-            header: Header {
-                id: init.id,
-                name: init.name,
-                park: ParkState::new(),
-                home: AtomicU32::new(init.home),
-                key: AtomicU32::new(u32::MAX),
-                cancelling: AtomicBool::new(false),
-                shared: init.shared,
-                refs: AtomicU32::new(1),
-                vtable: &Cell::<F, T>::VTABLE,
-            },
+            header: Header::new(init, &Cell::<F, T>::VTABLE),
             join: JoinState::new(),
             func: UnsafeCell::new(f),
         });
@@ -296,20 +301,10 @@ impl TaskRef {
     /// Allocates the header of a `block_on` root, which runs on the thread
     /// in `init` (its body runs in `run_root`; it has no closure or join
     /// state here).
-    pub(crate) fn new_root(init: HeaderInit) -> TaskRef {
-        let thread = init.root_thread.expect("a root has its thread");
+    pub(crate) fn new_root(mut init: HeaderInit) -> TaskRef {
+        let thread = init.root_thread.take().expect("a root has its thread");
         let cell = Box::new(RootCell {
-            header: Header {
-                id: init.id,
-                name: init.name,
-                park: ParkState::new(),
-                home: AtomicU32::new(init.home),
-                key: AtomicU32::new(u32::MAX),
-                cancelling: AtomicBool::new(false),
-                shared: init.shared,
-                refs: AtomicU32::new(1),
-                vtable: &ROOT_VTABLE,
-            },
+            header: Header::new(init, &ROOT_VTABLE),
             thread,
         });
         TaskRef {

@@ -189,15 +189,8 @@ impl<T> Chan<T> {
                 node = Node::new();
                 st.send_waiters.push_back(node.ptr());
             }
-            // Leaves the queue on a timeout or an unwind (node protocol,
-            // steps 3 and 4); the loop reports a timeout.
-            let leave = Defer::new(|| {
-                self.state.lock().send_waiters.retain(|w| !w.is(&node));
-                node.settle();
-            });
-            if node.wait(deadline) {
-                leave.disarm();
-            }
+            // The loop reports a timeout.
+            self.wait_queued(&node, |st| &mut st.send_waiters, deadline);
         }
     }
 
@@ -228,22 +221,33 @@ impl<T> Chan<T> {
                 node = Node::new();
                 st.recv_waiters.push_back(node.ptr());
             }
-            // Leaves the queue on a timeout or an unwind (node protocol,
-            // steps 3 and 4). A value handed over meanwhile is still ours.
-            let leave = Defer::new(|| {
-                self.state.lock().recv_waiters.retain(|w| !w.is(&node));
-                node.settle();
-            });
-            if node.wait(deadline) {
-                leave.disarm();
-            } else {
-                drop(leave);
-            }
+            // A value handed over before a timeout is still ours.
+            self.wait_queued(&node, |st| &mut st.recv_waiters, deadline);
             if let Some(v) = node.take_value() {
                 return Ok(v);
             }
             // Woken without a value (the last sender left) or timed out:
             // the loop decides.
+        }
+    }
+}
+
+impl<T> Chan<T> {
+    /// Waits on `node`, queued in the queue `queue` picks, until it is
+    /// notified or `deadline`. On a timeout or an unwind the node first
+    /// leaves its queue (node protocol, steps 3 and 4).
+    fn wait_queued<V>(
+        &self,
+        node: &Node<V>,
+        queue: fn(&mut State<T>) -> &mut VecDeque<NodePtr<V>>,
+        deadline: Option<Instant>,
+    ) {
+        let leave = Defer::new(|| {
+            queue(&mut self.state.lock()).retain(|w| !w.is(node));
+            node.settle();
+        });
+        if node.wait(deadline) {
+            leave.disarm();
         }
     }
 }
