@@ -118,6 +118,9 @@ pub(crate) struct WorkerShared {
     pub(crate) watch_reading: AtomicBool,
     /// Bumped on every switch into a coroutine (for the watchdog).
     pub(crate) switches: AtomicU64,
+    /// Started coroutines living on this worker, for spawn placement (the
+    /// worker is its only writer).
+    pub(crate) started: std::sync::atomic::AtomicUsize,
 }
 
 /// State shared by the workers, the handles and the runtime.
@@ -253,6 +256,7 @@ impl RuntimeBuilder {
                     current: AtomicPtr::new(std::ptr::null_mut()),
                     watch_reading: AtomicBool::new(false),
                     switches: AtomicU64::new(0),
+                    started: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .collect();
