@@ -55,6 +55,10 @@ const OFFLOAD_MARGIN: usize = 8;
 /// Spawns of a busy spawner between two looks at the workers' loads.
 const OFFLOAD_CHECK: u32 = 8;
 
+/// Spin rounds (about 0.2 µs each) during which a searching worker leaves
+/// another worker's only queued task alone (see `steal_others`).
+const SINGLE_GRACE: u32 = 8;
+
 /// Rounds of 32 spin hints an idle worker checks its sources for before it
 /// sleeps: about 10–20 µs on the machine the benches run on.
 const SPIN_ROUNDS: u32 = 64;
@@ -153,6 +157,8 @@ struct Local {
     slab: RefCell<Vec<Option<Box<Running>>>>,
     free_keys: RefCell<Vec<usize>>,
     tick: Cell<u32>,
+    /// Whether `steal_others` may take another worker's only task.
+    steal_singles: Cell<bool>,
     /// Whether a busy spawner's children go to the injector for now.
     offload: Cell<bool>,
     /// Woken to look for work and not found any yet (see `idle.rs`).
@@ -447,6 +453,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         slab: RefCell::new(Vec::new()),
         free_keys: RefCell::new(Vec::new()),
         tick: Cell::new(0),
+        steal_singles: Cell::new(true),
         offload: Cell::new(false),
         searching: Cell::new(false),
         driver: Driver::new(poll),
@@ -590,10 +597,18 @@ impl Local {
         }
     }
 
+    /// Steals from another worker. A worker's only queued task is left to
+    /// it during a searcher's first [`SINGLE_GRACE`] spin rounds: it is
+    /// most often the child its running coroutine is about to wait for or
+    /// talk to, best run there (see `submit`).
     fn steal_others(&self) -> Option<NewTask> {
         let n = self.shared.workers.len();
+        let min_len = if self.steal_singles.get() { 1 } else { 2 };
         for off in 1..n {
             let victim = &self.shared.workers[(self.index + off) % n];
+            if victim.stealer.len() < min_len {
+                continue;
+            }
             loop {
                 match victim.stealer.steal_batch_and_pop(&self.deque) {
                     Steal::Success(t) => {
@@ -608,13 +623,24 @@ impl Local {
         None
     }
 
+    /// Whether other workers' deques hold tasks this worker may steal now
+    /// (see `steal_others`).
+    fn others_have_tasks(&self) -> bool {
+        let min_len = if self.steal_singles.get() { 1 } else { 2 };
+        self.shared
+            .workers
+            .iter()
+            .enumerate()
+            .any(|(i, w)| i != self.index && w.stealer.len() >= min_len)
+    }
+
     /// Whether any source of work is non-empty (step 3's re-check).
     fn has_work(&self) -> bool {
         !self.ready.borrow().is_empty()
             || !self.deque.is_empty()
             || !self.ws().inbox.is_empty()
             || !self.shared.injector.is_empty()
-            || self.shared.workers.iter().any(|w| !w.stealer.is_empty())
+            || self.others_have_tasks()
             || self.shared.shutdown.load(Ordering::Acquire)
     }
 
@@ -623,14 +649,16 @@ impl Local {
         // Spin a little first: work that arrives within microseconds (a
         // producer spawning in a loop) is then taken without the eventfd
         // write and context switch a sleep and wake-up cost (~5 µs).
-        for _ in 0..SPIN_ROUNDS {
+        for round in 0..SPIN_ROUNDS {
             for _ in 0..32 {
                 std::hint::spin_loop();
             }
+            self.steal_singles.set(round >= SINGLE_GRACE);
             if self.has_work() {
                 return;
             }
         }
+        self.steal_singles.set(true);
         self.shared.idle.announce(self.index);
         fence(Ordering::SeqCst);
         let block = !self.has_work();
