@@ -83,6 +83,13 @@ pub(crate) struct DriverHandle {
     registered: AtomicUsize,
 }
 
+impl DriverHandle {
+    /// Whether any socket is registered with this worker.
+    pub(crate) fn has_sockets(&self) -> bool {
+        self.registered.load(Ordering::Relaxed) > 0
+    }
+}
+
 #[derive(Default)]
 struct IoSlab {
     entries: Vec<Option<Arc<IoState>>>,
@@ -315,13 +322,6 @@ pub(crate) struct Driver {
     events: RefCell<mio::Events>,
     timers: RefCell<BinaryHeap<Reverse<Timer>>>,
     seq: Cell<u64>,
-    /// This worker's runtime and index, looked up by the first upkeep (the
-    /// driver is built before the worker's thread-locals are set); `None`
-    /// off a worker thread.
-    home: once_cell::unsync::OnceCell<Option<(Arc<super::Shared>, usize)>>,
-    /// The worker's `runs` count at the previous upkeep (see
-    /// [`fire_timers`](Self::fire_timers)).
-    runs_seen: Cell<u64>,
     /// Wakers an I/O poll collected, reused from poll to poll (so a poll
     /// allocates nothing).
     woken: RefCell<Vec<Waker>>,
@@ -352,8 +352,6 @@ impl Driver {
             events: RefCell::new(mio::Events::with_capacity(256)),
             timers: RefCell::new(BinaryHeap::new()),
             seq: Cell::new(0),
-            home: once_cell::unsync::OnceCell::new(),
-            runs_seen: Cell::new(0),
             woken: RefCell::new(Vec::new()),
         }
     }
@@ -372,50 +370,8 @@ impl Driver {
         TimerGuard(cancelled)
     }
 
-    /// The worker's upkeep between runs: fires due timers and, when the
-    /// worker has run dry, collects ready I/O without blocking.
-    ///
-    /// `next_work` in `worker.rs` calls this on every tick while its ready
-    /// queue is empty and on every 8th tick otherwise (this rule must match
-    /// it): so at most one run since the previous call means the ready
-    /// queue was empty. The worker has run dry when, besides, its deque,
-    /// its inbox and the injector are empty, and it has sockets registered:
-    ///
-    /// - Without the poll, a worker that runs dry spins for up to
-    ///   `SPIN_ROUNDS` (10–20 µs) looking at its queues while readiness for
-    ///   its sockets waits in epoll (`perf record` of `compare-greenstack
-    ///   tcp_echo workers=2 n=100 trips=2000`: 29% of all samples in that
-    ///   spin). With it, that run went from 253k to 272k req/s (medians of
-    ///   7, alternated with tokio's 305k).
-    /// - A worker starting new coroutines from its deque also has an empty
-    ///   ready queue: an `epoll_wait` per start took `spawn_join workers=2
-    ///   n=1000000` from ~180 to ~235 ns/task (medians of 3).
-    /// - A worker without sockets gains nothing from the call, and a
-    ///   cross-worker ping-pong (`channel_pingpong workers=2`) would wait
-    ///   out its latency.
-    /// - Polling on every 8th tick too (a busy worker) cost more
-    ///   `epoll_wait`s than it saved: `tcp_echo n=1000 trips=200`, 186k
-    ///   req/s against 212k without (medians of 5). A busy worker keeps
-    ///   `next_work`'s poll every 64 ticks.
-    pub(crate) fn fire_timers(&self) {
-        if let Some((shared, index)) = self.home.get_or_init(super::worker::current_worker) {
-            let ws = &shared.workers[*index];
-            let runs = ws.runs.load(Ordering::Relaxed);
-            let dry = runs.wrapping_sub(self.runs_seen.replace(runs)) <= 1
-                && ws.driver.registered.load(Ordering::Relaxed) > 0
-                && ws.stealer.is_empty()
-                && ws.inbox.is_empty()
-                && shared.injector.is_empty();
-            if dry {
-                // Fires the timers too.
-                return self.poll(&ws.driver, false);
-            }
-        }
-        self.fire_due_timers();
-    }
-
     /// Wakes every timer whose deadline has passed, in deadline order.
-    fn fire_due_timers(&self) {
+    pub(crate) fn fire_timers(&self) {
         if self.timers.borrow().is_empty() {
             return;
         }
@@ -485,6 +441,6 @@ impl Driver {
             waker.wake();
         }
         drop(woken);
-        self.fire_due_timers();
+        self.fire_timers();
     }
 }

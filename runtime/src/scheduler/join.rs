@@ -202,8 +202,9 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> &str {
 }
 
 /// Completes the state when dropped, with `Cancelled` unless completed
-/// explicitly: a coroutine dropped before it ran, or force-unwound at
-/// shutdown, still releases its joiner.
+/// explicitly: a `spawn_blocking` job dropped before it ran (the pool shut
+/// down) still releases its joiner. (Coroutines complete through their
+/// task cell, `task.rs`.)
 pub(crate) struct Completer<T>(Option<Arc<JoinState<T>>>);
 
 impl<T> Completer<T> {

@@ -483,7 +483,11 @@ impl Drop for NewTask {
 }
 
 /// The right to run a started task's closure, once; used inside the
-/// coroutine while its `Running` holds the task's reference.
+/// coroutine while its `Running` holds the task's reference. It holds no
+/// reference itself (one count per spawn less), so it must not outlive the
+/// `TaskRef` it came with: `run` and `fail` are `unsafe` for that, and its
+/// drop relies on the worker dropping a coroutine before its `Running`'s
+/// `TaskRef`.
 pub(crate) struct RunOnce {
     ptr: NonNull<Header>,
     _not_clone: PhantomData<*const ()>,
@@ -510,10 +514,14 @@ impl RunOnce {
 impl RunOnce {
     /// Gives up the run: the closure is dropped and the joiner gets `Err`
     /// with `payload`, as if the body had panicked with it.
-    pub(crate) fn fail(self, payload: Box<dyn Any + Send + 'static>) {
+    ///
+    /// # Safety
+    /// The task's cell is alive for the whole call (the caller holds the
+    /// `TaskRef` that came with this `RunOnce`).
+    pub(crate) unsafe fn fail(self, payload: Box<dyn Any + Send + 'static>) {
         let this = ManuallyDrop::new(self);
-        // SAFETY: the cell is alive (the caller holds the task's reference)
-        // and `RunOnce` is the unique right to run.
+        // SAFETY: the cell is alive (the caller's contract) and `RunOnce` is
+        // the unique right to run.
         unsafe { (this.ptr.as_ref().vtable.fail)(this.ptr, payload) }
     }
 }

@@ -230,9 +230,7 @@ impl<T> Chan<T> {
             // the loop decides.
         }
     }
-}
 
-impl<T> Chan<T> {
     /// Waits on `node`, queued in the queue `queue` picks, until it is
     /// notified or `deadline`. On a timeout or an unwind the node first
     /// leaves its queue (node protocol, steps 3 and 4).
