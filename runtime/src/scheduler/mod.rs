@@ -110,14 +110,18 @@ pub(crate) struct WorkerShared {
     pub(crate) inbox: Injector<usize>,
     /// Where the worker sleeps, and its I/O registrations.
     pub(crate) driver: driver::DriverHandle,
-    /// Coroutines this worker has resumed (each resume counts).
-    pub(crate) runs: AtomicU64,
     /// Header of the coroutine running now, or null (for the watchdog).
     pub(crate) current: AtomicPtr<Header>,
     /// Set by the watchdog while it reads `current`'s header.
     pub(crate) watch_reading: AtomicBool,
-    /// Bumped on every switch into a coroutine (for the watchdog).
+    /// Bumped on every switch into a coroutine: the worker's run count in
+    /// the statistics, and the watchdog's sign of progress.
     pub(crate) switches: AtomicU64,
+    /// Parks committed on this worker, and unparks this worker made of its
+    /// own coroutines (the worker is the only writer: plain load and store,
+    /// where the shared counters take a thread-local lookup).
+    pub(crate) parks: AtomicU64,
+    pub(crate) wakeups: AtomicU64,
     /// Started coroutines living on this worker, for spawn placement (the
     /// worker is its only writer).
     pub(crate) started: std::sync::atomic::AtomicUsize,
@@ -252,10 +256,11 @@ impl RuntimeBuilder {
                     stealer: d.stealer(),
                     inbox: Injector::new(),
                     driver,
-                    runs: AtomicU64::new(0),
                     current: AtomicPtr::new(std::ptr::null_mut()),
                     watch_reading: AtomicBool::new(false),
                     switches: AtomicU64::new(0),
+                    parks: AtomicU64::new(0),
+                    wakeups: AtomicU64::new(0),
                     started: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
@@ -396,16 +401,22 @@ impl Runtime {
             finished,
             live: self.shared.live.get(),
             steals: c.steals.get(),
-            parks: c.parks.get(),
-            wakeups: c.wakeups.get(),
-            worker_runs: self
-                .shared
-                .workers
-                .iter()
-                .map(|w| w.runs.load(Ordering::Relaxed))
-                .collect(),
+            parks: c.parks.get() + self.per_worker(|w| &w.parks).sum::<u64>(),
+            wakeups: c.wakeups.get() + self.per_worker(|w| &w.wakeups).sum::<u64>(),
+            worker_runs: self.per_worker(|w| &w.switches).collect(),
             arena: self.shared.arena.stats(),
         }
+    }
+
+    /// One per-worker counter's values, in worker order.
+    fn per_worker<'a>(
+        &'a self,
+        counter: impl Fn(&WorkerShared) -> &AtomicU64 + 'a,
+    ) -> impl Iterator<Item = u64> + 'a {
+        self.shared
+            .workers
+            .iter()
+            .map(move |w| counter(w).load(Ordering::Relaxed))
     }
 
     /// The stack arena this runtime's coroutines run on.

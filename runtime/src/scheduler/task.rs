@@ -76,7 +76,7 @@ impl Header {
     /// Makes the coroutine runnable if it is parked, else leaves a token.
     pub(crate) fn unpark(&self) {
         if self.park.unpark() {
-            self.shared.counters.wakeups.add(1);
+            // `schedule` counts the wake-up.
             super::worker::schedule(self);
         }
     }
