@@ -185,6 +185,53 @@ fn fan_out_fib_on_two_workers_steals() {
     );
 }
 
+/// An accept loop's connections: one coroutine spawns long-lived children
+/// one at a time (each started before the next spawn). Started coroutines
+/// never move, so the spawner must place them; both workers end up with a
+/// fair share. The split is decided by the load counts at each spawn, not
+/// by timing: the spawner waits for each child to start.
+#[test]
+fn a_busy_spawners_long_lived_children_spread_over_the_workers() {
+    const CHILDREN: usize = 200;
+    let rt = runtime(2);
+    let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
+    let spawner = rt.spawn(move || {
+        let (started_tx, started_rx) = greenstack::sync::mpsc::channel::<()>();
+        let children: Vec<_> = (0..CHILDREN)
+            .map(|_| {
+                let started = started_tx.clone();
+                let release = release_rx.clone();
+                let h = greenstack::spawn(move || {
+                    started.send(()).expect("the spawner waits");
+                    let _ = release.recv();
+                });
+                started_rx.recv().expect("the child starts");
+                h
+            })
+            .collect();
+        children
+    });
+    let children = spawner.join().expect("the spawner does not panic");
+    let stats = rt.stats();
+    assert_eq!(
+        stats.worker_started.iter().sum::<u64>(),
+        CHILDREN as u64,
+        "{stats:?}"
+    );
+    for (w, &n) in stats.worker_started.iter().enumerate() {
+        assert!(
+            n >= (CHILDREN as u64) * 2 / 5,
+            "worker {w} holds {n} of {CHILDREN} children: {:?}",
+            stats.worker_started
+        );
+    }
+    drop(release_tx);
+    for h in children {
+        h.join().expect("a child does not panic");
+    }
+    assert_eq!(rt.stats().worker_started, vec![0, 0]);
+}
+
 /// Some CPU work (tens of microseconds), so a queued coroutine waits long
 /// enough for an idle worker to wake up and steal it.
 fn busy_work(seed: u64) -> u64 {

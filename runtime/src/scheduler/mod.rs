@@ -108,6 +108,9 @@ pub(crate) struct WorkerShared {
     pub(crate) stealer: Stealer<NewTask>,
     /// Keys of this worker's coroutines woken by other threads.
     pub(crate) inbox: Injector<usize>,
+    /// New tasks that a busy spawner on another worker placed here (see
+    /// `Local::placement`).
+    pub(crate) incoming: Injector<NewTask>,
     /// Where the worker sleeps, and its I/O registrations.
     pub(crate) driver: driver::DriverHandle,
     /// Header of the coroutine running now, or null (for the watchdog).
@@ -255,6 +258,7 @@ impl RuntimeBuilder {
                 crossbeam_utils::CachePadded::new(WorkerShared {
                     stealer: d.stealer(),
                     inbox: Injector::new(),
+                    incoming: Injector::new(),
                     driver,
                     current: AtomicPtr::new(std::ptr::null_mut()),
                     watch_reading: AtomicBool::new(false),
@@ -404,6 +408,12 @@ impl Runtime {
             parks: c.parks.get() + self.per_worker(|w| &w.parks).sum::<u64>(),
             wakeups: c.wakeups.get() + self.per_worker(|w| &w.wakeups).sum::<u64>(),
             worker_runs: self.per_worker(|w| &w.switches).collect(),
+            worker_started: self
+                .shared
+                .workers
+                .iter()
+                .map(|w| w.started.load(Ordering::Relaxed) as u64)
+                .collect(),
             arena: self.shared.arena.stats(),
         }
     }
@@ -451,8 +461,12 @@ impl Drop for Runtime {
         }
         // Spawns that raced with shutdown: drop them here (their joiners see
         // `Cancelled`).
-        while let Some(task) = steal_one(&self.shared.injector) {
-            worker::discard(&self.shared, task);
+        let queues = std::iter::once(&self.shared.injector)
+            .chain(self.shared.workers.iter().map(|w| &w.incoming));
+        for q in queues {
+            while let Some(task) = steal_one(q) {
+                worker::discard(&self.shared, task);
+            }
         }
         self.shared.blocking.shutdown();
     }
@@ -486,6 +500,9 @@ pub struct RuntimeStats {
     pub wakeups: u64,
     /// Resumes per worker.
     pub worker_runs: Vec<u64>,
+    /// Started, unfinished coroutines per worker (a started coroutine
+    /// stays on its worker).
+    pub worker_started: Vec<u64>,
     /// The stack arena's counters.
     pub arena: ArenaStats,
 }

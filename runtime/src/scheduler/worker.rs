@@ -5,10 +5,12 @@
 //!
 //! 1. Pick work: a ready (started, runnable) coroutine or a new task from
 //!    the local deque, alternating between the two so neither starves the
-//!    other; every 32 ticks, the inbox and the injector first, so remote
-//!    wake-ups and outside spawns wait at most that many runs.
-//! 2. Nothing local: take a batch from the injector, then steal from the
-//!    other workers' deques (never-started tasks only).
+//!    other; every 32 ticks, the inbox, the incoming queue (tasks a busy
+//!    spawner elsewhere placed here), the injector and a rebalancing steal
+//!    first, so remote wake-ups and outside spawns wait at most that many
+//!    runs.
+//! 2. Nothing local: take a batch from the incoming queue or the injector,
+//!    then steal from the other workers' deques (never-started tasks only).
 //! 3. Still nothing: announce idle, re-check everything, sleep.
 //! 4. A new task is started here: its corosensei coroutine is created on
 //!    this thread, over the slot the task brought, and it never leaves.
@@ -45,11 +47,12 @@ pub(crate) enum Request {
 }
 
 /// Children a coroutine spawns before its spawns may be placed elsewhere
-/// (see `Local::should_offload`).
+/// (see `Local::placement`).
 const SPAWNER_CHILDREN: u32 = 16;
 
-/// How many more started coroutines than another worker a worker may hold
-/// before a busy spawner's children go elsewhere.
+/// How much more load (started coroutines and tasks queued for it) than
+/// another worker a worker may hold before a busy spawner's children go to
+/// the least loaded one.
 const OFFLOAD_MARGIN: usize = 8;
 
 /// Spawns of a busy spawner between two looks at the workers' loads.
@@ -93,7 +96,7 @@ pub(crate) struct Running {
     /// Committed bytes at the last check: the check is skipped while the
     /// stack has not grown (which is nearly every switch).
     checked: Cell<usize>,
-    /// Coroutines this one has spawned (see `Local::should_offload`).
+    /// Coroutines this one has spawned (see `Local::placement`).
     children: Cell<u32>,
     /// The timer of a park with a deadline; cancelled when it runs again.
     timer: RefCell<Option<TimerGuard>>,
@@ -167,8 +170,9 @@ struct Local {
     tick: Cell<u32>,
     /// Whether `steal_others` may take another worker's only task.
     steal_singles: Cell<bool>,
-    /// Whether a busy spawner's children go to the injector for now.
-    offload: Cell<bool>,
+    /// Where a busy spawner's children go for now: another worker's
+    /// index, or `None` for this worker's deque.
+    offload: Cell<Option<usize>>,
     /// Woken to look for work and not found any yet (see `idle.rs`).
     searching: Cell<bool>,
     /// Timers and I/O readiness; where the worker sleeps.
@@ -346,8 +350,10 @@ pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
     suspend(Request::Park(deadline))
 }
 
-/// Queues a new task: on the caller's deque if it is a worker of `shared`,
-/// else on the injector. Wakes a sleeping worker if there is one.
+/// Queues a new task: on the caller's deque if it is a worker of `shared`
+/// (or, for a busy spawner, on the least loaded worker: see
+/// `Local::placement`), else on the injector. Wakes a sleeping worker if
+/// there is one.
 ///
 /// The push is outside the no-fault section: the deque and injector are
 /// lock-free, so a growth fault in them holds nothing the handler needs;
@@ -368,16 +374,22 @@ pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
 pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
-        Some(w) if Arc::ptr_eq(&w.shared, shared) && w.should_offload() => {
-            shared.injector.push(task)
-        }
-        Some(w) if Arc::ptr_eq(&w.shared, shared) => {
-            let first = w.deque.is_empty();
-            w.deque.push(task);
-            if first {
+        Some(w) if Arc::ptr_eq(&w.shared, shared) => match w.placement() {
+            Some(target) => {
+                shared.workers[target].incoming.push(task);
+                fence(Ordering::SeqCst);
+                let _section = NoFaultSection::enter();
+                shared.notify_worker(target);
                 return;
             }
-        }
+            None => {
+                let first = w.deque.is_empty();
+                w.deque.push(task);
+                if first {
+                    return;
+                }
+            }
+        },
         _ => shared.injector.push(task),
     }
     fence(Ordering::SeqCst);
@@ -396,11 +408,17 @@ pub(crate) fn shared_handle(shared: &Arc<Shared>) -> SharedHandle {
 }
 
 /// How many never-started coroutines wait where a spawn from the caller
-/// would queue one: its worker's deque, or the injector.
+/// would queue one: its worker's deque (or the worker its busy spawner
+/// places children on), or the injector.
 pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
-        Some(w) if Arc::ptr_eq(&w.shared, shared) => w.deque.len(),
+        Some(w) if Arc::ptr_eq(&w.shared, shared) => match w.offload.get() {
+            // A busy spawner's next child most likely goes where its last
+            // did (see `Local::placement`).
+            Some(target) => shared.workers[target].incoming.len(),
+            None => w.deque.len(),
+        },
         _ => shared.injector.len(),
     }
 }
@@ -472,7 +490,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         free_keys: RefCell::new(Vec::new()),
         tick: Cell::new(0),
         steal_singles: Cell::new(true),
-        offload: Cell::new(false),
+        offload: Cell::new(None),
         searching: Cell::new(false),
         driver: Driver::new(poll),
     };
@@ -502,34 +520,47 @@ impl Local {
         unsafe { &*self.ws }
     }
 
-    /// Whether the calling coroutine's new child should go to the injector
-    /// rather than this worker's deque. Started coroutines never move, so a
-    /// coroutine that spawns many long-lived ones (an accept loop) would
-    /// keep them all here while other workers idle (measured: `tcp_echo`
-    /// split its runs up to 85/15 between 2 workers). Only a coroutine past
-    /// [`SPAWNER_CHILDREN`] children is considered, so fan-out (fib's two
-    /// children) keeps its locality; and only while this worker holds
-    /// [`OFFLOAD_MARGIN`] more started coroutines than the least loaded,
-    /// looked up every [`OFFLOAD_CHECK`] spawns (a cache miss per worker).
-    fn should_offload(&self) -> bool {
-        let Some(r) = current_running() else {
-            return false;
-        };
+    /// Where the calling coroutine's new child goes: `None` for this
+    /// worker's deque, or another worker to place it on. Started coroutines
+    /// never move, so a coroutine that spawns many long-lived ones (an
+    /// accept loop) would keep them all here while other workers idle; and
+    /// sending them to the injector left the split to whichever worker took
+    /// them first (measured: `tcp_echo n=1000` ended with 207/794 and
+    /// 326/675 connections on 2 workers). So a busy spawner places them on
+    /// the least loaded worker itself, load being started coroutines plus
+    /// tasks queued for the worker, so that a burst of spawns, which starts
+    /// nothing while it lasts, still sees its own effect.
+    ///
+    /// Only a coroutine past [`SPAWNER_CHILDREN`] children is considered,
+    /// so fan-out (fib's two children) keeps its locality; and only while
+    /// this worker holds [`OFFLOAD_MARGIN`] more load than the least
+    /// loaded, looked up every [`OFFLOAD_CHECK`] spawns (a cache miss per
+    /// worker).
+    fn placement(&self) -> Option<usize> {
+        let r = current_running()?;
         let n = r.children.get().wrapping_add(1);
         r.children.set(n);
         if n <= SPAWNER_CHILDREN {
-            return false;
+            return None;
         }
         if n % OFFLOAD_CHECK == 0 {
-            let mine = self.ws().started.load(Ordering::Relaxed);
-            let least = self
+            // Queued tasks in deques are left out: another worker steals
+            // those (see `rebalance`), and counting them sent half of
+            // `spawn_join`'s million short-lived children through the
+            // target's incoming queue, 180 -> 320 ns per task.
+            let load =
+                |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
+            let mine = load(self.ws());
+            let (least_at, least) = self
                 .shared
                 .workers
                 .iter()
-                .map(|w| w.started.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(mine);
-            self.offload.set(mine > least + OFFLOAD_MARGIN);
+                .map(|w| load(w))
+                .enumerate()
+                .min_by_key(|&(_, l)| l)
+                .unwrap_or((self.index, mine));
+            self.offload
+                .set((mine > least + OFFLOAD_MARGIN).then_some(least_at));
         }
         self.offload.get()
     }
@@ -569,6 +600,7 @@ impl Local {
         ws.driver.has_sockets()
             && self.deque.is_empty()
             && ws.inbox.is_empty()
+            && ws.incoming.is_empty()
             && self.shared.injector.is_empty()
     }
 
@@ -596,7 +628,11 @@ impl Local {
         }
         if tick % 32 == 0 {
             self.drain_inbox();
-            if let Some(t) = self.steal_injector() {
+            if let Some(t) = self
+                .take_incoming()
+                .or_else(|| self.steal_injector())
+                .or_else(|| self.rebalance())
+            {
                 return Some(Work::Start(t));
             }
         }
@@ -614,7 +650,8 @@ impl Local {
         if let Some(t) = self.pop_deque() {
             return Some(Work::Start(t));
         }
-        self.steal_injector()
+        self.take_incoming()
+            .or_else(|| self.steal_injector())
             .or_else(|| self.steal_others())
             .map(Work::Start)
     }
@@ -639,6 +676,22 @@ impl Local {
             match inbox.steal() {
                 Steal::Success(k) => ready.push_back(k),
                 Steal::Empty => break,
+                Steal::Retry => {}
+            }
+        }
+    }
+
+    /// Takes tasks placed on this worker by a busy spawner elsewhere (a
+    /// batch into the deque, one to start).
+    fn take_incoming(&self) -> Option<NewTask> {
+        let incoming = &self.ws().incoming;
+        if incoming.is_empty() {
+            return None;
+        }
+        loop {
+            match incoming.steal_batch_and_pop(&self.deque) {
+                Steal::Success(t) => return Some(t),
+                Steal::Empty => return None,
                 Steal::Retry => {}
             }
         }
@@ -683,6 +736,39 @@ impl Local {
         None
     }
 
+    /// A busy worker's steal: takes a batch of never-started tasks from a
+    /// worker whose load (started coroutines plus queued tasks) exceeds
+    /// this one's by more than [`OFFLOAD_MARGIN`]. Idle workers steal
+    /// anyway; this is for a burst of long-lived spawns (1,000 client
+    /// connections spawned in a loop) that lands on one worker's deque
+    /// while the others are busy: without it the others took one batch
+    /// when the burst began and never came back (`tcp_echo n=1000` ran
+    /// 975 of 1,000 clients on one worker). Looked at every 32 ticks.
+    fn rebalance(&self) -> Option<NewTask> {
+        let load = |w: &super::WorkerShared| {
+            w.started.load(Ordering::Relaxed) + w.stealer.len() + w.incoming.len()
+        };
+        let mine = load(self.ws());
+        let n = self.shared.workers.len();
+        for off in 1..n {
+            let victim = &self.shared.workers[(self.index + off) % n];
+            if victim.stealer.len() < 2 || load(victim) <= mine + OFFLOAD_MARGIN {
+                continue;
+            }
+            loop {
+                match victim.stealer.steal_batch_and_pop(&self.deque) {
+                    Steal::Success(t) => {
+                        self.shared.counters.steals.add(1);
+                        return Some(t);
+                    }
+                    Steal::Empty => break,
+                    Steal::Retry => {}
+                }
+            }
+        }
+        None
+    }
+
     /// Whether other workers' deques hold tasks this worker may steal now
     /// (see `steal_others`).
     fn others_have_tasks(&self) -> bool {
@@ -699,6 +785,7 @@ impl Local {
         !self.ready.borrow().is_empty()
             || !self.deque.is_empty()
             || !self.ws().inbox.is_empty()
+            || !self.ws().incoming.is_empty()
             || !self.shared.injector.is_empty()
             || self.others_have_tasks()
             || self.shared.shutdown.load(Ordering::Acquire)
@@ -903,6 +990,11 @@ impl Local {
         self.ready.borrow_mut().clear();
         while !self.ws().inbox.is_empty() {
             let _ = self.ws().inbox.steal();
+        }
+        while !self.ws().incoming.is_empty() {
+            if let Steal::Success(t) = self.ws().incoming.steal() {
+                discard(&self.shared, t);
+            }
         }
     }
 }
