@@ -58,6 +58,10 @@ const OFFLOAD_MARGIN: usize = 8;
 /// Spawns of a busy spawner between two looks at the workers' loads.
 const OFFLOAD_CHECK: u32 = 8;
 
+/// Queued tasks a worker's deque must hold before a busy worker takes some
+/// to even out the load (see `Local::rebalance`): a burst, not fan-out.
+const REBALANCE_QUEUE: usize = 64;
+
 /// Spin rounds (about 0.2 µs each) during which a searching worker leaves
 /// another worker's only queued task alone (see `steal_others`).
 const SINGLE_GRACE: u32 = 8;
@@ -743,7 +747,11 @@ impl Local {
     /// connections spawned in a loop) that lands on one worker's deque
     /// while the others are busy: without it the others took one batch
     /// when the burst began and never came back (`tcp_echo n=1000` ran
-    /// 975 of 1,000 clients on one worker). Looked at every 32 ticks.
+    /// 975 of 1,000 clients on one worker). Looked at every 32 ticks, and
+    /// only at deques of [`REBALANCE_QUEUE`] or more tasks: fan-out such as
+    /// fib keeps a few children queued whose parents wait for them, and
+    /// taking those from a busy worker split parents from children (fib(25)
+    /// on 2 workers went from 175 to 320 ns per task).
     fn rebalance(&self) -> Option<NewTask> {
         let load = |w: &super::WorkerShared| {
             w.started.load(Ordering::Relaxed) + w.stealer.len() + w.incoming.len()
@@ -752,7 +760,7 @@ impl Local {
         let n = self.shared.workers.len();
         for off in 1..n {
             let victim = &self.shared.workers[(self.index + off) % n];
-            if victim.stealer.len() < 2 || load(victim) <= mine + OFFLOAD_MARGIN {
+            if victim.stealer.len() < REBALANCE_QUEUE || load(victim) <= mine + OFFLOAD_MARGIN {
                 continue;
             }
             loop {
