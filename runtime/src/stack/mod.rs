@@ -27,7 +27,10 @@
 //! [`ArenaBuilder::max_growth_step`], so deep recursion takes a few dozen
 //! faults, not one per page. "Committed" means made accessible: the pages are
 //! populated lazily by the kernel on first touch, so a coroutine that uses 5
-//! KiB is charged 8 KiB of memory, not its whole growth step.
+//! KiB is charged 8 KiB of memory, not its whole growth step. The one
+//! exception: a growth populates the pages just below the fault in one
+//! system call (as much as the stack already held, up to 128 KiB), since
+//! those are touched next and one call costs less than their page faults.
 //!
 //! **Size classes.** Each power-of-two reserve size has its own reservation
 //! (a class, `class.rs`), created on first use. The fault handler finds the
