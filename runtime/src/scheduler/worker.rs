@@ -50,13 +50,10 @@ pub(crate) enum Request {
 /// (see `Local::placement`).
 const SPAWNER_CHILDREN: u32 = 16;
 
-/// How much more load (started coroutines and tasks queued for it) than
-/// another worker a worker may hold before a busy spawner's children go to
-/// the least loaded one.
-const OFFLOAD_MARGIN: usize = 8;
-
-/// Spawns of a busy spawner between two looks at the workers' loads.
-const OFFLOAD_CHECK: u32 = 8;
+/// How much more load (started coroutines and queued tasks) than another
+/// worker a worker may hold before a busy one takes some of its queued
+/// tasks (see `Local::rebalance`).
+const REBALANCE_MARGIN: usize = 8;
 
 /// Queued tasks a worker's deque must hold before a busy worker takes some
 /// to even out the load (see `Local::rebalance`): a burst, not fan-out.
@@ -102,6 +99,10 @@ pub(crate) struct Running {
     checked: Cell<usize>,
     /// Coroutines this one has spawned (see `Local::placement`).
     children: Cell<u32>,
+    /// Times this coroutine was resumed, and that count at its last spawn
+    /// (see `Local::placement`).
+    resumes: Cell<u32>,
+    resumes_at_spawn: Cell<u32>,
     /// The timer of a park with a deadline; cancelled when it runs again.
     timer: RefCell<Option<TimerGuard>>,
 }
@@ -128,6 +129,8 @@ impl Running {
             reported: Cell::new(inherited),
             checked: Cell::new(committed),
             children: Cell::new(0),
+            resumes: Cell::new(0),
+            resumes_at_spawn: Cell::new(0),
             timer: RefCell::new(None),
         })
     }
@@ -136,6 +139,7 @@ impl Running {
     /// `p` must point to `self`, boxed and kept alive by the caller.
     fn resume(&self, p: *const Running) -> CoroutineResult<Request, bool> {
         self.timer.borrow_mut().take();
+        self.resumes.set(self.resumes.get().wrapping_add(1));
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
         let result = {
@@ -174,9 +178,6 @@ struct Local {
     tick: Cell<u32>,
     /// Whether `steal_others` may take another worker's only task.
     steal_singles: Cell<bool>,
-    /// Where a busy spawner's children go for now: another worker's
-    /// index, or `None` for this worker's deque.
-    offload: Cell<Option<usize>>,
     /// Woken to look for work and not found any yet (see `idle.rs`).
     searching: Cell<bool>,
     /// Timers and I/O readiness; where the worker sleeps.
@@ -379,6 +380,11 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) if Arc::ptr_eq(&w.shared, shared) => match w.placement() {
+            Some(target) if target == w.index => {
+                // This worker is awake (it runs the spawner): no wake-up.
+                w.ws().incoming.push(task);
+                return;
+            }
             Some(target) => {
                 shared.workers[target].incoming.push(task);
                 fence(Ordering::SeqCst);
@@ -412,17 +418,13 @@ pub(crate) fn shared_handle(shared: &Arc<Shared>) -> SharedHandle {
 }
 
 /// How many never-started coroutines wait where a spawn from the caller
-/// would queue one: its worker's deque (or the worker its busy spawner
-/// places children on), or the injector.
+/// would queue one: its worker's deque, or the injector. (A child placed
+/// on an incoming queue, see `Local::placement`, is one of a few: its
+/// spawner waits between spawns.)
 pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
-        Some(w) if Arc::ptr_eq(&w.shared, shared) => match w.offload.get() {
-            // A busy spawner's next child most likely goes where its last
-            // did (see `Local::placement`).
-            Some(target) => shared.workers[target].incoming.len(),
-            None => w.deque.len(),
-        },
+        Some(w) if Arc::ptr_eq(&w.shared, shared) => w.deque.len(),
         _ => shared.injector.len(),
     }
 }
@@ -494,7 +496,6 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         free_keys: RefCell::new(Vec::new()),
         tick: Cell::new(0),
         steal_singles: Cell::new(true),
-        offload: Cell::new(None),
         searching: Cell::new(false),
         driver: Driver::new(poll),
     };
@@ -525,48 +526,43 @@ impl Local {
     }
 
     /// Where the calling coroutine's new child goes: `None` for this
-    /// worker's deque, or another worker to place it on. Started coroutines
-    /// never move, so a coroutine that spawns many long-lived ones (an
-    /// accept loop) would keep them all here while other workers idle; and
-    /// sending them to the injector left the split to whichever worker took
-    /// them first (measured: `tcp_echo n=1000` ended with 207/794 and
-    /// 326/675 connections on 2 workers). So a busy spawner places them on
+    /// worker's deque, or the worker whose incoming queue takes it (this
+    /// one included). Started coroutines never move, so a coroutine that
+    /// spawns many long-lived ones (an accept loop) would keep them all
+    /// here while other workers idle; and sending them to the injector, or
+    /// to a deque an idle worker steals from, left the split to timing
+    /// (measured: `tcp_echo n=1000` ended with 207/794 and 253/748
+    /// connections on 2 workers). So such a spawner places each child on
     /// the least loaded worker itself, load being started coroutines plus
-    /// tasks queued for the worker, so that a burst of spawns, which starts
-    /// nothing while it lasts, still sees its own effect.
+    /// tasks in its incoming queue, which only its worker takes from.
     ///
-    /// Only a coroutine past [`SPAWNER_CHILDREN`] children is considered,
-    /// so fan-out (fib's two children) keeps its locality; and only while
-    /// this worker holds [`OFFLOAD_MARGIN`] more load than the least
-    /// loaded, looked up every [`OFFLOAD_CHECK`] spawns (a cache miss per
-    /// worker).
+    /// "Such a spawner": past [`SPAWNER_CHILDREN`] children (fib's fan-out
+    /// keeps its locality), and suspended since its previous spawn: an
+    /// accept loop waits between connections. A burst of spawns without a
+    /// suspension (a million short tasks, or a thousand clients started in
+    /// a loop) goes to the local deque, where idle workers steal and busy
+    /// ones rebalance (`rebalance`): placing each of `spawn_join`'s million
+    /// children through the incoming queues cost 180 -> 320 ns per task.
     fn placement(&self) -> Option<usize> {
         let r = current_running()?;
         let n = r.children.get().wrapping_add(1);
         r.children.set(n);
-        if n <= SPAWNER_CHILDREN {
+        let resumes = r.resumes.get();
+        let waited = r.resumes_at_spawn.replace(resumes) != resumes;
+        if n <= SPAWNER_CHILDREN || !waited {
             return None;
         }
-        if n % OFFLOAD_CHECK == 0 {
-            // Queued tasks in deques are left out: another worker steals
-            // those (see `rebalance`), and counting them sent half of
-            // `spawn_join`'s million short-lived children through the
-            // target's incoming queue, 180 -> 320 ns per task.
-            let load =
-                |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
-            let mine = load(self.ws());
-            let (least_at, least) = self
-                .shared
-                .workers
-                .iter()
-                .map(|w| load(w))
-                .enumerate()
-                .min_by_key(|&(_, l)| l)
-                .unwrap_or((self.index, mine));
-            self.offload
-                .set((mine > least + OFFLOAD_MARGIN).then_some(least_at));
-        }
-        self.offload.get()
+        let load = |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
+        let mine = load(self.ws());
+        let (least_at, least) = self
+            .shared
+            .workers
+            .iter()
+            .map(|w| load(w))
+            .enumerate()
+            .min_by_key(|&(_, l)| l)
+            .unwrap_or((self.index, mine));
+        Some(if least < mine { least_at } else { self.index })
     }
 
     /// Adds `delta` to this worker's count of started coroutines.
@@ -742,7 +738,7 @@ impl Local {
 
     /// A busy worker's steal: takes a batch of never-started tasks from a
     /// worker whose load (started coroutines plus queued tasks) exceeds
-    /// this one's by more than [`OFFLOAD_MARGIN`]. Idle workers steal
+    /// this one's by more than [`REBALANCE_MARGIN`]. Idle workers steal
     /// anyway; this is for a burst of long-lived spawns (1,000 client
     /// connections spawned in a loop) that lands on one worker's deque
     /// while the others are busy: without it the others took one batch
@@ -760,7 +756,7 @@ impl Local {
         let n = self.shared.workers.len();
         for off in 1..n {
             let victim = &self.shared.workers[(self.index + off) % n];
-            if victim.stealer.len() < REBALANCE_QUEUE || load(victim) <= mine + OFFLOAD_MARGIN {
+            if victim.stealer.len() < REBALANCE_QUEUE || load(victim) <= mine + REBALANCE_MARGIN {
                 continue;
             }
             loop {
