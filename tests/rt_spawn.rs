@@ -188,8 +188,8 @@ fn fan_out_fib_on_two_workers_steals() {
 /// An accept loop's connections: one coroutine spawns long-lived children
 /// one at a time (each started before the next spawn). Started coroutines
 /// never move, so the spawner must place them; both workers end up with a
-/// fair share. The split is decided by the load counts at each spawn, not
-/// by timing: the spawner waits for each child to start.
+/// fair share. The split is decided by the load counts at each spawn
+/// rather than by timing: the spawner waits for each child to start.
 #[test]
 fn a_busy_spawners_long_lived_children_spread_over_the_workers() {
     const CHILDREN: usize = 200;

@@ -108,8 +108,8 @@ pub(crate) struct WorkerShared {
     pub(crate) stealer: Stealer<NewTask>,
     /// Keys of this worker's coroutines woken by other threads.
     pub(crate) inbox: Injector<usize>,
-    /// New tasks that a busy spawner on another worker placed here (see
-    /// `Local::placement`).
+    /// New tasks that an accept-loop-like spawner placed here (see
+    /// `Local::placement`); only this worker takes from it.
     pub(crate) incoming: Injector<NewTask>,
     /// Where the worker sleeps, and its I/O registrations.
     pub(crate) driver: driver::DriverHandle,
@@ -128,6 +128,9 @@ pub(crate) struct WorkerShared {
     /// Started coroutines living on this worker, for spawn placement (the
     /// worker is its only writer).
     pub(crate) started: std::sync::atomic::AtomicUsize,
+    /// Set once the worker's run loop has begun: placement never picks a
+    /// worker that failed to start (its incoming queue would never drain).
+    pub(crate) running: AtomicBool,
 }
 
 /// State shared by the workers, the handles and the runtime.
@@ -266,6 +269,7 @@ impl RuntimeBuilder {
                     parks: AtomicU64::new(0),
                     wakeups: AtomicU64::new(0),
                     started: std::sync::atomic::AtomicUsize::new(0),
+                    running: AtomicBool::new(false),
                 })
             })
             .collect();

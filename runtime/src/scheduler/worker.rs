@@ -500,6 +500,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         driver: Driver::new(poll),
     };
     WORKER.with(|w| w.set(&local));
+    local.ws().running.store(true, Ordering::Release);
     while !local.shared.shutdown.load(Ordering::Acquire) {
         let work = local.next_work();
         local.stop_searching(work.is_some());
@@ -558,8 +559,9 @@ impl Local {
             .shared
             .workers
             .iter()
-            .map(|w| load(w))
             .enumerate()
+            .filter(|(_, w)| w.running.load(Ordering::Acquire))
+            .map(|(i, w)| (i, load(w)))
             .min_by_key(|&(_, l)| l)
             .unwrap_or((self.index, mine));
         Some(if least < mine { least_at } else { self.index })
@@ -681,8 +683,8 @@ impl Local {
         }
     }
 
-    /// Takes tasks placed on this worker by a busy spawner elsewhere (a
-    /// batch into the deque, one to start).
+    /// Takes tasks placed on this worker (see `placement`): a batch into
+    /// the deque, where idle workers may steal them, and one to start.
     fn take_incoming(&self) -> Option<NewTask> {
         let incoming = &self.ws().incoming;
         if incoming.is_empty() {
