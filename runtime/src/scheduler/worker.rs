@@ -320,9 +320,15 @@ pub(crate) fn run_root<T: 'static>(
 
 /// Suspends the calling coroutine with `req`. False on a plain thread.
 fn suspend(req: Request) -> bool {
-    let Some(r) = current_running() else {
-        return false;
-    };
+    match current_running() {
+        Some(r) => suspend_running(r, req),
+        None => false,
+    }
+}
+
+/// Suspends `r`, the calling coroutine's own `Running`, with `req`.
+#[inline]
+fn suspend_running(r: &Running, req: Request) -> bool {
     if r.header.cancelling.load(Ordering::Relaxed) {
         // Being force-unwound at shutdown: a destructor that parks or
         // yields returns at once. Switching now would throw a second forced
@@ -352,7 +358,7 @@ pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
     if r.header.park.take_token() {
         return true;
     }
-    suspend(Request::Park(deadline))
+    suspend_running(r, Request::Park(deadline))
 }
 
 /// Queues a new task: on the caller's deque if it is a worker of `shared`

@@ -177,6 +177,18 @@ thread_local! {
 /// Enters (`+1`) or leaves (`-1`) a no-fault section on this thread.
 #[inline(never)]
 pub(crate) fn nofault_adjust(delta: i32) {
+    nofault_enter_by(delta);
+}
+
+/// Enters a no-fault section: for a caller that is itself out of line (no
+/// switch happens in between, so the thread-local may be reached inline).
+#[inline(always)]
+pub(crate) fn nofault_enter() {
+    nofault_enter_by(1);
+}
+
+#[inline(always)]
+fn nofault_enter_by(delta: i32) {
     NOFAULT_DEPTH.with(|d| d.set(d.get().wrapping_add_signed(delta)));
 }
 

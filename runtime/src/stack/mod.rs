@@ -899,6 +899,13 @@ pub fn prepare_thread() -> io::Result<()> {
 /// `channel_pingpong workers=1` by `perf record`.
 #[inline(never)]
 pub fn prefault(bytes: usize) {
+    prefault_here(bytes);
+}
+
+/// The body of [`prefault`], for callers that are themselves out of line
+/// (so a no-fault section is entered with one call, not two).
+#[inline(always)]
+fn prefault_here(bytes: usize) {
     let sp = stack_pointer();
     // No switch happens in this function, so reading the thread-local here
     // directly is safe (STYLE.md on TLS around switches).
@@ -968,6 +975,16 @@ pub const NOFAULT_PREFAULT: usize = 16 * 1024;
 /// Test-only switch: when set, the runtime's own prefaults are skipped.
 static PREFAULT_DISABLED: AtomicBool = AtomicBool::new(false);
 
+/// Prefaults the runtime's look-ahead and counts a no-fault section as
+/// entered, in one out-of-line call (a channel hand-off enters two).
+#[inline(never)]
+fn enter_section() {
+    if !PREFAULT_DISABLED.load(Ordering::Relaxed) {
+        prefault_here(NOFAULT_PREFAULT);
+    }
+    fault::nofault_enter();
+}
+
 /// A section of code that must not take a stack growth fault.
 ///
 /// Entering prefaults [`NOFAULT_PREFAULT`] bytes (unless disabled for
@@ -992,8 +1009,7 @@ impl NoFaultSection {
     /// Prefaults and enters the section.
     #[inline]
     pub fn enter() -> NoFaultSection {
-        prefault_for_runtime();
-        fault::nofault_adjust(1);
+        enter_section();
         NoFaultSection {
             _not_send: std::marker::PhantomData,
         }
