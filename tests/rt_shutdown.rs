@@ -247,3 +247,55 @@ fn destructor_that_suspends_during_shutdown_does_not_abort() {
     assert_eq!(SUSPENDING_DROPS.load(Ordering::SeqCst), 2);
     assert_cancelled(joiner);
 }
+
+/// A runtime dropped from one of its own coroutines is not joined, so no
+/// later point sees every worker gone. Meanwhile an accept-loop-like
+/// spawner (yielding between spawns, so its children are placed on the
+/// workers' incoming queues) keeps spawning until spawning fails. Every
+/// child it got a handle for must still end: run, be unwound, or be
+/// cancelled; none may be left in a queue nobody drains.
+#[test]
+fn dropping_the_runtime_from_its_own_coroutine_ends_every_spawned_child() {
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let handles: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+    let spawned = Arc::new(AtomicUsize::new(0));
+    let spawner = {
+        let handles = Arc::clone(&handles);
+        let spawned = Arc::clone(&spawned);
+        rt.spawn(move || loop {
+            match Builder::new().spawn(|| {
+                for _ in 0..3 {
+                    greenstack::yield_now();
+                }
+            }) {
+                Ok(h) => handles.lock().unwrap().push(h),
+                Err(_) => return,
+            }
+            spawned.fetch_add(1, Ordering::SeqCst);
+            greenstack::yield_now();
+        })
+    };
+    wait_until("the spawner to get going", || {
+        spawned.load(Ordering::SeqCst) >= 200
+    });
+    let cell: Arc<std::sync::Mutex<Option<Runtime>>> = Arc::default();
+    let dropper = {
+        let cell = Arc::clone(&cell);
+        rt.spawn(move || loop {
+            let rt = cell.lock().unwrap().take();
+            if rt.is_some() {
+                drop(rt);
+                return;
+            }
+            greenstack::yield_now();
+        })
+    };
+    *cell.lock().unwrap() = Some(rt);
+    wait_until("the dropper to end", || dropper.is_finished());
+    wait_until("the spawner to end", || spawner.is_finished());
+    let handles = std::mem::take(&mut *handles.lock().unwrap());
+    assert!(handles.len() >= 200);
+    for (i, h) in handles.iter().enumerate() {
+        wait_until(&format!("child {i} to end"), || h.is_finished());
+    }
+}

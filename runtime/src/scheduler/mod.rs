@@ -451,6 +451,12 @@ impl Drop for Runtime {
                 w.driver.unpark();
             }
             self.shared.watchdog_parker.unpark();
+            // No join, so no later point at which every worker is gone:
+            // drain the shared queues now (the workers may take from them
+            // meanwhile, and drain their own queues when they stop), and
+            // let spawns that race with this drain their queue themselves
+            // (`worker::submit`).
+            self.discard_queued();
             return;
         }
         for w in self.shared.workers.iter() {
@@ -465,23 +471,19 @@ impl Drop for Runtime {
         }
         // Spawns that raced with shutdown: drop them here (their joiners see
         // `Cancelled`).
-        let queues = std::iter::once(&self.shared.injector)
-            .chain(self.shared.workers.iter().map(|w| &w.incoming));
-        for q in queues {
-            while let Some(task) = steal_one(q) {
-                worker::discard(&self.shared, task);
-            }
-        }
+        self.discard_queued();
         self.shared.blocking.shutdown();
     }
 }
 
-fn steal_one<T>(inj: &Injector<T>) -> Option<T> {
-    loop {
-        match inj.steal() {
-            crossbeam_deque::Steal::Success(t) => return Some(t),
-            crossbeam_deque::Steal::Empty => return None,
-            crossbeam_deque::Steal::Retry => {}
+impl Runtime {
+    /// Drops every never-started task in the injector and the workers'
+    /// incoming queues (their joiners see `Cancelled`).
+    fn discard_queued(&self) {
+        let queues = std::iter::once(&self.shared.injector)
+            .chain(self.shared.workers.iter().map(|w| &w.incoming));
+        for q in queues {
+            worker::discard_all(&self.shared, q);
         }
     }
 }

@@ -392,8 +392,13 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
                 return;
             }
             Some(target) => {
-                shared.workers[target].incoming.push(task);
+                let incoming = &shared.workers[target].incoming;
+                incoming.push(task);
                 fence(Ordering::SeqCst);
+                if shared.shutdown.load(Ordering::SeqCst) {
+                    discard_all(shared, incoming);
+                    return;
+                }
                 let _section = NoFaultSection::enter();
                 shared.notify_worker(target);
                 return;
@@ -406,11 +411,33 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
                 }
             }
         },
-        _ => shared.injector.push(task),
+        _ => {
+            shared.injector.push(task);
+            fence(Ordering::SeqCst);
+            if shared.shutdown.load(Ordering::SeqCst) {
+                discard_all(shared, &shared.injector);
+                return;
+            }
+        }
     }
     fence(Ordering::SeqCst);
     let _section = NoFaultSection::enter();
     shared.notify_one();
+}
+
+/// Drops every task in `queue` (its joiners see `Cancelled`). A spawn that
+/// raced with shutdown and pushed to a shared queue after the worker or
+/// runtime that would have drained it: the push comes before `shutdown`
+/// is set (and that drain finds it), or this spawner sees `shutdown` after
+/// its push (SeqCst on both sides) and drains the queue itself.
+pub(crate) fn discard_all(shared: &Shared, queue: &crossbeam_deque::Injector<NewTask>) {
+    loop {
+        match queue.steal() {
+            Steal::Success(t) => discard(shared, t),
+            Steal::Empty => return,
+            Steal::Retry => {}
+        }
+    }
 }
 
 /// A handle on `shared` for a new header: the calling worker's own if it
@@ -1003,11 +1030,7 @@ impl Local {
         while !self.ws().inbox.is_empty() {
             let _ = self.ws().inbox.steal();
         }
-        while !self.ws().incoming.is_empty() {
-            if let Steal::Success(t) = self.ws().incoming.steal() {
-                discard(&self.shared, t);
-            }
-        }
+        discard_all(&self.shared, &self.ws().incoming);
     }
 }
 
