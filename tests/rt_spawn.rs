@@ -194,6 +194,15 @@ fn fan_out_fib_on_two_workers_steals() {
 fn a_busy_spawners_long_lived_children_spread_over_the_workers() {
     const CHILDREN: usize = 200;
     let rt = runtime(2);
+    // Placement only considers workers whose run loop has begun; on a
+    // loaded machine a worker thread can take a while to be scheduled.
+    wait_until("both workers to run coroutines", || {
+        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
+        for h in batch {
+            h.join().expect("an empty coroutine does not panic");
+        }
+        rt.stats().worker_runs.iter().all(|&r| r > 0)
+    });
     let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
     let spawner = rt.spawn(move || {
         let (started_tx, started_rx) = greenstack::sync::mpsc::channel::<()>();
