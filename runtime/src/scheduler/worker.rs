@@ -750,11 +750,18 @@ impl Local {
     /// most often the child its running coroutine is about to wait for or
     /// talk to, best run there (see `submit`).
     fn steal_others(&self) -> Option<NewTask> {
-        let n = self.shared.workers.len();
         let min_len = if self.steal_singles.get() { 1 } else { 2 };
+        self.steal_batch_from(|victim| victim.stealer.len() >= min_len)
+    }
+
+    /// Takes a batch from the first other worker (in ring order) whose
+    /// deque `eligible` accepts: one task to start, the rest into this
+    /// worker's deque.
+    fn steal_batch_from(&self, eligible: impl Fn(&super::WorkerShared) -> bool) -> Option<NewTask> {
+        let n = self.shared.workers.len();
         for off in 1..n {
             let victim = &self.shared.workers[(self.index + off) % n];
-            if victim.stealer.len() < min_len {
+            if !eligible(victim) {
                 continue;
             }
             loop {
@@ -788,24 +795,9 @@ impl Local {
             w.started.load(Ordering::Relaxed) + w.stealer.len() + w.incoming.len()
         };
         let mine = load(self.ws());
-        let n = self.shared.workers.len();
-        for off in 1..n {
-            let victim = &self.shared.workers[(self.index + off) % n];
-            if victim.stealer.len() < REBALANCE_QUEUE || load(victim) <= mine + REBALANCE_MARGIN {
-                continue;
-            }
-            loop {
-                match victim.stealer.steal_batch_and_pop(&self.deque) {
-                    Steal::Success(t) => {
-                        self.shared.counters.steals.add(1);
-                        return Some(t);
-                    }
-                    Steal::Empty => break,
-                    Steal::Retry => {}
-                }
-            }
-        }
-        None
+        self.steal_batch_from(|victim| {
+            victim.stealer.len() >= REBALANCE_QUEUE && load(victim) > mine + REBALANCE_MARGIN
+        })
     }
 
     /// Whether other workers' deques hold tasks this worker may steal now
