@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use corosensei::{CoroutineResult, Yielder};
-use crossbeam_deque::{Steal, Worker};
+use crossbeam_deque::{Injector, Steal, Worker};
 
 use super::driver::{Driver, TimerGuard};
 use super::local::Map as LocalMap;
@@ -392,11 +392,7 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
                 return;
             }
             Some(target) => {
-                let incoming = &shared.workers[target].incoming;
-                incoming.push(task);
-                fence(Ordering::SeqCst);
-                if shared.shutdown.load(Ordering::SeqCst) {
-                    discard_all(shared, incoming);
+                if !push_shared(shared, &shared.workers[target].incoming, task) {
                     return;
                 }
                 let _section = NoFaultSection::enter();
@@ -412,10 +408,7 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
             }
         },
         _ => {
-            shared.injector.push(task);
-            fence(Ordering::SeqCst);
-            if shared.shutdown.load(Ordering::SeqCst) {
-                discard_all(shared, &shared.injector);
+            if !push_shared(shared, &shared.injector, task) {
                 return;
             }
         }
@@ -425,12 +418,24 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
     shared.notify_one();
 }
 
-/// Drops every task in `queue` (its joiners see `Cancelled`). A spawn that
-/// raced with shutdown and pushed to a shared queue after the worker or
-/// runtime that would have drained it: the push comes before `shutdown`
-/// is set (and that drain finds it), or this spawner sees `shutdown` after
-/// its push (SeqCst on both sides) and drains the queue itself.
-pub(crate) fn discard_all(shared: &Shared, queue: &crossbeam_deque::Injector<NewTask>) {
+/// Pushes `task` onto a queue other threads drain, then issues the SeqCst
+/// fence a wake-up needs. False if shutdown has begun: a spawn that raced
+/// with it may have pushed after the worker or runtime that would have
+/// drained the queue, so the spawner drains it itself (the push comes
+/// before `shutdown` is set, and that drain finds it, or this load sees
+/// `shutdown`: SeqCst on both sides).
+fn push_shared(shared: &Shared, queue: &Injector<NewTask>, task: NewTask) -> bool {
+    queue.push(task);
+    fence(Ordering::SeqCst);
+    if shared.shutdown.load(Ordering::SeqCst) {
+        discard_all(shared, queue);
+        return false;
+    }
+    true
+}
+
+/// Drops every task in `queue` (its joiners see `Cancelled`).
+pub(crate) fn discard_all(shared: &Shared, queue: &Injector<NewTask>) {
     loop {
         match queue.steal() {
             Steal::Success(t) => discard(shared, t),
@@ -723,22 +728,21 @@ impl Local {
         if incoming.is_empty() {
             return None;
         }
-        loop {
-            match incoming.steal_batch_and_pop(&self.deque) {
-                Steal::Success(t) => return Some(t),
-                Steal::Empty => return None,
-                Steal::Retry => {}
-            }
-        }
+        self.batch_from(incoming)
     }
 
     fn steal_injector(&self) -> Option<NewTask> {
+        let t = self.batch_from(&self.shared.injector)?;
+        self.shared.counters.steals.add(1);
+        Some(t)
+    }
+
+    /// Takes a batch from `queue`: one task to start, the rest into this
+    /// worker's deque.
+    fn batch_from(&self, queue: &Injector<NewTask>) -> Option<NewTask> {
         loop {
-            match self.shared.injector.steal_batch_and_pop(&self.deque) {
-                Steal::Success(t) => {
-                    self.shared.counters.steals.add(1);
-                    return Some(t);
-                }
+            match queue.steal_batch_and_pop(&self.deque) {
+                Steal::Success(t) => return Some(t),
                 Steal::Empty => return None,
                 Steal::Retry => {}
             }
