@@ -409,6 +409,18 @@ impl Driver {
         } else {
             Some(Duration::ZERO)
         };
+        self.poll_for(handle, timeout);
+    }
+
+    /// As `poll` with `block == true`, but sleeps at most `max`.
+    pub(crate) fn poll_at_most(&self, handle: &DriverHandle, max: Duration) {
+        let timeout = self.timeout().map_or(max, |t| t.min(max));
+        self.poll_for(handle, Some(timeout));
+    }
+
+    /// Polls with `timeout` (`None`: no limit), then dispatches events and
+    /// fires timers.
+    fn poll_for(&self, handle: &DriverHandle, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {

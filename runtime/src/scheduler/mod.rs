@@ -131,6 +131,10 @@ pub(crate) struct WorkerShared {
     /// Set once the worker's run loop has begun: placement never picks a
     /// worker that failed to start (its incoming queue would never drain).
     pub(crate) running: AtomicBool,
+    /// A coroutine here spawned a burst into the deque that has not run out
+    /// yet: thieves then take only what evens out the load (see
+    /// `Local::steal_others`). Only the worker writes it.
+    pub(crate) burst: AtomicBool,
 }
 
 /// State shared by the workers, the handles and the runtime.
@@ -270,6 +274,7 @@ impl RuntimeBuilder {
                     wakeups: AtomicU64::new(0),
                     started: std::sync::atomic::AtomicUsize::new(0),
                     running: AtomicBool::new(false),
+                    burst: AtomicBool::new(false),
                 })
             })
             .collect();

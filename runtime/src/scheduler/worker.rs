@@ -26,7 +26,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Injector, Steal, Worker};
@@ -58,6 +58,18 @@ const REBALANCE_MARGIN: usize = 8;
 /// Queued tasks a worker's deque must hold before a busy worker takes some
 /// to even out the load (see `Local::rebalance`): a burst, not fan-out.
 const REBALANCE_QUEUE: usize = 64;
+
+/// Most tasks one steal takes (crossbeam's own batch limit).
+const STEAL_MAX: usize = 32;
+
+/// Most tasks a worker hands from a burst in its deque to another worker
+/// at one look (see `Local::hand_out_burst`).
+const HAND_OUT_MAX: usize = 64;
+
+/// Longest sleep of a worker that left a burst in another worker's deque
+/// to that worker (see `Local::steal_limit`): it then looks again, and
+/// takes the tasks if that worker has not switched since.
+const BURST_RECHECK: Duration = Duration::from_millis(1);
 
 /// Spin rounds (about 0.2 µs each) during which a searching worker leaves
 /// another worker's only queued task alone (see `steal_others`).
@@ -180,6 +192,16 @@ struct Local {
     steal_singles: Cell<bool>,
     /// Woken to look for work and not found any yet (see `idle.rs`).
     searching: Cell<bool>,
+    /// Workers' switch counts and deque lengths when this worker first left
+    /// a burst to its worker during its current spin, if it did (see
+    /// `steal_limit`).
+    seen_switches: RefCell<Vec<(u64, usize)>>,
+    seen_valid: Cell<bool>,
+    /// This worker has slept since `seen_switches` was read: the look
+    /// right after the capped sleep may take a stuck worker's burst.
+    patience_over: Cell<bool>,
+    /// A burst was left to its worker at the last look (see `steal_limit`).
+    left_burst: Cell<bool>,
     /// Timers and I/O readiness; where the worker sleeps.
     driver: Driver,
 }
@@ -535,6 +557,10 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         tick: Cell::new(0),
         steal_singles: Cell::new(true),
         searching: Cell::new(false),
+        seen_switches: RefCell::new(Vec::new()),
+        seen_valid: Cell::new(false),
+        patience_over: Cell::new(false),
+        left_burst: Cell::new(false),
         driver: Driver::new(poll),
     };
     WORKER.with(|w| w.set(&local));
@@ -550,6 +576,12 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     }
     local.shut_down();
     WORKER.with(|w| w.set(ptr::null()));
+}
+
+/// A worker's load as stealing and hand-outs weigh it: started coroutines
+/// (which stay there) plus tasks queued for it.
+fn load(w: &super::WorkerShared) -> usize {
+    w.started.load(Ordering::Relaxed) + w.stealer.len() + w.incoming.len()
 }
 
 enum Work {
@@ -588,7 +620,11 @@ impl Local {
         r.children.set(n);
         let resumes = r.resumes.get();
         let waited = r.resumes_at_spawn.replace(resumes) != resumes;
-        if n <= SPAWNER_CHILDREN || !waited {
+        if n <= SPAWNER_CHILDREN {
+            return None;
+        }
+        if !waited {
+            self.ws().burst.store(true, Ordering::Relaxed);
             return None;
         }
         let load = |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
@@ -667,6 +703,7 @@ impl Local {
             self.driver.fire_timers();
         }
         if tick % 32 == 0 {
+            self.hand_out_burst();
             self.drain_inbox();
             if let Some(t) = self
                 .take_incoming()
@@ -753,23 +790,82 @@ impl Local {
     /// it during a searcher's first [`SINGLE_GRACE`] spin rounds: it is
     /// most often the child its running coroutine is about to wait for or
     /// talk to, best run there (see `submit`).
+    ///
+    /// From a worker whose deque holds a burst (see `hand_out_burst`) it
+    /// takes only while the victim's load exceeds its own, at most half the
+    /// difference: started coroutines stay where they start, and a thief
+    /// taking whole batches of long-lived children while their spawner was
+    /// still spawning (each child parks at once, so the thief is idle
+    /// again) ended up with nearly all of them: 183 of 200 in
+    /// `a_burst_of_long_lived_children_spreads_over_the_workers`.
     fn steal_others(&self) -> Option<NewTask> {
-        let min_len = if self.steal_singles.get() { 1 } else { 2 };
-        self.steal_batch_from(|victim| victim.stealer.len() >= min_len)
+        self.steal_batch_from(|i, victim| self.steal_limit(i, victim))
     }
 
-    /// Takes a batch from the first other worker (in ring order) whose
-    /// deque `eligible` accepts: one task to start, the rest into this
-    /// worker's deque.
-    fn steal_batch_from(&self, eligible: impl Fn(&super::WorkerShared) -> bool) -> Option<NewTask> {
+    /// How many tasks this idle worker may take from worker `i`'s deque
+    /// (`None`: leave them).
+    ///
+    /// A burst is left to its worker once the loads are even, unless that
+    /// worker is stuck: since this worker first left it the burst during its
+    /// last spin, it has neither switched nor changed its deque's length
+    /// (a spawner still spawning changes it), and this worker has slept in
+    /// between. A worker that leaves a burst sleeps at most
+    /// [`BURST_RECHECK`], so a burst behind a coroutine that keeps its
+    /// worker busy is still taken within about that time.
+    fn steal_limit(&self, i: usize, victim: &super::WorkerShared) -> Option<usize> {
+        let min_len = if self.steal_singles.get() { 1 } else { 2 };
+        if victim.stealer.len() < min_len {
+            return None;
+        }
+        if !victim.burst.load(Ordering::Relaxed) {
+            return Some(STEAL_MAX);
+        }
+        let excess = load(victim).saturating_sub(load(self.ws()));
+        if excess > 1 {
+            return Some((excess / 2).min(STEAL_MAX));
+        }
+        if !self.seen_valid.replace(true) {
+            let mut seen = self.seen_switches.borrow_mut();
+            seen.clear();
+            seen.extend(
+                self.shared
+                    .workers
+                    .iter()
+                    .map(|w| (w.switches.load(Ordering::Relaxed), w.stealer.len())),
+            );
+        }
+        let stuck = self.patience_over.get()
+            && self.seen_switches.borrow()[i]
+                == (
+                    victim.switches.load(Ordering::Relaxed),
+                    victim.stealer.len(),
+                );
+        if stuck {
+            return Some(STEAL_MAX);
+        }
+        self.left_burst.set(true);
+        None
+    }
+
+    /// Takes a batch from the first other worker (in ring order) for which
+    /// `limit` (given its index) gives the most tasks to take: one task to
+    /// start, the rest into this worker's deque.
+    fn steal_batch_from(
+        &self,
+        limit: impl Fn(usize, &super::WorkerShared) -> Option<usize>,
+    ) -> Option<NewTask> {
         let n = self.shared.workers.len();
         for off in 1..n {
-            let victim = &self.shared.workers[(self.index + off) % n];
-            if !eligible(victim) {
+            let i = (self.index + off) % n;
+            let victim = &self.shared.workers[i];
+            let Some(limit) = limit(i, victim) else {
                 continue;
-            }
+            };
             loop {
-                match victim.stealer.steal_batch_and_pop(&self.deque) {
+                match victim
+                    .stealer
+                    .steal_batch_with_limit_and_pop(&self.deque, limit)
+                {
                     Steal::Success(t) => {
                         self.shared.counters.steals.add(1);
                         return Some(t);
@@ -795,24 +891,83 @@ impl Local {
     /// taking those from a busy worker split parents from children (fib(25)
     /// on 2 workers went from 175 to 320 ns per task).
     fn rebalance(&self) -> Option<NewTask> {
-        let load = |w: &super::WorkerShared| {
-            w.started.load(Ordering::Relaxed) + w.stealer.len() + w.incoming.len()
-        };
         let mine = load(self.ws());
-        self.steal_batch_from(|victim| {
-            victim.stealer.len() >= REBALANCE_QUEUE && load(victim) > mine + REBALANCE_MARGIN
+        self.steal_batch_from(|_, victim| {
+            (victim.stealer.len() >= REBALANCE_QUEUE && load(victim) > mine + REBALANCE_MARGIN)
+                .then_some(STEAL_MAX)
         })
+    }
+
+    /// The pushing half of `rebalance`, for a burst of spawns (one
+    /// coroutine spawning past [`SPAWNER_CHILDREN`] children without
+    /// suspending) that is still queued here: hands up to half of the
+    /// difference in load (at most [`HAND_OUT_MAX`] tasks) to the least
+    /// loaded other worker's incoming queue, and wakes it.
+    ///
+    /// Pulling alone left the split to timing: an idle worker woken by the
+    /// burst's second spawn took one batch of 32 if it woke in time, and
+    /// none if it did not (a wake-up here can take longer than starting a
+    /// hundred clients). `tcp_echo workers=2 n=100` began its clients
+    /// 33/67 or 0/100 over the two workers in most runs; pinned for life,
+    /// the pairs on the busier worker finished last (client finish times
+    /// 1.2–2.5 s in one run) and the other worker idled meanwhile. With
+    /// this hand-out every run printed began 50/50. Only bursts: handing
+    /// out from fib's fan-out deque as well split parents from their
+    /// children (fib(25) on 2 workers, 191 -> 262 ns per task).
+    fn hand_out_burst(&self) {
+        let burst = &self.ws().burst;
+        if !burst.load(Ordering::Relaxed) {
+            return;
+        }
+        let len = self.deque.len();
+        if len < 2 {
+            burst.store(false, Ordering::Relaxed);
+            return;
+        }
+        let mine = load(self.ws());
+        let Some((to, least)) = self
+            .shared
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|&(i, w)| i != self.index && w.running.load(Ordering::Acquire))
+            .map(|(i, w)| (i, load(w)))
+            .min_by_key(|&(_, l)| l)
+        else {
+            return;
+        };
+        if mine <= least + REBALANCE_MARGIN {
+            return;
+        }
+        let target = &self.shared.workers[to];
+        let own = &self.ws().stealer;
+        let mut moved = 0;
+        // Oldest first, through this worker's own stealer: the owner's
+        // `pop` takes the newest.
+        while moved < ((mine - least) / 2).min(len / 2).min(HAND_OUT_MAX) {
+            match own.steal() {
+                Steal::Success(t) => {
+                    if !push_shared(&self.shared, &target.incoming, t) {
+                        return;
+                    }
+                    moved += 1;
+                }
+                Steal::Empty => break,
+                Steal::Retry => {}
+            }
+        }
+        if moved > 0 {
+            self.shared.notify_worker(to);
+        }
     }
 
     /// Whether other workers' deques hold tasks this worker may steal now
     /// (see `steal_others`).
     fn others_have_tasks(&self) -> bool {
         let min_len = if self.steal_singles.get() { 1 } else { 2 };
-        self.shared
-            .workers
-            .iter()
-            .enumerate()
-            .any(|(i, w)| i != self.index && w.stealer.len() >= min_len)
+        self.shared.workers.iter().enumerate().any(|(i, w)| {
+            i != self.index && w.stealer.len() >= min_len && self.steal_limit(i, w).is_some()
+        })
     }
 
     /// Whether any source of work is non-empty (step 3's re-check).
@@ -831,6 +986,14 @@ impl Local {
         // Spin a little first: work that arrives within microseconds (a
         // producer spawning in a loop) is then taken without the eventfd
         // write and context switch a sleep and wake-up cost (~5 µs).
+        self.patience_over.set(false);
+        self.seen_valid.set(false);
+        self.left_burst.set(false);
+        let burst = &self.ws().burst;
+        if self.deque.is_empty() && burst.load(Ordering::Relaxed) {
+            // Idle with nothing queued: no burst is left here.
+            burst.store(false, Ordering::Relaxed);
+        }
         for round in 0..SPIN_ROUNDS {
             for _ in 0..32 {
                 std::hint::spin_loop();
@@ -843,15 +1006,24 @@ impl Local {
         self.steal_singles.set(true);
         self.shared.idle.announce(self.index);
         fence(Ordering::SeqCst);
+        self.left_burst.set(false);
         let block = !self.has_work();
         if block {
             // Going to sleep: the stacks this worker holds back become
             // available to the others (and to idle trimming).
             stack::flush_thread_magazines();
         }
-        // Sleeps in epoll until a wake-up, I/O or the next timer; without
-        // blocking, still collects I/O that is ready.
-        self.driver.poll(&self.ws().driver, block);
+        // Sleeps in epoll until a wake-up, I/O or the next timer (or, having
+        // left a burst to a worker, a recheck); without blocking, still
+        // collects I/O that is ready.
+        if block && self.left_burst.get() {
+            self.driver.poll_at_most(&self.ws().driver, BURST_RECHECK);
+            // The switch counts were read before this sleep: a worker that
+            // has not switched (nor spawned) since is stuck in one coroutine.
+            self.patience_over.set(true);
+        } else {
+            self.driver.poll(&self.ws().driver, block);
+        }
         self.shared.idle.remove_sleeper(self.index);
         // Awake again: searching until the next pick finds work, so spawns
         // meanwhile need not wake anyone else.
