@@ -79,6 +79,11 @@ const SINGLE_GRACE: u32 = 8;
 /// sleeps: about 10–20 µs on the machine the benches run on.
 const SPIN_ROUNDS: u32 = 64;
 
+/// Ready coroutines from which a worker prefetches the next one's state
+/// (see `Local::prefetch_next`): below that, as in a ping-pong, it is
+/// still in cache.
+const PREFETCH_READY: usize = 8;
+
 /// `Header::home` of a `block_on` root coroutine: it lives on the thread
 /// that called `block_on`, not on a worker.
 pub(crate) const ROOT_HOME: u32 = u32::MAX - 1;
@@ -109,6 +114,9 @@ pub(crate) struct Running {
     /// Committed bytes at the last check: the check is skipped while the
     /// stack has not grown (which is nearly every switch).
     checked: Cell<usize>,
+    /// Stack pointer at its last suspend (0 before): where its resume
+    /// starts reading its stack (see `Local::prefetch_next`).
+    parked_sp: Cell<usize>,
     /// Coroutines this one has spawned (see `Local::placement`).
     children: Cell<u32>,
     /// Times this coroutine was resumed, and that count at its last spawn
@@ -140,6 +148,7 @@ impl Running {
             gauge,
             reported: Cell::new(inherited),
             checked: Cell::new(committed),
+            parked_sp: Cell::new(0),
             children: Cell::new(0),
             resumes: Cell::new(0),
             resumes_at_spawn: Cell::new(0),
@@ -360,6 +369,7 @@ fn suspend_running(r: &Running, req: Request) -> bool {
     let y = r.yielder.get();
     // The switch itself must not take a growth fault.
     stack::prefault_for_runtime();
+    r.parked_sp.set(stack::stack_pointer());
     // SAFETY: the yielder lives in the coroutine's body frame for as long as
     // the coroutine runs, and we are that coroutine.
     unsafe { (*y).suspend(req) };
@@ -576,6 +586,19 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     }
     local.shut_down();
     WORKER.with(|w| w.set(ptr::null()));
+}
+
+/// Hints the CPU to bring the cache line at `addr` in. Never faults, on
+/// any address.
+#[inline(always)]
+fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch hint reads nothing Rust can see and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 /// A worker's load as stealing and hand-outs weigh it: started coroutines
@@ -1114,6 +1137,9 @@ impl Local {
         bump(&ws.switches);
         ws.current
             .store(r.header.as_ptr().cast_mut(), Ordering::Release);
+        if self.ready.borrow().len() >= PREFETCH_READY {
+            self.prefetch_next();
+        }
         let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
         match result {
@@ -1130,6 +1156,41 @@ impl Local {
                 }
             }
             CoroutineResult::Return(stored) => self.finish(key, stored),
+        }
+    }
+
+    /// With many coroutines ready, the next one's `Running`, header and
+    /// the top of its parked stack are likely cold: asks the CPU to fetch
+    /// them while the current one runs. `perf record` of `tcp_echo
+    /// workers=2 n=1000` put 3.4% of all samples on the first store after
+    /// the switch into a coroutine (its cold stack); with this, 11.55 ->
+    /// 11.15 µs per request (medians of 8, alternating; n=100: 9.84 ->
+    /// 9.68).
+    #[inline(never)]
+    fn prefetch_next(&self) {
+        let ready = self.ready.borrow();
+        let slab = self.slab.borrow();
+        let running = |i: usize| match ready.get(i).map(|&k| slab.get(k)) {
+            Some(Some(Some(r))) => Some(&**r),
+            _ => None,
+        };
+        // Two steps, so no demand load waits on a miss: the one after next
+        // only has its `Running` fetched; the next one's (fetched at the
+        // previous resume) is read for its header and parked stack.
+        if let Some(r) = running(1) {
+            let at = r as *const Running as usize;
+            for off in (0..std::mem::size_of::<Running>()).step_by(64) {
+                prefetch(at + off);
+            }
+        }
+        if let Some(r) = running(0) {
+            prefetch(r.header.as_ptr() as usize);
+            let sp = r.parked_sp.get();
+            if sp != 0 {
+                for off in (0..512).step_by(64) {
+                    prefetch(sp + off);
+                }
+            }
         }
     }
 

@@ -928,7 +928,7 @@ fn prefault_here(bytes: usize) {
 
 /// The caller's stack pointer (near enough: within its frame).
 #[inline(always)]
-fn stack_pointer() -> usize {
+pub(crate) fn stack_pointer() -> usize {
     let sp: usize;
     // SAFETY: reads a register; no memory is touched.
     #[cfg(target_arch = "x86_64")]
