@@ -185,6 +185,36 @@ fn fan_out_fib_on_two_workers_steals() {
     );
 }
 
+/// Runs `spread` (which returns how many of its children started on each
+/// worker) on a fresh 2-worker runtime until one split gives both workers
+/// at least 2/5 of the children, at most 3 times. A worker thread that the
+/// OS keeps off its CPU for a millisecond looks stuck to the other worker,
+/// which then takes more; on a machine busy with other tests that can
+/// upset one run, while a placement rule that does not work upsets all
+/// three.
+fn assert_spread(children: u64, spread: fn(&Runtime) -> Vec<u64>) {
+    let mut splits = Vec::new();
+    for _ in 0..3 {
+        let rt = runtime(2);
+        // Placement only considers workers whose run loop has begun; on a
+        // loaded machine a worker thread can take a while to be scheduled.
+        wait_until("both workers to run coroutines", || {
+            let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
+            for h in batch {
+                h.join().expect("an empty coroutine does not panic");
+            }
+            rt.stats().worker_runs.iter().all(|&r| r > 0)
+        });
+        let split = spread(&rt);
+        assert_eq!(split.iter().sum::<u64>(), children, "{split:?}");
+        if split.iter().all(|&n| n >= children * 2 / 5) {
+            return;
+        }
+        splits.push(split);
+    }
+    panic!("children per worker, 3 runs: {splits:?}");
+}
+
 /// An accept loop's connections: one coroutine spawns long-lived children
 /// one at a time (each started before the next spawn). Started coroutines
 /// never move, so the spawner must place them; both workers end up with a
@@ -193,108 +223,69 @@ fn fan_out_fib_on_two_workers_steals() {
 #[test]
 fn a_busy_spawners_long_lived_children_spread_over_the_workers() {
     const CHILDREN: usize = 200;
-    let rt = runtime(2);
-    // Placement only considers workers whose run loop has begun; on a
-    // loaded machine a worker thread can take a while to be scheduled.
-    wait_until("both workers to run coroutines", || {
-        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
-        for h in batch {
-            h.join().expect("an empty coroutine does not panic");
+    assert_spread(CHILDREN as u64, |rt| {
+        let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
+        let spawner = rt.spawn(move || {
+            let (started_tx, started_rx) = greenstack::sync::mpsc::channel::<()>();
+            let children: Vec<_> = (0..CHILDREN)
+                .map(|_| {
+                    let started = started_tx.clone();
+                    let release = release_rx.clone();
+                    let h = greenstack::spawn(move || {
+                        started.send(()).expect("the spawner waits");
+                        let _ = release.recv();
+                    });
+                    started_rx.recv().expect("the child starts");
+                    h
+                })
+                .collect::<Vec<_>>();
+            children
+        });
+        let children = spawner.join().expect("the spawner does not panic");
+        let split = rt.stats().worker_started;
+        drop(release_tx);
+        for h in children {
+            h.join().expect("a child does not panic");
         }
-        rt.stats().worker_runs.iter().all(|&r| r > 0)
+        assert_eq!(rt.stats().worker_started, vec![0, 0]);
+        split
     });
-    let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
-    let spawner = rt.spawn(move || {
-        let (started_tx, started_rx) = greenstack::sync::mpsc::channel::<()>();
-        let children: Vec<_> = (0..CHILDREN)
-            .map(|_| {
-                let started = started_tx.clone();
-                let release = release_rx.clone();
-                let h = greenstack::spawn(move || {
-                    started.send(()).expect("the spawner waits");
-                    let _ = release.recv();
-                });
-                started_rx.recv().expect("the child starts");
-                h
-            })
-            .collect();
-        children
-    });
-    let children = spawner.join().expect("the spawner does not panic");
-    let stats = rt.stats();
-    assert_eq!(
-        stats.worker_started.iter().sum::<u64>(),
-        CHILDREN as u64,
-        "{stats:?}"
-    );
-    for (w, &n) in stats.worker_started.iter().enumerate() {
-        assert!(
-            n >= (CHILDREN as u64) * 2 / 5,
-            "worker {w} holds {n} of {CHILDREN} children: {:?}",
-            stats.worker_started
-        );
-    }
-    drop(release_tx);
-    for h in children {
-        h.join().expect("a child does not panic");
-    }
-    assert_eq!(rt.stats().worker_started, vec![0, 0]);
 }
 
 /// A burst of long-lived children (spawned in a loop without suspending,
 /// as a client pool is started) ends up spread over both workers: the
-/// spawner's worker hands part of the burst to the other, so the split does
-/// not depend on how soon an idle worker wakes to steal.
+/// spawner's worker hands part of the burst to the other, and an idle
+/// thief takes only its share, so the split does not depend on how soon
+/// an idle worker wakes to steal. (Without these rules, 10 of 10 runs
+/// split between 3/197 and 17/183.)
 #[test]
 fn a_burst_of_long_lived_children_spreads_over_the_workers() {
     const CHILDREN: usize = 200;
-    let rt = runtime(2);
-    wait_until("both workers to run coroutines", || {
-        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
-        for h in batch {
-            h.join().expect("an empty coroutine does not panic");
-        }
-        rt.stats().worker_runs.iter().all(|&r| r > 0)
-    });
-    let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
-    let (started_tx, started_rx) = greenstack::sync::mpsc::channel::<()>();
-    let spawner = rt.spawn(move || {
-        let children: Vec<_> = (0..CHILDREN)
-            .map(|_| {
-                let started = started_tx.clone();
-                let release = release_rx.clone();
-                greenstack::spawn(move || {
-                    started.send(()).expect("the test waits");
-                    let _ = release.recv();
+    assert_spread(CHILDREN as u64, |rt| {
+        let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
+        let (started_tx, started_rx) = greenstack::sync::mpsc::channel::<()>();
+        let spawner = rt.spawn(move || {
+            (0..CHILDREN)
+                .map(|_| {
+                    let started = started_tx.clone();
+                    let release = release_rx.clone();
+                    greenstack::spawn(move || {
+                        started.send(()).expect("the test waits");
+                        let _ = release.recv();
+                    })
                 })
-            })
-            .collect();
-        children
+                .collect::<Vec<_>>()
+        });
+        for _ in 0..CHILDREN {
+            started_rx.recv().expect("every child starts");
+        }
+        let split = rt.stats().worker_started;
+        drop(release_tx);
+        for h in spawner.join().expect("the spawner does not panic") {
+            h.join().expect("a child does not panic");
+        }
+        split
     });
-    for _ in 0..CHILDREN {
-        started_rx.recv().expect("every child starts");
-    }
-    let stats = rt.stats();
-    assert_eq!(
-        stats.worker_started.iter().sum::<u64>(),
-        CHILDREN as u64,
-        "{stats:?}"
-    );
-    // Nearly every run splits 100/100. A worker thread the OS keeps off
-    // its CPU for a millisecond looks stuck to the other, which then takes
-    // more (68/132 was the worst of 30 runs beside the other tests); the
-    // pull-only stealing this replaces gave 3/197 to 33/167.
-    for (w, &n) in stats.worker_started.iter().enumerate() {
-        assert!(
-            n >= (CHILDREN as u64) / 4,
-            "worker {w} holds {n} of {CHILDREN} children: {:?}",
-            stats.worker_started
-        );
-    }
-    drop(release_tx);
-    for h in spawner.join().expect("the spawner does not panic") {
-        h.join().expect("a child does not panic");
-    }
 }
 
 /// A burst whose spawner then keeps its worker busy (it never yields) is
@@ -342,6 +333,64 @@ fn a_burst_behind_a_coroutine_that_never_yields_still_starts() {
     );
     drop(release_tx);
     for h in children {
+        h.join().expect("a child does not panic");
+    }
+}
+
+/// A burst spawned while the other worker is held by a coroutine that never
+/// yields still starts: part of a burst may be handed to that worker (it
+/// has the least load), and the spawner's worker, once idle, takes those
+/// back when the busy worker has not switched for a while.
+#[test]
+fn a_burst_handed_to_a_worker_that_never_yields_still_starts() {
+    const CHILDREN: usize = 100;
+    let rt = runtime(2);
+    wait_until("both workers to run coroutines", || {
+        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
+        for h in batch {
+            h.join().expect("an empty coroutine does not panic");
+        }
+        rt.stats().worker_runs.iter().all(|&r| r > 0)
+    });
+    let started = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicBool::new(false));
+    // Holds its worker without a switch until every child has started (or
+    // half a minute has passed).
+    let holder = {
+        let (started, holding) = (Arc::clone(&started), Arc::clone(&holding));
+        rt.spawn(move || {
+            holding.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while started.load(Ordering::SeqCst) < CHILDREN && Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+            started.load(Ordering::SeqCst)
+        })
+    };
+    wait_until("the holder to run", || holding.load(Ordering::SeqCst));
+    let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
+    let spawner = {
+        let started = Arc::clone(&started);
+        rt.spawn(move || {
+            (0..CHILDREN)
+                .map(|_| {
+                    let started = Arc::clone(&started);
+                    let release = release_rx.clone();
+                    greenstack::spawn(move || {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let _ = release.recv();
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let seen = holder.join().expect("the holder does not panic");
+    assert_eq!(
+        seen, CHILDREN,
+        "children started while the other worker was held"
+    );
+    drop(release_tx);
+    for h in spawner.join().expect("the spawner does not panic") {
         h.join().expect("a child does not panic");
     }
 }

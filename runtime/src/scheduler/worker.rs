@@ -66,10 +66,11 @@ const STEAL_MAX: usize = 32;
 /// at one look (see `Local::hand_out_burst`).
 const HAND_OUT_MAX: usize = 64;
 
-/// Longest sleep of a worker that left a burst in another worker's deque
-/// to that worker (see `Local::steal_limit`): it then looks again, and
-/// takes the tasks if that worker has not switched since.
-const BURST_RECHECK: Duration = Duration::from_millis(1);
+/// Longest sleep of an idle worker that left queued work (a burst in a
+/// deque, tasks in an incoming queue) to another worker, and how long that
+/// worker must look stuck before the idle one takes the work (see
+/// `Local::stuck`).
+const BURST_RECHECK: Duration = Duration::from_millis(4);
 
 /// Spin rounds (about 0.2 µs each) during which a searching worker leaves
 /// another worker's only queued task alone (see `steal_others`).
@@ -114,8 +115,9 @@ pub(crate) struct Running {
     /// Committed bytes at the last check: the check is skipped while the
     /// stack has not grown (which is nearly every switch).
     checked: Cell<usize>,
-    /// Stack pointer at its last suspend (0 before): where its resume
-    /// starts reading its stack (see `Local::prefetch_next`).
+    /// Stack pointer just before its last suspend (0 before): the switch
+    /// saves registers just below it, and the resume returns into frames
+    /// above it (see `Local::prefetch_next`).
     parked_sp: Cell<usize>,
     /// Coroutines this one has spawned (see `Local::placement`).
     children: Cell<u32>,
@@ -201,16 +203,13 @@ struct Local {
     steal_singles: Cell<bool>,
     /// Woken to look for work and not found any yet (see `idle.rs`).
     searching: Cell<bool>,
-    /// Workers' switch counts and deque lengths when this worker first left
-    /// a burst to its worker during its current spin, if it did (see
-    /// `steal_limit`).
-    seen_switches: RefCell<Vec<(u64, usize)>>,
-    seen_valid: Cell<bool>,
-    /// This worker has slept since `seen_switches` was read: the look
-    /// right after the capped sleep may take a stuck worker's burst.
-    patience_over: Cell<bool>,
-    /// A burst was left to its worker at the last look (see `steal_limit`).
-    left_burst: Cell<bool>,
+    /// Per worker, what this one last saw of it while leaving it queued
+    /// work (switch count, deque and incoming lengths) and since when that
+    /// has not changed (see `stuck`).
+    seen: RefCell<Vec<Option<(WorkerState, Instant)>>>,
+    /// Queued work was left to another worker at the last look: sleep at
+    /// most [`BURST_RECHECK`] (see `stuck`).
+    left_work: Cell<bool>,
     /// Timers and I/O readiness; where the worker sleeps.
     driver: Driver,
 }
@@ -567,10 +566,8 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         tick: Cell::new(0),
         steal_singles: Cell::new(true),
         searching: Cell::new(false),
-        seen_switches: RefCell::new(Vec::new()),
-        seen_valid: Cell::new(false),
-        patience_over: Cell::new(false),
-        left_burst: Cell::new(false),
+        seen: RefCell::new(Vec::new()),
+        left_work: Cell::new(false),
         driver: Driver::new(poll),
     };
     WORKER.with(|w| w.set(&local));
@@ -605,6 +602,21 @@ fn prefetch(addr: usize) {
 /// (which stay there) plus tasks queued for it.
 fn load(w: &super::WorkerShared) -> usize {
     w.started.load(Ordering::Relaxed) + w.stealer.len() + w.incoming.len()
+}
+
+/// What `Local::stuck` compares of a worker: its switch count and the
+/// lengths of its deque and incoming queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WorkerState(u64, usize, usize);
+
+impl WorkerState {
+    fn of(w: &super::WorkerShared) -> WorkerState {
+        WorkerState(
+            w.switches.load(Ordering::Relaxed),
+            w.stealer.len(),
+            w.incoming.len(),
+        )
+    }
 }
 
 enum Work {
@@ -650,15 +662,17 @@ impl Local {
             self.ws().burst.store(true, Ordering::Relaxed);
             return None;
         }
-        let load = |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
-        let mine = load(self.ws());
+        // Not `load`: counting deque lengths here sent half of a million
+        // short children of a burst through the incoming queues.
+        let placed = |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
+        let mine = placed(self.ws());
         let (least_at, least) = self
             .shared
             .workers
             .iter()
             .enumerate()
             .filter(|(_, w)| w.running.load(Ordering::Acquire))
-            .map(|(i, w)| (i, load(w)))
+            .map(|(i, w)| (i, placed(w)))
             .min_by_key(|&(_, l)| l)
             .unwrap_or((self.index, mine));
         Some(if least < mine { least_at } else { self.index })
@@ -823,18 +837,67 @@ impl Local {
     /// `a_burst_of_long_lived_children_spreads_over_the_workers`.
     fn steal_others(&self) -> Option<NewTask> {
         self.steal_batch_from(|i, victim| self.steal_limit(i, victim))
+            .or_else(|| self.steal_stuck_incoming())
+    }
+
+    /// Takes a batch from the incoming queue of a worker that is stuck
+    /// (see `stuck`): tasks handed out or placed there wait for that
+    /// worker alone otherwise, behind a coroutine that may never yield.
+    fn steal_stuck_incoming(&self) -> Option<NewTask> {
+        let n = self.shared.workers.len();
+        for off in 1..n {
+            let i = (self.index + off) % n;
+            let victim = &self.shared.workers[i];
+            if self.may_take_incoming(i, victim) {
+                if let Some(t) = self.batch_from(&victim.incoming) {
+                    self.shared.counters.steals.add(1);
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether this idle worker may take from worker `i`'s incoming queue:
+    /// only from a stuck worker (see `stuck`).
+    fn may_take_incoming(&self, i: usize, victim: &super::WorkerShared) -> bool {
+        if victim.incoming.is_empty() {
+            return false;
+        }
+        if self.stuck(i, victim) {
+            return true;
+        }
+        self.left_work.set(true);
+        false
+    }
+
+    /// Whether worker `i`, whose queued work this idle worker would
+    /// otherwise leave alone, is stuck: its switch count and queue lengths
+    /// have not changed for [`BURST_RECHECK`] (one coroutine holds it; a
+    /// spawner still spawning changes its deque's length). Called while
+    /// this worker spins and after each of its capped sleeps.
+    fn stuck(&self, i: usize, victim: &super::WorkerShared) -> bool {
+        let now = WorkerState::of(victim);
+        let mut seen = self.seen.borrow_mut();
+        if seen.len() != self.shared.workers.len() {
+            seen.resize(self.shared.workers.len(), None);
+        }
+        match seen[i] {
+            Some((was, since)) if was == now => since.elapsed() >= BURST_RECHECK,
+            _ => {
+                seen[i] = Some((now, Instant::now()));
+                false
+            }
+        }
     }
 
     /// How many tasks this idle worker may take from worker `i`'s deque
     /// (`None`: leave them).
     ///
     /// A burst is left to its worker once the loads are even, unless that
-    /// worker is stuck: since this worker first left it the burst during its
-    /// last spin, it has neither switched nor changed its deque's length
-    /// (a spawner still spawning changes it), and this worker has slept in
-    /// between. A worker that leaves a burst sleeps at most
-    /// [`BURST_RECHECK`], so a burst behind a coroutine that keeps its
-    /// worker busy is still taken within about that time.
+    /// worker is stuck (see `stuck`). A worker that leaves a burst sleeps
+    /// at most [`BURST_RECHECK`], so a burst behind a coroutine that keeps
+    /// its worker busy is still taken within about twice that time.
     fn steal_limit(&self, i: usize, victim: &super::WorkerShared) -> Option<usize> {
         let min_len = if self.steal_singles.get() { 1 } else { 2 };
         if victim.stealer.len() < min_len {
@@ -847,26 +910,10 @@ impl Local {
         if excess > 1 {
             return Some((excess / 2).min(STEAL_MAX));
         }
-        if !self.seen_valid.replace(true) {
-            let mut seen = self.seen_switches.borrow_mut();
-            seen.clear();
-            seen.extend(
-                self.shared
-                    .workers
-                    .iter()
-                    .map(|w| (w.switches.load(Ordering::Relaxed), w.stealer.len())),
-            );
-        }
-        let stuck = self.patience_over.get()
-            && self.seen_switches.borrow()[i]
-                == (
-                    victim.switches.load(Ordering::Relaxed),
-                    victim.stealer.len(),
-                );
-        if stuck {
+        if self.stuck(i, victim) {
             return Some(STEAL_MAX);
         }
-        self.left_burst.set(true);
+        self.left_work.set(true);
         None
     }
 
@@ -923,9 +970,12 @@ impl Local {
 
     /// The pushing half of `rebalance`, for a burst of spawns (one
     /// coroutine spawning past [`SPAWNER_CHILDREN`] children without
-    /// suspending) that is still queued here: hands up to half of the
-    /// difference in load (at most [`HAND_OUT_MAX`] tasks) to the least
-    /// loaded other worker's incoming queue, and wakes it.
+    /// suspending) that is still queued here: when this worker's load
+    /// exceeds the least loaded other worker's by more than
+    /// [`REBALANCE_MARGIN`], hands it half the difference (at most half the
+    /// deque, and at most [`HAND_OUT_MAX`] tasks) through its incoming
+    /// queue, and wakes it. Should that worker be stuck in one coroutine,
+    /// idle workers take them from there (`steal_stuck_incoming`).
     ///
     /// Pulling alone left the split to timing: an idle worker woken by the
     /// burst's second spawn took one batch of 32 if it woke in time, and
@@ -989,7 +1039,9 @@ impl Local {
     fn others_have_tasks(&self) -> bool {
         let min_len = if self.steal_singles.get() { 1 } else { 2 };
         self.shared.workers.iter().enumerate().any(|(i, w)| {
-            i != self.index && w.stealer.len() >= min_len && self.steal_limit(i, w).is_some()
+            i != self.index
+                && ((w.stealer.len() >= min_len && self.steal_limit(i, w).is_some())
+                    || self.may_take_incoming(i, w))
         })
     }
 
@@ -1009,9 +1061,7 @@ impl Local {
         // Spin a little first: work that arrives within microseconds (a
         // producer spawning in a loop) is then taken without the eventfd
         // write and context switch a sleep and wake-up cost (~5 µs).
-        self.patience_over.set(false);
-        self.seen_valid.set(false);
-        self.left_burst.set(false);
+        self.left_work.set(false);
         let burst = &self.ws().burst;
         if self.deque.is_empty() && burst.load(Ordering::Relaxed) {
             // Idle with nothing queued: no burst is left here.
@@ -1029,7 +1079,7 @@ impl Local {
         self.steal_singles.set(true);
         self.shared.idle.announce(self.index);
         fence(Ordering::SeqCst);
-        self.left_burst.set(false);
+        self.left_work.set(false);
         let block = !self.has_work();
         if block {
             // Going to sleep: the stacks this worker holds back become
@@ -1037,13 +1087,10 @@ impl Local {
             stack::flush_thread_magazines();
         }
         // Sleeps in epoll until a wake-up, I/O or the next timer (or, having
-        // left a burst to a worker, a recheck); without blocking, still
-        // collects I/O that is ready.
-        if block && self.left_burst.get() {
+        // left queued work to another worker, a recheck); without blocking,
+        // still collects I/O that is ready.
+        if block && self.left_work.get() {
             self.driver.poll_at_most(&self.ws().driver, BURST_RECHECK);
-            // The switch counts were read before this sleep: a worker that
-            // has not switched (nor spawned) since is stuck in one coroutine.
-            self.patience_over.set(true);
         } else {
             self.driver.poll(&self.ws().driver, block);
         }
@@ -1188,7 +1235,7 @@ impl Local {
             let sp = r.parked_sp.get();
             if sp != 0 {
                 for off in (0..512).step_by(64) {
-                    prefetch(sp + off);
+                    prefetch(sp.wrapping_sub(128).wrapping_add(off));
                 }
             }
         }
