@@ -185,6 +185,50 @@ fn fan_out_fib_on_two_workers_steals() {
     );
 }
 
+/// A 2-worker runtime whose workers have both run coroutines: placement
+/// only considers workers whose run loop has begun, and on a loaded
+/// machine a worker thread can take a while to be scheduled.
+fn two_running_workers() -> Runtime {
+    let rt = runtime(2);
+    wait_until("both workers to run coroutines", || {
+        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
+        for h in batch {
+            h.join().expect("an empty coroutine does not panic");
+        }
+        rt.stats().worker_runs.iter().all(|&r| r > 0)
+    });
+    rt
+}
+
+/// Spawns `n` children (from the calling coroutine, in one burst) that
+/// count themselves in `started` and then wait on `release`.
+fn spawn_parked_children(
+    n: usize,
+    started: &Arc<AtomicUsize>,
+    release: &greenstack::sync::mpmc::Receiver<()>,
+) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let started = Arc::clone(started);
+            let release = release.clone();
+            greenstack::spawn(move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _ = release.recv();
+            })
+        })
+        .collect()
+}
+
+/// Keeps the calling coroutine's worker busy, without a switch, until
+/// `started` reaches `n` or half a minute has passed; returns `started`.
+fn hold_until_started(started: &AtomicUsize, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+    started.load(Ordering::SeqCst)
+}
+
 /// Runs `spread` (which returns how many of its children started on each
 /// worker) on a fresh 2-worker runtime until one split gives both workers
 /// at least 2/5 of the children, at most 3 times. A worker thread that the
@@ -195,16 +239,7 @@ fn fan_out_fib_on_two_workers_steals() {
 fn assert_spread(children: u64, spread: fn(&Runtime) -> Vec<u64>) {
     let mut splits = Vec::new();
     for _ in 0..3 {
-        let rt = runtime(2);
-        // Placement only considers workers whose run loop has begun; on a
-        // loaded machine a worker thread can take a while to be scheduled.
-        wait_until("both workers to run coroutines", || {
-            let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
-            for h in batch {
-                h.join().expect("an empty coroutine does not panic");
-            }
-            rt.stats().worker_runs.iter().all(|&r| r > 0)
-        });
+        let rt = two_running_workers();
         let split = spread(&rt);
         assert_eq!(split.iter().sum::<u64>(), children, "{split:?}");
         if split.iter().all(|&n| n >= children * 2 / 5) {
@@ -294,36 +329,15 @@ fn a_burst_of_long_lived_children_spreads_over_the_workers() {
 #[test]
 fn a_burst_behind_a_coroutine_that_never_yields_still_starts() {
     const CHILDREN: usize = 100;
-    let rt = runtime(2);
-    wait_until("both workers to run coroutines", || {
-        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
-        for h in batch {
-            h.join().expect("an empty coroutine does not panic");
-        }
-        rt.stats().worker_runs.iter().all(|&r| r > 0)
-    });
+    let rt = two_running_workers();
     let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
     let started = Arc::new(AtomicUsize::new(0));
     let spawner = {
         let started = Arc::clone(&started);
         rt.spawn(move || {
-            let children: Vec<_> = (0..CHILDREN)
-                .map(|_| {
-                    let started = Arc::clone(&started);
-                    let release = release_rx.clone();
-                    greenstack::spawn(move || {
-                        started.fetch_add(1, Ordering::SeqCst);
-                        let _ = release.recv();
-                    })
-                })
-                .collect();
-            // Holds this worker without a switch until every child has
-            // started elsewhere (or half a minute has passed).
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while started.load(Ordering::SeqCst) < CHILDREN && Instant::now() < deadline {
-                std::hint::spin_loop();
-            }
-            (children, started.load(Ordering::SeqCst))
+            let children = spawn_parked_children(CHILDREN, &started, &release_rx);
+            // Holds this worker while every child starts elsewhere.
+            (children, hold_until_started(&started, CHILDREN))
         })
     };
     let (children, seen) = spawner.join().expect("the spawner does not panic");
@@ -344,14 +358,7 @@ fn a_burst_behind_a_coroutine_that_never_yields_still_starts() {
 #[test]
 fn a_burst_handed_to_a_worker_that_never_yields_still_starts() {
     const CHILDREN: usize = 100;
-    let rt = runtime(2);
-    wait_until("both workers to run coroutines", || {
-        let batch: Vec<_> = (0..64).map(|_| rt.spawn(|| ())).collect();
-        for h in batch {
-            h.join().expect("an empty coroutine does not panic");
-        }
-        rt.stats().worker_runs.iter().all(|&r| r > 0)
-    });
+    let rt = two_running_workers();
     let started = Arc::new(AtomicUsize::new(0));
     let holding = Arc::new(AtomicBool::new(false));
     // Holds its worker without a switch until every child has started (or
@@ -360,29 +367,14 @@ fn a_burst_handed_to_a_worker_that_never_yields_still_starts() {
         let (started, holding) = (Arc::clone(&started), Arc::clone(&holding));
         rt.spawn(move || {
             holding.store(true, Ordering::SeqCst);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while started.load(Ordering::SeqCst) < CHILDREN && Instant::now() < deadline {
-                std::hint::spin_loop();
-            }
-            started.load(Ordering::SeqCst)
+            hold_until_started(&started, CHILDREN)
         })
     };
     wait_until("the holder to run", || holding.load(Ordering::SeqCst));
     let (release_tx, release_rx) = greenstack::sync::mpmc::channel::<()>();
     let spawner = {
         let started = Arc::clone(&started);
-        rt.spawn(move || {
-            (0..CHILDREN)
-                .map(|_| {
-                    let started = Arc::clone(&started);
-                    let release = release_rx.clone();
-                    greenstack::spawn(move || {
-                        started.fetch_add(1, Ordering::SeqCst);
-                        let _ = release.recv();
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
+        rt.spawn(move || spawn_parked_children(CHILDREN, &started, &release_rx))
     };
     let seen = holder.join().expect("the holder does not panic");
     assert_eq!(
