@@ -666,16 +666,25 @@ impl Local {
         // short children of a burst through the incoming queues.
         let placed = |w: &super::WorkerShared| w.started.load(Ordering::Relaxed) + w.incoming.len();
         let mine = placed(self.ws());
-        let (least_at, least) = self
-            .shared
+        Some(match self.least_loaded_other(placed) {
+            Some((at, least)) if least < mine => at,
+            _ => self.index,
+        })
+    }
+
+    /// The other running worker with the least `load`, and that load (the
+    /// first in index order on a tie).
+    fn least_loaded_other(
+        &self,
+        load: impl Fn(&super::WorkerShared) -> usize,
+    ) -> Option<(usize, usize)> {
+        self.shared
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.running.load(Ordering::Acquire))
-            .map(|(i, w)| (i, placed(w)))
+            .filter(|&(i, w)| i != self.index && w.running.load(Ordering::Acquire))
+            .map(|(i, w)| (i, load(w)))
             .min_by_key(|&(_, l)| l)
-            .unwrap_or((self.index, mine));
-        Some(if least < mine { least_at } else { self.index })
     }
 
     /// Adds `delta` to this worker's count of started coroutines.
@@ -998,15 +1007,7 @@ impl Local {
             return;
         }
         let mine = load(self.ws());
-        let Some((to, least)) = self
-            .shared
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|&(i, w)| i != self.index && w.running.load(Ordering::Acquire))
-            .map(|(i, w)| (i, load(w)))
-            .min_by_key(|&(_, l)| l)
-        else {
+        let Some((to, least)) = self.least_loaded_other(load) else {
             return;
         };
         if mine <= least + REBALANCE_MARGIN {
