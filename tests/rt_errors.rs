@@ -479,6 +479,15 @@ fn dig(kib: usize) -> usize {
 /// a runtime's; `Ok` with a runtime that ran a coroutine growing its stack
 /// by about 200 KiB, whose stats are returned.
 fn arena_case(arena: ArenaBuilder) -> io::Result<greenstack::RuntimeStats> {
+    arena_case_until(arena, |_| true)
+}
+
+/// As [`arena_case`], then waits (under the test's `bounded` limit) until
+/// `settled` holds for the runtime's statistics.
+fn arena_case_until(
+    arena: ArenaBuilder,
+    settled: impl Fn(&greenstack::RuntimeStats) -> bool,
+) -> io::Result<greenstack::RuntimeStats> {
     arena.clone().build()?;
     let rt = Runtime::builder()
         .workers(1)
@@ -489,7 +498,7 @@ fn arena_case(arena: ArenaBuilder) -> io::Result<greenstack::RuntimeStats> {
         join(rt.spawn(|| dig(200))),
         (0..=200).map(|k| k as u8 as usize).sum()
     );
-    wait_for(|| rt.stats().arena.live_slots == 0);
+    wait_for(|| rt.stats().arena.live_slots == 0 && settled(&rt.stats()));
     Ok(rt.stats())
 }
 
@@ -555,15 +564,25 @@ fn arena_builder_knobs_at_zero_one_and_max() {
         }
         let s = arena_case(a().max_growth_step(usize::MAX)).expect("max_growth_step(MAX)");
         assert!(s.arena.growth_faults > 0, "{s:?}");
-        // pool_budget: any value; 0 gives back all growth on release, the
-        // maximum none.
+        // pool_budget: any value; 0 gives back all growth on release (at
+        // once, or soon after on the runtime's trimmer), the maximum none.
         for v in SIZES {
-            let s =
-                arena_case(a().pool_budget(v)).unwrap_or_else(|e| panic!("pool_budget({v}): {e}"));
-            if v == usize::MAX {
-                assert_eq!(s.arena.bytes_reclaimed, 0, "pool_budget(MAX): {s:?}");
-            } else {
-                assert!(s.arena.bytes_reclaimed > 0, "pool_budget({v}): {s:?}");
+            let case = |defer| {
+                let arena = a().pool_budget(v).defer_trim(defer);
+                if defer && v != usize::MAX {
+                    arena_case_until(arena, |s| s.arena.bytes_reclaimed > 0)
+                } else {
+                    arena_case(arena)
+                }
+                .unwrap_or_else(|e| panic!("pool_budget({v}), defer_trim({defer}): {e}"))
+            };
+            for defer in [false, true] {
+                let s = case(defer);
+                if v == usize::MAX {
+                    assert_eq!(s.arena.bytes_reclaimed, 0, "pool_budget(MAX): {s:?}");
+                } else {
+                    assert!(s.arena.bytes_reclaimed > 0, "pool_budget({v}): {s:?}");
+                }
             }
         }
         // stack_size: as the runtime's.

@@ -4,8 +4,15 @@
 use std::collections::HashSet;
 use std::hint::black_box;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use corosensei::{Coroutine, CoroutineResult};
 use greenstack::stack::{mmap, ArenaStats, Slot, StackArena};
+use greenstack::sync::Barrier;
+use greenstack::{Builder, Runtime};
+
+mod common;
 
 /// What a fresh or trimmed slot keeps committed by default.
 const PAGE: usize = greenstack::stack::DEFAULT_INITIAL_COMMIT;
@@ -297,4 +304,103 @@ fn scrub_zeroes_a_reused_stack_and_is_off_by_default() {
             );
         }
     }
+}
+
+/// Runs [`DEEP`] coroutines on `rt` that each grow their stack by about
+/// 512 KiB and wait for one another there (so all are live at once), and
+/// joins them. Returns their growth, as the arena counted it.
+fn deep_burst(rt: &Runtime) -> u64 {
+    #[inline(never)]
+    fn dig(frames: usize, barrier: &Barrier) -> usize {
+        let pad = black_box([1u8; 1024]);
+        if frames == 0 {
+            barrier.wait();
+            return pad[0] as usize;
+        }
+        dig(frames - 1, barrier) + pad[1] as usize
+    }
+    let before = rt.stats().arena.bytes_grown;
+    let barrier = Arc::new(Barrier::new(DEEP));
+    let handles: Vec<_> = (0..DEEP)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            Builder::new()
+                .stack_size(1 << 20)
+                .spawn_on(rt, move || dig(512, &barrier))
+                .expect("spawning a deep coroutine")
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("a deep coroutine does not panic"), 513);
+    }
+    rt.stats().arena.bytes_grown - before
+}
+
+/// Coroutines in [`deep_burst`].
+const DEEP: usize = 16;
+
+/// Pool budget of the runtimes below: a quarter of one burst's growth.
+const DEEP_BUDGET: usize = 2 << 20;
+
+/// Waits until no slot is live (a slot goes back just after its coroutine's
+/// result reaches the joiner).
+fn until_all_released(rt: &Runtime) -> ArenaStats {
+    loop {
+        let s = rt.stats().arena;
+        if s.live_slots == 0 {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The pool's committed bytes beyond the retained tops.
+fn pool_excess(s: &ArenaStats) -> usize {
+    s.committed_bytes - s.pooled_slots * PAGE
+}
+
+#[test]
+fn a_runtime_trims_the_pool_back_under_budget_in_the_background() {
+    common::bounded("background trim", || {
+        let rt = Runtime::builder()
+            .workers(2)
+            .arena(StackArena::builder().pool_budget(DEEP_BUDGET))
+            .build()
+            .unwrap();
+        let grown = deep_burst(&rt);
+        assert!(grown >= (DEEP as u64) * (512 << 10), "grown {grown}");
+        until_all_released(&rt);
+        // The trimmer gives the excess back soon after, with no call from
+        // here.
+        let s = loop {
+            let s = rt.stats().arena;
+            if pool_excess(&s) <= DEEP_BUDGET {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(s.bytes_reclaimed > 0, "{s:?}");
+        // Meanwhile pooled stacks stay usable: a second burst runs on them.
+        deep_burst(&rt);
+        until_all_released(&rt);
+    });
+}
+
+#[test]
+fn a_runtime_without_deferred_trim_is_under_budget_once_the_slots_are_back() {
+    common::bounded("trim at once", || {
+        let rt = Runtime::builder()
+            .workers(2)
+            .arena(
+                StackArena::builder()
+                    .pool_budget(DEEP_BUDGET)
+                    .defer_trim(false),
+            )
+            .build()
+            .unwrap();
+        deep_burst(&rt);
+        let s = until_all_released(&rt);
+        assert!(pool_excess(&s) <= DEEP_BUDGET, "{s:?}");
+        assert!(s.bytes_reclaimed > 0, "{s:?}");
+    });
 }

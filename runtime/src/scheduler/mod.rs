@@ -37,6 +37,7 @@ pub(crate) mod join;
 mod local;
 pub(crate) mod park;
 mod task;
+mod trimmer;
 mod watchdog;
 mod worker;
 
@@ -154,6 +155,9 @@ pub(crate) struct Shared {
     pub(crate) live: Sharded,
     /// Where the watchdog sleeps between samples.
     pub(crate) watchdog_parker: park::Parker,
+    /// Where the trimmer sleeps; the arena wakes it to trim the stack pool
+    /// back under budget.
+    pub(crate) trimmer_parker: Arc<park::Parker>,
 }
 
 impl Shared {
@@ -289,11 +293,15 @@ impl RuntimeBuilder {
             watchdog: self.watchdog,
             live: Sharded::default(),
             watchdog_parker: park::Parker::new(),
+            trimmer_parker: Arc::new(park::Parker::new()),
         });
+        let parker = Arc::clone(&shared.trimmer_parker);
+        shared.arena.set_trimmer(Arc::new(move || parker.unpark()));
         let mut rt = Runtime {
             shared: Arc::clone(&shared),
             threads: Vec::with_capacity(n),
             watchdog: None,
+            trimmer: None,
         };
         for (index, (deque, driver)) in deques.into_iter().zip(drivers).enumerate() {
             let shared = Arc::clone(&shared);
@@ -302,7 +310,10 @@ impl RuntimeBuilder {
                 .spawn(move || worker::run(shared, index, deque, driver))?;
             rt.threads.push(t);
         }
-        rt.watchdog = Some(watchdog::start(Arc::clone(&shared))?);
+        if shared.watchdog.is_some() {
+            rt.watchdog = Some(watchdog::start(Arc::clone(&shared))?);
+        }
+        rt.trimmer = Some(trimmer::start(Arc::clone(&shared))?);
         Ok(rt)
     }
 }
@@ -328,6 +339,7 @@ pub struct Runtime {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
     watchdog: Option<std::thread::JoinHandle<()>>,
+    trimmer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl fmt::Debug for Runtime {
@@ -456,6 +468,7 @@ impl Drop for Runtime {
                 w.driver.unpark();
             }
             self.shared.watchdog_parker.unpark();
+            self.shared.trimmer_parker.unpark();
             // No join, so no later point at which every worker is gone:
             // drain the shared queues now (the workers may take from them
             // meanwhile, and drain their own queues when they stop), and
@@ -468,11 +481,15 @@ impl Drop for Runtime {
             w.driver.unpark();
         }
         self.shared.watchdog_parker.unpark();
+        self.shared.trimmer_parker.unpark();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        if let Some(w) = self.watchdog.take() {
-            let _ = w.join();
+        for t in [self.watchdog.take(), self.trimmer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.join();
         }
         // Spawns that raced with shutdown: drop them here (their joiners see
         // `Cancelled`).

@@ -3,8 +3,7 @@
 //! Every quarter threshold it samples each worker's switch counter and the
 //! header pointer of the coroutine it runs. A worker whose counter has not
 //! moved for a whole threshold while a coroutine runs gets one warn event
-//! naming the coroutine. The watchdog also trims idle pooled stacks once a
-//! second.
+//! naming the coroutine. It runs only when a threshold is set.
 //!
 //! # Reading a header another thread may free
 //!
@@ -24,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 
-/// How often idle pooled stacks are trimmed.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Longest sleep between samples.
+const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// Starts the watchdog thread; it ends at shutdown.
 pub(crate) fn start(shared: Arc<Shared>) -> io::Result<std::thread::JoinHandle<()>> {
@@ -41,10 +40,10 @@ struct Seen {
 }
 
 fn run(shared: &Shared) {
-    let threshold = shared.watchdog;
-    let tick = threshold.map_or(TRIM_EVERY, |t| {
-        (t / 4).clamp(Duration::from_millis(1), TRIM_EVERY)
-    });
+    let Some(threshold) = shared.watchdog else {
+        return;
+    };
+    let tick = (threshold / 4).clamp(Duration::from_millis(1), MAX_TICK);
     let now = Instant::now();
     let mut seen: Vec<Seen> = shared
         .workers
@@ -55,15 +54,9 @@ fn run(shared: &Shared) {
             reported: false,
         })
         .collect();
-    let mut last_trim = now;
     while !shared.shutdown.load(Ordering::Acquire) {
         shared.watchdog_parker.park_timeout(tick);
         let now = Instant::now();
-        if now.duration_since(last_trim) >= TRIM_EVERY {
-            shared.arena.trim_idle();
-            last_trim = now;
-        }
-        let Some(threshold) = threshold else { continue };
         for (w, s) in shared.workers.iter().zip(seen.iter_mut()) {
             let switches = w.switches.load(Ordering::Relaxed);
             let running = !w.current.load(Ordering::Relaxed).is_null();

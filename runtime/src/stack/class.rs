@@ -27,7 +27,9 @@
 //! page-table page (DESIGN.md, "Page tables are part of the cost").
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use once_cell::sync::OnceCell;
 use std::sync::Mutex;
 
 use super::arena::{Claim, Exhausted, SlotAllocator};
@@ -101,6 +103,8 @@ pub(crate) struct Geometry {
     pub(crate) pool_budget: usize,
     /// Zero a reused slot's committed stack before handing it out.
     pub(crate) scrub: bool,
+    /// Leave over-budget trims to a background trimmer, when one is set.
+    pub(crate) defer_trim: bool,
     /// Number of slots.
     pub(crate) capacity: usize,
     /// How the ungrown zone faults.
@@ -143,7 +147,15 @@ pub(crate) struct Class {
     pub(crate) counters: Counters,
     /// Set when the arena is dropped: threads stop caching its slots.
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// Wakes the background thread that trims the pool back under budget
+    /// (`trim_over_budget`); unset, release trims at once.
+    pub(crate) trimmer: OnceCell<Trimmer>,
+    /// A release left the pool over budget for the trimmer to mend.
+    trim_wanted: AtomicBool,
 }
+
+/// Wakes a background trimmer; see [`Class::trimmer`].
+pub(crate) type Trimmer = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// Smallest capacity for which threads keep magazines of warm slots: 4,096
 /// (32 slots per thread is then at most 0.8% of it).
@@ -191,6 +203,8 @@ impl Class {
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            trimmer: OnceCell::new(),
+            trim_wanted: AtomicBool::new(false),
         })
     }
 
@@ -369,11 +383,21 @@ impl Class {
         }
     }
 
-    /// Readies a live slot for the pool, trimming it if the pool is over
-    /// budget, but leaves it claimed in the allocator: the caller either
-    /// releases it there or keeps it in its thread's magazine (then
-    /// `reuse_retired` takes it back).
-    pub(crate) fn retire(&self, index: u32) {
+    /// Readies a live slot for the pool, but leaves it claimed in the
+    /// allocator: the caller either releases it there or keeps it in its
+    /// thread's magazine (then `reuse_retired` takes it back).
+    ///
+    /// If the slot's pages take the pool over budget, they are trimmed now,
+    /// or, with a trimmer set and `defer_trim` on, left for the trimmer:
+    /// then this returns true, and the caller must release the slot to the
+    /// shared pool, where the trimmer can claim it, and then call
+    /// `request_trim`. Deferring
+    /// keeps `madvise` and its TLB shootdowns off the path that finishes a
+    /// coroutine; it never raises the peak, as the pages were committed
+    /// while the slot was live.
+    #[must_use = "a deferred slot must go to the shared pool"]
+    pub(crate) fn retire(&self, index: u32) -> bool {
+        let mut deferred = false;
         let meta = &self.metas[index as usize];
         meta.id.store(0, Ordering::Relaxed);
         meta.name_len.store(0, Ordering::Relaxed);
@@ -383,17 +407,67 @@ impl Class {
         if floor != 0 && floor < keep {
             let excess = keep - floor;
             let before = self.pool_excess.fetch_add(excess, Ordering::Relaxed);
-            if before + excess > self.geo.pool_budget {
+            if before + excess <= self.geo.pool_budget {
+                meta.pooled_excess.store(excess, Ordering::Relaxed);
+            } else if self.geo.defer_trim && self.trimmer.get().is_some() {
+                meta.pooled_excess.store(excess, Ordering::Relaxed);
+                deferred = true;
+            } else {
                 self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
                 self.trim(index as usize);
-            } else {
-                meta.pooled_excess.store(excess, Ordering::Relaxed);
             }
         }
         meta.released_epoch
             .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
         self.counters.live.add(-1);
         self.counters.pooled.add(1);
+        deferred
+    }
+
+    /// Whether a release asked the trimmer for a pass not yet begun.
+    pub(crate) fn trim_pending(&self) -> bool {
+        self.trim_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the trimmer for a slot `retire` deferred, once the slot is in
+    /// the shared pool (so the pass it wakes can claim it).
+    pub(crate) fn request_trim(&self) {
+        // AcqRel: the release of the slot before this is visible to the
+        // pass that clears the flag; a pass that cleared it earlier is
+        // followed by a new one, as the swap then sees false and wakes.
+        if !self.trim_wanted.swap(true, Ordering::AcqRel) {
+            if let Some(wake) = self.trimmer.get() {
+                wake();
+            }
+        }
+    }
+
+    /// The trimmer's pass: trims pooled slots until the pool is back under
+    /// budget, if a release asked for it. Slots live or in a thread's
+    /// magazine are skipped (a deferring release never uses the magazine).
+    /// Returns the bytes given back.
+    pub(crate) fn trim_over_budget(&self) -> u64 {
+        // Acquire: pairs with the AcqRel swap in `retire`.
+        if !self.trim_wanted.swap(false, Ordering::Acquire) {
+            return 0;
+        }
+        let before = self.counters.bytes_reclaimed.load(Ordering::Relaxed);
+        for index in 0..self.alloc.touched() {
+            if self.pool_excess.load(Ordering::Relaxed) <= self.geo.pool_budget {
+                break;
+            }
+            let meta = &self.metas[index];
+            if meta.pooled_excess.load(Ordering::Relaxed) == 0
+                || !self.alloc.begin_trim(index as u32)
+            {
+                continue;
+            }
+            let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
+            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+            self.trim(index);
+            self.alloc.end_trim(index as u32);
+        }
+        self.counters.bytes_reclaimed.load(Ordering::Relaxed) - before
     }
 
     /// Gives back everything below the retained top of slot `index`, which
