@@ -268,13 +268,14 @@ fn settled(rt: &Runtime) -> RuntimeStats {
 /// Runs the stress on fresh runtimes: [`ROUNDS`] rounds of [`PER_ROUND`]
 /// tasks, each round from a `block_on`.
 fn run_stress() -> Outcome {
-    // Released stacks go back to their 32 KiB initial commit before the
-    // release returns, so every coroutine's floor starts where `near_floor`
-    // can reach it.
+    // Released stacks go back to their 32 KiB initial commit (on the
+    // trimmer, or when the slot is allocated again, whichever is first: the
+    // trimmer's claims race with the workers' allocations here), so every
+    // coroutine's floor starts where `near_floor` can reach it.
     let build = |workers| {
         Runtime::builder()
             .workers(workers)
-            .arena(StackArena::builder().pool_budget(0).defer_trim(false))
+            .arena(StackArena::builder().pool_budget(0))
             .build()
             .unwrap()
     };

@@ -306,18 +306,21 @@ fn scrub_zeroes_a_reused_stack_and_is_off_by_default() {
     }
 }
 
-/// Runs [`DEEP`] coroutines on `rt` that each grow their stack by about
-/// 512 KiB and wait for one another there (so all are live at once), and
-/// joins them. Returns their growth, as the arena counted it.
+/// Runs [`DEEP`] coroutines on `rt` that each grow their stack by 512 KiB
+/// and wait for one another there (so all are live at once), and joins
+/// them. Returns their growth, as the arena counted it.
 fn deep_burst(rt: &Runtime) -> u64 {
+    /// Recurses until the stack is 512 KiB below `top` (frame sizes differ
+    /// between debug and release builds), waits there, and returns the
+    /// depth reached.
     #[inline(never)]
-    fn dig(frames: usize, barrier: &Barrier) -> usize {
+    fn dig(top: usize, barrier: &Barrier) -> usize {
         let pad = black_box([1u8; 1024]);
-        if frames == 0 {
+        if top - black_box(&pad) as *const _ as usize >= 512 << 10 {
             barrier.wait();
             return pad[0] as usize;
         }
-        dig(frames - 1, barrier) + pad[1] as usize
+        dig(top, barrier) + pad[1] as usize
     }
     let before = rt.stats().arena.bytes_grown;
     let barrier = Arc::new(Barrier::new(DEEP));
@@ -326,12 +329,15 @@ fn deep_burst(rt: &Runtime) -> u64 {
             let barrier = Arc::clone(&barrier);
             Builder::new()
                 .stack_size(1 << 20)
-                .spawn_on(rt, move || dig(512, &barrier))
+                .spawn_on(rt, move || {
+                    let here = 0u8;
+                    dig(black_box(&here) as *const u8 as usize, &barrier)
+                })
                 .expect("spawning a deep coroutine")
         })
         .collect();
     for h in handles {
-        assert_eq!(h.join().expect("a deep coroutine does not panic"), 513);
+        assert!(h.join().expect("a deep coroutine does not panic") > 0);
     }
     rt.stats().arena.bytes_grown - before
 }
@@ -343,15 +349,14 @@ const DEEP: usize = 16;
 const DEEP_BUDGET: usize = 2 << 20;
 
 /// Waits until no slot is live (a slot goes back just after its coroutine's
-/// result reaches the joiner).
+/// result reaches the joiner); returns the statistics read after that (a
+/// snapshot is not atomic: the one that saw the last slot go may not show
+/// that release's trim yet).
 fn until_all_released(rt: &Runtime) -> ArenaStats {
-    loop {
-        let s = rt.stats().arena;
-        if s.live_slots == 0 {
-            return s;
-        }
+    while rt.stats().arena.live_slots != 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
+    rt.stats().arena
 }
 
 /// The pool's committed bytes beyond the retained tops.

@@ -296,7 +296,7 @@ impl RuntimeBuilder {
             trimmer_parker: Arc::new(park::Parker::new()),
         });
         let parker = Arc::clone(&shared.trimmer_parker);
-        shared.arena.set_trimmer(Arc::new(move || parker.unpark()));
+        shared.arena.set_trimmer(Box::new(move || parker.unpark()));
         let mut rt = Runtime {
             shared: Arc::clone(&shared),
             threads: Vec::with_capacity(n),

@@ -80,7 +80,8 @@ pub(crate) struct SlotMeta {
     /// Length of the name at `name_ptr`.
     pub(crate) name_len: AtomicUsize,
     /// Committed bytes beyond the retained top that this pooled slot adds to
-    /// the class's `pool_excess`. 0 while live.
+    /// the class's `pool_excess`, with [`DEFERRED`] set if they took the
+    /// pool over budget and wait for the trimmer. 0 while live.
     pub(crate) pooled_excess: AtomicUsize,
     /// The class's trim epoch when this slot was last released.
     pub(crate) released_epoch: AtomicU64,
@@ -149,17 +150,53 @@ pub(crate) struct Class {
     pub(crate) closed: std::sync::atomic::AtomicBool,
     /// Wakes the background thread that trims the pool back under budget
     /// (`trim_over_budget`); unset, release trims at once.
-    pub(crate) trimmer: OnceCell<Trimmer>,
+    pub(crate) trimmer: OnceCell<std::sync::Arc<Trimmer>>,
     /// A release left the pool over budget for the trimmer to mend.
     trim_wanted: AtomicBool,
 }
 
-/// Wakes a background trimmer; see [`Class::trimmer`].
-pub(crate) type Trimmer = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// The link to a runtime's background trimmer, shared by its arena's
+/// classes; see [`Class::trimmer`].
+pub(crate) struct Trimmer {
+    wake: Box<dyn Fn() + Send + Sync>,
+    /// Cleared when the trimmer thread ends: releases then trim at once.
+    alive: AtomicBool,
+}
+
+impl Trimmer {
+    /// A link whose trimmer `wake` wakes.
+    pub(crate) fn new(wake: Box<dyn Fn() + Send + Sync>) -> Trimmer {
+        Trimmer {
+            wake,
+            alive: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the trimmer still runs.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// The trimmer thread is ending. A release racing with this may still
+    /// defer; its slot is trimmed by its next allocation, an idle trim, or
+    /// the arena's unmapping.
+    pub(crate) fn stop(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    fn wake(&self) {
+        (self.wake)();
+    }
+}
 
 /// Smallest capacity for which threads keep magazines of warm slots: 4,096
 /// (32 slots per thread is then at most 0.8% of it).
 pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
+
+/// Bit of `SlotMeta::pooled_excess`: the slot's excess took the pool over
+/// budget and is left for the trimmer (or the next allocation) to give
+/// back. A flag bit, not a field, so the metadata stays 56 bytes a slot.
+const DEFERRED: usize = 1 << (usize::BITS - 1);
 
 /// `released_epoch` of a pooled slot whose pages `trim_idle` already gave
 /// back (so later trims skip it until it is used again).
@@ -244,10 +281,7 @@ impl Class {
         let meta = &self.metas[index as usize];
         if let Claim::Pooled(_) = claim {
             self.counters.pooled.add(-1);
-            let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
-            if excess != 0 {
-                self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
-            }
+            self.unpool_excess(index as usize);
             if let Err(e) = self.scrub(index as usize) {
                 self.alloc.release(index);
                 self.counters.pooled.add(1);
@@ -336,12 +370,8 @@ impl Class {
     ///
     /// If scrubbing fails; the slot then goes back to the shared pool.
     pub(crate) fn reuse_retired(&self, index: u32) -> io::Result<()> {
-        let meta = &self.metas[index as usize];
         self.counters.pooled.add(-1);
-        let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
-        if excess != 0 {
-            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
-        }
+        self.unpool_excess(index as usize);
         if let Err(e) = self.scrub(index as usize) {
             self.alloc.release(index);
             self.counters.pooled.add(1);
@@ -349,6 +379,22 @@ impl Class {
         }
         self.counters.live.add(1);
         Ok(())
+    }
+
+    /// A pooled slot is being taken (by an allocation, which holds it live,
+    /// or by a trim, which holds it claimed): its excess leaves the pool's
+    /// count. If the trimmer has not reached it yet, it is trimmed now, so a
+    /// deferred excess never goes live with a new coroutine (the budget
+    /// bounds what pooled slots hold, and a deferral only delays the trim).
+    fn unpool_excess(&self, index: usize) {
+        let excess = self.metas[index].pooled_excess.swap(0, Ordering::Relaxed);
+        if excess != 0 {
+            self.pool_excess
+                .fetch_sub(excess & !DEFERRED, Ordering::Relaxed);
+        }
+        if excess & DEFERRED != 0 {
+            self.trim(index);
+        }
     }
 
     /// With scrubbing on, discards the committed pages of a slot about to be
@@ -388,13 +434,12 @@ impl Class {
     /// thread's magazine (then `reuse_retired` takes it back).
     ///
     /// If the slot's pages take the pool over budget, they are trimmed now,
-    /// or, with a trimmer set and `defer_trim` on, left for the trimmer:
+    /// or, with a live trimmer and `defer_trim` on, marked [`DEFERRED`] for
+    /// the trimmer (or the slot's next allocation, whichever comes first):
     /// then this returns true, and the caller must release the slot to the
     /// shared pool, where the trimmer can claim it, and then call
-    /// `request_trim`. Deferring
-    /// keeps `madvise` and its TLB shootdowns off the path that finishes a
-    /// coroutine; it never raises the peak, as the pages were committed
-    /// while the slot was live.
+    /// `request_trim`. Deferring keeps `madvise` and its TLB shootdowns off
+    /// the path that finishes a coroutine.
     #[must_use = "a deferred slot must go to the shared pool"]
     pub(crate) fn retire(&self, index: u32) -> bool {
         let mut deferred = false;
@@ -409,8 +454,9 @@ impl Class {
             let before = self.pool_excess.fetch_add(excess, Ordering::Relaxed);
             if before + excess <= self.geo.pool_budget {
                 meta.pooled_excess.store(excess, Ordering::Relaxed);
-            } else if self.geo.defer_trim && self.trimmer.get().is_some() {
-                meta.pooled_excess.store(excess, Ordering::Relaxed);
+            } else if self.geo.defer_trim && self.trimmer.get().is_some_and(|t| t.is_alive()) {
+                meta.pooled_excess
+                    .store(excess | DEFERRED, Ordering::Relaxed);
                 deferred = true;
             } else {
                 self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
@@ -436,36 +482,37 @@ impl Class {
         // pass that clears the flag; a pass that cleared it earlier is
         // followed by a new one, as the swap then sees false and wakes.
         if !self.trim_wanted.swap(true, Ordering::AcqRel) {
-            if let Some(wake) = self.trimmer.get() {
-                wake();
+            if let Some(t) = self.trimmer.get() {
+                t.wake();
             }
         }
     }
 
-    /// The trimmer's pass: trims pooled slots until the pool is back under
-    /// budget, if a release asked for it. Slots live or in a thread's
-    /// magazine are skipped (a deferring release never uses the magazine).
-    /// Returns the bytes given back.
-    pub(crate) fn trim_over_budget(&self) -> u64 {
-        // Acquire: pairs with the AcqRel swap in `retire`.
+    /// The trimmer's pass, if a release asked for one: trims every pooled
+    /// slot marked [`DEFERRED`], as their releases would have. A deferred
+    /// slot allocated meanwhile was trimmed by its allocation; deferred
+    /// slots never sit in a thread's magazine. `stop` is polled between
+    /// slots (shutdown). Returns the bytes given back.
+    pub(crate) fn trim_over_budget(&self, stop: &dyn Fn() -> bool) -> u64 {
+        // Acquire: pairs with the AcqRel swap in `request_trim`.
         if !self.trim_wanted.swap(false, Ordering::Acquire) {
             return 0;
         }
         let before = self.counters.bytes_reclaimed.load(Ordering::Relaxed);
         for index in 0..self.alloc.touched() {
-            if self.pool_excess.load(Ordering::Relaxed) <= self.geo.pool_budget {
-                break;
-            }
             let meta = &self.metas[index];
-            if meta.pooled_excess.load(Ordering::Relaxed) == 0
-                || !self.alloc.begin_trim(index as u32)
-            {
+            if meta.pooled_excess.load(Ordering::Relaxed) & DEFERRED == 0 {
                 continue;
             }
-            let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
-            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
-            self.trim(index);
-            self.alloc.end_trim(index as u32);
+            if stop() {
+                // Unfinished: the next pass (or allocation) takes the rest.
+                self.trim_wanted.store(true, Ordering::Relaxed);
+                break;
+            }
+            if self.alloc.begin_trim(index as u32) {
+                self.unpool_excess(index);
+                self.alloc.end_trim(index as u32);
+            }
         }
         self.counters.bytes_reclaimed.load(Ordering::Relaxed) - before
     }
@@ -520,8 +567,7 @@ impl Class {
             if !self.alloc.begin_trim(index as u32) {
                 continue;
             }
-            let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
-            self.pool_excess.fetch_sub(excess, Ordering::Relaxed);
+            self.unpool_excess(index);
             self.trim(index);
             // The retained top too: it stays committed (no growth fault on
             // reuse) but its pages go back, to fault in again as zeros.

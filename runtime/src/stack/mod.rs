@@ -49,8 +49,9 @@
 //! bytes committed and goes on a LIFO pool, so the next allocation reuses a
 //! warm stack with no system call. Pages below the retained top stay while
 //! the pool's excess is under [`ArenaBuilder::pool_budget`]; past it, they
-//! are given back: in a runtime by its background thread, 20 ms later
-//! ([`ArenaBuilder::defer_trim`]), otherwise by the release itself.
+//! are given back: in a runtime by its background thread about 20 ms later,
+//! or by the slot's next allocation if that comes first
+//! ([`ArenaBuilder::defer_trim`]); otherwise by the release itself.
 //! [`StackArena::trim_idle`] gives back those of slots that sat pooled
 //! through a whole trim interval.
 //!
@@ -224,12 +225,14 @@ impl ArenaBuilder {
     /// Giving pages back takes `madvise` and a TLB shootdown across the
     /// runtime's threads; in the background, after a burst of releases, they
     /// cost the finishing coroutines nothing (`deep_stack` in
-    /// `benches/compare`: 10–15% of its time). The pool then stays over
-    /// budget until the background pass, which begins 20 ms after the
-    /// release that went over and runs at low priority, by pages that were
-    /// already resident while their coroutines ran: peak memory does not
-    /// rise. With `false`, or on an arena used without a runtime, release
-    /// gives them back before it returns.
+    /// `benches/compare`: 10–15% of its time). The pool is then over budget
+    /// until the background pass, which begins about 20 ms after the release
+    /// that went over (later if every CPU is busy), by pages that were
+    /// resident while their coroutines ran. Such a slot allocated before the
+    /// pass is trimmed by that allocation, so the pages never go live again
+    /// and the budget still bounds what pooled slots hand on. With `false`,
+    /// on an arena used without a runtime, or once the runtime has shut
+    /// down, release gives them back before it returns.
     pub fn defer_trim(mut self, on: bool) -> Self {
         self.defer_trim = on;
         self
@@ -442,7 +445,7 @@ struct Inner {
     default_class: usize,
     classes: [OnceCell<Arc<ClassHandle>>; CLASSES],
     /// The runtime's background trimmer, given to each class it creates.
-    trimmer: OnceCell<class::Trimmer>,
+    trimmer: OnceCell<Arc<class::Trimmer>>,
 }
 
 /// Reserved address space for coroutine stacks, handed out as [`Slot`]s
@@ -561,7 +564,7 @@ impl StackArena {
             .map(|h| {
                 // Slots this thread holds back become trimmable too.
                 flush_magazine(h);
-                h.class.trim_over_budget() + h.class.trim_idle()
+                h.class.trim_over_budget(&|| false) + h.class.trim_idle()
             })
             .sum()
     }
@@ -572,13 +575,25 @@ impl StackArena {
     /// Set it before the arena's first allocation, as a class created
     /// concurrently may miss it (it then trims at once). A second call is
     /// ignored.
-    pub(crate) fn set_trimmer(&self, wake: Arc<dyn Fn() + Send + Sync>) {
-        if self.inner.trimmer.set(wake).is_err() {
+    pub(crate) fn set_trimmer(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        if self
+            .inner
+            .trimmer
+            .set(Arc::new(class::Trimmer::new(wake)))
+            .is_err()
+        {
             return;
         }
-        let wake = self.inner.trimmer.get().expect("just set");
+        let t = self.inner.trimmer.get().expect("just set");
         for h in self.handles() {
-            let _ = h.class.trimmer.set(Arc::clone(wake));
+            let _ = h.class.trimmer.set(Arc::clone(t));
+        }
+    }
+
+    /// The background trimmer is ending: from now on releases trim at once.
+    pub(crate) fn stop_trimmer(&self) {
+        if let Some(t) = self.inner.trimmer.get() {
+            t.stop();
         }
     }
 
@@ -587,11 +602,11 @@ impl StackArena {
         self.handles().any(|h| h.class.trim_pending())
     }
 
-    /// The background trimmer's pass: trims pooled slots until every class
-    /// is back under its budget, where a release asked for it. Returns the
-    /// bytes given back.
-    pub(crate) fn trim_over_budget(&self) -> u64 {
-        self.handles().map(|h| h.class.trim_over_budget()).sum()
+    /// The background trimmer's pass: trims the slots whose releases left
+    /// their over-budget pages to it, where a release asked for a pass.
+    /// Stops early once `stop` returns true. Returns the bytes given back.
+    pub(crate) fn trim_over_budget(&self, stop: &dyn Fn() -> bool) -> u64 {
+        self.handles().map(|h| h.class.trim_over_budget(stop)).sum()
     }
 
     fn handles(&self) -> impl Iterator<Item = &Arc<ClassHandle>> {
