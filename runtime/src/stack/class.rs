@@ -65,14 +65,7 @@ pub enum GuardMode {
 /// What the fault handler and the allocator know about one slot. All zero
 /// means "never set up"; the array is `calloc`ed, so untouched slots cost no
 /// resident memory.
-///
-/// One cache line per slot: at 56 bytes, neighbouring slots shared lines,
-/// and slots in different workers' magazines are often neighbours, so every
-/// spawn and finish (identity stores, `pooled_excess`) bounced a line
-/// between CPUs. `fanout_fib` on 2 workers went from 184 to 164 ns per task
-/// (medians of 8, alternating) when aligned; a parked coroutine's memory
-/// did not grow measurably (`parked` at 1M: 4.94 KiB against 4.99).
-#[repr(C, align(64))]
+#[repr(C)]
 pub(crate) struct SlotMeta {
     /// Lowest committed address: `[floor, top)` is committed. 0 until the
     /// slot's memory is set up. Written by the owner and by the fault handler
@@ -202,7 +195,7 @@ pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
 
 /// Bit of `SlotMeta::pooled_excess`: the slot's excess took the pool over
 /// budget and is left for the trimmer (or the next allocation) to give
-/// back. A flag bit, so the swap that takes the excess takes the flag too.
+/// back. A flag bit, not a field, so the metadata stays 56 bytes a slot.
 const DEFERRED: usize = 1 << (usize::BITS - 1);
 
 /// `released_epoch` of a pooled slot whose pages `trim_idle` already gave
@@ -394,14 +387,7 @@ impl Class {
     /// deferred excess never goes live with a new coroutine (the budget
     /// bounds what pooled slots hold, and a deferral only delays the trim).
     fn unpool_excess(&self, index: usize) {
-        let meta = &self.metas[index];
-        // The caller holds the slot (live or claimed for trimming), so no
-        // one else writes its excess: a plain load first skips the locked
-        // swap in the common case of none.
-        if meta.pooled_excess.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
+        let excess = self.metas[index].pooled_excess.swap(0, Ordering::Relaxed);
         if excess != 0 {
             self.pool_excess
                 .fetch_sub(excess & !DEFERRED, Ordering::Relaxed);
