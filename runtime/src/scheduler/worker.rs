@@ -126,7 +126,9 @@ pub(crate) struct Running {
     resumes: Cell<u32>,
     resumes_at_spawn: Cell<u32>,
     /// The timer of a park with a deadline; cancelled when it runs again.
-    timer: RefCell<Option<TimerGuard>>,
+    /// A `Cell` (taken and set whole), not a `RefCell`: 8 bytes less per
+    /// coroutine, which puts `Running` in a smaller malloc size class.
+    timer: Cell<Option<TimerGuard>>,
 }
 
 impl Running {
@@ -154,14 +156,14 @@ impl Running {
             children: Cell::new(0),
             resumes: Cell::new(0),
             resumes_at_spawn: Cell::new(0),
-            timer: RefCell::new(None),
+            timer: Cell::new(None),
         })
     }
 
     /// Resumes the coroutine on this thread until it suspends or returns.
     /// `p` must point to `self`, boxed and kept alive by the caller.
     fn resume(&self, p: *const Running) -> CoroutineResult<Request, bool> {
-        self.timer.borrow_mut().take();
+        self.timer.take();
         self.resumes.set(self.resumes.get().wrapping_add(1));
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
@@ -1197,7 +1199,7 @@ impl Local {
                     bump(&ws.parks);
                     if let Some(d) = deadline {
                         let waker = r.header.waker();
-                        *r.timer.borrow_mut() = Some(self.driver.add_timer(d, waker));
+                        r.timer.set(Some(self.driver.add_timer(d, waker)));
                     }
                 } else {
                     self.ready.borrow_mut().push_back(key);

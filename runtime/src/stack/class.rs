@@ -27,6 +27,7 @@
 //! page-table page (DESIGN.md, "Page tables are part of the cost").
 
 use std::io;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use once_cell::sync::OnceCell;
@@ -63,9 +64,14 @@ pub enum GuardMode {
 }
 
 /// What the fault handler and the allocator know about one slot. All zero
-/// means "never set up"; the array is `calloc`ed, so untouched slots cost no
-/// resident memory.
-#[repr(C)]
+/// means "never set up"; the array is an anonymous mapping ([`Metas`]), so
+/// untouched slots cost no resident memory.
+///
+/// One cache line per slot: at 56 bytes, neighbouring slots shared lines,
+/// and slots in different workers' magazines are often neighbours, so every
+/// spawn and finish (identity stores, `pooled_excess`) bounced a line
+/// between CPUs.
+#[repr(C, align(64))]
 pub(crate) struct SlotMeta {
     /// Lowest committed address: `[floor, top)` is committed. 0 until the
     /// slot's memory is set up. Written by the owner and by the fault handler
@@ -133,7 +139,7 @@ pub(crate) struct Class {
     /// The whole reservation, for `munmap`.
     reservation: (usize, usize),
     /// Per-slot metadata, `capacity` entries.
-    pub(crate) metas: Box<[SlotMeta]>,
+    pub(crate) metas: Metas,
     /// Which slots are live or pooled.
     pub(crate) alloc: SlotAllocator,
     /// Slots `0..mapped` lie in chunks already made read-write (marker mode).
@@ -195,7 +201,7 @@ pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
 
 /// Bit of `SlotMeta::pooled_excess`: the slot's excess took the pool over
 /// budget and is left for the trimmer (or the next allocation) to give
-/// back. A flag bit, not a field, so the metadata stays 56 bytes a slot.
+/// back. A flag bit, so the swap that takes the excess takes the flag too.
 const DEFERRED: usize = 1 << (usize::BITS - 1);
 
 /// `released_epoch` of a pooled slot whose pages `trim_idle` already gave
@@ -232,7 +238,10 @@ impl Class {
             geo,
             base,
             reservation: (raw, len),
-            metas: zeroed_metas(geo.capacity),
+            metas: Metas::new(geo.capacity).inspect_err(|_| {
+                // SAFETY: the reservation was made above and nothing uses it.
+                let _ = unsafe { mmap::unmap(raw, len) };
+            })?,
             alloc: SlotAllocator::new(geo.capacity),
             mapped: AtomicUsize::new(0),
             chunk_lock: Mutex::new(()),
@@ -387,7 +396,14 @@ impl Class {
     /// deferred excess never goes live with a new coroutine (the budget
     /// bounds what pooled slots hold, and a deferral only delays the trim).
     fn unpool_excess(&self, index: usize) {
-        let excess = self.metas[index].pooled_excess.swap(0, Ordering::Relaxed);
+        let meta = &self.metas[index];
+        // The caller holds the slot (live or claimed for trimming), so no
+        // one else writes its excess: a plain load first skips the locked
+        // swap in the common case of none.
+        if meta.pooled_excess.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
         if excess != 0 {
             self.pool_excess
                 .fetch_sub(excess & !DEFERRED, Ordering::Relaxed);
@@ -701,21 +717,66 @@ pub(crate) fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-/// `n` all-zero `SlotMeta`s from `calloc`, so untouched entries cost nothing
-/// resident.
-fn zeroed_metas(n: usize) -> Box<[SlotMeta]> {
-    if n == 0 {
-        return Box::new([]);
-    }
-    let layout = std::alloc::Layout::array::<SlotMeta>(n).expect("slot metadata too large");
-    // SAFETY: the layout has non-zero size (n > 0). `SlotMeta` is all atomics,
-    // for which all-zero bytes are a valid value, so the zeroed allocation is
-    // `n` initialized `SlotMeta`s; `Box<[T]>` frees it with the same layout.
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut SlotMeta;
-        if p.is_null() {
-            std::alloc::handle_alloc_error(layout);
+/// The per-slot metadata array in an anonymous mapping of its own:
+/// page-aligned, so each [`SlotMeta`] gets its cache line, and zero-filled
+/// by the kernel page by page on first touch. `calloc` with a 64-byte
+/// alignment is `aligned_alloc` plus a `memset` of the whole array (every
+/// class's metadata resident at start-up), which is why this is by hand.
+pub(crate) struct Metas {
+    ptr: NonNull<SlotMeta>,
+    len: usize,
+}
+
+// SAFETY: `Metas` owns its mapping like a `Box<[SlotMeta]>`, and `SlotMeta`
+// is all atomics, so sharing or sending the table is as safe as sharing or
+// sending the slice.
+unsafe impl Send for Metas {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Metas {}
+
+impl Metas {
+    /// `n` all-zero entries.
+    fn new(n: usize) -> io::Result<Metas> {
+        let bytes = n
+            .checked_mul(std::mem::size_of::<SlotMeta>())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "arena too large"))?;
+        if bytes == 0 {
+            return Ok(Metas {
+                ptr: NonNull::dangling(),
+                len: 0,
+            });
         }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+        let addr = mmap::map_zeroed(bytes)?;
+        Ok(Metas {
+            // `map_zeroed` never returns 0 on success.
+            ptr: NonNull::new(addr as *mut SlotMeta).expect("mmap returned null"),
+            len: n,
+        })
+    }
+}
+
+impl std::ops::Deref for Metas {
+    type Target = [SlotMeta];
+
+    fn deref(&self) -> &[SlotMeta] {
+        // SAFETY: `ptr` is page-aligned (or dangling with `len` 0) and points
+        // at `len` entries the mapping holds until drop; zero bytes are a
+        // valid `SlotMeta` (all atomics), and nothing hands out `&mut`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Metas {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: the mapping is ours (made in `new`) and `&mut self`
+            // means no reference into it is left.
+            let _ = unsafe {
+                mmap::unmap(
+                    self.ptr.as_ptr() as usize,
+                    self.len * std::mem::size_of::<SlotMeta>(),
+                )
+            };
+        }
     }
 }

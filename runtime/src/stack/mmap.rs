@@ -107,6 +107,17 @@ pub(crate) fn page_size() -> usize {
 
 /// Reserves `len` bytes of address space with no access and no commit charge.
 pub(crate) fn reserve(len: usize) -> io::Result<usize> {
+    map_anonymous(len, libc::PROT_NONE)
+}
+
+/// Maps `len` bytes of zero-filled, read-write memory (no commit charge;
+/// pages become resident when first touched).
+pub(crate) fn map_zeroed(len: usize) -> io::Result<usize> {
+    map_anonymous(len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+/// A fresh private anonymous `MAP_NORESERVE` mapping of `len` bytes.
+fn map_anonymous(len: usize, prot: libc::c_int) -> io::Result<usize> {
     counted();
     // SAFETY: a fresh anonymous mapping at an address of the kernel's choice
     // touches no existing memory.
@@ -114,7 +125,7 @@ pub(crate) fn reserve(len: usize) -> io::Result<usize> {
         libc::mmap(
             std::ptr::null_mut(),
             len,
-            libc::PROT_NONE,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
