@@ -50,6 +50,8 @@ impl Idle {
     }
 
     /// Takes one sleeper to wake, if any and if no worker is searching.
+    /// Its first step is the waker's SeqCst fence (module docs), so a
+    /// caller that just pushed work needs none of its own.
     pub(crate) fn pop_sleeper(&self) -> Option<usize> {
         fence(Ordering::SeqCst);
         if self.searching.load(Ordering::SeqCst) > 0 || self.count.load(Ordering::SeqCst) == 0 {

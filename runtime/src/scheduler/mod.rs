@@ -553,10 +553,8 @@ where
     let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
-    let task = TaskRef::new(init, f);
-    let coroutine = Coroutine {
-        header: task.clone(),
-    };
+    let (task, handle) = TaskRef::new(init, f);
+    let coroutine = Coroutine { header: handle };
     tracing::trace!(coroutine.id = id.get(), "spawn");
     // SAFETY: `task` was just made with a closure and goes into this one
     // `NewTask` only.

@@ -280,22 +280,25 @@ unsafe impl Send for TaskRef {}
 unsafe impl Sync for TaskRef {}
 
 impl TaskRef {
-    /// Allocates a task cell for `f`, with one reference.
-    pub(crate) fn new<F, T>(init: HeaderInit, f: F) -> TaskRef
+    /// Allocates a task cell for `f` and returns two references to it (the
+    /// task's and its join handle's), counted at creation: a `clone` would
+    /// be one more locked instruction per spawn.
+    pub(crate) fn new<F, T>(init: HeaderInit, f: F) -> (TaskRef, TaskRef)
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         debug_assert!(init.root_thread.is_none(), "a root takes `new_root`");
         let f = Some(f);
+        let mut header = Header::new(init, &Cell::<F, T>::VTABLE);
+        *header.refs.get_mut() = 2;
         let cell = Box::new(Cell::<F, T> {
-            header: Header::new(init, &Cell::<F, T>::VTABLE),
+            header,
             join: JoinState::new(),
             func: UnsafeCell::new(f),
         });
-        TaskRef {
-            ptr: NonNull::from(Box::leak(cell)).cast(),
-        }
+        let ptr = NonNull::from(Box::leak(cell)).cast();
+        (TaskRef { ptr }, TaskRef { ptr })
     }
 
     /// Allocates the header of a `block_on` root, which runs on the thread

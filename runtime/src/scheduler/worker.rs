@@ -22,6 +22,7 @@
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
@@ -61,6 +62,10 @@ const REBALANCE_QUEUE: usize = 64;
 
 /// Most tasks one steal takes (crossbeam's own batch limit).
 const STEAL_MAX: usize = 32;
+
+/// Most spare `Running` allocations a worker keeps (see `Local::spare`):
+/// about 11 KiB.
+const SPARE_RUNNING: usize = 64;
 
 /// Most tasks a worker hands from a burst in its deque to another worker
 /// at one look (see `Local::hand_out_burst`).
@@ -132,7 +137,14 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn new(co: Co, header: TaskRef, gauge: StackGauge) -> Box<Running> {
+    /// A `Running` for `co`, written into `place` (a fresh allocation, or
+    /// one a finished coroutine left, see `Local::spare`).
+    fn new(
+        co: Co,
+        header: TaskRef,
+        gauge: StackGauge,
+        place: Box<MaybeUninit<Running>>,
+    ) -> Box<Running> {
         // A pooled slot may come back grown by an earlier tenant: only
         // crossings this coroutine makes are its own.
         let committed = gauge.committed();
@@ -143,7 +155,7 @@ impl Running {
             name = header.name.as_deref().unwrap_or("")
         );
         let span = (!span.is_disabled()).then(|| Box::new(span));
-        Box::new(Running {
+        let running = Running {
             co: UnsafeCell::new(Some(co)),
             header,
             yielder: Cell::new(ptr::null()),
@@ -157,7 +169,26 @@ impl Running {
             resumes: Cell::new(0),
             resumes_at_spawn: Cell::new(0),
             timer: Cell::new(None),
-        })
+        };
+        let p = Box::into_raw(place).cast::<Running>();
+        // SAFETY: `p` is a `Box` allocation with `Running`'s layout
+        // (`MaybeUninit<Running>` has it) holding no value; writing one in
+        // makes it a valid `Box<Running>`.
+        unsafe {
+            p.write(running);
+            Box::from_raw(p)
+        }
+    }
+
+    /// Moves a finished coroutine's `Running` out of its box and keeps the
+    /// box's memory for the next one (`Local::spare`).
+    fn unbox(b: Box<Running>) -> (Running, Box<MaybeUninit<Running>>) {
+        let p = Box::into_raw(b);
+        // SAFETY: `p` is a live `Running` from a `Box`; `read` moves it out
+        // once, and the allocation is then taken back as uninitialized
+        // memory of the same layout (`MaybeUninit<Running>` has `Running`'s),
+        // so the value is neither dropped twice nor the memory leaked.
+        unsafe { (p.read(), Box::from_raw(p.cast::<MaybeUninit<Running>>())) }
     }
 
     /// Resumes the coroutine on this thread until it suspends or returns.
@@ -199,6 +230,14 @@ struct Local {
     deque: Worker<NewTask>,
     ready: RefCell<VecDeque<usize>>,
     slab: RefCell<Vec<Option<Box<Running>>>>,
+    /// Allocations of finished coroutines' `Running`s, reused by the next
+    /// ones started here (at most [`SPARE_RUNNING`]). At 168 bytes a
+    /// `Running` is past glibc's fast bins, so freeing it took the slow
+    /// path of `free` (callgrind of `fanout_fib workers=1`: `_int_free`
+    /// alone was 128 instructions per task).
+    /// (Boxes in a `Vec` on purpose: the allocations are what is kept.)
+    #[allow(clippy::vec_box)]
+    spare: RefCell<Vec<Box<MaybeUninit<Running>>>>,
     free_keys: RefCell<Vec<usize>>,
     tick: Cell<u32>,
     /// Whether `steal_others` may take another worker's only task.
@@ -314,7 +353,7 @@ pub(crate) fn run_root<T: 'static>(
         out2.set(Some(catch_unwind(AssertUnwindSafe(root))));
         false
     });
-    let running = Running::new(co, header, gauge);
+    let running = Running::new(co, header, gauge, Box::new(MaybeUninit::uninit()));
     let p: *const Running = &*running;
     loop {
         match running.resume(p) {
@@ -446,7 +485,9 @@ pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
             }
         }
     }
-    fence(Ordering::SeqCst);
+    // No fence of our own: `notify_one` issues the SeqCst fence between
+    // the push above and its reads of the sleepers (`Idle::pop_sleeper`),
+    // and a second one here cost a locked instruction per spawn of a burst.
     let _section = NoFaultSection::enter();
     shared.notify_one();
 }
@@ -564,6 +605,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         deque,
         ready: RefCell::new(VecDeque::new()),
         slab: RefCell::new(Vec::new()),
+        spare: RefCell::new(Vec::new()),
         free_keys: RefCell::new(Vec::new()),
         tick: Cell::new(0),
         steal_singles: Cell::new(true),
@@ -1166,7 +1208,12 @@ impl Local {
             // cell for as long as this coroutine exists.
             unsafe { run.run() }
         });
-        let running = Running::new(co, header, gauge);
+        let place = self
+            .spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Box::new(MaybeUninit::uninit()));
+        let running = Running::new(co, header, gauge, place);
         self.slab.borrow_mut()[key] = Some(running);
         self.count_started(1);
         self.resume(key);
@@ -1254,6 +1301,13 @@ impl Local {
         self.wait_for_watchdog();
         // Stack back to the arena first, then tell the joiner (the task
         // reference, taken out, keeps the cell alive for that).
+        let (running, place) = Running::unbox(running);
+        {
+            let mut spare = self.spare.borrow_mut();
+            if spare.len() < SPARE_RUNNING {
+                spare.push(place);
+            }
+        }
         let Running {
             co,
             header,
@@ -1262,7 +1316,7 @@ impl Local {
             gauge,
             timer,
             ..
-        } = *running;
+        } = running;
         drop_quietly((co, locals, timer, gauge, span));
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
