@@ -761,6 +761,12 @@ STATIC_NOTES = """\
   (their memory is the point). The harness runs the peers alternately
   (greenstack, tokio, may, Go, greenstack, ...) and reports the median over
   the repetitions of each peer.
+- **Runs differ.** Within a run the peers alternate, so each ratio
+  compares figures taken under the same conditions. Between runs on a
+  shared virtual machine the multi-worker figures of every peer can move
+  by 2× or more (on the project's 2-vCPU machine Go's spawn_join took
+  245–248 ns in some runs and 591–656 ns in others), so a goal that rests
+  on a peer's figure can be met in one run and missed in the next.
 - **Memory.** parked reports (VmRSS + VmPTE at the moment all N tasks are
   parked − the same before spawning) / N: stacks, task records, channels and
   the driver's handles, everything included. deep_stack reports VmHWM, the
