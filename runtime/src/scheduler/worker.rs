@@ -232,9 +232,10 @@ struct Local {
     slab: RefCell<Vec<Option<Box<Running>>>>,
     /// Allocations of finished coroutines' `Running`s, reused by the next
     /// ones started here (at most [`SPARE_RUNNING`]). At 168 bytes a
-    /// `Running` is past glibc's fast bins, so freeing it took the slow
-    /// path of `free` (callgrind of `fanout_fib workers=1`: `_int_free`
-    /// alone was 128 instructions per task).
+    /// `Running` is past glibc's fast bins: once a burst of finishes fills
+    /// the thread cache's bin (7 entries), each further free takes the
+    /// slow path of `free` (callgrind of `fanout_fib workers=1`:
+    /// `_int_free` alone was 128 instructions per task).
     /// (Boxes in a `Vec` on purpose: the allocations are what is kept.)
     #[allow(clippy::vec_box)]
     spare: RefCell<Vec<Box<MaybeUninit<Running>>>>,

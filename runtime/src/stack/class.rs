@@ -720,8 +720,9 @@ pub(crate) fn errno() -> i32 {
 /// The per-slot metadata array in an anonymous mapping of its own:
 /// page-aligned, so each [`SlotMeta`] gets its cache line, and zero-filled
 /// by the kernel page by page on first touch. `calloc` with a 64-byte
-/// alignment is `aligned_alloc` plus a `memset` of the whole array (every
-/// class's metadata resident at start-up), which is why this is by hand.
+/// alignment is `posix_memalign` plus a `memset` of the whole array (all of
+/// a class's metadata resident as soon as the class is made), which is why
+/// this is by hand.
 pub(crate) struct Metas {
     ptr: NonNull<SlotMeta>,
     len: usize,
@@ -766,11 +767,16 @@ impl std::ops::Deref for Metas {
     }
 }
 
+// `Metas` unmaps its entries without dropping them, which is right only
+// while a `SlotMeta` needs no drop (it is all atomics).
+const _: () = assert!(!std::mem::needs_drop::<SlotMeta>());
+
 impl Drop for Metas {
     fn drop(&mut self) {
         if self.len != 0 {
             // SAFETY: the mapping is ours (made in `new`) and `&mut self`
-            // means no reference into it is left.
+            // means no reference into it is left; its entries need no drop
+            // (asserted at compile time above).
             let _ = unsafe {
                 mmap::unmap(
                     self.ptr.as_ptr() as usize,

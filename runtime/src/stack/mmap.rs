@@ -110,8 +110,9 @@ pub(crate) fn reserve(len: usize) -> io::Result<usize> {
     map_anonymous(len, libc::PROT_NONE)
 }
 
-/// Maps `len` bytes of zero-filled, read-write memory (no commit charge;
-/// pages become resident when first touched).
+/// Maps `len` bytes of zero-filled, read-write memory (no commit charge
+/// unless `vm.overcommit_memory` is 2, where the kernel ignores
+/// `MAP_NORESERVE`; pages become resident when first touched).
 pub(crate) fn map_zeroed(len: usize) -> io::Result<usize> {
     map_anonymous(len, libc::PROT_READ | libc::PROT_WRITE)
 }
