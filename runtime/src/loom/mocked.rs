@@ -16,10 +16,10 @@ pub(crate) mod cell {
 }
 
 pub(crate) mod hint {
-    /// Under loom a spin must yield, or the model never lets the other
-    /// thread make progress.
+    /// Under loom every round of waiting must yield, or the model never
+    /// lets the other thread make progress.
     #[inline]
-    pub(crate) fn spin_loop() {
+    pub(crate) fn backoff(_round: u32) {
         loom::thread::yield_now();
     }
 }

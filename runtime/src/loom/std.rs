@@ -35,9 +35,15 @@ pub(crate) mod cell {
 }
 
 pub(crate) mod hint {
-    /// Tells the CPU we are spinning; under loom this yields to the model.
+    /// One round of waiting for another thread: a spin hint for the first
+    /// rounds, then `sched_yield`, in case that thread was preempted (a
+    /// pure spin could then burn the waiter's whole time slice).
     #[inline]
-    pub(crate) fn spin_loop() {
-        std::hint::spin_loop();
+    pub(crate) fn backoff(round: u32) {
+        if round < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }

@@ -1334,8 +1334,11 @@ impl Local {
     fn wait_for_watchdog(&self) {
         let ws = self.ws();
         ws.current.store(ptr::null_mut(), Ordering::SeqCst);
+        // The watchdog's read is a few instructions, but its thread may be
+        // preempted inside it: spin, then yield (crossbeam's snooze).
+        let backoff = crossbeam_utils::Backoff::new();
         while ws.watch_reading.load(Ordering::SeqCst) {
-            std::hint::spin_loop();
+            backoff.snooze();
         }
     }
 

@@ -42,7 +42,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::loom::hint::spin_loop;
+use crate::loom::hint::backoff;
 use crate::loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// State byte: never used, or pooled and free to take.
@@ -211,14 +211,20 @@ impl SlotAllocator {
         index < self.capacity && self.state[index as usize].load(Ordering::Acquire) == LIVE
     }
 
-    /// Marks a just-popped slot live, waiting out a trim in progress.
+    /// Marks a just-popped slot live, waiting out a trim in progress (one
+    /// `madvise`; spinning first, then yielding the thread, as the trimmer
+    /// may be a thread the OS preempted mid-trim).
     fn take(&self, index: u32) {
         let state = &self.state[index as usize];
+        let mut round = 0u32;
         loop {
             match state.compare_exchange_weak(POOLED, LIVE, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(LIVE) => unreachable!("slot {index} popped from the free list while live"),
-                Err(_) => spin_loop(),
+                Err(_) => {
+                    backoff(round);
+                    round = round.saturating_add(1);
+                }
             }
         }
     }
