@@ -75,12 +75,19 @@ fn over_budget_releases_wait_for_one_pass_and_wake_the_trimmer_once() {
     assert_eq!(arena.trim_over_budget(&|| false), 0, "nothing asked for");
 }
 
-#[test]
-fn a_deferred_slot_allocated_before_the_pass_is_trimmed_by_the_allocation() {
+/// A deferring arena that has had one grown slot released over budget:
+/// the arena, that slot's top, and what it had committed.
+fn one_deferred_release() -> (StackArena, usize, usize) {
     let (arena, _) = arena(true);
     let slot = grow(arena.allocate().unwrap());
-    let top = slot.top();
+    let (top, grown) = (slot.top(), slot.committed());
     drop(slot);
+    (arena, top, grown)
+}
+
+#[test]
+fn a_deferred_slot_allocated_before_the_pass_is_trimmed_by_the_allocation() {
+    let (arena, top, _) = one_deferred_release();
     let again = arena.allocate().unwrap();
     assert_eq!(again.top(), top, "the same slot comes back");
     assert_eq!(again.committed(), TOP, "its deferred excess is gone");
@@ -89,10 +96,7 @@ fn a_deferred_slot_allocated_before_the_pass_is_trimmed_by_the_allocation() {
 
 #[test]
 fn a_pass_told_to_stop_leaves_its_work_pending() {
-    let (arena, _) = arena(true);
-    let slot = grow(arena.allocate().unwrap());
-    let grown = slot.committed();
-    drop(slot);
+    let (arena, _, grown) = one_deferred_release();
     assert_eq!(arena.trim_over_budget(&|| true), 0);
     assert!(
         arena.trim_pending(),
