@@ -201,7 +201,8 @@ pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
 
 /// Bit of `SlotMeta::pooled_excess`: the slot's excess took the pool over
 /// budget and is left for the trimmer (or the next allocation) to give
-/// back. A flag bit, so the swap that takes the excess takes the flag too.
+/// back. A flag bit, so the one load that takes the excess takes the flag
+/// too.
 const DEFERRED: usize = 1 << (usize::BITS - 1);
 
 /// `released_epoch` of a pooled slot whose pages `trim_idle` already gave
@@ -398,16 +399,15 @@ impl Class {
     fn unpool_excess(&self, index: usize) {
         let meta = &self.metas[index];
         // The caller holds the slot (live or claimed for trimming), so no
-        // one else writes its excess: a plain load first skips the locked
-        // swap in the common case of none.
-        if meta.pooled_excess.load(Ordering::Relaxed) == 0 {
+        // one else writes its excess (the trimmer's pass only reads it): a
+        // plain load and store, no locked swap.
+        let excess = meta.pooled_excess.load(Ordering::Relaxed);
+        if excess == 0 {
             return;
         }
-        let excess = meta.pooled_excess.swap(0, Ordering::Relaxed);
-        if excess != 0 {
-            self.pool_excess
-                .fetch_sub(excess & !DEFERRED, Ordering::Relaxed);
-        }
+        meta.pooled_excess.store(0, Ordering::Relaxed);
+        self.pool_excess
+            .fetch_sub(excess & !DEFERRED, Ordering::Relaxed);
         if excess & DEFERRED != 0 {
             self.trim(index);
         }
