@@ -81,7 +81,8 @@ pub(crate) struct SlotMeta {
     pub(crate) high_water: AtomicUsize,
     /// Coroutine id, for the overflow report (0: none).
     pub(crate) id: AtomicU64,
-    /// Name bytes for the overflow report; owned by the live `Slot`.
+    /// Name bytes for the overflow report: a leaked `Box<str>` owned by the
+    /// live `Slot` (freed by `Slot::drop_name`).
     pub(crate) name_ptr: AtomicUsize,
     /// Length of the name at `name_ptr`.
     pub(crate) name_len: AtomicUsize,

@@ -3,5 +3,7 @@
 
 #[cfg(not(greenstack_loom))]
 mod deferred_trim;
+#[cfg(not(greenstack_loom))]
+mod identity;
 #[cfg(greenstack_loom)]
 mod loom_arena;
