@@ -553,12 +553,12 @@ where
     let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
-    let (task, handle) = TaskRef::new(init, f);
+    let (task, handle) = TaskRef::new(init, f, slot);
     let coroutine = Coroutine { header: handle };
     tracing::trace!(coroutine.id = id.get(), "spawn");
     // SAFETY: `task` was just made with a closure and goes into this one
     // `NewTask` only.
-    worker::submit(shared, unsafe { NewTask::new(task, slot) });
+    worker::submit(shared, unsafe { NewTask::new(task) });
     // SAFETY: `task`'s cell was made for `T`; this is its only handle.
     Ok(unsafe { JoinHandle::task(coroutine) })
 }
@@ -582,7 +582,7 @@ fn new_coroutine(
             shared.arena.check_size(s)?;
         }
         id = next_id();
-        Stack::AtStart(stack_size)
+        Stack::AtStart(stack_size.and_then(std::num::NonZeroUsize::new))
     } else {
         let mut slot = allocate_stack(shared, stack_size)?;
         id = next_id();

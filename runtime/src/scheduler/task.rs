@@ -8,7 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
@@ -152,6 +152,11 @@ struct Vtable {
 #[repr(C)]
 struct Cell<F, T> {
     header: Header,
+    /// The stack to start on, until it starts (or is cancelled): reached
+    /// only by the holder of the cell's [`NewTask`], like `func`. It lives
+    /// here, not in the `NewTask`, so a queued task is one pointer (see
+    /// `NewTask`). Second, so its offset depends on neither `F` nor `T`.
+    stack: UnsafeCell<Stack>,
     join: JoinState<T>,
     /// The body, until it runs (or is cancelled).
     func: UnsafeCell<Option<F>>,
@@ -273,8 +278,9 @@ pub(crate) struct TaskRef {
 }
 
 // SAFETY: a `TaskRef` only gives out `&Header` (`Send + Sync`); the cell's
-// closure and outcome are reached only through `NewTask` (which requires
-// `F: Send`) and `JoinHandle` (`T: Send`), whose own impls carry those bounds.
+// closure, stack (a `Send` slot) and outcome are reached only through
+// `NewTask` (which requires `F: Send`) and `JoinHandle` (`T: Send`), whose
+// own impls carry those bounds.
 unsafe impl Send for TaskRef {}
 // SAFETY: as above.
 unsafe impl Sync for TaskRef {}
@@ -283,7 +289,7 @@ impl TaskRef {
     /// Allocates a task cell for `f` and returns two references to it (the
     /// task's and its join handle's), counted at creation: a `clone` would
     /// be one more locked instruction per spawn.
-    pub(crate) fn new<F, T>(init: HeaderInit, f: F) -> (TaskRef, TaskRef)
+    pub(crate) fn new<F, T>(init: HeaderInit, f: F, stack: Stack) -> (TaskRef, TaskRef)
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -294,6 +300,7 @@ impl TaskRef {
         *header.refs.get_mut() = 2;
         let cell = Box::new(Cell::<F, T> {
             header,
+            stack: UnsafeCell::new(stack),
             join: JoinState::new(),
             func: UnsafeCell::new(f),
         });
@@ -320,10 +327,28 @@ impl TaskRef {
     /// # Safety
     /// The cell was made by `TaskRef::new::<_, T>`.
     pub(crate) unsafe fn join_state<T>(&self) -> &JoinState<T> {
-        // SAFETY: `repr(C)` puts `join` right after the header at an offset
-        // that depends on `T` only (the closure comes after it), so a
-        // `Cell<(), T>` view finds it; our reference keeps the cell alive.
+        // SAFETY: `repr(C)` puts `join` after the header and the stack, at
+        // an offset that depends on `T` only (the closure comes after it),
+        // so a `Cell<(), T>` view finds it; our reference keeps the cell
+        // alive.
         unsafe { &*std::ptr::addr_of!((*self.ptr.cast::<Cell<(), T>>().as_ptr()).join) }
+    }
+
+    /// Moves the stack out of this task's cell (leaving a default
+    /// `AtStart`, which owns nothing).
+    ///
+    /// # Safety
+    /// The cell was made by `TaskRef::new`, and the caller is the holder of
+    /// its [`NewTask`], which calls this once.
+    unsafe fn take_stack(&self) -> Stack {
+        // SAFETY: `repr(C)` puts `stack` right after the header, at an
+        // offset that depends on neither `F` nor `T`, so a `Cell<(), ()>`
+        // view finds it; the `NewTask` holder is the only one to touch it
+        // (the caller's contract), and our reference keeps the cell alive.
+        unsafe {
+            let stack = &*std::ptr::addr_of!((*self.ptr.cast::<Cell<(), ()>>().as_ptr()).stack);
+            std::mem::replace(&mut *stack.get(), Stack::AtStart(None))
+        }
     }
 
     /// The header's address, for identity and the watchdog.
@@ -429,38 +454,47 @@ pub(crate) enum Stack {
     /// Taken at spawn.
     Ready(Slot),
     /// To be taken when it starts, of the default size (`None`) or this
-    /// many bytes (already checked): see `LAZY_STACK_BACKLOG`.
-    AtStart(Option<usize>),
+    /// many bytes (already checked, so at least a page): see
+    /// `LAZY_STACK_BACKLOG`. (`NonZeroUsize` keeps a `Stack` two words.)
+    AtStart(Option<NonZeroUsize>),
 }
 
-/// A coroutine that has not run yet: its cell (with the `Send` closure) and
-/// its stack. This is all an idle worker ever steals. Dropping it unrun
-/// completes its join state with `Cancelled`.
+/// A coroutine that has not run yet: its cell, with the `Send` closure and
+/// the stack to start on. This is all an idle worker ever steals. Dropping
+/// it unrun completes its join state with `Cancelled`.
+///
+/// One pointer: every deque slot, steal batch and injector block holds
+/// these, and a spawner far ahead of the workers queues a million of them.
+/// With the stack beside the pointer (32 bytes) the spawning worker wrote,
+/// and the thief copied, four times the bytes, and the copies out of a
+/// `pop` stalled on store forwarding (`perf annotate` of `spawn_join
+/// workers=2`).
 pub(crate) struct NewTask {
     task: ManuallyDrop<TaskRef>,
-    slot: ManuallyDrop<Stack>,
 }
+
+const _: () = assert!(std::mem::size_of::<NewTask>() == std::mem::size_of::<usize>());
 
 impl NewTask {
     /// # Safety
-    /// `task` was made with a closure and has never been part of another
-    /// `NewTask`: this one holds the only right to run it.
-    pub(crate) unsafe fn new(task: TaskRef, slot: Stack) -> NewTask {
+    /// `task` was made by `TaskRef::new` and has never been part of another
+    /// `NewTask`: this one holds the only right to run it and to take its
+    /// stack.
+    pub(crate) unsafe fn new(task: TaskRef) -> NewTask {
         NewTask {
             task: ManuallyDrop::new(task),
-            slot: ManuallyDrop::new(slot),
         }
     }
 
     /// The task and stack, and the right to run the closure, for starting.
     pub(crate) fn into_parts(self) -> (TaskRef, Stack, RunOnce) {
         let mut this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped, so each field is taken once.
+        // SAFETY: `this` is never dropped, so the task is taken once; as
+        // its `NewTask`, we take its stack, once.
         let (task, slot) = unsafe {
-            (
-                ManuallyDrop::take(&mut this.task),
-                ManuallyDrop::take(&mut this.slot),
-            )
+            let task = ManuallyDrop::take(&mut this.task);
+            let slot = task.take_stack();
+            (task, slot)
         };
         let run = RunOnce {
             ptr: task.ptr,
@@ -472,11 +506,12 @@ impl NewTask {
 
 impl Drop for NewTask {
     fn drop(&mut self) {
-        // SAFETY: each field is taken or dropped here once; the right to
-        // run is ours and is used for cancelling instead.
+        // SAFETY: the task is taken here once, and its stack once (we are
+        // its `NewTask`); the right to run is ours and is used for
+        // cancelling instead.
         unsafe {
             // The stack goes back before the joiner hears of it.
-            ManuallyDrop::drop(&mut self.slot);
+            drop(self.task.take_stack());
             // Owned from here, so it is released even if a capture of the
             // closure panics as `cancel` drops it.
             let task = ManuallyDrop::take(&mut self.task);

@@ -1165,29 +1165,31 @@ impl Local {
         let (header, stack, run) = task.into_parts();
         let slot = match stack {
             Stack::Ready(slot) => slot,
-            Stack::AtStart(size) => match super::allocate_stack(&self.shared, size) {
-                Ok(mut slot) => {
-                    slot.set_identity(header.id.get(), header.name.as_deref());
-                    slot
+            Stack::AtStart(size) => {
+                match super::allocate_stack(&self.shared, size.map(std::num::NonZeroUsize::get)) {
+                    Ok(mut slot) => {
+                        slot.set_identity(header.id.get(), header.name.as_deref());
+                        slot
+                    }
+                    Err(e) => {
+                        let msg = format!(
+                            "greenstack: no stack for coroutine {} when it started: {e}",
+                            header.id
+                        );
+                        tracing::error!(coroutine.id = header.id.get(), error = %e, "no stack for a coroutine that was to start");
+                        header.park.finish();
+                        // Dropping the closure may panic; the worker must not.
+                        // SAFETY: `header`, the task's reference, lives to the
+                        // end of this function.
+                        let failed =
+                            catch_unwind(AssertUnwindSafe(|| unsafe { run.fail(Box::new(msg)) }));
+                        drop_quietly(failed);
+                        self.shared.counters.finished.add(1);
+                        self.shared.live.add(-1);
+                        return;
+                    }
                 }
-                Err(e) => {
-                    let msg = format!(
-                        "greenstack: no stack for coroutine {} when it started: {e}",
-                        header.id
-                    );
-                    tracing::error!(coroutine.id = header.id.get(), error = %e, "no stack for a coroutine that was to start");
-                    header.park.finish();
-                    // Dropping the closure may panic; the worker must not.
-                    // SAFETY: `header`, the task's reference, lives to the
-                    // end of this function.
-                    let failed =
-                        catch_unwind(AssertUnwindSafe(|| unsafe { run.fail(Box::new(msg)) }));
-                    drop_quietly(failed);
-                    self.shared.counters.finished.add(1);
-                    self.shared.live.add(-1);
-                    return;
-                }
-            },
+            }
         };
         let key = self.free_keys.borrow_mut().pop().unwrap_or_else(|| {
             let mut slab = self.slab.borrow_mut();
