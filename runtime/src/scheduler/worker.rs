@@ -23,6 +23,7 @@
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
+use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
@@ -1166,7 +1167,7 @@ impl Local {
         let slot = match stack {
             Stack::Ready(slot) => slot,
             Stack::AtStart(size) => {
-                match super::allocate_stack(&self.shared, size.map(std::num::NonZeroUsize::get)) {
+                match super::allocate_stack(&self.shared, size.map(NonZeroUsize::get)) {
                     Ok(mut slot) => {
                         slot.set_identity(header.id.get(), header.name.as_deref());
                         slot
