@@ -1201,6 +1201,9 @@ impl Local {
         // builder caps workers, and a key per live coroutine on one worker.
         header.home.store(self.index as u32, Ordering::Release);
         header.key.store(key as u32, Ordering::Release);
+        // Coroutines of different workers never share a stack colour.
+        let mut slot = slot;
+        slot.set_colour(self.index);
         // SAFETY: the gauge goes into the same `Running` as the coroutine that
         // owns the slot, and is read only while that coroutine exists.
         let gauge = unsafe { slot.gauge() };

@@ -1,13 +1,16 @@
-//! A slot's name for the overflow report, which the slot owns through its
-//! metadata (`Slot::set_identity`, `Slot::drop_name`).
+//! What identifies a slot: its name for the overflow report, which the slot
+//! owns through its metadata (`Slot::set_identity`, `Slot::drop_name`), and
+//! its index, which a colour (`Slot::set_colour`) must not change.
 
 use std::sync::atomic::Ordering;
 
-use crate::stack::{Slot, StackArena};
+use corosensei::stack::Stack;
+
+use crate::stack::{Slot, StackArena, STACK_COLOURS};
 
 /// The id and name the fault handler would report for `slot`.
 fn published(slot: &Slot) -> (u64, Option<String>) {
-    let meta = &slot.class().metas[slot.index as usize];
+    let meta = &slot.class().metas[slot.index() as usize];
     let p = meta.name_ptr.load(Ordering::Acquire);
     let n = meta.name_len.load(Ordering::Acquire);
     let name = (p != 0).then(|| {
@@ -32,10 +35,36 @@ fn renaming_publishes_the_new_name_and_release_unpublishes_it() {
     slot.set_identity(10, None);
     assert_eq!(published(&slot), (10, None));
     slot.set_identity(11, Some("kept"));
-    let index = slot.index;
+    let index = slot.index();
     drop(slot);
     // The thread's magazine hands the same slot back, with no identity.
     let again = arena.allocate().unwrap();
-    assert_eq!(again.index, index);
+    assert_eq!(again.index(), index);
     assert_eq!(published(&again), (0, None));
+}
+
+#[test]
+fn a_colour_lowers_where_frames_start_and_nothing_else() {
+    let arena = StackArena::builder().build().unwrap();
+    let slots: Vec<Slot> = (0..3).map(|_| arena.allocate().unwrap()).collect();
+    for mut slot in slots {
+        let (index, top, bottom) = (slot.index(), slot.top(), slot.bottom());
+        assert_eq!(slot.base().get(), top);
+        for colour in 0..2 * STACK_COLOURS {
+            slot.set_colour(colour);
+            assert_eq!(slot.base().get(), top - (colour % STACK_COLOURS) * 64);
+            assert_eq!(
+                (slot.index(), slot.top(), slot.bottom()),
+                (index, top, bottom)
+            );
+        }
+    }
+    // Released under their last colour, the slots come back whole: three
+    // allocations find three distinct, uncoloured slots.
+    let again: Vec<Slot> = (0..3).map(|_| arena.allocate().unwrap()).collect();
+    let mut indices: Vec<u32> = again.iter().map(|s| s.index()).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), 3);
+    assert!(again.iter().all(|s| s.base().get() == s.top()));
 }
