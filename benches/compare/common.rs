@@ -153,3 +153,33 @@ pub fn touch(local: &mut [u8; 1024], depth: u64) {
     local[(depth as usize * 7) % 1024] = depth as u8;
     std::hint::black_box(local);
 }
+
+/// The machine's own scaling from one busy thread to two, with no runtime:
+/// each thread runs the same loop of `iters` rounds, each a load and a
+/// store of a local on its own stack (as a coroutine's code is, mostly),
+/// first on one thread, then on two at once. Returns (one thread, two
+/// threads) in seconds; the speed-up is `2 * one / two`.
+///
+/// This is the ceiling `fanout_fib`'s 1 → 2 worker speed-up is read
+/// against: on the project's 2-vCPU virtual machine it moves between runs
+/// (about 1.5× when the host puts both vCPUs on one core, 2× otherwise).
+pub fn two_thread_seconds(iters: u64) -> (f64, f64) {
+    fn spin(iters: u64) {
+        let mut x = 0u64;
+        let p: *mut u64 = &mut x;
+        for i in 0..iters {
+            // SAFETY: `p` points to `x`, alive and only used here; volatile
+            // so every round loads and stores the stack slot.
+            unsafe { p.write_volatile(p.read_volatile().wrapping_add(i.wrapping_mul(i))) };
+        }
+    }
+    let t = std::time::Instant::now();
+    spin(iters);
+    let one = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| spin(iters));
+        s.spawn(|| spin(iters));
+    });
+    (one, t.elapsed().as_secs_f64())
+}

@@ -255,6 +255,20 @@ fn main() -> std::io::Result<()> {
     let n = args.get("n", 1000);
     let budget = args.get("budget_ms", 500);
     match args.workload.as_str() {
+        "machine_threads" => {
+            // No runtime: the machine's own 1 -> 2 thread scaling (see
+            // `common::two_thread_seconds`), measured by this binary only.
+            let (one, two) = common::two_thread_seconds(args.get("n", 300_000_000));
+            report(
+                PEER,
+                &args,
+                &[
+                    ("one_thread_s", format!("{one:.4}")),
+                    ("two_threads_s", format!("{two:.4}")),
+                    ("speedup", format!("{:.3}", 2.0 * one / two)),
+                ],
+            );
+        }
         "deep_stack" => {
             let depth = args.get("depth", 256);
             let stack = args.get("stack", 1 << 20) as usize;
