@@ -157,13 +157,18 @@ pub fn touch(local: &mut [u8; 1024], depth: u64) {
 /// The machine's own scaling from one busy thread to two, with no runtime:
 /// each thread runs the same loop of `iters` rounds, each a load and a
 /// store of a local on its own stack (as a coroutine's code is, mostly),
-/// first on one thread, then on two at once. Returns (one thread, two
-/// threads) in seconds; the speed-up is `2 * one / two`.
+/// first on one thread, then on two at once. With `apart`, the second
+/// thread's local sits one cache line lower in its stack than the first's;
+/// without, both sit at the same offset of identically mapped stacks.
+/// Returns (one thread, two threads) in seconds; the speed-up is
+/// `2 * one / two`.
 ///
-/// This is the ceiling `fanout_fib`'s 1 → 2 worker speed-up is read
-/// against: on the project's 2-vCPU virtual machine it moves between runs
-/// (about 1.5× when the host puts both vCPUs on one core, 2× otherwise).
-pub fn two_thread_seconds(iters: u64) -> (f64, f64) {
+/// The two figures are what `fanout_fib`'s 1 -> 2 worker speed-up is read
+/// against. On the project's 2-vCPU virtual machine the aligned one moves
+/// between runs (about 1.5× at times, 2× at others: equally aligned stacks
+/// then compete for the same L1 sets), the other stays near 2×.
+pub fn two_thread_seconds(iters: u64, apart: bool) -> (f64, f64) {
+    #[inline(never)]
     fn spin(iters: u64) {
         let mut x = 0u64;
         let p: *mut u64 = &mut x;
@@ -173,13 +178,19 @@ pub fn two_thread_seconds(iters: u64) -> (f64, f64) {
             unsafe { p.write_volatile(p.read_volatile().wrapping_add(i.wrapping_mul(i))) };
         }
     }
+    #[inline(never)]
+    fn spin_a_line_lower(iters: u64) {
+        let pad = std::hint::black_box([0u8; 64]);
+        spin(iters);
+        std::hint::black_box(&pad);
+    }
     let t = std::time::Instant::now();
     spin(iters);
     let one = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| spin(iters));
-        s.spawn(|| spin(iters));
+        s.spawn(move || if apart { spin_a_line_lower(iters) } else { spin(iters) });
     });
     (one, t.elapsed().as_secs_f64())
 }

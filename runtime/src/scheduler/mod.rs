@@ -3,7 +3,8 @@
 //! N worker threads run M coroutines. Each worker owns:
 //!
 //! - a crossbeam-deque `Worker` of coroutines that have **never run**
-//!   ([`task::NewTask`]: a `Send` closure and a stack slot). Idle workers
+//!   ([`task::NewTask`]: one pointer to a task cell holding a `Send`
+//!   closure and the stack to start on). Idle workers
 //!   steal from it, and from the runtime's injector, where spawns from
 //!   outside the runtime land;
 //! - a slab of **started** coroutines, and a FIFO ready queue of their keys.

@@ -459,6 +459,8 @@ pub(crate) enum Stack {
     AtStart(Option<NonZeroUsize>),
 }
 
+const _: () = assert!(std::mem::size_of::<Stack>() == 2 * std::mem::size_of::<usize>());
+
 /// A coroutine that has not run yet: its cell, with the `Send` closure and
 /// the stack to start on. This is all an idle worker ever steals. Dropping
 /// it unrun completes its join state with `Cancelled`.

@@ -289,7 +289,11 @@ fn handle_ours(addr: usize, code: libc::c_int, sp: usize) -> bool {
         return false;
     }
     if addr < class.zone_bottom(i) {
-        report_and_abort(class, i, addr, b"overflowed its stack");
+        // The name is the slot's owner's to rename or free: read it only if
+        // the fault comes from code on that stack (a stray access from
+        // another thread could race with the owner).
+        let own = sp >= class.slot_base(i) && sp < class.slot_top(i);
+        report_and_abort(class, i, addr, b"overflowed its stack", own);
     }
     let floor = class.metas[i].floor.load(Ordering::Acquire);
     if addr >= floor || sp < class.slot_base(i) || sp >= class.slot_top(i) {
@@ -337,26 +341,36 @@ fn grow_or_abort(class: &Class, i: usize, addr: usize) -> bool {
             i,
             addr,
             b"cannot grow its stack (the kernel refused the memory)",
+            true,
         );
     }
     true
 }
 
 /// Writes `greenstack: coroutine 'NAME' (id N) WHAT (reserve R bytes, fault
-/// at 0xA)` to stderr and aborts.
-fn report_and_abort(class: &Class, i: usize, addr: usize, what: &[u8]) -> ! {
+/// at 0xA)` to stderr and aborts. The name is read only if `read_name`: the
+/// fault came from code on the slot's own stack.
+fn report_and_abort(class: &Class, i: usize, addr: usize, what: &[u8], read_name: bool) -> ! {
     let meta = &class.metas[i];
     let mut buf = Buf::new();
     buf.put(b"greenstack: coroutine ");
-    let (p, n) = (
-        meta.name_ptr.load(Ordering::Acquire),
-        meta.name_len.load(Ordering::Acquire),
-    );
-    if p != 0 {
+    let (p, n) = if read_name {
+        (
+            meta.name_ptr.load(Ordering::Acquire),
+            meta.name_len.load(Ordering::Acquire),
+        )
+    } else {
+        (0, 0)
+    };
+    if !read_name {
+        buf.put(b"<name not read: the fault came from outside its stack>");
+    } else if p != 0 {
         buf.put(b"'");
         // SAFETY: `name_ptr`/`name_len` are published by the live slot that
-        // owns the name bytes, and the slot is live while its coroutine runs,
-        // which is when it can overflow.
+        // owns the name bytes. `read_name` says the fault came from the
+        // slot's own coroutine: it runs (so the slot is live), and it is the
+        // one interrupted here, so its owner is not renaming or freeing the
+        // name meanwhile.
         buf.put(unsafe { std::slice::from_raw_parts(p as *const u8, n) });
         buf.put(b"'");
     } else {

@@ -455,6 +455,13 @@ pub(crate) const STACK_COLOURS: usize = 8;
 /// Bytes between two colours: one cache line.
 const COLOUR_STEP: usize = 64;
 
+// A colour keeps the base aligned for corosensei, inside the page that is
+// always committed at hand-out, and far inside the smallest slot (which
+// `Slot::index` relies on).
+const _: () = assert!(COLOUR_STEP % corosensei::stack::STACK_ALIGNMENT == 0);
+const _: () = assert!((STACK_COLOURS - 1) * COLOUR_STEP < 4096);
+const _: () = assert!((STACK_COLOURS - 1) * COLOUR_STEP < MIN_STACK_SIZE);
+
 /// Reserved address space for coroutine stacks, handed out as [`Slot`]s
 /// from any thread and taken back on any thread.
 ///
@@ -759,7 +766,7 @@ impl Slot {
     /// (metadata starts zeroed, and `Class::retire` zeroes them again once
     /// this has run), and the fault handler only reads them, on the thread
     /// running the coroutine.
-    fn drop_name(&self) {
+    fn drop_name(&mut self) {
         let meta = &self.class().metas[self.index() as usize];
         let p = meta.name_ptr.load(Ordering::Relaxed);
         if p == 0 {
@@ -815,12 +822,14 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.drop_name();
-        // SAFETY: `class` is taken exactly once, here, and not used after.
+        let index = self.index();
+        // SAFETY: `class` is taken exactly once, here, and not used after
+        // (`index` was read before).
         let class = unsafe { ManuallyDrop::take(&mut self.class) };
-        if class.class.retire(self.index()) {
-            class.class.alloc.release(self.index());
+        if class.class.retire(index) {
+            class.class.alloc.release(index);
             class.class.request_trim();
-        } else if let Err((class, index)) = magazine_put(class, self.index()) {
+        } else if let Err((class, index)) = magazine_put(class, index) {
             class.class.alloc.release(index);
         }
     }
@@ -994,12 +1003,14 @@ thread_local! {
     static RUNNING_STACK: std::cell::Cell<RunningStack> = const { std::cell::Cell::new(RunningStack::NONE) };
 }
 
-// SAFETY: `base` is the slot's top and `limit` its lowest address, hard guard
-// included, both page-aligned (so aligned to STACK_ALIGNMENT). The guard
-// faults on any access and the handler reports it as an overflow; the top is
-// committed before the slot is handed out, and the rest grows on fault, so
-// the usable part (at least MIN_STACK_SIZE - guard - page > 4 KiB) is
-// reachable. The slot is not reused while this value lives.
+// SAFETY: `base` is the slot's top less its colour (a multiple of 64 bytes,
+// at most 448: asserted at `COLOUR_STEP` to keep STACK_ALIGNMENT and to stay
+// inside the top page), and `limit` its lowest address, hard guard included,
+// page-aligned. The guard faults on any access and the handler reports it as
+// an overflow; the top is committed before the slot is handed out, and the
+// rest grows on fault, so the usable part (at least MIN_STACK_SIZE - guard -
+// page - colour > 3 KiB) is reachable. The slot is not reused while this
+// value lives.
 unsafe impl corosensei::stack::Stack for Slot {
     fn base(&self) -> corosensei::stack::StackPointer {
         corosensei::stack::StackPointer::new(self.base).expect("slot base is non-zero")

@@ -46,7 +46,12 @@ fn renaming_publishes_the_new_name_and_release_unpublishes_it() {
 #[test]
 fn a_colour_lowers_where_frames_start_and_nothing_else() {
     let arena = StackArena::builder().build().unwrap();
-    let slots: Vec<Slot> = (0..3).map(|_| arena.allocate().unwrap()).collect();
+    // The default class, and the smallest stride, where a colour is the
+    // largest share of a slot.
+    let slots: Vec<Slot> = (0..3)
+        .map(|_| arena.allocate().unwrap())
+        .chain((0..3).map(|_| arena.allocate_with(crate::stack::MIN_STACK_SIZE).unwrap()))
+        .collect();
     for mut slot in slots {
         let (index, top, bottom) = (slot.index(), slot.top(), slot.bottom());
         assert_eq!(slot.base().get(), top);
