@@ -683,8 +683,8 @@ pub struct ArenaStats {
 /// result went through memory and the caller's 16-byte copy of it could not
 /// be forwarded from the callee's narrower stores: `perf annotate` of
 /// `spawn_join workers=2` put those copies among the hottest instructions of
-/// starting a coroutine, and dropping the field took spawn_join from 135 to
-/// 120 ns per task. The name is owned through the slot's metadata instead
+/// starting a coroutine, and dropping the field took spawn_join from 139 to
+/// 126 ns per task (medians of 6 alternating runs). The name is owned through the slot's metadata instead
 /// (see [`set_identity`](Slot::set_identity)).
 pub struct Slot {
     /// Taken in `drop` (moved into the thread's magazine, or dropped).
@@ -730,15 +730,15 @@ impl Slot {
     /// Why: slot tops are a power-of-two stride apart, so two coroutines
     /// at the same depth on two workers would touch lines that map to the
     /// same L1 cache set. On this project's 2-vCPU machine, whose two vCPUs
-    /// at times share one core's L1, that costs up to a third of the
+    /// at times share one core's L1, that costs up to a quarter of the
     /// two-thread throughput: two threads running one store-heavy loop on
     /// identically aligned stacks reached 1.47× the speed of one, and
     /// 1.92–2.01× 64 bytes apart. `fanout_fib workers=2` went from 131 to
     /// 127 ns per task with the vCPUs apart, and from 170 to 155 with them
     /// together (medians of 6–8 alternating runs). The scheduler colours by
-    /// worker (a
-    /// started coroutine stays on its worker), so coroutines on different
-    /// workers never share a colour, up to [`STACK_COLOURS`] workers.
+    /// worker (a started coroutine stays on its worker), so coroutines on
+    /// different workers never share a colour, up to [`STACK_COLOURS`]
+    /// workers.
     pub(crate) fn set_colour(&mut self, colour: usize) {
         self.base = self.top() - (colour % STACK_COLOURS) * COLOUR_STEP;
     }
