@@ -553,24 +553,35 @@ pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
 /// and the sleepers' list under their lock, inside one.
 pub(crate) fn schedule(header: &Header) {
     let home = header.home.load(Ordering::Acquire);
-    let key = header.key.load(Ordering::Acquire) as usize;
-    let shared: &Arc<Shared> = &header.shared;
-    if home == ROOT_HOME {
-        shared.counters.wakeups.add(1);
-        if let Some(t) = header.root_thread() {
-            t.unpark();
-        }
-        return;
-    }
     // SAFETY: as in `current_shared`.
     if let Some(w) = unsafe { worker_ptr().as_ref() } {
-        if w.index == home as usize && Arc::ptr_eq(&w.shared, shared) {
+        // A root's home (`ROOT_HOME`) is no worker's index.
+        if w.index == home as usize && Arc::ptr_eq(&w.shared, &header.shared) {
+            let key = header.key.load(Ordering::Acquire) as usize;
             bump(&w.ws().wakeups);
             w.ready.borrow_mut().push_back(key);
             return;
         }
     }
+    schedule_elsewhere(header, home);
+}
+
+/// `schedule` for a coroutine of another worker (or runtime), or a root.
+/// Out of line and cold: the local wake-up above is the hot path, and with
+/// this inlined into it every local wake-up paid for saving the registers
+/// this path needs.
+#[cold]
+#[inline(never)]
+fn schedule_elsewhere(header: &Header, home: u32) {
+    let shared: &Arc<Shared> = &header.shared;
     shared.counters.wakeups.add(1);
+    if home == ROOT_HOME {
+        if let Some(t) = header.root_thread() {
+            t.unpark();
+        }
+        return;
+    }
+    let key = header.key.load(Ordering::Acquire) as usize;
     let _section = NoFaultSection::enter();
     shared.workers[home as usize].inbox.push(key);
     fence(Ordering::SeqCst);
