@@ -120,6 +120,45 @@ impl<T> Chan<T> {
         block: bool,
         deadline: Option<Instant>,
     ) -> Result<(), SendFail<T>> {
+        // The common cases first, straight through: a receiver waits, or
+        // there is room (never for a rendezvous: its sender waits below).
+        let v = {
+            let mut st = self.state.lock();
+            if st.receivers == 0 {
+                return Err(SendFail::Disconnected(v));
+            }
+            if let Some(w) = st.recv_waiters.pop_front() {
+                // A receiver waits, so the queue is empty: hand the value
+                // straight over.
+                debug_assert!(st.queue.is_empty());
+                st.pushed += 1;
+                st.taken += 1;
+                // SAFETY: `w` was just popped from its queue under the
+                // lock, and receivers follow the node protocol (`recv`).
+                let woken = unsafe { w.notify(Some(v)) };
+                drop(st);
+                woken.wake();
+                return Ok(());
+            }
+            let room = match st.cap {
+                None => true,
+                Some(c) => st.queue.len() < c,
+            };
+            if room {
+                // No receiver waits: nobody to wake.
+                st.queue.push_back(v);
+                st.pushed += 1;
+                return Ok(());
+            }
+            v
+        };
+        self.send_slow(v, block, deadline)
+    }
+
+    /// `send` when the value can neither be handed over nor queued at once:
+    /// the queue is full, or the channel is a rendezvous.
+    #[inline(never)]
+    fn send_slow(&self, v: T, block: bool, deadline: Option<Instant>) -> Result<(), SendFail<T>> {
         let mut value = Some(v);
         let mut my_seq = None;
         loop {
