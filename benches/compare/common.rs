@@ -190,7 +190,13 @@ pub fn two_thread_seconds(iters: u64, apart: bool) -> (f64, f64) {
     let t = std::time::Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| spin(iters));
-        s.spawn(move || if apart { spin_a_line_lower(iters) } else { spin(iters) });
+        s.spawn(move || {
+            if apart {
+                spin_a_line_lower(iters)
+            } else {
+                spin(iters)
+            }
+        });
     });
     (one, t.elapsed().as_secs_f64())
 }

@@ -150,6 +150,14 @@ class Case:
 # machine allowed at that time.
 MACHINE_THREADS = Case("machine_threads", "machine_threads", dict(n=300_000_000))
 
+# The floor under the 1-worker channel row (greenstack's binary only): the
+# same token bounced between two coroutines with nothing but park, unpark
+# and an atomic slot each, no channel. Run after each repetition of
+# channel_pingpong_1w, with its parameters, and reported as a fraction of
+# the best peer's channel hand-off.
+def park_floor_case(channel_1w: Case) -> Case:
+    return Case("park_pingpong", "park_pingpong", dict(channel_1w.params))
+
 
 def cases(quick: bool) -> list[Case]:
     b = 200 if quick else 1000  # ms of timed iterations per process (after a warm-up)
@@ -317,6 +325,25 @@ class Row:
     met: bool | None = None
     chart: bool = True
     short: str = ""  # the chart's label
+
+
+def park_floor_text(rows: list[Row], floor: list[float]) -> tuple[str, str] | None:
+    """The park/unpark floor under the 1-worker channel row, for the text
+    under the table and for that row's goals-missed line; None without
+    figures."""
+    row = next((r for r in rows if r.label.startswith("channel_pingpong, 1 worker")), None)
+    if not floor or row is None:
+        return None
+    peer, best = best_peer(row)
+    ns = statistics.median(floor)
+    each = ", ".join(f"{v:.1f}" for v in floor)
+    if best:
+        share = f"**{ns / best:.2f}×** the best peer's channel hand-off ({PEER_NAMES[peer]}, {best:.1f} ns)"
+        short = f"park/unpark alone, no channel, took {ns:.1f} ns ({ns / best:.2f}× {PEER_NAMES[peer]}) in the same run"
+    else:
+        share = "(no peer's channel figure to compare with)"
+        short = f"park/unpark alone, no channel, took {ns:.1f} ns in the same run"
+    return f"**{ns:.1f} ns** per hand-off (median; {each}), {share}.", short
 
 
 def best_peer(row: Row) -> tuple[str | None, float | None]:
@@ -835,8 +862,9 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
     )
     if info.get("quick"):
         L.append("> **Quick run** (`--quick`): fewer repetitions and smaller sizes; not the published figures.\n")
-    L.append("| workload | unit | greenstack | tokio | may | Go | greenstack ÷ | goal | met |")
-    L.append("|---|---|--:|--:|--:|--:|--:|---|---|")
+    # One column per peer of this run (`--peers` may leave some out).
+    L.append("| workload | unit | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " | greenstack ÷ | goal | met |")
+    L.append("|---|---|" + "--:|" * len(PEERS) + "--:|---|---|")
     for r in rows:
         cells = [peer_cell(r, p, notes) for p in PEERS]
         L.append(f"| {r.label} | {r.unit} | " + " | ".join(cells) + f" | {ratio_cell(r)} | {r.goal} | {met_cell(r)} |")
@@ -854,6 +882,15 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
             + ", ".join(f"{v:.2f}" for v in tt["aligned"])
             + "). On this virtual machine the aligned figure moves between runs, from about "
             "1.5× to 2×, and greenstack's fib speed-up has moved with it.\n"
+        )
+    floor = park_floor_text(rows, info.get("park_floor") or [])
+    if floor:
+        L.append(
+            "The floor, for the 1-worker channel row: two greenstack coroutines bouncing the "
+            "same token with nothing but `park`, `unpark` and an atomic slot each (no channel: "
+            f"`park_pingpong`, run after each repetition of that row) took {floor[0]} "
+            "A channel on this runtime adds its own work to that hand-off (its queue, the lock "
+            "over it, the waiter's node), so its ratio cannot go below the floor's.\n"
         )
     L.append(f"![greenstack ÷ best peer per workload]({svg_path.name})\n")
     missed = [r for r in rows if r.met is False]
@@ -876,6 +913,7 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
                     if "speed-up" in r.label and tt.get("apart") and tt.get("aligned")
                     else ""
                 )
+                + (f"; {floor[1]}" if floor and r.label.startswith("channel_pingpong, 1 worker") else "")
                 + "."
             )
         L.append("")
@@ -1026,6 +1064,7 @@ def main() -> None:
     done = 0
     results: dict[str, dict[str, list[Run]]] = {}
     two_threads: dict[str, list[float]] = {"apart": [], "aligned": []}
+    park_floor: list[float] = []
     for c in plan:
         results[c.id] = {p: [] for p in PEERS}
         for rep in range(c.reps or reps):
@@ -1034,6 +1073,11 @@ def main() -> None:
                 r = run_once(p, c)
                 results[c.id][p].append(r)
                 log(f"[{done}/{total}] {c.id:<20} {p:<10} rep {rep + 1}: {short(r, c)}  ({r.seconds:.1f} s)")
+            if c.id == "channel_pingpong_1w" and "greenstack" in PEERS:
+                r = run_once("greenstack", park_floor_case(c))
+                if r.ok and "ns_per_op" in r.fields:
+                    park_floor.append(float(r.fields["ns_per_op"]))
+                log(f"        floor: park/unpark alone, no channel: {r.fields.get('ns_per_op', '?')} ns/hand-off  ({r.seconds:.1f} s)")
             if c.id == "fanout_fib_2w" and "greenstack" in PEERS:
                 r = run_once("greenstack", MACHINE_THREADS)
                 for k in two_threads:
@@ -1062,6 +1106,7 @@ def main() -> None:
         "quick": a.quick,
         "machine": machine(),
         "two_threads": two_threads,
+        "park_floor": park_floor,
         "versions": versions(go_cmd, go_origin),
     }
     write_report(out, plan, results, rows, info)
@@ -1074,6 +1119,12 @@ def main() -> None:
                     for c in plan
                 },
                 "machine_threads": {"argv": MACHINE_THREADS.argv(), "speedups": two_threads},
+                "park_pingpong": {
+                    "argv": park_floor_case(next(c for c in plan if c.id == "channel_pingpong_1w")).argv()
+                    if any(c.id == "channel_pingpong_1w" for c in plan)
+                    else None,
+                    "ns_per_op": park_floor,
+                },
             },
             indent=1,
         )

@@ -11,7 +11,8 @@ mod common;
 
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{fib_spawns, measure, report, touch, Args};
@@ -84,6 +85,52 @@ fn channel_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
         let t = start.elapsed();
         assert_eq!(v, rounds);
         (t, 2 * rounds)
+    })
+}
+
+/// The floor under `channel_pingpong` on this runtime, no channel at all:
+/// the same token bounced `rounds` times, each side with its own atomic
+/// slot, `unpark`ing the other and `park`ing until its slot holds the next
+/// round. That is a thread-safe hand-off reduced to the scheduler's own
+/// park and unpark: what any channel on this runtime starts from. Only
+/// this binary has it; `run.py` reports it under the table.
+fn park_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
+    on_workers(rt, move || {
+        // slots[0]: A's latest round for B; slots[1]: B's reply.
+        let slots = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let b_handle: Arc<OnceLock<greenstack::Coroutine>> = Arc::new(OnceLock::new());
+        let a_handle = greenstack::current();
+        let start = Instant::now();
+        let b = {
+            let (slots, b_handle) = (Arc::clone(&slots), Arc::clone(&b_handle));
+            greenstack::spawn(move || {
+                b_handle.set(greenstack::current()).expect("set once, here");
+                a_handle.unpark();
+                for i in 1..=rounds {
+                    // `park` may return spuriously: re-check.
+                    while slots[0].load(Ordering::Acquire) != i {
+                        greenstack::park();
+                    }
+                    slots[1].store(i, Ordering::Release);
+                    a_handle.unpark();
+                }
+            })
+        };
+        let b_co = loop {
+            match b_handle.get() {
+                Some(c) => break c.clone(),
+                None => greenstack::park(),
+            }
+        };
+        for i in 1..=rounds {
+            slots[0].store(i, Ordering::Release);
+            b_co.unpark();
+            while slots[1].load(Ordering::Acquire) != i {
+                greenstack::park();
+            }
+        }
+        b.join().unwrap();
+        (start.elapsed(), 2 * rounds)
     })
 }
 
@@ -324,6 +371,7 @@ fn main() -> std::io::Result<()> {
                 "spawn_join" => Box::new(|| spawn_join(&rt, n)),
                 "yield_pingpong" => Box::new(|| yield_pingpong(&rt, n)),
                 "channel_pingpong" => Box::new(|| channel_pingpong(&rt, n)),
+                "park_pingpong" => Box::new(|| park_pingpong(&rt, n)),
                 "fanout_fib" => Box::new(|| fanout_fib(&rt, n)),
                 _ => {
                     eprintln!("unknown workload {w}");
