@@ -128,16 +128,8 @@ impl<T> Chan<T> {
                 return Err(SendFail::Disconnected(v));
             }
             if let Some(w) = st.recv_waiters.pop_front() {
-                // A receiver waits, so the queue is empty: hand the value
-                // straight over.
-                debug_assert!(st.queue.is_empty());
-                st.pushed += 1;
-                st.taken += 1;
-                // SAFETY: `w` was just popped from its queue under the
-                // lock, and receivers follow the node protocol (`recv`).
-                let woken = unsafe { w.notify(Some(v)) };
-                drop(st);
-                woken.wake();
+                // SAFETY: popped just above, under `st`.
+                unsafe { hand_over(st, w, v) };
                 return Ok(());
             }
             let room = match st.cap {
@@ -184,16 +176,9 @@ impl<T> Chan<T> {
                 if my_seq.is_some() {
                     // Rendezvous: still waiting for our value to be taken.
                 } else if let Some(w) = st.recv_waiters.pop_front() {
-                    // A receiver waits, so the queue is empty: hand the
-                    // value straight over.
-                    debug_assert!(st.queue.is_empty());
-                    st.pushed += 1;
-                    st.taken += 1;
-                    // SAFETY: `w` was just popped from its queue under the
-                    // lock, and receivers follow the node protocol (`recv`).
-                    let woken = unsafe { w.notify(value.take()) };
-                    drop(st);
-                    woken.wake();
+                    let v = value.take().expect("value not yet sent");
+                    // SAFETY: popped just above, under `st`.
+                    unsafe { hand_over(st, w, v) };
                     return Ok(());
                 } else if st.cap == Some(0) && !block {
                     // std: a rendezvous try_send succeeds only if a receiver
@@ -287,6 +272,24 @@ impl<T> Chan<T> {
             leave.disarm();
         }
     }
+}
+
+/// Hands `v` to the waiting receiver `w`, unlocks `st`, and wakes the
+/// receiver. A receiver waits only on an empty queue, so this keeps FIFO
+/// order.
+///
+/// # Safety
+///
+/// `w` was just popped from `st.recv_waiters`, under `st`.
+unsafe fn hand_over<T>(mut st: SpinGuard<'_, State<T>>, w: NodePtr<T>, v: T) {
+    debug_assert!(st.queue.is_empty());
+    st.pushed += 1;
+    st.taken += 1;
+    // SAFETY: by the contract `w` was just popped from its queue under the
+    // lock we hold, and receivers follow the node protocol (`recv`).
+    let woken = unsafe { w.notify(Some(v)) };
+    drop(st);
+    woken.wake();
 }
 
 /// Takes our rendezvous value back out of the queue (which holds at most
