@@ -1110,6 +1110,7 @@ def main() -> None:
         "versions": versions(go_cmd, go_origin),
     }
     write_report(out, plan, results, rows, info)
+    channel_1w = next((c for c in plan if c.id == "channel_pingpong_1w"), None)
     raw = out.parent / (out.stem + ".json") if a.out or a.quick else TARGET / "compare-results.json"
     raw.write_text(
         json.dumps(
@@ -1120,9 +1121,7 @@ def main() -> None:
                 },
                 "machine_threads": {"argv": MACHINE_THREADS.argv(), "speedups": two_threads},
                 "park_pingpong": {
-                    "argv": park_floor_case(next(c for c in plan if c.id == "channel_pingpong_1w")).argv()
-                    if any(c.id == "channel_pingpong_1w" for c in plan)
-                    else None,
+                    "argv": park_floor_case(channel_1w).argv() if channel_1w else None,
                     "ns_per_op": park_floor,
                 },
             },
