@@ -108,3 +108,51 @@ pub fn nap(d: Duration) {
         thread::sleep(d);
     }
 }
+
+/// The scenario this process plays if it is a child started by
+/// [`run_child`] with environment variable `env`.
+pub fn child_scenario(env: &str) -> Option<String> {
+    std::env::var(env).ok()
+}
+
+/// Re-runs this binary's test `name` (ignored or not) as a child process
+/// with `env` set to `scenario`, its output captured; a child that outlives
+/// the hang guard is killed and fails the test.
+pub fn run_child(env: &str, name: &str, scenario: &str) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([name, "--exact", "--nocapture", "--include-ignored"])
+        .args(["--test-threads=1"])
+        .env(env, scenario)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the child test process");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(HANG_GUARD) {
+        Ok(out) => out.expect("waiting for the child test process"),
+        Err(_) => {
+            // SAFETY: kill(2) has no memory-safety preconditions. The pid
+            // is our child's: its waiter has not returned, so it is not
+            // reaped (unless it exited in the instant since the timeout).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("hang guard: child {scenario} did not finish within {HANG_GUARD:?}; killed");
+        }
+    }
+}
+
+/// How a child ended, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    format!(
+        "status {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -159,6 +159,9 @@ pub(crate) struct Shared {
     /// Where the trimmer sleeps; the arena wakes it to trim the stack pool
     /// back under budget.
     pub(crate) trimmer_parker: Arc<park::Parker>,
+    /// How long a worker at shutdown waits for its cancelled coroutines
+    /// that park while unwinding (see `RuntimeBuilder::shutdown_timeout`).
+    pub(crate) shutdown_timeout: Duration,
 }
 
 impl Shared {
@@ -183,7 +186,14 @@ pub struct RuntimeBuilder {
     workers: Option<usize>,
     arena: ArenaBuilder,
     watchdog: Option<Duration>,
+    shutdown_timeout: Duration,
 }
+
+/// Default of [`RuntimeBuilder::shutdown_timeout`]: long enough for a
+/// destructor's short wait (a lock another cancelled coroutine holds, a
+/// message), short enough that a drop stuck on a wait that never ends is
+/// noticed.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Default for RuntimeBuilder {
     fn default() -> Self {
@@ -191,6 +201,7 @@ impl Default for RuntimeBuilder {
             workers: None,
             arena: StackArena::builder(),
             watchdog: Some(Duration::from_millis(100)),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -220,6 +231,25 @@ impl RuntimeBuilder {
     /// Default 100 ms.
     pub fn watchdog(mut self, threshold: Option<Duration>) -> Self {
         self.watchdog = threshold;
+        self
+    }
+
+    /// How long dropping the runtime waits for coroutines that park while
+    /// being cancelled. Default 1 s.
+    ///
+    /// At shutdown every started coroutine is resumed once more and
+    /// unwound from the point where it waits, so its destructors run. A
+    /// destructor may itself wait (lock a [`Mutex`](crate::sync::Mutex)
+    /// another coroutine holds, receive a reply): the workers keep running
+    /// the cancelled coroutines until every one has finished, or until this
+    /// much time has passed. A coroutine still waiting then, or one that
+    /// catches its cancellation and waits again (three times), is
+    /// *abandoned*: its joiner sees [`Cancelled`], an error is logged, and
+    /// its stack and everything it holds are leaked, never freed while
+    /// something may still point into them. Dropping a runtime thus always
+    /// returns, unless a coroutine runs without ever waiting or returning.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
         self
     }
 
@@ -295,6 +325,7 @@ impl RuntimeBuilder {
             live: Sharded::default(),
             watchdog_parker: park::Parker::new(),
             trimmer_parker: Arc::new(park::Parker::new()),
+            shutdown_timeout: self.shutdown_timeout,
         });
         let parker = Arc::clone(&shared.trimmer_parker);
         shared.arena.set_trimmer(Box::new(move || parker.unpark()));
@@ -321,9 +352,10 @@ impl RuntimeBuilder {
 
 /// A pool of worker threads running coroutines.
 ///
-/// Dropping it stops the workers: every unfinished coroutine is dropped with
-/// a forced unwind (its destructors run), and every stack goes back to the
-/// arena.
+/// Dropping it stops the workers: every unfinished coroutine is cancelled,
+/// unwound from the point where it waits so its destructors run (see
+/// [`RuntimeBuilder::shutdown_timeout`] for destructors that wait), and
+/// every stack goes back to the arena.
 ///
 /// # Examples
 ///

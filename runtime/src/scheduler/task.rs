@@ -9,7 +9,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::num::{NonZeroU64, NonZeroUsize};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
@@ -43,9 +43,16 @@ pub(crate) struct Header {
     pub(crate) home: AtomicU32,
     /// Its key in the home worker's slab, written with `home`.
     pub(crate) key: AtomicU32,
-    /// Set at shutdown before the coroutine is force-unwound, so its body
-    /// lets the unwind pass instead of reporting it as a panic.
+    /// Set at shutdown, before the worker resumes the coroutine to cancel
+    /// it: its next switch back in throws a [`CancelUnwind`] (see
+    /// `worker.rs`, "Shutdown").
     pub(crate) cancelling: AtomicBool,
+    /// A [`CancelUnwind`] of this coroutine is alive (thrown and not yet
+    /// dropped): its cancellation is unwinding, and a wait met meanwhile
+    /// (a destructor's) really parks instead of throwing again. Cleared by
+    /// the payload's drop, which may happen on another thread if user code
+    /// catches the payload and sends it away.
+    pub(crate) cancel_in_flight: AtomicBool,
     /// The runtime it belongs to, for remote wake-ups, through a handle of
     /// the spawning worker's own: every header holding the runtime's one
     /// `Arc` would make its count a cache line all workers write on every
@@ -92,6 +99,7 @@ impl Header {
             home: AtomicU32::new(init.home),
             key: AtomicU32::new(u32::MAX),
             cancelling: AtomicBool::new(false),
+            cancel_in_flight: AtomicBool::new(false),
             shared: init.shared,
             refs: AtomicU32::new(1),
             vtable,
@@ -121,6 +129,7 @@ struct RootCell {
 static ROOT_VTABLE: Vtable = Vtable {
     run: |_| false,
     cancel: |_| {},
+    abandon: |_| {},
     fail: |_, _| {},
     publish: |_| {},
     dealloc: root_dealloc,
@@ -139,6 +148,9 @@ struct Vtable {
     run: unsafe fn(NonNull<Header>) -> bool,
     /// Drops a never-run closure and completes with `Cancelled`.
     cancel: unsafe fn(NonNull<Header>),
+    /// Completes a started body that will never run again with
+    /// `Cancelled` (see [`TaskRef::abandon`]).
+    abandon: unsafe fn(NonNull<Header>),
     /// Drops a never-run closure and completes with a panic payload.
     fail: unsafe fn(NonNull<Header>, Box<dyn Any + Send + 'static>),
     /// Announces a stored outcome.
@@ -170,6 +182,7 @@ where
     const VTABLE: Vtable = Vtable {
         run: Self::run,
         cancel: Self::cancel,
+        abandon: Self::abandon,
         fail: Self::fail,
         publish: Self::publish,
         dealloc: Self::dealloc,
@@ -192,8 +205,9 @@ where
         // the only one touching `func`.
         let f = unsafe { (*cell.func.get()).take() };
         let Some(f) = f else { return false };
-        /// Completes with `Cancelled` if the body is unwound past us (a
-        /// forced unwind at shutdown), so the joiner is still released.
+        /// Completes with `Cancelled` if the body is unwound past us
+        /// (nothing throws past the `catch_unwind` below today; kept so a
+        /// joiner is released whatever unwinds).
         struct Guard<'a, T>(Option<&'a JoinState<T>>);
         impl<T> Drop for Guard<'_, T> {
             fn drop(&mut self) {
@@ -206,14 +220,10 @@ where
         let mut guard = Guard(Some(&cell.join));
         let outcome = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => Outcome::Value(v),
-            Err(p) => {
-                if super::worker::current_is_cancelling() {
-                    // A forced unwind at shutdown: let it through; the
-                    // guard reports `Cancelled` as it drops.
-                    resume_unwind(p);
-                }
-                Outcome::Panic(p)
-            }
+            // The runtime's cancellation at shutdown reached the body's
+            // top: dropping the payload ends it (`CancelUnwind::drop`).
+            Err(p) if p.is::<CancelUnwind>() => Outcome::Cancelled,
+            Err(p) => Outcome::Panic(p),
         };
         super::worker::drop_current_locals();
         guard.0 = None;
@@ -233,6 +243,17 @@ where
             // not leave it waiting.
             drop(cell.join.complete(Outcome::Cancelled));
             drop(f);
+        }
+    }
+
+    /// # Safety
+    /// `run` started on this cell and its coroutine will never be resumed
+    /// again (it is leaked), so `run` will never store an outcome.
+    unsafe fn abandon(h: NonNull<Header>) {
+        // SAFETY: by the caller.
+        let cell = unsafe { Self::get(h) };
+        if !cell.join.is_complete() {
+            drop(cell.join.complete(Outcome::Cancelled));
         }
     }
 
@@ -363,6 +384,17 @@ impl TaskRef {
     pub(crate) unsafe fn publish(&self) {
         // SAFETY: by the caller.
         unsafe { (self.vtable.publish)(self.ptr) }
+    }
+
+    /// Completes the task with `Cancelled` for its joiner: its coroutine
+    /// started, did not finish at shutdown and is abandoned (leaked).
+    ///
+    /// # Safety
+    /// The coroutine's body started and will never run again (its
+    /// corosensei coroutine is leaked, suspended), and this is called once.
+    pub(crate) unsafe fn abandon(&self) {
+        // SAFETY: by the caller.
+        unsafe { (self.vtable.abandon)(self.ptr) }
     }
 
     /// A waker that unparks this coroutine.
@@ -648,6 +680,22 @@ impl fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
+/// The payload of the unwind with which shutdown cancels a started
+/// coroutine: thrown from the coroutine's suspend point when its worker
+/// resumes it one last time (see `worker.rs`, "Shutdown"), caught at the
+/// top of its body, where it becomes [`Outcome::Cancelled`]. It holds a
+/// reference to the coroutine's header so that its drop, wherever user
+/// code lets it happen, marks the unwind over.
+pub(crate) struct CancelUnwind(pub(crate) TaskRef);
+
+impl Drop for CancelUnwind {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire in `worker::suspend_running`, which
+        // reads it on the coroutine's thread (usually this one).
+        self.0.cancel_in_flight.store(false, Ordering::Release);
+    }
+}
+
 /// An owned permission to join a coroutine, as [`std::thread::JoinHandle`]
 /// is for a thread. Dropping it detaches the coroutine.
 ///
@@ -719,11 +767,6 @@ impl<T> JoinHandle<T> {
     pub fn join(mut self) -> std::thread::Result<T> {
         let state = self.state().expect("join handle already used");
         if !state.is_complete() {
-            if super::worker::current_is_cancelling() {
-                // A destructor of a coroutine force-unwound at shutdown
-                // cannot wait: the coroutine it joins may never run again.
-                return Err(Box::new(Cancelled));
-            }
             let waker = super::current_waker();
             while !state.register(&waker) {
                 super::park_current();

@@ -17,8 +17,39 @@
 //! 5. After each resume: requeue on yield, `commit_park` on park (requeue if
 //!    a token raced in), release everything on return. Then the stack
 //!    checker compares the committed stack with the reserve.
-//! 6. On shutdown: every started coroutine is dropped here (corosensei
-//!    force-unwinds it, so its destructors run), every queued task dropped.
+//! 6. On shutdown: every queued task is dropped, and every started
+//!    coroutine cancelled (next section).
+//!
+//! # Shutdown
+//!
+//! A started coroutine is always suspended in [`suspend_running`], the one
+//! place it switches out. Cancelling it is resuming it there with
+//! `Header::cancelling` set, so it throws a [`CancelUnwind`] instead of
+//! returning to its wait: the unwind runs its destructors on its own stack,
+//! with every wait on the way taking its waiter out of its queue, and the
+//! body's `catch_unwind` turns the payload into `Cancelled` for the
+//! joiner. The worker does not drop suspended corosensei coroutines
+//! (corosensei's forced unwind would re-throw at every switch, so a
+//! destructor that waits could only spin or abort).
+//!
+//! 1. Drop the never-started tasks (deque, incoming queue, injector), so a
+//!    destructor joining one hears `Cancelled` at once.
+//! 2. Set `cancelling` on every started coroutine and make each runnable
+//!    exactly once: a parked one by `cancel_park` (if an unpark got there
+//!    first, it is already queued), a ready one is queued already.
+//! 3. Run the ready queue and the inbox as usual. A destructor that waits
+//!    while its cancellation unwinds (`cancel_in_flight`) really parks; the
+//!    coroutine it waits for is being cancelled too, on this worker or
+//!    another, and its wake-up arrives as any other. std's panic count of
+//!    the thread stays raised while that coroutine is away, which no other
+//!    coroutine's code can see: each is cancelled before any of its code
+//!    runs.
+//! 4. When none is left, or `shutdown_timeout` passed, the remaining ones
+//!    (still waiting, or having caught their cancellation
+//!    [`CANCEL_THROWS`] times) are abandoned: reported, their joiners told
+//!    `Cancelled`, their `Running` leaked with its stack. The leaked
+//!    header holds the runtime's `Shared`, so the arena is never unmapped
+//!    under a waiter node on a leaked stack that a queue still links.
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
@@ -35,7 +66,7 @@ use crossbeam_deque::{Injector, Steal, Worker};
 
 use super::driver::{Driver, TimerGuard};
 use super::local::Map as LocalMap;
-use super::task::{Header, NewTask, SharedHandle, Stack, TaskRef};
+use super::task::{CancelUnwind, Header, NewTask, SharedHandle, Stack, TaskRef};
 use super::Shared;
 use crate::stack::{self, NoFaultSection, Slot, StackGauge};
 
@@ -46,7 +77,16 @@ pub(crate) enum Request {
     Yield,
     /// Run me again after an unpark, or at the deadline if there is one.
     Park(Option<Instant>),
+    /// Never run me again: I keep catching my cancellation at shutdown
+    /// (see "Shutdown" in the module docs).
+    Abandon,
 }
+
+/// Cancellations a coroutine may catch at shutdown, going back to wait each
+/// time, before its worker abandons it (see "Shutdown" in the module docs).
+/// A few, so code that catches panics around one operation and then ends
+/// still gets to end.
+const CANCEL_THROWS: u8 = 3;
 
 /// Children a coroutine spawns before its spawns may be placed elsewhere
 /// (see `Local::placement`).
@@ -135,14 +175,23 @@ pub(crate) struct Running {
     /// A `Cell` (taken and set whole), not a `RefCell`: 8 bytes less per
     /// coroutine, which puts `Running` in a smaller malloc size class.
     timer: Cell<Option<TimerGuard>>,
+    /// Cancellations thrown into it at shutdown (see [`CANCEL_THROWS`]).
+    cancel_throws: Cell<u8>,
 }
 
 impl Running {
     /// A `Running` for `co`, written into `place` (a fresh allocation, or
     /// one a finished coroutine left, see `Local::spare`).
+    ///
+    /// Nothing in here runs user code or can panic: were it to unwind, its
+    /// parameters would drop in reverse order, `header` (perhaps the task's
+    /// last reference) before `co`, whose unstarted closure's `RunOnce`
+    /// reads the task. The span, which calls the tracing subscriber, is
+    /// made before (see [`coroutine_span`]).
     fn new(
         co: Co,
         header: TaskRef,
+        span: Option<Box<tracing::Span>>,
         gauge: StackGauge,
         place: Box<MaybeUninit<Running>>,
     ) -> Box<Running> {
@@ -150,12 +199,6 @@ impl Running {
         // crossings this coroutine makes are its own.
         let committed = gauge.committed();
         let inherited = stack_level(committed, gauge.reserve());
-        let span = tracing::debug_span!(
-            "coroutine",
-            id = header.id.get(),
-            name = header.name.as_deref().unwrap_or("")
-        );
-        let span = (!span.is_disabled()).then(|| Box::new(span));
         let running = Running {
             co: UnsafeCell::new(Some(co)),
             header,
@@ -170,6 +213,7 @@ impl Running {
             resumes: Cell::new(0),
             resumes_at_spawn: Cell::new(0),
             timer: Cell::new(None),
+            cancel_throws: Cell::new(0),
         };
         let p = Box::into_raw(place).cast::<Running>();
         // SAFETY: `p` is a `Box` allocation with `Running`'s layout
@@ -200,7 +244,11 @@ impl Running {
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
         let result = {
-            let _entered = self.span.as_deref().map(tracing::Span::enter);
+            // The subscriber's `enter` and `exit` are user code: contained.
+            let entered = self
+                .span
+                .as_deref()
+                .and_then(|s| contain("entering a coroutine's span", || s.enter()));
             // SAFETY: only the thread driving this coroutine touches `co`,
             // and never re-entrantly: coroutine code cannot reach here for
             // its own `Running`.
@@ -209,12 +257,17 @@ impl Running {
             // Our bodies catch every panic; one escaping `resume` means the
             // runtime's own code failed mid-switch, and unwinding past a
             // half-switched coroutine is not recoverable.
-            catch_unwind(AssertUnwindSafe(|| co.resume(())))
-                .unwrap_or_else(|_| abort("a coroutine's resume panicked"))
+            let result = catch_unwind(AssertUnwindSafe(|| co.resume(())))
+                .unwrap_or_else(|_| abort("a coroutine's resume panicked"));
+            if let Some(e) = entered {
+                contain("leaving a coroutine's span", move || drop(e));
+            }
+            result
         };
         StackGauge::set_running(None);
         set_current(ptr::null());
-        check_stack(self);
+        // Its reports go through the tracing subscriber: contained.
+        contain("the stack checker's report", || check_stack(self));
         result
     }
 }
@@ -301,11 +354,6 @@ pub(crate) fn current_header() -> Option<TaskRef> {
     current_running().map(|r| r.header.clone())
 }
 
-/// Whether the calling coroutine is being force-unwound at shutdown.
-pub(crate) fn current_is_cancelling() -> bool {
-    current_running().is_some_and(|r| r.header.cancelling.load(Ordering::Relaxed))
-}
-
 /// The runtime and index of the worker thread calling, if it is one.
 pub(crate) fn current_worker() -> Option<(Arc<Shared>, usize)> {
     // SAFETY: as in `current_shared`.
@@ -355,12 +403,17 @@ pub(crate) fn run_root<T: 'static>(
         out2.set(Some(catch_unwind(AssertUnwindSafe(root))));
         false
     });
-    let running = Running::new(co, header, gauge, Box::new(MaybeUninit::uninit()));
+    let span = coroutine_span(&header);
+    let running = Running::new(co, header, span, gauge, Box::new(MaybeUninit::uninit()));
     let p: *const Running = &*running;
     loop {
         match running.resume(p) {
             CoroutineResult::Return(_) => break,
             CoroutineResult::Yield(Request::Yield) => std::thread::yield_now(),
+            // A root is never cancelled.
+            CoroutineResult::Yield(Request::Abandon) => {
+                abort("a block_on root asked to be abandoned")
+            }
             CoroutineResult::Yield(Request::Park(deadline)) => {
                 if !running.header.park.commit_park() {
                     continue;
@@ -400,14 +453,29 @@ fn suspend(req: Request) -> bool {
 }
 
 /// Suspends `r`, the calling coroutine's own `Running`, with `req`.
+///
+/// Two things take the cold path: a coroutine being cancelled at shutdown
+/// (see "Shutdown" in the module docs), and one unwinding from a panic.
+/// std counts panics per OS thread, so a coroutine that switched out while
+/// unwinding would leave `std::thread::panicking()` true for every other
+/// coroutine of its worker (and poison the std mutexes whose guards they
+/// drop): [`suspend_unusual`] refuses that switch.
 #[inline]
 fn suspend_running(r: &Running, req: Request) -> bool {
-    if r.header.cancelling.load(Ordering::Relaxed) {
-        // Being force-unwound at shutdown: a destructor that parks or
-        // yields returns at once. Switching now would throw a second forced
-        // unwind out of a destructor, which aborts.
-        return true;
+    if r.header.cancelling.load(Ordering::Relaxed) || std::thread::panicking() {
+        return suspend_unusual(r, req);
     }
+    switch_out(r, req);
+    if r.header.cancelling.load(Ordering::Relaxed) {
+        // Resumed by the shutdown, to be cancelled.
+        throw_cancel(r);
+    }
+    true
+}
+
+/// The switch to the worker itself.
+#[inline]
+fn switch_out(r: &Running, req: Request) {
     let y = r.yielder.get();
     // The switch itself must not take a growth fault.
     stack::prefault_for_runtime();
@@ -415,7 +483,63 @@ fn suspend_running(r: &Running, req: Request) -> bool {
     // SAFETY: the yielder lives in the coroutine's body frame for as long as
     // the coroutine runs, and we are that coroutine.
     unsafe { (*y).suspend(req) };
-    true
+}
+
+/// `suspend_running` for a coroutine being cancelled or unwinding.
+#[cold]
+#[inline(never)]
+fn suspend_unusual(r: &Running, req: Request) -> bool {
+    let header = &r.header;
+    if header.cancelling.load(Ordering::Relaxed) {
+        // Acquire: pairs with the Release in `CancelUnwind::drop`.
+        if header.cancel_in_flight.load(Ordering::Acquire) || std::thread::panicking() {
+            // A destructor waits while the coroutine unwinds at shutdown:
+            // really wait. Every coroutine this worker runs meanwhile is
+            // being cancelled and throws before any of its code runs, so
+            // none sees the thread's raised panic count.
+            switch_out(r, req);
+            return true;
+        }
+        if r.cancel_throws.get() >= CANCEL_THROWS {
+            // It keeps catching its cancellation and waiting again.
+            switch_out(r, Request::Abandon);
+            abort("an abandoned coroutine was resumed");
+        }
+        throw_cancel(r);
+    }
+    if header.home.load(Ordering::Relaxed) == ROOT_HOME {
+        // A `block_on` root has its thread to itself: nothing else runs on
+        // it to see the panic count.
+        switch_out(r, req);
+        return true;
+    }
+    match req {
+        // A yield is a hint: skipping it changes nothing a caller relies on.
+        Request::Yield => true,
+        Request::Park(_) | Request::Abandon => {
+            let name = header.name.as_deref().unwrap_or("<unnamed>");
+            abort(&format!(
+                "coroutine {} ({name:?}) tried to wait while unwinding from a panic \
+                 (a destructor that waits). std counts panics per OS thread, so \
+                 switching away now would make every other coroutine on this worker \
+                 see std::thread::panicking() == true and poison the std mutexes \
+                 they unlock. Catch the panic first (std::panic::catch_unwind), \
+                 then wait",
+                header.id
+            ))
+        }
+    }
+}
+
+/// Throws the shutdown's cancellation from the calling coroutine's suspend
+/// point (see "Shutdown" in the module docs).
+#[cold]
+#[inline(never)]
+fn throw_cancel(r: &Running) -> ! {
+    r.cancel_throws.set(r.cancel_throws.get() + 1);
+    r.header.cancel_in_flight.store(true, Ordering::Relaxed);
+    // `resume_unwind`: no panic hook, so nothing is printed for it.
+    std::panic::resume_unwind(Box::new(CancelUnwind(r.header.clone())))
 }
 
 /// `yield_now` for a coroutine; false on a plain thread.
@@ -629,16 +753,28 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     };
     WORKER.with(|w| w.set(&local));
     local.ws().running.store(true, Ordering::Release);
-    while !local.shared.shutdown.load(Ordering::Acquire) {
-        let work = local.next_work();
-        local.stop_searching(work.is_some());
-        match work {
-            Some(Work::Resume(key)) => local.resume(key),
-            Some(Work::Start(task)) => local.start(task),
-            None => local.sleep(),
+    // User code the worker runs (results' destructors, wakers, tracing
+    // subscribers) is contained where it runs. Anything else unwinding out
+    // of here is a runtime bug; unwinding would drop `local` field by field
+    // while coroutines pinned here still point into it: abort instead.
+    let body = catch_unwind(AssertUnwindSafe(|| {
+        while !local.shared.shutdown.load(Ordering::Acquire) {
+            let work = local.next_work();
+            local.stop_searching(work.is_some());
+            match work {
+                Some(Work::Resume(key)) => local.resume(key),
+                Some(Work::Start(task)) => local.start(task),
+                None => local.sleep(),
+            }
         }
+        local.shut_down();
+    }));
+    if let Err(p) = body {
+        abort(&format!(
+            "worker {index}: a panic escaped into the run loop ({}); unwinding it would strand the coroutines pinned to this worker",
+            super::join::panic_message(p.as_ref())
+        ));
     }
-    local.shut_down();
     WORKER.with(|w| w.set(ptr::null()));
 }
 
@@ -1188,7 +1324,10 @@ impl Local {
                             "greenstack: no stack for coroutine {} when it started: {e}",
                             header.id
                         );
-                        tracing::error!(coroutine.id = header.id.get(), error = %e, "no stack for a coroutine that was to start");
+                        contain(
+                            "reporting a coroutine without a stack",
+                            || tracing::error!(coroutine.id = header.id.get(), error = %e, "no stack for a coroutine that was to start"),
+                        );
                         header.park.finish();
                         // Dropping the closure may panic; the worker must not.
                         // SAFETY: `header`, the task's reference, lives to the
@@ -1231,7 +1370,8 @@ impl Local {
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| Box::new(MaybeUninit::uninit()));
-        let running = Running::new(co, header, gauge, place);
+        let span = coroutine_span(&header);
+        let running = Running::new(co, header, span, gauge, place);
         self.slab.borrow_mut()[key] = Some(running);
         self.count_started(1);
         self.resume(key);
@@ -1269,6 +1409,9 @@ impl Local {
                 } else {
                     self.ready.borrow_mut().push_back(key);
                 }
+            }
+            CoroutineResult::Yield(Request::Abandon) => {
+                self.abandon(key, "it caught its cancellation and waited again")
             }
             CoroutineResult::Return(stored) => self.finish(key, stored),
         }
@@ -1340,10 +1483,53 @@ impl Local {
         self.shared.counters.finished.add(1);
         self.shared.live.add(-1);
         if stored {
+            // Publishing drops the value of a detached coroutine and wakes a
+            // joiner's waker: user code, which must not unwind the worker.
+            // A panic there is reported and the worker goes on (std aborts
+            // on "thread result panicked on drop"; a runtime of a million
+            // coroutines should not die of one value's destructor).
             // SAFETY: the run stored an outcome and returned true, once.
-            unsafe { header.publish() };
+            contain(
+                "announcing a finished coroutine's result (its drop or the joiner's waker)",
+                || unsafe { header.publish() },
+            );
         }
         drop_quietly(header);
+    }
+
+    /// Gives up on started coroutine `key` at shutdown (see "Shutdown" in
+    /// the module docs): reported, its joiner told `Cancelled`, its
+    /// `Running` and stack leaked.
+    #[cold]
+    fn abandon(&self, key: usize, why: &str) {
+        let Some(running) = self.slab.borrow_mut()[key].take() else {
+            return;
+        };
+        self.count_started(-1);
+        // Later unparks (a waiter node on its stack may still be linked in
+        // some queue) find it finished and do nothing.
+        running.header.park.finish();
+        let (id, name) = (running.header.id, running.header.name.clone());
+        let name = name.as_deref().unwrap_or("<unnamed>");
+        contain("reporting an abandoned coroutine", || {
+            tracing::error!(
+                coroutine.id = id.get(),
+                coroutine.name = name,
+                "coroutine abandoned at shutdown: {why}; its stack and what it holds are leaked"
+            )
+        });
+        // SAFETY: its body started (it is in the slab) and it is never
+        // resumed again: its `Running` is leaked just below, once.
+        contain("releasing an abandoned coroutine's joiner", || unsafe {
+            running.header.abandon()
+        });
+        // Leaked whole: its stack (inside the corosensei coroutine) may
+        // hold waiter nodes that queues still link, and its header keeps
+        // the runtime's `Shared`, and so the arena mapping those stacks,
+        // alive for good.
+        std::mem::forget(running);
+        self.shared.counters.finished.add(1);
+        self.shared.live.add(-1);
     }
 
     /// Makes sure the watchdog is not reading a header we are about to free
@@ -1359,32 +1545,78 @@ impl Local {
         }
     }
 
-    /// Step 6.
+    /// Step 6: see "Shutdown" in the module docs.
     fn shut_down(&self) {
-        let entries: Vec<Box<Running>> = self.slab.borrow_mut().drain(..).flatten().collect();
-        self.wait_for_watchdog();
-        for r in entries {
-            r.header.cancelling.store(true, Ordering::Relaxed);
-            let p: *const Running = &*r;
-            set_current(p);
-            StackGauge::set_running(Some(&r.gauge));
-            // SAFETY: as in `resume`; dropping a suspended corosensei
-            // coroutine force-unwinds it on its own stack, here.
-            let co = unsafe { (*r.co.get()).take() };
-            drop(co);
-            StackGauge::set_running(None);
-            set_current(ptr::null());
-            drop_quietly(r);
-            self.shared.live.add(-1);
-        }
+        // 1. Tasks that never ran.
         while let Some(t) = self.deque.pop() {
             discard(&self.shared, t);
+        }
+        discard_all(&self.shared, &self.ws().incoming);
+        discard_all(&self.shared, &self.shared.injector);
+        // 2. Every started coroutine, runnable once more, cancelling.
+        let keys: Vec<usize> = self
+            .slab
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.as_ref().map(|_| k))
+            .collect();
+        for key in keys {
+            let slab = self.slab.borrow();
+            let Some(Some(r)) = slab.get(key) else {
+                continue;
+            };
+            r.header.cancelling.store(true, Ordering::Relaxed);
+            if r.header.park.cancel_park() {
+                drop(slab);
+                self.ready.borrow_mut().push_back(key);
+            }
+        }
+        // 3. Run them until none is left or the time is up.
+        let deadline = Instant::now() + self.shared.shutdown_timeout;
+        loop {
+            self.drain_inbox();
+            loop {
+                let next = self.ready.borrow_mut().pop_front();
+                match next {
+                    Some(key) => self.resume(key),
+                    None => break,
+                }
+                self.drain_inbox();
+            }
+            if self.slab.borrow().iter().all(Option::is_none) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Some wait in a destructor: sleep until a wake-up (announced as
+            // a sleeper, so remote unparks wake us), I/O, a timer, or the
+            // deadline.
+            self.shared.idle.announce(self.index);
+            fence(Ordering::SeqCst);
+            if self.ws().inbox.is_empty() {
+                self.driver.poll_at_most(&self.ws().driver, deadline - now);
+            }
+            self.shared.idle.remove_sleeper(self.index);
+        }
+        // 4. Whatever is left is abandoned.
+        let left: Vec<usize> = self
+            .slab
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.as_ref().map(|_| k))
+            .collect();
+        for key in left {
+            self.abandon(key, "it was still waiting when the shutdown timeout passed");
         }
         self.ready.borrow_mut().clear();
         while !self.ws().inbox.is_empty() {
             let _ = self.ws().inbox.steal();
         }
-        discard_all(&self.shared, &self.ws().incoming);
+        self.wait_for_watchdog();
     }
 }
 
@@ -1445,12 +1677,46 @@ fn stack_level(committed: usize, reserve: usize) -> u8 {
 /// coroutine left behind) is reported instead of unwinding the worker,
 /// which would strand every coroutine pinned to it.
 fn drop_quietly<T>(value: T) {
-    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        tracing::error!(
-            panic = super::join::panic_message(p.as_ref()),
-            "a coroutine's remains panicked on drop"
-        );
+    contain("dropping a coroutine's remains", move || drop(value));
+}
+
+/// Runs `f`, user code on the worker (a destructor, a waker, a tracing
+/// subscriber), so that a panic in it never unwinds the worker: it is
+/// reported (`what` says where) and `None` returned. Reporting goes
+/// through tracing, itself contained; a panic payload whose own drop
+/// panics is leaked.
+fn contain<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                tracing::error!(
+                    panic = super::join::panic_message(p.as_ref()),
+                    "a panic on a greenstack worker, contained: {what}"
+                )
+            }));
+            if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(p))) {
+                std::mem::forget(inner);
+            }
+            None
+        }
     }
+}
+
+/// The tracing span a coroutine runs in, if a subscriber wants one. Made
+/// before its `Running` (see `Running::new`), and contained: a subscriber
+/// whose `new_span` panics costs the coroutine its span, nothing more.
+/// Boxed: a disabled `Span` would still take 40 bytes per coroutine.
+fn coroutine_span(header: &Header) -> Option<Box<tracing::Span>> {
+    contain("creating a coroutine's span", || {
+        let span = tracing::debug_span!(
+            "coroutine",
+            id = header.id.get(),
+            name = header.name.as_deref().unwrap_or("")
+        );
+        (!span.is_disabled()).then(|| Box::new(span))
+    })
+    .flatten()
 }
 
 /// Drops the calling coroutine's `coroutine_local!` values, in the
