@@ -87,18 +87,20 @@
 //! - Without `SA_ONSTACK` (signal-hook-registry installs with
 //!   `SA_RESTART | SA_SIGINFO`), installed before or after: on an ordinary
 //!   thread, it runs exactly as it would without greenstack. On a coroutine
-//!   its frame (about 3.5 KiB here) goes below the coroutine's stack
-//!   pointer. If the committed stack holds it, the handler runs there, and
-//!   its own deeper frames take growth faults like any code. If not, the
-//!   kernel cannot write the frame (an ungrown page faults for the kernel as
-//!   for the program, and a page table cannot tell the two apart), drops
-//!   the signal and raises SIGSEGV `SI_KERNEL`; step 3 grows the stack,
-//!   writes `greenstack: a signal was lost: ...` to stderr, and the
-//!   coroutine runs on. No committed margin can prevent it: the stack
-//!   pointer can sit anywhere above the floor without touching memory below
-//!   it, so a margin only moves the floor. Measured on Linux 6.18 by
-//!   `tests/stack_signals.rs` (`frame_fits_above_the_floor_from_a_measured_gap`: the smallest gap above the floor at
-//!   which such a signal is still delivered).
+//!   its frame goes below the coroutine's stack pointer. If the committed
+//!   stack holds it, the handler runs there, and its own deeper frames take
+//!   growth faults like any code. If not, the kernel cannot write the frame
+//!   (an ungrown page faults for the kernel as for the program, and a page
+//!   table cannot tell the two apart), drops the signal and raises SIGSEGV
+//!   `SI_KERNEL`; step 3 grows the stack, writes `greenstack: a signal was
+//!   lost: ...` to stderr, and the coroutine runs on. No committed margin
+//!   can prevent it: the stack pointer can sit anywhere above the floor
+//!   without touching memory below it, so a margin only moves the floor.
+//!   Measured on Linux 6.18 (AVX-512, `AT_MINSIGSTKSZ` 3,376 bytes) by
+//!   `frame_fits_above_the_floor_from_a_measured_gap` in
+//!   `tests/stack_signals.rs`: sent from 3,136 bytes above the floor or
+//!   less the signal is lost, from 3,200 bytes up it is delivered, in both
+//!   guard modes; step 3's bound, [`frame_need`], is 3,568 bytes.
 //! - Blocking signals on workers while coroutines run would avoid the loss
 //!   but change what a program sees (thread-directed signals and profiling
 //!   timers delayed for as long as a coroutine runs, a mask change per
@@ -131,9 +133,10 @@ const RED_ZONE: usize = 128;
 const FALLBACK_FRAME: usize = 8 * 1024;
 
 /// Bytes a signal frame may take below the interrupted stack pointer, set
-/// once at install from `AT_MINSIGSTKSZ` (the kernel's largest frame
-/// for this CPU; 3,632 bytes on this AVX-512 machine) plus the red zone
-/// and the 64-byte alignment of the frame. Read by the handler.
+/// once at install from `AT_MINSIGSTKSZ` (the kernel's largest frame for
+/// this CPU; 3,376 bytes on this AVX-512 machine) plus the red zone and
+/// the 64-byte alignment of the frame: 3,568 bytes here, against a
+/// measured 3,200 (module docs, "Other signals"). Read by the handler.
 static FRAME_NEED: AtomicUsize = AtomicUsize::new(RED_ZONE + FALLBACK_FRAME + 64);
 
 /// See [`FRAME_NEED`].
@@ -337,7 +340,7 @@ extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut lib
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     let sp = stack_pointer(ctx);
-    if handle_ours(addr, code, sp, ctx) {
+    if handle_ours(sig, addr, code, sp, ctx) {
         // SAFETY: restoring this thread's errno slot.
         unsafe { *libc::__errno_location() = saved_errno };
         return;
@@ -374,9 +377,17 @@ fn overflow_altstack(depth: usize) -> usize {
 
 /// Steps 2–6 of the fault path. Returns true if the fault was ours and is
 /// resolved (the handler should return).
-fn handle_ours(addr: usize, code: libc::c_int, sp: usize, ctx: *mut libc::c_void) -> bool {
+fn handle_ours(
+    sig: libc::c_int,
+    addr: usize,
+    code: libc::c_int,
+    sp: usize,
+    ctx: *mut libc::c_void,
+) -> bool {
     let Some(class) = lookup(addr) else {
-        if code == libc::SI_KERNEL && addr == 0 && !hardware_exception(ctx) {
+        // The kernel reports a frame it could not push as SIGSEGV only.
+        if sig == libc::SIGSEGV && code == libc::SI_KERNEL && addr == 0 && !hardware_exception(ctx)
+        {
             return grow_for_signal_frame(sp);
         }
         return false;
@@ -441,7 +452,10 @@ handlers of signals that may interrupt coroutines with SA_ONSTACK\n";
 /// SIGSEGV forced because a signal frame could not be written carries the
 /// thread's previous trap instead (typically 14, the page fault of an
 /// earlier growth, or 0). Such a fault repeats when the instruction runs
-/// again, so it must be chained, never taken for a lost signal.
+/// again, so it must be chained, never taken for a lost signal. (If a
+/// handler recovered from a #GP earlier on the same thread, a frame lost
+/// later carries that stale 13 and is chained too: the previous handler
+/// gets it, or the process ends as under `SIG_DFL`.)
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn hardware_exception(ctx: *mut libc::c_void) -> bool {
     // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
