@@ -23,7 +23,7 @@
 
 use std::hint::black_box;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,31 @@ fn run_child(name: &str, scenario: &str) -> Output {
         .env(CHILD_ENV, scenario)
         .output()
         .expect("re-executing the test binary")
+}
+
+/// As [`run_child`], but a child still running after 60 s (a hang guard,
+/// not a timing assertion) is killed and the test fails.
+fn run_child_bounded(name: &str, scenario: &str) -> Output {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, scenario)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("re-executing the test binary");
+    let start = Instant::now();
+    while child.try_wait().expect("waiting for the child").is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "hang guard: the child did not end within 60 s\nstdout (start):\n{}",
+                String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// The scenario this process plays, if it is a child.
@@ -91,6 +116,18 @@ extern "C" fn user_handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
             libc::write(1, msg.as_ptr().cast(), msg.len());
             libc::_exit(GP_EXIT);
         }
+    }
+}
+
+/// A crash reporter's SIGSEGV handler: restores the default action and
+/// raises the signal again, to die by it.
+extern "C" fn reraise_handler(sig: libc::c_int) {
+    let msg = b"reporter: raising again\n";
+    // SAFETY: write, signal and raise are async-signal-safe.
+    unsafe {
+        libc::write(1, msg.as_ptr().cast(), msg.len());
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
     }
 }
 
@@ -528,4 +565,39 @@ fn gp_fault_near_floor_kills_by_sigsegv() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_not_taken_for_lost_signal(&out);
+}
+
+/// A crash reporter before ours that, for a sent SIGSEGV, restores the
+/// default action and raises the signal again: the process dies by SIGSEGV
+/// (the stack handler must not put itself back and hand the re-raised
+/// signal to the reporter again, for ever).
+#[test]
+fn sent_segv_reraised_by_previous_handler_kills_by_sigsegv() {
+    let name = "sent_segv_reraised_by_previous_handler_kills_by_sigsegv";
+    match child_scenario().as_deref() {
+        Some("reraise") => {
+            set_segv(Some(reraise_handler as *const () as usize), 0, &[]);
+            let _arena = arena();
+            // SAFETY: as in `std_child`.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            println!("survived the re-raised SIGSEGV");
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child_bounded(name, "reraise");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "status {:?}\nstdout:\n{stdout}",
+        out.status
+    );
+    assert_eq!(
+        stdout.matches("reporter: raising again").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("survived"), "{stdout}");
 }

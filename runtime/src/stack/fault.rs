@@ -57,7 +57,8 @@
 //!    may reset the action to `SIG_DFL` (std's overflow reporter does, for
 //!    any signal that is not a guard-page hit), and then the action that was
 //!    installed before the call is put back, because a sent signal will not
-//!    come again to kill the process as that reset expects.
+//!    come again to kill the process as that reset expects (unless the
+//!    handler raised it again to die by it: then it stays `SIG_DFL`).
 //!
 //! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`,
 //! `sigaction`, `pthread_sigmask`, `tgkill` and `abort`, and errno is saved
@@ -687,6 +688,16 @@ unsafe fn call_previous(
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
 }
 
+/// Whether `sig` is pending for this thread or the process.
+fn pending(sig: libc::c_int) -> bool {
+    // SAFETY: sigpending fills the zeroed set; sigpending and sigismember
+    // are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, sig) == 1
+    }
+}
+
 /// The action installed for `sig` now.
 fn current_action(sig: libc::c_int) -> libc::sigaction {
     // SAFETY: reading an action into a zeroed struct; sigaction is
@@ -705,8 +716,17 @@ fn current_action(sig: libc::c_int) -> libc::sigaction {
 /// it replaced; if that is not `SIG_DFL`, another thread installed a
 /// handler in between, and it is put back in turn, so a concurrent
 /// `sigaction` is never left undone.
+///
+/// Not if the signal is now pending: the handler reset the action and
+/// raised the signal again (a crash reporter's "restore the default and
+/// re-raise"), which the kernel delivers with `SIG_DFL` as soon as this
+/// handler returns and unblocks it. Putting ours back would hand it to the
+/// same handler again, for ever.
 fn put_back_if_reset(sig: libc::c_int, before: &libc::sigaction) {
-    if before.sa_sigaction == libc::SIG_DFL || current_action(sig).sa_sigaction != libc::SIG_DFL {
+    if before.sa_sigaction == libc::SIG_DFL
+        || current_action(sig).sa_sigaction != libc::SIG_DFL
+        || pending(sig)
+    {
         return;
     }
     // SAFETY: installing actions the kernel returned to us.

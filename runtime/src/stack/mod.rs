@@ -1028,7 +1028,7 @@ unsafe impl corosensei::stack::Stack for Slot {
 /// resume (the runtime's workers do).
 ///
 /// It changes no signal's action. A signal handler installed without
-/// `SA_ONSTACK` has its frame (about 3.5 KiB with AVX-512 state) pushed
+/// `SA_ONSTACK` has its frame (about 3.3 KiB with AVX-512 state) pushed
 /// below a coroutine's stack pointer; if that lands on ungrown stack the
 /// kernel drops the signal and raises SIGSEGV instead, which the growth
 /// handler reports. Install handlers of signals that may interrupt
