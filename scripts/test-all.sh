@@ -16,7 +16,7 @@ cargo test --workspace --locked
 
 step "the stack tests again with the mprotect fallback forced"
 GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults \
-    --test stack_inject --test stack_signals
+    --test stack_inject --test stack_signals --test stack_signals_chain --test stack_signals_actions
 
 step "benches, one pass each in test mode"
 cargo test --locked --benches

@@ -12,10 +12,16 @@
 //!    fixed array of class address ranges published with Release stores. No
 //!    "current coroutine" is consulted: the slot is `(addr - base) / stride`.
 //! 3. Not in any class: if the kernel raised the signal itself because it
-//!    could not push another signal's frame (`SI_KERNEL`, no address), and
-//!    the interrupted stack pointer lies in a live slot near its floor, grow
-//!    that slot to make room for the frame ([`SIGFRAME_ROOM`]) and return.
-//!    Otherwise go to step 7.
+//!    could not push another signal's frame, grow the slot under the
+//!    interrupted stack pointer by [`SIGFRAME_ROOM`], report the lost signal
+//!    and return. The rule, since a #GP also arrives as `SI_KERNEL` with
+//!    address 0: `si_code == SI_KERNEL`, address 0, the thread's last trap
+//!    was not a hardware exception that reports `SI_KERNEL` (x86-64 `trapno`
+//!    10–13: #TS, #NP, #SS, #GP; the kernel sets it just before raising
+//!    those), and the interrupted stack pointer lies in a live slot less
+//!    than a signal frame ([`frame_need`]: red zone + `AT_MINSIGSTKSZ` +
+//!    alignment) above the committed floor, so the kernel could have been
+//!    pushing a frame there and failed. Anything else goes to step 7.
 //! 4. The slot is not live: go to step 7 (a stale pointer into a pooled
 //!    stack is the program's bug, not growth).
 //! 5. The address is in the slot's hard guard: the coroutine overflowed.
@@ -27,12 +33,36 @@
 //!    Counters: `growth_faults`, `bytes_grown`, `committed`, and
 //!    `violations` if the thread is inside a no-fault section. If the kernel
 //!    refuses the growth, report that the stack cannot grow and `abort`.
-//! 7. Chain: call the handler that was installed before ours (std's overflow
-//!    reporter, a user's handler), or restore the default action and return
-//!    so the fault repeats and kills the process with the original signal.
+//! 7. Chain to the action that was installed before ours ([`chain`]):
+//!    - a handler: call it as the kernel would have, with its `sa_mask`
+//!      (and the signal itself unless `SA_NODEFER`) blocked for the call.
+//!      `SA_RESETHAND` cannot reset the process's action (that would
+//!      uninstall ours), so it is kept per signal here: the first chained
+//!      signal calls the handler, later ones get the default action.
+//!    - `SIG_DFL` (or a spent `SA_RESETHAND` handler), for a fault that
+//!      repeats when the instruction runs again (`si_code > 0` other than
+//!      `SI_KERNEL`, or a hardware exception): install `SIG_DFL` and
+//!      return, so the fault repeats and kills the process with the
+//!      original signal and context, as before.
+//!    - `SIG_DFL` for a signal that does not repeat (sent with `kill`,
+//!      `raise`, `sigqueue`: `si_code <= 0`; or a kernel-forced one): the
+//!      default action, termination, is what was asked for. Done at once:
+//!      install `SIG_DFL`, re-send the signal to this thread, unblock it.
+//!      If the process survives that (a tracer suppressed it), the action
+//!      that was installed is put back, so `SIG_DFL` never stays.
+//!    - `SIG_IGN`: a sent signal is ignored; a fault is treated as under
+//!      `SIG_DFL` (the kernel kills for an ignored fault too).
 //!
-//! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`
-//! and `abort`, and errno is saved and restored around the handler.
+//!    A sent SIGSEGV therefore never uninstalls ours: the handler we call
+//!    may reset the action to `SIG_DFL` (std's overflow reporter does, for
+//!    any signal that is not a guard-page hit), and then the action that was
+//!    installed before the call is put back, because a sent signal will not
+//!    come again to kill the process as that reset expects (unless the
+//!    handler raised it again to die by it: then it stays `SIG_DFL`).
+//!
+//! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`,
+//! `sigaction`, `pthread_sigmask`, `tgkill` and `abort`, and errno is saved
+//! and restored around the handler.
 //!
 //! A handler a user installs *after* ours replaces it. It must then chain:
 //! install with `SA_ONSTACK | SA_SIGINFO`, keep the action `sigaction`
@@ -40,10 +70,48 @@
 //! every fault it does not handle. Otherwise the first growth fault reaches
 //! a handler that does not know our stacks and the process dies.
 //! (`tests/stack_faults.rs` shows both orders.)
+//!
+//! # Other signals
+//!
+//! greenstack sets the action of SIGSEGV and SIGBUS once per process (the
+//! first arena) and never changes another signal's action: no
+//! read-modify-write of other code's handlers, so no race with a
+//! `sigaction` on another thread and no change to how their handlers run
+//! on threads that are not ours. (It used to add `SA_ONSTACK` to every
+//! handler on each runtime start; that could revert a handler installed at
+//! the same time, and moved handlers on every thread onto that thread's
+//! alternate stack, std's being 8 KiB.) What that means for a handler:
+//!
+//! - With `SA_ONSTACK`, installed before or after the runtime: its frame
+//!   goes on the thread's alternate stack (64 KiB on every thread that runs
+//!   coroutines), never on a coroutine stack. Always delivered.
+//! - Without `SA_ONSTACK` (signal-hook-registry installs with
+//!   `SA_RESTART | SA_SIGINFO`), installed before or after: on an ordinary
+//!   thread, it runs exactly as it would without greenstack. On a coroutine
+//!   its frame goes below the coroutine's stack pointer. If the committed
+//!   stack holds it, the handler runs there, and its own deeper frames take
+//!   growth faults like any code. If not, the kernel cannot write the frame
+//!   (an ungrown page faults for the kernel as for the program, and a page
+//!   table cannot tell the two apart), drops the signal and raises SIGSEGV
+//!   `SI_KERNEL`; step 3 grows the stack, writes `greenstack: a signal was
+//!   lost: ...` to stderr, and the coroutine runs on. No committed margin
+//!   can prevent it: the stack pointer can sit anywhere above the floor
+//!   without touching memory below it, so a margin only moves the floor.
+//!   Measured on Linux 6.18 (AVX-512, `AT_MINSIGSTKSZ` 3,376 bytes) by
+//!   `frame_fits_above_the_floor_from_a_measured_gap` in
+//!   `tests/stack_signals.rs`: sent from 3,136 bytes above the floor or
+//!   less the signal is lost, from 3,200 bytes up it is delivered, in both
+//!   guard modes; step 3's bound, [`frame_need`], is 3,568 bytes.
+//! - Blocking signals on workers while coroutines run would avoid the loss
+//!   but change what a program sees (thread-directed signals and profiling
+//!   timers delayed for as long as a coroutine runs, a mask change per
+//!   switch), so it is not done.
+//!
+//! So install handlers that may interrupt coroutines with `SA_ONSTACK`.
 
 use std::cell::Cell;
 use std::io;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::class::{errno, Class};
@@ -55,6 +123,27 @@ const TABLE_LEN: usize = 64;
 /// push a signal frame: an x86-64 frame with AVX-512 state is about 3.5 KiB;
 /// the rest is room for the signal handler's own frames.
 const SIGFRAME_ROOM: usize = 32 * 1024;
+
+/// The x86-64 System V red zone below the stack pointer, which the kernel
+/// skips before it pushes a signal frame (bytes; none on aarch64, where the
+/// extra room only makes the step 3 test a little wider).
+const RED_ZONE: usize = 128;
+
+/// Frame size assumed when the kernel does not report `AT_MINSIGSTKSZ`
+/// (bytes): glibc's `SIGSTKSZ`, which covers the AVX-512 frame.
+const FALLBACK_FRAME: usize = 8 * 1024;
+
+/// Bytes a signal frame may take below the interrupted stack pointer, set
+/// once at install from `AT_MINSIGSTKSZ` (the kernel's largest frame for
+/// this CPU; 3,376 bytes on this AVX-512 machine) plus the red zone and
+/// the 64-byte alignment of the frame: 3,568 bytes here, against a
+/// measured 3,200 (module docs, "Other signals"). Read by the handler.
+static FRAME_NEED: AtomicUsize = AtomicUsize::new(RED_ZONE + FALLBACK_FRAME + 64);
+
+/// See [`FRAME_NEED`].
+pub(crate) fn frame_need() -> usize {
+    FRAME_NEED.load(Ordering::Relaxed)
+}
 
 /// Size of the alternate signal stack we install: at least 64 KiB
 /// (DESIGN.md; `_SC_SIGSTKSZ` is 13.5 KiB on this machine).
@@ -197,14 +286,26 @@ fn in_nofault_section() -> bool {
     NOFAULT_DEPTH.with(|d| d.get() > 0)
 }
 
-/// The actions that were installed before ours, for chaining.
+/// The SIGSEGV action that was installed before ours, for chaining.
 static PREV_SEGV: OnceLock<libc::sigaction> = OnceLock::new();
+/// The SIGBUS action that was installed before ours, for chaining.
 static PREV_BUS: OnceLock<libc::sigaction> = OnceLock::new();
+/// Set when a chained SIGSEGV has used up a previous `SA_RESETHAND`
+/// handler: from then on chaining applies the default action, as the
+/// kernel would after resetting it.
+static PREV_SEGV_SPENT: AtomicBool = AtomicBool::new(false);
+/// As [`PREV_SEGV_SPENT`], for SIGBUS.
+static PREV_BUS_SPENT: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
 
-/// Installs the handler for SIGSEGV and SIGBUS, once per process.
+/// Installs the handler for SIGSEGV and SIGBUS, once per process. No other
+/// signal's action is read or changed (module docs, "Other signals").
 pub(crate) fn install_handler() -> io::Result<()> {
     let r = INSTALLED.get_or_init(|| {
+        // SAFETY: getauxval only reads the auxiliary vector.
+        let frame = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
+        let frame = if frame == 0 { FALLBACK_FRAME } else { frame };
+        FRAME_NEED.store(RED_ZONE + frame + 64, Ordering::Relaxed);
         for (sig, prev) in [(libc::SIGSEGV, &PREV_SEGV), (libc::SIGBUS, &PREV_BUS)] {
             // SAFETY: plain sigaction calls with valid, zero-initialized
             // structs. We save the previous action before installing ours, so
@@ -240,7 +341,7 @@ extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut lib
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     let sp = stack_pointer(ctx);
-    if handle_ours(addr, code, sp) {
+    if handle_ours(sig, addr, code, sp, ctx) {
         // SAFETY: restoring this thread's errno slot.
         unsafe { *libc::__errno_location() = saved_errno };
         return;
@@ -277,9 +378,17 @@ fn overflow_altstack(depth: usize) -> usize {
 
 /// Steps 2–6 of the fault path. Returns true if the fault was ours and is
 /// resolved (the handler should return).
-fn handle_ours(addr: usize, code: libc::c_int, sp: usize) -> bool {
+fn handle_ours(
+    sig: libc::c_int,
+    addr: usize,
+    code: libc::c_int,
+    sp: usize,
+    ctx: *mut libc::c_void,
+) -> bool {
     let Some(class) = lookup(addr) else {
-        if code == libc::SI_KERNEL {
+        // The kernel reports a frame it could not push as SIGSEGV only.
+        if sig == libc::SIGSEGV && code == libc::SI_KERNEL && addr == 0 && !hardware_exception(ctx)
+        {
             return grow_for_signal_frame(sp);
         }
         return false;
@@ -302,7 +411,10 @@ fn handle_ours(addr: usize, code: libc::c_int, sp: usize) -> bool {
     grow_or_abort(class, i, addr)
 }
 
-/// Step 3: the kernel could not push a signal frame below `sp`.
+/// Step 3: the kernel could not push a signal frame below `sp`, if `sp` is
+/// in a live slot less than [`frame_need`] bytes above its committed floor
+/// (the frame did not fit). Otherwise the SIGSEGV is not a lost signal of
+/// ours and is chained.
 fn grow_for_signal_frame(sp: usize) -> bool {
     let Some(class) = lookup(sp) else {
         return false;
@@ -313,22 +425,50 @@ fn grow_for_signal_frame(sp: usize) -> bool {
     }
     let zb = class.zone_bottom(i);
     let floor = class.metas[i].floor.load(Ordering::Acquire);
+    if sp.saturating_sub(frame_need()) >= floor {
+        // A frame would have fit above the floor: the kernel was not
+        // failing to push one here.
+        return false;
+    }
     let want = sp.saturating_sub(SIGFRAME_ROOM).max(zb);
     if want >= floor {
         return false;
     }
     grow_or_abort(class, i, want);
     // The kernel has already dropped the signal whose frame did not fit.
-    // Say so once per occurrence, and make sure it cannot happen again for
-    // the handlers installed so far.
+    // Say so once per occurrence; the coroutine runs on.
     let msg =
         b"greenstack: a signal was lost: its handler lacks SA_ONSTACK and its frame did not fit \
-below a coroutine's stack pointer; install signal handlers with SA_ONSTACK, or before \
-greenstack::stack::prepare_thread()\n";
+below a coroutine's stack pointer (the stack was grown and the coroutine runs on); install \
+handlers of signals that may interrupt coroutines with SA_ONSTACK\n";
     // SAFETY: write(2) of a static buffer is async-signal-safe.
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-    adopt_signal_handlers();
     true
+}
+
+/// Whether the thread's last trap was a hardware exception the kernel
+/// reports as SIGSEGV `SI_KERNEL` with address 0 (x86-64: #TS, #NP, #SS,
+/// #GP). The kernel stores the trap number in the thread just before it
+/// raises the signal, and the signal frame carries it as `trapno`; a
+/// SIGSEGV forced because a signal frame could not be written carries the
+/// thread's previous trap instead (typically 14, the page fault of an
+/// earlier growth, or 0). Such a fault repeats when the instruction runs
+/// again, so it must be chained, never taken for a lost signal. (If a
+/// handler recovered from a #GP earlier on the same thread, a frame lost
+/// later carries that stale 13 and is chained too: the previous handler
+/// gets it, or the process ends as under `SIG_DFL`.)
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn hardware_exception(ctx: *mut libc::c_void) -> bool {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    let trapno =
+        unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_TRAPNO as usize] };
+    matches!(trapno, 10..=13)
+}
+
+/// As on x86-64: aarch64 reports no hardware exception as `SI_KERNEL`.
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn hardware_exception(_ctx: *mut libc::c_void) -> bool {
+    false
 }
 
 fn grow_or_abort(class: &Class, i: usize, addr: usize) -> bool {
@@ -428,29 +568,108 @@ impl Buf {
     }
 }
 
-/// Step 7: hands the signal to whatever was installed before us.
+/// What chaining does with a signal, from the previous action.
+enum Prev<'a> {
+    /// Call this handler.
+    Handler(&'a libc::sigaction),
+    /// `SIG_DFL`, or a `SA_RESETHAND` handler already used.
+    Default,
+    /// `SIG_IGN`.
+    Ignore,
+}
+
+/// Step 7: hands the signal to whatever was installed before us (module
+/// docs, step 7, for each case).
 ///
 /// # Safety
 ///
 /// - `info` and `ctx` must be the kernel's arguments to this handler.
 unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let prev = if sig == libc::SIGBUS {
-        PREV_BUS.get()
+    let (prev, spent) = if sig == libc::SIGBUS {
+        (PREV_BUS.get(), &PREV_BUS_SPENT)
     } else {
-        PREV_SEGV.get()
+        (PREV_SEGV.get(), &PREV_SEGV_SPENT)
     };
-    let Some(prev) = prev else {
-        restore_default(sig);
-        return;
+    let what = match prev {
+        None => Prev::Default,
+        Some(p) if p.sa_sigaction == libc::SIG_DFL => Prev::Default,
+        Some(p) if p.sa_sigaction == libc::SIG_IGN => Prev::Ignore,
+        // The kernel resets an SA_RESETHAND action as it delivers the
+        // signal; the first signal to get here has the one call.
+        Some(p) if p.sa_flags & libc::SA_RESETHAND != 0 && spent.swap(true, Ordering::AcqRel) => {
+            Prev::Default
+        }
+        Some(p) => Prev::Handler(p),
     };
-    let h = prev.sa_sigaction;
-    if h == libc::SIG_DFL || h == libc::SIG_IGN {
-        // Put the old action back and return: the instruction faults again
-        // and the kernel applies the default action (for SIGSEGV, SIG_IGN
-        // on a hardware fault also kills).
-        // SAFETY: reinstalling an action we read from the kernel.
-        unsafe { libc::sigaction(sig, prev, std::ptr::null_mut()) };
-    } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    // Sent with kill, raise, sigqueue, tgkill... (SI_FROMUSER): no fault
+    // will come again once this returns.
+    let sent = code <= 0;
+    let repeats = !sent && (code != libc::SI_KERNEL || hardware_exception(ctx));
+    match what {
+        Prev::Handler(p) => {
+            let before = current_action(sig);
+            // SAFETY: `p` is the action the kernel gave us as the previous
+            // one; `info` and `ctx` are the kernel's.
+            unsafe { call_previous(sig, p, info, ctx) };
+            if !repeats {
+                put_back_if_reset(sig, &before);
+            }
+        }
+        Prev::Ignore if sent => {}
+        Prev::Ignore | Prev::Default => {
+            if repeats {
+                // The instruction faults again and the kernel applies the
+                // default action (for SIGSEGV, SIG_IGN on a fault also
+                // kills), with the fault's own context in the core.
+                set_default(sig);
+            } else {
+                terminate_now(sig);
+            }
+        }
+    }
+}
+
+/// Calls the previous handler `p` as the kernel would have delivered the
+/// signal to it: the interrupted thread's mask plus `p.sa_mask`, plus the
+/// signal itself unless `SA_NODEFER`, blocked during the call; our mask
+/// back afterwards.
+///
+/// # Safety
+///
+/// - `p` must be an action the kernel returned, whose handler is neither
+///   `SIG_DFL` nor `SIG_IGN`.
+/// - `info` and `ctx` must be the kernel's arguments to this handler.
+unsafe fn call_previous(
+    sig: libc::c_int,
+    p: &libc::sigaction,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it. The
+    // interrupted mask is the ucontext's `uc_sigmask`, whose first 64 bits
+    // (all that sigismember reads for signals 1..=64) the kernel wrote.
+    // sigemptyset, sigismember, sigaddset and pthread_sigmask are
+    // async-signal-safe.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        let interrupted = &(*(ctx as *const libc::ucontext_t)).uc_sigmask;
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in 1..=64 {
+            if libc::sigismember(interrupted, s) == 1 || libc::sigismember(&p.sa_mask, s) == 1 {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        if p.sa_flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, &mut old);
+    }
+    let h = p.sa_sigaction;
+    if p.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it
         // has this signature; we pass the kernel's arguments unchanged.
         unsafe {
@@ -465,13 +684,98 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
             f(sig);
         }
     }
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
 }
 
-fn restore_default(sig: libc::c_int) {
+/// Whether `sig` is pending for this thread or the process.
+fn pending(sig: libc::c_int) -> bool {
+    // SAFETY: sigpending fills the zeroed set; sigpending and sigismember
+    // are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, sig) == 1
+    }
+}
+
+/// The action installed for `sig` now.
+fn current_action(sig: libc::c_int) -> libc::sigaction {
+    // SAFETY: reading an action into a zeroed struct; sigaction is
+    // async-signal-safe.
+    unsafe {
+        let mut cur: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut cur);
+        cur
+    }
+}
+
+/// After a handler we called for a signal that will not come again: if it
+/// reset the action to `SIG_DFL` (std's does, expecting a fault to repeat
+/// and kill), put back `before`, the action installed before the call
+/// (ours, or a later handler that chained to us). The swap returns what
+/// it replaced; if that is not `SIG_DFL`, another thread installed a
+/// handler in between, and it is put back in turn, so a concurrent
+/// `sigaction` is never left undone.
+///
+/// Not if the signal is now pending: the handler reset the action and
+/// raised the signal again (a crash reporter's "restore the default and
+/// re-raise"), which the kernel delivers with `SIG_DFL` as soon as this
+/// handler returns and unblocks it. Putting ours back would hand it to the
+/// same handler again, for ever.
+fn put_back_if_reset(sig: libc::c_int, before: &libc::sigaction) {
+    if before.sa_sigaction == libc::SIG_DFL
+        || current_action(sig).sa_sigaction != libc::SIG_DFL
+        || pending(sig)
+    {
+        return;
+    }
+    // SAFETY: installing actions the kernel returned to us.
+    unsafe {
+        let mut replaced: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, before, &mut replaced);
+        if replaced.sa_sigaction != libc::SIG_DFL {
+            libc::sigaction(sig, &replaced, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Applies the default action of `sig` now, for a signal that will not
+/// repeat: installs `SIG_DFL`, sends `sig` to this thread and unblocks it,
+/// so the kernel terminates the process with `sig` before `pthread_sigmask`
+/// returns. If the process survives (a tracer suppressed the signal, or
+/// another thread installed a handler in between), the action that was
+/// installed is put back.
+///
+fn terminate_now(sig: libc::c_int) {
+    // SAFETY: sigaction, tgkill and pthread_sigmask are async-signal-safe;
+    // every struct is zero-initialized and filled.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        let mut was: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, &dfl, &mut was);
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), sig);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        // Still here: put back what was installed, unless someone else
+        // changed it since.
+        let mut replaced: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, &was, &mut replaced);
+        if replaced.sa_sigaction != libc::SIG_DFL {
+            libc::sigaction(sig, &replaced, std::ptr::null_mut());
+        }
+    }
+}
+
+fn set_default(sig: libc::c_int) {
     // SAFETY: installing SIG_DFL with an empty mask is always valid.
     unsafe {
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
         libc::sigaction(sig, &dfl, std::ptr::null_mut());
     }
 }
@@ -490,34 +794,6 @@ fn stack_pointer(ctx: *mut libc::c_void) -> usize {
 fn stack_pointer(ctx: *mut libc::c_void) -> usize {
     // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
     unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.sp as usize }
-}
-
-/// Adds `SA_ONSTACK` to every installed signal handler that lacks it, so
-/// the kernel pushes every signal frame on the thread's alternate stack and
-/// never below a coroutine's stack pointer, where the next page may be
-/// ungrown. (The kernel cannot grow it: it drops the signal and raises
-/// SIGSEGV with `SI_KERNEL` instead; `tests/stack_signals.rs` shows it.)
-/// Async-signal-safe: `sigaction` only.
-pub(crate) fn adopt_signal_handlers() {
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: reading an action into a zeroed struct and writing it
-        // back with one more flag; the handler and its signature are kept.
-        unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut act) != 0
-                || act.sa_sigaction == libc::SIG_DFL
-                || act.sa_sigaction == libc::SIG_IGN
-                || act.sa_flags & libc::SA_ONSTACK != 0
-            {
-                continue;
-            }
-            act.sa_flags |= libc::SA_ONSTACK;
-            libc::sigaction(sig, &act, std::ptr::null_mut());
-        }
-    }
 }
 
 /// This thread's alternate signal stack, if we installed it.

@@ -1023,18 +1023,18 @@ unsafe impl corosensei::stack::Stack for Slot {
 }
 
 /// Gives the calling thread an alternate signal stack big enough for the
-/// growth handler, and adds `SA_ONSTACK` to every signal handler installed
-/// so far. Threads that resume coroutines on arena stacks call it before the
-/// first resume (the runtime's workers do).
+/// growth handler (64 KiB with a guard page, unless it has one that size).
+/// Threads that resume coroutines on arena stacks call it before the first
+/// resume (the runtime's workers do).
 ///
-/// Why `SA_ONSTACK`: a handler without it has its frame (about 3.4 KiB with
-/// AVX-512 state) pushed below the coroutine's stack pointer, and if that
-/// lands on ungrown stack the kernel drops the signal and raises SIGSEGV
-/// instead. Handlers installed later should use `SA_ONSTACK` themselves.
-/// Costs about 7 µs (one `sigaction` pair per signal).
+/// It changes no signal's action. A signal handler installed without
+/// `SA_ONSTACK` has its frame (about 3.3 KiB with AVX-512 state) pushed
+/// below a coroutine's stack pointer; if that lands on ungrown stack the
+/// kernel drops the signal and raises SIGSEGV instead, which the growth
+/// handler reports. Install handlers of signals that may interrupt
+/// coroutines with `SA_ONSTACK` (see the `fault` module's "Other signals").
 pub fn prepare_thread() -> io::Result<()> {
     fault::ensure_thread_altstack()?;
-    fault::adopt_signal_handlers();
     Ok(())
 }
 

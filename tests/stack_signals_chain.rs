@@ -1,0 +1,603 @@
+//! What the stack handler does with a SIGSEGV that is not a growth fault:
+//! one sent with `raise`/`kill`/`sigqueue`, and one the hardware raised
+//! that only looks like a lost signal frame. It hands each to the action
+//! installed before it, as the kernel would have delivered it there, and
+//! never leaves itself uninstalled.
+//!
+//! - A sent SIGSEGV (no fault) with std's handler, a user's handler or
+//!   `SIG_IGN` before ours: the process lives and stacks still grow
+//!   (before the fix, the chain left `SIG_DFL` installed and the next
+//!   growth fault killed the process, exit 139). With `SIG_DFL` before
+//!   ours, the process dies by SIGSEGV right away, as the sender asked.
+//! - The previous handler runs with its `sa_mask` blocked, with SIGSEGV
+//!   unblocked if it has `SA_NODEFER`, and only once if it has
+//!   `SA_RESETHAND` (later ones get the default action).
+//! - A general-protection fault (SIGSEGV `SI_KERNEL`, address 0) with the
+//!   stack pointer just above a coroutine's floor reaches the previous
+//!   handler, or kills the process by SIGSEGV, without being taken for a
+//!   lost signal frame.
+//!
+//! Each scenario runs in a child process (this binary re-executed for one
+//! test); the parent checks how it ended and what it printed.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+use std::hint::black_box;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use corosensei::{Coroutine, CoroutineResult};
+use greenstack::stack::{testing, StackArena};
+
+/// Environment variable that turns a re-executed test into its child half;
+/// its value names the scenario.
+const CHILD_ENV: &str = "GREENSTACK_STACK_CHAIN_CHILD";
+
+/// Stack the growth check recurses through (bytes): many growth faults.
+const DEEP: usize = 512 * 1024;
+
+/// Exit code of the child whose handler saw the general-protection fault.
+const GP_EXIT: i32 = 42;
+
+/// Runs of the user's SIGSEGV handler.
+static USER_RUNS: AtomicUsize = AtomicUsize::new(0);
+/// Whether SIGUSR2 was blocked during the last run (-1: no run).
+static USER_SAW_USR2_BLOCKED: AtomicIsize = AtomicIsize::new(-1);
+/// Whether SIGSEGV was blocked during the last run (-1: no run).
+static USER_SAW_SEGV_BLOCKED: AtomicIsize = AtomicIsize::new(-1);
+/// `si_code` of the last SIGSEGV the user's handler saw.
+static USER_SAW_CODE: AtomicIsize = AtomicIsize::new(0);
+
+/// Re-runs this binary's test `name` as the child `scenario`.
+fn run_child(name: &str, scenario: &str) -> Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, scenario)
+        .output()
+        .expect("re-executing the test binary")
+}
+
+/// As [`run_child`], but a child still running after 60 s (a hang guard,
+/// not a timing assertion) is killed and the test fails.
+fn run_child_bounded(name: &str, scenario: &str) -> Output {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, scenario)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("re-executing the test binary");
+    let start = Instant::now();
+    while child.try_wait().expect("waiting for the child").is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "hang guard: the child did not end within 60 s\nstdout (start):\n{}",
+                String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The scenario this process plays, if it is a child.
+fn child_scenario() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// Whether `sig` is blocked on this thread now.
+fn blocked(sig: libc::c_int) -> bool {
+    // SAFETY: pthread_sigmask with a null new set only reads the mask into
+    // the zeroed set; sigismember reads it. Both are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        libc::sigismember(&set, sig) == 1
+    }
+}
+
+/// The user's SIGSEGV handler: records what it saw. Sent signals need
+/// nothing more; for a general-protection fault (which would repeat on
+/// return) it ends the process with [`GP_EXIT`].
+extern "C" fn user_handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    USER_SAW_USR2_BLOCKED.store(blocked(libc::SIGUSR2) as isize, Ordering::SeqCst);
+    USER_SAW_SEGV_BLOCKED.store(blocked(libc::SIGSEGV) as isize, Ordering::SeqCst);
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    USER_SAW_CODE.store(code as isize, Ordering::SeqCst);
+    USER_RUNS.fetch_add(1, Ordering::SeqCst);
+    if code == libc::SI_KERNEL {
+        let msg = b"user handler: SI_KERNEL\n";
+        // SAFETY: write and _exit are async-signal-safe.
+        unsafe {
+            libc::write(1, msg.as_ptr().cast(), msg.len());
+            libc::_exit(GP_EXIT);
+        }
+    }
+}
+
+/// A crash reporter's SIGSEGV handler: restores the default action and
+/// raises the signal again, to die by it.
+extern "C" fn reraise_handler(sig: libc::c_int) {
+    let msg = b"reporter: raising again\n";
+    // SAFETY: write, signal and raise are async-signal-safe.
+    unsafe {
+        libc::write(1, msg.as_ptr().cast(), msg.len());
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Sets the SIGSEGV action before the runtime: `handler` (with `flags` and
+/// `mask`, plus `SA_SIGINFO`), or `SIG_DFL`/`SIG_IGN` given as `raw`.
+fn set_segv(raw: Option<usize>, flags: libc::c_int, mask: &[libc::c_int]) {
+    // SAFETY: a zeroed, then filled, sigaction; the handler has the
+    // SA_SIGINFO signature.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        libc::sigemptyset(&mut sa.sa_mask);
+        for &s in mask {
+            libc::sigaddset(&mut sa.sa_mask, s);
+        }
+        match raw {
+            Some(h) => sa.sa_sigaction = h,
+            None => {
+                sa.sa_sigaction = user_handler as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | flags;
+            }
+        }
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// The SIGSEGV handler installed now.
+fn segv_handler() -> usize {
+    // SAFETY: reading the action into a zeroed struct.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        assert_eq!(
+            libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut act),
+            0
+        );
+        act.sa_sigaction
+    }
+}
+
+/// Sends SIGSEGV to the process with `kill` (SI_USER; any thread may take
+/// it) and waits until the user's handler has counted it.
+fn kill_and_wait() {
+    let runs = USER_RUNS.load(Ordering::SeqCst);
+    // SAFETY: kill to our own process.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGSEGV) }, 0);
+    let start = Instant::now();
+    while USER_RUNS.load(Ordering::SeqCst) == runs {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hang guard: the sent SIGSEGV never reached the user's handler"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Sends SIGSEGV to this thread with `sigqueue` semantics (SI_QUEUE).
+fn sigqueue_self() {
+    // SAFETY: a zeroed siginfo filled as rt_tgsigqueueinfo requires for a
+    // queued signal to our own thread.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        info.si_signo = libc::SIGSEGV;
+        info.si_code = libc::SI_QUEUE;
+        let rc = libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGSEGV,
+            &mut info as *mut libc::siginfo_t,
+        );
+        assert_eq!(rc, 0, "rt_tgsigqueueinfo failed");
+    }
+}
+
+/// Uses about `pages` × 4 KiB of stack, touching every page.
+#[inline(never)]
+fn use_stack(pages: usize) -> usize {
+    let mut buf = [pages as u8; 4000];
+    black_box(&mut buf);
+    if pages == 0 {
+        return buf[7] as usize;
+    }
+    use_stack(pages - 1) + buf[pages % 4000] as usize
+}
+
+/// Runs a coroutine that recurses through [`DEEP`] bytes of stack and
+/// checks that its stack grew.
+fn grow_deep(arena: &StackArena) {
+    greenstack::stack::prepare_thread().unwrap();
+    let before = arena.stats().growth_faults;
+    let mut co = Coroutine::with_stack(
+        arena.allocate().unwrap(),
+        |_: &corosensei::Yielder<(), ()>, ()| use_stack(DEEP / 4096),
+    );
+    assert!(matches!(co.resume(()), CoroutineResult::Return(_)));
+    let grown = arena.stats().growth_faults - before;
+    assert!(grown > 0, "the coroutine did not grow its stack");
+    println!("grew: {grown} growth faults");
+}
+
+/// A 1 MiB-stack arena: installs the stack handler on top of the action set
+/// so far.
+fn arena() -> StackArena {
+    StackArena::builder().stack_size(1 << 20).build().unwrap()
+}
+
+/// Child: a sent SIGSEGV with std's handler before ours (`raise`, then
+/// `sigqueue`), then deep growth.
+fn std_child() {
+    let arena = arena();
+    let ours = segv_handler();
+    // SAFETY: raise to our own thread; the handler chain treats it.
+    assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+    sigqueue_self();
+    assert_eq!(
+        segv_handler(),
+        ours,
+        "the stack handler is no longer installed"
+    );
+    grow_deep(&arena);
+}
+
+/// Child: as [`std_child`] with a user's handler before ours, sent with
+/// `kill`, `raise` and `sigqueue`.
+fn user_child() {
+    set_segv(None, 0, &[]);
+    let arena = arena();
+    kill_and_wait();
+    // SAFETY: as in `std_child`.
+    assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+    sigqueue_self();
+    assert_eq!(USER_RUNS.load(Ordering::SeqCst), 3);
+    grow_deep(&arena);
+}
+
+/// Child: `SIG_IGN` before ours; a sent SIGSEGV is ignored.
+fn ign_child() {
+    set_segv(Some(libc::SIG_IGN), 0, &[]);
+    let arena = arena();
+    // SAFETY: as in `std_child`.
+    assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+    sigqueue_self();
+    grow_deep(&arena);
+}
+
+/// Child: `SIG_DFL` before ours; a sent SIGSEGV must end the process.
+fn dfl_child() {
+    set_segv(Some(libc::SIG_DFL), 0, &[]);
+    let arena = arena();
+    // SAFETY: as in `std_child`.
+    unsafe { libc::raise(libc::SIGSEGV) };
+    println!("survived the sent SIGSEGV");
+    grow_deep(&arena);
+}
+
+/// Checks that the child lived, grew its stack after the sent signals, and
+/// printed `expect`.
+fn assert_lived(out: &Output, expect: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child died ({:?}): a sent SIGSEGV broke stack growth\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("grew: "), "stdout:\n{stdout}");
+    assert!(stdout.contains(expect), "stdout:\n{stdout}");
+}
+
+/// A SIGSEGV sent with `raise` and `sigqueue`, with std's overflow handler
+/// before ours: std's handler runs (it resets the action to `SIG_DFL`,
+/// expecting a fault to repeat), ours is put back, and a coroutine then
+/// grows its stack through 512 KiB.
+#[test]
+fn sent_segv_with_std_handler_keeps_growth_working() {
+    let name = "sent_segv_with_std_handler_keeps_growth_working";
+    match child_scenario().as_deref() {
+        Some("std") => return std_child(),
+        Some(_) => return,
+        None => {}
+    }
+    assert_lived(&run_child(name, "std"), "grew: ");
+}
+
+/// As [`sent_segv_with_std_handler_keeps_growth_working`], with a user's
+/// handler before ours, and `kill` (SI_USER) too: the handler sees each one.
+#[test]
+fn sent_segv_with_user_handler_reaches_it_and_keeps_growth_working() {
+    let name = "sent_segv_with_user_handler_reaches_it_and_keeps_growth_working";
+    match child_scenario().as_deref() {
+        Some("user") => return user_child(),
+        Some(_) => return,
+        None => {}
+    }
+    assert_lived(&run_child(name, "user"), "grew: ");
+}
+
+/// A sent SIGSEGV with `SIG_IGN` before ours is ignored, and stacks still
+/// grow.
+#[test]
+fn sent_segv_with_sig_ign_is_ignored_and_growth_keeps_working() {
+    let name = "sent_segv_with_sig_ign_is_ignored_and_growth_keeps_working";
+    match child_scenario().as_deref() {
+        Some("ign") => return ign_child(),
+        Some(_) => return,
+        None => {}
+    }
+    assert_lived(&run_child(name, "ign"), "grew: ");
+}
+
+/// A sent SIGSEGV with `SIG_DFL` before ours kills the process by SIGSEGV
+/// at once, as it would without greenstack (before the fix the process
+/// lived on with `SIG_DFL` installed and died at the next growth fault).
+#[test]
+fn sent_segv_with_sig_dfl_kills_by_sigsegv_at_once() {
+    let name = "sent_segv_with_sig_dfl_kills_by_sigsegv_at_once";
+    match child_scenario().as_deref() {
+        Some("dfl") => return dfl_child(),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "dfl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "status {:?}\nstdout:\n{stdout}",
+        out.status
+    );
+    assert!(
+        !stdout.contains("survived"),
+        "the sent SIGSEGV did not end the process; it died later:\n{stdout}"
+    );
+}
+
+/// The previous handler runs with its `sa_mask` (SIGUSR2) blocked and, as
+/// it lacks `SA_NODEFER`, SIGSEGV blocked; neither stays blocked after.
+#[test]
+fn chained_handler_runs_with_its_sa_mask_blocked() {
+    let name = "chained_handler_runs_with_its_sa_mask_blocked";
+    match child_scenario().as_deref() {
+        Some("mask") => {
+            set_segv(None, 0, &[libc::SIGUSR2]);
+            let _arena = arena();
+            // SAFETY: as in `std_child`.
+            assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+            println!(
+                "RESULT runs={} usr2_blocked={} segv_blocked={} usr2_blocked_after={}",
+                USER_RUNS.load(Ordering::SeqCst),
+                USER_SAW_USR2_BLOCKED.load(Ordering::SeqCst),
+                USER_SAW_SEGV_BLOCKED.load(Ordering::SeqCst),
+                blocked(libc::SIGUSR2) as u8,
+            );
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "mask");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    assert!(
+        stdout.contains("RESULT runs=1 usr2_blocked=1 segv_blocked=1 usr2_blocked_after=0"),
+        "the handler did not run with its sa_mask:\n{stdout}"
+    );
+}
+
+/// A previous handler with `SA_NODEFER` runs with SIGSEGV unblocked.
+#[test]
+fn chained_handler_with_sa_nodefer_runs_with_signal_unblocked() {
+    let name = "chained_handler_with_sa_nodefer_runs_with_signal_unblocked";
+    match child_scenario().as_deref() {
+        Some("nodefer") => {
+            set_segv(None, libc::SA_NODEFER, &[]);
+            let _arena = arena();
+            // SAFETY: as in `std_child`.
+            assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+            println!(
+                "RESULT runs={} usr2_blocked={} segv_blocked={}",
+                USER_RUNS.load(Ordering::SeqCst),
+                USER_SAW_USR2_BLOCKED.load(Ordering::SeqCst),
+                USER_SAW_SEGV_BLOCKED.load(Ordering::SeqCst),
+            );
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "nodefer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    assert!(
+        stdout.contains("RESULT runs=1 usr2_blocked=0 segv_blocked=0"),
+        "the SA_NODEFER handler ran with SIGSEGV blocked:\n{stdout}"
+    );
+}
+
+/// A previous handler with `SA_RESETHAND` is called for the first chained
+/// SIGSEGV only; stacks still grow after it; the second gets the default
+/// action and kills the process by SIGSEGV.
+#[test]
+fn chained_handler_with_sa_resethand_runs_once_then_default() {
+    let name = "chained_handler_with_sa_resethand_runs_once_then_default";
+    match child_scenario().as_deref() {
+        Some("resethand") => {
+            set_segv(None, libc::SA_RESETHAND, &[]);
+            let arena = arena();
+            // SAFETY: as in `std_child`.
+            assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+            println!("first survived runs={}", USER_RUNS.load(Ordering::SeqCst));
+            grow_deep(&arena);
+            // SAFETY: as above.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            println!("second survived runs={}", USER_RUNS.load(Ordering::SeqCst));
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "resethand");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("first survived runs=1"), "{stdout}");
+    assert!(stdout.contains("grew: "), "{stdout}");
+    assert!(
+        !stdout.contains("second survived"),
+        "the SA_RESETHAND handler ran twice:\n{stdout}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "status {:?}\n{stdout}",
+        out.status
+    );
+}
+
+/// Loads from a non-canonical address with the stack pointer at `sp`: a
+/// general-protection fault (SIGSEGV, `SI_KERNEL`, address 0). Never
+/// returns: the test's handlers end the process.
+///
+/// # Safety
+///
+/// `sp` must be 16-byte aligned and at least 128 bytes below the caller's
+/// stack pointer; the fault must end the process.
+#[inline(never)]
+unsafe fn gp_fault_at(sp: usize) -> ! {
+    // SAFETY: per the contract; the load faults before anything uses the
+    // moved stack pointer, and nothing returns here.
+    unsafe {
+        std::arch::asm!(
+            "mov rsp, {sp}",
+            "mov rax, 0x8000000000000000",
+            "mov rax, qword ptr [rax]",
+            "ud2",
+            sp = in(reg) sp,
+            options(noreturn),
+        )
+    }
+}
+
+/// Child: a general-protection fault from a coroutine whose stack pointer
+/// is 384 bytes above its committed floor, with `prev` set before ours.
+fn gp_child(user: bool) {
+    if user {
+        set_segv(None, libc::SA_ONSTACK, &[]);
+    } else {
+        set_segv(Some(libc::SIG_DFL), 0, &[]);
+    }
+    let arena = arena();
+    greenstack::stack::prepare_thread().unwrap();
+    let mut co = Coroutine::with_stack(
+        arena.allocate().unwrap(),
+        |_: &corosensei::Yielder<(), ()>, ()| {
+            let here = black_box(0u8);
+            let here = &here as *const u8 as usize;
+            let floor = testing::floor_of(here).expect("on an arena slot");
+            assert!(here > floor + 4096, "no room to place the stack pointer");
+            // SAFETY: aligned, far below our frame, in our slot; the fault
+            // ends the process.
+            unsafe { gp_fault_at((floor + 384) & !15) }
+        },
+    );
+    let _: () = match co.resume(()) {
+        CoroutineResult::Return(r) => r,
+        CoroutineResult::Yield(()) => unreachable!(),
+    };
+}
+
+/// The parent half of the general-protection tests: no lost-signal report,
+/// no growth claimed.
+fn assert_not_taken_for_lost_signal(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("a signal was lost"),
+        "a general-protection fault was taken for a lost signal frame:\n{stderr}"
+    );
+}
+
+/// A general-protection fault near a coroutine's floor reaches the user's
+/// handler installed before the runtime, on its first occurrence.
+#[test]
+fn gp_fault_near_floor_reaches_previous_handler() {
+    let name = "gp_fault_near_floor_reaches_previous_handler";
+    match child_scenario().as_deref() {
+        Some("gp-user") => return gp_child(true),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "gp-user");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(GP_EXIT),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("user handler: SI_KERNEL"), "{stdout}");
+    assert_not_taken_for_lost_signal(&out);
+}
+
+/// With `SIG_DFL` before ours, the same fault kills the process by SIGSEGV.
+#[test]
+fn gp_fault_near_floor_kills_by_sigsegv() {
+    let name = "gp_fault_near_floor_kills_by_sigsegv";
+    match child_scenario().as_deref() {
+        Some("gp-dfl") => return gp_child(false),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "gp-dfl");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "status {:?}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_not_taken_for_lost_signal(&out);
+}
+
+/// A crash reporter before ours that, for a sent SIGSEGV, restores the
+/// default action and raises the signal again: the process dies by SIGSEGV
+/// (the stack handler must not put itself back and hand the re-raised
+/// signal to the reporter again, for ever).
+#[test]
+fn sent_segv_reraised_by_previous_handler_kills_by_sigsegv() {
+    let name = "sent_segv_reraised_by_previous_handler_kills_by_sigsegv";
+    match child_scenario().as_deref() {
+        Some("reraise") => {
+            set_segv(Some(reraise_handler as *const () as usize), 0, &[]);
+            let _arena = arena();
+            // SAFETY: as in `std_child`.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            println!("survived the re-raised SIGSEGV");
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child_bounded(name, "reraise");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "status {:?}\nstdout:\n{stdout}",
+        out.status
+    );
+    assert_eq!(
+        stdout.matches("reporter: raising again").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("survived"), "{stdout}");
+}
