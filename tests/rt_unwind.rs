@@ -436,3 +436,45 @@ fn a_wait_while_unwinding_aborts_with_a_message() {
         describe(&out)
     );
 }
+
+/// Item 3, a coroutine that never suspends: it keeps its worker busy, so
+/// that worker never sees the shutdown. Before, `Runtime::drop` joined it
+/// for ever; now the drop returns after the shutdown timeout (plus a
+/// second), reports the worker and leaks the runtime's memory for the
+/// thread, which goes on running.
+#[test]
+fn dropping_a_runtime_returns_while_a_coroutine_never_suspends() {
+    let name = "dropping_a_runtime_returns_while_a_coroutine_never_suspends";
+    if is_child(name) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::ERROR)
+            .init();
+        static STOP: AtomicBool = AtomicBool::new(false);
+        static SPINNING: AtomicBool = AtomicBool::new(false);
+        let rt = small_runtime(1)
+            .shutdown_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let h = rt.spawn(|| {
+            SPINNING.store(true, Ordering::SeqCst);
+            while !STOP.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+        });
+        wait_for(|| SPINNING.load(Ordering::SeqCst));
+        drop(rt);
+        println!("drop returned");
+        // The abandoned worker finishes the coroutine and its shutdown.
+        STOP.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        return;
+    }
+    let out = child(name);
+    assert_clean_exit(&out, "drop returned");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker thread is abandoned"),
+        "the abandoned worker is reported: {}",
+        describe(&out)
+    );
+}

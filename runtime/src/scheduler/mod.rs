@@ -162,6 +162,36 @@ pub(crate) struct Shared {
     /// How long a worker at shutdown waits for its cancelled coroutines
     /// that park while unwinding (see `RuntimeBuilder::shutdown_timeout`).
     pub(crate) shutdown_timeout: Duration,
+    /// Worker threads whose run loop has returned, and where
+    /// `Runtime::drop` waits for that count with a time limit.
+    pub(crate) exited: (std::sync::Mutex<usize>, std::sync::Condvar),
+}
+
+impl Shared {
+    /// Called by each worker thread as its run loop returns.
+    fn worker_exited(&self) {
+        let (count, cvar) = &self.exited;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        cvar.notify_all();
+    }
+
+    /// Waits until every worker thread's run loop has returned, or
+    /// `deadline`; true if they all have.
+    fn wait_workers_exited(&self, deadline: std::time::Instant) -> bool {
+        let (count, cvar) = &self.exited;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n < self.workers.len() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            n = cvar
+                .wait_timeout(n, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 impl Shared {
@@ -194,6 +224,11 @@ pub struct RuntimeBuilder {
 /// message), short enough that a drop stuck on a wait that never ends is
 /// noticed.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much longer than the shutdown timeout `Runtime::drop` waits for the
+/// workers before it abandons those still busy (a worker needs the timeout
+/// plus the time its current coroutine runs before it next suspends).
+const WORKER_EXIT_MARGIN: Duration = Duration::from_secs(1);
 
 impl Default for RuntimeBuilder {
     fn default() -> Self {
@@ -246,8 +281,10 @@ impl RuntimeBuilder {
     /// catches its cancellation and waits again (three times), is
     /// *abandoned*: its joiner sees [`Cancelled`], an error is logged, and
     /// its stack and everything it holds are leaked, never freed while
-    /// something may still point into them. Dropping a runtime thus always
-    /// returns, unless a coroutine runs without ever waiting or returning.
+    /// something may still point into them. A worker still busy a second
+    /// after this timeout (its coroutine never waits or returns) is
+    /// abandoned too: its thread keeps running, the runtime's memory is
+    /// leaked for it, and the drop returns.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -326,6 +363,7 @@ impl RuntimeBuilder {
             watchdog_parker: park::Parker::new(),
             trimmer_parker: Arc::new(park::Parker::new()),
             shutdown_timeout: self.shutdown_timeout,
+            exited: Default::default(),
         });
         let parker = Arc::clone(&shared.trimmer_parker);
         shared.arena.set_trimmer(Box::new(move || parker.unpark()));
@@ -339,7 +377,10 @@ impl RuntimeBuilder {
             let shared = Arc::clone(&shared);
             let t = std::thread::Builder::new()
                 .name(format!("greenstack-worker-{index}"))
-                .spawn(move || worker::run(shared, index, deque, driver))?;
+                .spawn(move || {
+                    worker::run(Arc::clone(&shared), index, deque, driver);
+                    shared.worker_exited();
+                })?;
             rt.threads.push(t);
         }
         if shared.watchdog.is_some() {
@@ -515,8 +556,33 @@ impl Drop for Runtime {
         }
         self.shared.watchdog_parker.unpark();
         self.shared.trimmer_parker.unpark();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        // A worker finishes its shutdown within `shutdown_timeout` once it
+        // sees the flag, unless a coroutine it runs never suspends (a loop
+        // without a wait, a blocking call that never returns). Such a
+        // worker is abandoned, not waited for: dropping a runtime returns.
+        let deadline =
+            std::time::Instant::now() + self.shared.shutdown_timeout + WORKER_EXIT_MARGIN;
+        if self.shared.wait_workers_exited(deadline) {
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        } else {
+            let stuck: Vec<usize> = self
+                .shared
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !w.current.load(Ordering::Acquire).is_null())
+                .map(|(i, _)| i)
+                .collect();
+            tracing::error!(
+                workers = ?stuck,
+                "greenstack runtime dropped while a coroutine kept its worker busy past the shutdown timeout (it never waits or returns); that worker thread is abandoned, still running, and the runtime's memory is leaked so that it stays valid"
+            );
+            // The abandoned threads keep using `Shared` (and the arena
+            // under their stacks): one reference never released.
+            std::mem::forget(Arc::clone(&self.shared));
+            self.threads.clear();
         }
         for t in [self.watchdog.take(), self.trimmer.take()]
             .into_iter()
