@@ -1114,12 +1114,15 @@ fn scenario_last_receiver_drops_queued_values(a: Side, b: Side, rt: Option<&Runt
     let (stx, srx) = mpsc::sync_channel::<Counted>(1);
     let first = make();
     let second = make();
+    let (queued_tx, queued_rx) = mpsc::channel::<()>();
     let sender = start(a, rt, move || {
         stx.send(first).map_err(|_| ()).unwrap();
+        queued_tx.send(()).unwrap();
         stx.send(second).map_err(|e| e.0).err()
     });
     let log2 = Arc::clone(&log);
     start(b, rt, move || {
+        queued_rx.recv().unwrap();
         nap(Duration::from_millis(20));
         drop(srx);
         // The queued one at least; the second too if it was not yet parked.
@@ -1168,56 +1171,75 @@ fn mpmc_values_stay_while_a_receiver_is_left() {
 /// sender went with the queued request) instead of waiting for ever. For
 /// every channel kind carrying the request, and a oneshot reply too.
 fn scenario_request_reply(a: Side, b: Side, rt: Option<&Runtime>) {
-    // mpsc request, mpsc reply; the server's receiver is dropped on side b.
-    let (req_tx, req_rx) = mpsc::channel::<(u32, mpsc::Sender<u32>)>();
-    let requester = start(a, rt, move || {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        req_tx.send((1, reply_tx)).map_err(|_| ()).unwrap();
-        // req_tx stays alive: only the receiver's drop can free the request.
-        let r = reply_rx.recv();
-        drop(req_tx);
-        r
-    });
-    start(b, rt, move || {
-        nap(Duration::from_millis(10));
-        drop(req_rx);
-    })
-    .join();
-    assert_eq!(requester.join(), Err(mpsc::RecvError), "{a:?} -> {b:?}");
+    /// Runs `request` (which queues a request and returns the wait for its
+    /// reply) on side `a`, then drops `server` on side `b` once the request
+    /// is queued, and returns what the wait gave.
+    fn run<S: Send + 'static, W: Send + 'static, R: Send + 'static>(
+        (a, b, rt): (Side, Side, Option<&Runtime>),
+        server: S,
+        request: impl FnOnce() -> W + Send + 'static,
+        wait: fn(W) -> R,
+    ) -> R {
+        let (queued_tx, queued_rx) = mpsc::channel::<()>();
+        let requester = start(a, rt, move || {
+            let w = request();
+            queued_tx.send(()).unwrap();
+            wait(w)
+        });
+        start(b, rt, move || {
+            queued_rx.recv().unwrap();
+            // Let the requester start waiting first (either order must work).
+            nap(Duration::from_millis(5));
+            drop(server);
+        })
+        .join();
+        requester.join()
+    }
+    let sides = (a, b, rt);
 
-    // sync_channel request, oneshot reply, the requester waiting first.
+    // mpsc request, mpsc reply. The request's sender stays alive (returned
+    // with the wait): only the receiver's drop can free the request.
+    let (req_tx, req_rx) = mpsc::channel::<(u32, mpsc::Sender<u32>)>();
+    let r = run(
+        sides,
+        req_rx,
+        move || {
+            let (reply_tx, reply_rx) = mpsc::channel();
+            req_tx.send((1, reply_tx)).map_err(|_| ()).unwrap();
+            (req_tx, reply_rx)
+        },
+        |(_req_tx, reply_rx)| reply_rx.recv(),
+    );
+    assert_eq!(r, Err(mpsc::RecvError), "{a:?} -> {b:?}");
+
+    // sync_channel request, oneshot reply.
     let (req_tx, req_rx) = mpsc::sync_channel::<oneshot::Sender<u32>>(4);
-    let requester = start(a, rt, move || {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        req_tx.send(reply_tx).map_err(|_| ()).unwrap();
-        let r = reply_rx.recv();
-        drop(req_tx);
-        r
-    });
-    start(b, rt, move || {
-        nap(Duration::from_millis(10));
-        drop(req_rx);
-    })
-    .join();
-    assert_eq!(requester.join(), Err(oneshot::RecvError), "{a:?} -> {b:?}");
+    let r = run(
+        sides,
+        req_rx,
+        move || {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            req_tx.send(reply_tx).map_err(|_| ()).unwrap();
+            (req_tx, reply_rx)
+        },
+        |(_req_tx, reply_rx)| reply_rx.recv(),
+    );
+    assert_eq!(r, Err(oneshot::RecvError), "{a:?} -> {b:?}");
 
     // mpmc request (two server receivers, both dropped), mpmc reply.
     let (req_tx, req_rx) = mpmc::bounded::<mpmc::Sender<u32>>(4);
     let req_rx2 = req_rx.clone();
-    let requester = start(a, rt, move || {
-        let (reply_tx, reply_rx) = mpmc::channel();
-        req_tx.send(reply_tx).map_err(|_| ()).unwrap();
-        let r = reply_rx.recv();
-        drop(req_tx);
-        r
-    });
-    start(b, rt, move || {
-        nap(Duration::from_millis(10));
-        drop(req_rx);
-        drop(req_rx2);
-    })
-    .join();
-    assert_eq!(requester.join(), Err(mpmc::RecvError), "{a:?} -> {b:?}");
+    let r = run(
+        sides,
+        (req_rx, req_rx2),
+        move || {
+            let (reply_tx, reply_rx) = mpmc::channel();
+            req_tx.send(reply_tx).map_err(|_| ()).unwrap();
+            (req_tx, reply_rx)
+        },
+        |(_req_tx, reply_rx)| reply_rx.recv(),
+    );
+    assert_eq!(r, Err(mpmc::RecvError), "{a:?} -> {b:?}");
 }
 
 #[test]

@@ -317,16 +317,24 @@ fn rwlock_writer_not_starved(workers: usize, writer: Side) {
         })
         .collect();
     let w = {
-        let (lock, stop, reads, active, writing) = (
+        let (lock, stop, reads, active, writing, overlapped) = (
             Arc::clone(&lock),
             Arc::clone(&stop),
             Arc::clone(&reads),
             Arc::clone(&active),
             Arc::clone(&writing),
+            Arc::clone(&max_active),
         );
         start(writer, Some(&rt), move || {
-            // Let the stream of readers get going first.
-            spin_until(|| reads.load(Ordering::SeqCst) >= 200);
+            // Let the stream of readers get going first, overlapping (on
+            // one worker, readers spawned from outside may start one at a
+            // time: had the writer queued before a second reader started,
+            // the readers could alternate with it one by one, and the
+            // check below would fail though the lock is fair).
+            spin_until(|| {
+                reads.load(Ordering::SeqCst) >= 200
+                    && (workers > 1 || overlapped.load(Ordering::SeqCst) >= 2)
+            });
             for _ in 0..WRITES {
                 let mut g = lock.write();
                 assert_eq!(active.load(Ordering::SeqCst), 0, "a writer beside readers");
