@@ -967,14 +967,12 @@ fn waiters_unwound_at_shutdown_leave_the_queue() {
             drop(rt);
             tx.send(7).unwrap();
             assert_eq!(rx.try_recv(), Ok(7), "round {round}");
-            // The rendezvous sender left its queue too. Its value may still
-            // be queued (as it always was after an unwind); taking it wakes
-            // the senders waiting on the channel, which must not include the
-            // unwound one.
-            let left = brx.try_recv();
-            assert!(
-                matches!(left, Ok(1) | Err(mpmc::TryRecvError::Empty)),
-                "{left:?}"
+            // The rendezvous sender left its queue too, and took its value
+            // back out (its `send` never returned): nothing to receive.
+            assert_eq!(
+                brx.try_recv(),
+                Err(mpmc::TryRecvError::Empty),
+                "round {round}"
             );
             let sender = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(5));
@@ -985,4 +983,292 @@ fn waiters_unwound_at_shutdown_leave_the_queue() {
             sender.join().unwrap();
         }
     });
+}
+
+// ------------------------------------------- the last receiver leaving ---
+
+/// Counts its drops, and records the thread each happened on.
+struct Counted {
+    drops: Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // Not `unwrap`: a failed assertion holding the log must not turn
+        // into a panic in a destructor during the unwind.
+        self.drops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::thread::current().id());
+    }
+}
+
+/// A drop log, and a way to make payloads that write to it.
+fn drop_log() -> (
+    Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+    impl Fn() -> Counted,
+) {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = Arc::clone(&log);
+    (log, move || Counted {
+        drops: Arc::clone(&l),
+    })
+}
+
+/// As std: dropping the last receiver drops every queued value, right
+/// there and on the dropping thread (or coroutine's worker thread), while
+/// senders are still alive; a later `send` gives its value back without
+/// dropping it; a sender parked on a full channel is released with its own
+/// value. For `channel`, `sync_channel`, mpmc's `channel` and `bounded`,
+/// and oneshot. Before the fix the values stayed until the last sender
+/// went.
+fn scenario_last_receiver_drops_queued_values(a: Side, b: Side, rt: Option<&Runtime>) {
+    const N: usize = 5;
+    /// Sends N payloads, then drops the receiver on side `b` and checks
+    /// the log there.
+    fn check<S: Send + 'static, R: Send + 'static>(
+        what: &'static str,
+        (a, b, rt): (Side, Side, Option<&Runtime>),
+        tx: S,
+        rx: R,
+        send: fn(&S, Counted) -> Result<(), Counted>,
+    ) -> S {
+        let (log, make) = drop_log();
+        let make = Arc::new(make);
+        let tx = {
+            let make = Arc::clone(&make);
+            start(a, rt, move || {
+                for _ in 0..N {
+                    assert!(send(&tx, make()).is_ok(), "{what}: send");
+                }
+                tx
+            })
+            .join()
+        };
+        assert!(log.lock().unwrap().is_empty(), "{what}: dropped early");
+        let log2 = Arc::clone(&log);
+        start(b, rt, move || {
+            drop(rx);
+            let log = log2.lock().unwrap();
+            assert_eq!(log.len(), N, "{what}: queued values outlived the receiver");
+            let me = std::thread::current().id();
+            assert!(log.iter().all(|t| *t == me), "{what}: dropped elsewhere");
+        })
+        .join();
+        // A send now gives its value back, undropped.
+        let back = send(&tx, make()).expect_err("send to a gone receiver");
+        assert_eq!(log.lock().unwrap().len(), N, "{what}: value not given back");
+        drop(back);
+        assert_eq!(log.lock().unwrap().len(), N + 1);
+        tx
+    }
+    let sides = (a, b, rt);
+    let (tx, rx) = mpsc::channel();
+    check("channel", sides, tx, rx, |tx, v| {
+        tx.send(v).map_err(|e| e.0)
+    });
+    let (tx, rx) = mpsc::sync_channel(N);
+    check("sync_channel", sides, tx, rx, |tx, v| {
+        tx.send(v).map_err(|e| e.0)
+    });
+    let (tx, rx) = mpmc::channel();
+    check("mpmc::channel", sides, tx, rx, |tx, v| {
+        tx.send(v).map_err(|e| e.0)
+    });
+    let (tx, rx) = mpmc::bounded(N);
+    let rx2 = rx.clone();
+    let tx = check("mpmc::bounded", sides, tx, (rx, rx2), |tx, v| {
+        tx.send(v).map_err(|e| e.0)
+    });
+    match tx.try_send(Counted {
+        drops: Arc::new(std::sync::Mutex::new(Vec::new())),
+    }) {
+        Err(mpmc::TrySendError::Disconnected(_)) => {}
+        other => panic!(
+            "mpmc try_send after the receivers left: {:?}",
+            other.is_ok()
+        ),
+    }
+
+    // oneshot: the value sent before the receiver went is dropped with it
+    // (`send` consumes the sender, so the receiver holds the last
+    // reference: this held before the fix too).
+    let (log, make) = drop_log();
+    let (tx, rx) = oneshot::channel();
+    let v = make();
+    start(a, rt, move || assert!(tx.send(v).is_ok())).join();
+    let log2 = Arc::clone(&log);
+    start(b, rt, move || {
+        drop(rx);
+        assert_eq!(
+            log2.lock().unwrap().len(),
+            1,
+            "oneshot value outlived its receiver"
+        );
+    })
+    .join();
+
+    // A sender parked on a full channel is released with its own value;
+    // the queued one is dropped by the receiver's side.
+    let (log, make) = drop_log();
+    let (stx, srx) = mpsc::sync_channel::<Counted>(1);
+    let first = make();
+    let second = make();
+    let (queued_tx, queued_rx) = mpsc::channel::<()>();
+    let sender = start(a, rt, move || {
+        stx.send(first).map_err(|_| ()).unwrap();
+        queued_tx.send(()).unwrap();
+        stx.send(second).map_err(|e| e.0).err()
+    });
+    let log2 = Arc::clone(&log);
+    start(b, rt, move || {
+        queued_rx.recv().unwrap();
+        nap(Duration::from_millis(20));
+        drop(srx);
+        // The queued one at least; the second too if it was not yet parked.
+        assert!(!log2.lock().unwrap().is_empty());
+    })
+    .join();
+    let back = sender
+        .join()
+        .expect("the parked sender gets its value back");
+    assert_eq!(log.lock().unwrap().len(), 1, "{a:?} -> {b:?}");
+    drop(back);
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn last_receiver_drops_queued_values() {
+    each_pairing(
+        "last receiver drops queued values",
+        scenario_last_receiver_drops_queued_values,
+    );
+}
+
+/// Only the last receiver's drop empties an mpmc channel: with one left,
+/// the values wait for it.
+#[test]
+fn mpmc_values_stay_while_a_receiver_is_left() {
+    bounded("mpmc values stay", || {
+        let (log, make) = drop_log();
+        let (tx, rx) = mpmc::channel();
+        let rx2 = rx.clone();
+        tx.send(make()).map_err(|_| ()).unwrap();
+        tx.send(make()).map_err(|_| ()).unwrap();
+        drop(rx);
+        assert!(log.lock().unwrap().is_empty());
+        drop(rx2.recv().unwrap());
+        assert_eq!(log.lock().unwrap().len(), 1);
+        drop(rx2);
+        assert_eq!(log.lock().unwrap().len(), 2);
+        drop(tx);
+    });
+}
+
+/// The request/reply case: a request carrying its reply `Sender`
+/// is queued, then the server's receiver is dropped without serving it. The
+/// requester, waiting on the reply, must see the disconnect (the reply
+/// sender went with the queued request) instead of waiting for ever. For
+/// every channel kind carrying the request, and a oneshot reply too.
+fn scenario_request_reply(a: Side, b: Side, rt: Option<&Runtime>) {
+    /// Runs `request` (which queues a request and returns the wait for its
+    /// reply) on side `a`, then drops `server` on side `b` once the request
+    /// is queued, and returns what the wait gave.
+    fn run<S: Send + 'static, W: Send + 'static, R: Send + 'static>(
+        (a, b, rt): (Side, Side, Option<&Runtime>),
+        server: S,
+        request: impl FnOnce() -> W + Send + 'static,
+        wait: fn(W) -> R,
+    ) -> R {
+        let (queued_tx, queued_rx) = mpsc::channel::<()>();
+        let requester = start(a, rt, move || {
+            let w = request();
+            queued_tx.send(()).unwrap();
+            wait(w)
+        });
+        start(b, rt, move || {
+            queued_rx.recv().unwrap();
+            // Let the requester start waiting first (either order must work).
+            nap(Duration::from_millis(5));
+            drop(server);
+        })
+        .join();
+        requester.join()
+    }
+    let sides = (a, b, rt);
+
+    // mpsc request, mpsc reply. The request's sender stays alive (returned
+    // with the wait): only the receiver's drop can free the request.
+    let (req_tx, req_rx) = mpsc::channel::<(u32, mpsc::Sender<u32>)>();
+    let r = run(
+        sides,
+        req_rx,
+        move || {
+            let (reply_tx, reply_rx) = mpsc::channel();
+            req_tx.send((1, reply_tx)).map_err(|_| ()).unwrap();
+            (req_tx, reply_rx)
+        },
+        |(_req_tx, reply_rx)| reply_rx.recv(),
+    );
+    assert_eq!(r, Err(mpsc::RecvError), "{a:?} -> {b:?}");
+
+    // sync_channel request, oneshot reply.
+    let (req_tx, req_rx) = mpsc::sync_channel::<oneshot::Sender<u32>>(4);
+    let r = run(
+        sides,
+        req_rx,
+        move || {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            req_tx.send(reply_tx).map_err(|_| ()).unwrap();
+            (req_tx, reply_rx)
+        },
+        |(_req_tx, reply_rx)| reply_rx.recv(),
+    );
+    assert_eq!(r, Err(oneshot::RecvError), "{a:?} -> {b:?}");
+
+    // mpmc request (two server receivers, both dropped), mpmc reply.
+    let (req_tx, req_rx) = mpmc::bounded::<mpmc::Sender<u32>>(4);
+    let req_rx2 = req_rx.clone();
+    let r = run(
+        sides,
+        (req_rx, req_rx2),
+        move || {
+            let (reply_tx, reply_rx) = mpmc::channel();
+            req_tx.send(reply_tx).map_err(|_| ()).unwrap();
+            (req_tx, reply_rx)
+        },
+        |(_req_tx, reply_rx)| reply_rx.recv(),
+    );
+    assert_eq!(r, Err(mpmc::RecvError), "{a:?} -> {b:?}");
+}
+
+#[test]
+fn request_reply_sees_the_disconnect_when_the_server_receiver_drops() {
+    each_pairing("request/reply", scenario_request_reply);
+}
+
+/// A rendezvous sender parked when the receiver drops gets its own value
+/// back (std keeps it in the sender), and nothing is dropped meanwhile.
+fn scenario_rendezvous_receiver_dropped(a: Side, b: Side, rt: Option<&Runtime>) {
+    let (log, make) = drop_log();
+    let (tx, rx) = mpsc::sync_channel::<Counted>(0);
+    let v = make();
+    let sender = start(a, rt, move || tx.send(v).map_err(|e| e.0).err());
+    start(b, rt, move || {
+        nap(Duration::from_millis(10));
+        drop(rx);
+    })
+    .join();
+    let back = sender.join().expect("the value comes back");
+    assert!(log.lock().unwrap().is_empty(), "{a:?} -> {b:?}");
+    drop(back);
+    assert_eq!(log.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn rendezvous_sender_gets_its_value_back_when_the_receiver_drops() {
+    each_pairing(
+        "rendezvous receiver dropped",
+        scenario_rendezvous_receiver_dropped,
+    );
 }

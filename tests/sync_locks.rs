@@ -317,16 +317,24 @@ fn rwlock_writer_not_starved(workers: usize, writer: Side) {
         })
         .collect();
     let w = {
-        let (lock, stop, reads, active, writing) = (
+        let (lock, stop, reads, active, writing, overlapped) = (
             Arc::clone(&lock),
             Arc::clone(&stop),
             Arc::clone(&reads),
             Arc::clone(&active),
             Arc::clone(&writing),
+            Arc::clone(&max_active),
         );
         start(writer, Some(&rt), move || {
-            // Let the stream of readers get going first.
-            spin_until(|| reads.load(Ordering::SeqCst) >= 200);
+            // Let the stream of readers get going first, overlapping (on
+            // one worker, readers spawned from outside may start one at a
+            // time: had the writer queued before a second reader started,
+            // the readers could alternate with it one by one, and the
+            // check below would fail though the lock is fair).
+            spin_until(|| {
+                reads.load(Ordering::SeqCst) >= 200
+                    && (workers > 1 || overlapped.load(Ordering::SeqCst) >= 2)
+            });
             for _ in 0..WRITES {
                 let mut g = lock.write();
                 assert_eq!(active.load(Ordering::SeqCst), 0, "a writer beside readers");
@@ -817,4 +825,54 @@ fn wait_group_done_past_zero_panics() {
     wg.done();
     let r = catch_unwind(AssertUnwindSafe(|| wg.done()));
     assert!(r.is_err(), "done() at zero did not panic");
+}
+
+// ------------------------------------------------------------ variance ---
+
+/// std's `test_read_guard_covariance`, ported: `RwLockReadGuard` is
+/// covariant in `T`, as std's is, so a guard of `&'long i32` passes for
+/// one of `&'short i32`. Compiling is the test (it did not, before).
+#[test]
+fn read_guard_covariance() {
+    fn do_stuff<'a>(_: greenstack::sync::RwLockReadGuard<'_, &'a i32>, _: &'a i32) {}
+    let j: i32 = 5;
+    let lock = RwLock::new(&j);
+    {
+        let i = 6;
+        do_stuff(lock.read(), &i);
+    }
+    drop(lock);
+}
+
+/// Every guard is covariant in its lifetime, as std's are, and the read
+/// guard in `T` too (compile-time checks). Their invariance in `T` where
+/// std's are invariant (`MutexGuard`, `RwLockWriteGuard`) is pinned by the
+/// compile-fail case `tests/ui/fail/guard_invariance.rs`.
+#[test]
+fn guard_variance_matches_std() {
+    use greenstack::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard, SemaphoreGuard};
+    fn read_in_t<'a, 'g>(g: RwLockReadGuard<'g, &'static str>) -> RwLockReadGuard<'g, &'a str> {
+        g
+    }
+    fn mutex_in_lifetime<'g>(g: MutexGuard<'static, u8>) -> MutexGuard<'g, u8> {
+        g
+    }
+    fn read_in_lifetime<'g>(g: RwLockReadGuard<'static, u8>) -> RwLockReadGuard<'g, u8> {
+        g
+    }
+    fn write_in_lifetime<'g>(g: RwLockWriteGuard<'static, u8>) -> RwLockWriteGuard<'g, u8> {
+        g
+    }
+    fn permit_in_lifetime<'g>(g: SemaphoreGuard<'static>) -> SemaphoreGuard<'g> {
+        g
+    }
+    static M: Mutex<u8> = Mutex::new(1);
+    static L: RwLock<u8> = RwLock::new(2);
+    static S: Semaphore = Semaphore::new(1);
+    static STR: RwLock<&str> = RwLock::new("covariant");
+    assert_eq!(*read_in_t(STR.read()), "covariant");
+    assert_eq!(*mutex_in_lifetime(M.lock()), 1);
+    assert_eq!(*read_in_lifetime(L.read()), 2);
+    assert_eq!(*write_in_lifetime(L.write()), 2);
+    drop(permit_in_lifetime(S.acquire()));
 }

@@ -16,7 +16,19 @@
 //!   holds its sender until a receiver has taken it (counted by sequence
 //!   numbers), so `send` returns only after the hand-over, as std's
 //!   `sync_channel(0)` does. Handing the value to a waiting receiver is that
-//!   hand-over already.
+//!   hand-over already. So a rendezvous queue holds at most one value, and
+//!   only while its sender waits (a sender that stops waiting, timed out or
+//!   unwound, takes its value back out).
+//! - When the last receiver goes, the values queued go with it, dropped on
+//!   the thread dropping it, as std's are (a queued value that owns a reply
+//!   `Sender` must not keep its requester waiting); senders see the
+//!   disconnect, and a waiting sender gets its own value back. A rendezvous
+//!   value stays for its sender to take back, as std's sender keeps it.
+//! - A wait cut short by an unwind (the runtime cancels parked coroutines at
+//!   shutdown by unwinding them from their park) leaves its queue, and what
+//!   reached it meanwhile goes on: a value handed to a receiver that is
+//!   being unwound goes to the next receiver (or back to the queue's
+//!   front), and a rendezvous sender takes its value back.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -96,20 +108,30 @@ impl<T> Chan<T> {
         woken.wake();
     }
 
-    /// A receiver is gone; the last one wakes every sender (queued values
-    /// stay until the channel is dropped, so a rendezvous sender can take
-    /// its value back).
+    /// A receiver is gone. The last one drops every queued value (after
+    /// unlocking, on the caller's thread, as std does) and wakes every
+    /// sender, which then sees the disconnect. A rendezvous value stays: its
+    /// sender is waiting and takes it back with the error.
     pub(crate) fn drop_receiver(&self) {
-        let woken = {
+        let (woken, dropped) = {
             let mut st = self.state.lock();
             st.receivers -= 1;
             if st.receivers == 0 {
-                notify_all(&mut st.send_waiters)
+                let dropped = if st.cap == Some(0) {
+                    VecDeque::new()
+                } else {
+                    // Counted as taken: `pushed - taken` stays the queue's
+                    // length.
+                    st.taken += st.queue.len() as u64;
+                    std::mem::take(&mut st.queue)
+                };
+                (notify_all(&mut st.send_waiters), dropped)
             } else {
-                Wakers::default()
+                (Wakers::default(), VecDeque::new())
             }
         };
         woken.wake();
+        drop(dropped);
     }
 
     /// Sends `v`, waiting for room (and, for a rendezvous, for a receiver to
@@ -205,17 +227,82 @@ impl<T> Chan<T> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     let v = match value.take() {
                         Some(v) => v,
-                        // A rendezvous value nobody took: withdraw it.
-                        None => withdraw(&mut st),
+                        // A rendezvous value nobody took: withdraw it, which
+                        // makes room for the senders waiting.
+                        None => {
+                            let v = withdraw(&mut st);
+                            let woken = notify_all(&mut st.send_waiters);
+                            drop(st);
+                            woken.wake();
+                            v
+                        }
                     };
                     return Err(SendFail::Timeout(v));
                 }
                 node = Node::new();
                 st.send_waiters.push_back(node.ptr());
             }
-            // The loop reports a timeout.
-            self.wait_queued(&node, |st| &mut st.send_waiters, deadline);
+            // The loop reports a timeout. An unwound rendezvous sender takes
+            // its value back (its `send` never returned, so it must not be
+            // delivered, and the queue must not keep a value nobody waits
+            // for).
+            self.wait_queued(
+                &node,
+                |st| &mut st.send_waiters,
+                deadline,
+                || {
+                    if let Some(seq) = my_seq {
+                        self.withdraw_unwound(seq);
+                    }
+                },
+            );
         }
+    }
+
+    /// An unwound rendezvous sender's value, numbered `seq`, leaves the
+    /// queue if no receiver took it; it is dropped here, after unlocking.
+    #[cold]
+    fn withdraw_unwound(&self, seq: u64) {
+        let (v, woken) = {
+            let mut st = self.state.lock();
+            if st.taken >= seq {
+                return;
+            }
+            let v = withdraw(&mut st);
+            (v, notify_all(&mut st.send_waiters))
+        };
+        woken.wake();
+        drop(v);
+    }
+
+    /// A value handed to a receiver that was unwound before it could return
+    /// it goes on: to the next waiting receiver, or back to the queue's
+    /// front (receivers wait only on an empty queue, so the order is kept).
+    /// A rendezvous sender that handed it over has returned already, so
+    /// with no other receiver waiting its value is dropped, as if received
+    /// (the rendezvous queue holds only a waiting sender's value).
+    #[cold]
+    fn pass_on(&self, v: T) {
+        let unreceived = {
+            let mut st = self.state.lock();
+            if let Some(w) = st.recv_waiters.pop_front() {
+                // Counted as taken already, when it was handed to us.
+                // SAFETY: popped just above, under `st`; receivers follow
+                // the node protocol.
+                let woken = unsafe { w.notify(Some(v)) };
+                drop(st);
+                woken.wake();
+                return;
+            }
+            if st.cap == Some(0) || st.receivers == 0 {
+                Some(v)
+            } else {
+                st.taken -= 1;
+                st.queue.push_front(v);
+                None
+            }
+        };
+        drop(unreceived);
     }
 
     /// Receives a value, waiting until `deadline` if `block`.
@@ -245,8 +332,20 @@ impl<T> Chan<T> {
                 node = Node::new();
                 st.recv_waiters.push_back(node.ptr());
             }
-            // A value handed over before a timeout is still ours.
-            self.wait_queued(&node, |st| &mut st.recv_waiters, deadline);
+            // A value handed over before a timeout is still ours; one handed
+            // over to us as we are unwound goes on to another receiver.
+            self.wait_queued(
+                &node,
+                |st| &mut st.recv_waiters,
+                deadline,
+                || {
+                    // SAFETY: run by `wait_queued` once the node has left its
+                    // queue and settled.
+                    if let Some(v) = unsafe { node.take_value_shared() } {
+                        self.pass_on(v);
+                    }
+                },
+            );
             if let Some(v) = node.take_value() {
                 return Ok(v);
             }
@@ -257,20 +356,32 @@ impl<T> Chan<T> {
 
     /// Waits on `node`, queued in the queue `queue` picks, until it is
     /// notified or `deadline`. On a timeout or an unwind the node first
-    /// leaves its queue (node protocol, steps 3 and 4).
+    /// leaves its queue (node protocol, steps 3 and 4); on an unwind,
+    /// `unwound` then runs (the node is the caller's alone again).
     fn wait_queued<V>(
         &self,
         node: &Node<V>,
         queue: fn(&mut State<T>) -> &mut VecDeque<NodePtr<V>>,
         deadline: Option<Instant>,
+        unwound: impl FnOnce(),
     ) {
         let leave = Defer::new(|| {
-            queue(&mut self.state.lock()).retain(|w| !w.is(node));
-            node.settle();
+            self.unqueue(node, queue);
+            unwound();
         });
-        if node.wait(deadline) {
-            leave.disarm();
+        let notified = node.wait(deadline);
+        leave.disarm();
+        if !notified {
+            self.unqueue(node, queue);
         }
+    }
+
+    /// Takes `node` out of its queue if still there, then waits out its
+    /// notifier if one popped it (node protocol, step 3b).
+    #[cold]
+    fn unqueue<V>(&self, node: &Node<V>, queue: fn(&mut State<T>) -> &mut VecDeque<NodePtr<V>>) {
+        queue(&mut self.state.lock()).retain(|w| !w.is(node));
+        node.settle();
     }
 }
 

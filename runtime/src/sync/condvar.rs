@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use super::mutex::{Mutex, MutexGuard};
-use super::wait::{deadline_after, lock, wake_all, Waiter};
+use super::wait::{deadline_after, lock, wake_all, Defer, Waiter};
 
 /// A condition variable for [`Mutex`], with std's API: waiting parks the
 /// coroutine (or blocks the thread) and releases the mutex meanwhile.
@@ -89,10 +89,28 @@ impl Condvar {
     ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
         let node = Waiter::new(1);
         lock(&self.waiters).push_back(Arc::clone(&node));
+        // If the wait is unwound (the runtime cancels parked coroutines at
+        // shutdown by unwinding them from their park; or any panic out of
+        // it), leave the queue, or pass on a notification that reached us
+        // meanwhile: a `notify_one` taken by a waiter that is gone would be
+        // lost to the live ones. Armed before the mutex is released, so an
+        // unwind out of the unlock is covered too.
+        let leave = Defer::new(|| {
+            let mut q = lock(&self.waiters);
+            if node.is_notified() {
+                // Notified under this lock (`notify_one`), so exact: pass
+                // it on (after `notify_all`, a spurious wake-up at worst).
+                drop(q);
+                self.notify_one();
+            } else {
+                q.retain(|w| !Arc::ptr_eq(w, &node));
+            }
+        });
         // Enqueued before the mutex is released: a notify issued by whoever
         // takes the mutex next cannot miss us.
         let mutex: &'a Mutex<T> = guard.unlock();
         let notified = node.wait(deadline);
+        leave.disarm();
         if !notified {
             let mut q = lock(&self.waiters);
             if !node.is_notified() {
@@ -104,19 +122,28 @@ impl Condvar {
 
     /// Wakes one waiter, the longest waiting.
     pub fn notify_one(&self) {
-        let w = lock(&self.waiters).pop_front();
+        let w = {
+            let mut q = lock(&self.waiters);
+            let w = q.pop_front();
+            // Marked under the lock, so a waiter that leaves (timed out or
+            // unwound) sees exactly whether this notification is its own.
+            if let Some(w) = &w {
+                w.notify();
+            }
+            w
+        };
         if let Some(w) = w {
-            w.notify();
             w.wake();
         }
     }
 
     /// Wakes every waiter.
     pub fn notify_all(&self) {
-        let all: Vec<_> = lock(&self.waiters).drain(..).collect();
-        for w in &all {
-            w.notify();
-        }
+        let all: Vec<_> = {
+            let mut q = lock(&self.waiters);
+            // Marked under the lock, as in `notify_one`.
+            q.drain(..).inspect(|w| w.notify()).collect()
+        };
         wake_all(all);
     }
 }

@@ -7,7 +7,15 @@
 //! - [`Mutex`], [`RwLock`], [`Condvar`], [`Semaphore`], [`Barrier`],
 //!   [`WaitGroup`]: not poisoned by panics (their guards just unlock).
 //! - [`mpsc`]: std's channel API and semantics; [`mpmc`]: both ends clone;
-//!   [`oneshot`]: one value.
+//!   [`oneshot`]: one value. As std's, dropping the last receiver drops
+//!   the values still queued, there and then.
+//!
+//! A wait cut short by an unwind (dropping a runtime cancels its parked
+//! coroutines by unwinding them from their park) leaves its queue on the
+//! way out, and passes on what reached it meanwhile: permits (so a
+//! [`Mutex`] shared with threads or other runtimes is not left locked), a
+//! [`Condvar::notify_one`], a channel value. Each wait arms a drop guard
+//! for it, and these guards never park.
 //!
 //! Internally each primitive guards its queue with a lock held for a few
 //! instructions (a std mutex; a spinlock for the channels), inside a

@@ -48,7 +48,9 @@ pub struct Sender<T> {
     chan: Arc<Chan<T>>,
 }
 
-/// The receiving end; clone for more consumers.
+/// The receiving end; clone for more consumers. Dropping the last one
+/// drops the values still queued (on the dropping thread) and fails every
+/// later send, as std's `mpsc` does.
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
 }

@@ -62,7 +62,8 @@ pub struct SyncSender<T> {
     chan: Arc<Chan<T>>,
 }
 
-/// The receiving end of a channel.
+/// The receiving end of a channel. Dropping it drops the values still
+/// queued (on the dropping thread) and fails every later send, as std's.
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
 }

@@ -4,6 +4,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use super::semaphore::{Semaphore, SemaphoreGuard};
@@ -180,10 +181,27 @@ unsafe impl<T: ?Sized + Send> Send for RwLock<T> {}
 unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
 
 /// Shared access to an [`RwLock`]'s value.
+///
+/// Covariant in `T`, as std's is: it holds a pointer to the value, not a
+/// reference to the lock (whose `UnsafeCell` would make it invariant), so a
+/// guard of `&'static str` can stand where one of `&'a str` is expected.
+/// [`MutexGuard`] and [`RwLockWriteGuard`] stay invariant, as std's do
+/// (they hand out `&mut T`).
+///
+/// `!Send`, like std's guard:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let l = greenstack_runtime::sync::RwLock::new(1);
+/// send(l.read());
+/// ```
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct RwLockReadGuard<'a, T: ?Sized> {
-    lock: &'a RwLock<T>,
+    /// The value; valid for `'a`, shared-only while `_permit` is held.
+    data: NonNull<T>,
+    /// The read permit, released on drop.
     _permit: SemaphoreGuard<'a>,
+    /// `!Send`, like std's guard (`NonNull` already is; said explicitly).
     _not_send: PhantomData<*const ()>,
 }
 
@@ -218,11 +236,7 @@ impl<T> RwLock<T> {
 impl<T: ?Sized> RwLock<T> {
     /// Waits for shared access.
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        RwLockReadGuard {
-            lock: self,
-            _permit: self.sem.acquire(),
-            _not_send: PhantomData,
-        }
+        self.read_guard(self.sem.acquire())
     }
 
     /// Waits for exclusive access.
@@ -236,12 +250,7 @@ impl<T: ?Sized> RwLock<T> {
 
     /// Shared access if available at once.
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        let p = self.sem.try_acquire()?;
-        Some(RwLockReadGuard {
-            lock: self,
-            _permit: p,
-            _not_send: PhantomData,
-        })
+        self.sem.try_acquire().map(|p| self.read_guard(p))
     }
 
     /// Exclusive access if available at once.
@@ -258,13 +267,23 @@ impl<T: ?Sized> RwLock<T> {
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }
+
+    fn read_guard<'a>(&'a self, permit: SemaphoreGuard<'a>) -> RwLockReadGuard<'a, T> {
+        RwLockReadGuard {
+            // SAFETY: `UnsafeCell::get` never returns null.
+            data: unsafe { NonNull::new_unchecked(self.data.get()) },
+            _permit: permit,
+            _not_send: PhantomData,
+        }
+    }
 }
 
 impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: a read permit excludes writers.
-        unsafe { &*self.lock.data.get() }
+        // SAFETY: `data` points into the lock, borrowed for the guard's
+        // lifetime, and the read permit excludes writers.
+        unsafe { self.data.as_ref() }
     }
 }
 

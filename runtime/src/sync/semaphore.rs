@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::wait::{deadline_after, lock, wake_all, Waiter};
+use super::wait::{deadline_after, lock, wake_all, Defer, Waiter};
 
 /// A counting semaphore that parks coroutines (or blocks threads) while no
 /// permit is free; waiters are served in arrival order.
@@ -114,9 +114,17 @@ impl Semaphore {
             st.queue.push_back(Arc::clone(&node));
             node
         };
+        // If the wait is unwound (the runtime cancels parked coroutines at
+        // shutdown by unwinding them from their park; or any panic out of
+        // it), leave the queue, and pass on permits granted meanwhile:
+        // otherwise the next release hands the permits to a waiter that is
+        // gone, and they are lost for good (a `Mutex` stays locked).
+        let leave = Defer::new(|| self.leave(&node));
         if node.wait(deadline) {
+            leave.disarm();
             return Some(SemaphoreGuard { sem: self, n });
         }
+        leave.disarm();
         // Timed out: leave the queue, unless a grant raced in.
         let woken = {
             let mut st = lock(&self.state);
@@ -129,6 +137,24 @@ impl Semaphore {
         };
         wake_all(woken);
         None
+    }
+
+    /// A waiter that will not take its permits leaves: out of the queue if
+    /// still there, else (the permits were granted to it) giving them back;
+    /// either way the waiters it held back are served. Never parks, so it
+    /// may run during an unwind.
+    fn leave(&self, node: &Arc<Waiter>) {
+        let woken = {
+            let mut st = lock(&self.state);
+            if node.is_notified() {
+                // Granted under this lock, so `is_notified` is exact here.
+                st.permits = st.permits.saturating_add(node.want);
+            } else {
+                st.queue.retain(|w| !Arc::ptr_eq(w, node));
+            }
+            grant(&mut st)
+        };
+        wake_all(woken);
     }
 
     fn release(&self, n: usize) {

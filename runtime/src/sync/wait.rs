@@ -182,6 +182,19 @@ impl<V> Node<V> {
     pub(crate) fn take_value(&mut self) -> Option<V> {
         self.value.get_mut().take()
     }
+
+    /// [`take_value`](Self::take_value) through a shared reference, for an
+    /// unwind guard that only has one.
+    ///
+    /// # Safety
+    ///
+    /// - The node is the caller's alone again (step 3): out of its queue,
+    ///   and [`settle`](Self::settle)d if a notifier popped it.
+    /// - No other reference reads or writes the value meanwhile.
+    pub(crate) unsafe fn take_value_shared(&self) -> Option<V> {
+        // SAFETY: by the contract nobody else touches the cell.
+        unsafe { (*self.value.get()).take() }
+    }
 }
 
 /// Whom a node's notifier wakes.
