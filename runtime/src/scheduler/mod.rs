@@ -22,6 +22,10 @@
 //! first runs it, and a wake-up from elsewhere sends the coroutine's key
 //! home. This is why [`spawn`] is safe while taking only `F: Send`.
 //!
+//! Safe, not deadlock-free: a coroutine that locks a std lock another
+//! coroutine of its worker holds across a yield blocks the worker thread,
+//! and so the holder, for good. The watchdog names that cause.
+//!
 //! # Waking and sleeping
 //!
 //! A worker with nothing to do announces itself idle ([`idle::Idle`]),
