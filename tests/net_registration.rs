@@ -8,7 +8,10 @@
 //! - a socket registered by a coroutine of runtime A moves to runtime B's
 //!   poller when a coroutine of B waits on it after A is dropped;
 //! - a coroutine of B already waiting on a socket still registered with a
-//!   live runtime A is woken when A is dropped, and then moves it.
+//!   live runtime A is woken when A is dropped, and then moves it;
+//! - a read that timed out on one worker leaves no waker behind that would
+//!   keep the socket registered there: the next reader, on another worker,
+//!   gets the readiness while the first worker is blocked.
 //!
 //! Before the fix each of these hung for good, so each scenario runs in a
 //! child process (this binary re-run with an environment variable) that the
@@ -224,6 +227,51 @@ fn a_waiter_survives_the_drop_of_the_runtime_its_socket_is_registered_with() {
             drop(a);
             server.write_all(b"!").unwrap();
             assert_eq!(&in_b.join().unwrap(), b"!");
+        },
+    );
+}
+
+/// Two workers. A coroutine reads a stream with a read timeout (it times
+/// out, on the worker the stream is now registered with), then blocks that
+/// worker in a std channel receive until the test ends. A coroutine on the
+/// other worker reads the stream next, and the other end is written: the
+/// readiness must reach the reader's worker, not wait for the blocked one.
+#[test]
+fn readiness_reaches_the_waiter_while_the_first_worker_is_blocked() {
+    child_or_parent(
+        "readiness_reaches_the_waiter_while_the_first_worker_is_blocked",
+        || {
+            let (client, mut server) = pair_on_a_thread();
+            let client = Arc::new(client);
+            let rt = runtime(2);
+            let (blocking, blocked) = std::sync::mpsc::channel::<()>();
+            let (release, wait_for_release) = std::sync::mpsc::channel::<()>();
+            let c = Arc::clone(&client);
+            let first = rt.spawn(move || {
+                c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                let mut one = [0u8; 1];
+                let e = (&*c).read(&mut one).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                c.set_read_timeout(None).unwrap();
+                // Holds this worker (a std receive blocks the thread).
+                blocking.send(()).unwrap();
+                wait_for_release.recv().unwrap();
+            });
+            blocked.recv().unwrap();
+            let parks = rt.stats().parks;
+            // Only the other worker can start this one.
+            let c = Arc::clone(&client);
+            let second = rt.spawn(move || {
+                let mut one = [0u8; 1];
+                (&*c).read_exact(&mut one).unwrap();
+                one
+            });
+            // It parked in `read` (the first one parks no more).
+            wait_for(|| rt.stats().parks > parks);
+            server.write_all(b"!").unwrap();
+            assert_eq!(&second.join().unwrap(), b"!");
+            release.send(()).unwrap();
+            first.join().unwrap();
         },
     );
 }

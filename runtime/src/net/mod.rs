@@ -180,6 +180,11 @@ impl<S: AsRawFd> Io<S> {
                 other => return other,
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                if let Some(r) = reg {
+                    // A waker left behind would keep the socket from
+                    // moving to its next waiter's worker.
+                    r.forget(dir.bit());
+                }
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     "the operation timed out",

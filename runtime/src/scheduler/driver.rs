@@ -56,6 +56,9 @@
 //! parked on one worker while a writer on another waits too): moving it
 //! back and forth would cost two `epoll_ctl` per wait. The waiter that
 //! stays is still woken, through the other worker's poll and its inbox.
+//! A wait that ends on its deadline removes its waker
+//! ([`Registration::forget`]), so a timed-out reader does not count as a
+//! waiter and keep the socket on a worker nobody waits from.
 //!
 //! # Runtimes
 //!
@@ -152,6 +155,13 @@ impl IoState {
             list.push(waker);
         }
         true
+    }
+
+    /// Removes `waker` (or one that wakes the same task) from `dir`'s
+    /// waiters.
+    fn forget(&self, dir: u8, waker: &Waker) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w[usize::from(dir == WRITABLE)].retain(|x| !x.will_wake(waker));
     }
 
     /// Whether anyone waits, in either direction.
@@ -318,6 +328,14 @@ impl Registration {
             .readiness
             .fetch_or(READABLE | WRITABLE, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Removes the calling coroutine's waker for `dir`, registered by a
+    /// wait that ended on its deadline instead.
+    pub(crate) fn forget(&self, dir: u8) {
+        if let Some(header) = super::worker::current_header() {
+            self.state.forget(dir, &header.into_waker());
+        }
     }
 
     /// Deregisters `source`; call before dropping the registration.
