@@ -72,15 +72,16 @@
 //!    a waiter is registered (that runtime's waiters are being unwound,
 //!    and it will poll no more).
 //! 2. When a runtime shuts down, it sets both bits of every socket
-//!    registered with it and wakes every waiter ([`DriverHandle::
-//!    wake_all_io`], after the `shutdown` flag is set). A waiter of
-//!    another runtime that stayed because of rule "skip with a waiter"
-//!    (the socket's other waiter was on the dying runtime) wakes, retries,
-//!    and on its next wait moves the socket by rule 1. A waiter that
-//!    registers after the wake-up saw the bits set (the `IoState`'s
-//!    waiter lock orders it after the wake-up) and retries too; the
-//!    Acquire of that check pairs with the wake-up's Release, so the retry
-//!    sees `shutdown`.
+//!    registered with it and wakes every waiter
+//!    ([`DriverHandle::wake_all_io`], after the `shutdown` flag is set;
+//!    again once its workers are joined). A waiter of another runtime that
+//!    stayed because a waiter of the dying runtime was registered wakes,
+//!    retries, and on its next wait moves the socket by rule 1. A waiter
+//!    whose re-check comes after the wake-up finds the bits set and
+//!    retries instead of parking. Either way its next look at `shutdown`
+//!    sees it set: the wake-up's `fetch_or` (Release) comes after the
+//!    flag's store, and the waiter's `clear` or re-check (Acquire) read
+//!    it.
 //!
 //! The root of `block_on` and plain threads wait in `poll(2)` and leave the
 //! registration as it is (a socket first used there is registered by the
