@@ -17,8 +17,12 @@
 //! - [`stack`], the arena the stacks live in.
 //!
 //! A started coroutine never changes threads, so `Rc`, `thread_local!` and
-//! std guards are safe to hold across a yield; that is what makes `spawn`
-//! safe.
+//! std guards are memory-safe to hold across a yield; that is what makes
+//! `spawn` safe. But a std lock blocks the thread, not the coroutine: a std
+//! guard held across a yield while another coroutine on the same worker
+//! locks the same lock blocks that worker for good (on one worker, the
+//! whole runtime). Use [`sync::Mutex`] and [`sync::RwLock`] across a
+//! yield.
 //!
 //! # Examples
 //!

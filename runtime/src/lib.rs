@@ -19,6 +19,15 @@
 //! their `Send` closure. So a coroutine may keep an `Rc`, a `thread_local!`
 //! reference or a std `MutexGuard` across a yield, park, channel receive or
 //! socket read, and thread-local addresses the compiler cached stay valid.
+//!
+//! Memory-safe is not deadlock-free: a std lock blocks the thread, not the
+//! coroutine. If a coroutine holds a std guard across a yield and another
+//! coroutine on the same worker locks the same lock, that worker blocks in
+//! `lock` for good (the holder runs only on it), and with it every
+//! coroutine living there: on one worker, the whole runtime. Release std
+//! guards before a yield, or use [`sync::Mutex`] and [`sync::RwLock`],
+//! which park the coroutine. The watchdog's warning names this as a likely
+//! cause.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 

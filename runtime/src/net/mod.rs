@@ -1,12 +1,17 @@
 //! Networking with std's API that parks the coroutine, not the worker.
 //!
 //! Sockets are non-blocking underneath (mio). An operation tries the system
-//! call; when it would block inside a coroutine, the socket is registered
-//! (once, edge-triggered) with the poller of the worker the coroutine runs
-//! on, and the coroutine parks until readiness or its timeout. On a plain
-//! thread the same call waits in `poll(2)` on the socket alone, so the
-//! types work from threads too. EOF and errors come back exactly as the
-//! system call reports them, as std's do.
+//! call; when it would block inside a coroutine on a worker, the socket is
+//! registered (edge-triggered) with the poller of the worker the coroutine
+//! runs on, and the coroutine parks until readiness or its timeout. The
+//! registration follows the socket: a coroutine on another worker, or of
+//! another runtime, that waits on it later moves it to its own worker's
+//! poller (see `scheduler/driver.rs`). On a plain thread, and in the root
+//! coroutine of `block_on` (which has its thread to itself), the same call
+//! waits in `poll(2)` on the socket alone and leaves the registration as
+//! it is, so the types work from threads too, and a socket set up in the
+//! root is registered by the first coroutine that uses it. EOF and errors
+//! come back exactly as the system call reports them, as std's do.
 //!
 //! mio rather than `polling`: it is the poller under tokio, edge-triggered
 //! by default (one registration per socket, no re-arming per wait), and has
@@ -72,7 +77,7 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
-use crate::scheduler::driver::{Registration, READABLE, WRITABLE};
+use crate::scheduler::driver::{waits_registered, Registration, READABLE, WRITABLE};
 
 /// The direction an operation waits for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,9 +98,11 @@ impl Dir {
 /// A non-blocking socket plus what waiting on it needs.
 pub(crate) struct Io<S: AsRawFd> {
     pub(crate) sock: S,
-    /// Set by the first wait inside a coroutine; `None` inside if that
-    /// happened on a plain thread (never registered).
-    reg: OnceCell<Option<Registration>>,
+    /// Set by the first operation in a coroutine on a worker, which
+    /// registers the socket with that worker's driver; it moves with the
+    /// coroutines that wait on it later (see `driver.rs`). A `block_on`
+    /// root and a plain thread wait in `poll(2)` and leave it unset.
+    reg: OnceCell<Registration>,
     /// Read and write timeouts in nanoseconds; `u64::MAX` is none.
     timeouts: [AtomicU64; 2],
 }
@@ -157,9 +164,10 @@ impl<S: AsRawFd> Io<S> {
         deadline: Option<Instant>,
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<R> {
+        let registered = waits_registered();
         loop {
-            let reg = if crate::scheduler::in_coroutine() {
-                self.registration()?
+            let reg = if registered {
+                Some(self.registration()?)
             } else {
                 None
             };
@@ -172,6 +180,11 @@ impl<S: AsRawFd> Io<S> {
                 other => return other,
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                if let Some(r) = reg {
+                    // A waker left behind would keep the socket from
+                    // moving to its next waiter's worker.
+                    r.forget(dir.bit());
+                }
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     "the operation timed out",
@@ -180,7 +193,7 @@ impl<S: AsRawFd> Io<S> {
             match reg {
                 Some(r) => {
                     let fd = self.sock.as_raw_fd();
-                    if r.wait(dir.bit(), &mut mio::unix::SourceFd(&fd)) {
+                    if r.wait(dir.bit(), &mut mio::unix::SourceFd(&fd))? {
                         crate::time::park_until(deadline);
                     }
                 }
@@ -189,18 +202,18 @@ impl<S: AsRawFd> Io<S> {
         }
     }
 
-    /// Registers with the calling worker's poller on first use.
-    fn registration(&self) -> io::Result<Option<&Registration>> {
+    /// The registration, made with the calling coroutine's worker on first
+    /// use; call only where [`waits_registered`] holds.
+    fn registration(&self) -> io::Result<&Registration> {
         let fd = self.sock.as_raw_fd();
         self.reg
             .get_or_try_init(|| Registration::new(&mut mio::unix::SourceFd(&fd)))
-            .map(Option::as_ref)
     }
 }
 
 impl<S: AsRawFd> Drop for Io<S> {
     fn drop(&mut self) {
-        if let Some(Some(r)) = self.reg.get() {
+        if let Some(r) = self.reg.get() {
             r.deregister(&mut mio::unix::SourceFd(&self.sock.as_raw_fd()));
         }
     }

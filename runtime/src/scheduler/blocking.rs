@@ -4,6 +4,15 @@
 //! Threads are started on demand up to [`MAX_THREADS`] and leave after
 //! [`KEEP_ALIVE`] without work. Code on them may call `greenstack::spawn`,
 //! which reaches the runtime they belong to.
+//!
+//! Dropping the runtime shuts the pool down, in every drop path (one of
+//! its own coroutines dropping it included: `Runtime::drop`): it takes no
+//! more jobs (their joins see `Cancelled`), jobs already queued or running
+//! finish and their joins get their outcome, idle threads leave at once
+//! and busy ones after their job. The threads are not joined: a job may
+//! block for as long as it likes, and a drop must return; each thread holds
+//! the runtime's shared state until it leaves, so nothing it touches is
+//! freed under it.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -12,10 +12,12 @@
 //!   run coroutine code themselves, and no thread but the worker touches
 //!   them.
 //! - **I/O.** A socket is registered (edge-triggered, both directions) with
-//!   the driver of the worker whose coroutine first waits on it, and moves
-//!   to the driver of whichever worker's coroutine waits on it next (see
-//!   below). Each readiness event sets bits in the socket's [`IoState`] and
-//!   wakes the coroutines waiting for that direction, wherever they live.
+//!   the driver of the worker whose coroutine first uses it, and moves to
+//!   the driver of whichever worker's coroutine waits on it next, in this
+//!   runtime or another (see below). A `block_on` root and a plain thread
+//!   never register a socket: they wait in `poll(2)` on it alone. Each
+//!   readiness event sets bits in the socket's [`IoState`] and wakes the
+//!   coroutines waiting for that direction, wherever they live.
 //!
 //! # No lost readiness
 //!
@@ -52,14 +54,45 @@
 //! move, so the argument above does not even need epoll's report at
 //! step 1. The move skips a socket with a waiter registered (a reader
 //! parked on one worker while a writer on another waits too): moving it
-//! back and forth would cost two `epoll_ctl` per wait.
+//! back and forth would cost two `epoll_ctl` per wait. The waiter that
+//! stays is still woken, through the other worker's poll and its inbox.
+//! A wait that ends on its deadline removes its waker
+//! ([`Registration::forget`]), so a timed-out reader does not count as a
+//! waiter and keep the socket on a worker nobody waits from.
+//!
+//! # Runtimes
+//!
+//! A socket outlives the runtime it was registered with (made in one
+//! runtime's coroutine, used in another's after the first is dropped), and
+//! nobody polls a dropped runtime's drivers. So the registration records
+//! its runtime with its worker, and a waiter on another runtime moves it
+//! as above. Two more rules keep every waiter woken:
+//!
+//! 1. A registration with a runtime that is shutting down moves even when
+//!    a waiter is registered (that runtime's waiters are being unwound,
+//!    and it will poll no more).
+//! 2. When a runtime shuts down, it sets both bits of every socket
+//!    registered with it and wakes every waiter
+//!    ([`DriverHandle::wake_all_io`], after the `shutdown` flag is set;
+//!    again once its workers are joined). A waiter of another runtime that
+//!    stayed because a waiter of the dying runtime was registered wakes,
+//!    retries, and on its next wait moves the socket by rule 1. A waiter
+//!    whose re-check comes after the wake-up finds the bits set and
+//!    retries instead of parking. Either way its next look at `shutdown`
+//!    sees it set: the wake-up's `fetch_or` (Release) comes after the
+//!    flag's store, and the waiter's `clear` or re-check (Acquire) read
+//!    it.
+//!
+//! The root of `block_on` and plain threads wait in `poll(2)` and leave the
+//! registration as it is (a socket first used there is registered by the
+//! first coroutine on a worker that uses it).
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -125,6 +158,13 @@ impl IoState {
         true
     }
 
+    /// Removes `waker` (or one that wakes the same task) from `dir`'s
+    /// waiters.
+    fn forget(&self, dir: u8, waker: &Waker) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w[usize::from(dir == WRITABLE)].retain(|x| !x.will_wake(waker));
+    }
+
     /// Whether anyone waits, in either direction.
     fn has_waiters(&self) -> bool {
         let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,96 +188,171 @@ impl IoState {
 /// A socket's registration with one driver; deregisters on drop.
 ///
 /// The registration follows the coroutines that wait on the socket: a wait
-/// from a coroutine whose home is another worker of the same runtime moves
-/// it to that worker's driver (see "Moving a registration" in the module
-/// docs), so readiness wakes the coroutine on its own worker instead of
-/// through the other worker's inbox and poll.
+/// from a coroutine whose home is another worker moves it to that worker's
+/// driver (see "Moving a registration" in the module docs), so readiness
+/// wakes the coroutine on its own worker instead of through the other
+/// worker's inbox and poll. The other worker may belong to another runtime
+/// (see "Runtimes").
 pub(crate) struct Registration {
-    handle: Arc<super::Shared>,
-    /// `place.0`, readable without the lock: the fast check of every wait.
+    /// `place.shared`, as a pointer readable without the lock: with
+    /// `worker`, the fast check of every wait. `place` keeps that `Shared`
+    /// alive, so a pointer equal to the waiter's runtime is that runtime.
+    runtime: AtomicPtr<super::Shared>,
+    /// `place.worker`, readable without the lock.
     worker: AtomicUsize,
-    /// The worker whose driver holds the socket, and its token there.
-    /// Locked while the registration moves or is dropped.
-    place: Mutex<(usize, usize)>,
+    /// Where the socket is registered. Locked while the registration moves
+    /// or is dropped.
+    place: Mutex<Place>,
     pub(crate) state: Arc<IoState>,
 }
 
+/// The driver a [`Registration`] is with.
+struct Place {
+    /// Its runtime.
+    shared: Arc<super::Shared>,
+    /// The worker whose driver holds the socket.
+    worker: usize,
+    /// The socket's token in that driver.
+    token: usize,
+}
+
+/// The worker that runs the calling coroutine and its runtime, if the
+/// caller is a coroutine on a worker (not a `block_on` root, not a plain
+/// thread): where a wait of the caller wants the socket registered.
+fn waiter_home<'a>() -> Option<(&'a Arc<super::Shared>, usize)> {
+    let r = super::worker::current_running()?;
+    let home = r.header.home.load(Ordering::Relaxed);
+    if home == super::worker::ROOT_HOME {
+        return None;
+    }
+    let shared: &Arc<super::Shared> = &r.header.shared;
+    Some((shared, home as usize))
+}
+
+/// Whether the caller is a coroutine on a worker, whose waits park on a
+/// [`Registration`] (a `block_on` root and a plain thread wait in
+/// `poll(2)`).
+pub(crate) fn waits_registered() -> bool {
+    waiter_home().is_some()
+}
+
 impl Registration {
-    /// Registers `source` with the calling worker's driver.
-    pub(crate) fn new(source: &mut impl mio::event::Source) -> io::Result<Option<Registration>> {
-        let Some((shared, worker)) = super::worker::current_worker() else {
-            return Ok(None);
-        };
+    /// Registers `source` with the driver of the calling coroutine's
+    /// worker. Call only where [`waits_registered`] holds.
+    pub(crate) fn new(source: &mut impl mio::event::Source) -> io::Result<Registration> {
+        // A coroutine on a worker runs on its home worker.
+        let (shared, worker) =
+            super::worker::current_worker().expect("a registration is made on a worker");
         let state = Arc::new(IoState::default());
         let token = shared.workers[worker].driver.add(source, &state)?;
         // Fresh registrations start ready: the first attempt decides.
         state
             .readiness
             .store(READABLE | WRITABLE, Ordering::Release);
-        Ok(Some(Registration {
-            handle: shared,
+        Ok(Registration {
+            runtime: AtomicPtr::new(Arc::as_ptr(&shared).cast_mut()),
             worker: AtomicUsize::new(worker),
-            place: Mutex::new((worker, token)),
+            place: Mutex::new(Place {
+                shared,
+                worker,
+                token,
+            }),
             state,
-        }))
+        })
     }
 
-    /// Before parking the calling coroutine for `dir` (after `clear` and a
-    /// `WouldBlock`): moves the registration to the coroutine's worker if
-    /// it lives elsewhere, then registers its waker. Returns false if
-    /// readiness arrived since `clear` and the caller should retry at once.
-    pub(crate) fn wait(&self, dir: u8, source: &mut impl mio::event::Source) -> bool {
-        let Some(header) = super::worker::current_header() else {
-            return self.state.wait(dir, crate::scheduler::current_waker());
-        };
-        let home = header.home.load(Ordering::Relaxed);
-        if home != super::worker::ROOT_HOME
-            && home as usize != self.worker.load(Ordering::Relaxed)
-            && Arc::ptr_eq(&*header.shared, &self.handle)
-        {
-            self.move_to(home as usize, source);
+    /// Before parking the calling coroutine (on a worker) for `dir`, after
+    /// `clear` and a `WouldBlock`: moves the registration to the
+    /// coroutine's worker if it lives elsewhere, then registers its waker.
+    /// Returns false if readiness arrived since `clear` and the caller
+    /// should retry at once.
+    ///
+    /// # Errors
+    ///
+    /// Registering with the coroutine's worker failed while the runtime the
+    /// socket was registered with is shutting down (no poller watches it).
+    pub(crate) fn wait(&self, dir: u8, source: &mut impl mio::event::Source) -> io::Result<bool> {
+        let header = super::worker::current_header()
+            .expect("a registered wait is made by a coroutine on a worker");
+        if let Some((shared, home)) = waiter_home() {
+            if home != self.worker.load(Ordering::Relaxed)
+                || !std::ptr::eq(Arc::as_ptr(shared), self.runtime.load(Ordering::Relaxed))
+            {
+                self.move_to(shared, home, source)?;
+            }
         }
-        self.state.wait(dir, header.into_waker())
+        Ok(self.state.wait(dir, header.into_waker()))
     }
 
-    /// Moves the registration to worker `to`'s driver, unless a waiter is
+    /// Moves the registration to worker `to` of `shared`, unless it is
+    /// there already or, while the runtime it is with runs, a waiter is
     /// registered (the socket is in use from where it is: moving it back
     /// and forth would cost two `epoll_ctl` per wait) or registering there
-    /// fails (the socket then stays where it is, still correct).
-    fn move_to(&self, to: usize, source: &mut impl mio::event::Source) {
+    /// fails (the socket then stays where it is, still watched).
+    fn move_to(
+        &self,
+        shared: &Arc<super::Shared>,
+        to: usize,
+        source: &mut impl mio::event::Source,
+    ) -> io::Result<()> {
         let mut place = self.place.lock().unwrap_or_else(|p| p.into_inner());
-        let (from, old) = *place;
-        if from == to || self.state.has_waiters() {
-            return;
+        if place.worker == to && Arc::ptr_eq(&place.shared, shared) {
+            return Ok(());
         }
-        let Ok(token) = self.handle.workers[to].driver.add(source, &self.state) else {
-            return;
+        // Nobody polls the driver of a runtime that shuts down: move even
+        // if waiters are registered (its shutdown woke those that waited
+        // then; see "Runtimes").
+        let old_runs = !place.shared.shutdown.load(Ordering::Acquire);
+        if old_runs && self.state.has_waiters() {
+            return Ok(());
+        }
+        let token = match shared.workers[to].driver.add(source, &self.state) {
+            Ok(t) => t,
+            Err(_) if old_runs => return Ok(()),
+            Err(e) => return Err(e),
         };
         // Registered with both pollers now; from here on `to`'s reports
         // the socket, so the old registration can go.
-        let d = &self.handle.workers[from].driver;
+        let d = &place.shared.workers[place.worker].driver;
         let _ = d.registry.deregister(source);
-        d.remove(old);
-        *place = (to, token);
+        d.remove(place.token);
+        *place = Place {
+            shared: Arc::clone(shared),
+            worker: to,
+            token,
+        };
+        self.runtime
+            .store(Arc::as_ptr(shared).cast_mut(), Ordering::Relaxed);
         self.worker.store(to, Ordering::Relaxed);
         // As a fresh registration: the next attempt decides.
         self.state
             .readiness
             .fetch_or(READABLE | WRITABLE, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Removes the calling coroutine's waker for `dir`, registered by a
+    /// wait that ended on its deadline instead.
+    pub(crate) fn forget(&self, dir: u8) {
+        if let Some(header) = super::worker::current_header() {
+            self.state.forget(dir, &header.into_waker());
+        }
     }
 
     /// Deregisters `source`; call before dropping the registration.
     pub(crate) fn deregister(&self, source: &mut impl mio::event::Source) {
         let place = self.place.lock().unwrap_or_else(|p| p.into_inner());
-        let d = &self.handle.workers[place.0].driver;
+        let d = &place.shared.workers[place.worker].driver;
         let _ = d.registry.deregister(source);
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let (worker, token) = *self.place.get_mut().unwrap_or_else(|p| p.into_inner());
-        self.handle.workers[worker].driver.remove(token);
+        let place = self.place.get_mut().unwrap_or_else(|p| p.into_inner());
+        place.shared.workers[place.worker]
+            .driver
+            .remove(place.token);
     }
 }
 
@@ -269,6 +384,25 @@ impl DriverHandle {
             return Err(e);
         }
         Ok(token)
+    }
+
+    /// Sets both readiness bits of every socket registered here and wakes
+    /// all their waiters: called when the runtime shuts down, so that
+    /// waiters of other runtimes retry and move their socket to a poller
+    /// that still runs (see "Runtimes" in the module docs).
+    pub(crate) fn wake_all_io(&self) {
+        let mut woken = Vec::new();
+        {
+            // Lock order as in `Driver::poll_for`: the slab, then an
+            // `IoState`'s waiters.
+            let io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            for state in io.entries.iter().flatten() {
+                state.fire(READABLE | WRITABLE, &mut woken);
+            }
+        }
+        for waker in woken {
+            waker.wake();
+        }
     }
 
     fn remove(&self, token: usize) {

@@ -22,6 +22,10 @@
 //! first runs it, and a wake-up from elsewhere sends the coroutine's key
 //! home. This is why [`spawn`] is safe while taking only `F: Send`.
 //!
+//! Safe, not deadlock-free: a coroutine that locks a std lock another
+//! coroutine of its worker holds across a yield blocks the worker thread,
+//! and so the holder, for good. The watchdog names that cause.
+//!
 //! # Waking and sleeping
 //!
 //! A worker with nothing to do announces itself idle ([`idle::Idle`]),
@@ -533,6 +537,10 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
+        // Nobody will poll this runtime's drivers: waiters of other
+        // runtimes on sockets registered here must move them (see
+        // "Runtimes" in `driver.rs`).
+        self.wake_all_io();
         if worker::current_shared().is_some_and(|s| Arc::ptr_eq(&s, &self.shared)) {
             // Dropped by one of its own coroutines: this thread cannot join
             // itself. Stop the workers and let them finish shutting down on
@@ -549,6 +557,9 @@ impl Drop for Runtime {
             // let spawns that race with this drain their queue themselves
             // (`worker::submit`).
             self.discard_queued();
+            // The blocking pool is not joined in either path: its idle
+            // threads leave now, busy ones once their job returns.
+            self.shared.blocking.shutdown();
             return;
         }
         for w in self.shared.workers.iter() {
@@ -594,10 +605,21 @@ impl Drop for Runtime {
         // `Cancelled`).
         self.discard_queued();
         self.shared.blocking.shutdown();
+        // Again, now that none of this runtime's coroutines can clear a
+        // socket's readiness before another runtime's waiter sees it.
+        self.wake_all_io();
     }
 }
 
 impl Runtime {
+    /// Wakes every waiter on a socket registered with this runtime's
+    /// drivers.
+    fn wake_all_io(&self) {
+        for w in self.shared.workers.iter() {
+            w.driver.wake_all_io();
+        }
+    }
+
     /// Drops every never-started task in the injector and the workers'
     /// incoming queues (their joiners see `Cancelled`).
     fn discard_queued(&self) {
@@ -870,11 +892,6 @@ pub fn current() -> Coroutine {
 /// The calling coroutine, or `None` on a plain thread.
 pub fn try_current() -> Option<Coroutine> {
     worker::current_header().map(|header| Coroutine { header })
-}
-
-/// Whether the caller is a coroutine.
-pub(crate) fn in_coroutine() -> bool {
-    worker::in_coroutine()
 }
 
 /// Runs a future to completion from coroutine code (or a plain thread),

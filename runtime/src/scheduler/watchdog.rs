@@ -5,6 +5,14 @@
 //! moved for a whole threshold while a coroutine runs gets one warn event
 //! naming the coroutine. It runs only when a threshold is set.
 //!
+//! The report names the likely causes. Besides a blocking call or long CPU
+//! work in the coroutine itself, there is one that is not its fault: a std
+//! lock (`std::sync::Mutex`, `RwLock`) that another coroutine of the same
+//! worker holds across a yield. The named coroutine then blocks the worker
+//! thread in the lock, and the holder, which only that thread may run,
+//! never resumes to release it: the worker hangs for good. The watchdog
+//! cannot tell these apart from outside the thread, so it lists both.
+//!
 //! # Reading a header another thread may free
 //!
 //! The worker frees a header only after `finish`: it stores null in
@@ -85,7 +93,10 @@ fn run(shared: &Shared) {
                     coroutine.name = name.as_deref().unwrap_or("<unnamed>"),
                     stuck_ms = stuck.as_millis() as u64,
                     "a coroutine has held its worker without switching; \
-                     use spawn_blocking for blocking or long CPU work"
+                     the worker is blocked: likely a blocking call or long CPU work \
+                     (use spawn_blocking), or a std lock (Mutex, RwLock) held across \
+                     a yield by another coroutine on this worker, which cannot run to \
+                     release it while this one waits (use greenstack::sync's locks)"
                 );
             }
         }

@@ -1,0 +1,124 @@
+//! A std `Mutex` held across a yield, then locked by another coroutine of
+//! the same worker, blocks that worker for good (the holder can only run on
+//! the blocked thread). The watchdog's report names the coroutine stuck in
+//! the lock and says that this is a likely cause.
+//!
+//! The scenario hangs by design, so it runs in a child process (this
+//! binary re-run with an environment variable) that prints tracing events
+//! to stderr; the parent reads them until the watchdog's report appears,
+//! then kills the child.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use greenstack::{Builder, Runtime};
+
+/// Set in the child process that plays the hanging scenario.
+const CHILD_ENV: &str = "GREENSTACK_WATCHDOG_STD_LOCK_CHILD";
+
+/// How long the parent waits for the report before it fails: a hang guard,
+/// far above the watchdog's 100 ms threshold.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// The name of the coroutine that blocks its worker in the std lock.
+const WAITER: &str = "std-lock-waiter";
+
+/// The child's scenario: one worker, watchdog at 100 ms. `holder` locks a
+/// std `Mutex`, spawns `WAITER` (which locks it too), and sleeps holding
+/// the guard; `WAITER` runs and blocks the worker in `lock`, so `holder`
+/// never wakes. Never returns.
+fn hang_on_a_std_lock() -> ! {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber in the child");
+    let rt = Runtime::builder()
+        .workers(1)
+        .watchdog(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let lock = Arc::new(Mutex::new(0u32));
+    let _holder = Builder::new()
+        .name("std-lock-holder")
+        .spawn_on(&rt, move || {
+            let mut guard = lock.lock().unwrap();
+            let again = Arc::clone(&lock);
+            let _waiter = Builder::new()
+                .name(WAITER)
+                .spawn(move || *again.lock().unwrap() += 1)
+                .unwrap();
+            // A yield with the guard held: the waiter runs meanwhile.
+            greenstack::time::sleep(Duration::from_millis(10));
+            *guard += 1;
+        })
+        .unwrap();
+    eprintln!("child: scenario started");
+    loop {
+        thread::park();
+    }
+}
+
+/// The watchdog reports the coroutine blocked in a std lock that another
+/// coroutine of its worker holds across a yield, naming that as a likely
+/// cause (and a blocking call as the other).
+#[test]
+fn watchdog_names_a_std_lock_held_across_a_yield() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        hang_on_a_std_lock();
+    }
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "watchdog_names_a_std_lock_held_across_a_yield",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the child test process");
+    let stderr = child.stderr.take().expect("the child's stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + HANG_GUARD;
+    let mut seen = Vec::new();
+    let report = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("WARN") && line.contains(WAITER) => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    // The child hangs by design (or is stuck): end it either way.
+    let _ = child.kill();
+    let status = child.wait().expect("reaping the child");
+    let Some(report) = report else {
+        panic!(
+            "hang guard: no watchdog report naming {WAITER} within {HANG_GUARD:?} \
+             (child ended: {status:?}); its stderr:\n{}",
+            seen.join("\n")
+        );
+    };
+    for needle in [
+        "without switching",
+        "blocking call",
+        "a std lock (Mutex, RwLock) held across a yield by another coroutine on this worker",
+        "greenstack::sync",
+    ] {
+        assert!(
+            report.contains(needle),
+            "the watchdog's report does not say {needle:?}: {report}"
+        );
+    }
+}
