@@ -1243,7 +1243,7 @@ fn park_forever() -> ! {
 }
 
 /// A parked coroutine holds a value whose destructor panics, and the
-/// runtime is dropped: the shutdown's forced unwind runs that destructor,
+/// runtime is dropped: the shutdown's cancellation unwind runs that destructor,
 /// so it panics while an unwind is in progress. Rust aborts in that case,
 /// for a coroutine exactly as for a std thread whose destructor panics
 /// during a panic (the documented behaviour: README, Limitations). What must
@@ -1258,7 +1258,7 @@ fn panic_in_drop_during_shutdown_of_a_parked_coroutine_aborts_as_std_does() {
         });
         wait_for(|| rt.stats().parks >= 1);
         drop(rt);
-        unreachable!("a destructor panicking during the forced unwind aborts");
+        unreachable!("a destructor panicking during the cancellation unwind aborts");
     }
     let out = run_child(
         "panic_in_drop_during_shutdown_of_a_parked_coroutine_aborts_as_std_does",

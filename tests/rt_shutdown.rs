@@ -216,7 +216,7 @@ impl Drop for YieldOnDrop {
     }
 }
 
-/// Destructors run by the forced unwind at shutdown may block the
+/// Destructors run by the cancellation unwind at shutdown may block the
 /// coroutine (join, park, yield): that must not abort the process.
 #[test]
 fn destructor_that_suspends_during_shutdown_does_not_abort() {

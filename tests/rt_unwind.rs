@@ -478,3 +478,134 @@ fn dropping_a_runtime_returns_while_a_coroutine_never_suspends() {
         describe(&out)
     );
 }
+
+/// The shutdown's time limit holds while a destructor spins on `yield_now`
+/// during its cancellation: the worker runs the ready coroutines in rounds
+/// and looks at the deadline between them, so the spinning coroutine is
+/// abandoned at the timeout (its worker is not).
+#[test]
+fn shutdown_abandons_a_destructor_spinning_on_yield() {
+    let name = "shutdown_abandons_a_destructor_spinning_on_yield";
+    if is_child(name) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::ERROR)
+            .init();
+        struct SpinOnDrop;
+        impl Drop for SpinOnDrop {
+            fn drop(&mut self) {
+                loop {
+                    greenstack::yield_now();
+                }
+            }
+        }
+        let rt = small_runtime(1)
+            .shutdown_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let h = rt.spawn(|| {
+            let _d = SpinOnDrop;
+            park_forever()
+        });
+        wait_for(|| rt.stats().parks >= 1);
+        drop(rt);
+        assert!(h.join().unwrap_err().is::<Cancelled>());
+        println!("shutdown returned");
+        return;
+    }
+    let out = child(name);
+    assert_clean_exit(&out, "shutdown returned");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shutdown timeout passed")
+            && !stderr.contains("worker thread is abandoned"),
+        "the coroutine, not its worker, is abandoned: {}",
+        describe(&out)
+    );
+}
+
+greenstack::coroutine_local! {
+    static LOCK_ON_DROP: std::cell::RefCell<Option<LockOnDrop>> = std::cell::RefCell::new(None);
+}
+
+/// A `coroutine_local!` value's destructor, run after the cancellation
+/// reached the body's top, may still wait at shutdown: it gets the lock
+/// another cancelled coroutine held, instead of being cancelled again
+/// (and reported as a panic).
+#[test]
+fn shutdown_lets_a_coroutine_local_destructor_wait() {
+    let name = "shutdown_lets_a_coroutine_local_destructor_wait";
+    if is_child(name) {
+        let rt = small_runtime(1)
+            .shutdown_timeout(Duration::from_secs(600))
+            .build()
+            .unwrap();
+        let m = Arc::new(greenstack::sync::Mutex::new(()));
+        let locked = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (m, locked) = (Arc::clone(&m), Arc::clone(&locked));
+            rt.spawn(move || {
+                LOCK_ON_DROP.with(|l| *l.borrow_mut() = Some(LockOnDrop(m, locked)));
+                park_forever()
+            })
+        };
+        wait_for(|| rt.stats().parks >= 1);
+        let holder = {
+            let m = Arc::clone(&m);
+            rt.spawn(move || {
+                let _g = m.lock();
+                park_forever()
+            })
+        };
+        wait_for(|| rt.stats().parks >= 2);
+        drop(rt);
+        assert!(
+            locked.load(Ordering::SeqCst),
+            "the local's destructor got the lock"
+        );
+        for h in [waiter, holder] {
+            assert!(h.join().unwrap_err().is::<Cancelled>());
+        }
+        println!("shutdown returned");
+        return;
+    }
+    assert_clean_exit(&child(name), "shutdown returned");
+}
+
+/// A destructor that spins on `yield_now` while its coroutine unwinds from
+/// a panic (outside shutdown) would spin for ever, the yields being
+/// skipped: after 65,536 of them the process aborts and says why.
+#[test]
+fn a_yield_spin_while_unwinding_aborts_with_a_message() {
+    let name = "a_yield_spin_while_unwinding_aborts_with_a_message";
+    if is_child(name) {
+        struct SpinOnDrop;
+        impl Drop for SpinOnDrop {
+            fn drop(&mut self) {
+                loop {
+                    greenstack::yield_now();
+                }
+            }
+        }
+        let rt = runtime(1);
+        let _ = rt
+            .spawn(|| {
+                let _d = SpinOnDrop;
+                std::panic::resume_unwind(Box::new("unwinding"));
+            })
+            .join();
+        return;
+    }
+    let out = child(name);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("times while unwinding from a panic"),
+        "{}",
+        describe(&out)
+    );
+}

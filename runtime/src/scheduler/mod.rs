@@ -400,7 +400,8 @@ impl RuntimeBuilder {
 /// Dropping it stops the workers: every unfinished coroutine is cancelled,
 /// unwound from the point where it waits so its destructors run (see
 /// [`RuntimeBuilder::shutdown_timeout`] for destructors that wait), and
-/// every stack goes back to the arena.
+/// every stack goes back to the arena (but those of coroutines abandoned
+/// at the timeout, which are leaked).
 ///
 /// # Examples
 ///

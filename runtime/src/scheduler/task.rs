@@ -218,14 +218,25 @@ where
             }
         }
         let mut guard = Guard(Some(&cell.join));
+        let mut cancelled = None;
         let outcome = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => Outcome::Value(v),
             // The runtime's cancellation at shutdown reached the body's
-            // top: dropping the payload ends it (`CancelUnwind::drop`).
-            Err(p) if p.is::<CancelUnwind>() => Outcome::Cancelled,
+            // top. The payload is kept until the coroutine-locals are
+            // dropped: while it lives the cancellation counts as under
+            // way, so a local's destructor that waits really waits
+            // (`worker::suspend_unusual`) instead of being thrown at again.
+            Err(p) if p.is::<CancelUnwind>() => {
+                cancelled = Some(p);
+                Outcome::Cancelled
+            }
             Err(p) => Outcome::Panic(p),
         };
-        super::worker::drop_current_locals();
+        if let Some(p) = super::worker::drop_current_locals() {
+            // Cancelled while a local's destructor waited.
+            cancelled.get_or_insert(p);
+        }
+        drop(cancelled);
         guard.0 = None;
         cell.join.store(outcome);
         true

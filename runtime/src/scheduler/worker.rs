@@ -41,9 +41,13 @@
 //!    while its cancellation unwinds (`cancel_in_flight`) really parks; the
 //!    coroutine it waits for is being cancelled too, on this worker or
 //!    another, and its wake-up arrives as any other. std's panic count of
-//!    the thread stays raised while that coroutine is away, which no other
-//!    coroutine's code can see: each is cancelled before any of its code
-//!    runs.
+//!    the thread stays raised while that coroutine is away (std counts per
+//!    OS thread): the others are cancelled before any of their code runs,
+//!    but once one has caught its cancellation, its coroutine-locals'
+//!    destructors and its result's drop see `std::thread::panicking()`
+//!    true too, and a std `MutexGuard` dropped there poisons its mutex.
+//!    That is the price of letting destructors wait at shutdown; outside
+//!    shutdown a coroutine may not switch while unwinding at all.
 //! 4. When none is left, or `shutdown_timeout` passed, the remaining ones
 //!    (still waiting, or having caught their cancellation
 //!    [`CANCEL_THROWS`] times) are abandoned: reported, their joiners told
@@ -87,6 +91,13 @@ pub(crate) enum Request {
 /// A few, so code that catches panics around one operation and then ends
 /// still gets to end.
 const CANCEL_THROWS: u8 = 3;
+
+/// Yields a coroutine may skip while unwinding from a panic before its
+/// worker takes it for a destructor spinning on `yield_now` (which, with
+/// the yield skipped, would spin for ever) and aborts. Far more than any
+/// destructor yields as a courtesy; reached in well under a second by a
+/// spin.
+const UNWINDING_YIELDS: u32 = 1 << 16;
 
 /// Children a coroutine spawns before its spawns may be placed elsewhere
 /// (see `Local::placement`).
@@ -177,6 +188,9 @@ pub(crate) struct Running {
     timer: Cell<Option<TimerGuard>>,
     /// Cancellations thrown into it at shutdown (see [`CANCEL_THROWS`]).
     cancel_throws: Cell<u8>,
+    /// Yields skipped while it unwound from a panic (see
+    /// [`UNWINDING_YIELDS`]).
+    unwinding_yields: Cell<u32>,
 }
 
 impl Running {
@@ -214,6 +228,7 @@ impl Running {
             resumes_at_spawn: Cell::new(0),
             timer: Cell::new(None),
             cancel_throws: Cell::new(0),
+            unwinding_yields: Cell::new(0),
         };
         let p = Box::into_raw(place).cast::<Running>();
         // SAFETY: `p` is a `Box` allocation with `Running`'s layout
@@ -495,8 +510,9 @@ fn suspend_unusual(r: &Running, req: Request) -> bool {
         if header.cancel_in_flight.load(Ordering::Acquire) || std::thread::panicking() {
             // A destructor waits while the coroutine unwinds at shutdown:
             // really wait. Every coroutine this worker runs meanwhile is
-            // being cancelled and throws before any of its code runs, so
-            // none sees the thread's raised panic count.
+            // being cancelled and throws before any of its code runs (what
+            // runs after its cancellation is caught does see the raised
+            // panic count: "Shutdown" in the module docs).
             switch_out(r, req);
             return true;
         }
@@ -513,21 +529,34 @@ fn suspend_unusual(r: &Running, req: Request) -> bool {
         switch_out(r, req);
         return true;
     }
+    let name = header.name.as_deref().unwrap_or("<unnamed>");
     match req {
-        // A yield is a hint: skipping it changes nothing a caller relies on.
-        Request::Yield => true,
-        Request::Park(_) | Request::Abandon => {
-            let name = header.name.as_deref().unwrap_or("<unnamed>");
-            abort(&format!(
-                "coroutine {} ({name:?}) tried to wait while unwinding from a panic \
+        // A yield is a hint: skipping it changes nothing a caller relies on,
+        // unless it is spun on.
+        Request::Yield => {
+            let n = r.unwinding_yields.get() + 1;
+            r.unwinding_yields.set(n);
+            if n >= UNWINDING_YIELDS {
+                abort(&format!(
+                    "coroutine {} ({name:?}) yielded {n} times while unwinding from a \
+                     panic: yields are skipped then (std counts panics per OS thread, \
+                     and switching away would show it to other coroutines), so a \
+                     destructor spinning on yield_now never lets anything else run. \
+                     Catch the panic first (std::panic::catch_unwind), then wait",
+                    header.id
+                ))
+            }
+            true
+        }
+        Request::Park(_) | Request::Abandon => abort(&format!(
+            "coroutine {} ({name:?}) tried to wait while unwinding from a panic \
                  (a destructor that waits). std counts panics per OS thread, so \
                  switching away now would make every other coroutine on this worker \
                  see std::thread::panicking() == true and poison the std mutexes \
                  they unlock. Catch the panic first (std::panic::catch_unwind), \
                  then wait",
-                header.id
-            ))
-        }
+            header.id
+        )),
     }
 }
 
@@ -1548,11 +1577,7 @@ impl Local {
     /// Step 6: see "Shutdown" in the module docs.
     fn shut_down(&self) {
         // 1. Tasks that never ran.
-        while let Some(t) = self.deque.pop() {
-            discard(&self.shared, t);
-        }
-        discard_all(&self.shared, &self.ws().incoming);
-        discard_all(&self.shared, &self.shared.injector);
+        self.discard_queued();
         // 2. Every started coroutine, runnable once more, cancelling.
         let keys: Vec<usize> = self
             .slab
@@ -1572,17 +1597,20 @@ impl Local {
                 self.ready.borrow_mut().push_back(key);
             }
         }
-        // 3. Run them until none is left or the time is up.
+        // 3. Run them until none is left or the time is up: in rounds of
+        // what is ready at the start of each, so a coroutine that keeps
+        // yielding (a destructor spinning on `yield_now`) cannot keep the
+        // deadline, timers and I/O from being looked at.
         let deadline = Instant::now() + self.shared.shutdown_timeout;
         loop {
+            // Spawns made meanwhile (by a destructor) never run.
+            self.discard_queued();
             self.drain_inbox();
-            loop {
+            let round = self.ready.borrow().len();
+            for _ in 0..round {
                 let next = self.ready.borrow_mut().pop_front();
-                match next {
-                    Some(key) => self.resume(key),
-                    None => break,
-                }
-                self.drain_inbox();
+                let Some(key) = next else { break };
+                self.resume(key);
             }
             if self.slab.borrow().iter().all(Option::is_none) {
                 break;
@@ -1590,6 +1618,11 @@ impl Local {
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            if !self.ready.borrow().is_empty() {
+                // Still busy: fire due timers and collect I/O, no sleep.
+                self.driver.poll(&self.ws().driver, false);
+                continue;
             }
             // Some wait in a destructor: sleep until a wake-up (announced as
             // a sleeper, so remote unparks wake us), I/O, a timer, or the
@@ -1612,11 +1645,23 @@ impl Local {
         for key in left {
             self.abandon(key, "it was still waiting when the shutdown timeout passed");
         }
+        self.discard_queued();
         self.ready.borrow_mut().clear();
         while !self.ws().inbox.is_empty() {
             let _ = self.ws().inbox.steal();
         }
         self.wait_for_watchdog();
+    }
+
+    /// Drops every never-started task this worker could take: its deque,
+    /// its incoming queue and the injector (their joiners see
+    /// `Cancelled`).
+    fn discard_queued(&self) {
+        while let Some(t) = self.deque.pop() {
+            discard(&self.shared, t);
+        }
+        discard_all(&self.shared, &self.ws().incoming);
+        discard_all(&self.shared, &self.shared.injector);
     }
 }
 
@@ -1723,15 +1768,27 @@ fn coroutine_span(header: &Header) -> Option<Box<tracing::Span>> {
 /// coroutine (so they may still use `current()` and each other), before it
 /// reports completion, so `join` returns after they are gone, as std's does
 /// for thread-locals. A panicking destructor is reported, not propagated.
-pub(crate) fn drop_current_locals() {
-    let Some(r) = current_running() else { return };
+///
+/// A destructor waiting here when the shutdown cancels the coroutine is
+/// unwound by the cancellation, like any wait; the payload is returned,
+/// not reported, and kept alive meanwhile, so the remaining destructors
+/// may still wait (see `suspend_unusual`).
+pub(crate) fn drop_current_locals() -> Option<Box<dyn std::any::Any + Send>> {
+    let r = current_running()?;
+    let mut cancelled = None;
     loop {
         let next = r.locals.borrow_mut().take_one();
-        match next {
-            Some(v) => drop_quietly(v),
-            None => break,
+        let Some(v) = next else { break };
+        match catch_unwind(AssertUnwindSafe(move || drop(v))) {
+            Ok(()) => {}
+            Err(p) if p.is::<CancelUnwind>() => cancelled = Some(p),
+            Err(p) => contain("dropping a coroutine-local value", move || {
+                std::panic::resume_unwind(p)
+            })
+            .unwrap_or(()),
         }
     }
+    cancelled
 }
 
 /// Writes `msg` and aborts: for failures across a stack switch, where

@@ -208,8 +208,8 @@ impl<T> Receiver<T> {
             Register::Done => true,
             Register::Busy => false,
         };
-        // If the wait is unwound (the runtime force-unwinds parked
-        // coroutines at shutdown), take our waker back out, so the next
+        // If the wait is unwound (the runtime's shutdown unwinds parked
+        // coroutines from their park), take our waker back out, so the next
         // waiter can register; a no-op once `COMPLETE`.
         let leave = registered.then(|| {
             Defer::new(|| {

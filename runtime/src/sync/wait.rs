@@ -33,8 +33,8 @@
 //!    notifier popped it, and the waiter waits for `DONE` as in (a)
 //!    ([`Node::settle`]). Either way the node is the waiter's alone again.
 //! 4. (b) also runs when the wait is cut short by an unwind: the runtime
-//!    force-unwinds parked coroutines at shutdown, from inside their park,
-//!    and their channels may outlive them. A [`Defer`] guard, armed around
+//!    cancels parked coroutines at shutdown by unwinding them from inside
+//!    their park, and their channels may outlive them. A [`Defer`] guard, armed around
 //!    every wait and disarmed only on (a), does it.
 //!
 //! Why two steps: a coroutine's wake target is a plain pointer to its
