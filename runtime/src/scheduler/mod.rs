@@ -37,6 +37,7 @@ mod idle;
 pub(crate) mod join;
 mod local;
 pub(crate) mod park;
+mod refcount;
 mod task;
 mod trimmer;
 mod watchdog;

@@ -1,0 +1,161 @@
+//! loom models of the wait-queue node protocol and the spin lock
+//! (`sync/wait.rs`), through a one-value hand-off built the way the
+//! channel core (`sync/chan.rs`) uses them, and through the channel core
+//! itself.
+//!
+//! What loom checks here: a waiter parks its loom thread (`loom::rt`), so a
+//! lost wake-up is a deadlock report; the node's cells and the lock's value
+//! are loom cells, so an access not ordered by the protocol is a causality
+//! violation; and dropping a node (under loom, `Node`'s `Drop`) checks that
+//! every notifier access to it happened before, so a notifier touching the
+//! node after its owner left is one too.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::sync::chan::{Chan, RecvFail};
+use crate::sync::wait::{Defer, Node, NodePtr, SpinLock};
+
+/// A one-value hand-off: a receiver finds the value or queues a node on
+/// its stack; a sender hands the value to the first queued node or leaves
+/// it. Both follow the node protocol exactly as `Chan::recv`, `hand_over`
+/// and `Chan::wait_queued` do.
+struct Slot {
+    state: SpinLock<SlotState>,
+}
+
+struct SlotState {
+    value: Option<u32>,
+    waiters: VecDeque<NodePtr<u32>>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: SpinLock::new(SlotState {
+                value: None,
+                waiters: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Hands `v` to a queued receiver (waking it after the unlock), or
+    /// leaves it in the slot.
+    fn send(&self, v: u32) {
+        let mut st = self.state.lock();
+        if let Some(w) = st.waiters.pop_front() {
+            // SAFETY: popped just above, under the lock; receivers follow
+            // the node protocol (`recv`).
+            let woken = unsafe { w.notify(Some(v)) };
+            drop(st);
+            woken.wake();
+        } else {
+            st.value = Some(v);
+        }
+    }
+
+    /// Takes the value, waiting for it until `deadline` (step 1: queue a
+    /// node; 3: wait for `DONE`, or leave the queue on a timeout).
+    fn recv(&self, deadline: Option<Instant>) -> Option<u32> {
+        let mut node: Node<u32>;
+        {
+            let mut st = self.state.lock();
+            if let Some(v) = st.value.take() {
+                return Some(v);
+            }
+            node = Node::new();
+            st.waiters.push_back(node.ptr());
+        }
+        {
+            let leave = Defer::new(|| {
+                self.state.lock().waiters.retain(|w| !w.is(&node));
+                node.settle();
+            });
+            if node.wait(deadline) {
+                leave.disarm();
+            }
+        }
+        node.take_value()
+        // `node` drops here: under loom, the check that no notifier still
+        // touches it.
+    }
+}
+
+/// A receiver that queues and parks racing a sender: the value is handed
+/// over exactly once and the receiver is woken (no deadlock), whether the
+/// sender comes before the receiver queues, while it queues, or after it
+/// parked.
+#[test]
+fn loom_node_handoff_wakes_waiter() {
+    loom::model(|| {
+        let slot = Arc::new(Slot::new());
+        let s2 = Arc::clone(&slot);
+        let sender = thread::spawn(move || s2.send(7));
+        assert_eq!(slot.recv(None), Some(7));
+        sender.join().unwrap();
+        assert!(slot.state.lock().value.is_none(), "value left behind");
+    });
+}
+
+/// A receiver that queues and gives up at once (its deadline is past: the
+/// same steps as a wait cut short by an unwind) racing a sender: the value
+/// ends up either with the receiver or in the slot, never lost or twice,
+/// and the receiver's node is never touched after it returned.
+#[test]
+fn loom_node_cancel_races_notify() {
+    loom::model(|| {
+        let slot = Arc::new(Slot::new());
+        let s2 = Arc::clone(&slot);
+        let sender = thread::spawn(move || s2.send(7));
+        let got = slot.recv(Some(Instant::now()));
+        sender.join().unwrap();
+        let left = slot.state.lock().value.take();
+        assert_eq!(got.or(left), Some(7), "value lost");
+        assert!(got.is_none() || left.is_none(), "value delivered twice");
+        assert!(slot.state.lock().waiters.is_empty(), "a dead node stays queued");
+    });
+}
+
+/// Two threads increment a counter under the spin lock: no increment is
+/// lost and loom sees no unordered access to the locked value.
+#[test]
+fn loom_spin_lock_excludes() {
+    loom::model(|| {
+        let lock = Arc::new(SpinLock::new(0u32));
+        let l2 = Arc::clone(&lock);
+        let other = thread::spawn(move || *l2.lock() += 1);
+        *lock.lock() += 1;
+        other.join().unwrap();
+        assert_eq!(*lock.lock(), 2);
+    });
+}
+
+/// The channel core itself: a blocking `recv` racing `send` (the hand-over
+/// to a waiting receiver, or the queue).
+#[test]
+fn loom_chan_recv_races_send() {
+    loom::model(|| {
+        let chan = Chan::<u32>::new(None);
+        let c2 = std::sync::Arc::clone(&chan);
+        let sender = thread::spawn(move || assert!(c2.send(7, true, None).is_ok()));
+        assert_eq!(chan.recv(true, None).ok(), Some(7));
+        sender.join().unwrap();
+        assert_eq!(chan.recv(false, None).err(), Some(RecvFail::Empty));
+    });
+}
+
+/// The channel core: a receiver waiting while the last sender leaves is
+/// woken with `Disconnected` (`notify_all` without a value).
+#[test]
+fn loom_chan_last_sender_wakes_receiver() {
+    loom::model(|| {
+        let chan = Chan::<u32>::new(None);
+        let c2 = std::sync::Arc::clone(&chan);
+        let dropper = thread::spawn(move || c2.drop_sender());
+        assert_eq!(chan.recv(true, None).err(), Some(RecvFail::Disconnected));
+        dropper.join().unwrap();
+    });
+}
