@@ -43,27 +43,66 @@ pub(crate) mod hint {
 
 /// Stand-ins, under loom, for the parts of the runtime the modeled code
 /// calls but loom cannot run (the scheduler, timers, stack faults). A
-/// waiter here is always a plain (loom) thread: its waker unparks it and
-/// `park_until` parks it, ignoring the deadline (models that time out use a
-/// deadline already past, so they never park).
+/// waiter is a loom thread, or a "coroutine" on one ([`rt::as_coroutine`]);
+/// either way `park_until` parks the thread and its waker unparks it.
+/// Deadlines are ignored: models that time out use a deadline already
+/// past, so they never park.
 pub(crate) mod rt {
+    use std::cell::Cell;
     use std::ptr::NonNull;
     use std::task::{Wake, Waker};
     use std::time::Instant;
 
-    /// Stands for the scheduler's coroutine header: under loom no caller
-    /// is a coroutine, so none is ever made.
-    pub(crate) enum Header {}
+    /// Stands for the scheduler's coroutine header, which a wait-queue node
+    /// names uncounted (`sync/wait.rs`): valid only while its coroutine
+    /// lives. `alive` is read by every `unpark` and written when the
+    /// coroutine ends ([`as_coroutine`]), so loom reports an `unpark` not
+    /// ordered before the end, as a use after free would be.
+    pub(crate) struct Header {
+        thread: loom::thread::Thread,
+        alive: loom::cell::UnsafeCell<()>,
+        /// Stands for the park token, the first thing a real `unpark`
+        /// touches and the last a finishing coroutine does: an atomic both
+        /// sides write, so loom explores both orders of the two.
+        park: loom::sync::atomic::AtomicUsize,
+    }
 
     impl Header {
         pub(crate) fn unpark(&self) {
-            match *self {}
+            self.park
+                .fetch_add(1, loom::sync::atomic::Ordering::Relaxed);
+            self.alive.with(|_| ());
+            self.thread.unpark();
         }
     }
 
-    /// No caller is a coroutine under loom.
+    loom::thread_local! {
+        static CURRENT: Cell<Option<NonNull<Header>>> = Cell::new(None);
+    }
+
+    /// The header of the coroutine `as_coroutine` runs on this thread.
     pub(crate) fn current_header_ptr() -> Option<NonNull<Header>> {
-        None
+        CURRENT.with(Cell::get)
+    }
+
+    /// Runs `f` as a coroutine body: waits inside it are woken through
+    /// its uncounted header, which ends with `f`.
+    #[cfg(test)]
+    pub(crate) fn as_coroutine<R>(f: impl FnOnce() -> R) -> R {
+        let header = Box::new(Header {
+            thread: loom::thread::current(),
+            alive: loom::cell::UnsafeCell::new(()),
+            park: loom::sync::atomic::AtomicUsize::new(0),
+        });
+        CURRENT.with(|c| c.set(Some(NonNull::from(&*header))));
+        let r = f();
+        CURRENT.with(|c| c.set(None));
+        // `ParkState::finish`, then the header may be freed.
+        header
+            .park
+            .store(usize::MAX, loom::sync::atomic::Ordering::Relaxed);
+        header.alive.with_mut(|_| ());
+        r
     }
 
     /// Unparks the loom thread it was made on.

@@ -8,7 +8,10 @@
 //! are loom cells, so an access not ordered by the protocol is a causality
 //! violation; and dropping a node (under loom, `Node`'s `Drop`) checks that
 //! every notifier access to it happened before, so a notifier touching the
-//! node after its owner left is one too.
+//! node after its owner left is one too. Each waiter is also run as a
+//! "coroutine" (`loom::rt::as_coroutine`), whose node names its header
+//! uncounted, as in production: a wake-up that reaches the header after the
+//! coroutine ended is then a causality violation as well.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -16,6 +19,7 @@ use std::time::Instant;
 use loom::sync::Arc;
 use loom::thread;
 
+use crate::loom::rt::as_coroutine;
 use crate::sync::chan::{Chan, RecvFail};
 use crate::sync::wait::{Defer, Node, NodePtr, SpinLock};
 
@@ -84,20 +88,31 @@ impl Slot {
     }
 }
 
+/// Runs `f` on the calling thread, as a coroutine or as a plain thread.
+fn run_as<R>(coroutine: bool, f: impl FnOnce() -> R) -> R {
+    if coroutine {
+        as_coroutine(f)
+    } else {
+        f()
+    }
+}
+
 /// A receiver that queues and parks racing a sender: the value is handed
 /// over exactly once and the receiver is woken (no deadlock), whether the
 /// sender comes before the receiver queues, while it queues, or after it
 /// parked.
 #[test]
 fn loom_node_handoff_wakes_waiter() {
-    loom::model(|| {
-        let slot = Arc::new(Slot::new());
-        let s2 = Arc::clone(&slot);
-        let sender = thread::spawn(move || s2.send(7));
-        assert_eq!(slot.recv(None), Some(7));
-        sender.join().unwrap();
-        assert!(slot.state.lock().value.is_none(), "value left behind");
-    });
+    for coroutine in [false, true] {
+        loom::model(move || {
+            let slot = Arc::new(Slot::new());
+            let s2 = Arc::clone(&slot);
+            let sender = thread::spawn(move || s2.send(7));
+            assert_eq!(run_as(coroutine, || slot.recv(None)), Some(7));
+            sender.join().unwrap();
+            assert!(slot.state.lock().value.is_none(), "value left behind");
+        });
+    }
 }
 
 /// A receiver that queues and gives up at once (its deadline is past: the
@@ -106,17 +121,19 @@ fn loom_node_handoff_wakes_waiter() {
 /// and the receiver's node is never touched after it returned.
 #[test]
 fn loom_node_cancel_races_notify() {
-    loom::model(|| {
-        let slot = Arc::new(Slot::new());
-        let s2 = Arc::clone(&slot);
-        let sender = thread::spawn(move || s2.send(7));
-        let got = slot.recv(Some(Instant::now()));
-        sender.join().unwrap();
-        let left = slot.state.lock().value.take();
-        assert_eq!(got.or(left), Some(7), "value lost");
-        assert!(got.is_none() || left.is_none(), "value delivered twice");
-        assert!(slot.state.lock().waiters.is_empty(), "a dead node stays queued");
-    });
+    for coroutine in [false, true] {
+        loom::model(move || {
+            let slot = Arc::new(Slot::new());
+            let s2 = Arc::clone(&slot);
+            let sender = thread::spawn(move || s2.send(7));
+            let got = run_as(coroutine, || slot.recv(Some(Instant::now())));
+            sender.join().unwrap();
+            let left = slot.state.lock().value.take();
+            assert_eq!(got.or(left), Some(7), "value lost");
+            assert!(got.is_none() || left.is_none(), "value delivered twice");
+            assert!(slot.state.lock().waiters.is_empty(), "a dead node stays queued");
+        });
+    }
 }
 
 /// Two threads increment a counter under the spin lock: no increment is
@@ -141,7 +158,8 @@ fn loom_chan_recv_races_send() {
         let chan = Chan::<u32>::new(None);
         let c2 = std::sync::Arc::clone(&chan);
         let sender = thread::spawn(move || assert!(c2.send(7, true, None).is_ok()));
-        assert_eq!(chan.recv(true, None).ok(), Some(7));
+        let got = as_coroutine(|| chan.recv(true, None));
+        assert_eq!(got.ok(), Some(7));
         sender.join().unwrap();
         assert_eq!(chan.recv(false, None).err(), Some(RecvFail::Empty));
     });
