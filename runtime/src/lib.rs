@@ -93,7 +93,7 @@ mod time {
 mod sync {
     mod chan;
     pub(crate) mod oneshot;
-    pub(crate) mod wait;
     #[cfg(test)]
     mod tests;
+    pub(crate) mod wait;
 }

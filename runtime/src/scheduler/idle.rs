@@ -14,6 +14,11 @@
 //! searcher to find work wakes one more sleeper if work is still queued, so
 //! a burst spreads to every worker without one wake-up per spawn (which
 //! cost an eventfd write and a context switch each: `benches/rt_spawn.rs`).
+//!
+//! Modeled with loom (`scheduler/tests/loom_idle.rs`): this file, driven by
+//! a copy of the worker's steps and a mock of the epoll sleep, with a spawn
+//! or a remote wake-up racing a worker's decision to sleep; a task left
+//! queued while every worker sleeps is reported as a deadlock.
 
 use crate::loom::sync::atomic::{fence, AtomicUsize, Ordering};
 use crate::loom::sync::{Mutex, MutexGuard};

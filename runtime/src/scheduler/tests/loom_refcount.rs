@@ -73,6 +73,7 @@ impl Drop for Handle {
         // of `Vtable::dealloc`).
         let cell = unsafe { Box::from_raw(self.ptr.as_ptr()) };
         // The free writes the memory every reference read.
+        // SAFETY: the cell is ours alone now.
         cell.payload.with_mut(|p| unsafe { *p = 0 });
         cell.frees.fetch_add(1, Ordering::SeqCst);
     }

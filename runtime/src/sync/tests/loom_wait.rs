@@ -131,7 +131,10 @@ fn loom_node_cancel_races_notify() {
             let left = slot.state.lock().value.take();
             assert_eq!(got.or(left), Some(7), "value lost");
             assert!(got.is_none() || left.is_none(), "value delivered twice");
-            assert!(slot.state.lock().waiters.is_empty(), "a dead node stays queued");
+            assert!(
+                slot.state.lock().waiters.is_empty(),
+                "a dead node stays queued"
+            );
         });
     }
 }
