@@ -247,3 +247,20 @@ fn loom_idle_remote_wakeup_reaches_home_worker() {
         }
     });
 }
+
+/// Two spawns while two workers decide to sleep: both tasks run (a
+/// wake-up that reaches a worker already awake is made up for by the last
+/// searcher, `stop_searching`, or by that worker itself).
+#[test]
+fn loom_idle_two_spawns_two_workers() {
+    loom::model(|| {
+        let sim = Sim::new(2);
+        let workers = start(&sim, 2, 0);
+        sim.spawn();
+        sim.spawn();
+        sim.wait_then_shut_down(2);
+        for t in workers {
+            t.join().unwrap();
+        }
+    });
+}

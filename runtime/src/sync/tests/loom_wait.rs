@@ -23,16 +23,16 @@ use crate::loom::rt::as_coroutine;
 use crate::sync::chan::{Chan, RecvFail};
 use crate::sync::wait::{Defer, Node, NodePtr, SpinLock};
 
-/// A one-value hand-off: a receiver finds the value or queues a node on
-/// its stack; a sender hands the value to the first queued node or leaves
-/// it. Both follow the node protocol exactly as `Chan::recv`, `hand_over`
+/// An unbounded hand-off: a receiver takes a value or queues a node on
+/// its stack; a sender hands its value to the first queued node or leaves
+/// it queued. Both follow the node protocol exactly as `Chan::recv`, `hand_over`
 /// and `Chan::wait_queued` do.
 struct Slot {
     state: SpinLock<SlotState>,
 }
 
 struct SlotState {
-    value: Option<u32>,
+    values: VecDeque<u32>,
     waiters: VecDeque<NodePtr<u32>>,
 }
 
@@ -40,7 +40,7 @@ impl Slot {
     fn new() -> Slot {
         Slot {
             state: SpinLock::new(SlotState {
-                value: None,
+                values: VecDeque::new(),
                 waiters: VecDeque::new(),
             }),
         }
@@ -57,7 +57,7 @@ impl Slot {
             drop(st);
             woken.wake();
         } else {
-            st.value = Some(v);
+            st.values.push_back(v);
         }
     }
 
@@ -67,7 +67,7 @@ impl Slot {
         let mut node: Node<u32>;
         {
             let mut st = self.state.lock();
-            if let Some(v) = st.value.take() {
+            if let Some(v) = st.values.pop_front() {
                 return Some(v);
             }
             node = Node::new();
@@ -110,7 +110,7 @@ fn loom_node_handoff_wakes_waiter() {
             let sender = thread::spawn(move || s2.send(7));
             assert_eq!(run_as(coroutine, || slot.recv(None)), Some(7));
             sender.join().unwrap();
-            assert!(slot.state.lock().value.is_none(), "value left behind");
+            assert!(slot.state.lock().values.is_empty(), "value left behind");
         });
     }
 }
@@ -128,7 +128,7 @@ fn loom_node_cancel_races_notify() {
             let sender = thread::spawn(move || s2.send(7));
             let got = run_as(coroutine, || slot.recv(Some(Instant::now())));
             sender.join().unwrap();
-            let left = slot.state.lock().value.take();
+            let left = slot.state.lock().values.pop_front();
             assert_eq!(got.or(left), Some(7), "value lost");
             assert!(got.is_none() || left.is_none(), "value delivered twice");
             assert!(
