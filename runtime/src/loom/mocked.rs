@@ -50,8 +50,57 @@ pub(crate) mod hint {
 pub(crate) mod rt {
     use std::cell::Cell;
     use std::ptr::NonNull;
+    use std::sync::Arc;
     use std::task::{Wake, Waker};
     use std::time::Instant;
+
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::{Condvar, Mutex};
+
+    /// A thread's park token, as std's: an unpark before the park is kept,
+    /// and what the unparker did before unparking is visible once the park
+    /// returns. A mutex and a condvar rather than `loom::thread::park`,
+    /// whose unpark orders the unparker before everything the unparked
+    /// thread does next, even if it never parks: that would hide a missing
+    /// Release/Acquire between a notifier and a waiter that sees its
+    /// notification without parking.
+    struct Token {
+        set: Mutex<bool>,
+        cvar: Condvar,
+    }
+
+    impl Token {
+        fn park(&self) {
+            let mut set = self.set.lock().unwrap();
+            while !*set {
+                set = self.cvar.wait(set).unwrap();
+            }
+            *set = false;
+        }
+
+        fn unpark(&self) {
+            *self.set.lock().unwrap() = true;
+            self.cvar.notify_one();
+        }
+    }
+
+    impl Wake for Token {
+        fn wake(self: Arc<Self>) {
+            self.unpark();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.unpark();
+        }
+    }
+
+    loom::thread_local! {
+        static TOKEN: Arc<Token> = Arc::new(Token {
+            set: Mutex::new(false),
+            cvar: Condvar::new(),
+        });
+        static CURRENT: Cell<Option<NonNull<Header>>> = Cell::new(None);
+    }
 
     /// Stands for the scheduler's coroutine header, which a wait-queue node
     /// names uncounted (`sync/wait.rs`): valid only while its coroutine
@@ -59,25 +108,20 @@ pub(crate) mod rt {
     /// coroutine ends ([`as_coroutine`]), so loom reports an `unpark` not
     /// ordered before the end, as a use after free would be.
     pub(crate) struct Header {
-        thread: loom::thread::Thread,
+        token: Arc<Token>,
         alive: loom::cell::UnsafeCell<()>,
-        /// Stands for the park token, the first thing a real `unpark`
+        /// Stands for the park state, the first thing a real `unpark`
         /// touches and the last a finishing coroutine does: an atomic both
         /// sides write, so loom explores both orders of the two.
-        park: loom::sync::atomic::AtomicUsize,
+        park: AtomicUsize,
     }
 
     impl Header {
         pub(crate) fn unpark(&self) {
-            self.park
-                .fetch_add(1, loom::sync::atomic::Ordering::Relaxed);
+            self.park.fetch_add(1, Ordering::Relaxed);
             self.alive.with(|_| ());
-            self.thread.unpark();
+            self.token.unpark();
         }
-    }
-
-    loom::thread_local! {
-        static CURRENT: Cell<Option<NonNull<Header>>> = Cell::new(None);
     }
 
     /// The header of the coroutine `as_coroutine` runs on this thread.
@@ -90,37 +134,22 @@ pub(crate) mod rt {
     #[cfg(test)]
     pub(crate) fn as_coroutine<R>(f: impl FnOnce() -> R) -> R {
         let header = Box::new(Header {
-            thread: loom::thread::current(),
+            token: TOKEN.with(Arc::clone),
             alive: loom::cell::UnsafeCell::new(()),
-            park: loom::sync::atomic::AtomicUsize::new(0),
+            park: AtomicUsize::new(0),
         });
         CURRENT.with(|c| c.set(Some(NonNull::from(&*header))));
         let r = f();
         CURRENT.with(|c| c.set(None));
         // `ParkState::finish`, then the header may be freed.
-        header
-            .park
-            .store(usize::MAX, loom::sync::atomic::Ordering::Relaxed);
+        header.park.store(usize::MAX, Ordering::Relaxed);
         header.alive.with_mut(|_| ());
         r
     }
 
-    /// Unparks the loom thread it was made on.
-    struct ThreadWaker(loom::thread::Thread);
-
-    impl Wake for ThreadWaker {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-
-        fn wake_by_ref(self: &std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
     /// A waker for the calling loom thread.
     pub(crate) fn current_waker() -> Waker {
-        Waker::from(std::sync::Arc::new(ThreadWaker(loom::thread::current())))
+        Waker::from(TOKEN.with(Arc::clone))
     }
 
     /// Parks the calling loom thread until unparked (its token kept, as
@@ -129,7 +158,7 @@ pub(crate) mod rt {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return;
         }
-        loom::thread::park();
+        TOKEN.with(|t| t.park());
     }
 
     /// Nothing faults under loom.

@@ -50,13 +50,14 @@
 
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::loom::cell::UnsafeCell;
 use crate::loom::hint::{backoff, Backoff};
 use crate::loom::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use crate::loom::sync::{Mutex, MutexGuard};
 use crate::stack::NoFaultSection;
 
 /// One parked coroutine or thread, in some primitive's queue.

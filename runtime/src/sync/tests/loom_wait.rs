@@ -16,12 +16,13 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use loom::sync::Arc;
+use loom::cell::UnsafeCell;
+use loom::sync::{Arc, Mutex};
 use loom::thread;
 
 use crate::loom::rt::as_coroutine;
 use crate::sync::chan::{Chan, RecvFail};
-use crate::sync::wait::{Defer, Node, NodePtr, SpinLock};
+use crate::sync::wait::{lock, wake_all, Defer, Node, NodePtr, SpinLock, Waiter};
 
 /// An unbounded hand-off: a receiver takes a value or queues a node on
 /// its stack; a sender hands its value to the first queued node or leaves
@@ -137,6 +138,99 @@ fn loom_node_cancel_races_notify() {
             );
         });
     }
+}
+
+/// A lock with FIFO hand-off over shared [`Waiter`] nodes, built as
+/// `Semaphore` (one permit) builds it: an unlock with a waiter queued hands
+/// the lock to it, notified under the state lock and woken after.
+struct HandOff {
+    state: Mutex<HandOffState>,
+    /// What the lock protects, reached without the state lock.
+    data: UnsafeCell<u32>,
+}
+
+struct HandOffState {
+    locked: bool,
+    queue: VecDeque<std::sync::Arc<Waiter>>,
+}
+
+// SAFETY: `data` is reached only by the holder of the lock (`locked`, or a
+// hand-off through a notified waiter).
+unsafe impl Sync for HandOff {}
+
+impl HandOff {
+    fn new() -> HandOff {
+        HandOff {
+            state: Mutex::new(HandOffState {
+                locked: false,
+                queue: VecDeque::new(),
+            }),
+            data: UnsafeCell::new(0),
+        }
+    }
+
+    /// `Semaphore::acquire_until` without a deadline.
+    fn lock(&self) {
+        let node = {
+            let mut st = lock(&self.state);
+            if st.queue.is_empty() && !st.locked {
+                st.locked = true;
+                return;
+            }
+            let node = Waiter::new(1);
+            st.queue.push_back(std::sync::Arc::clone(&node));
+            node
+        };
+        assert!(node.wait(None), "no deadline");
+    }
+
+    /// `Semaphore::add_permits(1)`: hands the lock to the first waiter.
+    fn unlock(&self) {
+        let woken = {
+            let mut st = lock(&self.state);
+            match st.queue.pop_front() {
+                Some(w) => {
+                    w.notify();
+                    vec![w]
+                }
+                None => {
+                    st.locked = false;
+                    Vec::new()
+                }
+            }
+        };
+        wake_all(woken);
+    }
+
+    /// Increments the protected value (the caller holds the lock).
+    fn bump(&self) {
+        // SAFETY: the caller holds the lock.
+        self.data.with_mut(|d| unsafe { *d += 1 });
+    }
+}
+
+/// A holder unlocks while another thread queues for the lock: the waiter
+/// is never left waiting (no lost wake-up), and sees the holder's change
+/// (the hand-off orders them). Then both again, the other way round.
+#[test]
+fn loom_waiter_handoff_orders_holders() {
+    loom::model(|| {
+        let m = Arc::new(HandOff::new());
+        m.lock();
+        let m2 = Arc::clone(&m);
+        let other = thread::spawn(move || {
+            m2.lock();
+            m2.bump();
+            m2.unlock();
+        });
+        m.bump();
+        m.unlock();
+        other.join().unwrap();
+        m.lock();
+        // SAFETY: we hold the lock.
+        assert_eq!(m.data.with(|d| unsafe { *d }), 2);
+        m.unlock();
+    });
 }
 
 /// Two threads increment a counter under the spin lock: no increment is
