@@ -107,3 +107,22 @@ fn loom_oneshot_timeout_races_send() {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     });
 }
+
+/// Two threads looking through one `&Receiver` (it is `Sync`) at a sent
+/// value: exactly one of them gets it, the other sees it gone.
+#[test]
+fn loom_oneshot_shared_receiver_takes_once() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = channel();
+        assert!(tx.send(Tracked(Arc::clone(&drops))).is_ok());
+        let rx = Arc::new(rx);
+        let rx2 = Arc::clone(&rx);
+        let other = thread::spawn(move || rx2.try_recv().map(drop).is_ok());
+        let mine = rx.try_recv().map(drop).is_ok();
+        let theirs = other.join().unwrap();
+        assert!(mine != theirs, "taken by both or by neither");
+        drop(rx);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "not dropped exactly once");
+    });
+}
