@@ -262,6 +262,20 @@ fn loom_chan_recv_races_send() {
     });
 }
 
+/// The channel core, rendezvous (`sync_channel(0)`): the sender waits on
+/// its own node until a receiver took its value; both are released.
+#[test]
+fn loom_chan_rendezvous() {
+    loom::model(|| {
+        let chan = Chan::<u32>::new(Some(0));
+        let c2 = std::sync::Arc::clone(&chan);
+        let sender = thread::spawn(move || as_coroutine(|| c2.send(7, true, None).is_ok()));
+        let got = as_coroutine(|| chan.recv(true, None));
+        assert_eq!(got.ok(), Some(7));
+        assert!(sender.join().unwrap(), "the value was taken");
+    });
+}
+
 /// The channel core: a receiver waiting while the last sender leaves is
 /// woken with `Disconnected` (`notify_all` without a value).
 #[test]
