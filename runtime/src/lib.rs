@@ -70,15 +70,39 @@ mod stack {
     mod arena;
     #[cfg(test)]
     mod tests;
+    pub(crate) use crate::loom::rt::NoFaultSection;
 }
 
 /// Under loom only the modeled components are built.
 #[cfg(greenstack_loom)]
 mod scheduler {
     #[allow(dead_code)]
+    pub(crate) mod idle;
+    #[allow(dead_code)]
     pub(crate) mod join;
     #[allow(dead_code)]
     pub(crate) mod park;
+    #[allow(dead_code)]
+    pub(crate) mod refcount;
     #[cfg(test)]
     mod tests;
+    pub(crate) use crate::loom::rt::{current_header_ptr, current_waker, Header};
+}
+
+/// Under loom: the waits park the loom thread (`loom::rt`).
+#[cfg(greenstack_loom)]
+mod time {
+    pub(crate) use crate::loom::rt::park_until;
+}
+
+/// Under loom only the modeled components are built: the wait queues, the
+/// spin lock and oneshot (and the channel core they share code with).
+#[cfg(greenstack_loom)]
+#[allow(dead_code, unreachable_pub)]
+mod sync {
+    mod chan;
+    pub(crate) mod oneshot;
+    #[cfg(test)]
+    mod tests;
+    pub(crate) mod wait;
 }

@@ -1,10 +1,12 @@
 //! std's side of the shim: the real atomics and a spin hint.
 
 pub(crate) mod sync {
-    pub(crate) use std::sync::{Arc, Condvar, Mutex};
+    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
     pub(crate) mod atomic {
-        pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+        pub(crate) use std::sync::atomic::{
+            fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+        };
     }
 }
 
@@ -27,6 +29,7 @@ pub(crate) mod cell {
         }
 
         /// Calls `f` with a mutable raw pointer to the contents.
+        #[allow(dead_code)]
         #[inline(always)]
         pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
             f(self.0.get())
@@ -35,6 +38,8 @@ pub(crate) mod cell {
 }
 
 pub(crate) mod hint {
+    pub(crate) use crossbeam_utils::Backoff;
+
     /// One round of waiting for another thread: a spin hint for the first
     /// rounds, then `sched_yield`, in case that thread was preempted (a
     /// pure spin could then burn the waiter's whole time slice).

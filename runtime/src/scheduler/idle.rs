@@ -14,9 +14,14 @@
 //! searcher to find work wakes one more sleeper if work is still queued, so
 //! a burst spreads to every worker without one wake-up per spawn (which
 //! cost an eventfd write and a context switch each: `benches/rt_spawn.rs`).
+//!
+//! Modeled with loom (`scheduler/tests/loom_idle.rs`): this file, driven by
+//! a copy of the worker's steps and a mock of the epoll sleep, with a spawn
+//! or a remote wake-up racing a worker's decision to sleep; a task left
+//! queued while every worker sleeps is reported as a deadlock.
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use crate::loom::sync::atomic::{fence, AtomicUsize, Ordering};
+use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The set of sleeping workers.
 pub(crate) struct Idle {
@@ -24,7 +29,7 @@ pub(crate) struct Idle {
     /// `sleepers.len()`, readable without the lock.
     count: AtomicUsize,
     /// Workers woken and still looking for work.
-    pub(crate) searching: AtomicUsize,
+    searching: AtomicUsize,
 }
 
 impl Idle {
@@ -36,17 +41,34 @@ impl Idle {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<usize>> {
         self.sleepers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Worker `w` is about to sleep.
+    /// Worker `w` is about to sleep: the caller re-checks every source of
+    /// work after this returns, and sleeps only if it found none. Its last
+    /// step is the sleeper's SeqCst fence (module docs).
     pub(crate) fn announce(&self, w: usize) {
         let mut s = self.lock();
         if !s.contains(&w) {
             s.push(w);
         }
         self.count.store(s.len(), Ordering::SeqCst);
+        drop(s);
+        fence(Ordering::SeqCst);
+    }
+
+    /// A worker woke and looks for work: spawns meanwhile need not wake
+    /// anyone else (module docs).
+    pub(crate) fn start_searching(&self) {
+        self.searching.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A searching worker's next pick is done. True if it was the last
+    /// searcher (which, having found work, wakes another sleeper if work is
+    /// still queued).
+    pub(crate) fn stop_searching(&self) -> bool {
+        self.searching.fetch_sub(1, Ordering::SeqCst) == 1
     }
 
     /// Takes one sleeper to wake, if any and if no worker is searching.

@@ -29,11 +29,29 @@
 //! # Waking and sleeping
 //!
 //! A worker with nothing to do announces itself idle ([`idle::Idle`]),
-//! re-checks every source of work, and only then sleeps on its
-//! [`park::Parker`], whose token keeps a wake-up sent in between. A spawn
-//! wakes at most one sleeping worker; a remote wake-up wakes the coroutine's
-//! home worker if it sleeps. The park token protocol of coroutines is in
-//! `park.rs`; both are loom-modeled.
+//! re-checks every source of work, and only then sleeps in its driver's
+//! `epoll_wait` (`driver.rs`). A wake-up is an eventfd write, whose edge
+//! stays pending until the next poll, so one sent in between is kept. A
+//! spawn wakes at most one sleeping worker; a remote wake-up wakes the
+//! coroutine's home worker if it sleeps. The park token protocol of
+//! coroutines is in `park.rs`.
+//!
+//! # What loom checks (`scheduler/tests/`)
+//!
+//! - `loom_park.rs`: the coroutine park token ([`park::ParkState`]) and the
+//!   watchdog's and trimmer's sleep token ([`park::Parker`]).
+//! - `loom_idle.rs`: the workers' sleep/wake decision: the sleeper
+//!   bookkeeping of `idle.rs` (production code), driven by the steps of the
+//!   worker loop (announce, re-check, sleep, search; `Local::sleep` and
+//!   `Local::stop_searching`) and of spawns and remote wake-ups
+//!   (`Shared::notify_one`, `Shared::notify_worker`). Those steps are
+//!   copied into the model, so a change to them must be copied there; the
+//!   queues (crossbeam's) and the epoll sleep are mocks.
+//! - `loom_join.rs`: the join state; `loom_refcount.rs`: the task
+//!   reference count.
+//!
+//! Not modeled: the rest of the worker loop, crossbeam's queues, the
+//! driver (epoll, eventfd, timers).
 
 mod blocking;
 pub(crate) mod driver;
@@ -41,6 +59,7 @@ mod idle;
 pub(crate) mod join;
 mod local;
 pub(crate) mod park;
+mod refcount;
 mod task;
 mod trimmer;
 mod watchdog;

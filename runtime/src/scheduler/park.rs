@@ -1,6 +1,8 @@
-//! The two sleep protocols of the scheduler: a coroutine parking on its
-//! worker, and a worker thread sleeping when it has nothing to run.
-//! Both are modeled with loom (`scheduler/tests/loom_park.rs`).
+//! Two sleep tokens: a coroutine parking on its worker, and a helper
+//! thread (the watchdog, the trimmer) sleeping until it is needed. Both are
+//! modeled with loom (`scheduler/tests/loom_park.rs`). Workers sleep in
+//! their driver's `epoll_wait` instead (see `idle.rs` and
+//! `scheduler/tests/loom_idle.rs`).
 //!
 //! # Coroutine park/unpark ([`ParkState`])
 //!
@@ -20,13 +22,12 @@
 //!    coroutine itself. No wake-up is lost, and none schedules it twice.
 //! 5. A finished coroutine is `DONE`; unparking it does nothing.
 //!
-//! # Worker sleep ([`Parker`])
+//! # Helper thread sleep ([`Parker`])
 //!
 //! A mutex-protected token and a condvar: `unpark` sets the token and
 //! notifies; `park` waits until the token is set and clears it. An `unpark`
-//! that comes before `park` is kept, so a worker that announced itself idle,
-//! re-checked its queues and found nothing cannot miss a wake-up sent in
-//! between.
+//! that comes before `park` is kept, so a wake-up sent just before the
+//! sleep is not missed.
 
 use crate::loom::sync::atomic::{AtomicU8, Ordering};
 use crate::loom::sync::{Condvar, Mutex};

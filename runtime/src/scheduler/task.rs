@@ -12,12 +12,13 @@ use std::num::{NonZeroU64, NonZeroUsize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use super::join::{JoinState, Outcome};
 use super::park::ParkState;
+use super::refcount::RefCount;
 use super::Shared;
 use crate::stack::Slot;
 
@@ -60,7 +61,7 @@ pub(crate) struct Header {
     pub(crate) shared: SharedHandle,
     /// `TaskRef`s alive (`u32`, as `home` and `key`: a smaller header is a
     /// smaller allocation class for every spawn).
-    refs: AtomicU32,
+    refs: RefCount,
     /// The operations that know the cell's concrete type.
     vtable: &'static Vtable,
 }
@@ -101,7 +102,7 @@ impl Header {
             cancelling: AtomicBool::new(false),
             cancel_in_flight: AtomicBool::new(false),
             shared: init.shared,
-            refs: AtomicU32::new(1),
+            refs: RefCount::new(1),
             vtable,
         }
     }
@@ -329,7 +330,7 @@ impl TaskRef {
         debug_assert!(init.root_thread.is_none(), "a root takes `new_root`");
         let f = Some(f);
         let mut header = Header::new(init, &Cell::<F, T>::VTABLE);
-        *header.refs.get_mut() = 2;
+        header.refs = RefCount::new(2);
         let cell = Box::new(Cell::<F, T> {
             header,
             stack: UnsafeCell::new(stack),
@@ -468,25 +469,16 @@ impl std::ops::Deref for TaskRef {
 
 impl Clone for TaskRef {
     fn clone(&self) -> TaskRef {
-        // Relaxed, as `Arc::clone`: a new reference is made from an existing
-        // one, which already orders everything before it.
-        let old = self.refs.fetch_add(1, Ordering::Relaxed);
-        if old > i32::MAX as u32 {
-            // Two billion handles to one coroutine: leaked in a loop.
-            std::process::abort();
-        }
+        self.refs.increment();
         TaskRef { ptr: self.ptr }
     }
 }
 
 impl Drop for TaskRef {
     fn drop(&mut self) {
-        // Release/Acquire, as `Arc`'s drop: every use through other
-        // references happens before the free.
-        if self.refs.fetch_sub(1, Ordering::Release) != 1 {
+        if !self.refs.decrement() {
             return;
         }
-        fence(Ordering::Acquire);
         // SAFETY: that was the last reference.
         unsafe { (self.vtable.dealloc)(self.ptr) }
     }

@@ -1300,8 +1300,9 @@ impl Local {
             }
         }
         self.steal_singles.set(true);
+        // Announce, then the SeqCst fence (inside `announce`), then the
+        // re-check: the sleeper's half of the Dekker pair in `idle.rs`.
         self.shared.idle.announce(self.index);
-        fence(Ordering::SeqCst);
         self.left_work.set(false);
         let block = !self.has_work();
         if block {
@@ -1321,7 +1322,7 @@ impl Local {
         // Awake again: searching until the next pick finds work, so spawns
         // meanwhile need not wake anyone else.
         self.searching.set(true);
-        self.shared.idle.searching.fetch_add(1, Ordering::SeqCst);
+        self.shared.idle.start_searching();
     }
 
     /// Ends this worker's search. Having found work, the last searcher
@@ -1331,8 +1332,8 @@ impl Local {
         if !self.searching.replace(false) {
             return;
         }
-        let was = self.shared.idle.searching.fetch_sub(1, Ordering::SeqCst);
-        if found && was == 1 && (!self.deque.is_empty() || !self.shared.injector.is_empty()) {
+        let last = self.shared.idle.stop_searching();
+        if found && last && (!self.deque.is_empty() || !self.shared.injector.is_empty()) {
             self.shared.notify_one();
         }
     }

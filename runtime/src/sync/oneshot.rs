@@ -52,16 +52,16 @@
 // polls every millisecond instead. That is a pathological use, and still
 // correct: it only adds latency.
 
-use std::cell::UnsafeCell;
 use std::fmt;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::chan::{recv_timeout_error, try_recv_error, RecvFail};
 use super::wait::{deadline_after, Defer};
+use crate::loom::cell::UnsafeCell;
+use crate::loom::sync::atomic::{AtomicUsize, Ordering};
+use crate::loom::sync::Arc;
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, TryRecvError};
 
@@ -102,10 +102,11 @@ unsafe impl<T: Send> Sync for Inner<T> {}
 
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
-        if *self.state.get_mut() & VALUE != 0 {
+        // Relaxed: `&mut self`, so every other access happened before.
+        if self.state.load(Ordering::Relaxed) & VALUE != 0 {
             // SAFETY: `VALUE` set means the cell holds an untaken value, and
             // `&mut self` means nobody else can reach it.
-            unsafe { self.value.get_mut().assume_init_drop() };
+            self.value.with_mut(|v| unsafe { (*v).assume_init_drop() });
         }
     }
 }
@@ -141,7 +142,7 @@ impl<T> Sender<T> {
         let inner = &*self.inner;
         // SAFETY: before `COMPLETE` only the sender touches the cell, and
         // there is one sender (`send` consumes it; `COMPLETE` is not set).
-        unsafe { (*inner.value.get()).write(t) };
+        inner.value.with_mut(|v| unsafe { (*v).write(t) });
         // Release: publishes the value (and the end of our slot use) to the
         // receiver's Acquire loads. Acquire: pairs with the receiver's
         // Release when it set `WAKER_SET` (the waker is written).
@@ -152,7 +153,7 @@ impl<T> Sender<T> {
             inner.state.fetch_and(!VALUE, Ordering::Relaxed);
             // SAFETY: we wrote the cell above and just cleared `VALUE`;
             // the receiver is gone, so nobody else can take it.
-            return Err(unsafe { (*inner.value.get()).assume_init_read() });
+            return Err(inner.value.with_mut(|v| unsafe { (*v).assume_init_read() }));
         }
         wake_if_waiting(inner, prev);
         Ok(())
@@ -172,7 +173,7 @@ fn wake_if_waiting<T>(inner: &Inner<T>, prev: usize) {
         // SAFETY: `WAKER_SET` was set before `COMPLETE`, so the slot holds a
         // waker and is now ours (step 2): no receiver CAS succeeds once
         // `COMPLETE` is set.
-        let waker = unsafe { (*inner.waker.get()).take() };
+        let waker = inner.waker.with_mut(|w| unsafe { (*w).take() });
         if let Some(w) = waker {
             w.wake();
         }
@@ -261,7 +262,10 @@ impl<T> Receiver<T> {
             return Some(Err(RecvFail::Disconnected));
         }
         // SAFETY: we cleared `VALUE`, so the written value is ours alone.
-        Some(Ok(unsafe { (*self.inner.value.get()).assume_init_read() }))
+        Some(Ok(self
+            .inner
+            .value
+            .with_mut(|v| unsafe { (*v).assume_init_read() })))
     }
 
     /// Protocol step 1: puts the caller's waker in the slot.
@@ -290,7 +294,7 @@ impl<T> Receiver<T> {
         }
         // SAFETY: `WAKER_BUSY` is ours, and with `WAKER_SET` clear the
         // sender will not look at the slot (step 1).
-        unsafe { *self.inner.waker.get() = Some(waker) };
+        self.inner.waker.with_mut(|w| unsafe { *w = Some(waker) });
         // Release: publishes the waker to the sender's Acquire `fetch_or`.
         let prev = state.fetch_xor(WAKER_BUSY | WAKER_SET, Ordering::AcqRel);
         if prev & COMPLETE != 0 {
@@ -298,7 +302,7 @@ impl<T> Receiver<T> {
             // slot is still ours, so empty it.
             // SAFETY: as just said; no receiver CAS succeeds after
             // `COMPLETE`.
-            drop(unsafe { (*self.inner.waker.get()).take() });
+            drop(self.inner.waker.with_mut(|w| unsafe { (*w).take() }));
             return Register::Complete;
         }
         Register::Done
@@ -323,7 +327,7 @@ impl<T> Receiver<T> {
         // SAFETY: the CAS took `WAKER_SET` away before `COMPLETE`, so the
         // sender will not look (step 2), and `WAKER_BUSY` keeps other
         // receivers out (step 1).
-        drop(unsafe { (*self.inner.waker.get()).take() });
+        drop(self.inner.waker.with_mut(|w| unsafe { (*w).take() }));
         // Release: the slot is free again, for the next owner's Acquire.
         state.fetch_and(!WAKER_BUSY, Ordering::Release);
         true

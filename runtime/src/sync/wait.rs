@@ -48,14 +48,16 @@
 //! crossbeam-channel's `zero.rs` hands a stack `Packet` over the same way
 //! (a final `ready` store, after which the other side may free it).
 
-use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use crate::loom::cell::UnsafeCell;
+use crate::loom::hint::{backoff, Backoff};
+use crate::loom::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use crate::loom::sync::{Mutex, MutexGuard};
 use crate::stack::NoFaultSection;
 
 /// One parked coroutine or thread, in some primitive's queue.
@@ -167,20 +169,27 @@ impl<V> Node<V> {
     pub(crate) fn settle(&self) {
         let mut spins = 0u32;
         while self.state.load(Ordering::Acquire) == NOTIFIED {
+            // A spin hint, then `yield_now` after 64 rounds: the notifier
+            // is a thread the OS preempted mid-wake.
+            backoff(spins);
             spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                // The notifier is a thread the OS preempted mid-wake.
-                std::thread::yield_now();
-            }
         }
     }
 
     /// The value a notifier handed over, if any. Call only once the node
     /// is the caller's alone again (step 3), which `&mut` stands for.
     pub(crate) fn take_value(&mut self) -> Option<V> {
-        self.value.get_mut().take()
+        // SAFETY: `&mut self`: the node is ours alone (step 3).
+        self.value.with_mut(|v| unsafe { (*v).take() })
+    }
+}
+
+/// Under loom, dropping a node checks that every access of a notifier to it
+/// happened before (step 3): loom reports a causality violation otherwise.
+#[cfg(greenstack_loom)]
+impl<V> Drop for Node<V> {
+    fn drop(&mut self) {
+        self.state.with_mut(|_| ());
     }
 
     /// [`take_value`](Self::take_value) through a shared reference, for an
@@ -244,10 +253,11 @@ impl<V> NodePtr<V> {
         // queue's lock and can no longer find the pointer.
         let target = unsafe {
             if value.is_some() {
-                *(*node).value.get() = value;
+                (*node).value.with_mut(|v| *v = value);
             }
-            let target = (*(*node).target.get())
-                .take()
+            let target = (*node)
+                .target
+                .with_mut(|t| (*t).take())
                 .expect("a queued node has its wake target");
             // Release: pairs with the Acquire in `Node::wait`.
             (*node).state.store(NOTIFIED, Ordering::Release);
@@ -441,7 +451,7 @@ impl<S> SpinLock<S> {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            let backoff = crossbeam_utils::Backoff::new();
+            let backoff = Backoff::new();
             while self.locked.load(Ordering::Relaxed) {
                 backoff.snooze();
             }
@@ -464,14 +474,14 @@ impl<S> std::ops::Deref for SpinGuard<'_, S> {
     type Target = S;
     fn deref(&self) -> &S {
         // SAFETY: we hold the lock, so nobody else reaches the value.
-        unsafe { &*self.lock.value.get() }
+        self.lock.value.with(|v| unsafe { &*v })
     }
 }
 
 impl<S> std::ops::DerefMut for SpinGuard<'_, S> {
     fn deref_mut(&mut self) -> &mut S {
         // SAFETY: we hold the lock, so nobody else reaches the value.
-        unsafe { &mut *self.lock.value.get() }
+        self.lock.value.with_mut(|v| unsafe { &mut *v })
     }
 }
 

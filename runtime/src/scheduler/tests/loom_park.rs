@@ -77,8 +77,9 @@ fn loom_two_unparkers_schedule_once() {
     });
 }
 
-/// A worker that announced itself idle and found nothing sleeps on its
-/// parker; a wake-up sent at any point before or during that sleep ends it.
+/// A thread that found nothing to do sleeps on its parker (the watchdog,
+/// the trimmer; workers sleep in epoll, see `loom_idle.rs`); a wake-up sent
+/// at any point before or during that sleep ends it.
 #[test]
 fn loom_worker_parker_keeps_early_wakeup() {
     loom::model(|| {

@@ -1,0 +1,5 @@
+//! Model tests of the sync primitives' synchronization (built only with
+//! `--cfg greenstack_loom`: see `lib.rs`).
+
+mod loom_oneshot;
+mod loom_wait;
