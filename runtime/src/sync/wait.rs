@@ -182,15 +182,6 @@ impl<V> Node<V> {
         // SAFETY: `&mut self`: the node is ours alone (step 3).
         self.value.with_mut(|v| unsafe { (*v).take() })
     }
-}
-
-/// Under loom, dropping a node checks that every access of a notifier to it
-/// happened before (step 3): loom reports a causality violation otherwise.
-#[cfg(greenstack_loom)]
-impl<V> Drop for Node<V> {
-    fn drop(&mut self) {
-        self.state.with_mut(|_| ());
-    }
 
     /// [`take_value`](Self::take_value) through a shared reference, for an
     /// unwind guard that only has one.
@@ -202,7 +193,16 @@ impl<V> Drop for Node<V> {
     /// - No other reference reads or writes the value meanwhile.
     pub(crate) unsafe fn take_value_shared(&self) -> Option<V> {
         // SAFETY: by the contract nobody else touches the cell.
-        unsafe { (*self.value.get()).take() }
+        self.value.with_mut(|v| unsafe { (*v).take() })
+    }
+}
+
+/// Under loom, dropping a node checks that every access of a notifier to it
+/// happened before (step 3): loom reports a causality violation otherwise.
+#[cfg(greenstack_loom)]
+impl<V> Drop for Node<V> {
+    fn drop(&mut self) {
+        self.state.with_mut(|_| ());
     }
 }
 
