@@ -18,6 +18,18 @@ step "the stack tests again with the mprotect fallback forced"
 GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults \
     --test stack_inject --test stack_signals --test stack_signals_chain --test stack_signals_actions
 
+step "the use-after-free scenarios under valgrind memcheck (a runtime that unwound, a panicking subscriber, an abandoned stack)"
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+unwind_bin=$(cargo test --locked --test rt_unwind --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+for scenario in a_detached_result_that_panics_on_drop_does_not_unwind_the_worker \
+    a_joiners_waker_that_panics_does_not_unwind_the_worker \
+    a_subscriber_that_panics_in_new_span_costs_only_the_span \
+    shutdown_abandons_a_destructor_still_waiting_at_the_timeout; do
+    GREENSTACK_UNWIND_CHILD=$scenario valgrind -q --error-exitcode=99 \
+        "$unwind_bin" "$scenario" --exact --test-threads=1 --quiet
+done
+
 step "benches, one pass each in test mode"
 cargo test --locked --benches
 
