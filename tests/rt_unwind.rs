@@ -7,7 +7,7 @@
 //! Each scenario that could crash or hang before its fix runs in a child
 //! process (this binary re-run with `CHILD_ENV` set) under the hang guard,
 //! and the parent checks how it ended. The use-after-free scenarios are
-//! also the ones to run under valgrind (README, "Testing").
+//! also run under valgrind memcheck by `scripts/test-all.sh`.
 
 mod common;
 
