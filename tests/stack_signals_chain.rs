@@ -601,3 +601,80 @@ fn sent_segv_reraised_by_previous_handler_kills_by_sigsegv() {
     );
     assert!(!stdout.contains("survived"), "{stdout}");
 }
+
+/// Sends `sig` to this thread with `rt_tgsigqueueinfo` (allowed for our
+/// own process with any code), carrying `code` and `word` as the first
+/// word of the union: `si_addr` for a fault code, `si_pid | si_uid << 32`
+/// for a sent one.
+fn queue_self(sig: libc::c_int, code: libc::c_int, word: usize) {
+    // SAFETY: a zeroed siginfo, its union's first word (offset 16 on
+    // x86-64) written through a pointer into it; rt_tgsigqueueinfo to our
+    // own thread.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        info.si_signo = sig;
+        info.si_code = code;
+        let p = (&mut info as *mut libc::siginfo_t).cast::<u8>().add(16);
+        p.cast::<usize>().write_unaligned(word);
+        let rc = libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            libc::gettid(),
+            sig,
+            &mut info as *mut libc::siginfo_t,
+        );
+        assert_eq!(rc, 0, "rt_tgsigqueueinfo failed");
+    }
+}
+
+/// Child: inside a coroutine, a SIGSEGV sent with `sigqueue` semantics
+/// whose sender pid and uid, read as an address, fall 64 bytes below the
+/// committed floor; a user's handler is installed before ours.
+fn ids_in_slot_child() {
+    set_segv(None, 0, &[]);
+    let arena = arena();
+    greenstack::stack::prepare_thread().unwrap();
+    let mut co = Coroutine::with_stack(
+        arena.allocate().unwrap(),
+        |_: &corosensei::Yielder<(), ()>, ()| {
+            let here = {
+                let local = black_box(0u8);
+                &local as *const u8 as usize
+            };
+            let floor = testing::floor_of(here).expect("on an arena slot");
+            queue_self(libc::SIGSEGV, libc::SI_QUEUE, floor - 64);
+            (floor, testing::floor_of(here).unwrap())
+        },
+    );
+    let CoroutineResult::Return((before, after)) = co.resume(()) else {
+        unreachable!()
+    };
+    println!(
+        "RESULT runs={} code={} grown={}",
+        USER_RUNS.load(Ordering::SeqCst),
+        USER_SAW_CODE.load(Ordering::SeqCst),
+        (after != before) as u8
+    );
+}
+
+/// A sent SIGSEGV (`SI_QUEUE`; `SI_USER` and `SI_TKILL` alike) whose
+/// `si_pid | si_uid << 32`, read as `si_addr`, lies below a live slot's
+/// floor reaches the previous handler and grows nothing (before the fix
+/// it was taken for a growth fault: the stack grew and the signal was
+/// swallowed; in the hard guard it was reported as an overflow).
+#[test]
+fn sent_segv_whose_sender_ids_fall_in_a_slot_reaches_previous_handler() {
+    let name = "sent_segv_whose_sender_ids_fall_in_a_slot_reaches_previous_handler";
+    match child_scenario().as_deref() {
+        Some("ids") => return ids_in_slot_child(),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "ids");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    assert!(
+        stdout.contains(&format!("RESULT runs=1 code={} grown=0", libc::SI_QUEUE)),
+        "the sent SIGSEGV was taken for a growth fault:\n{stdout}"
+    );
+}

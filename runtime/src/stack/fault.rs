@@ -11,6 +11,7 @@
 //! 2. [`handle`] reads the fault address and looks it up in [`TABLE`], a
 //!    fixed array of class address ranges published with Release stores. No
 //!    "current coroutine" is consulted: the slot is `(addr - base) / stride`.
+//!    A signal someone sent (`si_code <= 0`) skips to step 7.
 //! 3. Not in any class: if the kernel raised the signal itself because it
 //!    could not push another signal's frame, grow the slot under the
 //!    interrupted stack pointer by [`SIGFRAME_ROOM`], report the lost signal
@@ -341,7 +342,9 @@ extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut lib
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     let sp = stack_pointer(ctx);
-    if handle_ours(sig, addr, code, sp, ctx) {
+    // A signal sent with kill, raise, sigqueue, tgkill... (si_code <= 0)
+    // is never a fault of ours: its "address" is the sender's pid and uid.
+    if code > 0 && handle_ours(sig, addr, code, sp, ctx) {
         // SAFETY: restoring this thread's errno slot.
         unsafe { *libc::__errno_location() = saved_errno };
         return;
