@@ -681,10 +681,15 @@ unsafe fn call_previous(
             f(sig, info, ctx);
         }
     } else {
-        // SAFETY: a plain handler takes the signal number only.
+        // SAFETY: a handler installed without SA_SIGINFO is declared with
+        // one argument, but the kernel passes it (sig, info, ctx) on x86-64
+        // (and some old handlers read the context); under the C calling
+        // convention of x86-64 and aarch64 extra arguments in registers are
+        // harmless to a callee that takes fewer.
         unsafe {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(h);
-            f(sig);
+            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                std::mem::transmute(h);
+            f(sig, info, ctx);
         }
     }
     // SAFETY: restoring the mask saved above.
