@@ -287,9 +287,17 @@ fn in_nofault_section() -> bool {
     NOFAULT_DEPTH.with(|d| d.get() > 0)
 }
 
-/// The SIGSEGV action that was installed before ours, for chaining.
+/// The SIGSEGV action `install_handler` read just before installing ours:
+/// what the handler chains to until [`PREV_SEGV`] is published (the few
+/// instructions between our `sigaction` and that publication).
+static PREV_SEGV_READ: OnceLock<libc::sigaction> = OnceLock::new();
+/// The SIGSEGV action ours replaced, as the installing `sigaction` returned
+/// it: if another thread installed a handler between our read and our
+/// install, it is this one, and it is chained to, not lost.
 static PREV_SEGV: OnceLock<libc::sigaction> = OnceLock::new();
-/// The SIGBUS action that was installed before ours, for chaining.
+/// As [`PREV_SEGV_READ`], for SIGBUS.
+static PREV_BUS_READ: OnceLock<libc::sigaction> = OnceLock::new();
+/// As [`PREV_SEGV`], for SIGBUS.
 static PREV_BUS: OnceLock<libc::sigaction> = OnceLock::new();
 /// Set when a chained SIGSEGV has used up a previous `SA_RESETHAND`
 /// handler: from then on chaining applies the default action, as the
@@ -299,31 +307,60 @@ static PREV_SEGV_SPENT: AtomicBool = AtomicBool::new(false);
 static PREV_BUS_SPENT: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
 
+/// Test-only: called once by [`install_handler`] between reading the
+/// previous SIGSEGV action and installing ours (0: none), so a test can
+/// install a handler in exactly that window, as another thread could.
+static INSTALL_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the function [`install_handler`] calls between reading the previous
+/// action and installing ours (tests only).
+pub(crate) fn set_install_hook(hook: fn()) {
+    INSTALL_HOOK.store(hook as usize, Ordering::Release);
+}
+
 /// Installs the handler for SIGSEGV and SIGBUS, once per process. No other
 /// signal's action is read or changed (module docs, "Other signals").
+///
+/// One `sigaction` call installs ours and returns the action it replaced,
+/// so a handler another thread installs at the same moment is either
+/// replaced and chained to, or installed after ours (and must chain to us):
+/// never overwritten and forgotten. The action read just before is
+/// published first, so a signal taken between the install and the
+/// publication of the replaced action still has something to chain to.
 pub(crate) fn install_handler() -> io::Result<()> {
     let r = INSTALLED.get_or_init(|| {
         // SAFETY: getauxval only reads the auxiliary vector.
         let frame = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
         let frame = if frame == 0 { FALLBACK_FRAME } else { frame };
         FRAME_NEED.store(RED_ZONE + frame + 64, Ordering::Relaxed);
-        for (sig, prev) in [(libc::SIGSEGV, &PREV_SEGV), (libc::SIGBUS, &PREV_BUS)] {
+        for (sig, read, prev) in [
+            (libc::SIGSEGV, &PREV_SEGV_READ, &PREV_SEGV),
+            (libc::SIGBUS, &PREV_BUS_READ, &PREV_BUS),
+        ] {
             // SAFETY: plain sigaction calls with valid, zero-initialized
-            // structs. We save the previous action before installing ours, so
-            // the handler never runs without something to chain to.
+            // structs.
             unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                let mut seen: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut seen) != 0 {
                     return Err(errno());
                 }
-                let _ = prev.set(old);
+                let _ = read.set(seen);
+                let hook = INSTALL_HOOK.swap(0, Ordering::AcqRel);
+                if hook != 0 {
+                    // SAFETY: only `set_install_hook` stores here, from a
+                    // `fn()`.
+                    let hook: fn() = std::mem::transmute(hook);
+                    hook();
+                }
                 let mut new: libc::sigaction = std::mem::zeroed();
                 new.sa_sigaction = handle as *const () as usize;
                 new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut new.sa_mask);
-                if libc::sigaction(sig, &new, std::ptr::null_mut()) != 0 {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &new, &mut old) != 0 {
                     return Err(errno());
                 }
+                let _ = prev.set(old);
             }
         }
         Ok(())
@@ -589,9 +626,9 @@ enum Prev<'a> {
 /// - `info` and `ctx` must be the kernel's arguments to this handler.
 unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let (prev, spent) = if sig == libc::SIGBUS {
-        (PREV_BUS.get(), &PREV_BUS_SPENT)
+        (PREV_BUS.get().or(PREV_BUS_READ.get()), &PREV_BUS_SPENT)
     } else {
-        (PREV_SEGV.get(), &PREV_SEGV_SPENT)
+        (PREV_SEGV.get().or(PREV_SEGV_READ.get()), &PREV_SEGV_SPENT)
     };
     let what = match prev {
         None => Prev::Default,
