@@ -34,32 +34,56 @@
 //!    Counters: `growth_faults`, `bytes_grown`, `committed`, and
 //!    `violations` if the thread is inside a no-fault section. If the kernel
 //!    refuses the growth, report that the stack cannot grow and `abort`.
-//! 7. Chain to the action that was installed before ours ([`chain`]):
+//! 7. Chain to the action that was installed before ours ([`chain`]). A
+//!    signal sent with `kill`, `raise`, `sigqueue`... (`si_code <= 0`)
+//!    comes here straight from step 2, whatever its address: for those,
+//!    `si_addr` is really the sender's pid and uid, which may fall in a
+//!    slot. Whether a fault comes again when the instruction runs again is
+//!    not guessed from `si_code` or `trapno` (a self-sent signal may carry
+//!    any positive code, some codes are asynchronous, another thread may
+//!    fix the page before the retry, a lost frame may carry a stale
+//!    `trapno`): the handler waits to see the same fault come back. "The
+//!    same" is signal, code, address, program counter and a digest of all
+//!    integer registers, remembered per thread ([`repeated`]).
 //!    - a handler: call it as the kernel would have, with its `sa_mask`
-//!      (and the signal itself unless `SA_NODEFER`) blocked for the call.
+//!      (and the signal itself unless `SA_NODEFER`) blocked for the call,
+//!      with `(sig, info, ctx)` even if it lacks `SA_SIGINFO`.
 //!      `SA_RESETHAND` cannot reset the process's action (that would
 //!      uninstall ours), so it is kept per signal here: the first chained
-//!      signal calls the handler, later ones get the default action.
-//!    - `SIG_DFL` (or a spent `SA_RESETHAND` handler), for a fault that
-//!      repeats when the instruction runs again (`si_code > 0` other than
-//!      `SI_KERNEL`, or a hardware exception): install `SIG_DFL` and
-//!      return, so the fault repeats and kills the process with the
-//!      original signal and context, as before.
-//!    - `SIG_DFL` for a signal that does not repeat (sent with `kill`,
-//!      `raise`, `sigqueue`: `si_code <= 0`; or a kernel-forced one): the
-//!      default action, termination, is what was asked for. Done at once:
-//!      install `SIG_DFL`, re-send the signal to this thread, unblock it.
-//!      If the process survives that (a tracer suppressed it), the action
-//!      that was installed is put back, so `SIG_DFL` never stays.
-//!    - `SIG_IGN`: a sent signal is ignored; a fault is treated as under
-//!      `SIG_DFL` (the kernel kills for an ignored fault too).
+//!      signal calls the handler, later ones get the default action. If
+//!      the handler reset the action to `SIG_DFL` (std's overflow reporter
+//!      does, for any fault that is not a guard-page hit, expecting the
+//!      fault to come again and kill), the action that was installed
+//!      before the call is put back, unless the same fault had come back
+//!      from the last one it was put back for: then `SIG_DFL` stays and
+//!      the retry kills the process with the original signal and context.
+//!      So std's reporter runs twice for a real fault. Never left for a
+//!      sent signal, nor if the handler raised the signal again to die by
+//!      it (it is pending: `SIG_DFL` stays, the kernel delivers it).
+//!    - `SIG_DFL` (or a spent `SA_RESETHAND` handler), for a fault: the
+//!      first time, return with ours installed; if it comes back the same,
+//!      install `SIG_DFL` and return, so the retry kills the process with
+//!      the original signal and context, as before. A fault that does not
+//!      come back (a self-sent one with a positive code, an asynchronous
+//!      machine-check report, a page another thread fixed in between) is
+//!      thus dropped: the process lives on with stack growth working.
+//!    - `SIG_DFL` for a signal that does not repeat (sent: `si_code <= 0`;
+//!      or forced by the kernel: `SI_KERNEL` without a hardware exception):
+//!      the default action, termination, is what was asked for. Done at
+//!      once: install `SIG_DFL`, re-send the signal to this thread,
+//!      unblock it. If the process survives that (a tracer suppressed it),
+//!      the action that was installed is put back, so `SIG_DFL` never
+//!      stays.
+//!    - `SIG_IGN`: a sent signal is ignored; anything else is treated as
+//!      under `SIG_DFL` (the kernel kills for an ignored fault too).
 //!
-//!    A sent SIGSEGV therefore never uninstalls ours: the handler we call
-//!    may reset the action to `SIG_DFL` (std's overflow reporter does, for
-//!    any signal that is not a guard-page hit), and then the action that was
-//!    installed before the call is put back, because a sent signal will not
-//!    come again to kill the process as that reset expects (unless the
-//!    handler raised it again to die by it: then it stays `SIG_DFL`).
+//!    A signal that does not come again therefore never uninstalls ours,
+//!    whatever the guess about it. One window remains, inherent to
+//!    chaining a handler that resets the action (std's does): between its
+//!    reset to `SIG_DFL` and the put-back a few instructions later, a
+//!    growth fault on *another* thread meets `SIG_DFL` and kills the
+//!    process. It takes a SIGSEGV or SIGBUS that is not ours (a sent one,
+//!    or a real fault of the program) while another thread grows a stack.
 //!
 //! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`,
 //! `sigaction`, `pthread_sigmask`, `tgkill` and `abort`, and errno is saved
@@ -496,7 +520,9 @@ handlers of signals that may interrupt coroutines with SA_ONSTACK\n";
 /// again, so it must be chained, never taken for a lost signal. (If a
 /// handler recovered from a #GP earlier on the same thread, a frame lost
 /// later carries that stale 13 and is chained too: the previous handler
-/// gets it, or the process ends as under `SIG_DFL`.)
+/// gets it, or under `SIG_DFL` it is dropped, since it does not come back;
+/// the lost signal is then not reported and the stack not grown, and the
+/// process runs on with ours installed.)
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn hardware_exception(ctx: *mut libc::c_void) -> bool {
     // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
@@ -643,32 +669,99 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
     };
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
-    // Sent with kill, raise, sigqueue, tgkill... (SI_FROMUSER): no fault
-    // will come again once this returns.
-    let sent = code <= 0;
-    let repeats = !sent && (code != libc::SI_KERNEL || hardware_exception(ctx));
+    // Sent with kill, raise, sigqueue, tgkill... (SI_FROMUSER), or forced
+    // by the kernel without a faulting instruction (a signal frame it
+    // could not write): nothing comes again once this returns.
+    let once = code <= 0 || (code == libc::SI_KERNEL && !hardware_exception(ctx));
     match what {
         Prev::Handler(p) => {
             let before = current_action(sig);
             // SAFETY: `p` is the action the kernel gave us as the previous
             // one; `info` and `ctx` are the kernel's.
             unsafe { call_previous(sig, p, info, ctx) };
-            if !repeats {
+            // A handler that reset the action to SIG_DFL expects the fault
+            // to come again and kill. Put ours back the first time: a
+            // guess that it will come again can be wrong (module docs,
+            // step 7). The second time the same fault comes back, leave
+            // SIG_DFL: the retry kills, with the fault's own context.
+            if once || !repeated(sig, info, ctx) {
                 put_back_if_reset(sig, &before);
             }
         }
-        Prev::Ignore if sent => {}
+        Prev::Ignore if code <= 0 => {}
         Prev::Ignore | Prev::Default => {
-            if repeats {
+            if once {
+                terminate_now(sig);
+            } else if repeated(sig, info, ctx) {
                 // The instruction faults again and the kernel applies the
                 // default action (for SIGSEGV, SIG_IGN on a fault also
                 // kills), with the fault's own context in the core.
                 set_default(sig);
-            } else {
-                terminate_now(sig);
             }
+            // Else return with ours installed: a fault comes back as the
+            // same fault (then the branch above), anything else is done.
         }
     }
+}
+
+/// A fault as seen by the handler: signal, code, address and the
+/// interrupted registers. An instruction that faults again after the
+/// handler returned gives the same one; the pieces are kept apart, but the
+/// registers only as a digest.
+type FaultId = [usize; 4];
+
+thread_local! {
+    /// The last fault on this thread that chaining let run again with ours
+    /// installed, though the action before ours would have ended the
+    /// process ([`repeated`]). Const-initialized, no destructor: the
+    /// handler may use it. Per thread, so the thread id is implied.
+    static LAST_CHAINED: Cell<FaultId> = const { Cell::new([0; 4]) };
+}
+
+/// Whether this fault is the one chaining let run again last on this
+/// thread (it came back: the retry faulted the same way). If not, it is
+/// remembered, and the caller lets it run again with ours installed.
+fn repeated(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) -> bool {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let id = [
+        (sig as u32 as usize) << 32 | code as u32 as usize,
+        addr,
+        program_counter(ctx),
+        register_digest(ctx),
+    ];
+    LAST_CHAINED.with(|c| c.replace(id)) == id
+}
+
+/// A digest of the interrupted general registers (all of them, stack
+/// pointer and flags included), so that a fault taken again at the same
+/// instruction in a loop, with other values, is not taken for a retry.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn register_digest(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    let gregs = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs };
+    // REG_R8..=REG_EFL: the sixteen integer registers, the program counter
+    // and the flags (the rest is segment and trap state).
+    digest(gregs[..=libc::REG_EFL as usize].iter().map(|&r| r as usize))
+}
+
+/// As on x86-64: x0..x30, sp, pc, pstate.
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn register_digest(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    let m = unsafe { &(*(ctx as *const libc::ucontext_t)).uc_mcontext };
+    digest(m.regs.iter().map(|&r| r as usize).chain([
+        m.sp as usize,
+        m.pc as usize,
+        m.pstate as usize,
+    ]))
+}
+
+/// FNV-1a over whole words: arithmetic only.
+fn digest(words: impl Iterator<Item = usize>) -> usize {
+    words.fold(0xcbf2_9ce4_8422_2325, |h, w| {
+        (h ^ w).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Calls the previous handler `p` as the kernel would have delivered the
@@ -754,10 +847,10 @@ fn current_action(sig: libc::c_int) -> libc::sigaction {
     }
 }
 
-/// After a handler we called for a signal that will not come again: if it
-/// reset the action to `SIG_DFL` (std's does, expecting a fault to repeat
-/// and kill), put back `before`, the action installed before the call
-/// (ours, or a later handler that chained to us). The swap returns what
+/// After a handler we called: if it reset the action to `SIG_DFL` (std's
+/// does, expecting a fault to repeat and kill), put back `before`, the
+/// action installed before the call (ours, or a later handler that
+/// chained to us). The swap returns what
 /// it replaced; if that is not `SIG_DFL`, another thread installed a
 /// handler in between, and it is put back in turn, so a concurrent
 /// `sigaction` is never left undone.
@@ -839,6 +932,22 @@ fn stack_pointer(ctx: *mut libc::c_void) -> usize {
 fn stack_pointer(ctx: *mut libc::c_void) -> usize {
     // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
     unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.sp as usize }
+}
+
+/// The interrupted program counter, from the signal's machine context.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn program_counter(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    unsafe {
+        (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+    }
+}
+
+/// The interrupted program counter, from the signal's machine context.
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn program_counter(ctx: *mut libc::c_void) -> usize {
+    // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
+    unsafe { (*(ctx as *const libc::ucontext_t)).uc_mcontext.pc as usize }
 }
 
 /// This thread's alternate signal stack, if we installed it.
