@@ -85,9 +85,10 @@
 //!    process. It takes a SIGSEGV or SIGBUS that is not ours (a sent one,
 //!    or a real fault of the program) while another thread grows a stack.
 //!
-//! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`,
-//! `sigaction`, `pthread_sigmask`, `tgkill` and `abort`, and errno is saved
-//! and restored around the handler.
+//! Every step uses only atomics, const-initialized thread-locals without
+//! destructors, arithmetic, `madvise`, `mprotect`, `write`, `sigaction`,
+//! `sigpending`, `pthread_sigmask`, `tgkill` and `abort`, and errno is
+//! saved and restored around the handler.
 //!
 //! A handler a user installs *after* ours replaces it. It must then chain:
 //! install with `SA_ONSTACK | SA_SIGINFO`, keep the action `sigaction`
