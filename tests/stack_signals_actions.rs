@@ -232,3 +232,65 @@ fn handler_installed_during_runtime_starts_is_not_reverted() {
         "handlers installed during runtime starts were rewritten:\n{stdout}"
     );
 }
+
+/// SIGSEGVs the handler installed in the install window saw.
+static SEGV_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// The handler another thread installs while ours is being installed.
+extern "C" fn on_segv(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    SEGV_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Installs [`on_segv`] for SIGSEGV: run by the stack handler's install
+/// between reading the previous action and installing its own, where
+/// another thread's `sigaction` could land.
+fn install_segv_in_window() {
+    // SAFETY: a zeroed, then filled, sigaction; the handler has the
+    // SA_SIGINFO signature.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_segv as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// A SIGSEGV handler installed (by another thread) while the stack handler
+/// is being installed is the action ours replaced, and is chained to: a
+/// sent SIGSEGV reaches it. Before the fix the install read the action,
+/// then wrote ours in a second call, so a handler installed in between was
+/// overwritten and never chained (the signal went to the action read
+/// first, std's).
+#[test]
+fn handler_installed_while_ours_installs_is_chained() {
+    let name = "handler_installed_while_ours_installs_is_chained";
+    if child_scenario().as_deref() == Some("window") {
+        greenstack::stack::testing::set_install_hook(install_segv_in_window);
+        let _arena = greenstack::stack::StackArena::builder()
+            .stack_size(1 << 20)
+            .build()
+            .unwrap();
+        let ours = action(libc::SIGSEGV).0 != on_segv as *const () as usize;
+        // SAFETY: raise to our own thread; the chain hands it on.
+        assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+        println!(
+            "RESULT ours_installed={} runs={}",
+            ours as u8,
+            SEGV_RUNS.load(Ordering::SeqCst)
+        );
+        return;
+    }
+    let out = run_child(name, "window");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("RESULT ours_installed=1 runs=1"),
+        "the handler installed during ours was lost:\n{stdout}"
+    );
+}

@@ -16,6 +16,14 @@
 //!   stack pointer just above a coroutine's floor reaches the previous
 //!   handler, or kills the process by SIGSEGV, without being taken for a
 //!   lost signal frame.
+//! - A signal that carries a fault code but does not come again (sent to
+//!   the process itself; a lost frame carrying the stale trap number of a
+//!   recovered #GP) leaves the stack handler installed, whatever the
+//!   previous action did (before the fix: exit by SIGSEGV at the next
+//!   growth fault).
+//! - A sent SIGSEGV whose sender ids read as an address in a live slot is
+//!   chained, not taken for a growth fault.
+//! - A previous handler without `SA_SIGINFO` gets the siginfo and context.
 //!
 //! Each scenario runs in a child process (this binary re-executed for one
 //! test); the parent checks how it ended and what it printed.
@@ -131,8 +139,9 @@ extern "C" fn reraise_handler(sig: libc::c_int) {
     }
 }
 
-/// Sets the SIGSEGV action before the runtime: `handler` (with `flags` and
-/// `mask`, plus `SA_SIGINFO`), or `SIG_DFL`/`SIG_IGN` given as `raw`.
+/// Sets the SIGSEGV action before the runtime: the user's handler (with
+/// `flags` and `mask`, plus `SA_SIGINFO`), or `raw` (`SIG_DFL`, `SIG_IGN`
+/// or another handler) with `flags` and `mask`.
 fn set_segv(raw: Option<usize>, flags: libc::c_int, mask: &[libc::c_int]) {
     // SAFETY: a zeroed, then filled, sigaction; the handler has the
     // SA_SIGINFO signature.
@@ -143,7 +152,10 @@ fn set_segv(raw: Option<usize>, flags: libc::c_int, mask: &[libc::c_int]) {
             libc::sigaddset(&mut sa.sa_mask, s);
         }
         match raw {
-            Some(h) => sa.sa_sigaction = h,
+            Some(h) => {
+                sa.sa_sigaction = h;
+                sa.sa_flags = flags;
+            }
             None => {
                 sa.sa_sigaction = user_handler as *const () as usize;
                 sa.sa_flags = libc::SA_SIGINFO | flags;
@@ -600,4 +612,366 @@ fn sent_segv_reraised_by_previous_handler_kills_by_sigsegv() {
         "{stdout}"
     );
     assert!(!stdout.contains("survived"), "{stdout}");
+}
+
+/// The SIGSEGV or SIGBUS handler installed now.
+fn handler_of(sig: libc::c_int) -> usize {
+    // SAFETY: reading the action into a zeroed struct.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(sig, std::ptr::null(), &mut act), 0);
+        act.sa_sigaction
+    }
+}
+
+/// Sends `sig` to this thread with `rt_tgsigqueueinfo` (allowed for our
+/// own process with any code), carrying `code` and `word` as the first
+/// word of the union: `si_addr` for a fault code, `si_pid | si_uid << 32`
+/// for a sent one.
+fn queue_self(sig: libc::c_int, code: libc::c_int, word: usize) {
+    // SAFETY: a zeroed siginfo, its union's first word (offset 16 on
+    // x86-64) written through a pointer into it; rt_tgsigqueueinfo to our
+    // own thread.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        info.si_signo = sig;
+        info.si_code = code;
+        let p = (&mut info as *mut libc::siginfo_t).cast::<u8>().add(16);
+        p.cast::<usize>().write_unaligned(word);
+        let rc = libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            libc::gettid(),
+            sig,
+            &mut info as *mut libc::siginfo_t,
+        );
+        assert_eq!(rc, 0, "rt_tgsigqueueinfo failed");
+    }
+}
+
+/// `SEGV_MAPERR`, the code of a fault on an unmapped address.
+const SEGV_MAPERR: libc::c_int = 1;
+/// `BUS_MCEERR_AO`: an asynchronous machine-check report (the memory is
+/// not being accessed; nothing repeats).
+const BUS_MCEERR_AO: libc::c_int = 5;
+
+/// Child: SIGSEGV `SEGV_MAPERR` and SIGBUS `BUS_MCEERR_AO` sent to this
+/// thread (no fault behind them, nothing repeats), with std's handler
+/// (`dfl == false`) or `SIG_DFL` before ours; both actions must stay ours
+/// and stacks must still grow.
+fn fault_code_child(dfl: bool) {
+    if dfl {
+        set_segv(Some(libc::SIG_DFL), 0, &[]);
+    }
+    let arena = arena();
+    let (segv, bus) = (handler_of(libc::SIGSEGV), handler_of(libc::SIGBUS));
+    queue_self(libc::SIGSEGV, SEGV_MAPERR, 0x10);
+    queue_self(libc::SIGBUS, BUS_MCEERR_AO, 0x10);
+    println!(
+        "RESULT segv_ours={} bus_ours={}",
+        (handler_of(libc::SIGSEGV) == segv) as u8,
+        (handler_of(libc::SIGBUS) == bus) as u8
+    );
+    grow_deep(&arena);
+}
+
+/// A SIGSEGV or SIGBUS carrying a fault code that does not come again (here
+/// sent to the process itself, which the kernel allows with any code; an
+/// asynchronous `BUS_MCEERR_AO` or a page another thread fixed before the
+/// retry are the same case) leaves the stack handler installed, with std's
+/// handler before ours. Before the fix, std's handler reset the action to
+/// `SIG_DFL`, the chain took the fault code to mean "repeats" and left it
+/// so, and the next growth fault killed the process (exit 139).
+#[test]
+fn non_repeating_fault_code_with_std_handler_keeps_growth_working() {
+    let name = "non_repeating_fault_code_with_std_handler_keeps_growth_working";
+    match child_scenario().as_deref() {
+        Some("code-std") => return fault_code_child(false),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "code-std");
+    assert_lived(&out, "RESULT segv_ours=1 bus_ours=1");
+}
+
+/// As [`non_repeating_fault_code_with_std_handler_keeps_growth_working`],
+/// with `SIG_DFL` before ours (before the fix the chain installed
+/// `SIG_DFL` itself, expecting a repeat).
+#[test]
+fn non_repeating_fault_code_with_sig_dfl_keeps_growth_working() {
+    let name = "non_repeating_fault_code_with_sig_dfl_keeps_growth_working";
+    match child_scenario().as_deref() {
+        Some("code-dfl") => return fault_code_child(true),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "code-dfl");
+    assert_lived(&out, "RESULT segv_ours=1 bus_ours=1");
+}
+
+/// General-protection faults the std-like handler below recovered from.
+static GP_RECOVERED: AtomicUsize = AtomicUsize::new(0);
+/// SIGSEGVs it passed on by resetting the action to `SIG_DFL`, as std's
+/// handler does.
+static RESETS: AtomicUsize = AtomicUsize::new(0);
+
+/// A handler before ours that recovers from its own general-protection
+/// fault (the load [`recoverable_gp`] makes: skips the 3-byte instruction)
+/// and treats every other SIGSEGV as std's does: resets the action to
+/// `SIG_DFL` and returns.
+extern "C" fn gp_recovering_handler(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    // SAFETY: the kernel's siginfo and ucontext for an SA_SIGINFO handler;
+    // the program counter of a #GP points at the faulting instruction,
+    // readable code; signal is async-signal-safe.
+    unsafe {
+        let gregs = &mut (*(ctx as *mut libc::ucontext_t)).uc_mcontext.gregs;
+        let pc = gregs[libc::REG_RIP as usize] as usize;
+        let at_gp_load = std::slice::from_raw_parts(pc as *const u8, 3) == [0x48, 0x8b, 0x00];
+        if (*info).si_code == libc::SI_KERNEL && at_gp_load && GP_ARMED.load(Ordering::SeqCst) {
+            GP_ARMED.store(false, Ordering::SeqCst);
+            gregs[libc::REG_RIP as usize] += 3;
+            GP_RECOVERED.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        RESETS.fetch_add(1, Ordering::SeqCst);
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+    }
+}
+
+/// Set just before [`recoverable_gp`]: the handler recovers once.
+static GP_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Loads from a non-canonical address: a general-protection fault, which
+/// [`gp_recovering_handler`] skips.
+#[inline(never)]
+fn recoverable_gp() {
+    GP_ARMED.store(true, Ordering::SeqCst);
+    // SAFETY: the load faults and the handler skips it; rax is clobbered.
+    unsafe {
+        std::arch::asm!(
+            "mov rax, 0x8000000000000000",
+            "mov rax, qword ptr [rax]",
+            out("rax") _,
+        )
+    }
+}
+
+/// Sends SIGUSR1 to this thread with the `tgkill` system call (no stack
+/// used) while the stack pointer is `sp`.
+///
+/// # Safety
+///
+/// `sp` must be 16-byte aligned, at least 128 bytes (the red zone) below
+/// the caller's stack pointer, and in the caller's stack.
+#[inline(never)]
+unsafe fn tgkill_usr1_at(sp: usize) {
+    // SAFETY: per the contract; `syscall` touches no stack, r12 keeps the
+    // old stack pointer, rcx and r11 are clobbered by the instruction.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {sp}",
+            "syscall",
+            "mov rsp, r12",
+            sp = in(reg) sp,
+            inlateout("rax") libc::SYS_tgkill => _,
+            in("rdi") libc::getpid(),
+            in("rsi") libc::gettid(),
+            in("rdx") libc::SIGUSR1,
+            out("r12") _,
+            out("rcx") _,
+            out("r11") _,
+        )
+    }
+}
+
+/// A SIGUSR1 handler without `SA_ONSTACK`: its frame cannot be written
+/// just above a coroutine's floor.
+extern "C" fn plain_usr1(_sig: libc::c_int) {}
+
+/// Child: on a coroutine, a general-protection fault the previous handler
+/// recovers from, then (no page fault in between, so the thread's trap
+/// number stays 13) SIGUSR1 sent with the stack pointer 1 KiB above the
+/// floor: its frame is lost and the kernel's SIGSEGV carries the stale
+/// trap number of the #GP. Then deep growth.
+fn stale_trapno_child() {
+    set_segv(
+        Some(gp_recovering_handler as *const () as usize),
+        libc::SA_SIGINFO | libc::SA_ONSTACK,
+        &[],
+    );
+    // SAFETY: signal() with a plain handler of the right signature.
+    unsafe { libc::signal(libc::SIGUSR1, plain_usr1 as *const () as usize) };
+    let arena = arena();
+    let ours = handler_of(libc::SIGSEGV);
+    greenstack::stack::prepare_thread().unwrap();
+    let mut co = Coroutine::with_stack(
+        arena.allocate().unwrap(),
+        |_: &corosensei::Yielder<(), ()>, ()| {
+            let here = {
+                let local = black_box(0u8);
+                &local as *const u8 as usize
+            };
+            // Make room below the frame first: growth faults set the trap
+            // number to 14, so none may come after the #GP.
+            let mut floor = testing::floor_of(here).expect("on an arena slot");
+            while here < floor + 16 * 1024 {
+                black_box(use_stack(4));
+                floor = testing::floor_of(here).expect("on an arena slot");
+            }
+            recoverable_gp();
+            // SAFETY: aligned, 1 KiB above the committed floor, far below
+            // our frame, in our slot.
+            unsafe { tgkill_usr1_at((floor + 1024) & !15) };
+        },
+    );
+    assert!(matches!(co.resume(()), CoroutineResult::Return(())));
+    println!(
+        "RESULT gp_recovered={} resets={} ours={}",
+        GP_RECOVERED.load(Ordering::SeqCst),
+        RESETS.load(Ordering::SeqCst),
+        (handler_of(libc::SIGSEGV) == ours) as u8
+    );
+    grow_deep(&arena);
+}
+
+/// A signal frame lost after a recovered general-protection fault carries
+/// the #GP's stale trap number, so it is chained (not taken for a lost
+/// frame): the previous handler resets the action as std's does, and the
+/// stack handler must still be installed afterwards (before the fix, the
+/// stale 13 meant "repeats", `SIG_DFL` stayed, and the next growth fault
+/// killed the process, exit 139).
+#[test]
+fn lost_frame_with_stale_gp_trapno_keeps_growth_working() {
+    let name = "lost_frame_with_stale_gp_trapno_keeps_growth_working";
+    match child_scenario().as_deref() {
+        Some("stale-trapno") => return stale_trapno_child(),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "stale-trapno");
+    assert_lived(&out, "RESULT gp_recovered=1 resets=1 ours=1");
+}
+
+/// Child: inside a coroutine, a SIGSEGV sent with `sigqueue` semantics
+/// whose sender pid and uid, read as an address, fall 64 bytes below the
+/// committed floor; a user's handler is installed before ours.
+fn ids_in_slot_child() {
+    set_segv(None, 0, &[]);
+    let arena = arena();
+    greenstack::stack::prepare_thread().unwrap();
+    let mut co = Coroutine::with_stack(
+        arena.allocate().unwrap(),
+        |_: &corosensei::Yielder<(), ()>, ()| {
+            let here = {
+                let local = black_box(0u8);
+                &local as *const u8 as usize
+            };
+            let floor = testing::floor_of(here).expect("on an arena slot");
+            queue_self(libc::SIGSEGV, libc::SI_QUEUE, floor - 64);
+            (floor, testing::floor_of(here).unwrap())
+        },
+    );
+    let CoroutineResult::Return((before, after)) = co.resume(()) else {
+        unreachable!()
+    };
+    println!(
+        "RESULT runs={} code={} grown={}",
+        USER_RUNS.load(Ordering::SeqCst),
+        USER_SAW_CODE.load(Ordering::SeqCst),
+        (after != before) as u8
+    );
+}
+
+/// A sent SIGSEGV (`SI_QUEUE`; `SI_USER` and `SI_TKILL` alike) whose
+/// `si_pid | si_uid << 32`, read as `si_addr`, lies below a live slot's
+/// floor reaches the previous handler and grows nothing (before the fix
+/// it was taken for a growth fault: the stack grew and the signal was
+/// swallowed; in the hard guard it was reported as an overflow).
+#[test]
+fn sent_segv_whose_sender_ids_fall_in_a_slot_reaches_previous_handler() {
+    let name = "sent_segv_whose_sender_ids_fall_in_a_slot_reaches_previous_handler";
+    match child_scenario().as_deref() {
+        Some("ids") => return ids_in_slot_child(),
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "ids");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    assert!(
+        stdout.contains(&format!("RESULT runs=1 code={} grown=0", libc::SI_QUEUE)),
+        "the sent SIGSEGV was taken for a growth fault:\n{stdout}"
+    );
+}
+
+/// Where the legacy handler below found its arguments: 1 if `info` was the
+/// SIGSEGV's siginfo, 0 if not, -1 before it ran.
+static LEGACY_INFO_OK: AtomicIsize = AtomicIsize::new(-1);
+/// 1 if its `ctx` held the interrupted stack pointer (near [`LEGACY_NEAR`]).
+static LEGACY_CTX_OK: AtomicIsize = AtomicIsize::new(-1);
+/// An address on the stack that raised the signal.
+static LEGACY_NEAR: AtomicUsize = AtomicUsize::new(0);
+
+/// A handler installed without `SA_SIGINFO` that reads the three arguments
+/// the kernel passes on x86-64 anyway, as some old handlers do.
+extern "C" fn legacy_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let near = LEGACY_NEAR.load(Ordering::SeqCst);
+    // SAFETY: the kernel passes the siginfo and ucontext to every x86-64
+    // handler (the stack handler must too); a wrong pointer crashes the
+    // child, which the parent reports.
+    unsafe {
+        let info_ok =
+            !info.is_null() && (*info).si_signo == sig && (*info).si_code == libc::SI_TKILL;
+        LEGACY_INFO_OK.store(info_ok as isize, Ordering::SeqCst);
+        let ctx_ok = !ctx.is_null() && {
+            let sp = (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RSP as usize]
+                as usize;
+            sp < near && near - sp < 64 * 1024
+        };
+        LEGACY_CTX_OK.store(ctx_ok as isize, Ordering::SeqCst);
+    }
+}
+
+/// A previous handler installed without `SA_SIGINFO` is called with the
+/// signal, the siginfo and the context, as the kernel calls it on x86-64
+/// (before the fix it got the signal number only, and whatever the
+/// registers held as the other two).
+#[test]
+fn chained_handler_without_sa_siginfo_gets_info_and_context() {
+    let name = "chained_handler_without_sa_siginfo_gets_info_and_context";
+    match child_scenario().as_deref() {
+        Some("legacy") => {
+            set_segv(Some(legacy_handler as *const () as usize), 0, &[]);
+            let _arena = arena();
+            let local = black_box(0u8);
+            LEGACY_NEAR.store(&local as *const u8 as usize, Ordering::SeqCst);
+            // SAFETY: as in `std_child`.
+            assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+            println!(
+                "RESULT info_ok={} ctx_ok={}",
+                LEGACY_INFO_OK.load(Ordering::SeqCst),
+                LEGACY_CTX_OK.load(Ordering::SeqCst)
+            );
+            return;
+        }
+        Some(_) => return,
+        None => {}
+    }
+    let out = run_child(name, "legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("RESULT info_ok=1 ctx_ok=1"),
+        "the handler without SA_SIGINFO did not get the siginfo and context:\n{stdout}"
+    );
 }

@@ -11,6 +11,7 @@
 //! 2. [`handle`] reads the fault address and looks it up in [`TABLE`], a
 //!    fixed array of class address ranges published with Release stores. No
 //!    "current coroutine" is consulted: the slot is `(addr - base) / stride`.
+//!    A signal someone sent (`si_code <= 0`) skips to step 7.
 //! 3. Not in any class: if the kernel raised the signal itself because it
 //!    could not push another signal's frame, grow the slot under the
 //!    interrupted stack pointer by [`SIGFRAME_ROOM`], report the lost signal
@@ -33,36 +34,61 @@
 //!    Counters: `growth_faults`, `bytes_grown`, `committed`, and
 //!    `violations` if the thread is inside a no-fault section. If the kernel
 //!    refuses the growth, report that the stack cannot grow and `abort`.
-//! 7. Chain to the action that was installed before ours ([`chain`]):
+//! 7. Chain to the action that was installed before ours ([`chain`]). A
+//!    signal sent with `kill`, `raise`, `sigqueue`... (`si_code <= 0`)
+//!    comes here straight from step 2, whatever its address: for those,
+//!    `si_addr` is really the sender's pid and uid, which may fall in a
+//!    slot. Whether a fault comes again when the instruction runs again is
+//!    not guessed from `si_code` or `trapno` (a self-sent signal may carry
+//!    any positive code, some codes are asynchronous, another thread may
+//!    fix the page before the retry, a lost frame may carry a stale
+//!    `trapno`): the handler waits to see the same fault come back. "The
+//!    same" is signal, code, address, program counter and a digest of all
+//!    integer registers, remembered per thread (`chaining.rs`, `repeated`).
 //!    - a handler: call it as the kernel would have, with its `sa_mask`
-//!      (and the signal itself unless `SA_NODEFER`) blocked for the call.
+//!      (and the signal itself unless `SA_NODEFER`) blocked for the call,
+//!      with `(sig, info, ctx)` even if it lacks `SA_SIGINFO`.
 //!      `SA_RESETHAND` cannot reset the process's action (that would
 //!      uninstall ours), so it is kept per signal here: the first chained
-//!      signal calls the handler, later ones get the default action.
-//!    - `SIG_DFL` (or a spent `SA_RESETHAND` handler), for a fault that
-//!      repeats when the instruction runs again (`si_code > 0` other than
-//!      `SI_KERNEL`, or a hardware exception): install `SIG_DFL` and
-//!      return, so the fault repeats and kills the process with the
-//!      original signal and context, as before.
-//!    - `SIG_DFL` for a signal that does not repeat (sent with `kill`,
-//!      `raise`, `sigqueue`: `si_code <= 0`; or a kernel-forced one): the
-//!      default action, termination, is what was asked for. Done at once:
-//!      install `SIG_DFL`, re-send the signal to this thread, unblock it.
-//!      If the process survives that (a tracer suppressed it), the action
-//!      that was installed is put back, so `SIG_DFL` never stays.
-//!    - `SIG_IGN`: a sent signal is ignored; a fault is treated as under
-//!      `SIG_DFL` (the kernel kills for an ignored fault too).
+//!      signal calls the handler, later ones get the default action. If
+//!      the handler reset the action to `SIG_DFL` (std's overflow reporter
+//!      does, for any fault that is not a guard-page hit, expecting the
+//!      fault to come again and kill), the action that was installed
+//!      before the call is put back, unless the same fault had come back
+//!      from the last one it was put back for: then `SIG_DFL` stays and
+//!      the retry kills the process with the original signal and context.
+//!      So std's reporter runs twice for a real fault. Never left for a
+//!      sent signal, nor if the handler raised the signal again to die by
+//!      it (it is pending: `SIG_DFL` stays, the kernel delivers it).
+//!    - `SIG_DFL` (or a spent `SA_RESETHAND` handler), for a fault: the
+//!      first time, return with ours installed; if it comes back the same,
+//!      install `SIG_DFL` and return, so the retry kills the process with
+//!      the original signal and context, as before. A fault that does not
+//!      come back (a self-sent one with a positive code, an asynchronous
+//!      machine-check report, a page another thread fixed in between) is
+//!      thus dropped: the process lives on with stack growth working.
+//!    - `SIG_DFL` for a signal that does not repeat (sent: `si_code <= 0`;
+//!      or forced by the kernel: `SI_KERNEL` without a hardware exception):
+//!      the default action, termination, is what was asked for. Done at
+//!      once: install `SIG_DFL`, re-send the signal to this thread,
+//!      unblock it. If the process survives that (a tracer suppressed it),
+//!      the action that was installed is put back, so `SIG_DFL` never
+//!      stays.
+//!    - `SIG_IGN`: a sent signal is ignored; anything else is treated as
+//!      under `SIG_DFL` (the kernel kills for an ignored fault too).
 //!
-//!    A sent SIGSEGV therefore never uninstalls ours: the handler we call
-//!    may reset the action to `SIG_DFL` (std's overflow reporter does, for
-//!    any signal that is not a guard-page hit), and then the action that was
-//!    installed before the call is put back, because a sent signal will not
-//!    come again to kill the process as that reset expects (unless the
-//!    handler raised it again to die by it: then it stays `SIG_DFL`).
+//!    A signal that does not come again therefore never uninstalls ours,
+//!    whatever the guess about it. One window remains, inherent to
+//!    chaining a handler that resets the action (std's does): between its
+//!    reset to `SIG_DFL` and the put-back a few instructions later, a
+//!    growth fault on *another* thread meets `SIG_DFL` and kills the
+//!    process. It takes a SIGSEGV or SIGBUS that is not ours (a sent one,
+//!    or a real fault of the program) while another thread grows a stack.
 //!
-//! Every step uses only atomics, arithmetic, `madvise`, `mprotect`, `write`,
-//! `sigaction`, `pthread_sigmask`, `tgkill` and `abort`, and errno is saved
-//! and restored around the handler.
+//! Every step uses only atomics, const-initialized thread-locals without
+//! destructors, arithmetic, `madvise`, `mprotect`, `write`, `sigaction`,
+//! `sigpending`, `pthread_sigmask`, `tgkill` and `abort`, and errno is
+//! saved and restored around the handler.
 //!
 //! A handler a user installs *after* ours replaces it. It must then chain:
 //! install with `SA_ONSTACK | SA_SIGINFO`, keep the action `sigaction`
@@ -115,6 +141,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::class::{errno, Class};
+
+mod chaining;
+use chaining::chain;
 
 /// How many classes can be registered at once across all arenas.
 const TABLE_LEN: usize = 64;
@@ -286,9 +315,17 @@ fn in_nofault_section() -> bool {
     NOFAULT_DEPTH.with(|d| d.get() > 0)
 }
 
-/// The SIGSEGV action that was installed before ours, for chaining.
+/// The SIGSEGV action `install_handler` read just before installing ours:
+/// what the handler chains to until [`PREV_SEGV`] is published (the few
+/// instructions between our `sigaction` and that publication).
+static PREV_SEGV_READ: OnceLock<libc::sigaction> = OnceLock::new();
+/// The SIGSEGV action ours replaced, as the installing `sigaction` returned
+/// it: if another thread installed a handler between our read and our
+/// install, it is this one, and it is chained to, not lost.
 static PREV_SEGV: OnceLock<libc::sigaction> = OnceLock::new();
-/// The SIGBUS action that was installed before ours, for chaining.
+/// As [`PREV_SEGV_READ`], for SIGBUS.
+static PREV_BUS_READ: OnceLock<libc::sigaction> = OnceLock::new();
+/// As [`PREV_SEGV`], for SIGBUS.
 static PREV_BUS: OnceLock<libc::sigaction> = OnceLock::new();
 /// Set when a chained SIGSEGV has used up a previous `SA_RESETHAND`
 /// handler: from then on chaining applies the default action, as the
@@ -298,31 +335,60 @@ static PREV_SEGV_SPENT: AtomicBool = AtomicBool::new(false);
 static PREV_BUS_SPENT: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
 
+/// Test-only: called once by [`install_handler`] between reading the
+/// previous SIGSEGV action and installing ours (0: none), so a test can
+/// install a handler in exactly that window, as another thread could.
+static INSTALL_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the function [`install_handler`] calls between reading the previous
+/// action and installing ours (tests only).
+pub(crate) fn set_install_hook(hook: fn()) {
+    INSTALL_HOOK.store(hook as usize, Ordering::Release);
+}
+
 /// Installs the handler for SIGSEGV and SIGBUS, once per process. No other
 /// signal's action is read or changed (module docs, "Other signals").
+///
+/// One `sigaction` call installs ours and returns the action it replaced,
+/// so a handler another thread installs at the same moment is either
+/// replaced and chained to, or installed after ours (and must chain to us):
+/// never overwritten and forgotten. The action read just before is
+/// published first, so a signal taken between the install and the
+/// publication of the replaced action still has something to chain to.
 pub(crate) fn install_handler() -> io::Result<()> {
     let r = INSTALLED.get_or_init(|| {
         // SAFETY: getauxval only reads the auxiliary vector.
         let frame = unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize;
         let frame = if frame == 0 { FALLBACK_FRAME } else { frame };
         FRAME_NEED.store(RED_ZONE + frame + 64, Ordering::Relaxed);
-        for (sig, prev) in [(libc::SIGSEGV, &PREV_SEGV), (libc::SIGBUS, &PREV_BUS)] {
+        for (sig, read, prev) in [
+            (libc::SIGSEGV, &PREV_SEGV_READ, &PREV_SEGV),
+            (libc::SIGBUS, &PREV_BUS_READ, &PREV_BUS),
+        ] {
             // SAFETY: plain sigaction calls with valid, zero-initialized
-            // structs. We save the previous action before installing ours, so
-            // the handler never runs without something to chain to.
+            // structs.
             unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                let mut seen: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut seen) != 0 {
                     return Err(errno());
                 }
-                let _ = prev.set(old);
+                let _ = read.set(seen);
+                let hook = INSTALL_HOOK.swap(0, Ordering::AcqRel);
+                if hook != 0 {
+                    // SAFETY: only `set_install_hook` stores here, from a
+                    // `fn()`.
+                    let hook: fn() = std::mem::transmute(hook);
+                    hook();
+                }
                 let mut new: libc::sigaction = std::mem::zeroed();
                 new.sa_sigaction = handle as *const () as usize;
                 new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut new.sa_mask);
-                if libc::sigaction(sig, &new, std::ptr::null_mut()) != 0 {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &new, &mut old) != 0 {
                     return Err(errno());
                 }
+                let _ = prev.set(old);
             }
         }
         Ok(())
@@ -341,7 +407,9 @@ extern "C" fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut lib
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
     let sp = stack_pointer(ctx);
-    if handle_ours(sig, addr, code, sp, ctx) {
+    // A signal sent with kill, raise, sigqueue, tgkill... (si_code <= 0)
+    // is never a fault of ours: its "address" is the sender's pid and uid.
+    if code > 0 && handle_ours(sig, addr, code, sp, ctx) {
         // SAFETY: restoring this thread's errno slot.
         unsafe { *libc::__errno_location() = saved_errno };
         return;
@@ -456,7 +524,9 @@ handlers of signals that may interrupt coroutines with SA_ONSTACK\n";
 /// again, so it must be chained, never taken for a lost signal. (If a
 /// handler recovered from a #GP earlier on the same thread, a frame lost
 /// later carries that stale 13 and is chained too: the previous handler
-/// gets it, or the process ends as under `SIG_DFL`.)
+/// gets it, or under `SIG_DFL` it is dropped, since it does not come back;
+/// the lost signal is then not reported and the stack not grown, and the
+/// process runs on with ours installed.)
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn hardware_exception(ctx: *mut libc::c_void) -> bool {
     // SAFETY: for an SA_SIGINFO handler the third argument is a ucontext_t.
@@ -565,218 +635,6 @@ impl Buf {
             }
         }
         self.put(&digits[k..]);
-    }
-}
-
-/// What chaining does with a signal, from the previous action.
-enum Prev<'a> {
-    /// Call this handler.
-    Handler(&'a libc::sigaction),
-    /// `SIG_DFL`, or a `SA_RESETHAND` handler already used.
-    Default,
-    /// `SIG_IGN`.
-    Ignore,
-}
-
-/// Step 7: hands the signal to whatever was installed before us (module
-/// docs, step 7, for each case).
-///
-/// # Safety
-///
-/// - `info` and `ctx` must be the kernel's arguments to this handler.
-unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let (prev, spent) = if sig == libc::SIGBUS {
-        (PREV_BUS.get(), &PREV_BUS_SPENT)
-    } else {
-        (PREV_SEGV.get(), &PREV_SEGV_SPENT)
-    };
-    let what = match prev {
-        None => Prev::Default,
-        Some(p) if p.sa_sigaction == libc::SIG_DFL => Prev::Default,
-        Some(p) if p.sa_sigaction == libc::SIG_IGN => Prev::Ignore,
-        // The kernel resets an SA_RESETHAND action as it delivers the
-        // signal; the first signal to get here has the one call.
-        Some(p) if p.sa_flags & libc::SA_RESETHAND != 0 && spent.swap(true, Ordering::AcqRel) => {
-            Prev::Default
-        }
-        Some(p) => Prev::Handler(p),
-    };
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let code = unsafe { (*info).si_code };
-    // Sent with kill, raise, sigqueue, tgkill... (SI_FROMUSER): no fault
-    // will come again once this returns.
-    let sent = code <= 0;
-    let repeats = !sent && (code != libc::SI_KERNEL || hardware_exception(ctx));
-    match what {
-        Prev::Handler(p) => {
-            let before = current_action(sig);
-            // SAFETY: `p` is the action the kernel gave us as the previous
-            // one; `info` and `ctx` are the kernel's.
-            unsafe { call_previous(sig, p, info, ctx) };
-            if !repeats {
-                put_back_if_reset(sig, &before);
-            }
-        }
-        Prev::Ignore if sent => {}
-        Prev::Ignore | Prev::Default => {
-            if repeats {
-                // The instruction faults again and the kernel applies the
-                // default action (for SIGSEGV, SIG_IGN on a fault also
-                // kills), with the fault's own context in the core.
-                set_default(sig);
-            } else {
-                terminate_now(sig);
-            }
-        }
-    }
-}
-
-/// Calls the previous handler `p` as the kernel would have delivered the
-/// signal to it: the interrupted thread's mask plus `p.sa_mask`, plus the
-/// signal itself unless `SA_NODEFER`, blocked during the call; our mask
-/// back afterwards.
-///
-/// # Safety
-///
-/// - `p` must be an action the kernel returned, whose handler is neither
-///   `SIG_DFL` nor `SIG_IGN`.
-/// - `info` and `ctx` must be the kernel's arguments to this handler.
-unsafe fn call_previous(
-    sig: libc::c_int,
-    p: &libc::sigaction,
-    info: *mut libc::siginfo_t,
-    ctx: *mut libc::c_void,
-) {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it. The
-    // interrupted mask is the ucontext's `uc_sigmask`, whose first 64 bits
-    // (all that sigismember reads for signals 1..=64) the kernel wrote.
-    // sigemptyset, sigismember, sigaddset and pthread_sigmask are
-    // async-signal-safe.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe {
-        let interrupted = &(*(ctx as *const libc::ucontext_t)).uc_sigmask;
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in 1..=64 {
-            if libc::sigismember(interrupted, s) == 1 || libc::sigismember(&p.sa_mask, s) == 1 {
-                libc::sigaddset(&mut set, s);
-            }
-        }
-        if p.sa_flags & libc::SA_NODEFER == 0 {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, &mut old);
-    }
-    let h = p.sa_sigaction;
-    if p.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: the previous handler was installed with SA_SIGINFO, so it
-        // has this signature; we pass the kernel's arguments unchanged.
-        unsafe {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                std::mem::transmute(h);
-            f(sig, info, ctx);
-        }
-    } else {
-        // SAFETY: a plain handler takes the signal number only.
-        unsafe {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(h);
-            f(sig);
-        }
-    }
-    // SAFETY: restoring the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-}
-
-/// Whether `sig` is pending for this thread or the process.
-fn pending(sig: libc::c_int) -> bool {
-    // SAFETY: sigpending fills the zeroed set; sigpending and sigismember
-    // are async-signal-safe.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, sig) == 1
-    }
-}
-
-/// The action installed for `sig` now.
-fn current_action(sig: libc::c_int) -> libc::sigaction {
-    // SAFETY: reading an action into a zeroed struct; sigaction is
-    // async-signal-safe.
-    unsafe {
-        let mut cur: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(sig, std::ptr::null(), &mut cur);
-        cur
-    }
-}
-
-/// After a handler we called for a signal that will not come again: if it
-/// reset the action to `SIG_DFL` (std's does, expecting a fault to repeat
-/// and kill), put back `before`, the action installed before the call
-/// (ours, or a later handler that chained to us). The swap returns what
-/// it replaced; if that is not `SIG_DFL`, another thread installed a
-/// handler in between, and it is put back in turn, so a concurrent
-/// `sigaction` is never left undone.
-///
-/// Not if the signal is now pending: the handler reset the action and
-/// raised the signal again (a crash reporter's "restore the default and
-/// re-raise"), which the kernel delivers with `SIG_DFL` as soon as this
-/// handler returns and unblocks it. Putting ours back would hand it to the
-/// same handler again, for ever.
-fn put_back_if_reset(sig: libc::c_int, before: &libc::sigaction) {
-    if before.sa_sigaction == libc::SIG_DFL
-        || current_action(sig).sa_sigaction != libc::SIG_DFL
-        || pending(sig)
-    {
-        return;
-    }
-    // SAFETY: installing actions the kernel returned to us.
-    unsafe {
-        let mut replaced: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(sig, before, &mut replaced);
-        if replaced.sa_sigaction != libc::SIG_DFL {
-            libc::sigaction(sig, &replaced, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Applies the default action of `sig` now, for a signal that will not
-/// repeat: installs `SIG_DFL`, sends `sig` to this thread and unblocks it,
-/// so the kernel terminates the process with `sig` before `pthread_sigmask`
-/// returns. If the process survives (a tracer suppressed the signal, or
-/// another thread installed a handler in between), the action that was
-/// installed is put back.
-///
-fn terminate_now(sig: libc::c_int) {
-    // SAFETY: sigaction, tgkill and pthread_sigmask are async-signal-safe;
-    // every struct is zero-initialized and filled.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
-        let mut was: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(sig, &dfl, &mut was);
-        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), sig);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        // Still here: put back what was installed, unless someone else
-        // changed it since.
-        let mut replaced: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(sig, &was, &mut replaced);
-        if replaced.sa_sigaction != libc::SIG_DFL {
-            libc::sigaction(sig, &replaced, std::ptr::null_mut());
-        }
-    }
-}
-
-fn set_default(sig: libc::c_int) {
-    // SAFETY: installing SIG_DFL with an empty mask is always valid.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
-        libc::sigaction(sig, &dfl, std::ptr::null_mut());
     }
 }
 

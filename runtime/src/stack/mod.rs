@@ -1202,6 +1202,13 @@ pub mod testing {
 
     pub use super::mmap::Fault;
 
+    /// Calls `hook` once, the first time the stack handler is installed,
+    /// between reading the previous SIGSEGV action and installing ours: a
+    /// test installs a handler there, as another thread could.
+    pub fn set_install_hook(hook: fn()) {
+        fault::set_install_hook(hook);
+    }
+
     /// Makes the next `count` operations at `point` fail (process-wide).
     /// `count == 0` clears it.
     pub fn inject_failure(point: Fault, count: u32) {
