@@ -7,8 +7,10 @@
 //!
 //! - **Sleeping.** An idle worker polls with a timeout that ends at its
 //!   earliest timer. Another thread wakes it through [`DriverHandle::unpark`].
-//! - **Timers** live with the worker that armed them, in a binary heap of
-//!   deadlines and wakers. Expired timers wake their coroutine; they never
+//! - **Timers** live with the worker that armed them, in a heap of
+//!   deadlines over a slab of wakers ([`timers`]). A wait that ends before
+//!   its deadline removes its timer, and the waker with it, when its
+//!   coroutine runs again. Expired timers wake their coroutine; they never
 //!   run coroutine code themselves, and no thread but the worker touches
 //!   them.
 //! - **I/O.** A socket is registered (edge-triggered, both directions) with
@@ -54,15 +56,17 @@
 //! parked on one worker while a writer on another waits too): moving it
 //! back and forth would cost two `epoll_ctl` per wait.
 
-use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+mod timers;
+
+use std::cell::RefCell;
 use std::io;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
+
+pub(crate) use timers::TimerKey;
+use timers::Timers;
 
 /// The token of the driver's own eventfd.
 const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -81,12 +85,20 @@ pub(crate) struct DriverHandle {
     /// How many sockets are registered (the slab's live entries), readable
     /// without the lock: a worker with none has no I/O to collect.
     registered: AtomicUsize,
+    /// Armed timers, for the statistics; shared with the [`Driver`], its
+    /// only writer.
+    timers: Arc<AtomicUsize>,
 }
 
 impl DriverHandle {
     /// Whether any socket is registered with this worker.
     pub(crate) fn has_sockets(&self) -> bool {
         self.registered.load(Ordering::Relaxed) > 0
+    }
+
+    /// How many timers the worker has armed (not yet fired or cancelled).
+    pub(crate) fn timers(&self) -> usize {
+        self.timers.load(Ordering::Relaxed)
     }
 }
 
@@ -282,46 +294,13 @@ impl DriverHandle {
     }
 }
 
-/// A timer: wakes `waker` at `deadline` unless cancelled.
-struct Timer {
-    deadline: Instant,
-    seq: u64,
-    waker: Waker,
-    cancelled: Rc<Cell<bool>>,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, o: &Self) -> bool {
-        (self.deadline, self.seq) == (o.deadline, o.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timer {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(o.deadline, o.seq))
-    }
-}
-
-/// Cancels its timer when dropped (the wait ended some other way).
-pub(crate) struct TimerGuard(Rc<Cell<bool>>);
-
-impl Drop for TimerGuard {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
 /// The worker's own half of the driver.
 pub(crate) struct Driver {
     poll: RefCell<mio::Poll>,
     events: RefCell<mio::Events>,
-    timers: RefCell<BinaryHeap<Reverse<Timer>>>,
-    seq: Cell<u64>,
+    timers: RefCell<Timers>,
+    /// `timers`' length, published for [`DriverHandle::timers`].
+    armed: Arc<AtomicUsize>,
     /// Wakers an I/O poll collected, reused from poll to poll (so a poll
     /// allocates nothing).
     woken: RefCell<Vec<Waker>>,
@@ -341,64 +320,74 @@ impl Driver {
                 registry,
                 io: Mutex::new(IoSlab::default()),
                 registered: AtomicUsize::new(0),
+                timers: Arc::new(AtomicUsize::new(0)),
             },
         ))
     }
 
-    /// The worker's driver over the poller from [`pair`](Self::pair).
-    pub(crate) fn new(poll: mio::Poll) -> Driver {
+    /// The worker's driver over the poller from [`pair`](Self::pair), and
+    /// that call's `handle`.
+    pub(crate) fn new(poll: mio::Poll, handle: &DriverHandle) -> Driver {
         Driver {
             poll: RefCell::new(poll),
             events: RefCell::new(mio::Events::with_capacity(256)),
-            timers: RefCell::new(BinaryHeap::new()),
-            seq: Cell::new(0),
+            timers: RefCell::new(Timers::new()),
+            armed: Arc::clone(&handle.timers),
             woken: RefCell::new(Vec::new()),
         }
     }
 
-    /// Arms a timer that wakes `waker` at `deadline`.
-    pub(crate) fn add_timer(&self, deadline: Instant, waker: Waker) -> TimerGuard {
-        let cancelled = Rc::new(Cell::new(false));
-        let seq = self.seq.get();
-        self.seq.set(seq + 1);
-        self.timers.borrow_mut().push(Reverse(Timer {
-            deadline,
-            seq,
-            waker,
-            cancelled: Rc::clone(&cancelled),
-        }));
-        TimerGuard(cancelled)
+    /// Publishes the number of armed timers. Only this worker writes it:
+    /// a plain store, no read-modify-write.
+    fn publish(&self, timers: &Timers) {
+        self.armed.store(timers.len(), Ordering::Relaxed);
+    }
+
+    /// Arms a timer that wakes `waker` at `deadline`; cancel it with
+    /// [`cancel_timer`](Self::cancel_timer) once the wait is over.
+    pub(crate) fn add_timer(&self, deadline: Instant, waker: Waker) -> TimerKey {
+        let mut timers = self.timers.borrow_mut();
+        let key = timers.insert(deadline, waker);
+        self.publish(&timers);
+        key
+    }
+
+    /// Disarms `key`'s timer and drops its waker, if it has not fired.
+    pub(crate) fn cancel_timer(&self, key: TimerKey) {
+        let waker = {
+            let mut timers = self.timers.borrow_mut();
+            let w = timers.cancel(key);
+            self.publish(&timers);
+            w
+        };
+        // Outside the borrow: it may drop the last reference to a task.
+        drop(waker);
     }
 
     /// Wakes every timer whose deadline has passed, in deadline order.
     pub(crate) fn fire_timers(&self) {
-        if self.timers.borrow().is_empty() {
+        if self.timers.borrow().len() == 0 {
             return;
         }
         let now = Instant::now();
         loop {
-            let t = {
-                let mut heap = self.timers.borrow_mut();
-                match heap.peek() {
-                    Some(Reverse(t)) if t.deadline <= now => heap.pop().map(|Reverse(t)| t),
-                    _ => None,
-                }
+            let waker = {
+                let mut timers = self.timers.borrow_mut();
+                let w = timers.pop_expired(now);
+                self.publish(&timers);
+                w
             };
-            let Some(t) = t else { break };
-            if !t.cancelled.get() {
-                t.waker.wake();
-            }
+            let Some(waker) = waker else { break };
+            waker.wake();
         }
     }
 
-    /// How long the worker may sleep: until the earliest live timer.
+    /// How long the worker may sleep: until the earliest timer.
     fn timeout(&self) -> Option<Duration> {
-        let mut heap = self.timers.borrow_mut();
-        while heap.peek().is_some_and(|Reverse(t)| t.cancelled.get()) {
-            heap.pop();
-        }
-        heap.peek()
-            .map(|Reverse(t)| t.deadline.saturating_duration_since(Instant::now()))
+        self.timers
+            .borrow()
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Polls for I/O events, sleeping up to the next timer (or not at all

@@ -437,6 +437,12 @@ impl Runtime {
                 .map(|w| w.started.load(Ordering::Relaxed) as u64)
                 .collect(),
             arena: self.shared.arena.stats(),
+            timers: self
+                .shared
+                .workers
+                .iter()
+                .map(|w| w.driver.timers() as u64)
+                .sum(),
         }
     }
 
@@ -534,6 +540,11 @@ pub struct RuntimeStats {
     pub worker_started: Vec<u64>,
     /// The stack arena's counters.
     pub arena: ArenaStats,
+    /// Timers armed and not yet fired or cancelled, over all workers: one
+    /// per coroutine parked with a deadline (a `sleep`, a `recv_timeout`, a
+    /// socket read with a timeout). A wait that ends before its deadline
+    /// disarms its timer when its coroutine next runs.
+    pub timers: u64,
 }
 
 /// Spawns `f` on `shared`: the local deque on one of its workers, else the

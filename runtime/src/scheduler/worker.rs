@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Injector, Steal, Worker};
 
-use super::driver::{Driver, TimerGuard};
+use super::driver::{Driver, TimerKey};
 use super::local::Map as LocalMap;
 use super::task::{Header, NewTask, SharedHandle, Stack, TaskRef};
 use super::Shared;
@@ -131,10 +131,11 @@ pub(crate) struct Running {
     /// (see `Local::placement`).
     resumes: Cell<u32>,
     resumes_at_spawn: Cell<u32>,
-    /// The timer of a park with a deadline; cancelled when it runs again.
-    /// A `Cell` (taken and set whole), not a `RefCell`: 8 bytes less per
-    /// coroutine, which puts `Running` in a smaller malloc size class.
-    timer: Cell<Option<TimerGuard>>,
+    /// The timer of a park with a deadline; the worker cancels it before
+    /// it resumes the coroutine (`Local::resume`). A `Cell` (taken and set
+    /// whole), not a `RefCell`: 8 bytes less per coroutine, which puts
+    /// `Running` in a smaller malloc size class.
+    timer: Cell<Option<TimerKey>>,
 }
 
 impl Running {
@@ -195,7 +196,6 @@ impl Running {
     /// Resumes the coroutine on this thread until it suspends or returns.
     /// `p` must point to `self`, boxed and kept alive by the caller.
     fn resume(&self, p: *const Running) -> CoroutineResult<Request, bool> {
-        self.timer.take();
         self.resumes.set(self.resumes.get().wrapping_add(1));
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
@@ -610,6 +610,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         tracing::error!(worker = index, error = %e, "cannot set up the signal stack; worker exits");
         return;
     }
+    let driver = Driver::new(poll, &shared.workers[index].driver);
     let local = Local {
         index,
         ws: &*shared.workers[index],
@@ -625,7 +626,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         searching: Cell::new(false),
         seen: RefCell::new(Vec::new()),
         left_work: Cell::new(false),
-        driver: Driver::new(poll),
+        driver,
     };
     WORKER.with(|w| w.set(&local));
     local.ws().running.store(true, Ordering::Release);
@@ -1254,6 +1255,11 @@ impl Local {
             .store(r.header.as_ptr().cast_mut(), Ordering::Release);
         if self.ready.borrow().len() >= PREFETCH_READY {
             self.prefetch_next();
+        }
+        if let Some(t) = r.timer.take() {
+            // The park is over: its timer and waker go now, not at the
+            // deadline.
+            self.driver.cancel_timer(t);
         }
         let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
