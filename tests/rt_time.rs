@@ -313,6 +313,50 @@ fn a_sleeper_does_not_block_its_worker() {
     });
 }
 
+/// Waits with short or zero timeouts on one worker, next to a coroutine
+/// that keeps the worker busy without reading the clock: a zero timeout
+/// reports `Timeout` at once, again and again; timeouts of a few
+/// milliseconds report `Timeout` no earlier than their deadline, though
+/// the worker's kept clock reading (see `greenstack::time`'s module docs)
+/// is stale whenever the busy coroutine has run for a while.
+#[test]
+fn short_timeouts_end_never_early_next_to_a_busy_coroutine() {
+    bounded("short timeouts", || {
+        let rt = runtime(1);
+        rt.spawn(|| {
+            let (_tx, rx) = mpsc::channel::<()>();
+            let busy = greenstack::spawn(|| {
+                let mut x = 0u64;
+                for i in 0..2_000 {
+                    for j in 0..20_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i ^ j));
+                    }
+                    greenstack::yield_now();
+                }
+                x
+            });
+            for _ in 0..1_000 {
+                assert_eq!(
+                    rx.recv_timeout(Duration::ZERO),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                );
+            }
+            for ms in [1u64, 2, 5, 1, 3] {
+                let t = Instant::now();
+                let d = Duration::from_millis(ms);
+                assert_eq!(rx.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout));
+                assert!(t.elapsed() >= d, "recv_timeout({d:?}) ended early");
+                checked_sleep(d);
+            }
+            busy.join().expect("busy coroutine does not panic");
+        })
+        .join()
+        .expect("waiter does not panic");
+        assert_eq!(rt.stats().timers, 0);
+        assert_no_nofault_violations(&rt);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Timers of waits that end early (issue 17, item 12)
 // ---------------------------------------------------------------------------

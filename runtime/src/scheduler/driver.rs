@@ -65,6 +65,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use super::task::{Header, TaskRef};
 pub(crate) use timers::TimerKey;
 use timers::Timers;
 
@@ -301,6 +302,11 @@ pub(crate) struct Driver {
     timers: RefCell<Timers>,
     /// `timers`' length, published for [`DriverHandle::timers`].
     armed: Arc<AtomicUsize>,
+    /// The waker of the last timer cancelled, kept for its coroutine's
+    /// next timed park (see [`add_timer`](Self::add_timer)); dropped when
+    /// another coroutine arms a timer or the worker goes to sleep.
+    /// With the address of the task's header, the waker's identity.
+    spare: RefCell<Option<(*const Header, Waker)>>,
     /// Wakers an I/O poll collected, reused from poll to poll (so a poll
     /// allocates nothing).
     woken: RefCell<Vec<Waker>>,
@@ -328,11 +334,15 @@ impl Driver {
     /// The worker's driver over the poller from [`pair`](Self::pair), and
     /// that call's `handle`.
     pub(crate) fn new(poll: mio::Poll, handle: &DriverHandle) -> Driver {
+        // This thread fires the timers (and so refreshes the reading) from
+        // here on.
+        crate::time::keep_readings();
         Driver {
             poll: RefCell::new(poll),
             events: RefCell::new(mio::Events::with_capacity(256)),
             timers: RefCell::new(Timers::new()),
             armed: Arc::clone(&handle.timers),
+            spare: RefCell::new(None),
             woken: RefCell::new(Vec::new()),
         }
     }
@@ -343,25 +353,57 @@ impl Driver {
         self.armed.store(timers.len(), Ordering::Relaxed);
     }
 
-    /// Arms a timer that wakes `waker` at `deadline`; cancel it with
-    /// [`cancel_timer`](Self::cancel_timer) once the wait is over.
-    pub(crate) fn add_timer(&self, deadline: Instant, waker: Waker) -> TimerKey {
-        let mut timers = self.timers.borrow_mut();
-        let key = timers.insert(deadline, waker);
-        self.publish(&timers);
+    /// Arms a timer that wakes coroutine `task` at `deadline`; cancel it
+    /// with [`cancel_timer`](Self::cancel_timer) once the wait is over.
+    ///
+    /// The timer holds a waker, that is a counted reference to the task.
+    /// Counting one in and out at every timed park is two locked
+    /// instructions on the task's count; a coroutine that parks with a
+    /// timeout again and again (a `recv_timeout` loop) reuses the waker
+    /// its last cancelled timer held instead: `spare` keeps the waker of
+    /// the last cancel, one per worker, until the next timer armed (for
+    /// its coroutine or another) or the worker's next sleep. So a task
+    /// outlives its coroutine by at most that much.
+    pub(crate) fn add_timer(&self, deadline: Instant, task: &TaskRef) -> TimerKey {
+        let spare = self.spare.borrow_mut().take();
+        let (waker, other) = match spare {
+            Some((h, w)) if h == task.as_ptr() => (w, None),
+            other => (task.waker(), other),
+        };
+        let key = {
+            let mut timers = self.timers.borrow_mut();
+            let key = timers.insert(deadline, waker);
+            self.publish(&timers);
+            key
+        };
+        // Outside the borrows: it may drop the last reference to a task.
+        drop(other);
         key
     }
 
-    /// Disarms `key`'s timer and drops its waker, if it has not fired.
-    pub(crate) fn cancel_timer(&self, key: TimerKey) {
+    /// Disarms `key`'s timer, which `task` armed, if it has not fired, and
+    /// drops its waker (or keeps it as the spare, see
+    /// [`add_timer`](Self::add_timer)).
+    pub(crate) fn cancel_timer(&self, key: TimerKey, task: &TaskRef) {
         let waker = {
             let mut timers = self.timers.borrow_mut();
             let w = timers.cancel(key);
             self.publish(&timers);
             w
         };
-        // Outside the borrow: it may drop the last reference to a task.
-        drop(waker);
+        if let Some(w) = waker {
+            let spare = (task.as_ptr(), w);
+            // The old spare, outside the borrow: it may drop the last
+            // reference to a task.
+            let old = self.spare.borrow_mut().replace(spare);
+            drop(old);
+        }
+    }
+
+    /// Drops the spare waker (the worker is going to sleep).
+    fn drop_spare(&self) {
+        let old = self.spare.borrow_mut().take();
+        drop(old);
     }
 
     /// Wakes every timer whose deadline has passed, in deadline order.
@@ -369,7 +411,9 @@ impl Driver {
         if self.timers.borrow().len() == 0 {
             return;
         }
-        let now = Instant::now();
+        // Kept as the worker's reading: a coroutine this wakes sees its
+        // deadline passed without reading the clock again.
+        let now = crate::time::now();
         loop {
             let waker = {
                 let mut timers = self.timers.borrow_mut();
@@ -387,13 +431,14 @@ impl Driver {
         self.timers
             .borrow()
             .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map(|d| d.saturating_duration_since(crate::time::now()))
     }
 
     /// Polls for I/O events, sleeping up to the next timer (or not at all
     /// with `block == false`), then dispatches events and fires timers.
     pub(crate) fn poll(&self, handle: &DriverHandle, block: bool) {
         let timeout = if block {
+            self.drop_spare();
             self.timeout()
         } else {
             Some(Duration::ZERO)
@@ -403,6 +448,7 @@ impl Driver {
 
     /// As `poll` with `block == true`, but sleeps at most `max`.
     pub(crate) fn poll_at_most(&self, handle: &DriverHandle, max: Duration) {
+        self.drop_spare();
         let timeout = self.timeout().map_or(max, |t| t.min(max));
         self.poll_for(handle, Some(timeout));
     }

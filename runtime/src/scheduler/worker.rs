@@ -1259,7 +1259,7 @@ impl Local {
         if let Some(t) = r.timer.take() {
             // The park is over: its timer and waker go now, not at the
             // deadline.
-            self.driver.cancel_timer(t);
+            self.driver.cancel_timer(t, &r.header);
         }
         let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
@@ -1269,8 +1269,7 @@ impl Local {
                 if r.header.park.commit_park() {
                     bump(&ws.parks);
                     if let Some(d) = deadline {
-                        let waker = r.header.waker();
-                        r.timer.set(Some(self.driver.add_timer(d, waker)));
+                        r.timer.set(Some(self.driver.add_timer(d, &r.header)));
                     }
                 } else {
                     self.ready.borrow_mut().push_back(key);
