@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 /// short timeout (`recv_timeout(Duration::ZERO)` to poll, a few hundred
 /// microseconds) then ends without a park. 1 ms: the resolution of
 /// `epoll_wait`'s timeout, below which a park would be woken late anyway.
-const NEAR: Duration = Duration::from_millis(1);
+pub(crate) const NEAR: Duration = Duration::from_millis(1);
 
 /// Answers "not passed" from a reading in a row before [`expired`] reads
 /// the clock anyway (see the module docs, case 2).
@@ -53,6 +53,9 @@ const REREAD_AFTER: u32 = 16;
 thread_local! {
     /// A worker thread's latest clock reading; `None` on other threads.
     static READING: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// `READING + NEAR`: [`expired`] answers "not passed" from the reading
+    /// for deadlines after it (computed once per reading, not per answer).
+    static HORIZON: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Answers [`expired`] has given from `READING` since it was taken.
     static ANSWERS: Cell<u32> = const { Cell::new(0) };
 }
@@ -66,8 +69,21 @@ thread_local! {
 /// Makes the calling thread keep clock readings for [`expired`]: call on a
 /// worker thread, whose driver fires its timers (module docs).
 pub(crate) fn keep_readings() {
-    READING.set(Some(Instant::now()));
+    store(Instant::now());
+}
+
+/// Keeps `t` as the thread's latest reading.
+#[inline]
+fn store(t: Instant) {
+    READING.set(Some(t));
+    HORIZON.set(t.checked_add(NEAR));
     ANSWERS.set(0);
+}
+
+/// The worker thread's latest reading (`None` on other threads).
+#[inline]
+pub(crate) fn reading() -> Option<Instant> {
+    READING.get()
 }
 
 /// `Instant::now()`, kept as the worker thread's latest reading.
@@ -75,8 +91,7 @@ pub(crate) fn keep_readings() {
 pub(crate) fn now() -> Instant {
     let t = Instant::now();
     if READING.get().is_some() {
-        READING.set(Some(t));
-        ANSWERS.set(0);
+        store(t);
     }
     t
 }
@@ -91,7 +106,7 @@ pub(crate) fn expired(deadline: Option<Instant>) -> bool {
     };
     match READING.get() {
         Some(at) if at >= d => true,
-        Some(at) if at + NEAR < d && ANSWERS.get() < REREAD_AFTER => {
+        Some(_) if HORIZON.get().is_some_and(|h| h < d) && ANSWERS.get() < REREAD_AFTER => {
             ANSWERS.set(ANSWERS.get() + 1);
             false
         }

@@ -58,7 +58,7 @@
 
 mod timers;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,6 +66,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::task::{Header, TaskRef};
+use crate::time::NEAR;
 pub(crate) use timers::TimerKey;
 use timers::Timers;
 
@@ -306,7 +307,9 @@ pub(crate) struct Driver {
     /// next timed park (see [`add_timer`](Self::add_timer)); dropped when
     /// another coroutine arms a timer or the worker goes to sleep.
     /// With the address of the task's header, the waker's identity.
-    spare: RefCell<Option<(*const Header, Waker)>>,
+    spare: Cell<Option<(*const Header, Waker)>>,
+    /// The thread's clock reading as `fire_timers` last saw it (see there).
+    seen: Cell<Option<Instant>>,
     /// Wakers an I/O poll collected, reused from poll to poll (so a poll
     /// allocates nothing).
     woken: RefCell<Vec<Waker>>,
@@ -342,7 +345,8 @@ impl Driver {
             events: RefCell::new(mio::Events::with_capacity(256)),
             timers: RefCell::new(Timers::new()),
             armed: Arc::clone(&handle.timers),
-            spare: RefCell::new(None),
+            spare: Cell::new(None),
+            seen: Cell::new(None),
             woken: RefCell::new(Vec::new()),
         }
     }
@@ -365,7 +369,7 @@ impl Driver {
     /// its coroutine or another) or the worker's next sleep. So a task
     /// outlives its coroutine by at most that much.
     pub(crate) fn add_timer(&self, deadline: Instant, task: &TaskRef) -> TimerKey {
-        let spare = self.spare.borrow_mut().take();
+        let spare = self.spare.take();
         let (waker, other) = match spare {
             Some((h, w)) if h == task.as_ptr() => (w, None),
             other => (task.waker(), other),
@@ -395,25 +399,43 @@ impl Driver {
             let spare = (task.as_ptr(), w);
             // The old spare, outside the borrow: it may drop the last
             // reference to a task.
-            let old = self.spare.borrow_mut().replace(spare);
+            let old = self.spare.replace(Some(spare));
             drop(old);
         }
     }
 
     /// Drops the spare waker (the worker is going to sleep).
     fn drop_spare(&self) {
-        let old = self.spare.borrow_mut().take();
+        let old = self.spare.take();
         drop(old);
     }
 
     /// Wakes every timer whose deadline has passed, in deadline order.
+    ///
+    /// A busy worker calls this every few runs (every 8th, `next_work`).
+    /// When a coroutine has read the clock since the last call (a timed
+    /// wait taking its deadline does), that reading is at most those few
+    /// runs old; if it puts the earliest deadline more than `NEAR` (1 ms)
+    /// ahead, nothing is due unless those runs took longer than that, and
+    /// the call skips its own clock read. (A timer due then fires one call
+    /// later; with no fresh reading every call reads the clock.) In a
+    /// 1-worker `recv_timeout` ping-pong this was a clock read every 4
+    /// round trips.
     pub(crate) fn fire_timers(&self) {
-        if self.timers.borrow().len() == 0 {
+        let Some(next) = self.timers.borrow().next_deadline() else {
             return;
+        };
+        let reading = crate::time::reading();
+        if reading != self.seen.get() {
+            self.seen.set(reading);
+            if reading.is_some_and(|at| at + NEAR < next) {
+                return;
+            }
         }
         // Kept as the worker's reading: a coroutine this wakes sees its
         // deadline passed without reading the clock again.
         let now = crate::time::now();
+        self.seen.set(Some(now));
         loop {
             let waker = {
                 let mut timers = self.timers.borrow_mut();
@@ -428,10 +450,11 @@ impl Driver {
 
     /// How long the worker may sleep: until the earliest timer.
     fn timeout(&self) -> Option<Duration> {
-        self.timers
-            .borrow()
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(crate::time::now()))
+        let next = self.timers.borrow().next_deadline()?;
+        let now = crate::time::now();
+        // Not a fresh reading for the `fire_timers` after the sleep.
+        self.seen.set(Some(now));
+        Some(next.saturating_duration_since(now))
     }
 
     /// Polls for I/O events, sleeping up to the next timer (or not at all

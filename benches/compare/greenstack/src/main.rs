@@ -414,6 +414,43 @@ fn main() -> std::io::Result<()> {
                 ],
             );
         }
+        "timeout_cost" => {
+            // `timed_pingpong` with and without `recv_timeout(60 s)`, in
+            // alternating blocks of `n` round trips (default 200k), `reps`
+            // blocks each (default 15), in one process: the fastest block
+            // of each is the one least disturbed by other load on the
+            // machine, and their ratio is what the timeout costs a wait.
+            let n = args.get("n", 200_000);
+            let reps = args.get("reps", 15);
+            let rt = Runtime::builder().workers(workers).build()?;
+            let timeout = Some(Duration::from_secs(60));
+            timed_pingpong(&rt, 10_000, None);
+            timed_pingpong(&rt, 10_000, timeout);
+            let (mut plain, mut timed) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let (t, ops) = timed_pingpong(&rt, n, None);
+                plain.push(t.as_nanos() as f64 / ops as f64);
+                let (t, ops) = timed_pingpong(&rt, n, timeout);
+                timed.push(t.as_nanos() as f64 / ops as f64);
+            }
+            let stats = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                (v[0], v[v.len() / 2])
+            };
+            let ((pmin, pmed), (tmin, tmed)) = (stats(&mut plain), stats(&mut timed));
+            report(
+                PEER,
+                &args,
+                &[
+                    ("recv_ns_min", format!("{pmin:.1}")),
+                    ("recv_ns_median", format!("{pmed:.1}")),
+                    ("recv_timeout_ns_min", format!("{tmin:.1}")),
+                    ("recv_timeout_ns_median", format!("{tmed:.1}")),
+                    ("ratio_min", format!("{:.3}", tmin / pmin)),
+                    ("ratio_median", format!("{:.3}", tmed / pmed)),
+                ],
+            );
+        }
         "tcp_echo" => {
             let rt = Runtime::builder().workers(workers).build()?;
             let (ns, iters) = tcp_echo(&rt, n, args.get("trips", 100), budget);

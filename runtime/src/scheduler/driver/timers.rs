@@ -72,15 +72,10 @@ impl TimerKey {
     }
 }
 
-/// A heap entry: what the heap orders by, and where the waker is. Two
-/// `u64`s and no padding: an `Instant` (12 bytes of 16) made the copies
-/// that sifting does span padding the arming had not written, and the
-/// load that followed waited for the stores to retire (a failed store
-/// forward: `perf annotate` put 59% of `sift_up` on it).
+/// A heap entry: what the heap orders by, and where the waker is.
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The deadline, in nanoseconds after `Timers::base` (saturating).
-    at: u64,
+    deadline: Instant,
     /// The arming order's low 32 bits (ties of equal deadlines: two timers
     /// 2^32 armings apart with the same nanosecond deadline do not occur),
     /// then the slot index (`Timers::slots`).
@@ -89,7 +84,7 @@ struct Entry {
 
 impl Entry {
     fn before(&self, o: &Entry) -> bool {
-        (self.at, self.tie_slot) < (o.at, o.tie_slot)
+        (self.deadline, self.tie_slot) < (o.deadline, o.tie_slot)
     }
 
     fn slot(&self) -> usize {
@@ -110,11 +105,9 @@ struct Slot {
 
 /// One worker's timers (see the module docs).
 pub(crate) struct Timers {
-    /// A 4-ary min-heap by `(at, tie_slot)`; entry `i`'s slot has
+    /// A 4-ary min-heap by `(deadline, tie_slot)`; entry `i`'s slot has
     /// `pos == i`.
     heap: Vec<Entry>,
-    /// Where deadlines count from.
-    base: Instant,
     slots: Vec<Slot>,
     /// Head of the free-slot list threaded through `Slot::pos`.
     free: u32,
@@ -127,7 +120,6 @@ impl Timers {
     pub(crate) fn new() -> Timers {
         Timers {
             heap: Vec::new(),
-            base: Instant::now(),
             slots: Vec::new(),
             free: NONE,
             seq: 0,
@@ -166,7 +158,7 @@ impl Timers {
         let seq = self.seq;
         self.seq = seq.wrapping_add(1);
         let e = Entry {
-            at: self.nanos(deadline),
+            deadline,
             tie_slot: (u64::from(seq) << 32) | u64::from(slot),
         };
         self.heap.push(e);
@@ -186,25 +178,16 @@ impl Timers {
         Some(self.remove_at(pos))
     }
 
-    /// `t` in nanoseconds after `base`: 0 before it, `u64::MAX` (584
-    /// years) at most.
-    fn nanos(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// The earliest deadline (to the nanosecond; one past 584 years from
-    /// the first timer reads as then).
+    /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.heap
-            .first()
-            .map(|e| self.base + std::time::Duration::from_nanos(e.at))
+        self.heap.first().map(|e| e.deadline)
     }
 
     /// Disarms the earliest timer if its deadline is at or before `now`,
     /// and returns its waker.
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<Waker> {
         match self.heap.first() {
-            Some(e) if e.at <= self.nanos(now) => Some(self.remove_at(0)),
+            Some(e) if e.deadline <= now => Some(self.remove_at(0)),
             _ => None,
         }
     }
@@ -231,7 +214,10 @@ impl Timers {
 
     /// Places `e`, meant for the hole at `pos`, at or above it. The sifts
     /// take the moving entry by value and write it once, at its place:
-    /// reading it back from a slot just written stalls (see [`Entry`]).
+    /// reading back an entry just written stalled (an `Instant` is 12
+    /// bytes in 16, so a copy loads padding the store had not written,
+    /// and the load waits for the store to retire: `perf annotate` put
+    /// 59% of `sift_up` there).
     fn sift_up(&mut self, mut pos: usize, e: Entry) {
         while pos > 0 {
             let parent = (pos - 1) / ARITY;
@@ -309,7 +295,6 @@ mod tests {
     fn heap_matches_a_model() {
         let live = Arc::new(AtomicUsize::new(0));
         let mut t = Timers::new();
-        // After the heap's own base: deadlines convert exactly.
         let base = Instant::now();
         // Model: (deadline ms, seq) -> id; ids' keys (None once gone).
         let mut model: BTreeMap<(u64, u64), usize> = BTreeMap::new();
