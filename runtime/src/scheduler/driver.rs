@@ -8,9 +8,10 @@
 //! - **Sleeping.** An idle worker polls with a timeout that ends at its
 //!   earliest timer. Another thread wakes it through [`DriverHandle::unpark`].
 //! - **Timers** live with the worker that armed them, in a heap of
-//!   deadlines over a slab of wakers ([`timers`]). A wait that ends before
-//!   its deadline removes its timer, and the waker with it, when its
-//!   coroutine runs again. Expired timers wake their coroutine; they never
+//!   deadlines over a slab of wakers ([`timers`]), at most one per
+//!   coroutine: a wait that ends before its deadline leaves its timer for
+//!   the coroutine's next wait to move or disarm, and its end disarms it
+//!   ([`Driver::arm`]). Expired timers wake their coroutine; they never
 //!   run coroutine code themselves, and no thread but the worker touches
 //!   them.
 //! - **I/O.** A socket is registered (edge-triggered, both directions) with
@@ -65,7 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::task::{Header, TaskRef};
+use super::task::TaskRef;
 use crate::time::NEAR;
 pub(crate) use timers::TimerKey;
 use timers::Timers;
@@ -303,11 +304,6 @@ pub(crate) struct Driver {
     timers: RefCell<Timers>,
     /// `timers`' length, published for [`DriverHandle::timers`].
     armed: Arc<AtomicUsize>,
-    /// The waker of the last timer cancelled, kept for its coroutine's
-    /// next timed park (see [`add_timer`](Self::add_timer)); dropped when
-    /// another coroutine arms a timer or the worker goes to sleep.
-    /// With the address of the task's header, the waker's identity.
-    spare: Cell<Option<(*const Header, Waker)>>,
     /// The thread's clock reading as `fire_timers` last saw it (see there).
     seen: Cell<Option<Instant>>,
     /// Wakers an I/O poll collected, reused from poll to poll (so a poll
@@ -345,7 +341,6 @@ impl Driver {
             events: RefCell::new(mio::Events::with_capacity(256)),
             timers: RefCell::new(Timers::new()),
             armed: Arc::clone(&handle.timers),
-            spare: Cell::new(None),
             seen: Cell::new(None),
             woken: RefCell::new(Vec::new()),
         }
@@ -357,57 +352,61 @@ impl Driver {
         self.armed.store(timers.len(), Ordering::Relaxed);
     }
 
-    /// Arms a timer that wakes coroutine `task` at `deadline`; cancel it
-    /// with [`cancel_timer`](Self::cancel_timer) once the wait is over.
+    /// Sets the timer of coroutine `task`, which has just parked until
+    /// `deadline` (`None`: no deadline); `old` is the timer its previous
+    /// timed wait left armed, if any. Returns the timer to keep with the
+    /// coroutine (`Running::timer`) for its next park, or for
+    /// [`disarm`](Self::disarm) when it finishes.
     ///
-    /// The timer holds a waker, that is a counted reference to the task.
-    /// Counting one in and out at every timed park is two locked
-    /// instructions on the task's count; a coroutine that parks with a
-    /// timeout again and again (a `recv_timeout` loop) reuses the waker
-    /// its last cancelled timer held instead: `spare` keeps the waker of
-    /// the last cancel, one per worker, until the next timer armed (for
-    /// its coroutine or another) or the worker's next sleep. So a task
-    /// outlives its coroutine by at most that much.
-    pub(crate) fn add_timer(&self, deadline: Instant, task: &TaskRef) -> TimerKey {
-        let spare = self.spare.take();
-        let (waker, other) = match spare {
-            Some((h, w)) if h == task.as_ptr() => (w, None),
-            other => (task.waker(), other),
+    /// A wait that ends before its deadline leaves its timer armed while
+    /// its coroutine runs on: the coroutine's next timed wait moves it to
+    /// the new deadline in place, its next wait without one disarms it,
+    /// and so does its end. Disarming at every resume and arming again at
+    /// the next park cost a heap removal and insertion, a slot and two
+    /// locked instructions on the task's count per timed wait; a waiter in
+    /// a `recv_timeout` loop parks again within a few hundred nanoseconds.
+    /// So each coroutine holds at most one timer, whose waker references
+    /// only that coroutine's own (live) task: memory stays flat however
+    /// many waits end early, and a finished coroutine holds none. A timer
+    /// left armed can still fire while its coroutine runs; that is a
+    /// spurious wake-up (the next park returns at once), which every wait
+    /// loop allows.
+    #[inline]
+    pub(crate) fn arm(
+        &self,
+        old: Option<TimerKey>,
+        deadline: Option<Instant>,
+        task: &TaskRef,
+    ) -> Option<TimerKey> {
+        if old.is_none() && deadline.is_none() {
+            return None;
+        }
+        let owner = task.as_ptr() as usize;
+        let Some(d) = deadline else {
+            self.disarm(old, task);
+            return None;
         };
-        let key = {
-            let mut timers = self.timers.borrow_mut();
-            let key = timers.insert(deadline, waker);
-            self.publish(&timers);
-            key
-        };
-        // Outside the borrows: it may drop the last reference to a task.
-        drop(other);
-        key
+        let mut timers = self.timers.borrow_mut();
+        if let Some(key) = old.and_then(|k| timers.rearm(k, owner, d)) {
+            return Some(key);
+        }
+        let key = timers.insert(d, owner, task.waker());
+        self.publish(&timers);
+        Some(key)
     }
 
-    /// Disarms `key`'s timer, which `task` armed, if it has not fired, and
-    /// drops its waker (or keeps it as the spare, see
-    /// [`add_timer`](Self::add_timer)).
-    pub(crate) fn cancel_timer(&self, key: TimerKey, task: &TaskRef) {
+    /// Disarms `key`'s timer (of coroutine `task`), if any and not fired.
+    pub(crate) fn disarm(&self, key: Option<TimerKey>, task: &TaskRef) {
+        let Some(key) = key else { return };
         let waker = {
             let mut timers = self.timers.borrow_mut();
-            let w = timers.cancel(key);
+            let w = timers.cancel(key, task.as_ptr() as usize);
             self.publish(&timers);
             w
         };
-        if let Some(w) = waker {
-            let spare = (task.as_ptr(), w);
-            // The old spare, outside the borrow: it may drop the last
-            // reference to a task.
-            let old = self.spare.replace(Some(spare));
-            drop(old);
-        }
-    }
-
-    /// Drops the spare waker (the worker is going to sleep).
-    fn drop_spare(&self) {
-        let old = self.spare.take();
-        drop(old);
+        // Outside the borrow (not that it can be the task's last
+        // reference: the caller holds one).
+        drop(waker);
     }
 
     /// Wakes every timer whose deadline has passed, in deadline order.
@@ -461,7 +460,6 @@ impl Driver {
     /// with `block == false`), then dispatches events and fires timers.
     pub(crate) fn poll(&self, handle: &DriverHandle, block: bool) {
         let timeout = if block {
-            self.drop_spare();
             self.timeout()
         } else {
             Some(Duration::ZERO)
@@ -471,7 +469,6 @@ impl Driver {
 
     /// As `poll` with `block == true`, but sleeps at most `max`.
     pub(crate) fn poll_at_most(&self, handle: &DriverHandle, max: Duration) {
-        self.drop_spare();
         let timeout = self.timeout().map_or(max, |t| t.min(max));
         self.poll_for(handle, Some(timeout));
     }

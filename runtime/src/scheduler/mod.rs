@@ -540,10 +540,11 @@ pub struct RuntimeStats {
     pub worker_started: Vec<u64>,
     /// The stack arena's counters.
     pub arena: ArenaStats,
-    /// Timers armed and not yet fired or cancelled, over all workers: one
-    /// per coroutine parked with a deadline (a `sleep`, a `recv_timeout`, a
-    /// socket read with a timeout). A wait that ends before its deadline
-    /// disarms its timer when its coroutine next runs.
+    /// Timers armed over all workers, at most one per coroutine: that of
+    /// its last wait with a deadline (a `sleep`, a `recv_timeout`, a socket
+    /// read with a timeout). A wait that ends before its deadline leaves
+    /// its timer armed for the coroutine's next wait to move or disarm; a
+    /// coroutine that finishes disarms it.
     pub timers: u64,
 }
 

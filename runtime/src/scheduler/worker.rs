@@ -131,10 +131,11 @@ pub(crate) struct Running {
     /// (see `Local::placement`).
     resumes: Cell<u32>,
     resumes_at_spawn: Cell<u32>,
-    /// The timer of a park with a deadline; the worker cancels it before
-    /// it resumes the coroutine (`Local::resume`). A `Cell` (taken and set
-    /// whole), not a `RefCell`: 8 bytes less per coroutine, which puts
-    /// `Running` in a smaller malloc size class.
+    /// The timer of its last park with a deadline, if armed: moved to the
+    /// next park's deadline, or disarmed by the next park without one or
+    /// by `finish` (see `Driver::arm`). A `Cell` (taken and set whole),
+    /// not a `RefCell`: 8 bytes less per coroutine, which puts `Running`
+    /// in a smaller malloc size class.
     timer: Cell<Option<TimerKey>>,
 }
 
@@ -1256,11 +1257,6 @@ impl Local {
         if self.ready.borrow().len() >= PREFETCH_READY {
             self.prefetch_next();
         }
-        if let Some(t) = r.timer.take() {
-            // The park is over: its timer and waker go now, not at the
-            // deadline.
-            self.driver.cancel_timer(t, &r.header);
-        }
         let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
         match result {
@@ -1268,9 +1264,10 @@ impl Local {
             CoroutineResult::Yield(Request::Park(deadline)) => {
                 if r.header.park.commit_park() {
                     bump(&ws.parks);
-                    if let Some(d) = deadline {
-                        r.timer.set(Some(self.driver.add_timer(d, &r.header)));
-                    }
+                    // The timer an earlier wait left armed moves to this
+                    // wait's deadline, or goes (see `Driver::arm`).
+                    r.timer
+                        .set(self.driver.arm(r.timer.take(), deadline, &r.header));
                 } else {
                     self.ready.borrow_mut().push_back(key);
                 }
@@ -1340,7 +1337,8 @@ impl Local {
             timer,
             ..
         } = running;
-        drop_quietly((co, locals, timer, gauge, span));
+        self.driver.disarm(timer.into_inner(), &header);
+        drop_quietly((co, locals, gauge, span));
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
         self.shared.live.add(-1);

@@ -25,9 +25,10 @@
 //!   n: live timers are parked coroutines with a deadline on this worker.
 //! - **Cheap at the sizes that matter.** Arming appends and sifts up (a
 //!   deadline later than all others, the common case, stops at once);
-//!   cancelling moves the last entry into the hole and sifts it. No
-//!   allocation once the vectors have grown to the worker's high-water
-//!   mark of live timers.
+//!   cancelling moves the last entry into the hole and sifts it; re-arming
+//!   (the same coroutine's next timed wait, see `Driver::arm`) changes the
+//!   deadline in place and sifts the entry. No allocation once the vectors
+//!   have grown to the worker's high-water mark of live timers.
 //! - **4-ary**, as Go's: half the levels of a binary heap, and the four
 //!   children of a node share a cache line or two, so sifting down touches
 //!   fewer lines.
@@ -36,10 +37,11 @@
 //!
 //! Arming returns a [`TimerKey`]: the entry's slab index and the slot's
 //! generation, bumped each time the slot is freed. A key whose timer has
-//! fired (or was cancelled) no longer matches, so cancelling with it is a
-//! no-op even when the slot now holds another coroutine's timer. (A key
-//! lives from a park to the next resume of its coroutine; its slot would
-//! have to be reused 2³² times in between to match again.)
+//! fired (or was cancelled) no longer matches, so cancelling or re-arming
+//! with it is a no-op even when the slot now holds another timer. The
+//! slot also records its owner (the task), which a key must match too:
+//! a slot reused 2³² times while one key was held cannot make that key
+//! touch another task's timer.
 
 use std::num::NonZeroU64;
 use std::task::Waker;
@@ -96,6 +98,9 @@ impl Entry {
 struct Slot {
     /// `Some` while armed.
     waker: Option<Waker>,
+    /// Whose timer it is (an opaque tag from `insert`, the task's address):
+    /// a key must match it as well as the generation (see the module docs).
+    owner: usize,
     /// While armed, the entry's index in the heap; while free, the next
     /// free slot (or `NONE`).
     pos: u32,
@@ -131,9 +136,9 @@ impl Timers {
         self.heap.len()
     }
 
-    /// Arms a timer that [`pop_expired`](Self::pop_expired) hands back
-    /// `waker` from once `deadline` has passed.
-    pub(crate) fn insert(&mut self, deadline: Instant, waker: Waker) -> TimerKey {
+    /// Arms a timer for `owner` that [`pop_expired`](Self::pop_expired)
+    /// hands back `waker` from once `deadline` has passed.
+    pub(crate) fn insert(&mut self, deadline: Instant, owner: usize, waker: Waker) -> TimerKey {
         let slot = match self.free {
             NONE => {
                 let i = u32::try_from(self.slots.len())
@@ -142,6 +147,7 @@ impl Timers {
                     .expect("fewer than 2^32 - 1 timers per worker");
                 self.slots.push(Slot {
                     waker: None,
+                    owner: 0,
                     pos: 0,
                     generation: 1,
                 });
@@ -154,6 +160,7 @@ impl Timers {
         };
         let s = &mut self.slots[slot as usize];
         s.waker = Some(waker);
+        s.owner = owner;
         let key = TimerKey::new(slot, s.generation);
         let seq = self.seq;
         self.seq = seq.wrapping_add(1);
@@ -169,13 +176,41 @@ impl Timers {
     /// Disarms `key`'s timer if it is still armed, and returns its waker
     /// (for the caller to drop once it holds no borrow: the waker may hold
     /// the last reference to its task).
-    pub(crate) fn cancel(&mut self, key: TimerKey) -> Option<Waker> {
+    pub(crate) fn cancel(&mut self, key: TimerKey, owner: usize) -> Option<Waker> {
+        let pos = self.armed(&key, owner)?;
+        Some(self.remove_at(pos))
+    }
+
+    /// Moves `key`'s timer, if still armed, to `deadline` (waker and slot
+    /// stay) and returns its key; `None` if it has fired since.
+    pub(crate) fn rearm(
+        &mut self,
+        key: TimerKey,
+        owner: usize,
+        deadline: Instant,
+    ) -> Option<TimerKey> {
+        let pos = self.armed(&key, owner)?;
+        let seq = self.seq;
+        self.seq = seq.wrapping_add(1);
+        let e = Entry {
+            deadline,
+            tie_slot: (u64::from(seq) << 32) | key.slot() as u64,
+        };
+        if pos > 0 && e.before(&self.heap[(pos - 1) / ARITY]) {
+            self.sift_up(pos, e);
+        } else {
+            self.sift_down(pos, e);
+        }
+        Some(key)
+    }
+
+    /// The heap position of `key`'s timer if it is still armed for `owner`.
+    fn armed(&self, key: &TimerKey, owner: usize) -> Option<usize> {
         let s = self.slots.get(key.slot())?;
-        if s.generation != key.generation() || s.waker.is_none() {
+        if s.generation != key.generation() || s.owner != owner || s.waker.is_none() {
             return None; // fired, or cancelled, since
         }
-        let pos = s.pos as usize;
-        Some(self.remove_at(pos))
+        Some(s.pos as usize)
     }
 
     /// The earliest deadline.
@@ -299,7 +334,7 @@ mod tests {
         // Model: (deadline ms, seq) -> id; ids' keys (None once gone).
         let mut model: BTreeMap<(u64, u64), usize> = BTreeMap::new();
         let mut keys: Vec<Option<TimerKey>> = Vec::new();
-        let mut stale: Vec<TimerKey> = Vec::new();
+        let mut stale: Vec<(usize, TimerKey)> = Vec::new();
         let mut by_id: Vec<(u64, u64)> = Vec::new();
         let mut ids: Vec<Weak<Id>> = Vec::new();
         let mut now = 0u64;
@@ -312,22 +347,36 @@ mod tests {
         };
         for step in 0..20_000u64 {
             match next() % 10 {
-                0..=4 => {
+                0..=3 => {
                     let d = now + next() % 50;
                     let id = keys.len();
                     let (w, a) = waker(&live);
                     ids.push(a);
-                    keys.push(Some(t.insert(base + Duration::from_millis(d), w)));
+                    keys.push(Some(t.insert(base + Duration::from_millis(d), id, w)));
                     model.insert((d, step), id);
                     by_id.push((d, step));
                 }
-                5..=7 => {
+                4 | 5 => {
                     let i = (next() % (keys.len() as u64 + 1)) as usize;
                     if let Some(Some(k)) = keys.get_mut(i).map(Option::take) {
-                        assert!(t.cancel(k).is_some(), "live timer {i} cancels");
+                        assert!(t.cancel(k, i).is_some(), "live timer {i} cancels");
                         model.remove(&by_id[i]).expect("in the model");
-                    } else if let Some(k) = stale.pop() {
-                        assert!(t.cancel(k).is_none(), "a stale key cancels nothing");
+                    } else if let Some((id, k)) = stale.pop() {
+                        assert!(t.cancel(k, id).is_none(), "a stale key cancels nothing");
+                    }
+                }
+                6 | 7 => {
+                    let i = (next() % (keys.len() as u64 + 1)) as usize;
+                    let d = now + next() % 50;
+                    let at = base + Duration::from_millis(d);
+                    if let Some(Some(k)) = keys.get_mut(i).map(Option::take) {
+                        let k = t.rearm(k, i, at).expect("live timer re-arms");
+                        keys[i] = Some(k);
+                        model.remove(&by_id[i]).expect("in the model");
+                        model.insert((d, step), i);
+                        by_id[i] = (d, step);
+                    } else if let Some((id, k)) = stale.pop() {
+                        assert!(t.rearm(k, id, at).is_none(), "a stale key re-arms nothing");
                     }
                 }
                 _ => {
@@ -340,7 +389,7 @@ mod tests {
                         drop(w);
                         assert!(ids[id].upgrade().is_none(), "timer {id} fired");
                         model.remove(&(d, s));
-                        stale.push(keys[id].take().expect("fired once"));
+                        stale.push((id, keys[id].take().expect("fired once")));
                     }
                     assert!(model.keys().next().map_or(true, |&(d, _)| d > now));
                 }
@@ -364,9 +413,10 @@ mod tests {
         let mut t = Timers::new();
         let far = Instant::now() + Duration::from_secs(60);
         for _ in 0..1_000 {
-            let k = t.insert(far, waker(&live).0);
+            let k = t.insert(far, 7, waker(&live).0);
             assert_eq!(t.len(), 1);
-            drop(t.cancel(k));
+            assert!(t.cancel(TimerKey(k.0), 8).is_none(), "another owner's");
+            drop(t.cancel(k, 7));
             assert_eq!(t.len(), 0);
             assert_eq!(live.load(Ordering::SeqCst), 0);
         }
