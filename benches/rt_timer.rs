@@ -1,8 +1,8 @@
 //! What a timeout costs a wait: a token bounced between two coroutines
 //! through two `sync::mpsc` channels on 1 worker, each side receiving with
-//! plain `recv` or with `recv_timeout(60 s)` (a timer armed at every park
-//! and cancelled when the value arrives, long before its deadline). Reports
-//! time per round trip (two hand-offs, two parks).
+//! plain `recv` or with `recv_timeout(60 s)` (every park needs a timer, and
+//! the value arrives long before its deadline). Reports time per round
+//! trip (two hand-offs, two parks).
 //!
 //! Issue 17, item 12: a wait with a timeout should cost at most 1.5x a plain
 //! wait. `cargo bench --bench rt_timer`; compare `recv_timeout_60s` with

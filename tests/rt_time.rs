@@ -413,8 +413,9 @@ static ALLOC: Counting = Counting;
 /// still armed when its wait ends early stays (unfixed) for a minute.
 const LONG: Duration = Duration::from_secs(60);
 
-/// Armed timers a test may see at any moment: its coroutines that are
-/// parked with a deadline (at most two at once in these tests).
+/// Armed timers a test may see at any moment: at most one per coroutine
+/// (that of its last timed wait, see `RuntimeStats::timers`), and these
+/// tests run two.
 const FEW_TIMERS: u64 = 2;
 
 /// Bounces a token `rounds` times between two coroutines on `rt`, both
@@ -473,10 +474,10 @@ fn short_timed_waits(rt: &Runtime, n: u64) {
 }
 
 /// A 1-worker ping-pong of 100,000 round trips with `recv_timeout(60 s)`:
-/// the armed-timer count stays at most the one partner parked at a time,
-/// not one per round trip, and is 0 once both have finished. (Before the
-/// fix every early-ended wait left its timer armed until its deadline:
-/// 200,000 here.)
+/// the armed-timer count stays at most one per coroutine, not one per
+/// round trip, and is 0 once both have finished. (Before the fix every
+/// early-ended wait left its timer armed until its deadline: 200,000
+/// here.)
 #[test]
 fn early_ended_recv_timeouts_disarm_their_timers() {
     bounded("recv_timeout ping-pong timers", || {
@@ -494,8 +495,8 @@ fn early_ended_recv_timeouts_disarm_their_timers() {
 
 /// Socket reads with a read timeout arm a timer at every wait: a 1-worker
 /// TCP echo of 10,000 one-byte requests, both ends with a 60 s read
-/// timeout, keeps at most its parked reader's timer armed, and none once
-/// the connection is closed.
+/// timeout, keeps at most one timer per coroutine armed, and none once
+/// both have finished.
 #[test]
 fn socket_read_timeouts_disarm_their_timers() {
     bounded("socket read timeout timers", || {
