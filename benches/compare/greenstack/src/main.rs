@@ -404,12 +404,18 @@ fn main() -> std::io::Result<()> {
                 PEER,
                 &args,
                 &[
-                    ("ns_per_op", format!("{:.2}", t.as_nanos() as f64 / ops as f64)),
+                    (
+                        "ns_per_op",
+                        format!("{:.2}", t.as_nanos() as f64 / ops as f64),
+                    ),
                     ("rss_before_kib", before.to_string()),
                     ("rss_after_kib", after.to_string()),
                     (
                         "bytes_per_op",
-                        format!("{:.1}", (after as f64 - before as f64) * 1024.0 / ops as f64),
+                        format!(
+                            "{:.1}",
+                            (after as f64 - before as f64) * 1024.0 / ops as f64
+                        ),
                     ),
                 ],
             );
