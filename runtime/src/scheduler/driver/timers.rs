@@ -85,6 +85,7 @@ struct Entry {
 }
 
 impl Entry {
+    #[inline]
     fn before(&self, o: &Entry) -> bool {
         (self.deadline, self.tie_slot) < (o.deadline, o.tie_slot)
     }
@@ -183,6 +184,7 @@ impl Timers {
 
     /// Moves `key`'s timer, if still armed, to `deadline` (waker and slot
     /// stay) and returns its key; `None` if it has fired since.
+    #[inline]
     pub(crate) fn rearm(
         &mut self,
         key: TimerKey,
@@ -205,6 +207,7 @@ impl Timers {
     }
 
     /// The heap position of `key`'s timer if it is still armed for `owner`.
+    #[inline]
     fn armed(&self, key: &TimerKey, owner: usize) -> Option<usize> {
         let s = self.slots.get(key.slot())?;
         if s.generation != key.generation() || s.owner != owner || s.waker.is_none() {
@@ -253,6 +256,7 @@ impl Timers {
     /// bytes in 16, so a copy loads padding the store had not written,
     /// and the load waits for the store to retire: `perf annotate` put
     /// 59% of `sift_up` there).
+    #[inline]
     fn sift_up(&mut self, mut pos: usize, e: Entry) {
         while pos > 0 {
             let parent = (pos - 1) / ARITY;
@@ -266,6 +270,7 @@ impl Timers {
     }
 
     /// Places `e`, meant for the hole at `pos`, at or below it.
+    #[inline]
     fn sift_down(&mut self, mut pos: usize, e: Entry) {
         let len = self.heap.len();
         loop {
@@ -289,6 +294,7 @@ impl Timers {
     }
 
     /// Writes `e` at heap index `pos` and records the index in its slot.
+    #[inline]
     fn place(&mut self, pos: usize, e: Entry) {
         self.heap[pos] = e;
         self.slots[e.slot()].pos = pos as u32;
