@@ -53,9 +53,12 @@ const REREAD_AFTER: u32 = 16;
 thread_local! {
     /// A worker thread's latest clock reading; `None` on other threads.
     static READING: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// `READING + NEAR`: [`expired`] answers "not passed" from the reading
-    /// for deadlines after it (computed once per reading, not per answer).
-    static HORIZON: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The deadline [`deadline_after`] last computed from `READING`, if its
+    /// timeout was over `NEAR`: more than `NEAR` after the reading by
+    /// construction, so [`expired`] need not add `NEAR` to tell (the waits
+    /// that check a deadline again and again check the one they just
+    /// took).
+    static FAR: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Answers [`expired`] has given from `READING` since it was taken.
     static ANSWERS: Cell<u32> = const { Cell::new(0) };
 }
@@ -78,7 +81,7 @@ pub(crate) fn keep_readings() {
 #[inline]
 fn store(t: Instant) {
     READING.with(|c| c.set(Some(t)));
-    HORIZON.with(|c| c.set(t.checked_add(NEAR)));
+    FAR.with(|c| c.set(None));
     ANSWERS.with(|c| c.set(0));
 }
 
@@ -98,6 +101,17 @@ pub(crate) fn now() -> Instant {
     t
 }
 
+/// `now + timeout` for a wait, or `None` (no deadline) if that overflows;
+/// the reading is kept for the wait's own checks ([`expired`]).
+#[inline]
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    let d = now().checked_add(timeout)?;
+    if timeout > NEAR && reading().is_some() {
+        FAR.with(|c| c.set(Some(d)));
+    }
+    Some(d)
+}
+
 /// Whether `deadline` (if any) has passed. May answer `false` for a
 /// deadline that passed a moment ago (module docs), never `true` before
 /// it: callers park until the deadline and ask again.
@@ -108,8 +122,8 @@ pub(crate) fn expired(deadline: Option<Instant>) -> bool {
     };
     match reading() {
         Some(at) if at >= d => true,
-        Some(_)
-            if HORIZON.with(Cell::get).is_some_and(|h| h < d)
+        Some(at)
+            if (FAR.with(Cell::get) == Some(d) || at.checked_add(NEAR).is_some_and(|h| h < d))
                 && ANSWERS.with(|c| c.replace(c.get() + 1)) < REREAD_AFTER =>
         {
             false

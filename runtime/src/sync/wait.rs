@@ -473,7 +473,7 @@ impl<S> Drop for SpinGuard<'_, S> {
 /// `now + d`, or `None` (wait forever) if that overflows. The reading is
 /// kept for the wait's own checks (`crate::time::expired`).
 pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
-    crate::time::now().checked_add(d)
+    crate::time::deadline_after(d)
 }
 
 /// Wakes every waiter in `list` (after the caller released its lock).
