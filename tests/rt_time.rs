@@ -317,8 +317,8 @@ fn a_sleeper_does_not_block_its_worker() {
 /// that keeps the worker busy without reading the clock: a zero timeout
 /// reports `Timeout` at once, again and again; timeouts of a few
 /// milliseconds report `Timeout` no earlier than their deadline, though
-/// the worker's kept clock reading (see `greenstack::time`'s module docs)
-/// is stale whenever the busy coroutine has run for a while.
+/// the worker's kept clock reading (runtime/src/time.rs) is stale whenever
+/// the busy coroutine has run for a while.
 #[test]
 fn short_timeouts_end_never_early_next_to_a_busy_coroutine() {
     bounded("short timeouts", || {

@@ -5,36 +5,36 @@
 //! until its earliest deadline. A timer only wakes its coroutine: no
 //! coroutine code ever runs on a timer thread. On a plain thread these
 //! functions block the thread, as std's do.
-//!
-//! # The worker's clock
-//!
-//! A clock read costs about as much as a channel hand-off (`clock_gettime`
-//! through the vDSO: 24 ns on the development VM, where a 1-worker channel
-//! round trip is about 130 ns), and a wait with a timeout used to read it
-//! three times before it parked: once for its deadline, then twice to check
-//! that the deadline had not passed. Those checks ask only "has `d`
-//! passed?", and a clock reading taken earlier answers "yes" soundly: the
-//! clock is monotonic, so a reading at or after `d` means now is too. So
-//! each worker thread keeps its latest reading ([`now`] stores it; the
-//! driver takes one whenever it fires timers or sleeps), and [`expired`]
-//! answers from it when it can:
-//!
-//! 1. the reading is at or after `d`: passed;
-//! 2. the reading is more than [`NEAR`] before `d`: not passed, *unless*
-//!    the reading is stale. Saying "not passed" for a deadline that has
-//!    passed is safe: the caller parks with a timer at `d`, which the
-//!    worker fires at its next check of the clock (refreshing the reading
-//!    to a time at or after `d`), and the woken caller sees case 1. To
-//!    bound that staleness for a caller that spins without a real park (a
-//!    coroutine being force-unwound at shutdown returns from every park at
-//!    once), every [`REREAD_AFTER`]th answer in a row from case 2 reads
-//!    the clock instead;
-//! 3. otherwise (near `d`, or not a worker thread): read the clock.
-//!
-//! A wait with a long timeout then reads the clock once, for its deadline.
-//! On threads that are not workers (plain threads, `block_on`'s root) no
-//! reading is kept and [`expired`] always reads the clock: nothing there
-//! fires timers to refresh a reading.
+
+// # The worker's clock (implementation notes)
+//
+// A clock read costs about as much as a channel hand-off (`clock_gettime`
+// through the vDSO: 24 ns on the development VM, where a 1-worker channel
+// round trip is about 130 ns), and a wait with a timeout used to read it
+// three times before it parked: once for its deadline, then twice to check
+// that the deadline had not passed. Those checks ask only "has `d`
+// passed?", and a clock reading taken earlier answers "yes" soundly: the
+// clock is monotonic, so a reading at or after `d` means now is too. So
+// each worker thread keeps its latest reading (`now` stores it; the
+// driver takes one whenever it fires timers or sleeps), and `expired`
+// answers from it when it can:
+//
+// 1. the reading is at or after `d`: passed;
+// 2. the reading is more than `NEAR` before `d`: not passed, *unless*
+//    the reading is stale. Saying "not passed" for a deadline that has
+//    passed is safe: the caller parks with a timer at `d`, which the
+//    worker fires at its next check of the clock (refreshing the reading
+//    to a time at or after `d`), and the woken caller sees case 1. To
+//    bound that staleness for a caller that spins without a real park (a
+//    coroutine being force-unwound at shutdown returns from every park at
+//    once), every `REREAD_AFTER`th answer in a row from case 2 reads
+//    the clock instead;
+// 3. otherwise (near `d`, or not a worker thread): read the clock.
+//
+// A wait with a long timeout then reads the clock once, for its deadline.
+// On threads that are not workers (plain threads, `block_on`'s root) no
+// reading is kept and `expired` always reads the clock: nothing there
+// fires timers to refresh a reading.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -47,7 +47,8 @@ use std::time::{Duration, Instant};
 pub(crate) const NEAR: Duration = Duration::from_millis(1);
 
 /// Answers "not passed" from a reading in a row before [`expired`] reads
-/// the clock anyway (see the module docs, case 2).
+/// the clock anyway ("The worker's clock" at the top of this file, case
+/// 2).
 const REREAD_AFTER: u32 = 16;
 
 thread_local! {
@@ -72,7 +73,7 @@ thread_local! {
 // thread, so an address cached across a switch is still this thread's.
 
 /// Makes the calling thread keep clock readings for [`expired`]: call on a
-/// worker thread, whose driver fires its timers (module docs).
+/// worker thread, whose driver fires its timers ("The worker's clock").
 pub(crate) fn keep_readings() {
     store(Instant::now());
 }
@@ -113,8 +114,8 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 }
 
 /// Whether `deadline` (if any) has passed. May answer `false` for a
-/// deadline that passed a moment ago (module docs), never `true` before
-/// it: callers park until the deadline and ask again.
+/// deadline that passed a moment ago ("The worker's clock"), never `true`
+/// before it: callers park until the deadline and ask again.
 #[inline]
 pub(crate) fn expired(deadline: Option<Instant>) -> bool {
     let Some(d) = deadline else {
