@@ -1,15 +1,16 @@
 //! A worker's timers: a 4-ary min-heap of deadlines over a slab of wakers,
 //! with removal by key.
 //!
-//! Almost every timer the runtime arms is cancelled, not fired: a wait with
-//! a timeout (`recv_timeout`, a socket read timeout, a `Condvar` wait) arms
-//! one each time it parks and cancels it when it is woken some other way,
-//! usually long before the deadline. So cancelling must free the entry and
-//! its waker (which holds a reference to the task) at once: a heap that only
-//! flagged cancelled entries and dropped them when they reached the top
-//! grew by an entry, a waker and the task it kept alive per wait, until the
-//! deadline (issue 17: +160 bytes per round trip of a ping-pong with
-//! `recv_timeout(60 s)`).
+//! Almost every timer the runtime arms ends unfired: a wait with a timeout
+//! (`recv_timeout`, a socket read timeout, a `Condvar` wait) needs one each
+//! time it parks, and is usually woken some other way long before the
+//! deadline. A heap that only flagged such timers cancelled, and dropped
+//! them when they reached the top, grew by an entry, a waker and the task
+//! it kept alive per wait, until the deadline (issue 17: +160 bytes per
+//! round trip of a ping-pong with `recv_timeout(60 s)`). Here a timer is
+//! removed, or moved to its coroutine's next deadline, in place: a worker
+//! holds at most one timer per coroutine, and none for a finished one
+//! (`Driver::arm`).
 //!
 //! # Why a heap with removal
 //!
@@ -22,7 +23,7 @@
 //!   wheel (tokio's `time/wheel`) rounds deadlines to its 1 ms tick and
 //!   needs intrusive lists; its O(1) wins only with many thousands of live
 //!   timers per worker, and every operation here is O(log₄ n) with a small
-//!   n: live timers are parked coroutines with a deadline on this worker.
+//!   n: at most one timer per coroutine of this worker (`Driver::arm`).
 //! - **Cheap at the sizes that matter.** Arming appends and sifts up (a
 //!   deadline later than all others, the common case, stops at once);
 //!   cancelling moves the last entry into the hole and sifts it; re-arming
@@ -53,8 +54,9 @@ const ARITY: usize = 4;
 /// End of the free list.
 const NONE: u32 = u32::MAX;
 
-/// Identifies one armed timer; [`Timers::cancel`] takes it. 8 bytes (it
-/// sits in every coroutine's `Running`, as an `Option`).
+/// Identifies one armed timer, for [`Timers::cancel`] and
+/// [`Timers::rearm`]. 8 bytes (it sits in every coroutine's `Running`, as
+/// an `Option`).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct TimerKey(NonZeroU64);
 
