@@ -1,7 +1,10 @@
 //! `greenstack::time`: `sleep` and `sleep_until` never return early (in
 //! coroutines and on plain threads), timers fire in deadline order, a zero
 //! sleep returns, and many concurrent sleepers on one worker all wake (the
-//! worker never blocks on one timer, not even an endless one).
+//! worker never blocks on one timer, not even an endless one). A wait with
+//! a timeout that ends early disarms its timer and frees what it held
+//! (issue 17, item 12): channel and socket waits with long timeouts keep
+//! the armed-timer count and the heap flat.
 //!
 //! Timing: only lower bounds are asserted (a sleep never ends early). Every
 //! test runs under a hang guard.
@@ -10,14 +13,19 @@ mod common;
 #[allow(unused_imports)]
 use common::*;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use greenstack::net::{TcpListener, TcpStream};
 use greenstack::sync::{mpsc, Barrier};
 use greenstack::time::{sleep, sleep_until};
-use greenstack::JoinHandle;
+use greenstack::{JoinHandle, Runtime};
 
 /// Sleeps for `d` with `greenstack::time::sleep` and asserts it did not
 /// return early; returns the time it took.
@@ -303,4 +311,332 @@ fn a_sleeper_does_not_block_its_worker() {
         assert!(!sleeper.is_finished());
         assert_no_nofault_violations(&rt);
     });
+}
+
+/// Waits with short or zero timeouts on one worker, next to a coroutine
+/// that keeps the worker busy without reading the clock: a zero timeout
+/// reports `Timeout` at once, again and again; timeouts of a few
+/// milliseconds report `Timeout` no earlier than their deadline, though
+/// the worker's kept clock reading (runtime/src/time.rs) is stale whenever
+/// the busy coroutine has run for a while.
+#[test]
+fn short_timeouts_end_never_early_next_to_a_busy_coroutine() {
+    bounded("short timeouts", || {
+        let rt = runtime(1);
+        rt.spawn(|| {
+            let (_tx, rx) = mpsc::channel::<()>();
+            let busy = greenstack::spawn(|| {
+                let mut x = 0u64;
+                for i in 0..2_000 {
+                    for j in 0..20_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i ^ j));
+                    }
+                    greenstack::yield_now();
+                }
+                x
+            });
+            for _ in 0..1_000 {
+                assert_eq!(
+                    rx.recv_timeout(Duration::ZERO),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                );
+            }
+            for ms in [1u64, 2, 5, 1, 3] {
+                let t = Instant::now();
+                let d = Duration::from_millis(ms);
+                assert_eq!(rx.recv_timeout(d), Err(mpsc::RecvTimeoutError::Timeout));
+                assert!(t.elapsed() >= d, "recv_timeout({d:?}) ended early");
+                checked_sleep(d);
+            }
+            busy.join().expect("busy coroutine does not panic");
+        })
+        .join()
+        .expect("waiter does not panic");
+        assert_eq!(rt.stats().timers, 0);
+        assert_no_nofault_violations(&rt);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Timers of waits that end early (issue 17, item 12)
+// ---------------------------------------------------------------------------
+
+/// Bytes allocated through the global allocator and not yet freed.
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+/// The system allocator, counting live bytes in [`LIVE_BYTES`] (read only
+/// by the memory test, which runs alone in a child process).
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the
+// `GlobalAlloc` contract; the counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: our caller upholds `alloc`'s contract for `l`.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(l.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: as in `alloc`.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(l.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from this allocator (so from `System`) with `l`.
+        unsafe { System.dealloc(p, l) };
+        LIVE_BYTES.fetch_sub(l.size() as isize, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: `p` came from this allocator (so from `System`) with `l`,
+        // and our caller upholds `realloc`'s contract for `new`.
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            LIVE_BYTES.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The timeout of the waits below: far beyond any run, so a timer that is
+/// still armed when its wait ends early stays (unfixed) for a minute.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Armed timers a test may see at any moment: at most one per coroutine
+/// (that of its last timed wait, see `RuntimeStats::timers`), and these
+/// tests run two.
+const FEW_TIMERS: u64 = 2;
+
+/// Bounces a token `rounds` times between two coroutines on `rt`, both
+/// receiving with `recv_timeout(LONG)` (every wait ends early, when the
+/// value arrives). Every 1000 rounds the pinger reads the armed-timer
+/// count; returns the largest it saw.
+fn timed_pingpong(rt: &Arc<Runtime>, rounds: u64) -> u64 {
+    let stats = Arc::clone(rt);
+    rt.spawn(move || {
+        let (to_b, from_a) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let b = greenstack::spawn(move || {
+            while let Ok(v) = from_a.recv_timeout(LONG) {
+                to_a.send(v + 1).expect("pinger alive");
+            }
+        });
+        let (mut v, mut most) = (0, 0);
+        for i in 0..rounds {
+            to_b.send(v).expect("partner alive");
+            v = from_b
+                .recv_timeout(LONG)
+                .expect("a reply long before the timeout");
+            if i % 1000 == 0 {
+                most = most.max(stats.stats().timers);
+            }
+        }
+        drop(to_b);
+        b.join().expect("partner does not panic");
+        assert_eq!(v, rounds);
+        most
+    })
+    .join()
+    .expect("pinger does not panic")
+}
+
+/// `n` short-lived coroutines on `rt`, each ending a `recv_timeout(LONG)`
+/// early (its value arrives while it is parked) and then returning.
+fn short_timed_waits(rt: &Runtime, n: u64) {
+    rt.spawn(move || {
+        for i in 0..n {
+            let (ready_tx, ready) = mpsc::channel::<()>();
+            let (tx, rx) = mpsc::channel::<u64>();
+            let h = greenstack::spawn(move || {
+                ready_tx.send(()).expect("spawner alive");
+                rx.recv_timeout(LONG)
+                    .expect("a value long before the timeout")
+            });
+            // It is about to park (one worker: it runs until it does).
+            ready.recv().expect("waiter alive");
+            tx.send(i).expect("waiter alive");
+            assert_eq!(h.join().expect("waiter does not panic"), i);
+        }
+    })
+    .join()
+    .expect("spawner does not panic")
+}
+
+/// A 1-worker ping-pong of 100,000 round trips with `recv_timeout(60 s)`:
+/// the armed-timer count stays at most one per coroutine, not one per
+/// round trip, and is 0 once both have finished. (Before the fix every
+/// early-ended wait left its timer armed until its deadline: 200,000
+/// here.)
+#[test]
+fn early_ended_recv_timeouts_disarm_their_timers() {
+    bounded("recv_timeout ping-pong timers", || {
+        let rt = Arc::new(runtime(1));
+        let most = timed_pingpong(&rt, 100_000);
+        assert!(
+            most <= FEW_TIMERS,
+            "{most} timers armed during the ping-pong; want at most {FEW_TIMERS}"
+        );
+        short_timed_waits(&rt, 1_000);
+        assert_eq!(rt.stats().timers, 0, "timers left armed: {:?}", rt.stats());
+        assert_no_nofault_violations(&rt);
+    });
+}
+
+/// Socket reads with a read timeout arm a timer at every wait: a 1-worker
+/// TCP echo of 10,000 one-byte requests, both ends with a 60 s read
+/// timeout, keeps at most one timer per coroutine armed, and none once
+/// both have finished.
+#[test]
+fn socket_read_timeouts_disarm_their_timers() {
+    bounded("socket read timeout timers", || {
+        const TRIPS: u64 = 10_000;
+        let rt = Arc::new(runtime(1));
+        let stats = Arc::clone(&rt);
+        let most = rt
+            .spawn(move || {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("local addr");
+                let server = greenstack::spawn(move || {
+                    let (mut s, _) = listener.accept().expect("accept");
+                    s.set_read_timeout(Some(LONG)).expect("read timeout");
+                    let mut b = [0u8; 1];
+                    while s.read(&mut b).expect("a request before the timeout") == 1 {
+                        s.write_all(&b).expect("echo");
+                    }
+                });
+                let mut c = TcpStream::connect(addr).expect("connect");
+                c.set_read_timeout(Some(LONG)).expect("read timeout");
+                let (mut b, mut most) = ([0u8; 1], 0);
+                for i in 0..TRIPS {
+                    c.write_all(&[i as u8]).expect("request");
+                    c.read_exact(&mut b).expect("a reply before the timeout");
+                    assert_eq!(b[0], i as u8);
+                    if i % 100 == 0 {
+                        most = most.max(stats.stats().timers);
+                    }
+                }
+                drop(c);
+                server.join().expect("server does not panic");
+                most
+            })
+            .join()
+            .expect("client does not panic");
+        assert!(
+            most <= FEW_TIMERS,
+            "{most} timers armed during the echo; want at most {FEW_TIMERS}"
+        );
+        assert_eq!(rt.stats().timers, 0, "timers left armed: {:?}", rt.stats());
+        assert_no_nofault_violations(&rt);
+    });
+}
+
+/// Names the child process of the memory test.
+const MEMORY_CHILD_ENV: &str = "GREENSTACK_TIME_MEMORY_CHILD";
+
+/// Bytes the heap may grow by in the memory test, whatever the number of
+/// round trips: the runtime's own vectors settling. (Before the fix: about
+/// 70 bytes per round trip of the ping-pong, over 14 MB here, and a timer
+/// entry plus a task allocation per short-lived waiter.)
+const HEAP_SLACK: isize = 64 * 1024;
+
+/// Early-ended timed waits free what their timers held, at once: after
+/// 100,000 `recv_timeout(60 s)` round trips on 1 worker, and after 10,000
+/// short-lived coroutines that each ended such a wait early and returned,
+/// the live heap (counted by this binary's global allocator) is where it
+/// was after a warm-up, give or take [`HEAP_SLACK`], though every timeout
+/// is still a minute away. Before the fix each wait's timer entry kept its
+/// waker, and with it its task's allocation, until the deadline.
+///
+/// Runs in a child process, alone, so other tests' allocations do not
+/// count.
+#[test]
+fn early_ended_timed_waits_free_their_memory() {
+    if std::env::var_os(MEMORY_CHILD_ENV).is_some() {
+        memory_child();
+        return;
+    }
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([
+        "early_ended_timed_waits_free_their_memory",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(MEMORY_CHILD_ENV, "1");
+    let out = output_bounded(cmd);
+    assert!(
+        out.status.success(),
+        "child: status {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The memory test's body (in the child).
+fn memory_child() {
+    let rt = Arc::new(runtime(1));
+    let live = || LIVE_BYTES.load(Ordering::Relaxed);
+    // Warm-up: the worker's queues, spare allocations and timer slab grow
+    // to their working size.
+    timed_pingpong(&rt, 1_000);
+    short_timed_waits(&rt, 1_000);
+    let before = live();
+    timed_pingpong(&rt, 100_000);
+    let after_pingpong = live();
+    short_timed_waits(&rt, 10_000);
+    let after_short = live();
+    println!(
+        "heap: {before} bytes after warm-up, {after_pingpong} after the ping-pong, \
+         {after_short} after the short-lived waiters; {} timers armed",
+        rt.stats().timers
+    );
+    assert!(
+        after_pingpong - before < HEAP_SLACK,
+        "the ping-pong grew the heap by {} bytes",
+        after_pingpong - before
+    );
+    assert!(
+        after_short - after_pingpong < HEAP_SLACK,
+        "the short-lived waiters grew the heap by {} bytes",
+        after_short - after_pingpong
+    );
+    assert_eq!(rt.stats().timers, 0);
+}
+
+/// Runs `cmd` with its output captured, killing it if it outlives the hang
+/// guard (so a hung child fails the test instead of outliving it).
+fn output_bounded(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the child test process");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(HANG_GUARD) {
+        Ok(out) => out.expect("waiting for the child test process"),
+        Err(_) => {
+            // SAFETY: kill(2) has no memory-safety preconditions. The pid
+            // is our child's: its waiter has not returned, so it is not
+            // reaped (unless it exited in the instant since the timeout).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("hang guard: the child did not finish within {HANG_GUARD:?}; killed");
+        }
+    }
 }

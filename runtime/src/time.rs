@@ -1,12 +1,137 @@
 //! Time that parks the coroutine, not the thread.
 //!
 //! Timers live with the worker that armed them (a heap per worker, see
-//! `scheduler/driver.rs`); an idle worker sleeps in `epoll_wait` until its
-//! earliest deadline. A timer only wakes its coroutine: no coroutine code
-//! ever runs on a timer thread. On a plain thread these functions block the
-//! thread, as std's do.
+//! `scheduler/driver/timers.rs`); an idle worker sleeps in `epoll_wait`
+//! until its earliest deadline. A timer only wakes its coroutine: no
+//! coroutine code ever runs on a timer thread. On a plain thread these
+//! functions block the thread, as std's do.
 
+// # The worker's clock (implementation notes)
+//
+// A clock read costs about as much as a channel hand-off (`clock_gettime`
+// through the vDSO: 24 ns on the development VM, where a 1-worker channel
+// round trip is about 130 ns), and a wait with a timeout used to read it
+// three times before it parked: once for its deadline, then twice to check
+// that the deadline had not passed. Those checks ask only "has `d`
+// passed?", and a clock reading taken earlier answers "yes" soundly: the
+// clock is monotonic, so a reading at or after `d` means now is too. So
+// each worker thread keeps its latest reading (`now` stores it; the
+// driver takes one whenever it fires timers or sleeps), and `expired`
+// answers from it when it can:
+//
+// 1. the reading is at or after `d`: passed;
+// 2. the reading is more than `NEAR` before `d`: not passed, *unless*
+//    the reading is stale. Saying "not passed" for a deadline that has
+//    passed is safe: the caller parks with a timer at `d`, which the
+//    worker fires at its next check of the clock (refreshing the reading
+//    to a time at or after `d`), and the woken caller sees case 1. To
+//    bound that staleness for a caller that spins without a real park (a
+//    coroutine being force-unwound at shutdown returns from every park at
+//    once), every `REREAD_AFTER`th answer in a row from case 2 reads
+//    the clock instead;
+// 3. otherwise (near `d`, or not a worker thread): read the clock.
+//
+// A wait with a long timeout then reads the clock once, for its deadline.
+// On threads that are not workers (plain threads, `block_on`'s root) no
+// reading is kept and `expired` always reads the clock: nothing there
+// fires timers to refresh a reading.
+
+use std::cell::Cell;
 use std::time::{Duration, Instant};
+
+/// How close to a deadline, as the latest reading sees it, [`expired`]
+/// reads the clock rather than answer "not passed" from the reading: a
+/// short timeout (`recv_timeout(Duration::ZERO)` to poll, a few hundred
+/// microseconds) then ends without a park. 1 ms: the resolution of
+/// `epoll_wait`'s timeout, below which a park would be woken late anyway.
+pub(crate) const NEAR: Duration = Duration::from_millis(1);
+
+/// Answers "not passed" from a reading in a row before [`expired`] reads
+/// the clock anyway ("The worker's clock" at the top of this file, case
+/// 2).
+const REREAD_AFTER: u32 = 16;
+
+thread_local! {
+    /// A worker thread's latest clock reading; `None` on other threads.
+    static READING: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The deadline [`deadline_after`] last computed from `READING`, if its
+    /// timeout was over `NEAR`: more than `NEAR` after the reading by
+    /// construction, so [`expired`] need not add `NEAR` to tell (the waits
+    /// that check a deadline again and again check the one they just
+    /// took).
+    static FAR: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Answers [`expired`] has given from `READING` since it was taken.
+    static ANSWERS: Cell<u32> = const { Cell::new(0) };
+}
+
+// Plain `thread_local!` accesses (through `with`: `LocalKey::get`/`set`
+// did not inline into the criterion bench's non-LTO build, 4.5% of a timed
+// ping-pong in `initialize_with`), inlined, unlike the scheduler's own
+// thread-locals (STYLE.md: code around a switch must not reuse a cached TLS
+// address): these are read and written only by coroutine code between its
+// switches, or by its worker, and a started coroutine never leaves its
+// thread, so an address cached across a switch is still this thread's.
+
+/// Makes the calling thread keep clock readings for [`expired`]: call on a
+/// worker thread, whose driver fires its timers ("The worker's clock").
+pub(crate) fn keep_readings() {
+    store(Instant::now());
+}
+
+/// Keeps `t` as the thread's latest reading.
+#[inline]
+fn store(t: Instant) {
+    READING.with(|c| c.set(Some(t)));
+    FAR.with(|c| c.set(None));
+    ANSWERS.with(|c| c.set(0));
+}
+
+/// The worker thread's latest reading (`None` on other threads).
+#[inline]
+pub(crate) fn reading() -> Option<Instant> {
+    READING.with(Cell::get)
+}
+
+/// `Instant::now()`, kept as the worker thread's latest reading.
+#[inline]
+pub(crate) fn now() -> Instant {
+    let t = Instant::now();
+    if reading().is_some() {
+        store(t);
+    }
+    t
+}
+
+/// `now + timeout` for a wait, or `None` (no deadline) if that overflows;
+/// the reading is kept for the wait's own checks ([`expired`]).
+#[inline]
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    let d = now().checked_add(timeout)?;
+    if timeout > NEAR && reading().is_some() {
+        FAR.with(|c| c.set(Some(d)));
+    }
+    Some(d)
+}
+
+/// Whether `deadline` (if any) has passed. May answer `false` for a
+/// deadline that passed a moment ago ("The worker's clock"), never `true`
+/// before it: callers park until the deadline and ask again.
+#[inline]
+pub(crate) fn expired(deadline: Option<Instant>) -> bool {
+    let Some(d) = deadline else {
+        return false;
+    };
+    match reading() {
+        Some(at) if at >= d => true,
+        Some(at)
+            if (FAR.with(Cell::get) == Some(d) || at.checked_add(NEAR).is_some_and(|h| h < d))
+                && ANSWERS.with(|c| c.replace(c.get() + 1)) < REREAD_AFTER =>
+        {
+            false
+        }
+        _ => now() >= d,
+    }
+}
 
 /// Puts the calling coroutine (or thread) to sleep for at least `dur`.
 ///
@@ -24,7 +149,7 @@ use std::time::{Duration, Instant};
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn sleep(dur: Duration) {
-    match Instant::now().checked_add(dur) {
+    match now().checked_add(dur) {
         Some(deadline) => sleep_until(deadline),
         None => loop {
             park_until(None);
@@ -36,7 +161,7 @@ pub fn sleep(dur: Duration) {
 ///
 /// Never returns before `deadline`.
 pub fn sleep_until(deadline: Instant) {
-    while Instant::now() < deadline {
+    while !expired(Some(deadline)) {
         park_until(Some(deadline));
     }
 }
@@ -51,7 +176,7 @@ pub(crate) fn park_until(deadline: Option<Instant>) {
     match deadline {
         None => std::thread::park(),
         Some(d) => {
-            let now = Instant::now();
+            let now = now();
             if now < d {
                 std::thread::park_timeout(d - now);
             }

@@ -7,8 +7,11 @@
 //!
 //! - **Sleeping.** An idle worker polls with a timeout that ends at its
 //!   earliest timer. Another thread wakes it through [`DriverHandle::unpark`].
-//! - **Timers** live with the worker that armed them, in a binary heap of
-//!   deadlines and wakers. Expired timers wake their coroutine; they never
+//! - **Timers** live with the worker that armed them, in a heap of
+//!   deadlines over a slab of wakers ([`timers`]), at most one per
+//!   coroutine: a wait that ends before its deadline leaves its timer for
+//!   the coroutine's next wait to move or disarm, and its end disarms it
+//!   ([`Driver::arm`]). Expired timers wake their coroutine; they never
 //!   run coroutine code themselves, and no thread but the worker touches
 //!   them.
 //! - **I/O.** A socket is registered (edge-triggered, both directions) with
@@ -87,15 +90,19 @@
 //! registration as it is (a socket first used there is registered by the
 //! first coroutine on a worker that uses it).
 
+mod timers;
+
 use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
+
+use super::task::TaskRef;
+use crate::time::NEAR;
+pub(crate) use timers::TimerKey;
+use timers::Timers;
 
 /// The token of the driver's own eventfd.
 const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
@@ -114,12 +121,20 @@ pub(crate) struct DriverHandle {
     /// How many sockets are registered (the slab's live entries), readable
     /// without the lock: a worker with none has no I/O to collect.
     registered: AtomicUsize,
+    /// Armed timers, for the statistics; shared with the [`Driver`], its
+    /// only writer.
+    timers: Arc<AtomicUsize>,
 }
 
 impl DriverHandle {
     /// Whether any socket is registered with this worker.
     pub(crate) fn has_sockets(&self) -> bool {
         self.registered.load(Ordering::Relaxed) > 0
+    }
+
+    /// How many timers the worker has armed (not yet fired or cancelled).
+    pub(crate) fn timers(&self) -> usize {
+        self.timers.load(Ordering::Relaxed)
     }
 }
 
@@ -416,46 +431,15 @@ impl DriverHandle {
     }
 }
 
-/// A timer: wakes `waker` at `deadline` unless cancelled.
-struct Timer {
-    deadline: Instant,
-    seq: u64,
-    waker: Waker,
-    cancelled: Rc<Cell<bool>>,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, o: &Self) -> bool {
-        (self.deadline, self.seq) == (o.deadline, o.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timer {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(o.deadline, o.seq))
-    }
-}
-
-/// Cancels its timer when dropped (the wait ended some other way).
-pub(crate) struct TimerGuard(Rc<Cell<bool>>);
-
-impl Drop for TimerGuard {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
 /// The worker's own half of the driver.
 pub(crate) struct Driver {
     poll: RefCell<mio::Poll>,
     events: RefCell<mio::Events>,
-    timers: RefCell<BinaryHeap<Reverse<Timer>>>,
-    seq: Cell<u64>,
+    timers: RefCell<Timers>,
+    /// `timers`' length, published for [`DriverHandle::timers`].
+    armed: Arc<AtomicUsize>,
+    /// The thread's clock reading as `fire_timers` last saw it (see there).
+    seen: Cell<Option<Instant>>,
     /// Wakers an I/O poll collected, reused from poll to poll (so a poll
     /// allocates nothing).
     woken: RefCell<Vec<Waker>>,
@@ -475,64 +459,135 @@ impl Driver {
                 registry,
                 io: Mutex::new(IoSlab::default()),
                 registered: AtomicUsize::new(0),
+                timers: Arc::new(AtomicUsize::new(0)),
             },
         ))
     }
 
-    /// The worker's driver over the poller from [`pair`](Self::pair).
-    pub(crate) fn new(poll: mio::Poll) -> Driver {
+    /// The worker's driver over the poller from [`pair`](Self::pair), and
+    /// that call's `handle`.
+    pub(crate) fn new(poll: mio::Poll, handle: &DriverHandle) -> Driver {
+        // This thread fires the timers (and so refreshes the reading) from
+        // here on.
+        crate::time::keep_readings();
         Driver {
             poll: RefCell::new(poll),
             events: RefCell::new(mio::Events::with_capacity(256)),
-            timers: RefCell::new(BinaryHeap::new()),
-            seq: Cell::new(0),
+            timers: RefCell::new(Timers::new()),
+            armed: Arc::clone(&handle.timers),
+            seen: Cell::new(None),
             woken: RefCell::new(Vec::new()),
         }
     }
 
-    /// Arms a timer that wakes `waker` at `deadline`.
-    pub(crate) fn add_timer(&self, deadline: Instant, waker: Waker) -> TimerGuard {
-        let cancelled = Rc::new(Cell::new(false));
-        let seq = self.seq.get();
-        self.seq.set(seq + 1);
-        self.timers.borrow_mut().push(Reverse(Timer {
-            deadline,
-            seq,
-            waker,
-            cancelled: Rc::clone(&cancelled),
-        }));
-        TimerGuard(cancelled)
+    /// Publishes the number of armed timers. Only this worker writes it:
+    /// a plain store, no read-modify-write.
+    fn publish(&self, timers: &Timers) {
+        self.armed.store(timers.len(), Ordering::Relaxed);
+    }
+
+    /// Sets the timer of coroutine `task`, which has just parked until
+    /// `deadline` (`None`: no deadline); `old` is the timer its previous
+    /// timed wait left armed, if any. Returns the timer to keep with the
+    /// coroutine (`Running::timer`) for its next park, or for
+    /// [`disarm`](Self::disarm) when it finishes.
+    ///
+    /// A wait that ends before its deadline leaves its timer armed while
+    /// its coroutine runs on: the coroutine's next timed wait moves it to
+    /// the new deadline in place, its next wait without one disarms it,
+    /// and so does its end. Disarming at every resume and arming again at
+    /// the next park cost a heap removal and insertion, a slot and two
+    /// locked instructions on the task's count per timed wait; a waiter in
+    /// a `recv_timeout` loop parks again within a few hundred nanoseconds.
+    /// So each coroutine holds at most one timer, whose waker references
+    /// only that coroutine's own (live) task: memory stays flat however
+    /// many waits end early, and a finished coroutine holds none. A timer
+    /// left armed can still fire while its coroutine runs; that is a
+    /// spurious wake-up (the next park returns at once), which every wait
+    /// loop allows.
+    #[inline]
+    pub(crate) fn arm(
+        &self,
+        old: Option<TimerKey>,
+        deadline: Option<Instant>,
+        task: &TaskRef,
+    ) -> Option<TimerKey> {
+        if old.is_none() && deadline.is_none() {
+            return None;
+        }
+        let owner = task.as_ptr() as usize;
+        let Some(d) = deadline else {
+            self.disarm(old, task);
+            return None;
+        };
+        let mut timers = self.timers.borrow_mut();
+        if let Some(key) = old.and_then(|k| timers.rearm(k, owner, d)) {
+            return Some(key);
+        }
+        let key = timers.insert(d, owner, task.waker());
+        self.publish(&timers);
+        Some(key)
+    }
+
+    /// Disarms `key`'s timer (of coroutine `task`), if any and not fired.
+    pub(crate) fn disarm(&self, key: Option<TimerKey>, task: &TaskRef) {
+        let Some(key) = key else { return };
+        let waker = {
+            let mut timers = self.timers.borrow_mut();
+            let w = timers.cancel(key, task.as_ptr() as usize);
+            self.publish(&timers);
+            w
+        };
+        // Outside the borrow (not that it can be the task's last
+        // reference: the caller holds one).
+        drop(waker);
     }
 
     /// Wakes every timer whose deadline has passed, in deadline order.
+    ///
+    /// A busy worker calls this every few runs (every 8th, `next_work`).
+    /// When a coroutine has read the clock since the last call (a timed
+    /// wait taking its deadline does), that reading is at most those few
+    /// runs old; if it puts the earliest deadline more than `NEAR` (1 ms)
+    /// ahead, nothing is due unless those runs took longer than that, and
+    /// the call skips its own clock read. (A timer due then fires one call
+    /// later; with no fresh reading every call reads the clock.) In a
+    /// 1-worker `recv_timeout` ping-pong this was a clock read every 4
+    /// round trips.
     pub(crate) fn fire_timers(&self) {
-        if self.timers.borrow().is_empty() {
+        let Some(next) = self.timers.borrow().next_deadline() else {
             return;
-        }
-        let now = Instant::now();
-        loop {
-            let t = {
-                let mut heap = self.timers.borrow_mut();
-                match heap.peek() {
-                    Some(Reverse(t)) if t.deadline <= now => heap.pop().map(|Reverse(t)| t),
-                    _ => None,
-                }
-            };
-            let Some(t) = t else { break };
-            if !t.cancelled.get() {
-                t.waker.wake();
+        };
+        let reading = crate::time::reading();
+        if reading != self.seen.get() {
+            self.seen.set(reading);
+            if reading.is_some_and(|at| at + NEAR < next) {
+                return;
             }
+        }
+        // Kept as the worker's reading: a coroutine this wakes sees its
+        // deadline passed without reading the clock again.
+        let now = crate::time::now();
+        self.seen.set(Some(now));
+        loop {
+            let waker = {
+                let mut timers = self.timers.borrow_mut();
+                let w = timers.pop_expired(now);
+                self.publish(&timers);
+                w
+            };
+            let Some(waker) = waker else { break };
+            waker.wake();
         }
     }
 
-    /// How long the worker may sleep: until the earliest live timer.
+    /// How long the worker may sleep: until the earliest timer.
     fn timeout(&self) -> Option<Duration> {
-        let mut heap = self.timers.borrow_mut();
-        while heap.peek().is_some_and(|Reverse(t)| t.cancelled.get()) {
-            heap.pop();
-        }
-        heap.peek()
-            .map(|Reverse(t)| t.deadline.saturating_duration_since(Instant::now()))
+        let next = self.timers.borrow().next_deadline()?;
+        let now = crate::time::now();
+        // Not a fresh reading for the `fire_timers` after the sleep.
+        self.seen.set(Some(now));
+        Some(next.saturating_duration_since(now))
     }
 
     /// Polls for I/O events, sleeping up to the next timer (or not at all

@@ -534,6 +534,12 @@ impl Runtime {
                 .map(|w| w.started.load(Ordering::Relaxed) as u64)
                 .collect(),
             arena: self.shared.arena.stats(),
+            timers: self
+                .shared
+                .workers
+                .iter()
+                .map(|w| w.driver.timers() as u64)
+                .sum(),
         }
     }
 
@@ -674,6 +680,12 @@ pub struct RuntimeStats {
     pub worker_started: Vec<u64>,
     /// The stack arena's counters.
     pub arena: ArenaStats,
+    /// Timers armed over all workers, at most one per coroutine: that of
+    /// its last wait with a deadline (a `sleep`, a `recv_timeout`, a socket
+    /// read with a timeout). A wait that ends before its deadline leaves
+    /// its timer armed for the coroutine's next wait to move or disarm; a
+    /// coroutine that finishes disarms it.
+    pub timers: u64,
 }
 
 /// Spawns `f` on `shared`: the local deque on one of its workers, else the

@@ -68,7 +68,7 @@ use std::time::{Duration, Instant};
 use corosensei::{CoroutineResult, Yielder};
 use crossbeam_deque::{Injector, Steal, Worker};
 
-use super::driver::{Driver, TimerGuard};
+use super::driver::{Driver, TimerKey};
 use super::local::Map as LocalMap;
 use super::task::{CancelUnwind, Header, NewTask, SharedHandle, Stack, TaskRef};
 use super::Shared;
@@ -182,10 +182,12 @@ pub(crate) struct Running {
     /// (see `Local::placement`).
     resumes: Cell<u32>,
     resumes_at_spawn: Cell<u32>,
-    /// The timer of a park with a deadline; cancelled when it runs again.
-    /// A `Cell` (taken and set whole), not a `RefCell`: 8 bytes less per
-    /// coroutine, which puts `Running` in a smaller malloc size class.
-    timer: Cell<Option<TimerGuard>>,
+    /// The timer of its last park with a deadline, if armed: moved to the
+    /// next park's deadline, or disarmed by the next park without one or
+    /// by `finish` (see `Driver::arm`). A `Cell` (taken and set whole),
+    /// not a `RefCell`: 8 bytes less per coroutine, which puts `Running`
+    /// in a smaller malloc size class.
+    timer: Cell<Option<TimerKey>>,
     /// Cancellations thrown into it at shutdown (see [`CANCEL_THROWS`]).
     cancel_throws: Cell<u8>,
     /// Yields skipped while it unwound from a panic (see
@@ -254,7 +256,6 @@ impl Running {
     /// Resumes the coroutine on this thread until it suspends or returns.
     /// `p` must point to `self`, boxed and kept alive by the caller.
     fn resume(&self, p: *const Running) -> CoroutineResult<Request, bool> {
-        self.timer.take();
         self.resumes.set(self.resumes.get().wrapping_add(1));
         set_current(p);
         StackGauge::set_running(Some(&self.gauge));
@@ -763,6 +764,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         tracing::error!(worker = index, error = %e, "cannot set up the signal stack; worker exits");
         return;
     }
+    let driver = Driver::new(poll, &shared.workers[index].driver);
     let local = Local {
         index,
         ws: &*shared.workers[index],
@@ -778,7 +780,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         searching: Cell::new(false),
         seen: RefCell::new(Vec::new()),
         left_work: Cell::new(false),
-        driver: Driver::new(poll),
+        driver,
     };
     WORKER.with(|w| w.set(&local));
     local.ws().running.store(true, Ordering::Release);
@@ -1432,10 +1434,10 @@ impl Local {
             CoroutineResult::Yield(Request::Park(deadline)) => {
                 if r.header.park.commit_park() {
                     bump(&ws.parks);
-                    if let Some(d) = deadline {
-                        let waker = r.header.waker();
-                        r.timer.set(Some(self.driver.add_timer(d, waker)));
-                    }
+                    // The timer an earlier wait left armed moves to this
+                    // wait's deadline, or goes (see `Driver::arm`).
+                    r.timer
+                        .set(self.driver.arm(r.timer.take(), deadline, &r.header));
                 } else {
                     self.ready.borrow_mut().push_back(key);
                 }
@@ -1508,7 +1510,8 @@ impl Local {
             timer,
             ..
         } = running;
-        drop_quietly((co, locals, timer, gauge, span));
+        self.driver.disarm(timer.into_inner(), &header);
+        drop_quietly((co, locals, gauge, span));
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
         self.shared.live.add(-1);
@@ -1539,6 +1542,7 @@ impl Local {
         // Later unparks (a waiter node on its stack may still be linked in
         // some queue) find it finished and do nothing.
         running.header.park.finish();
+        self.driver.disarm(running.timer.take(), &running.header);
         let (id, name) = (running.header.id, running.header.name.clone());
         let name = name.as_deref().unwrap_or("<unnamed>");
         contain("reporting an abandoned coroutine", || {

@@ -224,7 +224,7 @@ impl<T> Chan<T> {
                         return Err(SendFail::Full(value.take().expect("value not yet sent")));
                     }
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if crate::time::expired(deadline) {
                     let v = match value.take() {
                         Some(v) => v,
                         // A rendezvous value nobody took: withdraw it, which
@@ -326,7 +326,7 @@ impl<T> Chan<T> {
                 if !block {
                     return Err(RecvFail::Empty);
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if crate::time::expired(deadline) {
                     return Err(RecvFail::Timeout);
                 }
                 node = Node::new();

@@ -103,7 +103,7 @@ impl Waiter {
             if self.is_notified() {
                 return true;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if crate::time::expired(deadline) {
                 return false;
             }
             crate::time::park_until(deadline);
@@ -157,7 +157,7 @@ impl<V> Node<V> {
                 self.settle();
                 return true;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if crate::time::expired(deadline) {
                 return false;
             }
             crate::time::park_until(deadline);
@@ -493,9 +493,10 @@ impl<S> Drop for SpinGuard<'_, S> {
     }
 }
 
-/// `now + d`, or `None` (wait forever) if that overflows.
+/// `now + d`, or `None` (wait forever) if that overflows. The reading is
+/// kept for the wait's own checks (`crate::time::expired`).
 pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
-    Instant::now().checked_add(d)
+    crate::time::deadline_after(d)
 }
 
 /// Wakes every waiter in `list` (after the caller released its lock).

@@ -88,6 +88,40 @@ fn channel_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
     })
 }
 
+/// `channel_pingpong` with both sides receiving through
+/// `recv_timeout(timeout)` (`None`: plain `recv`): every wait arms a timer
+/// that the reply cancels long before its deadline. One op is one round
+/// trip. Only this binary has it (issue 17, item 12: what a timeout costs
+/// a wait, and whether cancelled timers give their memory back).
+fn timed_pingpong(rt: &Runtime, rounds: u64, timeout: Option<Duration>) -> (Duration, u64) {
+    let recv = move |rx: &mpsc::Receiver<u64>| match timeout {
+        Some(t) => rx.recv_timeout(t).ok(),
+        None => rx.recv().ok(),
+    };
+    on_workers(rt, move || {
+        let (to_b, from_a) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let start = Instant::now();
+        let b = greenstack::spawn(move || {
+            while let Some(v) = recv(&from_a) {
+                if to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for _ in 0..rounds {
+            to_b.send(v).unwrap();
+            v = recv(&from_b).unwrap();
+        }
+        drop(to_b);
+        b.join().unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
+    })
+}
+
 /// The floor under `channel_pingpong` on this runtime, no channel at all:
 /// the same token bounced `rounds` times, each side with its own atomic
 /// slot, `unpark`ing the other and `park`ing until its slot holds the next
@@ -350,6 +384,76 @@ fn main() -> std::io::Result<()> {
                     ("maps_lines", maps.to_string()),
                     ("base_maps_lines", base_maps.to_string()),
                     ("base_kib", base.to_string()),
+                ],
+            );
+        }
+        "timed_pingpong" => {
+            // One cold run of `n` round trips (default 1M), the RSS around
+            // it, `timeout_s=0` for plain `recv`.
+            let n = args.get("n", 1_000_000);
+            let timeout = match args.get("timeout_s", 60) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            };
+            let rt = Runtime::builder().workers(workers).build()?;
+            timed_pingpong(&rt, 1_000, timeout); // workers up, queues grown
+            let before = common::rss_pte_kib();
+            let (t, ops) = timed_pingpong(&rt, n, timeout);
+            let after = common::rss_pte_kib();
+            report(
+                PEER,
+                &args,
+                &[
+                    (
+                        "ns_per_op",
+                        format!("{:.2}", t.as_nanos() as f64 / ops as f64),
+                    ),
+                    ("rss_before_kib", before.to_string()),
+                    ("rss_after_kib", after.to_string()),
+                    (
+                        "bytes_per_op",
+                        format!(
+                            "{:.1}",
+                            (after as f64 - before as f64) * 1024.0 / ops as f64
+                        ),
+                    ),
+                ],
+            );
+        }
+        "timeout_cost" => {
+            // `timed_pingpong` with and without `recv_timeout(60 s)`, in
+            // alternating blocks of `n` round trips (default 200k), `reps`
+            // blocks each (default 15), in one process: the fastest block
+            // of each is the one least disturbed by other load on the
+            // machine, and their ratio is what the timeout costs a wait.
+            let n = args.get("n", 200_000);
+            let reps = args.get("reps", 15);
+            let rt = Runtime::builder().workers(workers).build()?;
+            let timeout = Some(Duration::from_secs(60));
+            timed_pingpong(&rt, 10_000, None);
+            timed_pingpong(&rt, 10_000, timeout);
+            let (mut plain, mut timed) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                let (t, ops) = timed_pingpong(&rt, n, None);
+                plain.push(t.as_nanos() as f64 / ops as f64);
+                let (t, ops) = timed_pingpong(&rt, n, timeout);
+                timed.push(t.as_nanos() as f64 / ops as f64);
+            }
+            let stats = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                (v[0], v[v.len() / 2])
+            };
+            let ((pmin, pmed), (tmin, tmed)) = (stats(&mut plain), stats(&mut timed));
+            report(
+                PEER,
+                &args,
+                &[
+                    ("recv_ns_min", format!("{pmin:.1}")),
+                    ("recv_ns_median", format!("{pmed:.1}")),
+                    ("recv_timeout_ns_min", format!("{tmin:.1}")),
+                    ("recv_timeout_ns_median", format!("{tmed:.1}")),
+                    ("ratio_min", format!("{:.3}", tmin / pmin)),
+                    ("ratio_median", format!("{:.3}", tmed / pmed)),
                 ],
             );
         }
