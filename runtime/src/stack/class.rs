@@ -145,6 +145,10 @@ pub(crate) struct Class {
     pub(crate) alloc: SlotAllocator,
     /// Slots `0..mapped` lie in chunks already made read-write (marker mode).
     mapped: AtomicUsize,
+    /// Slots set up in `mprotect` mode, whose mappings this class holds
+    /// from the process's budget (`mmap::claim_slot_mappings`) until it is
+    /// unmapped.
+    mapped_slots: AtomicUsize,
     /// Serializes chunk mapping (rare: once per [`CHUNK_BYTES`]).
     chunk_lock: Mutex<()>,
     /// Sum of `pooled_excess` over pooled slots.
@@ -246,6 +250,7 @@ impl Class {
             })?,
             alloc: SlotAllocator::new(geo.capacity),
             mapped: AtomicUsize::new(0),
+            mapped_slots: AtomicUsize::new(0),
             chunk_lock: Mutex::new(()),
             pool_excess: crossbeam_utils::CachePadded::new(AtomicUsize::new(0)),
             epoch: AtomicU64::new(0),
@@ -335,9 +340,17 @@ impl Class {
             }
             GuardMode::Mprotect => {
                 mmap::check_injected(mmap::Fault::GuardInstall)?;
+                // The two mappings the committed top costs come out of the
+                // process's budget first, so the stacks never take the
+                // mappings malloc and thread stacks need (`MapBudget`).
+                mmap::claim_slot_mappings()?;
                 // SAFETY: the top of our own freshly claimed slot, inside the
                 // class reservation, holding no data.
-                unsafe { mmap::protect(floor, top - floor, true) }.map_err(map_limit_error)?;
+                if let Err(e) = unsafe { mmap::protect(floor, top - floor, true) } {
+                    mmap::unclaim_slot_mappings(1);
+                    return Err(map_limit_error(e));
+                }
+                self.mapped_slots.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.counters
@@ -603,6 +616,51 @@ impl Class {
         self.counters.bytes_reclaimed.load(Ordering::Relaxed) - before
     }
 
+    /// With the `mprotect` fallback, gives back the mappings of this
+    /// class's pooled slots: each one's committed stack is discarded and
+    /// made inaccessible again, so it no longer splits the reservation, and
+    /// its next allocation sets it up afresh. Called when the process's
+    /// mapping budget is spent (`StackArena`'s allocation), so the slots
+    /// one size class has pooled do not keep another from being set up.
+    /// Returns how many slots gave theirs back.
+    pub(crate) fn reclaim_mappings(&self) -> usize {
+        if self.geo.mode != GuardMode::Mprotect {
+            return 0;
+        }
+        let mut freed = 0;
+        for index in 0..self.alloc.touched() {
+            let meta = &self.metas[index];
+            if meta.floor.load(Ordering::Relaxed) == 0 || !self.alloc.begin_trim(index as u32) {
+                continue;
+            }
+            self.unpool_excess(index);
+            let floor = meta.floor.load(Ordering::Relaxed);
+            let top = self.slot_top(index);
+            // SAFETY: the slot is pooled and claimed for trimming, so its
+            // stack is dead; `[floor, top)` is its committed range.
+            let done = floor != 0
+                && unsafe {
+                    mmap::discard(floor, top - floor)
+                        .and_then(|()| mmap::protect(floor, top - floor, false))
+                }
+                .is_ok();
+            if done {
+                meta.floor.store(0, Ordering::Release);
+                self.counters
+                    .committed
+                    .fetch_sub(top - floor, Ordering::Relaxed);
+                self.counters
+                    .bytes_reclaimed
+                    .fetch_add((top - floor) as u64, Ordering::Relaxed);
+                self.mapped_slots.fetch_sub(1, Ordering::Relaxed);
+                mmap::unclaim_slot_mappings(1);
+                freed += 1;
+            }
+            self.alloc.end_trim(index as u32);
+        }
+        freed
+    }
+
     /// Grows live slot `index`, whose fault at `addr` lies in
     /// `[zone_bottom, floor)`, down past `addr`.
     ///
@@ -687,7 +745,9 @@ impl Drop for Class {
         // SAFETY: the class is being dropped, so no slot of it is live (each
         // live `Slot` holds an `Arc` to it) and the fault handler no longer
         // finds it (the arena unregisters it first).
-        let _ = unsafe { mmap::unmap(addr, len) };
+        if unsafe { mmap::unmap(addr, len) }.is_ok() {
+            mmap::unclaim_slot_mappings(*self.mapped_slots.get_mut());
+        }
     }
 }
 

@@ -40,10 +40,16 @@
 //! arena is one read-write mapping and the ungrown zone carries markers: the
 //! whole arena shows as one or two lines in `/proc/self/maps`. Without them
 //! the reservation is `PROT_NONE` and growth is `mprotect`, which costs two
-//! mappings per live stack; `vm.max_map_count` (65530 by default) then caps
-//! live stacks near 32,750, and allocation past that returns an error naming
-//! the sysctl. Set `GREENSTACK_GUARD_MODE=mprotect` (or
-//! [`ArenaBuilder::guard_mode`]) to force the fallback.
+//! mappings per stack set up (live or pooled). The arena then leaves the
+//! larger of 4,096 mappings and a sixteenth of `vm.max_map_count` to the
+//! rest of the process (malloc and thread stacks need some too), so stacks
+//! get `(vm.max_map_count - reserve) / 2` (30,717 at Linux's default of
+//! 65,530), counted over every arena of the process, and allocation past
+//! that returns an error naming the sysctl. Pooled slots give their
+//! mappings back when another size class needs them. The environment
+//! variable [`mmap::MAX_MAP_COUNT_ENV`] lowers the limit planned for. Set
+//! `GREENSTACK_GUARD_MODE=mprotect` (or [`ArenaBuilder::guard_mode`]) to
+//! force the fallback.
 //!
 //! **Reclaim.** A released slot keeps [`ArenaBuilder::retained_commit`]
 //! bytes committed and goes on a LIFO pool, so the next allocation reuses a
@@ -561,7 +567,19 @@ impl StackArena {
                 class.class.reuse_retired(i)?;
                 (class, i)
             }
-            None => (Arc::clone(handle), handle.class.allocate()?),
+            None => match handle.class.allocate() {
+                Ok(i) => (Arc::clone(handle), i),
+                // With the `mprotect` fallback at the mapping budget, slots
+                // pooled in any class give their mappings back, once.
+                Err(e) if mmap::is_budget_spent(&e) => {
+                    let freed: usize = self.handles().map(|h| h.class.reclaim_mappings()).sum();
+                    if freed == 0 {
+                        return Err(e);
+                    }
+                    (Arc::clone(handle), handle.class.allocate()?)
+                }
+                Err(e) => return Err(e),
+            },
         };
         let base = class.class.slot_top(index as usize);
         Ok(Slot {
