@@ -1059,9 +1059,11 @@ pub fn prepare_thread() -> io::Result<()> {
 /// Makes sure the next `bytes` of stack below the caller are committed, so
 /// code that follows can use that much stack without a growth fault.
 ///
-/// Costs one touch of a page (~9 ns) when the memory is already committed.
-/// A no-op outside an arena stack. If fewer than `bytes` remain before the
-/// hard guard, commits what remains.
+/// Costs one touch of a page (~9 ns) when the memory is already committed;
+/// otherwise one growth fault per 256 KiB still to commit at most (one in
+/// all for most requests, since growth is geometric). A no-op outside an
+/// arena stack. If fewer than `bytes` remain before the hard guard, commits
+/// what remains.
 ///
 /// # Examples
 ///
@@ -1102,7 +1104,37 @@ fn prefault_here(bytes: usize) {
     };
     let target = sp.saturating_sub(bytes).max(bottom);
     if target < floor {
-        touch(target);
+        grow_to(target, floor);
+    }
+}
+
+/// Grows the running stack until its committed floor is at or below
+/// `target`, from `floor`: the slow path of [`prefault`].
+///
+/// In marker mode only the [`BAND`](class::BAND) below the floor faults;
+/// under it, the ungrown zone is read-write memory without markers, where a
+/// touch takes no fault and grows nothing (so a prefault of more than
+/// 256 KiB below the floor once did nothing at all). So each touch lands in
+/// the band, at most 256 KiB below the floor, and the growth it causes (at
+/// least down to the touch, geometric past it) moves the band down for the
+/// next. With the `mprotect` fallback the whole zone faults, and the first
+/// touch usually suffices.
+#[cold]
+#[inline(never)]
+fn grow_to(target: usize, mut floor: usize) {
+    loop {
+        touch(target.max(floor.saturating_sub(class::BAND)));
+        // The handler moved the floor on this thread, before the touch
+        // returned.
+        let Some(now) = fault::locate(target).map(|l| l.floor) else {
+            return;
+        };
+        if now <= target || now >= floor {
+            // Done, or the touch grew nothing (not our stack any more): stop
+            // rather than spin.
+            return;
+        }
+        floor = now;
     }
 }
 
