@@ -94,7 +94,9 @@ mod tests;
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::loom::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use once_cell::sync::OnceCell;
@@ -845,8 +847,7 @@ impl Drop for Slot {
         // (`index` was read before).
         let class = unsafe { ManuallyDrop::take(&mut self.class) };
         if class.class.retire(index) {
-            class.class.alloc.release(index);
-            class.class.request_trim();
+            class.class.release_deferred(index);
         } else if let Err((class, index)) = magazine_put(class, index) {
             class.class.alloc.release(index);
         }
