@@ -553,8 +553,8 @@ where
     // touch of each is a page fault, and a million of them are gigabytes.
     // Not with the `mprotect` fallback, where stacks are few (the mapping
     // limit): there a spawn that returns `Ok` holds its stack, so it runs.
-    let lazy = shared.arena.guard_mode() == GuardMode::Markers
-        && worker::backlog(shared) >= LAZY_STACK_BACKLOG;
+    let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG
+        && shared.arena.guard_mode() == GuardMode::Markers;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
     let (task, handle) = TaskRef::new(init, f, slot);
