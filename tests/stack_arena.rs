@@ -409,3 +409,45 @@ fn a_runtime_without_deferred_trim_is_under_budget_once_the_slots_are_back() {
         assert!(s.bytes_reclaimed > 0, "{s:?}");
     });
 }
+
+/// Issue 17, item 15: `prefault(bytes)` commits `bytes` below the caller
+/// however far that reaches past the 256 KiB band of guard markers under
+/// the floor, so the code after it takes no growth fault. In marker mode
+/// the zone below the band is unmarked, and a prefault reaching there was
+/// a read of never-touched memory that committed nothing.
+#[test]
+fn prefault_commits_past_the_marker_band() {
+    const WANT: usize = 2 << 20;
+    let arena = StackArena::builder().stack_size(8 << 20).build().unwrap();
+    let slot = arena.allocate().unwrap();
+    greenstack::stack::prepare_thread().unwrap();
+    let a = arena.clone();
+    let mut co = Coroutine::with_stack(slot, move |_: &corosensei::Yielder<(), ()>, ()| {
+        let here = 0u8;
+        let sp = black_box(&here) as *const u8 as usize;
+        greenstack::stack::prefault(WANT);
+        let floor = greenstack::stack::testing::floor_of(sp).expect("on an arena stack");
+        let faults = a.stats().growth_faults;
+        // Recurse through most of what was prefaulted: no fault may come.
+        #[inline(never)]
+        fn dig(top: usize, bytes: usize) -> usize {
+            let pad = black_box([1u8; 1024]);
+            let here = 0u8;
+            if top - black_box(&here) as *const u8 as usize >= bytes {
+                return pad[0] as usize;
+            }
+            dig(top, bytes) + pad[1] as usize
+        }
+        assert!(dig(sp, WANT - (64 << 10)) > 0);
+        (sp - floor, a.stats().growth_faults - faults)
+    });
+    let (committed_below, faults_after) = match co.resume(()) {
+        CoroutineResult::Return(r) => r,
+        CoroutineResult::Yield(()) => unreachable!(),
+    };
+    assert!(
+        committed_below >= WANT,
+        "prefault({WANT}) left only {committed_below} bytes committed below the caller"
+    );
+    assert_eq!(faults_after, 0, "growth faults after the prefault");
+}

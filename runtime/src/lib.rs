@@ -37,7 +37,7 @@ mod loom;
 #[cfg(not(target_os = "linux"))]
 compile_error!("greenstack needs Linux: its stacks grow through Linux's fault handling");
 
-#[cfg(not(greenstack_loom))]
+#[cfg_attr(greenstack_loom, allow(dead_code))]
 mod counter;
 
 #[cfg(not(greenstack_loom))]
@@ -68,6 +68,10 @@ pub use scheduler::{
 mod stack {
     #[allow(dead_code)]
     mod arena;
+    #[allow(dead_code, unreachable_pub)]
+    mod class;
+    #[allow(dead_code, unreachable_pub)]
+    mod mmap;
     #[cfg(test)]
     mod tests;
     pub(crate) use crate::loom::rt::NoFaultSection;

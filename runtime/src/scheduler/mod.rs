@@ -82,7 +82,7 @@ use crate::counter::Sharded;
 
 pub(crate) use self::task::Header;
 use self::task::{HeaderInit, NewTask, Stack, TaskRef};
-use crate::stack::{ArenaBuilder, ArenaStats, StackArena};
+use crate::stack::{ArenaBuilder, ArenaStats, GuardMode, StackArena};
 
 pub use self::local::{AccessError, LocalKey};
 pub use self::task::{Cancelled, Coroutine, CoroutineId, JoinHandle};
@@ -703,7 +703,10 @@ where
     // A spawner far ahead of the workers (a loop spawning before it joins)
     // would otherwise hold a stack for every queued coroutine: the first
     // touch of each is a page fault, and a million of them are gigabytes.
-    let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG;
+    // Not with the `mprotect` fallback, where stacks are few (the mapping
+    // limit): there a spawn that returns `Ok` holds its stack, so it runs.
+    let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG
+        && shared.arena.guard_mode() == GuardMode::Markers;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
     let (task, handle) = TaskRef::new(init, f, slot);
@@ -852,7 +855,12 @@ impl Builder {
     /// coroutine). If no stack can be had then, its [`JoinHandle::join`]
     /// returns `Err` with the error's message as the payload, as for a
     /// panic, and the error is logged. An invalid size is still reported
-    /// here.
+    /// here. Not with the `mprotect` fallback ([`GuardMode::Mprotect`]),
+    /// whose stacks the kernel's mapping limit makes few: there every
+    /// coroutine takes its stack here, so one this returns `Ok` for runs,
+    /// and the `vm.max_map_count` error comes back from this call.
+    ///
+    /// [`GuardMode::Mprotect`]: crate::stack::GuardMode::Mprotect
     pub fn spawn<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,

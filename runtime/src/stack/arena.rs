@@ -39,18 +39,36 @@
 //! trimmer claims it with a CAS on its state byte, `POOLED -> TRIMMING`; an
 //! allocator that pops a slot being trimmed waits (one `madvise`, bounded) for
 //! `TRIMMING -> POOLED` before it may take it with `POOLED -> LIVE`.
+//!
+//! A never-used slot's state byte reads `UNUSED`, not `POOLED`, so the
+//! trimmer's CAS cannot claim it. Otherwise (as before issue 17, item 14)
+//! this interleaving reset a live slot to pooled:
+//!
+//! 1. an allocator bumps `fresh` past slot `i` (state still the initial
+//!    value);
+//! 2. a trimmer reads `fresh > i`, and its CAS takes the initial value for
+//!    `POOLED`: it now holds `i` for trimming;
+//! 3. the allocator stores `LIVE` and hands `i` out;
+//! 4. the trimmer's `end_trim` stores `POOLED` over `LIVE`, and gives back
+//!    the pages of a running stack if it trimmed first.
+//!
+//! The `fresh` check in `begin_trim` is only a fast path; the state byte
+//! alone decides.
 
 use crossbeam_utils::CachePadded;
 
 use crate::loom::hint::backoff;
 use crate::loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-/// State byte: never used, or pooled and free to take.
-const POOLED: u8 = 0;
+/// State byte: never handed out (the zeroed arrays start here). Left only
+/// by the `fresh` bump's `UNUSED -> LIVE`; never returns.
+const UNUSED: u8 = 0;
 /// State byte: owned by one `Slot`.
 const LIVE: u8 = 1;
 /// State byte: pooled, and a trimmer is giving its pages back right now.
 const TRIMMING: u8 = 2;
+/// State byte: on the free list (or about to be pushed), free to take.
+const POOLED: u8 = 3;
 
 /// The head word's index half: `index + 1`, or 0 for an empty list.
 const INDEX_MASK: u64 = 0xffff_ffff;
@@ -71,7 +89,7 @@ pub(crate) struct SlotAllocator {
     /// `next[i]`: the entry below pooled slot `i`, as `index + 1` (0 ends the
     /// list). Only meaningful while `i` is on the list.
     next: Box<[AtomicU32]>,
-    /// One of `POOLED`, `LIVE`, `TRIMMING` per slot.
+    /// One of `UNUSED`, `LIVE`, `POOLED`, `TRIMMING` per slot.
     state: Box<[AtomicU8]>,
     /// Slots `fresh..capacity` have never been handed out.
     fresh: CachePadded<AtomicU32>,
@@ -146,8 +164,10 @@ impl SlotAllocator {
             }
             match self.bump() {
                 Some(index) => {
-                    // Fresh slots are born LIVE; nobody else knows the index.
-                    self.state[index as usize].store(LIVE, Ordering::Relaxed);
+                    // Nobody else may claim the index: the trimmer's CAS
+                    // wants `POOLED`, and `UNUSED` is not it.
+                    let prev = self.state[index as usize].swap(LIVE, Ordering::Relaxed);
+                    debug_assert_eq!(prev, UNUSED, "fresh slot {index} was already used");
                     return Ok(Claim::Fresh(index));
                 }
                 None => {
@@ -188,6 +208,8 @@ impl SlotAllocator {
     /// never used, or already being trimmed. A true return must be followed by
     /// `end_trim(index)`.
     pub(crate) fn begin_trim(&self, index: u32) -> bool {
+        // A fast path only (slots past `fresh` read `UNUSED`, which the CAS
+        // below refuses anyway).
         if index >= self.fresh.load(Ordering::Acquire) {
             return false;
         }
@@ -220,7 +242,9 @@ impl SlotAllocator {
         loop {
             match state.compare_exchange_weak(POOLED, LIVE, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return,
-                Err(LIVE) => unreachable!("slot {index} popped from the free list while live"),
+                Err(s @ (LIVE | UNUSED)) => {
+                    unreachable!("slot {index} popped from the free list in state {s}")
+                }
                 Err(_) => {
                     backoff(round);
                     round = round.saturating_add(1);

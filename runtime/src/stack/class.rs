@@ -22,13 +22,22 @@
 //! With the fallback, the reservation stays `PROT_NONE` and committing is
 //! `mprotect`.
 //!
+//! The pool's trim bookkeeping (deferred trims, the trimmer's pass, idle
+//! trims, slots retired into a thread's magazine) is loom-modeled in
+//! `stack/tests/loom_class.rs`, through the shim's atomics.
+//!
 //! Slot tops sit 1 MiB past a 2 MiB boundary, so a slot's top page, the band
 //! under it and the next slot's hard guard share one 2 MiB region and one
 //! page-table page (DESIGN.md, "Page tables are part of the cost").
 
 use std::io;
+#[cfg(not(greenstack_loom))]
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+// The slot metadata and the pool's trim bookkeeping use the loom shim, so
+// the models in `stack/tests/loom_class.rs` explore them; statistics and
+// the chunk map stay on std's atomics (they order nothing the models check).
+use crate::loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize};
 
 use once_cell::sync::OnceCell;
 use std::sync::Mutex;
@@ -122,13 +131,13 @@ pub(crate) struct Geometry {
 /// Counters, bumped by normal code and by the fault handler (atomics only).
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) growth_faults: AtomicU64,
-    pub(crate) bytes_grown: AtomicU64,
-    pub(crate) bytes_reclaimed: AtomicU64,
-    pub(crate) committed: AtomicUsize,
+    pub(crate) growth_faults: StdAtomicU64,
+    pub(crate) bytes_grown: StdAtomicU64,
+    pub(crate) bytes_reclaimed: StdAtomicU64,
+    pub(crate) committed: StdAtomicUsize,
     pub(crate) live: crate::counter::Sharded,
     pub(crate) pooled: crate::counter::Sharded,
-    pub(crate) violations: AtomicU64,
+    pub(crate) violations: StdAtomicU64,
 }
 
 /// One size class.
@@ -144,11 +153,15 @@ pub(crate) struct Class {
     /// Which slots are live or pooled.
     pub(crate) alloc: SlotAllocator,
     /// Slots `0..mapped` lie in chunks already made read-write (marker mode).
-    mapped: AtomicUsize,
+    mapped: StdAtomicUsize,
+    /// Slots set up in `mprotect` mode, whose mappings this class holds
+    /// from the process's budget (`mmap::claim_slot_mappings`) until it is
+    /// unmapped.
+    mapped_slots: StdAtomicUsize,
     /// Serializes chunk mapping (rare: once per [`CHUNK_BYTES`]).
     chunk_lock: Mutex<()>,
     /// Sum of `pooled_excess` over pooled slots.
-    pool_excess: crossbeam_utils::CachePadded<AtomicUsize>,
+    pub(crate) pool_excess: crossbeam_utils::CachePadded<AtomicUsize>,
     /// Bumped by each `trim_idle`.
     epoch: AtomicU64,
     /// Statistics.
@@ -167,7 +180,7 @@ pub(crate) struct Class {
 pub(crate) struct Trimmer {
     wake: Box<dyn Fn() + Send + Sync>,
     /// Cleared when the trimmer thread ends: releases then trim at once.
-    alive: AtomicBool,
+    alive: std::sync::atomic::AtomicBool,
 }
 
 impl Trimmer {
@@ -175,7 +188,7 @@ impl Trimmer {
     pub(crate) fn new(wake: Box<dyn Fn() + Send + Sync>) -> Trimmer {
         Trimmer {
             wake,
-            alive: AtomicBool::new(true),
+            alive: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -204,7 +217,7 @@ pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
 /// budget and is left for the trimmer (or the next allocation) to give
 /// back. A flag bit, so the one load that takes the excess takes the flag
 /// too.
-const DEFERRED: usize = 1 << (usize::BITS - 1);
+pub(crate) const DEFERRED: usize = 1 << (usize::BITS - 1);
 
 /// `released_epoch` of a pooled slot whose pages `trim_idle` already gave
 /// back (so later trims skip it until it is used again).
@@ -245,7 +258,8 @@ impl Class {
                 let _ = unsafe { mmap::unmap(raw, len) };
             })?,
             alloc: SlotAllocator::new(geo.capacity),
-            mapped: AtomicUsize::new(0),
+            mapped: StdAtomicUsize::new(0),
+            mapped_slots: StdAtomicUsize::new(0),
             chunk_lock: Mutex::new(()),
             pool_excess: crossbeam_utils::CachePadded::new(AtomicUsize::new(0)),
             epoch: AtomicU64::new(0),
@@ -335,9 +349,17 @@ impl Class {
             }
             GuardMode::Mprotect => {
                 mmap::check_injected(mmap::Fault::GuardInstall)?;
+                // The two mappings the committed top costs come out of the
+                // process's budget first, so the stacks never take the
+                // mappings malloc and thread stacks need (`MapBudget`).
+                mmap::claim_slot_mappings()?;
                 // SAFETY: the top of our own freshly claimed slot, inside the
                 // class reservation, holding no data.
-                unsafe { mmap::protect(floor, top - floor, true) }.map_err(map_limit_error)?;
+                if let Err(e) = unsafe { mmap::protect(floor, top - floor, true) } {
+                    mmap::unclaim_slot_mappings(1);
+                    return Err(map_limit_error(e));
+                }
+                self.mapped_slots.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.counters
@@ -487,6 +509,13 @@ impl Class {
         deferred
     }
 
+    /// Releases a slot `retire` deferred to the shared pool, where the
+    /// trimmer can claim it, then asks the trimmer for a pass.
+    pub(crate) fn release_deferred(&self, index: u32) {
+        self.alloc.release(index);
+        self.request_trim();
+    }
+
     /// Whether a release asked the trimmer for a pass not yet begun.
     pub(crate) fn trim_pending(&self) -> bool {
         self.trim_wanted.load(Ordering::Relaxed)
@@ -603,6 +632,51 @@ impl Class {
         self.counters.bytes_reclaimed.load(Ordering::Relaxed) - before
     }
 
+    /// With the `mprotect` fallback, gives back the mappings of this
+    /// class's pooled slots: each one's committed stack is discarded and
+    /// made inaccessible again, so it no longer splits the reservation, and
+    /// its next allocation sets it up afresh. Called when the process's
+    /// mapping budget is spent (`StackArena`'s allocation), so the slots
+    /// one size class has pooled do not keep another from being set up.
+    /// Returns how many slots gave theirs back.
+    pub(crate) fn reclaim_mappings(&self) -> usize {
+        if self.geo.mode != GuardMode::Mprotect {
+            return 0;
+        }
+        let mut freed = 0;
+        for index in 0..self.alloc.touched() {
+            let meta = &self.metas[index];
+            if meta.floor.load(Ordering::Relaxed) == 0 || !self.alloc.begin_trim(index as u32) {
+                continue;
+            }
+            self.unpool_excess(index);
+            let floor = meta.floor.load(Ordering::Relaxed);
+            let top = self.slot_top(index);
+            // SAFETY: the slot is pooled and claimed for trimming, so its
+            // stack is dead; `[floor, top)` is its committed range.
+            let done = floor != 0
+                && unsafe {
+                    mmap::discard(floor, top - floor)
+                        .and_then(|()| mmap::protect(floor, top - floor, false))
+                }
+                .is_ok();
+            if done {
+                meta.floor.store(0, Ordering::Release);
+                self.counters
+                    .committed
+                    .fetch_sub(top - floor, Ordering::Relaxed);
+                self.counters
+                    .bytes_reclaimed
+                    .fetch_add((top - floor) as u64, Ordering::Relaxed);
+                self.mapped_slots.fetch_sub(1, Ordering::Relaxed);
+                mmap::unclaim_slot_mappings(1);
+                freed += 1;
+            }
+            self.alloc.end_trim(index as u32);
+        }
+        freed
+    }
+
     /// Grows live slot `index`, whose fault at `addr` lies in
     /// `[zone_bottom, floor)`, down past `addr`.
     ///
@@ -687,7 +761,9 @@ impl Drop for Class {
         // SAFETY: the class is being dropped, so no slot of it is live (each
         // live `Slot` holds an `Arc` to it) and the fault handler no longer
         // finds it (the arena unregisters it first).
-        let _ = unsafe { mmap::unmap(addr, len) };
+        if unsafe { mmap::unmap(addr, len) }.is_ok() {
+            mmap::unclaim_slot_mappings(*self.mapped_slots.get_mut());
+        }
     }
 }
 
@@ -724,6 +800,7 @@ pub(crate) fn errno() -> i32 {
 /// alignment is `posix_memalign` plus a `memset` of the whole array (all of
 /// a class's metadata resident as soon as the class is made), which is why
 /// this is by hand.
+#[cfg(not(greenstack_loom))]
 pub(crate) struct Metas {
     ptr: NonNull<SlotMeta>,
     len: usize,
@@ -732,10 +809,13 @@ pub(crate) struct Metas {
 // SAFETY: `Metas` owns its mapping like a `Box<[SlotMeta]>`, and `SlotMeta`
 // is all atomics, so sharing or sending the table is as safe as sharing or
 // sending the slice.
+#[cfg(not(greenstack_loom))]
 unsafe impl Send for Metas {}
 // SAFETY: as for `Send`.
+#[cfg(not(greenstack_loom))]
 unsafe impl Sync for Metas {}
 
+#[cfg(not(greenstack_loom))]
 impl Metas {
     /// `n` all-zero entries.
     fn new(n: usize) -> io::Result<Metas> {
@@ -757,6 +837,7 @@ impl Metas {
     }
 }
 
+#[cfg(not(greenstack_loom))]
 impl std::ops::Deref for Metas {
     type Target = [SlotMeta];
 
@@ -770,8 +851,10 @@ impl std::ops::Deref for Metas {
 
 // `Metas` unmaps its entries without dropping them, which is right only
 // while a `SlotMeta` needs no drop (it is all atomics).
+#[cfg(not(greenstack_loom))]
 const _: () = assert!(!std::mem::needs_drop::<SlotMeta>());
 
+#[cfg(not(greenstack_loom))]
 impl Drop for Metas {
     fn drop(&mut self) {
         if self.len != 0 {
@@ -785,5 +868,38 @@ impl Drop for Metas {
                 )
             };
         }
+    }
+}
+
+/// Under loom, the metadata are loom atomics, which must be made with
+/// `new` (zeroed bytes are not one): a plain vector of fresh entries.
+#[cfg(greenstack_loom)]
+pub(crate) struct Metas(Box<[SlotMeta]>);
+
+#[cfg(greenstack_loom)]
+impl Metas {
+    fn new(n: usize) -> io::Result<Metas> {
+        Ok(Metas(
+            (0..n)
+                .map(|_| SlotMeta {
+                    floor: AtomicUsize::new(0),
+                    high_water: AtomicUsize::new(0),
+                    id: AtomicU64::new(0),
+                    name_ptr: AtomicUsize::new(0),
+                    name_len: AtomicUsize::new(0),
+                    pooled_excess: AtomicUsize::new(0),
+                    released_epoch: AtomicU64::new(0),
+                })
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(greenstack_loom)]
+impl std::ops::Deref for Metas {
+    type Target = [SlotMeta];
+
+    fn deref(&self) -> &[SlotMeta] {
+        &self.0
     }
 }

@@ -266,3 +266,134 @@ pub(crate) fn max_map_count() -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Environment variable that lowers the mapping limit the arena plans for
+/// below the kernel's `vm.max_map_count` (never above it): for a process
+/// that needs more of its mappings elsewhere, and for tests that reach the
+/// limit quickly.
+pub const MAX_MAP_COUNT_ENV: &str = "GREENSTACK_MAX_MAP_COUNT";
+
+/// Fewest mappings the `mprotect` fallback leaves to the rest of the
+/// process: 4,096. A Rust process starts with a few hundred (binary,
+/// libraries, heap, one stack and guard per thread); each of malloc's
+/// thread arenas and each allocation past its mmap threshold (128 KiB to
+/// 32 MiB) adds one. 4,096 is ten times a busy runtime's count measured
+/// with `wc -l /proc/self/maps` (a few hundred), and 6% of the default
+/// limit of 65,530.
+pub(crate) const MAP_RESERVE_MIN: usize = 4096;
+
+/// How the `mprotect` fallback shares the process's mappings: stacks may
+/// hold `limit - reserve`, where `reserve` is the larger of
+/// [`MAP_RESERVE_MIN`] and a sixteenth of `limit` (65,536 of a limit of
+/// 1,048,576). Each set-up slot holds two (its committed top splits the
+/// class's `PROT_NONE` reservation in three), whether live or pooled, so
+/// at most `(limit - reserve) / 2` slots are set up at once, over all
+/// arenas of the process: 30,717 at the default 65,530, 491,520 at
+/// 1,048,576.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapBudget {
+    /// The limit planned for: `vm.max_map_count`, or the lower
+    /// [`MAX_MAP_COUNT_ENV`].
+    pub(crate) limit: usize,
+    /// Mappings left to the rest of the process.
+    pub(crate) reserve: usize,
+    /// Slots that may be set up at once.
+    pub(crate) slots: usize,
+}
+
+impl MapBudget {
+    /// The budget for a limit of `limit` mappings.
+    pub(crate) fn for_limit(limit: usize) -> MapBudget {
+        let reserve = MAP_RESERVE_MIN.max(limit / 16);
+        MapBudget {
+            limit,
+            reserve,
+            slots: limit.saturating_sub(reserve) / 2,
+        }
+    }
+
+    /// The process's budget, read once: `None` if `vm.max_map_count` is
+    /// unreadable (then only the kernel's own `ENOMEM` limits the fallback).
+    pub(crate) fn get() -> Option<MapBudget> {
+        static BUDGET: OnceLock<Option<MapBudget>> = OnceLock::new();
+        *BUDGET.get_or_init(|| {
+            let kernel = max_map_count().map(|n| n as usize);
+            let asked = std::env::var(MAX_MAP_COUNT_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let limit = match (kernel, asked) {
+                (Some(k), Some(a)) => k.min(a),
+                (k, a) => k.or(a)?,
+            };
+            Some(MapBudget::for_limit(limit))
+        })
+    }
+}
+
+/// Slots set up in `mprotect` mode now, over every arena of the process
+/// (see [`MapBudget`]).
+static MAPPED_SLOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Claims the two mappings a slot about to be set up in `mprotect` mode
+/// will hold. Fails, with an error naming `vm.max_map_count`, once the
+/// process's [`MapBudget`] is spent; a success must be matched by one
+/// [`unclaim_slot_mappings`] when the slot's mappings are gone (its set-up
+/// failed, or its class was unmapped).
+pub(crate) fn claim_slot_mappings() -> io::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(budget) = MapBudget::get() else {
+        MAPPED_SLOTS.fetch_add(1, Relaxed);
+        return Ok(());
+    };
+    // Relaxed: a counter of a budget, guarding no other data.
+    let mut n = MAPPED_SLOTS.load(Relaxed);
+    loop {
+        if n >= budget.slots {
+            return Err(budget_spent(budget, n));
+        }
+        match MAPPED_SLOTS.compare_exchange_weak(n, n + 1, Relaxed, Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(v) => n = v,
+        }
+    }
+}
+
+/// Gives back the mappings of `n` slots claimed by
+/// [`claim_slot_mappings`].
+pub(crate) fn unclaim_slot_mappings(n: usize) {
+    MAPPED_SLOTS.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The error for a spent mapping budget.
+fn budget_spent(b: MapBudget, slots: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::OutOfMemory, BudgetSpent { budget: b, slots })
+}
+
+/// Whether `e` says the process's mapping budget is spent (as opposed to
+/// any other failure to set up a stack).
+pub(crate) fn is_budget_spent(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|r| r.is::<BudgetSpent>())
+}
+
+/// The payload of the error for a spent [`MapBudget`].
+#[derive(Debug)]
+struct BudgetSpent {
+    budget: MapBudget,
+    /// Slots set up when the claim failed.
+    slots: usize,
+}
+
+impl std::fmt::Display for BudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot set up a coroutine stack: the stacks' share of the kernel's mapping limit \
+             vm.max_map_count ({}) is used up: {} stacks hold two mappings each without \
+             guard markers, and {} mappings are left to the rest of the process; raise it with \
+             `sysctl -w vm.max_map_count=N` or use Linux 6.13+",
+            self.budget.limit, self.slots, self.budget.reserve
+        )
+    }
+}
+
+impl std::error::Error for BudgetSpent {}

@@ -40,10 +40,16 @@
 //! arena is one read-write mapping and the ungrown zone carries markers: the
 //! whole arena shows as one or two lines in `/proc/self/maps`. Without them
 //! the reservation is `PROT_NONE` and growth is `mprotect`, which costs two
-//! mappings per live stack; `vm.max_map_count` (65530 by default) then caps
-//! live stacks near 32,750, and allocation past that returns an error naming
-//! the sysctl. Set `GREENSTACK_GUARD_MODE=mprotect` (or
-//! [`ArenaBuilder::guard_mode`]) to force the fallback.
+//! mappings per stack set up (live or pooled). The arena then leaves the
+//! larger of 4,096 mappings and a sixteenth of `vm.max_map_count` to the
+//! rest of the process (malloc and thread stacks need some too), so stacks
+//! get `(vm.max_map_count - reserve) / 2` (30,717 at Linux's default of
+//! 65,530), counted over every arena of the process, and allocation past
+//! that returns an error naming the sysctl. Pooled slots give their
+//! mappings back when another size class needs them. The environment
+//! variable [`mmap::MAX_MAP_COUNT_ENV`] lowers the limit planned for. Set
+//! `GREENSTACK_GUARD_MODE=mprotect` (or [`ArenaBuilder::guard_mode`]) to
+//! force the fallback.
 //!
 //! **Reclaim.** A released slot keeps [`ArenaBuilder::retained_commit`]
 //! bytes committed and goes on a LIFO pool, so the next allocation reuses a
@@ -88,7 +94,9 @@ mod tests;
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::loom::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use once_cell::sync::OnceCell;
@@ -561,7 +569,19 @@ impl StackArena {
                 class.class.reuse_retired(i)?;
                 (class, i)
             }
-            None => (Arc::clone(handle), handle.class.allocate()?),
+            None => match handle.class.allocate() {
+                Ok(i) => (Arc::clone(handle), i),
+                // With the `mprotect` fallback at the mapping budget, slots
+                // pooled in any class give their mappings back, once.
+                Err(e) if mmap::is_budget_spent(&e) => {
+                    let freed: usize = self.handles().map(|h| h.class.reclaim_mappings()).sum();
+                    if freed == 0 {
+                        return Err(e);
+                    }
+                    (Arc::clone(handle), handle.class.allocate()?)
+                }
+                Err(e) => return Err(e),
+            },
         };
         let base = class.class.slot_top(index as usize);
         Ok(Slot {
@@ -827,8 +847,7 @@ impl Drop for Slot {
         // (`index` was read before).
         let class = unsafe { ManuallyDrop::take(&mut self.class) };
         if class.class.retire(index) {
-            class.class.alloc.release(index);
-            class.class.request_trim();
+            class.class.release_deferred(index);
         } else if let Err((class, index)) = magazine_put(class, index) {
             class.class.alloc.release(index);
         }
@@ -1041,9 +1060,11 @@ pub fn prepare_thread() -> io::Result<()> {
 /// Makes sure the next `bytes` of stack below the caller are committed, so
 /// code that follows can use that much stack without a growth fault.
 ///
-/// Costs one touch of a page (~9 ns) when the memory is already committed.
-/// A no-op outside an arena stack. If fewer than `bytes` remain before the
-/// hard guard, commits what remains.
+/// Costs one touch of a page (~9 ns) when the memory is already committed;
+/// otherwise one growth fault per 256 KiB still to commit at most (one in
+/// all for most requests, since growth is geometric). A no-op outside an
+/// arena stack. If fewer than `bytes` remain before the hard guard, commits
+/// what remains.
 ///
 /// # Examples
 ///
@@ -1084,7 +1105,37 @@ fn prefault_here(bytes: usize) {
     };
     let target = sp.saturating_sub(bytes).max(bottom);
     if target < floor {
-        touch(target);
+        grow_to(target, floor);
+    }
+}
+
+/// Grows the running stack until its committed floor is at or below
+/// `target`, from `floor`: the slow path of [`prefault`].
+///
+/// In marker mode only the [`BAND`](class::BAND) below the floor faults;
+/// under it, the ungrown zone is read-write memory without markers, where a
+/// touch takes no fault and grows nothing (so a prefault of more than
+/// 256 KiB below the floor once did nothing at all). So each touch lands in
+/// the band, at most 256 KiB below the floor, and the growth it causes (at
+/// least down to the touch, geometric past it) moves the band down for the
+/// next. With the `mprotect` fallback the whole zone faults, and the first
+/// touch usually suffices.
+#[cold]
+#[inline(never)]
+fn grow_to(target: usize, mut floor: usize) {
+    loop {
+        touch(target.max(floor.saturating_sub(class::BAND)));
+        // The handler moved the floor on this thread, before the touch
+        // returned.
+        let Some(now) = fault::locate(target).map(|l| l.floor) else {
+            return;
+        };
+        if now <= target || now >= floor {
+            // Done, or the touch grew nothing (not our stack any more): stop
+            // rather than spin.
+            return;
+        }
+        floor = now;
     }
 }
 

@@ -112,3 +112,26 @@ fn loom_trim_and_allocate_exclude_each_other() {
         assert!(a.is_live(x), "trim ended by making a live slot pooled");
     });
 }
+
+/// A trimmer racing an allocation that takes a never-used slot (item 14 of
+/// issue 17): the slot was never pooled, so the trim must not claim it, and
+/// the allocation's slot stays live whatever the interleaving. Before the
+/// state byte had its own value for never-used slots, a trim between the
+/// bump of `fresh` and the store of `LIVE` read the fresh slot as pooled,
+/// claimed it, and its `end_trim` reset the live slot to pooled.
+#[test]
+fn loom_trim_never_claims_a_fresh_slot() {
+    loom::model(|| {
+        let a = Arc::new(SlotAllocator::new(1));
+        let a2 = Arc::clone(&a);
+        let trimmer = thread::spawn(move || {
+            if a2.begin_trim(0) {
+                a2.end_trim(0);
+                panic!("trim claimed slot 0, which was never pooled");
+            }
+        });
+        assert_eq!(a.allocate().map(|c| c.index()), Ok(0));
+        trimmer.join().unwrap();
+        assert!(a.is_live(0), "a live slot reads as not live");
+    });
+}

@@ -7,3 +7,5 @@ mod deferred_trim;
 mod identity;
 #[cfg(greenstack_loom)]
 mod loom_arena;
+#[cfg(greenstack_loom)]
+mod loom_class;
