@@ -96,7 +96,20 @@ mod scheduler {
 /// Under loom: the waits park the loom thread (`loom::rt`).
 #[cfg(greenstack_loom)]
 mod time {
+    use std::time::{Duration, Instant};
+
     pub(crate) use crate::loom::rt::park_until;
+
+    /// `now + timeout`, or `None` if that overflows (the real module also
+    /// caches the reading; the models have no worker clock).
+    pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+        Instant::now().checked_add(timeout)
+    }
+
+    /// Whether `deadline` (if any) has passed.
+    pub(crate) fn expired(deadline: Option<Instant>) -> bool {
+        deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Under loom only the modeled components are built: the wait queues, the
