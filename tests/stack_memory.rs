@@ -218,6 +218,12 @@ fn run_limit_child(name: &str, what: &str) -> String {
 /// (`wait`) wait for every coroutine it accepted, or (`alloc`) allocate
 /// a few MiB with malloc, or (`error`) print the spawn's error. Bounded
 /// by a hang guard: a hang fails the child.
+///
+/// In `wait`, both workers are held busy while the root spawns, so the
+/// spawner runs far ahead of its workers (as a loop spawning before it
+/// joins does on a loaded machine): that is the backlog past which stacks
+/// were once taken lazily, at start, where the mapping limit then failed
+/// coroutines `spawn` had accepted.
 fn spawn_to_the_limit(what: String) {
     common::bounded_for(
         "spawning to the mapping limit",
@@ -226,10 +232,30 @@ fn spawn_to_the_limit(what: String) {
             let rt = common::runtime(2);
             let what2 = what.clone();
             rt.block_on(move || {
+                use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+                let busy = std::sync::Arc::new((AtomicUsize::new(0), AtomicBool::new(false)));
+                let mut spinners = Vec::new();
+                if what2 == "wait" {
+                    for _ in 0..2 {
+                        let busy = busy.clone();
+                        spinners.push(greenstack::spawn(move || {
+                            busy.0.fetch_add(1, SeqCst);
+                            while !busy.1.load(SeqCst) {
+                                std::hint::spin_loop();
+                            }
+                        }));
+                    }
+                    while busy.0.load(SeqCst) < 2 {
+                        std::thread::yield_now();
+                    }
+                }
                 let (tx, rx) = std::sync::mpsc::channel::<()>();
                 let mut got = 0usize;
                 let mut err = None;
-                for _ in 0..1_000_000 {
+                // The 100,000 is past the budget at any limit up to
+                // 65,530, which `run_limit_child` plans for.
+                let cap = if what2 == "wait" { 100_000 } else { 1_000_000 };
+                for _ in 0..cap {
                     let tx = tx.clone();
                     match greenstack::Builder::new().spawn(move || {
                         tx.send(()).unwrap();
@@ -245,14 +271,21 @@ fn spawn_to_the_limit(what: String) {
                         }
                     }
                 }
-                let err = err.expect("no spawn failed before 1,000,000 coroutines");
-                match what2.as_str() {
-                    "wait" => {
-                        for _ in 0..got {
-                            rx.recv().unwrap();
-                        }
-                        println!("waited for all {got}");
+                busy.1.store(true, SeqCst);
+                for s in spinners {
+                    s.join().unwrap();
+                }
+                if what2 == "wait" {
+                    // Every accepted coroutine reports in; one that never
+                    // ran leaves this waiting until the hang guard fires.
+                    for _ in 0..got {
+                        rx.recv().unwrap();
                     }
+                    println!("waited for all {got}");
+                }
+                let err = err.unwrap_or_else(|| panic!("no spawn failed in {cap} coroutines"));
+                match what2.as_str() {
+                    "wait" => println!("the spawn after {got} failed: {err}"),
                     "error" => println!("got={got} kind={:?} error={err}", err.kind()),
                     "alloc" => {
                         println!("limit reached at {got}: {err}");
@@ -298,6 +331,7 @@ fn mapping_limit_spawn_then_wait_for_all_completes() {
     }
     let out = run_limit_child("mapping_limit_spawn_then_wait_for_all_completes", "wait");
     assert!(out.contains("waited for all"), "{out}");
+    assert!(out.contains("vm.max_map_count"), "{out}");
     assert!(out.contains("runtime dropped"), "{out}");
 }
 
