@@ -1319,7 +1319,11 @@ fn panic_in_drop_during_shutdown_of_a_never_started_coroutine() {
         // so the next spawn stays queued.
         let blocker = rt.spawn(move || {
             s2.add_permits(1);
-            thread::sleep(Duration::from_millis(200));
+            // A busy wait: `thread::sleep` would park the coroutine.
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_millis(200) {
+                std::hint::spin_loop();
+            }
         });
         started.acquire().forget();
         let bomb = PanicsOnDrop("destructor of a never-started closure panicked");

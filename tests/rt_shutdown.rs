@@ -96,7 +96,12 @@ impl Drop for QueuedGuard {
 #[test]
 fn dropping_the_runtime_drops_coroutines_that_never_started() {
     const N: usize = 1_000;
-    let rt = Runtime::builder().workers(1).build().unwrap();
+    // Hooks off: the blocker's `thread::sleep` must hold the worker.
+    let rt = Runtime::builder()
+        .workers(1)
+        .hook_blocking_calls(false)
+        .build()
+        .unwrap();
     let arena = rt.arena().clone();
     // Occupies the only worker until the runtime shuts down, which it sees
     // as spawning failing; meanwhile nothing else can start.

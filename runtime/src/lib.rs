@@ -56,6 +56,9 @@ pub mod sync;
 pub mod net;
 
 #[cfg(not(greenstack_loom))]
+pub mod hook;
+
+#[cfg(not(greenstack_loom))]
 pub use scheduler::{
     block_on_future, current, park, spawn, spawn_blocking, try_current, yield_now, AccessError,
     Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime, RuntimeBuilder,

@@ -94,6 +94,7 @@ mod timers;
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
@@ -377,7 +378,8 @@ impl DriverHandle {
     pub(crate) fn unpark(&self) {
         // An eventfd write fails only if the counter would overflow, which
         // means a wake-up is pending anyway.
-        let _ = self.waker.wake();
+        // The runtime's own eventfd write: never a parking hook.
+        let _ = crate::hook::bypass(|| self.waker.wake());
     }
 
     /// Registers `source` (edge-triggered, both directions) under a new
@@ -644,4 +646,73 @@ impl Driver {
         drop(woken);
         self.fire_timers();
     }
+}
+
+/// Parks the calling coroutine (on a worker) until one of `fds` is ready
+/// for what its `events` ask (`POLLIN`/`POLLPRI` as readable, `POLLOUT` as
+/// writable; errors and hang-ups count as both), or until `deadline`; may
+/// return early. For the blocking-call hooks (`crate::hook`): each fd is
+/// duplicated and the duplicate registered for this wait only, so nothing
+/// stays behind once the call returns (see the hook module's docs).
+///
+/// # Errors
+///
+/// The caller is not a coroutine on a worker, or an fd could not be
+/// duplicated or registered: the caller then blocks instead.
+pub(crate) fn park_on_fds(
+    fds: &[(RawFd, libc::c_short)],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if !waits_registered() {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    let mut regs = Vec::with_capacity(fds.len());
+    for &(fd, events) in fds {
+        let mut dir = 0;
+        if events & (libc::POLLIN | libc::POLLPRI) != 0 {
+            dir |= READABLE;
+        }
+        if events & libc::POLLOUT != 0 {
+            dir |= WRITABLE;
+        }
+        if fd < 0 || dir == 0 {
+            continue;
+        }
+        let dup = crate::net::dup(fd)?;
+        let raw = dup.as_raw_fd();
+        let reg = Registration::new(&mut mio::unix::SourceFd(&raw))?;
+        // The caller found the fd not ready: only an event from the poller
+        // (which reports an fd ready at registration too) wakes us.
+        reg.state.clear(READABLE | WRITABLE);
+        regs.push((dup, reg, dir));
+    }
+    let mut park = true;
+    for (dup, reg, dir) in &regs {
+        for bit in [READABLE, WRITABLE] {
+            if dir & bit != 0 && !reg.wait(bit, &mut mio::unix::SourceFd(&dup.as_raw_fd()))? {
+                park = false;
+            }
+        }
+    }
+    if park {
+        crate::time::park_until(deadline);
+    }
+    for (dup, reg, dir) in regs {
+        for bit in [READABLE, WRITABLE] {
+            if dir & bit != 0 {
+                reg.forget(bit);
+            }
+        }
+        reg.deregister(&mut mio::unix::SourceFd(&dup.as_raw_fd()));
+        drop(reg);
+        drop(dup);
+    }
+    Ok(())
+}
+
+/// [`park_on_fds`] for one fd and one direction.
+pub(crate) fn park_on_fd(fd: RawFd, write: bool, deadline: Option<Instant>) -> io::Result<()> {
+    let events = if write { libc::POLLOUT } else { libc::POLLIN };
+    park_on_fds(&[(fd, events)], deadline)
 }

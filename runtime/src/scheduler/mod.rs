@@ -63,7 +63,7 @@ mod refcount;
 mod task;
 mod trimmer;
 mod watchdog;
-mod worker;
+pub(crate) mod worker;
 
 #[cfg(test)]
 mod tests;
@@ -185,6 +185,9 @@ pub(crate) struct Shared {
     /// How long a worker at shutdown waits for its cancelled coroutines
     /// that park while unwinding (see `RuntimeBuilder::shutdown_timeout`).
     pub(crate) shutdown_timeout: Duration,
+    /// Whether blocking libc calls in this runtime's coroutines park the
+    /// coroutine (`crate::hook`).
+    pub(crate) hooks: bool,
     /// Worker threads whose run loop has returned, and where
     /// `Runtime::drop` waits for that count with a time limit.
     pub(crate) exited: (std::sync::Mutex<usize>, std::sync::Condvar),
@@ -240,6 +243,7 @@ pub struct RuntimeBuilder {
     arena: ArenaBuilder,
     watchdog: Option<Duration>,
     shutdown_timeout: Duration,
+    hooks: bool,
 }
 
 /// Default of [`RuntimeBuilder::shutdown_timeout`]: long enough for a
@@ -260,6 +264,7 @@ impl Default for RuntimeBuilder {
             arena: StackArena::builder(),
             watchdog: Some(Duration::from_millis(100)),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            hooks: true,
         }
     }
 }
@@ -310,6 +315,35 @@ impl RuntimeBuilder {
     /// leaked for it, and the drop returns.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether blocking calls of std and other crates (socket and pipe
+    /// I/O, `poll`, sleeps) made inside this runtime's coroutines park the
+    /// coroutine instead of blocking its worker. Default: on, unless the
+    /// environment variable [`GREENSTACK_HOOKS`](crate::hook::HOOKS_ENV)
+    /// is `0` or `off`, which turns them off for every runtime.
+    ///
+    /// See [`crate::hook`] for how, and for what is covered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = greenstack_runtime::Runtime::builder()
+    ///     .workers(1)
+    ///     .hook_blocking_calls(true)
+    ///     .build()?;
+    /// rt.block_on(|| {
+    ///     let a = greenstack_runtime::spawn(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+    ///     // Runs while `a` sleeps, on the same single worker.
+    ///     let b = greenstack_runtime::spawn(|| 7);
+    ///     assert_eq!(b.join().unwrap(), 7);
+    ///     a.join().unwrap();
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn hook_blocking_calls(mut self, on: bool) -> Self {
+        self.hooks = on;
         self
     }
 
@@ -386,6 +420,7 @@ impl RuntimeBuilder {
             watchdog_parker: park::Parker::new(),
             trimmer_parker: Arc::new(park::Parker::new()),
             shutdown_timeout: self.shutdown_timeout,
+            hooks: self.hooks && crate::hook::env_enabled(),
             exited: Default::default(),
         });
         let parker = Arc::clone(&shared.trimmer_parker);

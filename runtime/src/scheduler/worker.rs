@@ -193,6 +193,11 @@ pub(crate) struct Running {
     /// Yields skipped while it unwound from a panic (see
     /// [`UNWINDING_YIELDS`]).
     unwinding_yields: Cell<u32>,
+    /// Set while a blocking-call hook parks it (`crate::hook`): a
+    /// cancellation must not unwind through the hook's C frame, so the
+    /// park returns instead, and the hook finishes its call without
+    /// parking again.
+    no_throw: Cell<bool>,
 }
 
 impl Running {
@@ -231,6 +236,7 @@ impl Running {
             timer: Cell::new(None),
             cancel_throws: Cell::new(0),
             unwinding_yields: Cell::new(0),
+            no_throw: Cell::new(false),
         };
         let p = Box::into_raw(place).cast::<Running>();
         // SAFETY: `p` is a `Box` allocation with `Running`'s layout
@@ -273,8 +279,14 @@ impl Running {
             // Our bodies catch every panic; one escaping `resume` means the
             // runtime's own code failed mid-switch, and unwinding past a
             // half-switched coroutine is not recoverable.
-            let result = catch_unwind(AssertUnwindSafe(|| co.resume(())))
-                .unwrap_or_else(|_| abort("a coroutine's resume panicked"));
+            // Blocking libc calls park this coroutine while it runs (not
+            // a `block_on` root, whose thread is its own).
+            let hooked =
+                self.header.shared.hooks && self.header.home.load(Ordering::Relaxed) != ROOT_HOME;
+            crate::hook::set_active(hooked);
+            let result = catch_unwind(AssertUnwindSafe(|| co.resume(())));
+            crate::hook::set_active(false);
+            let result = result.unwrap_or_else(|_| abort("a coroutine's resume panicked"));
             if let Some(e) = entered {
                 contain("leaving a coroutine's span", move || drop(e));
             }
@@ -358,6 +370,28 @@ pub(crate) fn current_running<'a>() -> Option<&'a Running> {
     // reference does not outlive the coroutine's run, since the coroutine
     // code holding it runs only then.
     unsafe { p.as_ref() }
+}
+
+/// Runs `f` (a hook's park) with the running coroutine's cancellation
+/// held back: a park inside it returns when the coroutine is resumed to be
+/// cancelled, instead of unwinding (see `Running::no_throw`).
+pub(crate) fn without_cancel_unwind<R>(f: impl FnOnce() -> R) -> R {
+    let Some(r) = current_running() else {
+        return f();
+    };
+    let was = r.no_throw.replace(true);
+    let out = f();
+    // `current_running` again: the same coroutine, on the same thread.
+    if let Some(r) = current_running() {
+        r.no_throw.set(was);
+    }
+    out
+}
+
+/// Whether the running coroutine is being cancelled (the runtime shuts
+/// down).
+pub(crate) fn current_cancelling() -> bool {
+    current_running().is_some_and(|r| r.header.cancelling.load(Ordering::Relaxed))
 }
 
 /// Whether the caller runs inside a coroutine.
@@ -478,6 +512,11 @@ fn suspend(req: Request) -> bool {
 /// drop): [`suspend_unusual`] refuses that switch.
 #[inline]
 fn suspend_running(r: &Running, req: Request) -> bool {
+    if r.no_throw.get() && !std::thread::panicking() {
+        // Parked by a hook, inside an `extern "C"` frame: never throw here.
+        switch_out(r, req);
+        return true;
+    }
     if r.header.cancelling.load(Ordering::Relaxed) || std::thread::panicking() {
         return suspend_unusual(r, req);
     }
@@ -783,6 +822,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         driver,
     };
     WORKER.with(|w| w.set(&local));
+    crate::hook::record_base_mask();
     local.ws().running.store(true, Ordering::Release);
     // User code the worker runs (results' destructors, wakers, tracing
     // subscribers) is contained where it runs. Anything else unwinding out

@@ -1,0 +1,343 @@
+//! Blocking calls of std and other crates that park the coroutine, not the
+//! worker.
+//!
+//! # Design
+//!
+//! The runtime defines the blocking libc functions itself (`read`, `recv`,
+//! `connect`, `poll`, `nanosleep`, … in [`sys`]), with C linkage and their
+//! libc names. The final binary links these definitions before libc's, so
+//! every call from Rust code (std included) and from C code linked into
+//! the binary reaches them. Each one first reads one thread-local flag,
+//! [`active`]: set only while a worker runs a coroutine of a runtime with
+//! hooks on, and cleared around the runtime's own code that must not park.
+//! Off the flag (plain threads, a `block_on` root, the worker's own loop,
+//! signal handlers of such threads), the function is the system call and
+//! nothing more: no allocation, no lock, async-signal-safe.
+//!
+//! Inside a coroutine the call is made so that it cannot block, and if it
+//! would, the coroutine parks until the fd is ready and tries again:
+//!
+//! - **Sockets**: `recv`/`send` with `MSG_DONTWAIT`, which is non-blocking
+//!   whatever the fd's flags. The fd itself is never switched to
+//!   non-blocking, so its flags stay the user's, and a child process that
+//!   inherits it sees what it would have. `connect` on a blocking socket
+//!   is the exception: it sets `O_NONBLOCK` for the call and restores it.
+//! - **Pipes, FIFOs, terminals**: `poll` with a zero timeout first, then
+//!   the call.
+//! - **Regular files**: passed through for now (a page-cache read does not
+//!   block; see "Not covered").
+//!
+//! When the attempt reports `EAGAIN`, the fd's flags decide: if the user
+//! made it non-blocking (`O_NONBLOCK` by `fcntl`, `ioctl(FIONBIO)` or
+//! `SOCK_NONBLOCK`), `EAGAIN` is the answer, as without the runtime.
+//! Otherwise the coroutine registers a duplicate of the fd with its
+//! worker's poller, parks until readiness (or the socket's `SO_RCVTIMEO`/
+//! `SO_SNDTIMEO`, after which the call fails with `EAGAIN` as Linux's
+//! does), deregisters it and tries again. Registering a duplicate rather
+//! than the fd keeps nothing behind once the call returns: a later `close`
+//! or `dup2` of the fd by anyone finds no stale registration, and two
+//! coroutines of one worker may wait on the same fd.
+//!
+//! Sleeps (`nanosleep`, `clock_nanosleep`, `usleep`, `sleep`) park on the
+//! worker's timers. `poll` with a timeout polls once without waiting, then
+//! parks until one of its fds is ready or the timeout passes.
+//!
+//! A coroutine never parks from a hook while it unwinds from a panic, nor
+//! while the thread's signal mask differs from the one the worker started
+//! with (the sign of a signal handler running on the coroutine's stack):
+//! the call then blocks the worker as it would have without the runtime.
+//!
+//! # Not covered (yet)
+//!
+//! Regular-file I/O, name resolution (`getaddrinfo`), `waitpid`, `select`,
+//! `epoll_wait` and `futex` (std's `Mutex`, `Condvar`, channels) still block
+//! the worker: the watchdog reports a worker stalled in them. Calls made by
+//! shared libraries loaded at run time resolve to libc, not to these.
+//!
+//! The switches: [`RuntimeBuilder::hook_blocking_calls`] and the
+//! environment variable [`HOOKS_ENV`] (`0` or `off` turns hooks off for
+//! every runtime of the process).
+//!
+//! [`RuntimeBuilder::hook_blocking_calls`]: crate::RuntimeBuilder::hook_blocking_calls
+
+mod sys;
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// Environment variable that turns the hooks off for every runtime of the
+/// process when set to `0`, `off` or `false`.
+pub const HOOKS_ENV: &str = "GREENSTACK_HOOKS";
+
+thread_local! {
+    /// Whether blocking calls on this thread park the running coroutine.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    /// The thread's signal mask when its worker started (see `parkable`).
+    static BASE_MASK: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
+}
+
+/// Whether hooked calls on this thread park the running coroutine.
+#[inline(always)]
+pub(crate) fn active() -> bool {
+    ACTIVE.with(Cell::get)
+}
+
+/// Sets the flag for the coroutine a worker is about to resume (`on`), or
+/// clears it when the coroutine has suspended.
+#[inline]
+pub(crate) fn set_active(on: bool) {
+    ACTIVE.with(|c| c.set(on));
+}
+
+/// Runs `f` with the hooks off on this thread: for the runtime's own calls
+/// that must not park (waking another worker's poller, say).
+#[inline]
+pub(crate) fn bypass<R>(f: impl FnOnce() -> R) -> R {
+    let was = ACTIVE.with(|c| c.replace(false));
+    let r = f();
+    if was {
+        set_active(true);
+    }
+    r
+}
+
+/// Records the calling worker thread's signal mask, as `parkable` compares
+/// against it.
+pub(crate) fn record_base_mask() {
+    if let Some(m) = current_mask() {
+        BASE_MASK.with(|c| c.set(Some(m)));
+    }
+}
+
+/// Whether the hooks are on for runtimes built now: the environment
+/// switch, read once.
+pub(crate) fn env_enabled() -> bool {
+    static ENV: once_cell::sync::OnceCell<bool> = once_cell::sync::OnceCell::new();
+    *ENV.get_or_init(|| {
+        !matches!(
+            std::env::var(HOOKS_ENV).as_deref().map(str::trim),
+            Ok("0" | "off" | "false" | "OFF" | "FALSE")
+        )
+    })
+}
+
+fn current_mask() -> Option<libc::sigset_t> {
+    // SAFETY: an all-zero sigset_t is a valid (empty) set; rt_sigprocmask
+    // with a null new set only writes the current mask into ours.
+    unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        let rc = libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            std::ptr::null::<libc::sigset_t>(),
+            &mut m as *mut libc::sigset_t,
+            std::mem::size_of::<u64>(),
+        );
+        (rc == 0).then_some(m)
+    }
+}
+
+/// Whether the running coroutine may park here: not while unwinding from
+/// a panic (parking then is refused), and not inside a signal handler
+/// (detected by a signal mask other than the worker's own). Called only
+/// on the slow path, before a park.
+pub(crate) fn parkable() -> bool {
+    if std::thread::panicking() || crate::scheduler::worker::current_cancelling() {
+        return false;
+    }
+    let Some(base) = BASE_MASK.with(Cell::get) else {
+        return true;
+    };
+    let Some(now) = current_mask() else {
+        return false;
+    };
+    // SAFETY: both are initialized sigset_t values; compared as the
+    // kernel's 64-bit masks (the first 8 bytes).
+    unsafe {
+        let a = std::slice::from_raw_parts((&base as *const libc::sigset_t).cast::<u8>(), 8);
+        let b = std::slice::from_raw_parts((&now as *const libc::sigset_t).cast::<u8>(), 8);
+        a == b
+    }
+}
+
+/// What kind of file an fd is, as far as the hooks care.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// A socket: `MSG_DONTWAIT` attempts.
+    Socket,
+    /// A pipe, FIFO, terminal or other pollable file: poll, then call.
+    Pollable,
+    /// A regular file or block device: passed through.
+    File,
+}
+
+/// Cached kinds of the first `KIND_CACHE` fds: 0 unknown, else `Kind` + 1.
+/// Reset by the `close`/`dup2`/`dup3` hooks and by every hook that returns
+/// a new fd; a stale entry is corrected by the call that trips on it (a
+/// socket call answering `ENOTSOCK`).
+const KIND_CACHE: usize = 1 << 16;
+static KINDS: [AtomicU8; KIND_CACHE] = [const { AtomicU8::new(0) }; KIND_CACHE];
+
+/// Forgets what `fd` was (it was closed, replaced or is new).
+#[inline]
+pub(crate) fn forget_fd(fd: RawFd) {
+    if let Some(k) = usize::try_from(fd).ok().and_then(|i| KINDS.get(i)) {
+        k.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Records `fd`'s kind.
+pub(crate) fn set_kind(fd: RawFd, kind: Kind) {
+    if let Some(k) = usize::try_from(fd).ok().and_then(|i| KINDS.get(i)) {
+        k.store(kind as u8 + 1, Ordering::Relaxed);
+    }
+}
+
+/// `fd`'s kind, from the cache or `fstat`; `None` if `fstat` fails (a bad
+/// fd: the caller makes the call and lets it fail as it would).
+pub(crate) fn kind(fd: RawFd) -> Option<Kind> {
+    let slot = usize::try_from(fd).ok().and_then(|i| KINDS.get(i));
+    match slot.map(|k| k.load(Ordering::Relaxed)) {
+        Some(1) => return Some(Kind::Socket),
+        Some(2) => return Some(Kind::Pollable),
+        Some(3) => return Some(Kind::File),
+        _ => {}
+    }
+    // SAFETY: fstat writes into the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a bad fd just fails.
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } != 0 {
+        return None;
+    }
+    let k = match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => Kind::Socket,
+        libc::S_IFREG | libc::S_IFBLK | libc::S_IFDIR => Kind::File,
+        _ => Kind::Pollable,
+    };
+    set_kind(fd, k);
+    Some(k)
+}
+
+/// Whether the user made `fd` non-blocking (its open file description has
+/// `O_NONBLOCK`): then `EAGAIN` is what the caller expects back.
+pub(crate) fn user_nonblocking(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL reads flags; a bad fd returns -1.
+    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+    fl < 0 || (fl as libc::c_int & libc::O_NONBLOCK) != 0
+}
+
+/// The direction a call waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+/// The socket's `SO_RCVTIMEO` (read) or `SO_SNDTIMEO` (write) as a
+/// deadline from now; `None` for no timeout or a non-socket.
+pub(crate) fn socket_deadline(fd: RawFd, dir: Dir) -> Option<Instant> {
+    let opt = match dir {
+        Dir::Read => libc::SO_RCVTIMEO,
+        Dir::Write => libc::SO_SNDTIMEO,
+    };
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `tv`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &mut tv as *mut libc::timeval,
+            &mut len as *mut libc::socklen_t,
+        )
+    };
+    if rc != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        return None;
+    }
+    let d = Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
+    Instant::now().checked_add(d)
+}
+
+/// What the slow path decided after an attempt reported `EAGAIN`.
+pub(crate) enum Wait {
+    /// Ready (or woken): try the call again.
+    Retry,
+    /// Return `EAGAIN` to the caller: the fd is the user's non-blocking
+    /// one, or its timeout passed.
+    Again,
+    /// Parking is not possible here: make the blocking call.
+    Block,
+}
+
+/// The slow path of a hooked call on `fd` that got `EAGAIN` (or found the
+/// fd not ready) in a coroutine: decides, and parks until `fd` is ready
+/// for `dir` or `deadline` passes.
+/// `check_user` is false where the hook itself set `O_NONBLOCK` (connect).
+pub(crate) fn wait_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>, check_user: bool) -> Wait {
+    if check_user && user_nonblocking(fd) {
+        return Wait::Again;
+    }
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Wait::Again;
+    }
+    if !parkable() {
+        return Wait::Block;
+    }
+    match park(|| crate::scheduler::driver::park_on_fd(fd, dir == Dir::Write, deadline)) {
+        Ok(()) => Wait::Retry,
+        Err(_) => Wait::Block,
+    }
+}
+
+/// Runs a hook's park: with the hooks off for the runtime's own calls in
+/// it, and with the coroutine's cancellation held back (a cancellation
+/// cannot unwind through the hook's `extern "C"` frame; the hook instead
+/// finds `parkable` false and completes its call without parking).
+pub(crate) fn park<R>(f: impl FnOnce() -> R) -> R {
+    bypass(|| crate::scheduler::worker::without_cancel_unwind(f))
+}
+
+/// Parks the running coroutine until `deadline` (a hooked sleep). False if
+/// it may not park (any more): the caller sleeps the thread for what is
+/// left.
+pub(crate) fn sleep_until(deadline: Instant) -> bool {
+    loop {
+        if !parkable() {
+            return false;
+        }
+        if crate::time::expired(Some(deadline)) {
+            return true;
+        }
+        park(|| crate::time::park_until(Some(deadline)));
+    }
+}
+
+/// The time left until `deadline`, as a timespec (zero if passed).
+pub(crate) fn timespec_until(deadline: Instant) -> libc::timespec {
+    let d = deadline.saturating_duration_since(Instant::now());
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+    }
+}
+
+/// Sets `errno`.
+#[inline]
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: glibc's per-thread errno location.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Reads `errno`.
+#[inline]
+pub(crate) fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}

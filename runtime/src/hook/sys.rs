@@ -1,0 +1,685 @@
+//! The interposed libc functions (see the module docs of `hook`).
+//!
+//! Each starts with the one thread-local check [`active`]; off it, the
+//! function is its system call through `libc::syscall`, which sets `errno`
+//! as libc's wrapper does, allocates nothing and takes no lock (so it is
+//! async-signal-safe wherever libc's is). The functions are `unsafe extern
+//! "C"` with libc's signatures: their callers (std, C code) hold libc's
+//! contracts for the pointers, and the bodies pass those pointers only to
+//! the kernel.
+//!
+//! By hand, not through a crate: interposition needs the definitions in
+//! the binary itself, with the exact libc names and signatures, and the
+//! parking path is this runtime's own.
+
+// `pub` for the linker, not for Rust callers: the symbols are exported
+// by name whatever the module's visibility.
+#![allow(clippy::missing_safety_doc, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use libc::{c_int, c_long, c_uint, c_void, size_t, sockaddr, socklen_t, ssize_t};
+
+use super::{
+    active, errno, forget_fd, kind, set_errno, set_kind, sleep_until, socket_deadline,
+    timespec_until, user_nonblocking, wait_fd, Dir, Kind, Wait,
+};
+
+/// A system call's result as `ssize_t`.
+macro_rules! sys {
+    ($n:expr $(, $a:expr)* $(,)?) => {
+        // SAFETY: the caller's arguments, forwarded unchanged to the
+        // kernel, which checks them (see the module docs).
+        unsafe { libc::syscall($n $(, $a)*) as ssize_t }
+    };
+}
+
+/// The loop of a non-blocking attempt on a socket: `attempt` must not
+/// block; on `EAGAIN` the coroutine parks until `fd` is ready for `dir`
+/// (or the socket's timeout) and tries again. `blocking` is the call as
+/// the caller made it, for when parking is not possible.
+fn socket_loop(
+    fd: c_int,
+    dir: Dir,
+    mut attempt: impl FnMut() -> ssize_t,
+    blocking: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    let mut deadline = None;
+    let mut first = true;
+    loop {
+        let r = attempt();
+        if r >= 0 {
+            return r;
+        }
+        let e = errno();
+        if e == libc::EINTR {
+            continue;
+        }
+        if e != libc::EAGAIN {
+            return r;
+        }
+        if first {
+            deadline = socket_deadline(fd, dir);
+            first = false;
+        }
+        match wait_fd(fd, dir, deadline, true) {
+            Wait::Retry => {}
+            Wait::Again => {
+                set_errno(libc::EAGAIN);
+                return -1;
+            }
+            Wait::Block => return blocking(),
+        }
+    }
+}
+
+/// For a pollable non-socket fd (pipe, FIFO, terminal): `poll` without a
+/// timeout first, then `call`, parking while the fd is not ready.
+fn pollable_loop(fd: c_int, dir: Dir, call: impl FnOnce() -> ssize_t) -> ssize_t {
+    let events = match dir {
+        Dir::Read => libc::POLLIN,
+        Dir::Write => libc::POLLOUT,
+    };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let r = sys!(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, 0);
+        if r != 0 {
+            // Ready, or an error the call reports its own way.
+            return call();
+        }
+        match wait_fd(fd, dir, None, true) {
+            Wait::Retry => {}
+            Wait::Again | Wait::Block => return call(),
+        }
+    }
+}
+
+/// A `recv`-style call in a coroutine: `flags | MSG_DONTWAIT` attempts,
+/// `MSG_WAITALL` kept by looping over partial reads of a stream.
+fn recv_like(
+    fd: c_int,
+    len: size_t,
+    flags: c_int,
+    call: impl Fn(size_t, c_int) -> ssize_t,
+) -> ssize_t {
+    if flags & libc::MSG_DONTWAIT != 0 {
+        return call(0, flags);
+    }
+    let nb = flags | libc::MSG_DONTWAIT;
+    if flags & libc::MSG_WAITALL == 0 || len == 0 {
+        return socket_loop(fd, Dir::Read, || call(0, nb), || call(0, flags));
+    }
+    let nb = nb & !libc::MSG_WAITALL;
+    let mut done: size_t = 0;
+    while done < len {
+        let r = socket_loop(fd, Dir::Read, || call(done, nb), || call(done, flags));
+        if r <= 0 {
+            return if done > 0 { done as ssize_t } else { r };
+        }
+        done += r as size_t;
+    }
+    done as ssize_t
+}
+
+/// A `send`-style call in a coroutine: `MSG_DONTWAIT` attempts, looping
+/// over partial sends as a blocking send does (it returns once all is
+/// queued).
+fn send_like(
+    fd: c_int,
+    len: size_t,
+    flags: c_int,
+    call: impl Fn(size_t, c_int) -> ssize_t,
+) -> ssize_t {
+    if flags & libc::MSG_DONTWAIT != 0 {
+        return call(0, flags);
+    }
+    let nb = flags | libc::MSG_DONTWAIT;
+    let mut done: size_t = 0;
+    loop {
+        let r = socket_loop(fd, Dir::Write, || call(done, nb), || call(done, flags));
+        if r < 0 {
+            return if done > 0 { done as ssize_t } else { r };
+        }
+        done += r as size_t;
+        if done >= len || r == 0 {
+            return done as ssize_t;
+        }
+    }
+}
+
+/// `fd`'s kind for a call in a coroutine, or `None` to pass the call
+/// through (a regular file, or an fd `fstat` rejects).
+fn hooked_kind(fd: c_int) -> Option<Kind> {
+    match kind(fd) {
+        Some(Kind::File) | None => None,
+        k => k,
+    }
+}
+
+/// `read(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    if !active() {
+        return sys!(libc::SYS_read, fd, buf, count);
+    }
+    match hooked_kind(fd) {
+        Some(Kind::Socket) => {
+            let r = recv_like(fd, count, 0, |off, fl| {
+                sys!(
+                    libc::SYS_recvfrom,
+                    fd,
+                    buf.cast::<u8>().wrapping_add(off),
+                    count - off,
+                    fl,
+                    0usize,
+                    0usize
+                )
+            });
+            if r < 0 && errno() == libc::ENOTSOCK {
+                set_kind(fd, Kind::Pollable);
+                return pollable_loop(fd, Dir::Read, || sys!(libc::SYS_read, fd, buf, count));
+            }
+            r
+        }
+        Some(_) => pollable_loop(fd, Dir::Read, || sys!(libc::SYS_read, fd, buf, count)),
+        None => sys!(libc::SYS_read, fd, buf, count),
+    }
+}
+
+/// `write(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    if !active() {
+        return sys!(libc::SYS_write, fd, buf, count);
+    }
+    match hooked_kind(fd) {
+        Some(Kind::Socket) => {
+            let r = send_like(fd, count, 0, |off, fl| {
+                sys!(
+                    libc::SYS_sendto,
+                    fd,
+                    buf.cast::<u8>().wrapping_add(off),
+                    count - off,
+                    fl,
+                    0usize,
+                    0usize
+                )
+            });
+            if r < 0 && errno() == libc::ENOTSOCK {
+                set_kind(fd, Kind::Pollable);
+                return pollable_loop(fd, Dir::Write, || sys!(libc::SYS_write, fd, buf, count));
+            }
+            r
+        }
+        Some(_) => pollable_loop(fd, Dir::Write, || sys!(libc::SYS_write, fd, buf, count)),
+        None => sys!(libc::SYS_write, fd, buf, count),
+    }
+}
+
+/// `readv(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
+    if !active() {
+        return sys!(libc::SYS_readv, fd, iov, iovcnt);
+    }
+    match hooked_kind(fd) {
+        Some(Kind::Socket) => {
+            // SAFETY: an all-zero msghdr is valid; we set the vector only.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.cast_mut();
+            msg.msg_iovlen = iovcnt.max(0) as usize;
+            let m = &mut msg as *mut libc::msghdr;
+            socket_loop(
+                fd,
+                Dir::Read,
+                || sys!(libc::SYS_recvmsg, fd, m, libc::MSG_DONTWAIT),
+                || sys!(libc::SYS_readv, fd, iov, iovcnt),
+            )
+        }
+        Some(_) => pollable_loop(fd, Dir::Read, || sys!(libc::SYS_readv, fd, iov, iovcnt)),
+        None => sys!(libc::SYS_readv, fd, iov, iovcnt),
+    }
+}
+
+/// `writev(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
+    if !active() {
+        return sys!(libc::SYS_writev, fd, iov, iovcnt);
+    }
+    match hooked_kind(fd) {
+        Some(Kind::Socket) => {
+            // SAFETY: an all-zero msghdr is valid; we set the vector only.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.cast_mut();
+            msg.msg_iovlen = iovcnt.max(0) as usize;
+            let m = &msg as *const libc::msghdr;
+            socket_loop(
+                fd,
+                Dir::Write,
+                || sys!(libc::SYS_sendmsg, fd, m, libc::MSG_DONTWAIT),
+                || sys!(libc::SYS_writev, fd, iov, iovcnt),
+            )
+        }
+        Some(_) => pollable_loop(fd, Dir::Write, || sys!(libc::SYS_writev, fd, iov, iovcnt)),
+        None => sys!(libc::SYS_writev, fd, iov, iovcnt),
+    }
+}
+
+/// `recv(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: the caller's arguments, and no address wanted.
+    unsafe {
+        recvfrom(
+            fd,
+            buf,
+            len,
+            flags,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// `recvfrom(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addrlen: *mut socklen_t,
+) -> ssize_t {
+    let call = |off: size_t, fl: c_int| {
+        sys!(
+            libc::SYS_recvfrom,
+            fd,
+            buf.cast::<u8>().wrapping_add(off),
+            len - off,
+            fl,
+            addr,
+            addrlen
+        )
+    };
+    if !active() {
+        return call(0, flags);
+    }
+    recv_like(fd, len, flags, call)
+}
+
+/// `recvmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
+    if !active() || flags & libc::MSG_DONTWAIT != 0 {
+        return sys!(libc::SYS_recvmsg, fd, msg, flags);
+    }
+    socket_loop(
+        fd,
+        Dir::Read,
+        || sys!(libc::SYS_recvmsg, fd, msg, flags | libc::MSG_DONTWAIT),
+        || sys!(libc::SYS_recvmsg, fd, msg, flags),
+    )
+}
+
+/// `send(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: the caller's arguments, and no address.
+    unsafe { sendto(fd, buf, len, flags, std::ptr::null(), 0) }
+}
+
+/// `sendto(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    addrlen: socklen_t,
+) -> ssize_t {
+    let call = |off: size_t, fl: c_int| {
+        sys!(
+            libc::SYS_sendto,
+            fd,
+            buf.cast::<u8>().wrapping_add(off),
+            len - off,
+            fl,
+            addr,
+            addrlen
+        )
+    };
+    if !active() {
+        return call(0, flags);
+    }
+    send_like(fd, len, flags, call)
+}
+
+/// `sendmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    if !active() || flags & libc::MSG_DONTWAIT != 0 {
+        return sys!(libc::SYS_sendmsg, fd, msg, flags);
+    }
+    socket_loop(
+        fd,
+        Dir::Write,
+        || sys!(libc::SYS_sendmsg, fd, msg, flags | libc::MSG_DONTWAIT),
+        || sys!(libc::SYS_sendmsg, fd, msg, flags),
+    )
+}
+
+/// `connect(2)`. On a blocking socket in a coroutine: connects with
+/// `O_NONBLOCK` set for the call, parks until the connection is made or
+/// fails (or `SO_SNDTIMEO` passes: `EINPROGRESS`, as Linux reports it),
+/// and restores the flags.
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let direct = || sys!(libc::SYS_connect, fd, addr, len) as c_int;
+    if !active() || hooked_kind(fd) != Some(Kind::Socket) || user_nonblocking(fd) {
+        return direct();
+    }
+    let fl = sys!(libc::SYS_fcntl, fd, libc::F_GETFL) as c_int;
+    if fl < 0 || sys!(libc::SYS_fcntl, fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+        return direct();
+    }
+    let restore = || {
+        let e = errno();
+        sys!(libc::SYS_fcntl, fd, libc::F_SETFL, fl);
+        set_errno(e);
+    };
+    let r = direct();
+    if r == 0 || errno() != libc::EINPROGRESS {
+        restore();
+        return r;
+    }
+    let deadline = socket_deadline(fd, Dir::Write);
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        if sys!(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, 0) != 0 {
+            break;
+        }
+        match wait_fd(fd, Dir::Write, deadline, false) {
+            Wait::Retry => {}
+            Wait::Again => {
+                set_errno(libc::EINPROGRESS);
+                restore();
+                return -1;
+            }
+            Wait::Block => {
+                sys!(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, -1);
+                break;
+            }
+        }
+    }
+    let mut err: c_int = 0;
+    let mut elen = std::mem::size_of::<c_int>() as socklen_t;
+    let rc = sys!(
+        libc::SYS_getsockopt,
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ERROR,
+        &mut err as *mut c_int,
+        &mut elen as *mut socklen_t
+    );
+    let result = if rc < 0 {
+        -1
+    } else if err != 0 {
+        set_errno(err);
+        -1
+    } else {
+        0
+    };
+    restore();
+    result
+}
+
+/// `accept(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's arguments.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// `accept4(2)`. In a coroutine, on a blocking listener: waits until a
+/// connection is pending, then accepts it. (Another thread taking that
+/// connection first makes the accept block, as the listener is the
+/// user's and stays blocking.)
+#[no_mangle]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let call = || {
+        let r = sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
+        if r >= 0 {
+            forget_fd(r);
+        }
+        r
+    };
+    if !active() || hooked_kind(fd) != Some(Kind::Socket) {
+        return call();
+    }
+    pollable_loop(fd, Dir::Read, || call() as ssize_t) as c_int
+}
+
+/// `poll(2)`. In a coroutine with a timeout: polls once without waiting,
+/// then parks until one of the fds is ready or the timeout passes.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    let direct = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
+    if !active() || timeout == 0 {
+        return direct(timeout);
+    }
+    let deadline = (timeout > 0)
+        .then(|| Instant::now().checked_add(Duration::from_millis(timeout as u64)))
+        .flatten();
+    if nfds == 0 {
+        return match deadline {
+            Some(d) if sleep_until(d) => 0,
+            _ => direct(timeout),
+        };
+    }
+    let list: Vec<(c_int, libc::c_short)> = (0..nfds as usize)
+        .map(|i| {
+            // SAFETY: the caller's array holds `nfds` entries.
+            let p = unsafe { &*fds.add(i) };
+            (p.fd, p.events)
+        })
+        .collect();
+    loop {
+        let r = direct(0);
+        if r != 0 {
+            return r;
+        }
+        let left = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return 0;
+                }
+                c_int::try_from((d - now).as_millis().max(1)).unwrap_or(c_int::MAX)
+            }
+            None => -1,
+        };
+        if !super::parkable()
+            || super::park(|| crate::scheduler::driver::park_on_fds(&list, deadline)).is_err()
+        {
+            return direct(left);
+        }
+    }
+}
+
+/// `nanosleep(2)`: parks the coroutine for the duration.
+#[no_mangle]
+pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::timespec) -> c_int {
+    if !active() || req.is_null() {
+        return sys!(libc::SYS_nanosleep, req, rem) as c_int;
+    }
+    // SAFETY: non-null, the caller's request.
+    let ts = unsafe { *req };
+    let Some(d) = duration_of(&ts) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    match Instant::now().checked_add(d) {
+        Some(deadline) => sleep_for_hook(deadline, rem),
+        None => sys!(libc::SYS_nanosleep, req, rem) as c_int,
+    }
+}
+
+/// A hooked sleep until `deadline`: parks, or (cancelled, or not parkable
+/// here) sleeps the thread for what is left; `rem` as `nanosleep`'s.
+fn sleep_for_hook(deadline: Instant, rem: *mut libc::timespec) -> c_int {
+    if !sleep_until(deadline) {
+        let left = timespec_until(deadline);
+        return sys!(libc::SYS_nanosleep, &left as *const libc::timespec, rem) as c_int;
+    }
+    if !rem.is_null() {
+        // SAFETY: the caller's out-parameter.
+        unsafe {
+            *rem = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }
+        };
+    }
+    0
+}
+
+/// `clock_nanosleep(2)` (returns the error number, not -1): parks the
+/// coroutine for the relative duration, or until the absolute time on
+/// `CLOCK_REALTIME`/`CLOCK_MONOTONIC`/`CLOCK_BOOTTIME`; other clocks (CPU
+/// time) pass through.
+#[no_mangle]
+pub unsafe extern "C" fn clock_nanosleep(
+    clock: libc::clockid_t,
+    flags: c_int,
+    req: *const libc::timespec,
+    rem: *mut libc::timespec,
+) -> c_int {
+    let direct = || {
+        let r = sys!(libc::SYS_clock_nanosleep, clock, flags, req, rem);
+        if r < 0 {
+            errno()
+        } else {
+            0
+        }
+    };
+    let wall = matches!(
+        clock,
+        libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME
+    );
+    if !active() || req.is_null() || !wall {
+        return direct();
+    }
+    // SAFETY: non-null, the caller's request.
+    let ts = unsafe { *req };
+    let Some(mut d) = duration_of(&ts) else {
+        return libc::EINVAL;
+    };
+    let absolute = flags & libc::TIMER_ABSTIME != 0;
+    if absolute {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if sys!(
+            libc::SYS_clock_gettime,
+            clock,
+            &mut now as *mut libc::timespec
+        ) < 0
+        {
+            return direct();
+        }
+        d = d.saturating_sub(duration_of(&now).unwrap_or_default());
+    }
+    let Some(deadline) = Instant::now().checked_add(d) else {
+        return direct();
+    };
+    let rem = if absolute { std::ptr::null_mut() } else { rem };
+    if sleep_for_hook(deadline, rem) < 0 {
+        errno()
+    } else {
+        0
+    }
+}
+
+/// `usleep(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn usleep(usec: libc::useconds_t) -> c_int {
+    let ts = libc::timespec {
+        tv_sec: (usec / 1_000_000) as libc::time_t,
+        tv_nsec: ((usec % 1_000_000) * 1000) as c_long,
+    };
+    // SAFETY: a valid request on our stack, no remainder wanted.
+    unsafe { nanosleep(&ts, std::ptr::null_mut()) }
+}
+
+/// `sleep(3)`: returns the seconds left unslept (0 unless interrupted).
+#[no_mangle]
+pub unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let mut rem = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid request and remainder on our stack.
+    if unsafe { nanosleep(&ts, &mut rem) } == 0 {
+        0
+    } else {
+        rem.tv_sec as c_uint + c_uint::from(rem.tv_nsec > 0)
+    }
+}
+
+/// `close(2)`: forgets what the hooks knew of the fd.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    forget_fd(fd);
+    sys!(libc::SYS_close, fd) as c_int
+}
+
+/// `dup2(2)`: forgets what the hooks knew of `new`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    forget_fd(new);
+    if old == new {
+        // dup2 with equal fds checks `old` and returns it; dup3 would fail.
+        return if sys!(libc::SYS_fcntl, old, libc::F_GETFD) < 0 {
+            -1
+        } else {
+            old
+        };
+    }
+    sys!(libc::SYS_dup3, old, new, 0) as c_int
+}
+
+/// `dup3(2)`: forgets what the hooks knew of `new`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    forget_fd(new);
+    sys!(libc::SYS_dup3, old, new, flags) as c_int
+}
+
+/// A valid timespec as a duration; `None` if out of range (`EINVAL`).
+fn duration_of(ts: &libc::timespec) -> Option<Duration> {
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}

@@ -1,0 +1,304 @@
+//! Blocking calls of std (and so of any crate built on it) inside a
+//! coroutine park the coroutine, not its worker (issue 18): on one worker,
+//! a heartbeat coroutine keeps beating while another coroutine makes the
+//! call. Without the hooks the worker is blocked for the whole call and
+//! the heartbeat does not beat once in it, which `hooks_off_*` shows.
+//!
+//! No timing thresholds: a test counts beats seen while the call was in
+//! progress (zero when the worker is blocked), not how long gaps were.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greenstack::{Runtime, RuntimeBuilder};
+
+fn one_worker(hooks: bool) -> Runtime {
+    RuntimeBuilder::default()
+        .workers(1)
+        .hook_blocking_calls(hooks)
+        .build()
+        .expect("building a runtime")
+}
+
+/// Runs `call` in a coroutine on `rt`'s single worker next to a heartbeat
+/// coroutine that beats every 5 ms; returns how many beats happened while
+/// `call` was in progress, and `call`'s result.
+fn beats_during<T: Send + 'static>(
+    rt: &Runtime,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> (usize, T) {
+    rt.block_on(move || {
+        let busy = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let beats = Arc::new(AtomicUsize::new(0));
+        let hb = {
+            let (busy, stop, beats) = (busy.clone(), stop.clone(), beats.clone());
+            greenstack::spawn(move || {
+                while !stop.load(SeqCst) {
+                    greenstack::time::sleep(Duration::from_millis(5));
+                    if busy.load(SeqCst) {
+                        beats.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        };
+        let caller = {
+            let busy = busy.clone();
+            greenstack::spawn(move || {
+                // Let the heartbeat start first.
+                greenstack::time::sleep(Duration::from_millis(20));
+                busy.store(true, SeqCst);
+                let r = call();
+                busy.store(false, SeqCst);
+                r
+            })
+        };
+        let r = caller.join().expect("the calling coroutine");
+        stop.store(true, SeqCst);
+        hb.join().expect("the heartbeat");
+        (beats.load(SeqCst), r)
+    })
+}
+
+#[test]
+fn thread_sleep_parks_only_the_coroutine() {
+    let rt = one_worker(true);
+    let (beats, took) = common::bounded("thread::sleep", move || {
+        beats_during(&rt, || {
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(300));
+            t.elapsed()
+        })
+    });
+    assert!(took >= Duration::from_millis(300), "slept only {took:?}");
+    assert!(beats > 0, "the heartbeat never beat during thread::sleep");
+}
+
+#[test]
+fn hooks_off_thread_sleep_blocks_the_worker() {
+    let rt = one_worker(false);
+    let (beats, ()) = common::bounded("thread::sleep", move || {
+        beats_during(&rt, || std::thread::sleep(Duration::from_millis(200)))
+    });
+    assert_eq!(beats, 0, "with the hooks off the worker is blocked");
+}
+
+/// A std TCP read from a silent peer with a read timeout (what a sync
+/// database or HTTP client does inside): parks, then times out exactly as
+/// std reports it without the runtime (`WouldBlock`).
+#[test]
+fn std_tcp_read_with_timeout_parks_and_times_out_as_std() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        drop(s);
+    });
+    let rt = one_worker(true);
+    let (beats, (kind, took)) = common::bounded("a std read with a timeout", move || {
+        beats_during(&rt, move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let t = Instant::now();
+            let mut buf = [0u8; 16];
+            let e = s.read(&mut buf).expect_err("the peer is silent");
+            (e.kind(), t.elapsed())
+        })
+    });
+    peer.join().unwrap();
+    assert_eq!(kind, ErrorKind::WouldBlock);
+    assert!(
+        took >= Duration::from_millis(300),
+        "timed out after {took:?}"
+    );
+    assert!(beats > 0, "the heartbeat never beat during the read");
+}
+
+/// A std TCP echo inside coroutines (client and server on one worker): it
+/// can finish only if a blocked `read`/`accept` parks its coroutine.
+#[test]
+fn std_tcp_echo_between_coroutines_on_one_worker() {
+    let rt = one_worker(true);
+    let got = common::bounded("std TCP echo", move || {
+        rt.block_on(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = greenstack::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    s.write_all(&buf[..n]).unwrap();
+                }
+            });
+            let client = greenstack::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let mut out = Vec::new();
+                for i in 0..100u32 {
+                    let msg = format!("message {i}\n");
+                    s.write_all(msg.as_bytes()).unwrap();
+                    let mut buf = vec![0u8; msg.len()];
+                    s.read_exact(&mut buf).unwrap();
+                    out.push(String::from_utf8(buf).unwrap());
+                }
+                out
+            });
+            let out = client.join().unwrap();
+            server.join().unwrap();
+            out
+        })
+    });
+    assert_eq!(got.len(), 100);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m, &format!("message {i}\n"));
+    }
+}
+
+/// A socket the user made non-blocking keeps returning `WouldBlock` at
+/// once inside a coroutine.
+#[test]
+fn a_users_nonblocking_socket_still_gets_wouldblock() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rt = one_worker(true);
+    let kind = common::bounded("a non-blocking read", move || {
+        rt.block_on(move || {
+            greenstack::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let _held = listener.accept().unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 8];
+                s.read(&mut buf).expect_err("nothing was sent").kind()
+            })
+            .join()
+            .unwrap()
+        })
+    });
+    assert_eq!(kind, ErrorKind::WouldBlock);
+}
+
+/// On a plain thread a read with a timeout behaves as without the runtime.
+#[test]
+fn a_read_on_a_plain_thread_is_untouched() {
+    let _rt = one_worker(true);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let _held = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 8];
+    let e = s.read(&mut buf).expect_err("the peer is silent");
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    assert!(t.elapsed() >= Duration::from_millis(100));
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds, owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
+        )
+    }
+}
+
+/// A pipe read waits for a writer that comes later, parking.
+#[test]
+fn a_pipe_read_parks_until_the_writer_writes() {
+    let (mut r, mut w) = pipe();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        w.write_all(b"late").unwrap();
+    });
+    let rt = one_worker(true);
+    let (beats, got) = common::bounded("a pipe read", move || {
+        beats_during(&rt, move || {
+            let mut buf = [0u8; 4];
+            r.read_exact(&mut buf).unwrap();
+            buf
+        })
+    });
+    writer.join().unwrap();
+    assert_eq!(&got, b"late");
+    assert!(beats > 0, "the heartbeat never beat during the pipe read");
+}
+
+/// `poll(2)` with a timeout parks, returns 0 at the timeout, and reports
+/// readiness when it comes.
+#[test]
+fn poll_with_a_timeout_parks() {
+    let (r, mut w) = pipe();
+    let rt = one_worker(true);
+    let (beats, (first, second)) = common::bounded("poll", move || {
+        beats_during(&rt, move || {
+            let mut pfd = libc::pollfd {
+                fd: r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let first = unsafe { libc::poll(&mut pfd, 1, 200) };
+            w.write_all(b"x").unwrap();
+            // SAFETY: as above.
+            let second = unsafe { libc::poll(&mut pfd, 1, 1000) };
+            assert_ne!(pfd.revents & libc::POLLIN, 0);
+            (first, second)
+        })
+    });
+    assert_eq!(first, 0, "nothing was ready before the timeout");
+    assert_eq!(second, 1);
+    assert!(beats > 0, "the heartbeat never beat during poll");
+}
+
+static SIGNAL_WRITE_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+extern "C" fn write_from_handler(_: libc::c_int) {
+    let fd = SIGNAL_WRITE_FD.load(SeqCst) as libc::c_int;
+    // SAFETY: write is async-signal-safe; a static buffer.
+    unsafe { libc::write(fd, b"signal".as_ptr().cast(), 6) };
+}
+
+/// A signal handler that calls `write` while a coroutine runs: the write
+/// happens (passing through or not, it must not park the handler).
+#[test]
+fn a_signal_handler_that_writes_works_in_a_coroutine() {
+    let (mut r, w) = pipe();
+    SIGNAL_WRITE_FD.store(w.as_raw_fd() as usize, SeqCst);
+    // SAFETY: installs a handler that only calls write(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = write_from_handler as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+    }
+    let rt = one_worker(true);
+    common::bounded("a signal handler's write", move || {
+        rt.block_on(|| {
+            greenstack::spawn(|| {
+                // SAFETY: raise sends to this thread, whose handler writes.
+                assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
+            })
+            .join()
+            .unwrap();
+        })
+    });
+    drop(w);
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "signal");
+}
