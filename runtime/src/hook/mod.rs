@@ -4,11 +4,11 @@
 //! # Design
 //!
 //! The runtime defines the blocking libc functions itself (`read`, `recv`,
-//! `connect`, `poll`, `nanosleep`, … in [`sys`]), with C linkage and their
+//! `connect`, `poll`, `nanosleep`, …), with C linkage and their
 //! libc names. The final binary links these definitions before libc's, so
 //! every call from Rust code (std included) and from C code linked into
 //! the binary reaches them. Each one first reads one thread-local flag,
-//! [`active`]: set only while a worker runs a coroutine of a runtime with
+//! `active`: set only while a worker runs a coroutine of a runtime with
 //! hooks on, and cleared around the runtime's own code that must not park.
 //! Off the flag (plain threads, a `block_on` root, the worker's own loop,
 //! signal handlers of such threads), the function is the system call and
