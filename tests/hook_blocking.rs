@@ -302,3 +302,200 @@ fn a_signal_handler_that_writes_works_in_a_coroutine() {
     r.read_to_string(&mut got).unwrap();
     assert_eq!(got, "signal");
 }
+
+/// A FIFO with no writer yet: `std::fs::read` blocks in `open` until the
+/// writer comes, then reads. Parks the coroutine throughout.
+#[test]
+fn std_fs_read_of_a_fifo_parks_until_the_writer_comes() {
+    let dir = std::env::temp_dir().join(format!("greenstack-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fifo");
+    let _ = std::fs::remove_file(&path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let p2 = path.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&p2, b"from the late writer").unwrap();
+    });
+    let rt = one_worker(true);
+    let p3 = path.clone();
+    let (beats, got) = common::bounded("a FIFO read", move || {
+        beats_during(&rt, move || std::fs::read(&p3).unwrap())
+    });
+    writer.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(got, b"from the late writer");
+    assert!(beats > 0, "the heartbeat never beat during the FIFO read");
+}
+
+/// `Command::output` of a child that takes 300 ms (its pipes read through
+/// `poll`/`read`, the child reaped through `waitpid`): parks.
+#[test]
+fn command_output_parks_the_coroutine() {
+    let rt = one_worker(true);
+    let (beats, out) = common::bounded("Command::output", move || {
+        beats_during(&rt, || {
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 0.3; echo done"])
+                .output()
+                .unwrap()
+        })
+    });
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"done\n");
+    assert!(beats > 0, "the heartbeat never beat during Command::output");
+}
+
+/// `Child::wait` on a child that exits later, and the exit status as std
+/// reports it.
+#[test]
+fn child_wait_parks_and_reports_the_status() {
+    let rt = one_worker(true);
+    let (beats, code) = common::bounded("Child::wait", move || {
+        beats_during(&rt, || {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", "sleep 0.3; exit 7"])
+                .spawn()
+                .unwrap();
+            child.wait().unwrap().code()
+        })
+    });
+    assert_eq!(code, Some(7));
+    assert!(beats > 0, "the heartbeat never beat during Child::wait");
+}
+
+/// Regular files read in a coroutine read exactly what is there (the
+/// page-cache path and the offloaded one give the same bytes).
+#[test]
+fn regular_file_reads_in_a_coroutine_are_exact() {
+    let dir = std::env::temp_dir().join(format!("greenstack-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let rt = one_worker(true);
+    let p2 = path.clone();
+    let got = common::bounded("file reads", move || {
+        rt.block_on(move || {
+            greenstack::spawn(move || {
+                let whole = std::fs::read(&p2).unwrap();
+                let mut f = std::fs::File::open(&p2).unwrap();
+                let mut pieces = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    pieces.extend_from_slice(&buf[..n]);
+                }
+                (whole, pieces)
+            })
+            .join()
+            .unwrap()
+        })
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(got.0 == data, "std::fs::read differs");
+    assert!(got.1 == data, "read in 4 KiB pieces differs");
+}
+
+/// Name resolution through a resolver that never answers: in a child in
+/// its own mount namespace whose `/etc/resolv.conf` names a silent UDP
+/// socket on 127.0.0.77:53 (1 s timeout, 1 attempt). The lookup fails
+/// after the timeout, and the heartbeat beats meanwhile.
+#[test]
+fn dns_through_a_silent_resolver_parks_the_coroutine() {
+    const ENV: &str = "GREENSTACK_HOOK_DNS_CHILD";
+    if common::child_scenario(ENV).is_some() {
+        return dns_child();
+    }
+    let out = common::run_child(
+        ENV,
+        "dns_through_a_silent_resolver_parks_the_coroutine",
+        "dns",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let at = stdout
+        .find("dns:")
+        .unwrap_or_else(|| panic!("no result: {}", common::describe(&out)));
+    let line = stdout[at..].lines().next().unwrap_or("");
+    let field = |k: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} missing in {line}"))
+            .to_string()
+    };
+    assert_eq!(
+        field("ok="),
+        "false",
+        "the silent resolver answered: {line}"
+    );
+    let took: u128 = field("took_ms=").parse().unwrap();
+    assert!(
+        took >= 900,
+        "the lookup did not wait for the resolver: {line}"
+    );
+    let beats: usize = field("beats=").parse().unwrap();
+    assert!(
+        beats > 0,
+        "the heartbeat never beat during the lookup: {line}"
+    );
+}
+
+fn dns_child() {
+    use std::ffi::CString;
+    // SAFETY: plain system calls on this (single-threaded so far) child.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNS),
+            0,
+            "unshare: {}",
+            std::io::Error::last_os_error()
+        );
+        let root = CString::new("/").unwrap();
+        assert_eq!(
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0
+        );
+    }
+    let conf = std::env::temp_dir().join(format!("greenstack-resolv-{}", std::process::id()));
+    std::fs::write(
+        &conf,
+        "nameserver 127.0.0.77\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let src = CString::new(conf.as_os_str().as_encoded_bytes()).unwrap();
+    let dst = CString::new("/etc/resolv.conf").unwrap();
+    // SAFETY: bind-mounts our file over resolv.conf in our namespace only.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "bind mount: {}", std::io::Error::last_os_error());
+    // Bound and never read: queries get no answer (not a port-unreachable).
+    let _silent = std::net::UdpSocket::bind("127.0.0.77:53").expect("binding the silent resolver");
+    let rt = one_worker(true);
+    let (beats, (ok, took)) = beats_during(&rt, || {
+        use std::net::ToSocketAddrs;
+        let t = Instant::now();
+        let r = ("db.example.internal", 5432).to_socket_addrs();
+        (r.is_ok(), t.elapsed())
+    });
+    let _ = std::fs::remove_file(&conf);
+    println!("dns: ok={ok} took_ms={} beats={beats}", took.as_millis());
+}

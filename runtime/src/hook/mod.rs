@@ -341,3 +341,28 @@ pub(crate) fn set_errno(e: i32) {
 pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
+
+/// A value moved to the blocking pool and back although it is not `Send`
+/// (the raw pointers of a hooked call's arguments).
+pub(crate) struct AssertSend<T>(pub(crate) T);
+
+// SAFETY: used only by `offload`, whose caller waits until the job is done
+// (or was dropped unrun) before the pointed-to data can go: the data is
+// used by one thread at a time, as a blocking call on the caller's thread
+// would use it.
+unsafe impl<T> Send for AssertSend<T> {}
+
+/// Runs `f` on the runtime's blocking pool while the coroutine parks, and
+/// returns its result; `None` if that is not possible here (not parkable,
+/// or the pool has shut down and dropped the job unrun): the caller then
+/// makes the call itself. `f` runs on a pool thread, where the hooks are
+/// off.
+pub(crate) fn offload<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    if !parkable() {
+        return None;
+    }
+    let h = bypass(|| crate::spawn_blocking(f));
+    // A join that returns has seen the job finish or be dropped unrun;
+    // with the cancellation held back it never returns before that.
+    park(|| h.join()).ok()
+}

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_long, c_uint, c_void, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{
-    active, errno, forget_fd, kind, set_errno, set_kind, sleep_until, socket_deadline,
-    timespec_until, user_nonblocking, wait_fd, Dir, Kind, Wait,
+    active, errno, forget_fd, kind, offload, set_errno, set_kind, sleep_until, socket_deadline,
+    timespec_until, user_nonblocking, wait_fd, AssertSend, Dir, Kind, Wait,
 };
 
 /// A system call's result as `ssize_t`.
@@ -186,6 +186,45 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
             r
         }
         Some(_) => pollable_loop(fd, Dir::Read, || sys!(libc::SYS_read, fd, buf, count)),
+        None if kind(fd) == Some(Kind::File) => file_read(fd, buf, count),
+        None => sys!(libc::SYS_read, fd, buf, count),
+    }
+}
+
+/// A regular file's `read` in a coroutine: from the page cache at once
+/// (`preadv2` with `RWF_NOWAIT` at the file position: one system call, as
+/// the plain read), else on the blocking pool while the coroutine parks.
+fn file_read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    let iov = libc::iovec {
+        iov_base: buf,
+        iov_len: count,
+    };
+    let r = sys!(
+        libc::SYS_preadv2,
+        fd,
+        &iov as *const libc::iovec,
+        1,
+        -1i64,
+        0,
+        libc::RWF_NOWAIT
+    );
+    if r >= 0 || errno() != libc::EAGAIN {
+        if r < 0 && matches!(errno(), libc::EOPNOTSUPP | libc::EINVAL) {
+            // No RWF_NOWAIT here (or not seekable): the plain read.
+            return sys!(libc::SYS_read, fd, buf, count);
+        }
+        return r;
+    }
+    let args = AssertSend(buf);
+    match offload(move || {
+        let a = args;
+        let r = sys!(libc::SYS_read, fd, a.0, count);
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
         None => sys!(libc::SYS_read, fd, buf, count),
     }
 }
@@ -682,4 +721,323 @@ fn duration_of(ts: &libc::timespec) -> Option<Duration> {
         return None;
     }
     Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// libc's own definition of a function these hooks replace, looked up once
+/// with `dlsym(RTLD_NEXT)` (the next definition after this binary's).
+macro_rules! next_fn {
+    ($name:literal, $ty:ty) => {{
+        static FN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut p = FN.load(std::sync::atomic::Ordering::Relaxed);
+        if p == 0 {
+            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds
+            // libc's definition, not ours.
+            p = unsafe {
+                libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) as usize
+            };
+            FN.store(p, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: `p` is null or the address of libc's function of this
+        // exact signature (`$ty` is its C prototype).
+        (p != 0).then(|| unsafe { std::mem::transmute::<usize, $ty>(p) })
+    }};
+}
+
+type GetAddrInfoFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const libc::c_char,
+    *const libc::addrinfo,
+    *mut *mut libc::addrinfo,
+) -> c_int;
+
+/// `getaddrinfo(3)`: in a coroutine, resolves on the blocking pool while
+/// the coroutine parks (a resolver that is slow to answer stalls only it).
+#[no_mangle]
+pub unsafe extern "C" fn getaddrinfo(
+    node: *const libc::c_char,
+    service: *const libc::c_char,
+    hints: *const libc::addrinfo,
+    res: *mut *mut libc::addrinfo,
+) -> c_int {
+    let Some(real) = next_fn!("getaddrinfo", GetAddrInfoFn) else {
+        set_errno(libc::ENOSYS);
+        return libc::EAI_SYSTEM;
+    };
+    if !active() {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        return unsafe { real(node, service, hints, res) };
+    }
+    let args = AssertSend((node, service, hints, res));
+    match offload(move || {
+        let a = args;
+        // SAFETY: as above; `offload` returns only once this call is done.
+        let r = unsafe { real(a.0 .0, a.0 .1, a.0 .2, a.0 .3) };
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        None => unsafe { real(node, service, hints, res) },
+    }
+}
+
+type GetNameInfoFn = unsafe extern "C" fn(
+    *const sockaddr,
+    socklen_t,
+    *mut libc::c_char,
+    socklen_t,
+    *mut libc::c_char,
+    socklen_t,
+    c_int,
+) -> c_int;
+
+/// `getnameinfo(3)`: as `getaddrinfo`, on the blocking pool.
+#[no_mangle]
+pub unsafe extern "C" fn getnameinfo(
+    sa: *const sockaddr,
+    salen: socklen_t,
+    host: *mut libc::c_char,
+    hostlen: socklen_t,
+    serv: *mut libc::c_char,
+    servlen: socklen_t,
+    flags: c_int,
+) -> c_int {
+    let Some(real) = next_fn!("getnameinfo", GetNameInfoFn) else {
+        set_errno(libc::ENOSYS);
+        return libc::EAI_SYSTEM;
+    };
+    if !active() {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        return unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) };
+    }
+    let args = AssertSend((sa, host, serv));
+    match offload(move || {
+        let a = args;
+        // SAFETY: as above; `offload` returns only once this call is done.
+        let r = unsafe { real(a.0 .0, salen, a.0 .1, hostlen, a.0 .2, servlen, flags) };
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        None => unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) },
+    }
+}
+
+type GetHostByNameFn = unsafe extern "C" fn(*const libc::c_char) -> *mut c_void;
+
+/// `gethostbyname(3)`: on the blocking pool (its result lives in libc's
+/// process-wide static buffer, as when called on this thread).
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname(name: *const libc::c_char) -> *mut c_void {
+    let Some(real) = next_fn!("gethostbyname", GetHostByNameFn) else {
+        return std::ptr::null_mut();
+    };
+    if !active() {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        return unsafe { real(name) };
+    }
+    let args = AssertSend(name);
+    match offload(move || {
+        let a = args;
+        // SAFETY: as above; `offload` returns only once this call is done.
+        AssertSend(unsafe { real(a.0) })
+    }) {
+        Some(p) => p.0,
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        None => unsafe { real(name) },
+    }
+}
+
+/// `wait4(2)` for one child (`pid > 0`) without `WNOHANG`, stop or
+/// continue events: parks on the child's pidfd until it exits, then reaps
+/// it. Other forms run on the blocking pool.
+#[no_mangle]
+pub unsafe extern "C" fn wait4(
+    pid: libc::pid_t,
+    status: *mut c_int,
+    options: c_int,
+    rusage: *mut libc::rusage,
+) -> libc::pid_t {
+    let direct = || sys!(libc::SYS_wait4, pid, status, options, rusage) as libc::pid_t;
+    if !active() || options & libc::WNOHANG != 0 {
+        return direct();
+    }
+    if pid > 0 && options & (libc::WUNTRACED | libc::WCONTINUED) == 0 {
+        loop {
+            let r = sys!(
+                libc::SYS_wait4,
+                pid,
+                status,
+                options | libc::WNOHANG,
+                rusage
+            );
+            if r != 0 {
+                return r as libc::pid_t;
+            }
+            let pidfd = sys!(libc::SYS_pidfd_open, pid, 0) as c_int;
+            if pidfd < 0 {
+                return direct();
+            }
+            let waited = wait_fd(pidfd, Dir::Read, None, false);
+            sys!(libc::SYS_close, pidfd);
+            if !matches!(waited, Wait::Retry) {
+                return direct();
+            }
+        }
+    }
+    let args = AssertSend((status, rusage));
+    match offload(move || {
+        let a = args;
+        let r = sys!(libc::SYS_wait4, pid, a.0 .0, options, a.0 .1) as libc::pid_t;
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
+        None => direct(),
+    }
+}
+
+/// `waitpid(2)`: `wait4` without resource usage.
+#[no_mangle]
+pub unsafe extern "C" fn waitpid(
+    pid: libc::pid_t,
+    status: *mut c_int,
+    options: c_int,
+) -> libc::pid_t {
+    // SAFETY: the caller's arguments, and no rusage wanted.
+    unsafe { wait4(pid, status, options, std::ptr::null_mut()) }
+}
+
+/// `waitid(2)`: on the blocking pool in a coroutine (unless `WNOHANG`).
+#[no_mangle]
+pub unsafe extern "C" fn waitid(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    info: *mut libc::siginfo_t,
+    options: c_int,
+) -> c_int {
+    let direct = || sys!(libc::SYS_waitid, idtype, id, info, options, 0usize) as c_int;
+    if !active() || options & libc::WNOHANG != 0 {
+        return direct();
+    }
+    let args = AssertSend(info);
+    match offload(move || {
+        let a = args;
+        let r = sys!(libc::SYS_waitid, idtype, id, a.0, options, 0usize) as c_int;
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
+        None => direct(),
+    }
+}
+
+/// `openat(2)` (and `open`, `open64`, `openat64`): opening a FIFO without
+/// `O_NONBLOCK` waits for the other end, so in a coroutine it runs on the
+/// blocking pool; every other open is the system call.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const libc::c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    let direct = || {
+        let r = sys!(libc::SYS_openat, dirfd, path, flags, mode) as c_int;
+        if r >= 0 {
+            forget_fd(r);
+        }
+        r
+    };
+    if !active() || flags & libc::O_NONBLOCK != 0 || path.is_null() {
+        return direct();
+    }
+    // SAFETY: an all-zero stat is valid; fstatat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let is_fifo = sys!(
+        libc::SYS_newfstatat,
+        dirfd,
+        path,
+        &mut st as *mut libc::stat,
+        0
+    ) == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFIFO;
+    if !is_fifo {
+        return direct();
+    }
+    let args = AssertSend(path);
+    match offload(move || {
+        let a = args;
+        let r = sys!(libc::SYS_openat, dirfd, a.0, flags, mode) as c_int;
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            if r >= 0 {
+                forget_fd(r);
+            }
+            set_errno(e);
+            r
+        }
+        None => direct(),
+    }
+}
+
+/// `open(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open(
+    path: *const libc::c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    // SAFETY: the caller's arguments, relative to the working directory.
+    unsafe { openat(libc::AT_FDCWD, path, flags, mode) }
+}
+
+/// `open64(2)` (glibc's name for `open` with large-file support, which
+/// std calls).
+#[no_mangle]
+pub unsafe extern "C" fn open64(
+    path: *const libc::c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    // SAFETY: as `open`; on 64-bit Linux every open is large-file.
+    unsafe { openat(libc::AT_FDCWD, path, flags, mode) }
+}
+
+/// `openat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const libc::c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    // SAFETY: as `openat`.
+    unsafe { openat(dirfd, path, flags, mode) }
+}
+
+/// `fsync(2)`: on the blocking pool in a coroutine (it waits for the disk).
+#[no_mangle]
+pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
+    let direct = move || sys!(libc::SYS_fsync, fd) as c_int;
+    if !active() {
+        return direct();
+    }
+    match offload(move || (direct(), errno())) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
+        None => direct(),
+    }
 }
