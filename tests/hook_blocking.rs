@@ -444,6 +444,27 @@ fn dns_through_a_silent_resolver_parks_the_coroutine() {
         beats > 0,
         "the heartbeat never beat during the lookup: {line}"
     );
+    // greenstack::net::TcpStream::connect, hooks off.
+    let at = stdout
+        .find("netdns:")
+        .unwrap_or_else(|| panic!("no net result: {}", common::describe(&out)));
+    let line = stdout[at..].lines().next().unwrap_or("");
+    let field = |k: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} missing in {line}"))
+            .to_string()
+    };
+    assert_eq!(
+        field("ok="),
+        "false",
+        "connected through a silent resolver: {line}"
+    );
+    assert!(field("took_ms=").parse::<u128>().unwrap() >= 900, "{line}");
+    assert!(
+        field("beats=").parse::<usize>().unwrap() > 0,
+        "greenstack::net's lookup held the worker: {line}"
+    );
 }
 
 fn dns_child() {
@@ -496,6 +517,14 @@ fn dns_child() {
         let r = ("db.example.internal", 5432).to_socket_addrs();
         (r.is_ok(), t.elapsed())
     });
-    let _ = std::fs::remove_file(&conf);
     println!("dns: ok={ok} took_ms={} beats={beats}", took.as_millis());
+    // greenstack::net resolves off the worker even with the hooks off.
+    let rt = one_worker(false);
+    let (beats, (ok, took)) = beats_during(&rt, || {
+        let t = Instant::now();
+        let r = greenstack::net::TcpStream::connect(("db.example.internal", 5432));
+        (r.is_ok(), t.elapsed())
+    });
+    let _ = std::fs::remove_file(&conf);
+    println!("netdns: ok={ok} took_ms={} beats={beats}", took.as_millis());
 }

@@ -366,3 +366,17 @@ pub(crate) fn offload<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static)
     // with the cancellation held back it never returns before that.
     park(|| h.join()).ok()
 }
+
+/// `addr.to_socket_addrs()` that, in a coroutine on a worker, resolves
+/// names on the blocking pool while the coroutine parks (through the
+/// `getaddrinfo` hook), even in a runtime whose hooks are off: what
+/// `greenstack::net` resolves with.
+pub(crate) fn resolve<A: std::net::ToSocketAddrs>(addr: A) -> io::Result<A::Iter> {
+    if active() || !crate::scheduler::driver::waits_registered() {
+        return addr.to_socket_addrs();
+    }
+    set_active(true);
+    let r = addr.to_socket_addrs();
+    set_active(false);
+    r
+}

@@ -252,7 +252,7 @@ pub(crate) fn each_addr<T>(
     mut f: impl FnMut(SocketAddr) -> io::Result<T>,
 ) -> io::Result<T> {
     let mut last = None;
-    for a in addr.to_socket_addrs()? {
+    for a in crate::hook::resolve(addr)? {
         match f(a) {
             Ok(t) => return Ok(t),
             Err(e) => last = Some(e),

@@ -48,7 +48,7 @@ impl UdpSocket {
 
     /// Sends a datagram to `addr`.
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
-        let target = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        let target = crate::hook::resolve(addr)?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
         })?;
         self.io.op(Dir::Write, |s| s.send_to(buf, target))
