@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test greenstack has, in one command: the README's test command, and
-# what .ci/run runs. Needs only cargo (stable); installs nothing else.
+# what .ci/run runs. Needs cargo (stable); installs what else the tests use
+# (redis-server, valgrind) with apt-get when missing, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "unit, integration and doc tests (guard markers where the kernel has them)"
+# tests/real_redis.rs starts its own redis-server (Debian's) on a loopback port.
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 cargo test --workspace --locked
 
 step "the stack tests again with the mprotect fallback forced"

@@ -6,6 +6,8 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
 /// The directory cargo put this profile's example binaries in.
 fn example(name: &str) -> Command {
     let exe = std::env::current_exe().expect("test binary path");
@@ -166,6 +168,103 @@ fn http_hello_answers_keep_alive_requests() {
     c.read_to_string(&mut resp).unwrap();
     assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 2, "{resp}");
     assert_eq!(resp.matches("Hello, world!").count(), 2, "{resp}");
+}
+
+/// A gate in front of `upstream`: holds every request it receives until
+/// `n` requests are waiting at once, then forwards each and relays its
+/// answer (one plain thread per connection). Returns the gate's address.
+fn gate(upstream: String, n: usize) -> String {
+    use std::sync::{Arc, Condvar, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let waiting = Arc::new((Mutex::new(0usize), Condvar::new()));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (upstream, waiting) = (upstream.clone(), waiting.clone());
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => req.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let (count, cvar) = &*waiting;
+                    let mut c = count.lock().unwrap();
+                    *c += 1;
+                    cvar.notify_all();
+                    while *c < n {
+                        c = cvar.wait(c).unwrap();
+                    }
+                    drop(c);
+                    let mut up = TcpStream::connect(&upstream).unwrap();
+                    up.write_all(&req).unwrap();
+                    let mut resp = vec![0u8; 4096];
+                    let k = up.read(&mut resp).unwrap();
+                    let _ = conn.write_all(&resp[..k]);
+                })
+                .unwrap();
+        }
+    });
+    addr
+}
+
+/// The blocking `ureq` HTTP client, unchanged, from 1,000 coroutines at
+/// once on 2 workers against `examples/http_hello` (issue 18), through a
+/// gate that answers none until all 1,000 requests wait at once: that
+/// finishes only if every request parks its coroutine, not a worker.
+#[test]
+fn ureq_from_a_thousand_coroutines_fetches_from_http_hello() {
+    const N: usize = 1_000;
+    let (_server, addr) = start_server("http_hello");
+    let url = format!("http://{}/", gate(addr, N));
+    let rt = greenstack::Runtime::builder()
+        .workers(2)
+        .build()
+        .expect("a runtime");
+    let started = std::time::Instant::now();
+    let bodies = common::bounded_for(
+        "1,000 ureq fetches",
+        std::time::Duration::from_secs(120),
+        move || {
+            rt.block_on(move || {
+                let agent = ureq::AgentBuilder::new().max_idle_connections(0).build();
+                let all_in = std::sync::Arc::new(greenstack::sync::Barrier::new(N));
+                let handles: Vec<_> = (0..N)
+                    .map(|_| {
+                        let (agent, url, all_in) = (agent.clone(), url.clone(), all_in.clone());
+                        greenstack::spawn(move || {
+                            // All 1,000 exist before the first request goes out.
+                            all_in.wait();
+                            agent
+                                .get(&url)
+                                .call()
+                                .expect("GET from http_hello")
+                                .into_string()
+                                .expect("a text body")
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a fetching coroutine"))
+                    .collect::<Vec<_>>()
+            })
+        },
+    );
+    assert_eq!(bodies.len(), N);
+    assert!(
+        bodies.iter().all(|b| b == "Hello, world!"),
+        "a body differs"
+    );
+    println!(
+        "{N} ureq fetches from 1,000 coroutines on 2 workers in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
