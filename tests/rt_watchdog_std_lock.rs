@@ -115,6 +115,8 @@ fn watchdog_names_a_std_lock_held_across_a_yield() {
         "blocking call",
         "a std lock (Mutex, RwLock) held across a yield by another coroutine on this worker",
         "greenstack::sync",
+        "cause=\"futex\"",
+        "blocked on a futex",
     ] {
         assert!(
             report.contains(needle),

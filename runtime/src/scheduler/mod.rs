@@ -156,6 +156,9 @@ pub(crate) struct WorkerShared {
     /// Set once the worker's run loop has begun: placement never picks a
     /// worker that failed to start (its incoming queue would never drain).
     pub(crate) running: AtomicBool,
+    /// The worker thread's kernel thread id (0 until it starts), where the
+    /// watchdog reads what a stuck worker is doing.
+    pub(crate) tid: std::sync::atomic::AtomicI32,
     /// A coroutine here spawned a burst into the deque that has not run out
     /// yet: thieves then take only what evens out the load (see
     /// `Local::steal_others`). Only the worker writes it.
@@ -403,6 +406,7 @@ impl RuntimeBuilder {
                     wakeups: AtomicU64::new(0),
                     started: std::sync::atomic::AtomicUsize::new(0),
                     running: AtomicBool::new(false),
+                    tid: std::sync::atomic::AtomicI32::new(0),
                     burst: AtomicBool::new(false),
                 })
             })

@@ -10,8 +10,15 @@
 //! lock (`std::sync::Mutex`, `RwLock`) that another coroutine of the same
 //! worker holds across a yield. The named coroutine then blocks the worker
 //! thread in the lock, and the holder, which only that thread may run,
-//! never resumes to release it: the worker hangs for good. The watchdog
-//! cannot tell these apart from outside the thread, so it lists both.
+//! never resumes to release it: the worker hangs for good.
+//!
+//! The report says which it is when it can, from the worker thread's
+//! `/proc/self/task/<tid>/syscall`: `running` is CPU work; the futex call
+//! is a std lock, condvar or channel (most likely the held-lock case); any
+//! other number is a blocking system call the hooks do not park
+//! (`crate::hook`: calls they cover park the coroutine and never stall the
+//! worker), named for the common ones. Without `/proc` it lists the
+//! causes.
 //!
 //! # Reading a header another thread may free
 //!
@@ -88,17 +95,110 @@ fn run(shared: &Shared) {
             let who = unsafe { p.as_ref() }.map(|h| (h.id.get(), h.name.clone()));
             w.watch_reading.store(false, Ordering::SeqCst);
             if let Some((id, name)) = who {
+                let cause = Cause::of(w.tid.load(Ordering::Relaxed));
                 tracing::warn!(
                     coroutine.id = id,
                     coroutine.name = name.as_deref().unwrap_or("<unnamed>"),
                     stuck_ms = stuck.as_millis() as u64,
-                    "a coroutine has held its worker without switching; \
-                     the worker is blocked: likely a blocking call or long CPU work \
-                     (use spawn_blocking), or a std lock (Mutex, RwLock) held across \
-                     a yield by another coroutine on this worker, which cannot run to \
-                     release it while this one waits (use greenstack::sync's locks)"
+                    cause = cause.label(),
+                    "a coroutine has held its worker without switching; {}",
+                    cause.explain()
                 );
             }
         }
     }
+}
+
+/// What a stuck worker's thread is doing, read from
+/// `/proc/self/task/<tid>/syscall`: the blocking calls the hooks park
+/// (`crate::hook`) never show here, so what does is the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// Running its code: CPU work without a yield.
+    Cpu,
+    /// Waiting on a futex: a std lock, condvar or channel.
+    Futex,
+    /// Blocked in another system call (its number) the hooks do not park.
+    Syscall(i64),
+    /// Not readable (no `/proc`, or the thread moved on).
+    Unknown,
+}
+
+impl Cause {
+    fn of(tid: i32) -> Cause {
+        if tid <= 0 {
+            return Cause::Unknown;
+        }
+        let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
+            return Cause::Unknown;
+        };
+        let first = s.split_whitespace().next().unwrap_or("");
+        if first == "running" {
+            return Cause::Cpu;
+        }
+        match first.parse::<i64>() {
+            Ok(n) if n == libc::SYS_futex => Cause::Futex,
+            Ok(n) if n >= 0 => Cause::Syscall(n),
+            _ => Cause::Unknown,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Cpu => "cpu",
+            Cause::Futex => "futex",
+            Cause::Syscall(_) => "syscall",
+            Cause::Unknown => "unknown",
+        }
+    }
+
+    fn explain(self) -> String {
+        const STD_LOCK: &str = "a std lock (Mutex, RwLock) held across a yield by another \
+             coroutine on this worker, which cannot run to release it while this one waits \
+             (use greenstack::sync's locks)";
+        match self {
+            Cause::Cpu => "the worker is running it: long CPU work without a yield \
+                 (use spawn_blocking, or yield_now in the loop)"
+                .to_string(),
+            Cause::Futex => format!(
+                "the worker is blocked on a futex, a blocking call the hooks cannot park: \
+                 a std Mutex, RwLock, Condvar or channel; likely {STD_LOCK}"
+            ),
+            Cause::Syscall(n) => format!(
+                "the worker is blocked in system call {n}{}, a blocking call the hooks do \
+                 not park (use spawn_blocking)",
+                syscall_name(n)
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            ),
+            Cause::Unknown => format!(
+                "the worker is blocked: likely a blocking call or long CPU work \
+                 (use spawn_blocking), or {STD_LOCK}"
+            ),
+        }
+    }
+}
+
+/// Names of the blocking system calls a stuck worker most likely sits in.
+fn syscall_name(n: i64) -> Option<&'static str> {
+    Some(match n {
+        libc::SYS_select => "select",
+        libc::SYS_pselect6 => "pselect6",
+        libc::SYS_ppoll => "ppoll",
+        libc::SYS_epoll_wait => "epoll_wait",
+        libc::SYS_epoll_pwait => "epoll_pwait",
+        libc::SYS_epoll_pwait2 => "epoll_pwait2",
+        libc::SYS_read => "read",
+        libc::SYS_write => "write",
+        libc::SYS_recvfrom => "recvfrom",
+        libc::SYS_recvmsg => "recvmsg",
+        libc::SYS_flock => "flock",
+        libc::SYS_fcntl => "fcntl",
+        libc::SYS_msgrcv => "msgrcv",
+        libc::SYS_semop => "semop",
+        libc::SYS_semtimedop => "semtimedop",
+        libc::SYS_rt_sigtimedwait => "rt_sigtimedwait",
+        libc::SYS_pause => "pause",
+        _ => return None,
+    })
 }

@@ -823,6 +823,9 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     };
     WORKER.with(|w| w.set(&local));
     crate::hook::record_base_mask();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+    local.ws().tid.store(tid, Ordering::Relaxed);
     local.ws().running.store(true, Ordering::Release);
     // User code the worker runs (results' destructors, wakers, tracing
     // subscribers) is contained where it runs. Anything else unwinding out

@@ -1,0 +1,95 @@
+//! The watchdog's report says what holds a stuck worker when it can tell
+//! (issue 18): its own code running (CPU work), or a blocking system call
+//! the hooks do not park, named by number. (A std lock, a futex, is
+//! `rt_watchdog_std_lock.rs`.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use greenstack::Runtime;
+
+const ENV: &str = "GREENSTACK_WATCHDOG_CAUSE_CHILD";
+
+/// In a child: a 1-worker runtime with a 100 ms watchdog whose only
+/// coroutine holds the worker for 600 ms the way `how` says.
+fn stuck_child(how: &str) {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber in the child");
+    let rt = Runtime::builder()
+        .workers(1)
+        .watchdog(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let how = how.to_string();
+    rt.spawn(move || match how.as_str() {
+        "cpu" => {
+            let t = Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < Duration::from_millis(600) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        "select" => {
+            let mut tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 600_000,
+            };
+            // SAFETY: no fd sets, a timeout on our stack: a 600 ms sleep
+            // in select(2), which the hooks do not cover.
+            unsafe {
+                libc::select(
+                    0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    &mut tv,
+                )
+            };
+        }
+        other => panic!("unknown scenario {other}"),
+    })
+    .join()
+    .unwrap();
+}
+
+fn report_of(test: &str, how: &str) -> String {
+    let out = common::run_child(ENV, test, how);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("without switching"))
+        .unwrap_or_else(|| panic!("no watchdog report: {}", common::describe(&out)))
+        .to_string()
+}
+
+#[test]
+fn watchdog_says_a_worker_runs_cpu_work() {
+    if let Some(how) = common::child_scenario(ENV) {
+        return stuck_child(&how);
+    }
+    let r = report_of("watchdog_says_a_worker_runs_cpu_work", "cpu");
+    assert!(r.contains("cause=\"cpu\""), "{r}");
+    assert!(r.contains("long CPU work without a yield"), "{r}");
+}
+
+#[test]
+fn watchdog_names_a_system_call_the_hooks_do_not_park() {
+    if let Some(how) = common::child_scenario(ENV) {
+        return stuck_child(&how);
+    }
+    let r = report_of(
+        "watchdog_names_a_system_call_the_hooks_do_not_park",
+        "select",
+    );
+    assert!(r.contains("cause=\"syscall\""), "{r}");
+    // glibc's select(3) is the pselect6 system call.
+    assert!(
+        r.contains(&format!("system call {} (select)", libc::SYS_select))
+            || r.contains(&format!("system call {} (pselect6)", libc::SYS_pselect6)),
+        "{r}"
+    );
+}
