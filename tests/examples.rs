@@ -170,6 +170,19 @@ fn http_hello_answers_keep_alive_requests() {
     assert_eq!(resp.matches("Hello, world!").count(), 2, "{resp}");
 }
 
+#[test]
+fn blocking_calls_prints_the_heartbeat_table() {
+    let out = run("blocking_calls", &[]);
+    for row in [
+        "| std::fs::read of a FIFO",
+        "| std::net::TcpStream read",
+        "| Command::new",
+        "| std::thread::sleep(500 ms) |",
+    ] {
+        assert!(out.contains(row), "row {row:?} missing:\n{out}");
+    }
+}
+
 /// A gate in front of `upstream`: holds every request it receives until
 /// `n` requests are waiting at once, then forwards each and relays its
 /// answer (one plain thread per connection). Returns the gate's address.

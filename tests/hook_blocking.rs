@@ -265,6 +265,59 @@ fn poll_with_a_timeout_parks() {
     assert!(beats > 0, "the heartbeat never beat during poll");
 }
 
+/// `select(2)` with a timeout parks, returns 0 at the timeout with the set
+/// cleared, then reports the fd readable once it is; `ppoll` too.
+#[test]
+fn select_and_ppoll_with_a_timeout_park() {
+    let (r, mut w) = pipe();
+    let rt = one_worker(true);
+    let (beats, (first, second, third)) = common::bounded("select", move || {
+        beats_during(&rt, move || {
+            let fd = r.as_raw_fd();
+            let select = |ms: i64| {
+                // SAFETY: an fd_set on our stack holding one fd below
+                // FD_SETSIZE, and a timeout on our stack.
+                unsafe {
+                    let mut set: libc::fd_set = std::mem::zeroed();
+                    libc::FD_ZERO(&mut set);
+                    libc::FD_SET(fd, &mut set);
+                    let mut tv = libc::timeval {
+                        tv_sec: 0,
+                        tv_usec: ms * 1000,
+                    };
+                    let n = libc::select(
+                        fd + 1,
+                        &mut set,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        &mut tv,
+                    );
+                    (n, libc::FD_ISSET(fd, &set))
+                }
+            };
+            let first = select(200);
+            w.write_all(b"x").unwrap();
+            let second = select(900);
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 500_000_000,
+            };
+            // SAFETY: one valid pollfd, a timeout, no mask.
+            let third = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+            (first, second, third)
+        })
+    });
+    assert_eq!(first, (0, false), "nothing was ready before the timeout");
+    assert_eq!(second, (1, true));
+    assert_eq!(third, 1);
+    assert!(beats > 0, "the heartbeat never beat during select");
+}
+
 static SIGNAL_WRITE_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 extern "C" fn write_from_handler(_: libc::c_int) {

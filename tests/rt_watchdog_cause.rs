@@ -32,22 +32,16 @@ fn stuck_child(how: &str) {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
         }
-        "select" => {
-            let mut tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 600_000,
-            };
-            // SAFETY: no fd sets, a timeout on our stack: a 600 ms sleep
-            // in select(2), which the hooks do not cover.
+        "epoll" => {
+            // SAFETY: a fresh epoll fd with nothing registered: a 600 ms
+            // sleep in epoll_wait(2), which the hooks do not cover.
             unsafe {
-                libc::select(
-                    0,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    &mut tv,
-                )
-            };
+                let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                assert!(ep >= 0);
+                let mut ev: libc::epoll_event = std::mem::zeroed();
+                libc::epoll_wait(ep, &mut ev, 1, 600);
+                libc::close(ep);
+            }
         }
         other => panic!("unknown scenario {other}"),
     })
@@ -83,13 +77,18 @@ fn watchdog_names_a_system_call_the_hooks_do_not_park() {
     }
     let r = report_of(
         "watchdog_names_a_system_call_the_hooks_do_not_park",
-        "select",
+        "epoll",
     );
     assert!(r.contains("cause=\"syscall\""), "{r}");
-    // glibc's select(3) is the pselect6 system call.
+    // glibc's epoll_wait(3) is epoll_wait or epoll_pwait underneath.
     assert!(
-        r.contains(&format!("system call {} (select)", libc::SYS_select))
-            || r.contains(&format!("system call {} (pselect6)", libc::SYS_pselect6)),
+        r.contains(&format!(
+            "system call {} (epoll_wait)",
+            libc::SYS_epoll_wait
+        )) || r.contains(&format!(
+            "system call {} (epoll_pwait)",
+            libc::SYS_epoll_pwait
+        )),
         "{r}"
     );
 }

@@ -24,8 +24,8 @@
 //!   is the exception: it sets `O_NONBLOCK` for the call and restores it.
 //! - **Pipes, FIFOs, terminals**: `poll` with a zero timeout first, then
 //!   the call.
-//! - **Regular files**: passed through for now (a page-cache read does not
-//!   block; see "Not covered").
+//! - **Regular files**: reads from the page cache at once, the rest on the
+//!   blocking pool (below); writes pass through.
 //!
 //! When the attempt reports `EAGAIN`, the fd's flags decide: if the user
 //! made it non-blocking (`O_NONBLOCK` by `fcntl`, `ioctl(FIONBIO)` or
@@ -40,7 +40,14 @@
 //!
 //! Sleeps (`nanosleep`, `clock_nanosleep`, `usleep`, `sleep`) park on the
 //! worker's timers. `poll` with a timeout polls once without waiting, then
-//! parks until one of its fds is ready or the timeout passes.
+//! parks until one of its fds is ready or the timeout passes; `ppoll`,
+//! `select` and `pselect` (without a signal mask) go the same way.
+//!
+//! Name resolution (`getaddrinfo`, `getnameinfo`, `gethostbyname`),
+//! opening a FIFO, a regular-file read the page cache cannot answer at
+//! once (`preadv2` with `RWF_NOWAIT` tells), `fsync`, and waiting for a
+//! child other than through its pidfd run on the blocking pool while the
+//! coroutine parks. `wait4`/`waitpid` of one child park on its pidfd.
 //!
 //! A coroutine never parks from a hook while it unwinds from a panic, nor
 //! while the thread's signal mask differs from the one the worker started
@@ -49,10 +56,12 @@
 //!
 //! # Not covered (yet)
 //!
-//! Regular-file I/O, name resolution (`getaddrinfo`), `waitpid`, `select`,
-//! `epoll_wait` and `futex` (std's `Mutex`, `Condvar`, channels) still block
-//! the worker: the watchdog reports a worker stalled in them. Calls made by
-//! shared libraries loaded at run time resolve to libc, not to these.
+//! Regular-file writes (page-cache writes pass through), `epoll_wait` and
+//! `futex` (std's `Mutex`, `Condvar`, channels) still block the worker:
+//! the watchdog reports a worker stalled in them, naming the call. Calls
+//! made by shared libraries loaded at run time resolve to libc, not to
+//! these. The hooks are built on x86-64 Linux only; elsewhere blocking
+//! calls block the worker.
 //!
 //! The switches: [`RuntimeBuilder::hook_blocking_calls`] and the
 //! environment variable [`HOOKS_ENV`] (`0` or `off` turns hooks off for
@@ -60,6 +69,7 @@
 //!
 //! [`RuntimeBuilder::hook_blocking_calls`]: crate::RuntimeBuilder::hook_blocking_calls
 
+#[cfg(target_arch = "x86_64")]
 mod sys;
 
 use std::cell::Cell;

@@ -518,17 +518,33 @@ pub unsafe extern "C" fn accept4(
 /// then parks until one of the fds is ready or the timeout passes.
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
-    let direct = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
     if !active() || timeout == 0 {
-        return direct(timeout);
+        return sys!(libc::SYS_poll, fds, nfds, timeout) as c_int;
     }
     let deadline = (timeout > 0)
         .then(|| Instant::now().checked_add(Duration::from_millis(timeout as u64)))
         .flatten();
+    poll_parking(fds, nfds, deadline)
+}
+
+/// `poll` over the caller's `fds` in a coroutine until `deadline` (none:
+/// forever), parking between attempts.
+fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Instant>) -> c_int {
+    let direct = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
+    let left_ms = || match deadline {
+        Some(d) => c_int::try_from(
+            d.saturating_duration_since(Instant::now())
+                .as_nanos()
+                .div_ceil(1_000_000),
+        )
+        .unwrap_or(c_int::MAX),
+        // No deadline, or one past what `Instant` holds: forever.
+        None => -1,
+    };
     if nfds == 0 {
         return match deadline {
             Some(d) if sleep_until(d) => 0,
-            _ => direct(timeout),
+            _ => direct(left_ms()),
         };
     }
     let list: Vec<(c_int, libc::c_short)> = (0..nfds as usize)
@@ -543,22 +559,233 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeou
         if r != 0 {
             return r;
         }
-        let left = match deadline {
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return 0;
-                }
-                c_int::try_from((d - now).as_millis().max(1)).unwrap_or(c_int::MAX)
-            }
-            None => -1,
-        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return 0;
+        }
         if !super::parkable()
             || super::park(|| crate::scheduler::driver::park_on_fds(&list, deadline)).is_err()
         {
-            return direct(left);
+            return direct(left_ms());
         }
     }
+}
+
+/// `ppoll(2)`: as `poll` when no signal mask is given; with one (an atomic
+/// mask change) it is the system call.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    let direct = || {
+        // The kernel updates the timeout it is given: hand it a copy.
+        let mut t = if tmo.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, the caller's timeout.
+            Some(unsafe { *tmo })
+        };
+        let tp = t
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
+        sys!(libc::SYS_ppoll, fds, nfds, tp, sigmask, 8usize) as c_int
+    };
+    if !active() || !sigmask.is_null() {
+        return direct();
+    }
+    let deadline = if tmo.is_null() {
+        None
+    } else {
+        // SAFETY: non-null, the caller's timeout.
+        let Some(d) = duration_of(unsafe { &*tmo }) else {
+            set_errno(libc::EINVAL);
+            return -1;
+        };
+        if d.is_zero() {
+            return direct();
+        }
+        Instant::now().checked_add(d)
+    };
+    poll_parking(fds, nfds, deadline)
+}
+
+/// `select(2)` in a coroutine: the sets become a `poll` list that parks,
+/// and are rewritten from its result as select's are; the timeout is
+/// updated to what is left, as Linux does.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    let direct = || sys!(libc::SYS_select, nfds, r, w, e, timeout) as c_int;
+    if !active() || nfds < 0 || nfds > libc::FD_SETSIZE as c_int {
+        return direct();
+    }
+    let deadline = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: non-null, the caller's timeout.
+        let tv = unsafe { *timeout };
+        if tv.tv_sec < 0 || !(0..1_000_000).contains(&tv.tv_usec) {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+        let d = Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+        if d.is_zero() {
+            return direct();
+        }
+        Instant::now().checked_add(d)
+    };
+    // SAFETY: the caller's sets (or null), each valid for `nfds` bits.
+    let n = unsafe { select_parking(nfds, r, w, e, deadline) };
+    if !timeout.is_null() {
+        let left = deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        // SAFETY: the caller's timeout, non-null.
+        unsafe {
+            *timeout = libc::timeval {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_usec: left.subsec_micros() as libc::suseconds_t,
+            }
+        };
+    }
+    n
+}
+
+/// `pselect(2)`: as `select` when no signal mask is given; with one it is
+/// the system call.
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    let direct = || {
+        let mut t = if timeout.is_null() {
+            None
+        } else {
+            // SAFETY: non-null, the caller's timeout.
+            Some(unsafe { *timeout })
+        };
+        let tp = t
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
+        // The kernel's sixth argument: the mask and its size.
+        let mask = [sigmask as usize, 8usize];
+        let mp = if sigmask.is_null() {
+            std::ptr::null()
+        } else {
+            mask.as_ptr()
+        };
+        sys!(libc::SYS_pselect6, nfds, r, w, e, tp, mp) as c_int
+    };
+    if !active() || !sigmask.is_null() || nfds < 0 || nfds > libc::FD_SETSIZE as c_int {
+        return direct();
+    }
+    let deadline = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: non-null, the caller's timeout.
+        let Some(d) = duration_of(unsafe { &*timeout }) else {
+            set_errno(libc::EINVAL);
+            return -1;
+        };
+        if d.is_zero() {
+            return direct();
+        }
+        Instant::now().checked_add(d)
+    };
+    // SAFETY: the caller's sets (or null), each valid for `nfds` bits.
+    unsafe { select_parking(nfds, r, w, e, deadline) }
+}
+
+/// The parking half of `select`/`pselect`.
+///
+/// # Safety
+///
+/// `r`, `w`, `e` are null or valid `fd_set`s covering `nfds` fds.
+unsafe fn select_parking(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    deadline: Option<Instant>,
+) -> c_int {
+    let isset = |set: *mut libc::fd_set, fd: c_int| {
+        // SAFETY: the caller's valid set (non-null here), fd < nfds.
+        !set.is_null() && unsafe { libc::FD_ISSET(fd, set) }
+    };
+    let mut list = Vec::new();
+    for fd in 0..nfds {
+        let mut events = 0;
+        if isset(r, fd) {
+            events |= libc::POLLIN;
+        }
+        if isset(w, fd) {
+            events |= libc::POLLOUT;
+        }
+        if isset(e, fd) {
+            events |= libc::POLLPRI;
+        }
+        if events != 0 {
+            list.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    let n = poll_parking(list.as_mut_ptr(), list.len() as libc::nfds_t, deadline);
+    if n < 0 {
+        return n;
+    }
+    if list.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+        set_errno(libc::EBADF);
+        return -1;
+    }
+    for set in [r, w, e] {
+        if !set.is_null() {
+            // SAFETY: as above.
+            unsafe { libc::FD_ZERO(set) };
+        }
+    }
+    let mut count = 0;
+    for p in &list {
+        let mark = |set: *mut libc::fd_set, hit: bool, count: &mut c_int| {
+            if hit && !set.is_null() {
+                // SAFETY: as above.
+                unsafe { libc::FD_SET(p.fd, set) };
+                *count += 1;
+            }
+        };
+        let ev = p.revents;
+        mark(
+            r,
+            p.events & libc::POLLIN != 0
+                && ev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
+            &mut count,
+        );
+        mark(
+            w,
+            p.events & libc::POLLOUT != 0 && ev & (libc::POLLOUT | libc::POLLERR) != 0,
+            &mut count,
+        );
+        mark(
+            e,
+            p.events & libc::POLLPRI != 0 && ev & libc::POLLPRI != 0,
+            &mut count,
+        );
+    }
+    count
 }
 
 /// `nanosleep(2)`: parks the coroutine for the duration.
