@@ -444,6 +444,9 @@ fn regular_file_reads_in_a_coroutine_are_exact() {
                     }
                     pieces.extend_from_slice(&buf[..n]);
                 }
+                let mut at = vec![0u8; 4096];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut at, 500_000).unwrap();
+                pieces.extend_from_slice(&at);
                 (whole, pieces)
             })
             .join()
@@ -452,7 +455,14 @@ fn regular_file_reads_in_a_coroutine_are_exact() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(got.0 == data, "std::fs::read differs");
-    assert!(got.1 == data, "read in 4 KiB pieces differs");
+    assert!(
+        got.1[..data.len()] == data[..],
+        "read in 4 KiB pieces differs"
+    );
+    assert!(
+        got.1[data.len()..] == data[500_000..504_096],
+        "read_at (pread) differs"
+    );
 }
 
 /// Name resolution through a resolver that never answers: in a child in

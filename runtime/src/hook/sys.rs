@@ -1268,3 +1268,52 @@ pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
         None => direct(),
     }
 }
+
+/// `pread64(2)` (std's `read_at`; `pread` is the same function on 64-bit
+/// Linux): on a regular file in a coroutine, from the page cache at once
+/// (`RWF_NOWAIT`), else on the blocking pool.
+#[no_mangle]
+pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
+    let direct = move || sys!(libc::SYS_pread64, fd, buf, count, off);
+    if !active() || kind(fd) != Some(Kind::File) {
+        return direct();
+    }
+    let iov = libc::iovec {
+        iov_base: buf,
+        iov_len: count,
+    };
+    let r = sys!(
+        libc::SYS_preadv2,
+        fd,
+        &iov as *const libc::iovec,
+        1,
+        off,
+        0,
+        libc::RWF_NOWAIT
+    );
+    if r >= 0 || errno() != libc::EAGAIN {
+        if r < 0 && matches!(errno(), libc::EOPNOTSUPP | libc::EINVAL) {
+            return direct();
+        }
+        return r;
+    }
+    let args = AssertSend(buf);
+    match offload(move || {
+        let a = args;
+        let r = sys!(libc::SYS_pread64, fd, a.0, count, off);
+        (r, errno())
+    }) {
+        Some((r, e)) => {
+            set_errno(e);
+            r
+        }
+        None => direct(),
+    }
+}
+
+/// `pread(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { pread64(fd, buf, count, off) }
+}

@@ -174,7 +174,9 @@ impl<S: AsRawFd> Io<S> {
             if let Some(r) = reg {
                 r.state.clear(dir.bit());
             }
-            match op(&self.sock) {
+            // The socket is non-blocking already: its calls need no hook
+            // (which would ask the kernel for its flags on every EAGAIN).
+            match crate::hook::bypass(|| op(&self.sock)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
