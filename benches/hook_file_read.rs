@@ -6,7 +6,7 @@
 //! thread. `cargo bench --bench hook_file_read`; compare `hooks_on` with
 //! `plain_thread`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -20,7 +20,7 @@ fn file() -> PathBuf {
     p
 }
 
-fn reads(p: &PathBuf, iters: u64) -> Duration {
+fn reads(p: &Path, iters: u64) -> Duration {
     let t = Instant::now();
     for _ in 0..iters {
         let v = std::fs::read(p).expect("reading");
@@ -29,8 +29,8 @@ fn reads(p: &PathBuf, iters: u64) -> Duration {
     t.elapsed()
 }
 
-fn in_coroutine(rt: &Runtime, p: &PathBuf, iters: u64) -> Duration {
-    let p = p.clone();
+fn in_coroutine(rt: &Runtime, p: &Path, iters: u64) -> Duration {
+    let p = p.to_path_buf();
     rt.spawn(move || reads(&p, iters))
         .join()
         .expect("reader does not panic")
