@@ -75,7 +75,8 @@ mod sys;
 use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Environment variable that turns the hooks off for every runtime of the
@@ -191,12 +192,26 @@ pub(crate) enum Kind {
 const KIND_CACHE: usize = 1 << 16;
 static KINDS: [AtomicU8; KIND_CACHE] = [const { AtomicU8::new(0) }; KIND_CACHE];
 
+/// Generations of the first `KIND_CACHE` fds: bumped whenever the fd is
+/// closed, replaced or handed out anew, so a worker's kept registration of
+/// an fd (`driver::hook_registration`) knows it is stale.
+static GENS: [AtomicU32; KIND_CACHE] = [const { AtomicU32::new(0) }; KIND_CACHE];
+
 /// Forgets what `fd` was (it was closed, replaced or is new).
 #[inline]
 pub(crate) fn forget_fd(fd: RawFd) {
-    if let Some(k) = usize::try_from(fd).ok().and_then(|i| KINDS.get(i)) {
-        k.store(0, Ordering::Relaxed);
+    if let Ok(i) = usize::try_from(fd) {
+        if let (Some(k), Some(g)) = (KINDS.get(i), GENS.get(i)) {
+            k.store(0, Ordering::Relaxed);
+            g.fetch_add(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// `fd`'s generation, if it is within the caches.
+fn generation(fd: RawFd) -> Option<u32> {
+    let i = usize::try_from(fd).ok()?;
+    GENS.get(i).map(|g| g.load(Ordering::Relaxed))
 }
 
 /// Records `fd`'s kind.
@@ -287,10 +302,110 @@ pub(crate) enum Wait {
     Block,
 }
 
-/// The slow path of a hooked call on `fd` that got `EAGAIN` (or found the
-/// fd not ready) in a coroutine: decides, and parks until `fd` is ready
-/// for `dir` or `deadline` passes.
-/// `check_user` is false where the hook itself set `O_NONBLOCK` (connect).
+/// One hooked call's waits on its fd, across its attempts.
+///
+/// Protocol (edge-triggered readiness, as `net`'s): the first wait looks
+/// up the worker's kept registration of the fd; a fresh one parks at once
+/// (the poller reports the fd's present state); a kept one has its bit
+/// cleared and the call is retried before any park. From then on the bit
+/// is cleared before every attempt ([`before_attempt`](Self::before_attempt)),
+/// so an edge between an attempt and the park is never lost.
+pub(crate) struct FdWait {
+    fd: RawFd,
+    dir: Dir,
+    /// Whether the user's `O_NONBLOCK` decides (false where the hook set
+    /// it itself: connect).
+    check_user: bool,
+    /// Whether the fd is a socket (whose `SO_RCVTIMEO`/`SO_SNDTIMEO` is
+    /// the park's timeout).
+    socket: bool,
+    /// The deadline, once read (on the first wait).
+    deadline: Option<Option<Instant>>,
+    /// The kept registration's state, once looked up.
+    state: Option<Arc<crate::scheduler::driver::IoState>>,
+}
+
+impl FdWait {
+    pub(crate) fn new(fd: RawFd, dir: Dir, socket: bool, check_user: bool) -> FdWait {
+        FdWait {
+            fd,
+            dir,
+            check_user,
+            socket,
+            deadline: None,
+            state: None,
+        }
+    }
+
+    fn bit(&self) -> u8 {
+        match self.dir {
+            Dir::Read => crate::scheduler::driver::READABLE,
+            Dir::Write => crate::scheduler::driver::WRITABLE,
+        }
+    }
+
+    /// Call before every attempt.
+    #[inline]
+    pub(crate) fn before_attempt(&self) {
+        if let Some(s) = &self.state {
+            s.clear(self.bit());
+        }
+    }
+
+    /// After an attempt reported `EAGAIN` (or found the fd not ready):
+    /// decides, and parks until the fd is ready or the deadline passes.
+    pub(crate) fn wait(&mut self) -> Wait {
+        if self.check_user && user_nonblocking(self.fd) {
+            return Wait::Again;
+        }
+        let fd = self.fd;
+        let (socket, dir) = (self.socket, self.dir);
+        let deadline = *self.deadline.get_or_insert_with(|| {
+            if socket {
+                socket_deadline(fd, dir)
+            } else {
+                None
+            }
+        });
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Wait::Again;
+        }
+        if !parkable() {
+            return Wait::Block;
+        }
+        if self.state.is_none() {
+            let reg = generation(fd)
+                .map(|g| bypass(|| crate::scheduler::driver::hook_registration(fd, g)));
+            match reg {
+                Some(Ok((state, fresh))) => {
+                    self.state = Some(state);
+                    if !fresh {
+                        // Kept: clear (the caller's next attempt does),
+                        // retry, and park only on a second `EAGAIN`.
+                        return Wait::Retry;
+                    }
+                }
+                _ => {
+                    // No registration to keep: wait on a duplicate.
+                    return match park(|| {
+                        crate::scheduler::driver::park_on_fd(fd, dir == Dir::Write, deadline)
+                    }) {
+                        Ok(()) => Wait::Retry,
+                        Err(_) => Wait::Block,
+                    };
+                }
+            }
+        }
+        let bit = self.bit();
+        if let Some(state) = &self.state {
+            park(|| crate::scheduler::driver::park_on_state(state, bit, deadline));
+        }
+        Wait::Retry
+    }
+}
+
+/// A wait on a one-off fd (a child's pidfd): parks on a duplicate
+/// registered for this wait only. `check_user` as in [`FdWait`].
 pub(crate) fn wait_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>, check_user: bool) -> Wait {
     if check_user && user_nonblocking(fd) {
         return Wait::Again;

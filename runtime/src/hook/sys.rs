@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_long, c_uint, c_void, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{
-    active, errno, forget_fd, kind, offload, set_errno, set_kind, sleep_until, socket_deadline,
-    timespec_until, user_nonblocking, wait_fd, AssertSend, Dir, Kind, Wait,
+    active, errno, forget_fd, kind, offload, set_errno, set_kind, sleep_until, timespec_until,
+    user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
 };
 
 /// A system call's result as `ssize_t`.
@@ -44,9 +44,9 @@ fn socket_loop(
     mut attempt: impl FnMut() -> ssize_t,
     blocking: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
-    let mut deadline = None;
-    let mut first = true;
+    let mut w = FdWait::new(fd, dir, true, true);
     loop {
+        w.before_attempt();
         let r = attempt();
         if r >= 0 {
             return r;
@@ -58,11 +58,7 @@ fn socket_loop(
         if e != libc::EAGAIN {
             return r;
         }
-        if first {
-            deadline = socket_deadline(fd, dir);
-            first = false;
-        }
-        match wait_fd(fd, dir, deadline, true) {
+        match w.wait() {
             Wait::Retry => {}
             Wait::Again => {
                 set_errno(libc::EAGAIN);
@@ -73,14 +69,17 @@ fn socket_loop(
     }
 }
 
-/// For a pollable non-socket fd (pipe, FIFO, terminal): `poll` without a
-/// timeout first, then `call`, parking while the fd is not ready.
-fn pollable_loop(fd: c_int, dir: Dir, call: impl FnOnce() -> ssize_t) -> ssize_t {
+/// For a pollable non-socket fd (pipe, FIFO, terminal), or a listening
+/// socket (`socket`): `poll` without a timeout first, then `call`, parking
+/// while the fd is not ready.
+fn pollable_loop(fd: c_int, dir: Dir, socket: bool, call: impl FnOnce() -> ssize_t) -> ssize_t {
     let events = match dir {
         Dir::Read => libc::POLLIN,
         Dir::Write => libc::POLLOUT,
     };
+    let mut w = FdWait::new(fd, dir, socket, true);
     loop {
+        w.before_attempt();
         let mut pfd = libc::pollfd {
             fd,
             events,
@@ -91,7 +90,7 @@ fn pollable_loop(fd: c_int, dir: Dir, call: impl FnOnce() -> ssize_t) -> ssize_t
             // Ready, or an error the call reports its own way.
             return call();
         }
-        match wait_fd(fd, dir, None, true) {
+        match w.wait() {
             Wait::Retry => {}
             Wait::Again | Wait::Block => return call(),
         }
@@ -181,11 +180,15 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
             });
             if r < 0 && errno() == libc::ENOTSOCK {
                 set_kind(fd, Kind::Pollable);
-                return pollable_loop(fd, Dir::Read, || sys!(libc::SYS_read, fd, buf, count));
+                return pollable_loop(fd, Dir::Read, false, || {
+                    sys!(libc::SYS_read, fd, buf, count)
+                });
             }
             r
         }
-        Some(_) => pollable_loop(fd, Dir::Read, || sys!(libc::SYS_read, fd, buf, count)),
+        Some(_) => pollable_loop(fd, Dir::Read, false, || {
+            sys!(libc::SYS_read, fd, buf, count)
+        }),
         None if kind(fd) == Some(Kind::File) => file_read(fd, buf, count),
         None => sys!(libc::SYS_read, fd, buf, count),
     }
@@ -250,11 +253,15 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
             });
             if r < 0 && errno() == libc::ENOTSOCK {
                 set_kind(fd, Kind::Pollable);
-                return pollable_loop(fd, Dir::Write, || sys!(libc::SYS_write, fd, buf, count));
+                return pollable_loop(fd, Dir::Write, false, || {
+                    sys!(libc::SYS_write, fd, buf, count)
+                });
             }
             r
         }
-        Some(_) => pollable_loop(fd, Dir::Write, || sys!(libc::SYS_write, fd, buf, count)),
+        Some(_) => pollable_loop(fd, Dir::Write, false, || {
+            sys!(libc::SYS_write, fd, buf, count)
+        }),
         None => sys!(libc::SYS_write, fd, buf, count),
     }
 }
@@ -279,7 +286,9 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int
                 || sys!(libc::SYS_readv, fd, iov, iovcnt),
             )
         }
-        Some(_) => pollable_loop(fd, Dir::Read, || sys!(libc::SYS_readv, fd, iov, iovcnt)),
+        Some(_) => pollable_loop(fd, Dir::Read, false, || {
+            sys!(libc::SYS_readv, fd, iov, iovcnt)
+        }),
         None => sys!(libc::SYS_readv, fd, iov, iovcnt),
     }
 }
@@ -304,7 +313,9 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_in
                 || sys!(libc::SYS_writev, fd, iov, iovcnt),
             )
         }
-        Some(_) => pollable_loop(fd, Dir::Write, || sys!(libc::SYS_writev, fd, iov, iovcnt)),
+        Some(_) => pollable_loop(fd, Dir::Write, false, || {
+            sys!(libc::SYS_writev, fd, iov, iovcnt)
+        }),
         None => sys!(libc::SYS_writev, fd, iov, iovcnt),
     }
 }
@@ -438,8 +449,9 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         restore();
         return r;
     }
-    let deadline = socket_deadline(fd, Dir::Write);
+    let mut w = FdWait::new(fd, Dir::Write, true, false);
     loop {
+        w.before_attempt();
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLOUT,
@@ -448,7 +460,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         if sys!(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, 0) != 0 {
             break;
         }
-        match wait_fd(fd, Dir::Write, deadline, false) {
+        match w.wait() {
             Wait::Retry => {}
             Wait::Again => {
                 set_errno(libc::EINPROGRESS);
@@ -511,7 +523,7 @@ pub unsafe extern "C" fn accept4(
     if !active() || hooked_kind(fd) != Some(Kind::Socket) {
         return call();
     }
-    pollable_loop(fd, Dir::Read, || call() as ssize_t) as c_int
+    pollable_loop(fd, Dir::Read, true, || call() as ssize_t) as c_int
 }
 
 /// `poll(2)`. In a coroutine with a timeout: polls once without waiting,

@@ -716,3 +716,82 @@ pub(crate) fn park_on_fd(fd: RawFd, write: bool, deadline: Option<Instant>) -> i
     let events = if write { libc::POLLOUT } else { libc::POLLIN };
     park_on_fds(&[(fd, events)], deadline)
 }
+
+/// A hooked fd's registration with this worker's poller, kept across waits
+/// (see [`hook_registration`]).
+struct HookReg {
+    /// The fd's generation (`crate::hook`) when registered: a different
+    /// one now means the fd was closed or replaced since.
+    gen: u32,
+    token: usize,
+    state: Arc<IoState>,
+}
+
+thread_local! {
+    /// This worker's registrations of fds the blocking-call hooks waited on.
+    static HOOK_REGS: RefCell<std::collections::HashMap<RawFd, HookReg>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// The calling worker's registration of `fd` (generation `gen`) for the
+/// blocking-call hooks, made on first use and kept while the fd lives:
+/// its state, and whether it was made just now (then the poller reports
+/// the fd's present readiness at its next poll, so a waiter may park at
+/// once; a kept one must be cleared and the call retried first, as its
+/// readiness bits say only what happened since they were last cleared).
+///
+/// The registration is of the fd itself, edge-triggered. A `close` of the
+/// fd removes it from the poller (the kernel does, once no other fd refers
+/// to the same open file); a later fd with the same number has another
+/// generation, so its first wait drops the old entry and registers anew.
+///
+/// # Errors
+///
+/// Not a coroutine on a worker, or the poller refused the fd (already
+/// registered there some other way): the caller waits on a duplicate.
+pub(crate) fn hook_registration(fd: RawFd, gen: u32) -> io::Result<(Arc<IoState>, bool)> {
+    let Some((shared, worker)) = waiter_home().map(|(s, w)| (Arc::clone(s), w)) else {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    };
+    let driver = &shared.workers[worker].driver;
+    HOOK_REGS.with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(r) = t.get(&fd) {
+            if r.gen == gen {
+                return Ok((Arc::clone(&r.state), false));
+            }
+        }
+        if let Some(old) = t.remove(&fd) {
+            // Gone already if the fd was closed; if its number now names
+            // another file, that one was never registered here.
+            let _ = driver.registry.deregister(&mut mio::unix::SourceFd(&fd));
+            driver.remove(old.token);
+        }
+        let state = Arc::new(IoState::default());
+        let token = driver.add(&mut mio::unix::SourceFd(&fd), &state)?;
+        t.insert(
+            fd,
+            HookReg {
+                gen,
+                token,
+                state: Arc::clone(&state),
+            },
+        );
+        Ok((state, true))
+    })
+}
+
+/// Parks the calling coroutine until `state` (a [`hook_registration`])
+/// reports `dir` (`READABLE` or `WRITABLE`), unless it did since it was
+/// last cleared, or until `deadline`.
+pub(crate) fn park_on_state(state: &IoState, dir: u8, deadline: Option<Instant>) {
+    let Some(header) = super::worker::current_header() else {
+        return;
+    };
+    let waker = header.into_waker();
+    if state.wait(dir, waker.clone()) {
+        crate::time::park_until(deadline);
+    }
+    // Woken by the deadline (or spuriously): leave no waker behind.
+    state.forget(dir, &waker);
+}
