@@ -141,6 +141,10 @@ class Case:
     # The peers that have this workload (None: all of them); the others
     # are skipped, not run.
     only_peers: tuple[str, ...] | None = None
+    # Consecutive cases of one group run their repetitions interleaved
+    # (rep 1 of each, then rep 2 of each, ...), so figures compared with
+    # each other are taken under the same conditions.
+    group: str | None = None
 
     def peers(self) -> list[str]:
         """The peers of this run (--peers) that have the workload."""
@@ -184,11 +188,15 @@ def cases(quick: bool) -> list[Case]:
         100: dict(workers=2, n=100, trips=2000 if not quick else 500, budget_ms=b // 2),
         1000: dict(workers=2, n=1000, trips=200 if not quick else 50, budget_ms=b // 2),
     }
-    out += [Case(f"tcp_echo_{n}", "tcp_echo", dict(p)) for n, p in tcp.items()]
-    # tcp_echo with std::net's blocking sockets inside greenstack's
-    # coroutines (the runtime's hooks park them): greenstack only, compared
-    # with greenstack::net's tcp_echo and with the best peer's (issue 18).
-    out += [Case(f"tcp_echo_std_{n}", "tcp_echo_std", dict(p), only_peers=("greenstack",)) for n, p in tcp.items()]
+    for n, p in tcp.items():
+        out.append(Case(f"tcp_echo_{n}", "tcp_echo", dict(p), group=f"tcp_{n}"))
+        # tcp_echo with std::net's blocking sockets inside greenstack's
+        # coroutines (the runtime's hooks park them): greenstack only,
+        # compared with greenstack::net's tcp_echo and with the best peer's
+        # (issue 18), its repetitions interleaved with tcp_echo's.
+        out.append(
+            Case(f"tcp_echo_std_{n}", "tcp_echo_std", dict(p), only_peers=("greenstack",), group=f"tcp_{n}")
+        )
     return out
 
 
@@ -1134,30 +1142,40 @@ def main() -> None:
     results: dict[str, dict[str, list[Run]]] = {}
     two_threads: dict[str, list[float]] = {"apart": [], "aligned": []}
     park_floor: list[float] = []
+    batches: list[list[Case]] = []
     for c in plan:
-        results[c.id] = {p: [] for p in c.peers()}
-        if not c.peers():
-            log(f"{c.id}: no peer of this run has the workload {c.workload}; skipped")
-        for rep in range(c.reps or reps):
-            for p in c.peers():
-                done += 1
-                r = run_once(p, c)
-                results[c.id][p].append(r)
-                log(f"[{done}/{total}] {c.id:<20} {p:<10} rep {rep + 1}: {short(r, c)}  ({r.seconds:.1f} s)")
-            if c.id == "channel_pingpong_1w" and "greenstack" in PEERS:
-                r = run_once("greenstack", park_floor_case(c))
-                if r.ok and "ns_per_op" in r.fields:
-                    park_floor.append(float(r.fields["ns_per_op"]))
-                log(f"        floor: park/unpark alone, no channel: {r.fields.get('ns_per_op', '?')} ns/hand-off  ({r.seconds:.1f} s)")
-            if c.id == "fanout_fib_2w" and "greenstack" in PEERS:
-                r = run_once("greenstack", MACHINE_THREADS)
-                for k in two_threads:
-                    if r.ok and f"speedup_{k}" in r.fields:
-                        two_threads[k].append(float(r.fields[f"speedup_{k}"]))
-                log(
-                    f"        machine: two plain threads ran {r.fields.get('speedup_apart', '?')}× one "
-                    f"(stacks apart), {r.fields.get('speedup_aligned', '?')}× (aligned)  ({r.seconds:.1f} s)"
-                )
+        if c.group and batches and batches[-1][0].group == c.group:
+            batches[-1].append(c)
+        else:
+            batches.append([c])
+    for batch in batches:
+        for c in batch:
+            results[c.id] = {p: [] for p in c.peers()}
+            if not c.peers():
+                log(f"{c.id}: no peer of this run has the workload {c.workload}; skipped")
+        for rep in range(max(c.reps or reps for c in batch)):
+            for c in batch:
+                if rep >= (c.reps or reps):
+                    continue
+                for p in c.peers():
+                    done += 1
+                    r = run_once(p, c)
+                    results[c.id][p].append(r)
+                    log(f"[{done}/{total}] {c.id:<20} {p:<10} rep {rep + 1}: {short(r, c)}  ({r.seconds:.1f} s)")
+                if c.id == "channel_pingpong_1w" and "greenstack" in PEERS:
+                    r = run_once("greenstack", park_floor_case(c))
+                    if r.ok and "ns_per_op" in r.fields:
+                        park_floor.append(float(r.fields["ns_per_op"]))
+                    log(f"        floor: park/unpark alone, no channel: {r.fields.get('ns_per_op', '?')} ns/hand-off  ({r.seconds:.1f} s)")
+                if c.id == "fanout_fib_2w" and "greenstack" in PEERS:
+                    r = run_once("greenstack", MACHINE_THREADS)
+                    for k in two_threads:
+                        if r.ok and f"speedup_{k}" in r.fields:
+                            two_threads[k].append(float(r.fields[f"speedup_{k}"]))
+                    log(
+                        f"        machine: two plain threads ran {r.fields.get('speedup_apart', '?')}× one "
+                        f"(stacks apart), {r.fields.get('speedup_aligned', '?')}× (aligned)  ({r.seconds:.1f} s)"
+                    )
 
     rows = build_rows(results, plan)
     wall = time.monotonic() - started
