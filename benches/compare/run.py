@@ -138,6 +138,17 @@ class Case:
     workload: str
     params: dict[str, int]
     reps: int | None = None  # None: the run's --reps
+    # The peers that have this workload (None: all of them); the others
+    # are skipped, not run.
+    only_peers: tuple[str, ...] | None = None
+    # Consecutive cases of one group run their repetitions interleaved
+    # (rep 1 of each, then rep 2 of each, ...), so figures compared with
+    # each other are taken under the same conditions.
+    group: str | None = None
+
+    def peers(self) -> list[str]:
+        """The peers of this run (--peers) that have the workload."""
+        return [p for p in PEERS if self.only_peers is None or p in self.only_peers]
 
     def argv(self) -> list[str]:
         return [self.workload] + [f"{k}={v}" for k, v in self.params.items()]
@@ -173,10 +184,19 @@ def cases(quick: bool) -> list[Case]:
     ]
     for n in parked_ns:
         out.append(Case(f"parked_{n}", "parked", dict(workers=2, n=n)))
-    out += [
-        Case("tcp_echo_100", "tcp_echo", dict(workers=2, n=100, trips=2000 if not quick else 500, budget_ms=b // 2)),
-        Case("tcp_echo_1000", "tcp_echo", dict(workers=2, n=1000, trips=200 if not quick else 50, budget_ms=b // 2)),
-    ]
+    tcp = {
+        100: dict(workers=2, n=100, trips=2000 if not quick else 500, budget_ms=b // 2),
+        1000: dict(workers=2, n=1000, trips=200 if not quick else 50, budget_ms=b // 2),
+    }
+    for n, p in tcp.items():
+        out.append(Case(f"tcp_echo_{n}", "tcp_echo", dict(p), group=f"tcp_{n}"))
+        # tcp_echo with std::net's blocking sockets inside greenstack's
+        # coroutines (the runtime's hooks park them): greenstack only,
+        # compared with greenstack::net's tcp_echo and with the best peer's
+        # (issue 18), its repetitions interleaved with tcp_echo's.
+        out.append(
+            Case(f"tcp_echo_std_{n}", "tcp_echo_std", dict(p), only_peers=("greenstack",), group=f"tcp_{n}")
+        )
     return out
 
 
@@ -325,6 +345,9 @@ class Row:
     met: bool | None = None
     chart: bool = True
     short: str = ""  # the chart's label
+    # A reference that is not a peer's figure: (name, value); the ratio is
+    # greenstack's value ÷ it (tcp_echo_std ÷ greenstack::net's tcp_echo).
+    ref: tuple[str, float | None] | None = None
 
 
 def park_floor_text(rows: list[Row], floor: list[float]) -> tuple[str, str] | None:
@@ -356,11 +379,13 @@ def best_peer(row: Row) -> tuple[str | None, float | None]:
 
 def evaluate(row: Row) -> None:
     gs = row.values.get("greenstack")
-    if row.ratio_against == "go":
+    if row.ref is not None:
+        other, ov = row.ref
+    elif row.ratio_against == "go":
         other, ov = "go", row.values.get("go")
     else:
         other, ov = best_peer(row)
-    row.against = PEER_NAMES.get(other, "") if other else ""
+    row.against = PEER_NAMES.get(other, other) if other else ""
     if gs is not None and ov:
         row.ratio = gs / ov
     if row.check is None:
@@ -548,6 +573,47 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
             transform=lambda v: 1e9 / float(v),
             short=f"tcp_echo, {conns:,} connections",
         )
+    # tcp_echo_std: the same echo with std::net's blocking sockets in
+    # greenstack's coroutines. Two rows per size: ÷ greenstack::net's
+    # tcp_echo (goal ≥ 0.9×), and ÷ the best peer's tcp_echo (goal ≥ 1.0×;
+    # the peer cells are their tcp_echo figures).
+    for conns in (100, 1000):
+        sid, nid = f"tcp_echo_std_{conns}", f"tcp_echo_{conns}"
+        if sid not in by_id:
+            continue
+        req_s = lambda v: 1e9 / float(v)  # noqa: E731
+        std_vals, std_fails = metric(sid, "ns_per_op", req_s)
+        net_vals, net_fails = metric(nid, "ns_per_op", req_s) if nid in by_id else ({}, {})
+        gs_std = std_vals.get("greenstack")
+        common = dict(higher_better=True, fmt="{:,.0f}")
+        r = Row(
+            f"tcp_echo_std: {conns:,} connections, std::net in coroutines ÷ greenstack::net",
+            "req/s",
+            {p: (gs_std if p == "greenstack" else None) for p in PEERS},
+            {p: v for p, v in std_fails.items() if p == "greenstack"},
+            goal="≥ 0.9×",
+            check=("ratio", ">=", 0.9),
+            ref=("greenstack::net", net_vals.get("greenstack")),
+            short=f"tcp_echo_std ÷ greenstack::net, {conns:,}",
+            **common,
+        )
+        evaluate(r)
+        rows.append(r)
+        fails = {p: v for p, v in net_fails.items() if p != "greenstack"}
+        if "greenstack" in std_fails:
+            fails["greenstack"] = std_fails["greenstack"]
+        r = Row(
+            f"tcp_echo_std: {conns:,} connections, std::net in coroutines ÷ best peer's tcp_echo",
+            "req/s",
+            {p: (gs_std if p == "greenstack" else net_vals.get(p)) for p in PEERS},
+            fails,
+            goal="≥ 1.0×",
+            check=("ratio", ">=", 1.0),
+            short=f"tcp_echo_std ÷ best peer, {conns:,}",
+            **common,
+        )
+        evaluate(r)
+        rows.append(r)
     return rows
 
 
@@ -802,6 +868,13 @@ STATIC_NOTES = """\
   by 2× or more (on the project's 2-vCPU machine Go's spawn_join took
   245–248 ns in some runs and 591–656 ns in others), so a goal that rests
   on a peer's figure can be met in one run and missed in the next.
+- **tcp_echo_std** is greenstack's tcp_echo with `std::net`'s blocking
+  `TcpListener`/`TcpStream` instead of `greenstack::net`, inside the same
+  coroutines: the runtime's hooks of the blocking libc calls (issue 18)
+  make each would-block call park the coroutine. Only greenstack has it;
+  its rows compare it with greenstack::net's tcp_echo of the same run and
+  with the best peer's tcp_echo (the peer cells of that row are their
+  tcp_echo figures).
 - **Memory.** parked reports (VmRSS + VmPTE at the moment all N tasks are
   parked − the same before spawning) / N: stacks, task records, channels and
   the driver's handles, everything included. deep_stack reports VmHWM, the
@@ -964,7 +1037,7 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
     L.append("|---|---|---|---|")
     for c in plan:
         params = " ".join(f"{k}={v}" for k, v in c.params.items())
-        for p in PEERS:
+        for p in c.peers():
             runs = results.get(c.id, {}).get(p, [])
             L.append(
                 f"| {c.id} | {params} | {PEER_NAMES[p]} | "
@@ -1010,7 +1083,11 @@ def row_case_ids(row: Row, plan: list[Case]) -> set[str]:
         if c.workload == "parked" and label.startswith("parked"):
             if "maps" in label or f"{c.params['n']:,} tasks" in label:
                 ids.add(c.id)
-        elif c.workload == "tcp_echo" and label.startswith("tcp_echo") and f"{c.params['n']:,} conn" in label:
+        elif label.startswith("tcp_echo_std") and f"{c.params['n']:,} conn" in label:
+            # greenstack's own cell from tcp_echo_std, the peers' from tcp_echo
+            if c.workload == "tcp_echo_std" or (c.workload == "tcp_echo" and "best peer" in label):
+                ids.add(c.id)
+        elif c.workload == "tcp_echo" and label.startswith("tcp_echo:") and f"{c.params['n']:,} conn" in label:
             ids.add(c.id)
         elif c.workload == "fanout_fib" and label.startswith("fanout_fib"):
             w = c.params["workers"]
@@ -1060,33 +1137,45 @@ def main() -> None:
     if not a.no_build:
         build(PEERS, go_cmd)
 
-    total = sum((c.reps or reps) * len(PEERS) for c in plan)
+    total = sum((c.reps or reps) * len(c.peers()) for c in plan)
     done = 0
     results: dict[str, dict[str, list[Run]]] = {}
     two_threads: dict[str, list[float]] = {"apart": [], "aligned": []}
     park_floor: list[float] = []
+    batches: list[list[Case]] = []
     for c in plan:
-        results[c.id] = {p: [] for p in PEERS}
-        for rep in range(c.reps or reps):
-            for p in PEERS:
-                done += 1
-                r = run_once(p, c)
-                results[c.id][p].append(r)
-                log(f"[{done}/{total}] {c.id:<20} {p:<10} rep {rep + 1}: {short(r, c)}  ({r.seconds:.1f} s)")
-            if c.id == "channel_pingpong_1w" and "greenstack" in PEERS:
-                r = run_once("greenstack", park_floor_case(c))
-                if r.ok and "ns_per_op" in r.fields:
-                    park_floor.append(float(r.fields["ns_per_op"]))
-                log(f"        floor: park/unpark alone, no channel: {r.fields.get('ns_per_op', '?')} ns/hand-off  ({r.seconds:.1f} s)")
-            if c.id == "fanout_fib_2w" and "greenstack" in PEERS:
-                r = run_once("greenstack", MACHINE_THREADS)
-                for k in two_threads:
-                    if r.ok and f"speedup_{k}" in r.fields:
-                        two_threads[k].append(float(r.fields[f"speedup_{k}"]))
-                log(
-                    f"        machine: two plain threads ran {r.fields.get('speedup_apart', '?')}× one "
-                    f"(stacks apart), {r.fields.get('speedup_aligned', '?')}× (aligned)  ({r.seconds:.1f} s)"
-                )
+        if c.group and batches and batches[-1][0].group == c.group:
+            batches[-1].append(c)
+        else:
+            batches.append([c])
+    for batch in batches:
+        for c in batch:
+            results[c.id] = {p: [] for p in c.peers()}
+            if not c.peers():
+                log(f"{c.id}: no peer of this run has the workload {c.workload}; skipped")
+        for rep in range(max(c.reps or reps for c in batch)):
+            for c in batch:
+                if rep >= (c.reps or reps):
+                    continue
+                for p in c.peers():
+                    done += 1
+                    r = run_once(p, c)
+                    results[c.id][p].append(r)
+                    log(f"[{done}/{total}] {c.id:<20} {p:<10} rep {rep + 1}: {short(r, c)}  ({r.seconds:.1f} s)")
+                if c.id == "channel_pingpong_1w" and "greenstack" in PEERS:
+                    r = run_once("greenstack", park_floor_case(c))
+                    if r.ok and "ns_per_op" in r.fields:
+                        park_floor.append(float(r.fields["ns_per_op"]))
+                    log(f"        floor: park/unpark alone, no channel: {r.fields.get('ns_per_op', '?')} ns/hand-off  ({r.seconds:.1f} s)")
+                if c.id == "fanout_fib_2w" and "greenstack" in PEERS:
+                    r = run_once("greenstack", MACHINE_THREADS)
+                    for k in two_threads:
+                        if r.ok and f"speedup_{k}" in r.fields:
+                            two_threads[k].append(float(r.fields[f"speedup_{k}"]))
+                    log(
+                        f"        machine: two plain threads ran {r.fields.get('speedup_apart', '?')}× one "
+                        f"(stacks apart), {r.fields.get('speedup_aligned', '?')}× (aligned)  ({r.seconds:.1f} s)"
+                    )
 
     rows = build_rows(results, plan)
     wall = time.monotonic() - started
@@ -1116,7 +1205,7 @@ def main() -> None:
         json.dumps(
             {
                 **{
-                    c.id: {"argv": c.argv(), "runs": {p: [r.__dict__ for r in results[c.id][p]] for p in PEERS}}
+                    c.id: {"argv": c.argv(), "runs": {p: [r.__dict__ for r in runs] for p, runs in results[c.id].items()}}
                     for c in plan
                 },
                 "machine_threads": {"argv": MACHINE_THREADS.argv(), "speedups": two_threads},

@@ -255,44 +255,103 @@ fn parked(rt: &Runtime, n: u64) -> (u64, usize) {
     })
 }
 
+/// The sockets a `tcp_echo` variant uses: `greenstack::net`'s (`tcp_echo`)
+/// or std's blocking ones, which the runtime's hooks make park the
+/// coroutine instead of the worker (`tcp_echo_std`). The work is the same.
+trait Net {
+    type Listener: Send + 'static;
+    type Stream: Read + Write + Send + 'static;
+    fn bind(addr: &str) -> std::io::Result<Self::Listener>;
+    fn local_addr(l: &Self::Listener) -> std::io::Result<std::net::SocketAddr>;
+    fn accept(l: &Self::Listener) -> std::io::Result<Self::Stream>;
+    fn connect(addr: std::net::SocketAddr) -> std::io::Result<Self::Stream>;
+    fn set_nodelay(s: &Self::Stream) -> std::io::Result<()>;
+}
+
+/// `greenstack::net`.
+struct GreenNet;
+
+impl Net for GreenNet {
+    type Listener = TcpListener;
+    type Stream = TcpStream;
+    fn bind(addr: &str) -> std::io::Result<TcpListener> {
+        TcpListener::bind(addr)
+    }
+    fn local_addr(l: &TcpListener) -> std::io::Result<std::net::SocketAddr> {
+        l.local_addr()
+    }
+    fn accept(l: &TcpListener) -> std::io::Result<TcpStream> {
+        l.accept().map(|(s, _)| s)
+    }
+    fn connect(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+        TcpStream::connect(addr)
+    }
+    fn set_nodelay(s: &TcpStream) -> std::io::Result<()> {
+        s.set_nodelay(true)
+    }
+}
+
+/// `std::net`, blocking sockets inside coroutines.
+struct StdNet;
+
+impl Net for StdNet {
+    type Listener = std::net::TcpListener;
+    type Stream = std::net::TcpStream;
+    fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
+        std::net::TcpListener::bind(addr)
+    }
+    fn local_addr(l: &std::net::TcpListener) -> std::io::Result<std::net::SocketAddr> {
+        l.local_addr()
+    }
+    fn accept(l: &std::net::TcpListener) -> std::io::Result<std::net::TcpStream> {
+        l.accept().map(|(s, _)| s)
+    }
+    fn connect(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        std::net::TcpStream::connect(addr)
+    }
+    fn set_nodelay(s: &std::net::TcpStream) -> std::io::Result<()> {
+        s.set_nodelay(true)
+    }
+}
+
 /// An echo server of one coroutine per connection; returns its address.
-fn echo_server(rt: &Runtime) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    rt.spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            greenstack::spawn(move || {
-                conn.set_nodelay(true).unwrap();
-                let mut buf = [0u8; 64];
-                loop {
-                    match conn.read_exact(&mut buf) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                        Err(e) => {
-                            eprintln!("echo server: read failed: {e}");
-                            break;
-                        }
-                    }
-                    if let Err(e) = conn.write_all(&buf) {
-                        eprintln!("echo server: write failed: {e}");
+fn echo_server<N: Net>(rt: &Runtime) -> std::net::SocketAddr {
+    let listener = N::bind("127.0.0.1:0").expect("bind");
+    let addr = N::local_addr(&listener).expect("addr");
+    rt.spawn(move || loop {
+        let Ok(mut conn) = N::accept(&listener) else {
+            continue;
+        };
+        greenstack::spawn(move || {
+            N::set_nodelay(&conn).unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                match conn.read_exact(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => {
+                        eprintln!("echo server: read failed: {e}");
                         break;
                     }
                 }
-            });
-        }
+                if let Err(e) = conn.write_all(&buf) {
+                    eprintln!("echo server: write failed: {e}");
+                    break;
+                }
+            }
+        });
     });
     addr
 }
 
-fn tcp_echo(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f64, u64) {
+fn tcp_echo<N: Net>(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f64, u64) {
     common::raise_nofile();
-    let addr = echo_server(rt);
-    let mut streams: Vec<TcpStream> = on_workers(rt, move || {
+    let addr = echo_server::<N>(rt);
+    let mut streams: Vec<N::Stream> = on_workers(rt, move || {
         (0..conns)
             .map(|_| {
-                let mut s = TcpStream::connect(addr).expect("connect");
-                s.set_nodelay(true).unwrap();
+                let mut s = N::connect(addr).expect("connect");
+                N::set_nodelay(&s).unwrap();
                 // One exchange before the next connect, so the server has
                 // accepted this one (no listen-queue overflow, untimed).
                 let mut buf = [0u8; 64];
@@ -322,7 +381,7 @@ fn tcp_echo(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f64, u64) 
                     })
                 })
                 .collect();
-            let back: Vec<TcpStream> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+            let back: Vec<N::Stream> = clients.into_iter().map(|c| c.join().unwrap()).collect();
             (back, start.elapsed())
         });
         streams = back;
@@ -457,9 +516,14 @@ fn main() -> std::io::Result<()> {
                 ],
             );
         }
-        "tcp_echo" => {
+        "tcp_echo" | "tcp_echo_std" => {
             let rt = Runtime::builder().workers(workers).build()?;
-            let (ns, iters) = tcp_echo(&rt, n, args.get("trips", 100), budget);
+            let trips = args.get("trips", 100);
+            let (ns, iters) = if args.workload == "tcp_echo" {
+                tcp_echo::<GreenNet>(&rt, n, trips, budget)
+            } else {
+                tcp_echo::<StdNet>(&rt, n, trips, budget)
+            };
             report(
                 PEER,
                 &args,
