@@ -591,3 +591,44 @@ fn dns_child() {
     let _ = std::fs::remove_file(&conf);
     println!("netdns: ok={ok} took_ms={} beats={beats}", took.as_millis());
 }
+
+/// A coroutine parked in a hooked std read when its runtime is dropped:
+/// the read fails with `ECANCELED` ("Operation canceled"), so its code
+/// returns and the shutdown completes, instead of the read blocking the
+/// worker until the worker is abandoned.
+#[test]
+fn a_std_read_parked_at_shutdown_fails_with_ecanceled() {
+    use std::sync::atomic::AtomicI32;
+    static CODE: AtomicI32 = AtomicI32::new(0);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The peer's end, held (silent) until the test ends.
+    let peer = std::thread::spawn(move || listener.accept().unwrap().0);
+    common::bounded("a shutdown with a coroutine in a std read", move || {
+        let rt = one_worker(true);
+        let parked = Arc::new(AtomicBool::new(false));
+        let p2 = parked.clone();
+        let _h = rt.spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            p2.store(true, SeqCst);
+            let mut buf = [0u8; 8];
+            let code = match s.read(&mut buf) {
+                Ok(n) => -(n as i32) - 1,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            };
+            CODE.store(code, SeqCst);
+        });
+        while !parked.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        drop(rt);
+    });
+    let held = peer.join().unwrap();
+    assert_eq!(
+        CODE.load(SeqCst),
+        libc::ECANCELED,
+        "the read did not fail with ECANCELED"
+    );
+    drop(held);
+}

@@ -151,12 +151,17 @@ fn current_mask() -> Option<libc::sigset_t> {
     }
 }
 
+/// Whether the running coroutine is being cancelled at shutdown.
+pub(crate) fn cancelling() -> bool {
+    crate::scheduler::worker::current_cancelling()
+}
+
 /// Whether the running coroutine may park here: not while unwinding from
 /// a panic (parking then is refused), and not inside a signal handler
 /// (detected by a signal mask other than the worker's own). Called only
 /// on the slow path, before a park.
 pub(crate) fn parkable() -> bool {
-    if std::thread::panicking() || crate::scheduler::worker::current_cancelling() {
+    if std::thread::panicking() || cancelling() {
         return false;
     }
     let Some(base) = BASE_MASK.with(Cell::get) else {
@@ -300,6 +305,10 @@ pub(crate) enum Wait {
     Again,
     /// Parking is not possible here: make the blocking call.
     Block,
+    /// The coroutine is being cancelled (its runtime shuts down): fail the
+    /// call with `ECANCELED`, so the coroutine's code returns to where the
+    /// cancellation can unwind it, instead of blocking its worker.
+    Cancelled,
 }
 
 /// One hooked call's waits on its fd, across its attempts.
@@ -370,6 +379,9 @@ impl FdWait {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Wait::Again;
         }
+        if cancelling() {
+            return Wait::Cancelled;
+        }
         if !parkable() {
             return Wait::Block;
         }
@@ -412,6 +424,9 @@ pub(crate) fn wait_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>, check_user
     }
     if deadline.is_some_and(|d| Instant::now() >= d) {
         return Wait::Again;
+    }
+    if cancelling() {
+        return Wait::Cancelled;
     }
     if !parkable() {
         return Wait::Block;

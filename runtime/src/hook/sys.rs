@@ -65,6 +65,10 @@ fn socket_loop(
                 return -1;
             }
             Wait::Block => return blocking(),
+            Wait::Cancelled => {
+                set_errno(libc::ECANCELED);
+                return -1;
+            }
         }
     }
 }
@@ -93,6 +97,10 @@ fn pollable_loop(fd: c_int, dir: Dir, socket: bool, call: impl FnOnce() -> ssize
         match w.wait() {
             Wait::Retry => {}
             Wait::Again | Wait::Block => return call(),
+            Wait::Cancelled => {
+                set_errno(libc::ECANCELED);
+                return -1;
+            }
         }
     }
 }
@@ -471,6 +479,11 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
                 sys!(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, -1);
                 break;
             }
+            Wait::Cancelled => {
+                set_errno(libc::ECANCELED);
+                restore();
+                return -1;
+            }
         }
     }
     let mut err: c_int = 0;
@@ -573,6 +586,10 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return 0;
+        }
+        if super::cancelling() {
+            set_errno(libc::ECANCELED);
+            return -1;
         }
         if !super::parkable()
             || super::park(|| crate::scheduler::driver::park_on_fds(&list, deadline)).is_err()
@@ -1124,8 +1141,13 @@ pub unsafe extern "C" fn wait4(
             }
             let waited = wait_fd(pidfd, Dir::Read, None, false);
             sys!(libc::SYS_close, pidfd);
-            if !matches!(waited, Wait::Retry) {
-                return direct();
+            match waited {
+                Wait::Retry => {}
+                Wait::Cancelled => {
+                    set_errno(libc::ECANCELED);
+                    return -1;
+                }
+                Wait::Again | Wait::Block => return direct(),
             }
         }
     }
