@@ -314,11 +314,13 @@ pub(crate) enum Wait {
 /// One hooked call's waits on its fd, across its attempts.
 ///
 /// Protocol (edge-triggered readiness, as `net`'s): the first wait looks
-/// up the worker's kept registration of the fd; a fresh one parks at once
-/// (the poller reports the fd's present state); a kept one has its bit
-/// cleared and the call is retried before any park. From then on the bit
-/// is cleared before every attempt ([`before_attempt`](Self::before_attempt)),
-/// so an edge between an attempt and the park is never lost.
+/// up the worker's kept registration of the fd (a fresh one: the poller
+/// reports the fd's present state at its next poll) and parks unless its
+/// readiness bit is set; from then on the bit is cleared before every
+/// attempt ([`before_attempt`](Self::before_attempt)). The bit is set only
+/// by this worker's poller, which does not run while the coroutine does,
+/// so no edge between an attempt and the park is lost; a bit left set by
+/// an edge whose data an earlier call consumed costs one more attempt.
 pub(crate) struct FdWait {
     fd: RawFd,
     dir: Dir,
@@ -332,6 +334,9 @@ pub(crate) struct FdWait {
     deadline: Option<Option<Instant>>,
     /// The kept registration's state, once looked up.
     state: Option<Arc<crate::scheduler::driver::IoState>>,
+    /// Whether the once-per-call checks (the user's `O_NONBLOCK`, the
+    /// signal mask) passed: neither changes within one call.
+    checked: bool,
 }
 
 impl FdWait {
@@ -343,6 +348,7 @@ impl FdWait {
             socket,
             deadline: None,
             state: None,
+            checked: false,
         }
     }
 
@@ -364,7 +370,7 @@ impl FdWait {
     /// After an attempt reported `EAGAIN` (or found the fd not ready):
     /// decides, and parks until the fd is ready or the deadline passes.
     pub(crate) fn wait(&mut self) -> Wait {
-        if self.check_user && user_nonblocking(self.fd) {
+        if !self.checked && self.check_user && user_nonblocking(self.fd) {
             return Wait::Again;
         }
         let fd = self.fd;
@@ -382,20 +388,22 @@ impl FdWait {
         if cancelling() {
             return Wait::Cancelled;
         }
-        if !parkable() {
+        if !self.checked && !parkable() {
             return Wait::Block;
         }
+        self.checked = true;
         if self.state.is_none() {
             let reg = generation(fd)
                 .map(|g| bypass(|| crate::scheduler::driver::hook_registration(fd, g)));
             match reg {
-                Some(Ok((state, fresh))) => {
+                Some(Ok((state, _fresh))) => {
+                    // Fresh or kept, its readiness bit can be trusted: only
+                    // this worker's poller sets it, and that does not run
+                    // while this coroutine does, so an edge after the
+                    // attempt is still to come, and one before it either
+                    // gave the attempt its data or left the bit set (then
+                    // the wait below returns at once and the call retries).
                     self.state = Some(state);
-                    if !fresh {
-                        // Kept: clear (the caller's next attempt does),
-                        // retry, and park only on a second `EAGAIN`.
-                        return Wait::Retry;
-                    }
                 }
                 _ => {
                     // No registration to keep: wait on a duplicate.
