@@ -632,3 +632,39 @@ fn a_std_read_parked_at_shutdown_fails_with_ecanceled() {
     );
     drop(held);
 }
+
+/// A std socket first waited on through the hooks, then wrapped in
+/// `greenstack::net::TcpStream`: the wrapper's own registration with the
+/// worker's poller replaces the hooks' (one poller takes an fd once).
+#[test]
+fn a_std_socket_used_through_the_hooks_can_then_be_wrapped() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        for msg in [b"one", b"two"] {
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(msg).unwrap();
+        }
+        s
+    });
+    let rt = one_worker(true);
+    let got = common::bounded("a wrapped socket", move || {
+        rt.block_on(move || {
+            greenstack::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let mut a = [0u8; 3];
+                s.read_exact(&mut a).unwrap();
+                let mut g = greenstack::net::TcpStream::from_std(s).unwrap();
+                let mut b = [0u8; 3];
+                g.read_exact(&mut b).unwrap();
+                (a, b)
+            })
+            .join()
+            .unwrap()
+        })
+    });
+    drop(peer.join().unwrap());
+    assert_eq!(&got.0, b"one");
+    assert_eq!(&got.1, b"two");
+}

@@ -208,8 +208,12 @@ impl<S: AsRawFd> Io<S> {
     /// use; call only where [`waits_registered`] holds.
     fn registration(&self) -> io::Result<&Registration> {
         let fd = self.sock.as_raw_fd();
-        self.reg
-            .get_or_try_init(|| Registration::new(&mut mio::unix::SourceFd(&fd)))
+        self.reg.get_or_try_init(|| {
+            // A socket first used through the blocking-call hooks (then
+            // wrapped) may still be registered for them here.
+            crate::scheduler::driver::drop_hook_registration(fd);
+            Registration::new(&mut mio::unix::SourceFd(&fd))
+        })
     }
 }
 

@@ -795,3 +795,20 @@ pub(crate) fn park_on_state(state: &IoState, dir: u8, deadline: Option<Instant>)
     // Woken by the deadline (or spuriously): leave no waker behind.
     state.forget(dir, &waker);
 }
+
+/// Drops this worker's kept hook registration of `fd`, if any: called
+/// before `net` registers the fd itself (a socket used through the hooks,
+/// then wrapped with `from_std`), as one poller takes an fd only once.
+pub(crate) fn drop_hook_registration(fd: RawFd) {
+    let Some((shared, worker)) = waiter_home().map(|(s, w)| (Arc::clone(s), w)) else {
+        return;
+    };
+    let driver = &shared.workers[worker].driver;
+    // `try_with`: not during the thread's exit.
+    let _ = HOOK_REGS.try_with(|t| {
+        if let Some(old) = t.borrow_mut().remove(&fd) {
+            let _ = driver.registry.deregister(&mut mio::unix::SourceFd(&fd));
+            driver.remove(old.token);
+        }
+    });
+}
