@@ -528,3 +528,16 @@ pub(crate) fn resolve<A: std::net::ToSocketAddrs>(addr: A) -> io::Result<A::Iter
     set_active(false);
     r
 }
+
+/// [`offload`] for a call that reports failure through `errno`: carries
+/// the pool thread's `errno` back to this one.
+pub(crate) fn offload_call<R: Send + 'static>(
+    call: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
+    let (r, e) = offload(move || {
+        let r = call();
+        (r, errno())
+    })?;
+    set_errno(e);
+    Some(r)
+}

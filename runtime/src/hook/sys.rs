@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_long, c_uint, c_void, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{
-    active, errno, forget_fd, kind, offload, set_errno, set_kind, sleep_until, timespec_until,
-    user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
+    active, errno, forget_fd, kind, offload, offload_call, set_errno, set_kind, sleep_until,
+    timespec_until, user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
 };
 
 /// A system call's result as `ssize_t`.
@@ -227,17 +227,11 @@ fn file_read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
         return r;
     }
     let args = AssertSend(buf);
-    match offload(move || {
+    offload_call(move || {
         let a = args;
-        let r = sys!(libc::SYS_read, fd, a.0, count);
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
-        None => sys!(libc::SYS_read, fd, buf, count),
-    }
+        sys!(libc::SYS_read, fd, a.0, count)
+    })
+    .unwrap_or_else(|| sys!(libc::SYS_read, fd, buf, count))
 }
 
 /// `write(2)`.
@@ -1024,19 +1018,15 @@ pub unsafe extern "C" fn getaddrinfo(
         return unsafe { real(node, service, hints, res) };
     }
     let args = AssertSend((node, service, hints, res));
-    match offload(move || {
+    offload_call(move || {
         let a = args;
         // SAFETY: as above; `offload` returns only once this call is done.
-        let r = unsafe { real(a.0 .0, a.0 .1, a.0 .2, a.0 .3) };
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
+        unsafe { real(a.0 .0, a.0 .1, a.0 .2, a.0 .3) }
+    })
+    .unwrap_or_else(|| {
         // SAFETY: the caller's arguments, passed to libc's function unchanged.
-        None => unsafe { real(node, service, hints, res) },
-    }
+        unsafe { real(node, service, hints, res) }
+    })
 }
 
 type GetNameInfoFn = unsafe extern "C" fn(
@@ -1069,19 +1059,15 @@ pub unsafe extern "C" fn getnameinfo(
         return unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) };
     }
     let args = AssertSend((sa, host, serv));
-    match offload(move || {
+    offload_call(move || {
         let a = args;
         // SAFETY: as above; `offload` returns only once this call is done.
-        let r = unsafe { real(a.0 .0, salen, a.0 .1, hostlen, a.0 .2, servlen, flags) };
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
+        unsafe { real(a.0 .0, salen, a.0 .1, hostlen, a.0 .2, servlen, flags) }
+    })
+    .unwrap_or_else(|| {
         // SAFETY: the caller's arguments, passed to libc's function unchanged.
-        None => unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) },
-    }
+        unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) }
+    })
 }
 
 type GetHostByNameFn = unsafe extern "C" fn(*const libc::c_char) -> *mut c_void;
@@ -1152,17 +1138,11 @@ pub unsafe extern "C" fn wait4(
         }
     }
     let args = AssertSend((status, rusage));
-    match offload(move || {
+    offload_call(move || {
         let a = args;
-        let r = sys!(libc::SYS_wait4, pid, a.0 .0, options, a.0 .1) as libc::pid_t;
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
-        None => direct(),
-    }
+        sys!(libc::SYS_wait4, pid, a.0 .0, options, a.0 .1) as libc::pid_t
+    })
+    .unwrap_or_else(direct)
 }
 
 /// `waitpid(2)`: `wait4` without resource usage.
@@ -1189,17 +1169,11 @@ pub unsafe extern "C" fn waitid(
         return direct();
     }
     let args = AssertSend(info);
-    match offload(move || {
+    offload_call(move || {
         let a = args;
-        let r = sys!(libc::SYS_waitid, idtype, id, a.0, options, 0usize) as c_int;
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
-        None => direct(),
-    }
+        sys!(libc::SYS_waitid, idtype, id, a.0, options, 0usize) as c_int
+    })
+    .unwrap_or_else(direct)
 }
 
 /// `openat(2)` (and `open`, `open64`, `openat64`): opening a FIFO without
@@ -1236,20 +1210,15 @@ pub unsafe extern "C" fn openat(
         return direct();
     }
     let args = AssertSend(path);
-    match offload(move || {
+    let r = offload_call(move || {
         let a = args;
-        let r = sys!(libc::SYS_openat, dirfd, a.0, flags, mode) as c_int;
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            if r >= 0 {
-                forget_fd(r);
-            }
-            set_errno(e);
-            r
-        }
-        None => direct(),
+        sys!(libc::SYS_openat, dirfd, a.0, flags, mode) as c_int
+    })
+    .unwrap_or_else(direct);
+    if r >= 0 {
+        forget_fd(r);
     }
+    r
 }
 
 /// `open(2)`.
@@ -1294,13 +1263,7 @@ pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
     if !active() {
         return direct();
     }
-    match offload(move || (direct(), errno())) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
-        None => direct(),
-    }
+    offload_call(direct).unwrap_or_else(direct)
 }
 
 /// `pread64(2)` (std's `read_at`; `pread` is the same function on 64-bit
@@ -1332,17 +1295,11 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off
         return r;
     }
     let args = AssertSend(buf);
-    match offload(move || {
+    offload_call(move || {
         let a = args;
-        let r = sys!(libc::SYS_pread64, fd, a.0, count, off);
-        (r, errno())
-    }) {
-        Some((r, e)) => {
-            set_errno(e);
-            r
-        }
-        None => direct(),
-    }
+        sys!(libc::SYS_pread64, fd, a.0, count, off)
+    })
+    .unwrap_or_else(direct)
 }
 
 /// `pread(2)`.
