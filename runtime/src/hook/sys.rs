@@ -566,13 +566,9 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
             _ => direct(left_ms()),
         };
     }
-    let list: Vec<(c_int, libc::c_short)> = (0..nfds as usize)
-        .map(|i| {
-            // SAFETY: the caller's array holds `nfds` entries.
-            let p = unsafe { &*fds.add(i) };
-            (p.fd, p.events)
-        })
-        .collect();
+    // Made only once parking is allowed: nothing allocates before that
+    // check (a signal handler may have interrupted malloc).
+    let mut list: Option<Vec<(c_int, libc::c_short)>> = None;
     loop {
         let r = direct(0);
         if r != 0 {
@@ -585,9 +581,22 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
             set_errno(libc::ECANCELED);
             return -1;
         }
-        if !super::parkable()
-            || super::park(|| crate::scheduler::driver::park_on_fds(&list, deadline)).is_err()
-        {
+        if list.is_none() {
+            if !super::parkable() {
+                return direct(left_ms());
+            }
+            list = Some(
+                (0..nfds as usize)
+                    .map(|i| {
+                        // SAFETY: the caller's array holds `nfds` entries.
+                        let p = unsafe { &*fds.add(i) };
+                        (p.fd, p.events)
+                    })
+                    .collect(),
+            );
+        }
+        let fds_list = list.as_deref().unwrap_or(&[]);
+        if super::park(|| crate::scheduler::driver::park_on_fds(fds_list, deadline)).is_err() {
             return direct(left_ms());
         }
     }
@@ -664,6 +673,10 @@ pub unsafe extern "C" fn select(
         }
         Instant::now().checked_add(d)
     };
+    if !super::parkable() {
+        // Possibly a signal handler: no allocation, the system call.
+        return direct();
+    }
     // SAFETY: the caller's sets (or null), each valid for `nfds` bits.
     let n = unsafe { select_parking(nfds, r, w, e, deadline) };
     if !timeout.is_null() {
@@ -727,6 +740,10 @@ pub unsafe extern "C" fn pselect(
         }
         Instant::now().checked_add(d)
     };
+    if !super::parkable() {
+        // Possibly a signal handler: no allocation, the system call.
+        return direct();
+    }
     // SAFETY: the caller's sets (or null), each valid for `nfds` bits.
     unsafe { select_parking(nfds, r, w, e, deadline) }
 }
