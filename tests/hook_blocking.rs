@@ -668,3 +668,46 @@ fn a_std_socket_used_through_the_hooks_can_then_be_wrapped() {
     assert_eq!(&got.0, b"one");
     assert_eq!(&got.1, b"two");
 }
+
+/// A child forked from a coroutine (std forks when a `pre_exec` closure is
+/// given) runs its pre-exec code with plain system calls: a `poll` with a
+/// timeout there times out as it should (with the coroutine's hooks still
+/// on in the child it would try to park on a runtime the child does not
+/// have). The parent's wait for the child parks.
+#[test]
+fn a_child_forked_from_a_coroutine_runs() {
+    use std::os::unix::process::CommandExt;
+    let rt = one_worker(true);
+    let (beats, out) = common::bounded("a forked child", move || {
+        beats_during(&rt, || {
+            let (quiet, _keep) = pipe();
+            let fd = quiet.as_raw_fd();
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "sleep 0.2; echo forked"]);
+            // SAFETY: the closure only makes async-signal-safe calls (a
+            // poll of an inherited pipe nobody writes to).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    match libc::poll(&mut pfd, 1, 50) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::other("poll in the child did not time out")),
+                    }
+                });
+            }
+            let out = cmd.output().unwrap();
+            drop(quiet);
+            out
+        })
+    });
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"forked\n");
+    assert!(
+        beats > 0,
+        "the heartbeat never beat while the forked child ran"
+    );
+}

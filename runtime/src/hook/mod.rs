@@ -115,9 +115,24 @@ pub(crate) fn bypass<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// In a child process forked from a coroutine, the forking thread's flag
+/// would still be set: the child has no runtime to park on, so its calls
+/// (std's between `fork` and `exec`) must be the plain system calls.
+extern "C" fn clear_after_fork() {
+    // A const-initialized thread-local without a destructor: a plain TLS
+    // write, safe in a forked child.
+    ACTIVE.with(|c| c.set(false));
+}
+
 /// Records the calling worker thread's signal mask, as `parkable` compares
-/// against it.
+/// against it, and (once per process) makes forked children start with
+/// the hooks off.
 pub(crate) fn record_base_mask() {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a child handler that only writes a thread-local.
+        unsafe { libc::pthread_atfork(None, None, Some(clear_after_fork)) };
+    });
     if let Some(m) = current_mask() {
         BASE_MASK.with(|c| c.set(Some(m)));
     }
