@@ -43,7 +43,8 @@
 //! parks until one of its fds is ready or the timeout passes; `ppoll`,
 //! `select` and `pselect` (without a signal mask) go the same way.
 //!
-//! Name resolution (`getaddrinfo`, `getnameinfo`, `gethostbyname`),
+//! Name resolution (`getaddrinfo`, `getnameinfo`, `gethostbyname`,
+//! `gethostbyname2`, `gethostbyname_r`; `errno` and `h_errno` carried back),
 //! opening a FIFO, a regular-file read the page cache cannot answer at
 //! once (`preadv2` with `RWF_NOWAIT` tells), `fsync`, and waiting for a
 //! child other than through its pidfd run on the blocking pool while the

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_long, c_uint, c_void, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{
-    active, errno, forget_fd, kind, offload, offload_call, set_errno, set_kind, sleep_until,
-    timespec_until, user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
+    active, errno, forget_fd, kind, offload_call, set_errno, set_kind, sleep_until, timespec_until,
+    user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
 };
 
 /// A system call's result as `ssize_t`.
@@ -1088,6 +1088,34 @@ pub unsafe extern "C" fn getnameinfo(
 }
 
 type GetHostByNameFn = unsafe extern "C" fn(*const libc::c_char) -> *mut c_void;
+type GetHostByName2Fn = unsafe extern "C" fn(*const libc::c_char, c_int) -> *mut c_void;
+type GetHostByNameRFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut c_void,
+    *mut libc::c_char,
+    size_t,
+    *mut *mut c_void,
+    *mut c_int,
+) -> c_int;
+
+extern "C" {
+    /// glibc's per-thread `h_errno`, which the legacy resolver functions set.
+    fn __h_errno_location() -> *mut c_int;
+}
+
+/// Runs a legacy resolver call (`gethostbyname*`) on the blocking pool
+/// while the coroutine parks, carrying `errno` and `h_errno` back; `None`
+/// if it cannot (the caller calls it here).
+fn offload_resolver<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let (r, h) = offload_call(move || {
+        let r = call();
+        // SAFETY: glibc's thread-local h_errno of the pool thread.
+        (r, unsafe { *__h_errno_location() })
+    })?;
+    // SAFETY: this thread's h_errno.
+    unsafe { *__h_errno_location() = h };
+    Some(r)
+}
 
 /// `gethostbyname(3)`: on the blocking pool (its result lives in libc's
 /// process-wide static buffer, as when called on this thread).
@@ -1101,15 +1129,70 @@ pub unsafe extern "C" fn gethostbyname(name: *const libc::c_char) -> *mut c_void
         return unsafe { real(name) };
     }
     let args = AssertSend(name);
-    match offload(move || {
+    offload_resolver(move || {
         let a = args;
         // SAFETY: as above; `offload` returns only once this call is done.
         AssertSend(unsafe { real(a.0) })
-    }) {
-        Some(p) => p.0,
+    })
+    .map(|p| p.0)
+    .unwrap_or_else(|| {
         // SAFETY: the caller's arguments, passed to libc's function unchanged.
-        None => unsafe { real(name) },
+        unsafe { real(name) }
+    })
+}
+
+/// `gethostbyname2(3)`: as `gethostbyname`, for one address family.
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname2(name: *const libc::c_char, af: c_int) -> *mut c_void {
+    let Some(real) = next_fn!("gethostbyname2", GetHostByName2Fn) else {
+        return std::ptr::null_mut();
+    };
+    if !active() {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        return unsafe { real(name, af) };
     }
+    let args = AssertSend(name);
+    offload_resolver(move || {
+        let a = args;
+        // SAFETY: as above; `offload` returns only once this call is done.
+        AssertSend(unsafe { real(a.0, af) })
+    })
+    .map(|p| p.0)
+    .unwrap_or_else(|| {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        unsafe { real(name, af) }
+    })
+}
+
+/// `gethostbyname_r(3)`: on the blocking pool, writing into the caller's
+/// buffers.
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname_r(
+    name: *const libc::c_char,
+    ret: *mut c_void,
+    buf: *mut libc::c_char,
+    buflen: size_t,
+    result: *mut *mut c_void,
+    h_errnop: *mut c_int,
+) -> c_int {
+    let Some(real) = next_fn!("gethostbyname_r", GetHostByNameRFn) else {
+        return libc::ENOSYS;
+    };
+    if !active() {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        return unsafe { real(name, ret, buf, buflen, result, h_errnop) };
+    }
+    let args = AssertSend((name, ret, buf, result, h_errnop));
+    offload_resolver(move || {
+        let a = args;
+        let (name, ret, buf, result, h_errnop) = a.0;
+        // SAFETY: as above; `offload` returns only once this call is done.
+        unsafe { real(name, ret, buf, buflen, result, h_errnop) }
+    })
+    .unwrap_or_else(|| {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        unsafe { real(name, ret, buf, buflen, result, h_errnop) }
+    })
 }
 
 /// `wait4(2)` for one child (`pid > 0`) without `WNOHANG`, stop or
