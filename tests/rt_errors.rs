@@ -15,7 +15,7 @@ use std::any::Any;
 use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -103,33 +103,7 @@ fn run_child(name: &str, scenario: &str) -> Output {
     cmd.args([name, "--exact", "--nocapture", "--include-ignored"])
         .args(["--test-threads=1"])
         .env(CHILD_ENV, scenario);
-    output_bounded(cmd, scenario)
-}
-
-/// Runs `cmd` to completion with its output captured, killing it if it
-/// outlives the hang guard (so a hung child fails the test instead of
-/// outliving it).
-fn output_bounded(mut cmd: Command, what: &str) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning the child test process");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(out) => out.expect("waiting for the child test process"),
-        Err(_) => {
-            // SAFETY: kill(2) has no memory-safety preconditions. The pid
-            // is our child's: its waiter has not returned, so it is not
-            // reaped (unless it exited in the instant since the timeout).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("hang guard: child {what} did not finish within {HANG_GUARD:?}; killed");
-        }
-    }
+    common::output_bounded(cmd, scenario)
 }
 
 /// How a child ended, for assertion messages.

@@ -16,7 +16,7 @@ use common::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -574,7 +574,7 @@ fn early_ended_timed_waits_free_their_memory() {
         "--test-threads=1",
     ])
     .env(MEMORY_CHILD_ENV, "1");
-    let out = output_bounded(cmd);
+    let out = common::output_bounded(cmd, "the memory child");
     assert!(
         out.status.success(),
         "child: status {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
@@ -614,29 +614,4 @@ fn memory_child() {
         after_short - after_pingpong
     );
     assert_eq!(rt.stats().timers, 0);
-}
-
-/// Runs `cmd` with its output captured, killing it if it outlives the hang
-/// guard (so a hung child fails the test instead of outliving it).
-fn output_bounded(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning the child test process");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(HANG_GUARD) {
-        Ok(out) => out.expect("waiting for the child test process"),
-        Err(_) => {
-            // SAFETY: kill(2) has no memory-safety preconditions. The pid
-            // is our child's: its waiter has not returned, so it is not
-            // reaped (unless it exited in the instant since the timeout).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("hang guard: the child did not finish within {HANG_GUARD:?}; killed");
-        }
-    }
 }

@@ -119,11 +119,20 @@ pub fn child_scenario(env: &str) -> Option<String> {
 /// with `env` set to `scenario`, its output captured; a child that outlives
 /// the hang guard is killed and fails the test.
 pub fn run_child(env: &str, name: &str, scenario: &str) -> std::process::Output {
-    use std::process::{Command, Stdio};
-    let child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([name, "--exact", "--nocapture", "--include-ignored"])
+    use std::process::Command;
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([name, "--exact", "--nocapture", "--include-ignored"])
         .args(["--test-threads=1"])
-        .env(env, scenario)
+        .env(env, scenario);
+    output_bounded(cmd, scenario)
+}
+
+/// Runs `cmd` to completion with its output captured, killing it if it
+/// outlives the hang guard (so a hung child fails the test instead of
+/// outliving it).
+pub fn output_bounded(mut cmd: std::process::Command, what: &str) -> std::process::Output {
+    use std::process::Stdio;
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -140,7 +149,7 @@ pub fn run_child(env: &str, name: &str, scenario: &str) -> std::process::Output 
             // is our child's: its waiter has not returned, so it is not
             // reaped (unless it exited in the instant since the timeout).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("hang guard: child {scenario} did not finish within {HANG_GUARD:?}; killed");
+            panic!("hang guard: child {what} did not finish within {HANG_GUARD:?}; killed");
         }
     }
 }
