@@ -187,6 +187,60 @@ fn a_users_nonblocking_socket_still_gets_wouldblock() {
     assert_eq!(kind, ErrorKind::WouldBlock);
 }
 
+/// What the hooks learn of a socket (blocking, no timeout) is relearnt when
+/// the user changes it, through the socket or a duplicate of it (which
+/// shares its flags and options), from a coroutine or a plain thread.
+#[test]
+fn flags_changed_after_a_parked_read_are_honoured() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rt = one_worker(true);
+    let (first, nonblocking, blocking_again, timed) =
+        common::bounded("reads after flag changes", move || {
+            rt.block_on(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let (mut peer, _) = listener.accept().unwrap();
+                greenstack::spawn(move || {
+                    let mut buf = [0u8; 1];
+                    // A read that parks until the peer (another coroutine)
+                    // writes: the socket is now known blocking, no timeout.
+                    let writer = greenstack::spawn(move || {
+                        greenstack::time::sleep(Duration::from_millis(20));
+                        peer.write_all(b"a").unwrap();
+                        peer
+                    });
+                    let first = s.read(&mut buf).map(|n| (n, buf[0]));
+                    let _peer = writer.join().unwrap();
+                    // Non-blocking through a duplicate: the original's
+                    // read must not park.
+                    let dup = s.try_clone().unwrap();
+                    dup.set_nonblocking(true).unwrap();
+                    let nonblocking = s.read(&mut buf).map_err(|e| e.kind());
+                    // Blocking again, from a plain thread, with a timeout.
+                    std::thread::spawn(move || {
+                        dup.set_nonblocking(false).unwrap();
+                        dup.set_read_timeout(Some(Duration::from_millis(50)))
+                            .unwrap();
+                    })
+                    .join()
+                    .unwrap();
+                    let t = Instant::now();
+                    let blocking_again = s.read(&mut buf).map_err(|e| e.kind());
+                    (first.ok(), nonblocking, blocking_again, t.elapsed())
+                })
+                .join()
+                .unwrap()
+            })
+        });
+    assert_eq!(first, Some((1, b'a')));
+    assert_eq!(nonblocking, Err(ErrorKind::WouldBlock));
+    assert_eq!(blocking_again, Err(ErrorKind::WouldBlock));
+    assert!(
+        timed >= Duration::from_millis(50),
+        "the 50 ms timeout set through the duplicate ended the read after {timed:?}"
+    );
+}
+
 /// On a plain thread a read with a timeout behaves as without the runtime.
 #[test]
 fn a_read_on_a_plain_thread_is_untouched() {

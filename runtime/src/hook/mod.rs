@@ -30,13 +30,23 @@
 //! When the attempt reports `EAGAIN`, the fd's flags decide: if the user
 //! made it non-blocking (`O_NONBLOCK` by `fcntl`, `ioctl(FIONBIO)` or
 //! `SOCK_NONBLOCK`), `EAGAIN` is the answer, as without the runtime.
-//! Otherwise the coroutine registers a duplicate of the fd with its
-//! worker's poller, parks until readiness (or the socket's `SO_RCVTIMEO`/
-//! `SO_SNDTIMEO`, after which the call fails with `EAGAIN` as Linux's
-//! does), deregisters it and tries again. Registering a duplicate rather
-//! than the fd keeps nothing behind once the call returns: a later `close`
-//! or `dup2` of the fd by anyone finds no stale registration, and two
-//! coroutines of one worker may wait on the same fd.
+//! Otherwise the coroutine parks until the fd is ready (or the socket's
+//! `SO_RCVTIMEO`/`SO_SNDTIMEO` passes, after which the call fails with
+//! `EAGAIN` as Linux's does) and tries again. Each worker keeps an
+//! edge-triggered registration of the fds its coroutines waited on
+//! (`FdWait`), tagged with the fd's generation, which `close`, `dup2`,
+//! `dup3` and every hook that returns a new fd bump: a stale registration
+//! is replaced, not trusted. An fd the poller refuses (already
+//! registered there by `greenstack::net`, say) is waited on through a duplicate registered for that wait only (as is a child's
+//! pidfd).
+//!
+//! Both answers (non-blocking? a timeout?) are cached per fd, so a wait
+//! asks the kernel nothing: the hooks of `fcntl` (`F_SETFL`), `ioctl`
+//! (`FIONBIO`) and `setsockopt` (the two timeouts) invalidate the cache,
+//! and `socket`, `accept`, `dup`, `pipe`, `open`, `close`, `dup2` and
+//! `dup3` forget what they replace. A change the hooks cannot see (a raw
+//! `syscall`, another process sharing the socket) is not seen: the fd
+//! keeps its old behaviour until one of those calls.
 //!
 //! Sleeps (`nanosleep`, `clock_nanosleep`, `usleep`, `sleep`) park on the
 //! worker's timers. `poll` with a timeout polls once without waiting, then
@@ -76,7 +86,7 @@ mod sys;
 use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,12 +228,69 @@ static KINDS: [AtomicU8; KIND_CACHE] = [const { AtomicU8::new(0) }; KIND_CACHE];
 /// an fd (`driver::hook_registration`) knows it is stale.
 static GENS: [AtomicU32; KIND_CACHE] = [const { AtomicU32::new(0) }; KIND_CACHE];
 
+/// Cached answers of the slow path's questions about the first
+/// `KIND_CACHE` fds (is it the user's non-blocking fd, has it a receive or
+/// send timeout), each valid while its epoch is [`FLAGS_EPOCH`]'s: bits
+/// 0-7 are `FL_*` flags, the rest the epoch they were read at.
+///
+/// Why an epoch rather than per-fd invalidation: `O_NONBLOCK` belongs to
+/// the open file description and the timeouts to the socket, both shared
+/// by every duplicate of the fd, so a change through one fd must reach
+/// the answers cached for all of them. The hooks of `fcntl(F_SETFL)`,
+/// `ioctl(FIONBIO)` and `setsockopt` of a timeout bump the epoch (rare
+/// calls: set-up, not the data path). A change the hooks cannot see (a
+/// raw system call, another process sharing the description) is not
+/// seen: documented in the module docs.
+static FLAGS: [AtomicU64; KIND_CACHE] = [const { AtomicU64::new(0) }; KIND_CACHE];
+
+/// The epoch of [`FLAGS`]' valid entries; starts at 1, so a zeroed entry
+/// is never valid.
+static FLAGS_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// `O_NONBLOCK` is known (`FL_NB` holds it).
+const FL_NB_KNOWN: u64 = 1;
+/// The fd's open file description has `O_NONBLOCK`.
+const FL_NB: u64 = 2;
+/// `SO_RCVTIMEO` is known to be zero (no receive timeout).
+const FL_NO_RCVTIMEO: u64 = 4;
+/// `SO_SNDTIMEO` is known to be zero (no send timeout).
+const FL_NO_SNDTIMEO: u64 = 8;
+
+/// Invalidates every cached flag: an fd's `O_NONBLOCK` or a socket's
+/// timeout may have changed (called after the change is made).
+#[inline]
+pub(crate) fn flags_changed() {
+    FLAGS_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// `fd`'s cached flags, if valid (in the current epoch).
+fn cached_flags(fd: RawFd) -> Option<u64> {
+    let slot = usize::try_from(fd).ok().and_then(|i| FLAGS.get(i))?;
+    let v = slot.load(Ordering::Acquire);
+    (v >> 8 == FLAGS_EPOCH.load(Ordering::Acquire)).then_some(v & 0xff)
+}
+
+/// Adds `bits` to `fd`'s cached flags, read in `epoch` (loaded before the
+/// kernel was asked: a change after that bumped the epoch, so what is
+/// stored here is already invalid then).
+fn cache_flags(fd: RawFd, epoch: u64, bits: u64) {
+    let Some(slot) = usize::try_from(fd).ok().and_then(|i| FLAGS.get(i)) else {
+        return;
+    };
+    let cur = slot.load(Ordering::Acquire);
+    let keep = if cur >> 8 == epoch { cur & 0xff } else { 0 };
+    // A lost race with another thread's update of the same fd costs only
+    // a later re-read: a compare-exchange is not worth it.
+    slot.store((epoch << 8) | keep | bits, Ordering::Release);
+}
+
 /// Forgets what `fd` was (it was closed, replaced or is new).
 #[inline]
 pub(crate) fn forget_fd(fd: RawFd) {
     if let Ok(i) = usize::try_from(fd) {
-        if let (Some(k), Some(g)) = (KINDS.get(i), GENS.get(i)) {
+        if let (Some(k), Some(g), Some(f)) = (KINDS.get(i), GENS.get(i), FLAGS.get(i)) {
             k.store(0, Ordering::Relaxed);
+            f.store(0, Ordering::Release);
             g.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -268,11 +335,23 @@ pub(crate) fn kind(fd: RawFd) -> Option<Kind> {
 }
 
 /// Whether the user made `fd` non-blocking (its open file description has
-/// `O_NONBLOCK`): then `EAGAIN` is what the caller expects back.
+/// `O_NONBLOCK`): then `EAGAIN` is what the caller expects back. Cached
+/// (see [`FLAGS`]).
 pub(crate) fn user_nonblocking(fd: RawFd) -> bool {
+    if let Some(f) = cached_flags(fd) {
+        if f & FL_NB_KNOWN != 0 {
+            return f & FL_NB != 0;
+        }
+    }
+    let epoch = FLAGS_EPOCH.load(Ordering::Acquire);
     // SAFETY: F_GETFL reads flags; a bad fd returns -1.
     let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
-    fl < 0 || (fl as libc::c_int & libc::O_NONBLOCK) != 0
+    if fl < 0 {
+        return true;
+    }
+    let nb = (fl as libc::c_int & libc::O_NONBLOCK) != 0;
+    cache_flags(fd, epoch, FL_NB_KNOWN | if nb { FL_NB } else { 0 });
+    nb
 }
 
 /// The direction a call waits for.
@@ -283,12 +362,18 @@ pub(crate) enum Dir {
 }
 
 /// The socket's `SO_RCVTIMEO` (read) or `SO_SNDTIMEO` (write) as a
-/// deadline from now; `None` for no timeout or a non-socket.
+/// deadline from now; `None` for no timeout or a non-socket. A timeout
+/// known to be zero is cached (see [`FLAGS`]); a set one is read each
+/// time, as the deadline needs its value.
 pub(crate) fn socket_deadline(fd: RawFd, dir: Dir) -> Option<Instant> {
-    let opt = match dir {
-        Dir::Read => libc::SO_RCVTIMEO,
-        Dir::Write => libc::SO_SNDTIMEO,
+    let (opt, none) = match dir {
+        Dir::Read => (libc::SO_RCVTIMEO, FL_NO_RCVTIMEO),
+        Dir::Write => (libc::SO_SNDTIMEO, FL_NO_SNDTIMEO),
     };
+    if cached_flags(fd).is_some_and(|f| f & none != 0) {
+        return None;
+    }
+    let epoch = FLAGS_EPOCH.load(Ordering::Acquire);
     let mut tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 0,
@@ -305,7 +390,11 @@ pub(crate) fn socket_deadline(fd: RawFd, dir: Dir) -> Option<Instant> {
             &mut len as *mut libc::socklen_t,
         )
     };
-    if rc != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+    if rc != 0 {
+        return None;
+    }
+    if tv.tv_sec == 0 && tv.tv_usec == 0 {
+        cache_flags(fd, epoch, none);
         return None;
     }
     let d = Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);

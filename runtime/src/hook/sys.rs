@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_long, c_uint, c_void, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{
-    active, errno, forget_fd, kind, offload_call, set_errno, set_kind, sleep_until, timespec_until,
-    user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
+    active, errno, flags_changed, forget_fd, kind, offload_call, set_errno, set_kind, sleep_until,
+    timespec_until, user_nonblocking, wait_fd, AssertSend, Dir, FdWait, Kind, Wait,
 };
 
 /// A system call's result as `ssize_t`.
@@ -444,6 +444,9 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     let restore = || {
         let e = errno();
         sys!(libc::SYS_fcntl, fd, libc::F_SETFL, fl);
+        // Another thread may have cached the flag of the moment (through a
+        // duplicate of the fd).
+        flags_changed();
         set_errno(e);
     };
     let r = direct();
@@ -980,6 +983,143 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     forget_fd(new);
     sys!(libc::SYS_dup3, old, new, flags) as c_int
+}
+
+/// `dup(2)`: a new fd, of which nothing is known yet.
+#[no_mangle]
+pub unsafe extern "C" fn dup(old: c_int) -> c_int {
+    let r = sys!(libc::SYS_dup, old) as c_int;
+    if r >= 0 {
+        forget_fd(r);
+    }
+    r
+}
+
+/// `socket(2)`: a new fd (its number may have been closed by code that does
+/// not go through the `close` hook, libc's own `fclose` say).
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let r = sys!(libc::SYS_socket, domain, ty, protocol) as c_int;
+    if r >= 0 {
+        forget_fd(r);
+    }
+    r
+}
+
+/// `socketpair(2)`: two new fds.
+#[no_mangle]
+pub unsafe extern "C" fn socketpair(
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+    sv: *mut c_int,
+) -> c_int {
+    let r = sys!(libc::SYS_socketpair, domain, ty, protocol, sv) as c_int;
+    if r == 0 {
+        // SAFETY: the kernel filled the caller's two-element array.
+        unsafe { forget_fds(sv) };
+    }
+    r
+}
+
+/// `pipe(2)`: two new fds.
+#[no_mangle]
+pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
+    // SAFETY: the caller's two-element array.
+    unsafe { pipe2(fds, 0) }
+}
+
+/// `pipe2(2)`: two new fds.
+#[no_mangle]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    let r = sys!(libc::SYS_pipe2, fds, flags) as c_int;
+    if r == 0 {
+        // SAFETY: the kernel filled the caller's two-element array.
+        unsafe { forget_fds(fds) };
+    }
+    r
+}
+
+/// Forgets the two fds a `pipe2`/`socketpair` returned.
+///
+/// # Safety
+///
+/// `fds` points to two initialized `c_int`s.
+unsafe fn forget_fds(fds: *const c_int) {
+    // SAFETY: per the contract.
+    let (a, b) = unsafe { (*fds, *fds.add(1)) };
+    forget_fd(a);
+    forget_fd(b);
+}
+
+extern "C" {
+    /// glibc's `fcntl` under its exported alias, so the hook needs no
+    /// `dlsym` (not async-signal-safe, and `fcntl` is) and keeps glibc's
+    /// handling of every command (`F_GETOWN`'s negative group ids, say).
+    fn __fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+}
+
+/// `fcntl(2)`: glibc's, and then: `F_SETFL` may have changed `O_NONBLOCK`
+/// (the cached flags of every fd are invalidated), `F_DUPFD*` returned a
+/// new fd. The C prototype is variadic; on x86-64 a variadic call passes
+/// the third argument in the register a fixed one uses, and every command
+/// takes at most one (an int, a long or a pointer), so it is taken as a
+/// `c_ulong` and handed on unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: the caller's arguments, forwarded unchanged.
+    let r = unsafe { __fcntl(fd, cmd, arg) };
+    match cmd {
+        libc::F_SETFL if r >= 0 => flags_changed(),
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC if r >= 0 => forget_fd(r),
+        _ => {}
+    }
+    r
+}
+
+/// `fcntl64`: glibc's name for `fcntl` in code built with 64-bit offsets.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: as `fcntl`.
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
+/// `ioctl(2)`: the system call (glibc's is just that on x86-64), and
+/// `FIONBIO` invalidates the cached flags. Variadic in C, taken as
+/// `fcntl` takes its third argument.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    let r = sys!(libc::SYS_ioctl, fd, request, arg) as c_int;
+    // The kernel reads the request as a 32-bit unsigned int.
+    if r >= 0 && request as u32 == libc::FIONBIO as u32 {
+        flags_changed();
+    }
+    r
+}
+
+/// `SO_RCVTIMEO_NEW` and `SO_SNDTIMEO_NEW` (asm-generic/socket.h): the
+/// 64-bit-time names of the timeouts, which the libc crate lacks.
+const SO_TIMEO_NEW: [c_int; 2] = [66, 67];
+
+/// `setsockopt(2)`: the system call, and setting `SO_RCVTIMEO` or
+/// `SO_SNDTIMEO` invalidates the cached flags (the timeouts the hooks park
+/// with).
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let r = sys!(libc::SYS_setsockopt, fd, level, name, val, len) as c_int;
+    if r == 0
+        && level == libc::SOL_SOCKET
+        && (name == libc::SO_RCVTIMEO || name == libc::SO_SNDTIMEO || SO_TIMEO_NEW.contains(&name))
+    {
+        flags_changed();
+    }
+    r
 }
 
 /// A valid timespec as a duration; `None` if out of range (`EINVAL`).
