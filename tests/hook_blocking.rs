@@ -680,6 +680,46 @@ fn a_std_read_parked_at_shutdown_fails_with_ecanceled() {
     drop(held);
 }
 
+/// An accept loop that retries on every error (what many servers write)
+/// gets `ECANCELED` from each accept at shutdown; it is abandoned after a
+/// few instead of spinning on its worker until the shutdown timeout (an
+/// hour here: the hang guard would fire first).
+#[test]
+fn an_accept_loop_that_retries_every_error_does_not_hold_up_shutdown() {
+    use std::sync::Mutex;
+    static ERRORS: Mutex<Vec<Option<i32>>> = Mutex::new(Vec::new());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    common::bounded("a shutdown with a retrying accept loop", move || {
+        let rt = RuntimeBuilder::default()
+            .workers(1)
+            .shutdown_timeout(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let started = Arc::new(AtomicBool::new(false));
+        let s2 = started.clone();
+        let _h = rt.spawn(move || {
+            s2.store(true, SeqCst);
+            loop {
+                match listener.accept() {
+                    Ok(_) => {}
+                    Err(e) => ERRORS.lock().unwrap().push(e.raw_os_error()),
+                }
+            }
+        });
+        while !started.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        drop(rt);
+    });
+    let errors = ERRORS.lock().unwrap().clone();
+    assert!(!errors.is_empty(), "the accepts never failed");
+    assert!(
+        errors.iter().all(|e| *e == Some(libc::ECANCELED)),
+        "the accepts failed with {errors:?}, not only ECANCELED"
+    );
+}
+
 /// A std socket first waited on through the hooks, then wrapped in
 /// `greenstack::net::TcpStream`: the wrapper's own registration with the
 /// worker's poller replaces the hooks' (one poller takes an fd once).

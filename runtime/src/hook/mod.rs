@@ -177,6 +177,14 @@ fn current_mask() -> Option<libc::sigset_t> {
     }
 }
 
+/// A call of a coroutine being cancelled is to fail with `ECANCELED`:
+/// counts it (a coroutine that keeps making such calls is abandoned, see
+/// `worker::hook_call_cancelled`).
+pub(crate) fn cancelled() -> Wait {
+    crate::scheduler::worker::hook_call_cancelled();
+    Wait::Cancelled
+}
+
 /// Whether the running coroutine is being cancelled at shutdown.
 pub(crate) fn cancelling() -> bool {
     crate::scheduler::worker::current_cancelling()
@@ -491,7 +499,7 @@ impl FdWait {
             return Wait::Again;
         }
         if cancelling() {
-            return Wait::Cancelled;
+            return cancelled();
         }
         if !self.checked && !parkable() {
             return Wait::Block;
@@ -539,7 +547,7 @@ pub(crate) fn wait_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>, check_user
         return Wait::Again;
     }
     if cancelling() {
-        return Wait::Cancelled;
+        return cancelled();
     }
     if !parkable() {
         return Wait::Block;

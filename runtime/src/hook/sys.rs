@@ -581,6 +581,7 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
             return 0;
         }
         if super::cancelling() {
+            super::cancelled();
             set_errno(libc::ECANCELED);
             return -1;
         }

@@ -81,9 +81,10 @@ pub(crate) enum Request {
     Yield,
     /// Run me again after an unpark, or at the deadline if there is one.
     Park(Option<Instant>),
-    /// Never run me again: I keep catching my cancellation at shutdown
-    /// (see "Shutdown" in the module docs).
-    Abandon,
+    /// Never run me again: I keep catching my cancellation at shutdown, or
+    /// making blocking calls that fail because of it (see "Shutdown" in
+    /// the module docs); the reason, for the report.
+    Abandon(&'static str),
 }
 
 /// Cancellations a coroutine may catch at shutdown, going back to wait each
@@ -388,6 +389,33 @@ pub(crate) fn without_cancel_unwind<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
+/// A blocking-call hook of the running coroutine, being cancelled, is
+/// about to fail its call with `ECANCELED` (see `crate::hook`). Code that
+/// retries whatever the error (an accept loop that `continue`s) would
+/// spin on the worker for ever: after [`CANCEL_THROWS`] such failures the
+/// coroutine is abandoned, as one that keeps catching its cancellation.
+/// Not while it unwinds (a destructor's call just fails).
+pub(crate) fn hook_call_cancelled() {
+    let Some(r) = current_running() else {
+        return;
+    };
+    if std::thread::panicking() {
+        return;
+    }
+    let n = r.cancel_throws.get().saturating_add(1);
+    r.cancel_throws.set(n);
+    if n > CANCEL_THROWS {
+        switch_out(
+            r,
+            Request::Abandon(
+                "its blocking calls kept failing with ECANCELED (the runtime shuts down) \
+                 and it kept making them",
+            ),
+        );
+        abort("an abandoned coroutine was resumed");
+    }
+}
+
 /// Whether the running coroutine is being cancelled (the runtime shuts
 /// down).
 pub(crate) fn current_cancelling() -> bool {
@@ -461,7 +489,7 @@ pub(crate) fn run_root<T: 'static>(
             CoroutineResult::Return(_) => break,
             CoroutineResult::Yield(Request::Yield) => std::thread::yield_now(),
             // A root is never cancelled.
-            CoroutineResult::Yield(Request::Abandon) => {
+            CoroutineResult::Yield(Request::Abandon(_)) => {
                 abort("a block_on root asked to be abandoned")
             }
             CoroutineResult::Yield(Request::Park(deadline)) => {
@@ -558,7 +586,10 @@ fn suspend_unusual(r: &Running, req: Request) -> bool {
         }
         if r.cancel_throws.get() >= CANCEL_THROWS {
             // It keeps catching its cancellation and waiting again.
-            switch_out(r, Request::Abandon);
+            switch_out(
+                r,
+                Request::Abandon("it caught its cancellation and waited again"),
+            );
             abort("an abandoned coroutine was resumed");
         }
         throw_cancel(r);
@@ -588,7 +619,7 @@ fn suspend_unusual(r: &Running, req: Request) -> bool {
             }
             true
         }
-        Request::Park(_) | Request::Abandon => abort(&format!(
+        Request::Park(_) | Request::Abandon(_) => abort(&format!(
             "coroutine {} ({name:?}) tried to wait while unwinding from a panic \
                  (a destructor that waits). std counts panics per OS thread, so \
                  switching away now would make every other coroutine on this worker \
@@ -1485,9 +1516,7 @@ impl Local {
                     self.ready.borrow_mut().push_back(key);
                 }
             }
-            CoroutineResult::Yield(Request::Abandon) => {
-                self.abandon(key, "it caught its cancellation and waited again")
-            }
+            CoroutineResult::Yield(Request::Abandon(why)) => self.abandon(key, why),
             CoroutineResult::Return(stored) => self.finish(key, stored),
         }
     }
