@@ -519,6 +519,60 @@ fn regular_file_reads_in_a_coroutine_are_exact() {
     );
 }
 
+/// Regular-file writes in a coroutine (`write`, `pwrite`, `O_APPEND`,
+/// `fsync`, `fdatasync`) land as they would on a plain thread, on a disk
+/// file system and on tmpfs.
+#[test]
+fn regular_file_writes_in_a_coroutine_are_exact() {
+    use std::os::unix::fs::FileExt;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    for base in [std::env::temp_dir(), std::path::PathBuf::from("/dev/shm")] {
+        if !base.is_dir() {
+            continue;
+        }
+        let dir = base.join(format!("greenstack-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (d2, data2) = (dir.clone(), data.clone());
+        let rt = one_worker(true);
+        common::bounded("file writes", move || {
+            rt.block_on(move || {
+                greenstack::spawn(move || {
+                    std::fs::write(d2.join("whole"), &data2).unwrap();
+                    let mut f = std::fs::File::create(d2.join("pieces")).unwrap();
+                    for chunk in data2.chunks(4096) {
+                        f.write_all(chunk).unwrap();
+                    }
+                    f.write_all_at(b"OVERWRITTEN", 1000).unwrap();
+                    f.sync_all().unwrap();
+                    f.sync_data().unwrap();
+                    let mut a = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(d2.join("appended"))
+                        .unwrap();
+                    for chunk in data2.chunks(1000) {
+                        a.write_all(chunk).unwrap();
+                    }
+                })
+                .join()
+                .unwrap()
+            })
+        });
+        let mut pieces = data.clone();
+        pieces[1000..1011].copy_from_slice(b"OVERWRITTEN");
+        let whole = std::fs::read(dir.join("whole")).unwrap();
+        let got_pieces = std::fs::read(dir.join("pieces")).unwrap();
+        let appended = std::fs::read(dir.join("appended")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(whole == data, "std::fs::write differs in {base:?}");
+        assert!(
+            got_pieces == pieces,
+            "4 KiB writes and write_at differ in {base:?}"
+        );
+        assert!(appended == data, "appends differ in {base:?}");
+    }
+}
+
 /// Name resolution through a resolver that never answers: in a child in
 /// its own mount namespace whose `/etc/resolv.conf` names a silent UDP
 /// socket on 127.0.0.77:53 (1 s timeout, 1 attempt). The lookup fails

@@ -197,41 +197,77 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
         Some(_) => pollable_loop(fd, Dir::Read, false, || {
             sys!(libc::SYS_read, fd, buf, count)
         }),
-        None if kind(fd) == Some(Kind::File) => file_read(fd, buf, count),
+        None if kind(fd) == Some(Kind::File) => file_io(fd, FileOp::Read, buf, count, -1),
         None => sys!(libc::SYS_read, fd, buf, count),
     }
 }
 
-/// A regular file's `read` in a coroutine: from the page cache at once
-/// (`preadv2` with `RWF_NOWAIT` at the file position: one system call, as
-/// the plain read), else on the blocking pool while the coroutine parks.
-fn file_read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+/// Which way a regular-file call goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileOp {
+    Read,
+    Write,
+}
+
+/// A regular file's read or write in a coroutine, of `count` bytes at
+/// `buf`, at offset `off` (-1: at the file position, as `read`/`write`):
+/// at once when the page cache can serve it without blocking (`preadv2`/
+/// `pwritev2` with `RWF_NOWAIT`: one system call, as the plain one), else
+/// on the blocking pool while the coroutine parks. Where the file system
+/// has no non-blocking form (`EOPNOTSUPP`: buffered writes on ext4 as of
+/// Linux 6.18, for one), the call is made directly, and the fd remembered
+/// so that it is not asked again.
+fn file_io(fd: c_int, op: FileOp, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
+    let direct = move |buf: *mut c_void| match (op, off) {
+        (FileOp::Read, -1) => sys!(libc::SYS_read, fd, buf, count),
+        (FileOp::Read, _) => sys!(libc::SYS_pread64, fd, buf, count, off),
+        (FileOp::Write, -1) => sys!(libc::SYS_write, fd, buf, count),
+        (FileOp::Write, _) => sys!(libc::SYS_pwrite64, fd, buf, count, off),
+    };
+    let unsupported = match op {
+        FileOp::Read => super::FL_NO_NOWAIT_READ,
+        FileOp::Write => super::FL_NO_NOWAIT_WRITE,
+    };
+    if super::fd_flag(fd, unsupported) {
+        return direct(buf);
+    }
     let iov = libc::iovec {
         iov_base: buf,
         iov_len: count,
     };
+    let n = match op {
+        FileOp::Read => libc::SYS_preadv2,
+        FileOp::Write => libc::SYS_pwritev2,
+    };
     let r = sys!(
-        libc::SYS_preadv2,
+        n,
         fd,
         &iov as *const libc::iovec,
         1,
-        -1i64,
+        off,
         0,
         libc::RWF_NOWAIT
     );
-    if r >= 0 || errno() != libc::EAGAIN {
-        if r < 0 && matches!(errno(), libc::EOPNOTSUPP | libc::EINVAL) {
-            // No RWF_NOWAIT here (or not seekable): the plain read.
-            return sys!(libc::SYS_read, fd, buf, count);
-        }
+    if r >= 0 {
         return r;
+    }
+    match errno() {
+        libc::EAGAIN => {}
+        libc::EOPNOTSUPP => {
+            super::set_fd_flag(fd, unsupported);
+            return direct(buf);
+        }
+        // Not seekable (EINVAL, ESPIPE) or another refusal of the flag:
+        // the plain call, which reports its own errors.
+        libc::EINVAL | libc::ESPIPE => return direct(buf),
+        _ => return r,
     }
     let args = AssertSend(buf);
     offload_call(move || {
         let a = args;
-        sys!(libc::SYS_read, fd, a.0, count)
+        direct(a.0)
     })
-    .unwrap_or_else(|| sys!(libc::SYS_read, fd, buf, count))
+    .unwrap_or_else(|| direct(buf))
 }
 
 /// `write(2)`.
@@ -264,6 +300,9 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
         Some(_) => pollable_loop(fd, Dir::Write, false, || {
             sys!(libc::SYS_write, fd, buf, count)
         }),
+        None if kind(fd) == Some(Kind::File) => {
+            file_io(fd, FileOp::Write, buf.cast_mut(), count, -1)
+        }
         None => sys!(libc::SYS_write, fd, buf, count),
     }
 }
@@ -1507,40 +1546,25 @@ pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
     offload_call(direct).unwrap_or_else(direct)
 }
 
+/// `fdatasync(2)`: on the blocking pool, as `fsync`.
+#[no_mangle]
+pub unsafe extern "C" fn fdatasync(fd: c_int) -> c_int {
+    let direct = move || sys!(libc::SYS_fdatasync, fd) as c_int;
+    if !active() {
+        return direct();
+    }
+    offload_call(direct).unwrap_or_else(direct)
+}
+
 /// `pread64(2)` (std's `read_at`; `pread` is the same function on 64-bit
 /// Linux): on a regular file in a coroutine, from the page cache at once
 /// (`RWF_NOWAIT`), else on the blocking pool.
 #[no_mangle]
 pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
-    let direct = move || sys!(libc::SYS_pread64, fd, buf, count, off);
-    if !active() || kind(fd) != Some(Kind::File) {
-        return direct();
+    if !active() || kind(fd) != Some(Kind::File) || off < 0 {
+        return sys!(libc::SYS_pread64, fd, buf, count, off);
     }
-    let iov = libc::iovec {
-        iov_base: buf,
-        iov_len: count,
-    };
-    let r = sys!(
-        libc::SYS_preadv2,
-        fd,
-        &iov as *const libc::iovec,
-        1,
-        off,
-        0,
-        libc::RWF_NOWAIT
-    );
-    if r >= 0 || errno() != libc::EAGAIN {
-        if r < 0 && matches!(errno(), libc::EOPNOTSUPP | libc::EINVAL) {
-            return direct();
-        }
-        return r;
-    }
-    let args = AssertSend(buf);
-    offload_call(move || {
-        let a = args;
-        sys!(libc::SYS_pread64, fd, a.0, count, off)
-    })
-    .unwrap_or_else(direct)
+    file_io(fd, FileOp::Read, buf, count, off)
 }
 
 /// `pread(2)`.
@@ -1548,4 +1572,27 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
     // SAFETY: the caller's arguments.
     unsafe { pread64(fd, buf, count, off) }
+}
+
+/// `pwrite64(2)` (std's `write_at`): on a regular file in a coroutine,
+/// into the page cache at once where the file system can say it would
+/// not block (`RWF_NOWAIT`), else on the blocking pool; see `file_io`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(
+    fd: c_int,
+    buf: *const c_void,
+    count: size_t,
+    off: i64,
+) -> ssize_t {
+    if !active() || kind(fd) != Some(Kind::File) || off < 0 {
+        return sys!(libc::SYS_pwrite64, fd, buf, count, off);
+    }
+    file_io(fd, FileOp::Write, buf.cast_mut(), count, off)
+}
+
+/// `pwrite(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: size_t, off: i64) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { pwrite64(fd, buf, count, off) }
 }
