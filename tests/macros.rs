@@ -30,3 +30,26 @@ fn test_attribute_accepts_result() -> Result<(), String> {
         Err(format!("got {v}"))
     }
 }
+
+mod failing_main {
+    #[greenstack::main(workers = 1)]
+    pub fn main() -> Result<(), String> {
+        Err("the error main returns".to_string())
+    }
+}
+
+mod panicking_main {
+    #[greenstack::main(workers = 1)]
+    pub fn main() {
+        panic!("main's own panic");
+    }
+}
+
+/// As with std's `main`: an `Err` from `main` makes a failure exit code
+/// (after "Error: ..." on stderr), a panic resumes in the caller.
+#[test]
+fn main_reports_an_err_as_failure_and_resumes_a_panic() {
+    assert_eq!(failing_main::main(), std::process::ExitCode::FAILURE);
+    let p = std::panic::catch_unwind(panicking_main::main).expect_err("main panicked");
+    assert_eq!(p.downcast_ref::<&str>(), Some(&"main's own panic"));
+}

@@ -151,10 +151,37 @@ fn expand_entry(args: TokenStream, func: &ItemFn, kind: Kind) -> syn::Result<Tok
         ReturnType::Default => quote!(),
         ReturnType::Type(arrow, ty) => quote!(#arrow #ty),
     };
-    let test_attr = match kind {
-        Kind::Main => quote!(),
-        Kind::Test => quote!(#[::core::prelude::v1::test]),
-    };
+    if kind == Kind::Main {
+        // `main`'s body runs as an ordinary coroutine on a worker (see
+        // `Runtime::block_on_worker`): it captures nothing, so the closure
+        // is `Send` whatever the body holds, and its value is turned into
+        // an `ExitCode` there (`Termination::report`, what std's `main`
+        // does: an `Err` is printed as "Error: {err:?}", exit status 1), so
+        // a value that is not `Send` (a `Box<dyn Error>`) never crosses
+        // threads.
+        let ty = match output {
+            ReturnType::Default => quote!(()),
+            ReturnType::Type(_, ty) => quote!(#ty),
+        };
+        let report = quote_spanned! {output.span()=>
+            <#ty as ::std::process::Termination>::report(__greenstack_value)
+        };
+        return Ok(quote! {
+            #(#attrs)*
+            #vis fn #ident() -> ::std::process::ExitCode {
+                let __greenstack_runtime = ::greenstack::Runtime::builder()
+                    #workers
+                    #stack
+                    .build()
+                    .unwrap_or_else(|e| ::core::panic!("greenstack: cannot start the runtime: {}", e));
+                __greenstack_runtime.block_on_worker(move || {
+                    let __greenstack_value = (move || #closure_ret #body)();
+                    #report
+                })
+            }
+        });
+    }
+    let test_attr = quote!(#[::core::prelude::v1::test]);
     Ok(quote! {
         #test_attr
         #(#attrs)*

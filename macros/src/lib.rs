@@ -11,9 +11,16 @@ mod entry;
 
 use proc_macro::TokenStream;
 
-/// Runs `fn main` as the root coroutine of a greenstack runtime.
+/// Runs `fn main`'s body as a coroutine on a worker of a greenstack
+/// runtime (`Runtime::block_on_worker`), so spawning and joining from it
+/// cost what they cost in any coroutine.
 ///
-/// `main` may return `()` or a `Result`, as usual. Options:
+/// `main` may return `()`, a `Result` or any other `Termination`, as
+/// usual; the value is reported on the worker, as std reports `main`'s (an
+/// `Err` prints "Error: …" and the exit status is 1), and the generated
+/// `main` returns the `ExitCode`. The body captures nothing, so nothing in
+/// it need be `Send`. It runs on a worker thread: its thread-locals are
+/// that worker's, not the main thread's. Options:
 ///
 /// - `workers = N`: worker threads (default: the available parallelism);
 /// - `stack_size = EXPR`: the default stack reserve per coroutine, in bytes.

@@ -539,6 +539,47 @@ impl Runtime {
         }
     }
 
+    /// Runs `f` as a coroutine on one of the workers and blocks the calling
+    /// thread until it returns, resuming its panic here.
+    ///
+    /// Unlike [`block_on`](Self::block_on), `f` and its value cross to the
+    /// worker and back, so both must be `Send`; in exchange `f` is an
+    /// ordinary coroutine: the coroutines it spawns go to its worker's own
+    /// queue, its joins park only it, and blocking calls in it park it (see
+    /// [`RuntimeBuilder::hook_blocking_calls`]), as from any coroutine.
+    /// Spawning a million coroutines and joining them costs here what it
+    /// costs in any coroutine, where from `block_on`'s root every spawn
+    /// goes through the runtime's shared queue and every join blocks the
+    /// calling thread. `#[greenstack::main]` runs `main`'s body this way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = greenstack_runtime::Runtime::new()?;
+    /// let sum = rt.block_on_worker(|| {
+    ///     let hs: Vec<_> = (0..100u64).map(|i| greenstack_runtime::spawn(move || i)).collect();
+    ///     hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    /// });
+    /// assert_eq!(sum, 4950);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, the panic resumes here; with the `io::Error`'s
+    /// message if no stack can be had. Called from inside a coroutine, it
+    /// blocks that coroutine's worker until `f` returns (join instead).
+    pub fn block_on_worker<F, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.spawn(f).join() {
+            Ok(v) => v,
+            Err(p) => resume_unwind(p),
+        }
+    }
+
     /// Spawns a coroutine on this runtime, from any thread.
     ///
     /// # Panics
