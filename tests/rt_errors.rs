@@ -201,15 +201,14 @@ fn capacity_exhaustion_through_the_runtime() {
     });
 }
 
-/// A burst of spawns far ahead of the workers takes stacks at start (past
-/// 1,024 queued): with more queued coroutines than slots, the ones that
-/// find no stack when they start report it through `join` as `Err` naming
-/// the limit, the rest run, and the runtime keeps serving.
+/// A burst of spawns far ahead of the workers: the queued coroutines hold
+/// no stack (each takes one when it first runs), yet every spawn reserves
+/// one, so the spawn past the arena's capacity fails at once with the
+/// limit named; the reserved ones all run, and the runtime keeps serving.
 #[test]
-fn burst_past_the_backlog_reports_a_missing_stack_through_join() {
-    bounded("lazy stack exhaustion", || {
+fn a_burst_holds_no_stacks_and_fails_at_spawn_past_the_capacity() {
+    bounded("a burst past the capacity", || {
         const SLOTS: usize = 1_500;
-        const SPAWNED: usize = 3_000;
         let rt = Runtime::builder()
             .workers(1)
             .arena(StackArena::builder().capacity(SLOTS))
@@ -217,43 +216,38 @@ fn burst_past_the_backlog_reports_a_missing_stack_through_join() {
             .expect("a runtime with a small arena");
         if rt.arena().guard_mode() == greenstack::stack::GuardMode::Mprotect {
             // The `mprotect` fallback (kernels before 6.13) takes every
-            // stack at spawn, so nothing is lazy here: `spawn` itself
-            // returns the error (tests/stack_memory.rs, `mapping_limit_*`).
+            // stack at spawn (tests/stack_memory.rs, `mapping_limit_*`).
             return;
         }
         let gate = Arc::new(Semaphore::new(0));
         let g = Arc::clone(&gate);
-        // One coroutine spawns them all without yielding: on one worker,
-        // none starts before the burst is queued.
-        let handles = join(rt.spawn(move || {
-            (0..SPAWNED)
-                .map(|_| {
-                    let g = Arc::clone(&g);
-                    Builder::new()
-                        .spawn(move || g.acquire().forget())
-                        .expect("spawn inside the backlog")
-                })
-                .collect::<Vec<JoinHandle<()>>>()
-        }));
-        wait_for(|| rt.stats().arena.live_slots == SLOTS);
-        gate.add_permits(SPAWNED);
-        let (mut ok, mut failed) = (0, 0);
-        for h in handles {
-            match h.join() {
-                Ok(()) => ok += 1,
-                Err(p) => {
-                    let msg = panic_message(p.as_ref());
-                    assert!(
-                        msg.contains("no stack for coroutine") && msg.contains("exhausted"),
-                        "{msg}"
-                    );
-                    failed += 1;
+        let arena = rt.arena().clone();
+        // One coroutine spawns until a spawn fails, without yielding: on
+        // one worker, none of them starts before the burst is queued.
+        let (handles, live_while_queued, err) = join(rt.spawn(move || {
+            let mut handles = Vec::new();
+            let err = loop {
+                let g = Arc::clone(&g);
+                match Builder::new().spawn(move || g.acquire().forget()) {
+                    Ok(h) => handles.push(h),
+                    Err(e) => break e,
                 }
-            }
+                assert!(handles.len() < SLOTS, "spawned past the capacity");
+            };
+            (handles, arena.stats().live_slots, err)
+        }));
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
+        assert!(
+            err.to_string().contains("exhausted") && err.to_string().contains("all 1500 slots"),
+            "{err}"
+        );
+        // Every slot but the spawner's own was promised; one is live.
+        assert_eq!(handles.len(), SLOTS - 1);
+        assert_eq!(live_while_queued, 1, "queued coroutines held stacks");
+        gate.add_permits(SLOTS);
+        for h in handles {
+            h.join().expect("a reserved coroutine runs");
         }
-        assert_eq!(ok + failed, SPAWNED);
-        assert!(failed > 0, "every coroutine found a stack");
-        assert!(ok >= SLOTS - 1, "only {ok} ran");
         assert_eq!(join(spawn_when_a_slot_is_free(&rt, || 7)), 7);
         wait_for(|| rt.stats().finished == rt.stats().spawned);
         assert_eq!(rt.stats().live, 0);

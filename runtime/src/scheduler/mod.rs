@@ -780,13 +780,15 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    // A spawner far ahead of the workers (a loop spawning before it joins)
-    // would otherwise hold a stack for every queued coroutine: the first
-    // touch of each is a page fault, and a million of them are gigabytes.
-    // Not with the `mprotect` fallback, where stacks are few (the mapping
-    // limit): there a spawn that returns `Ok` holds its stack, so it runs.
-    let lazy = worker::backlog(shared) >= LAZY_STACK_BACKLOG
-        && shared.arena.guard_mode() == GuardMode::Markers;
+    // The stack is bound when the coroutine first runs, from the running
+    // worker's warm slots: queued coroutines hold none (a spawner far ahead
+    // of the workers would otherwise hold a million stacks, each grown
+    // afresh through page faults), and one that ends before the next
+    // starts hands its grown stack on. The spawn reserves a slot, so past
+    // the arena's capacity it still fails at once. Not with the `mprotect`
+    // fallback, where stacks are few (the mapping limit): there a spawn
+    // that returns `Ok` holds its stack, so it runs.
+    let lazy = shared.arena.guard_mode() == GuardMode::Markers;
     let (init, slot) = new_coroutine(shared, name, stack_size, None, lazy)?;
     let id = init.id;
     let (task, handle) = TaskRef::new(init, f, slot);
@@ -814,11 +816,9 @@ fn new_coroutine(
     let id;
     let name: Option<Arc<str>> = name.map(Arc::from);
     let stack = if lazy {
-        if let Some(s) = stack_size {
-            shared.arena.check_size(s)?;
-        }
+        let reservation = shared.arena.reserve(stack_size)?;
         id = next_id();
-        Stack::AtStart(stack_size.and_then(std::num::NonZeroUsize::new))
+        Stack::AtStart(Some(reservation))
     } else {
         let mut slot = allocate_stack(shared, stack_size)?;
         id = next_id();
@@ -843,12 +843,6 @@ fn new_coroutine(
         stack,
     ))
 }
-
-/// How many never-started coroutines may wait in the spawner's queue with
-/// a stack each; later spawns take their stack when they start instead.
-/// Below it, `Builder::spawn` reports a stack that cannot be had; past it,
-/// the coroutine's join does (see [`Builder::spawn`]).
-pub(crate) const LAZY_STACK_BACKLOG: usize = 1024;
 
 /// A stack of the default size or of `stack_size` bytes.
 pub(crate) fn allocate_stack(
@@ -929,15 +923,18 @@ impl Builder {
     /// Outside a runtime; when no stack can be had (capacity exhausted, an
     /// invalid size, a failed system call); while the runtime shuts down.
     ///
-    /// One exception: while more than 1,024 never-started coroutines wait
-    /// in the spawner's queue, a new one takes its stack only when it
-    /// starts (so a burst of spawns does not hold a stack per queued
-    /// coroutine). If no stack can be had then, its [`JoinHandle::join`]
-    /// returns `Err` with the error's message as the payload, as for a
-    /// panic, and the error is logged. An invalid size is still reported
-    /// here. Not with the `mprotect` fallback ([`GuardMode::Mprotect`]),
-    /// whose stacks the kernel's mapping limit makes few: there every
-    /// coroutine takes its stack here, so one this returns `Ok` for runs,
+    /// The stack itself is bound when the coroutine first runs, from the
+    /// warm slots of the worker that runs it (so queued coroutines hold no
+    /// stack, and one that ends hands its grown stack to the next): this
+    /// call reserves one, and fails at once when every slot of the size is
+    /// live or reserved. Rarely, the slot cannot be had at the start anyway
+    /// (the free ones all cached by other threads, at most 32 each, or a
+    /// mapping the system refused): then its [`JoinHandle::join`] returns
+    /// `Err` with the error's message as the payload, as for a panic, and
+    /// the error is logged. Not with the `mprotect` fallback
+    /// ([`GuardMode::Mprotect`]), whose stacks the kernel's mapping limit
+    /// makes few: there every coroutine takes its stack here, so one this
+    /// returns `Ok` for runs,
     /// and the `vm.max_map_count` error comes back from this call.
     ///
     /// [`GuardMode::Mprotect`]: crate::stack::GuardMode::Mprotect

@@ -8,7 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::num::{NonZeroU64, NonZeroUsize};
+use std::num::NonZeroU64;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
@@ -20,7 +20,7 @@ use super::join::{JoinState, Outcome};
 use super::park::ParkState;
 use super::refcount::RefCount;
 use super::Shared;
-use crate::stack::Slot;
+use crate::stack::{Reservation, Slot};
 
 /// Shared, thread-safe facts about one coroutine. Holds nothing `!Send`:
 /// the coroutine itself lives in its worker's slab and never leaves it.
@@ -486,12 +486,12 @@ impl Drop for TaskRef {
 
 /// Where a never-started coroutine's stack comes from.
 pub(crate) enum Stack {
-    /// Taken at spawn.
+    /// Taken at spawn (a `block_on` root, or any coroutine with the
+    /// `mprotect` fallback, where stacks are few).
     Ready(Slot),
-    /// To be taken when it starts, of the default size (`None`) or this
-    /// many bytes (already checked, so at least a page): see
-    /// `LAZY_STACK_BACKLOG`. (`NonZeroUsize` keeps a `Stack` two words.)
-    AtStart(Option<NonZeroUsize>),
+    /// Promised at spawn, taken from the starting worker's warm slots when
+    /// the coroutine first runs (`None` once taken out of the cell).
+    AtStart(Option<Reservation>),
 }
 
 const _: () = assert!(std::mem::size_of::<Stack>() == 2 * std::mem::size_of::<usize>());

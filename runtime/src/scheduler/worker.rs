@@ -58,7 +58,6 @@
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
@@ -755,18 +754,6 @@ pub(crate) fn shared_handle(shared: &Arc<Shared>) -> SharedHandle {
     }
 }
 
-/// How many never-started coroutines wait where a spawn from the caller
-/// would queue one: its worker's deque, or the injector. (A child placed
-/// on an incoming queue, see `Local::placement`, is one of a few: its
-/// spawner waits between spawns.)
-pub(crate) fn backlog(shared: &Arc<Shared>) -> usize {
-    // SAFETY: as in `current_shared`.
-    match unsafe { worker_ptr().as_ref() } {
-        Some(w) if Arc::ptr_eq(&w.shared, shared) => w.deque.len(),
-        _ => shared.injector.len(),
-    }
-}
-
 /// Makes a coroutine that an unpark took out of `PARKED` runnable: straight
 /// onto the ready queue if the caller is its worker, else through its home
 /// worker's inbox (or, for a `block_on` root, by unparking its thread).
@@ -1419,8 +1406,14 @@ impl Local {
         let (header, stack, run) = task.into_parts();
         let slot = match stack {
             Stack::Ready(slot) => slot,
-            Stack::AtStart(size) => {
-                match super::allocate_stack(&self.shared, size.map(NonZeroUsize::get)) {
+            Stack::AtStart(reservation) => {
+                let slot = match reservation {
+                    Some(r) => r.into_slot(&self.shared.arena),
+                    None => Err(std::io::Error::other(
+                        "the coroutine's stack was already taken",
+                    )),
+                };
+                match slot {
                     Ok(mut slot) => {
                         slot.set_identity(header.id.get(), header.name.as_deref());
                         slot

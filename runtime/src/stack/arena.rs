@@ -58,7 +58,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::loom::hint::backoff;
-use crate::loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// State byte: never handed out (the zeroed arrays start here). Left only
 /// by the `fresh` bump's `UNUSED -> LIVE`; never returns.
@@ -72,6 +72,55 @@ const POOLED: u8 = 3;
 
 /// The head word's index half: `index + 1`, or 0 for an empty list.
 const INDEX_MASK: u64 = 0xffff_ffff;
+
+/// The slots of a class not yet promised to anyone (see `stack::take_credit`):
+/// a count that threads take from only while it stays non-negative, so no
+/// more than `capacity` slots and reservations exist at once. A take is one
+/// CAS of the count from `c` to `c - n` with `n <= c`; a give is an add.
+pub(crate) struct Credits {
+    count: CachePadded<AtomicUsize>,
+}
+
+impl Credits {
+    /// `capacity` credits, all free.
+    pub(crate) fn new(capacity: usize) -> Credits {
+        Credits {
+            count: CachePadded::new(AtomicUsize::new(capacity)),
+        }
+    }
+
+    /// Takes up to `want` credits; how many it got (0: none is free).
+    pub(crate) fn take(&self, want: usize) -> usize {
+        // Relaxed: the count orders nothing else; a credit is a number, and
+        // the slot a credit is turned into is claimed by the allocator's
+        // own CAS.
+        let mut c = self.count.load(Ordering::Relaxed);
+        loop {
+            let n = c.min(want);
+            if n == 0 {
+                return 0;
+            }
+            match self
+                .count
+                .compare_exchange_weak(c, c - n, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return n,
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// Gives back `n` credits taken before.
+    pub(crate) fn give(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Free credits now.
+    #[cfg(any(test, greenstack_loom))]
+    pub(crate) fn free(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
 
 /// No slot is free: every one of `capacity` slots is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

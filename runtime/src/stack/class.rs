@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize
 use once_cell::sync::OnceCell;
 use std::sync::Mutex;
 
-use super::arena::{Claim, Exhausted, SlotAllocator};
+use super::arena::{Claim, Credits, Exhausted, SlotAllocator};
 use super::mmap;
 
 /// Bytes of guard markers kept below the committed floor in marker mode.
@@ -166,6 +166,10 @@ pub(crate) struct Class {
     epoch: AtomicU64,
     /// Statistics.
     pub(crate) counters: Counters,
+    /// Slots not promised to anyone: `capacity` less the live slots, the
+    /// reservations of coroutines that have not started, and the credits
+    /// threads hold for their next ones (see `stack::take_credit`).
+    pub(crate) credits: Credits,
     /// Set when the arena is dropped: threads stop caching its slots.
     pub(crate) closed: std::sync::atomic::AtomicBool,
     /// Wakes the background thread that trims the pool back under budget
@@ -264,6 +268,7 @@ impl Class {
             pool_excess: crossbeam_utils::CachePadded::new(AtomicUsize::new(0)),
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
+            credits: Credits::new(geo.capacity),
             closed: std::sync::atomic::AtomicBool::new(false),
             trimmer: OnceCell::new(),
             trim_wanted: AtomicBool::new(false),

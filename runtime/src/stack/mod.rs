@@ -545,15 +545,35 @@ impl StackArena {
         self.allocate_class(class)
     }
 
-    /// Checks that [`allocate_with`](Self::allocate_with) could serve
-    /// `stack_size`, without allocating.
-    pub(crate) fn check_size(&self, stack_size: usize) -> io::Result<()> {
-        self.inner.config.class_for(stack_size, false).map(drop)
+    /// Promises the caller a slot of the default size (`None`) or of at
+    /// least `stack_size` bytes, to be taken later, on any thread, with
+    /// [`Reservation::into_slot`]: what a coroutine gets at spawn, so that
+    /// its stack is bound only when it first runs, from the running
+    /// worker's warm slots, while a spawn past the arena's capacity still
+    /// fails at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`allocate_with`](Self::allocate_with): every slot of the class
+    /// is live or promised (`OutOfMemory`), or the size cannot be served.
+    pub(crate) fn reserve(&self, stack_size: Option<usize>) -> io::Result<Reservation> {
+        let class = match stack_size {
+            Some(s) => self.inner.config.class_for(s, false)?,
+            None => self.inner.default_class,
+        };
+        let handle = self.class_handle(class)?;
+        take_credit(handle)?;
+        // No count on the class: a shared atomic increment per spawn and a
+        // decrement per start, from different workers, bounce its cache
+        // line. The arena keeps the class (see `Reservation`).
+        Ok(Reservation {
+            class: std::ptr::NonNull::from(&**handle),
+        })
     }
 
-    fn allocate_class(&self, class: usize) -> io::Result<Slot> {
-        fault::ensure_thread_altstack()?;
-        let handle = self.inner.classes[class].get_or_try_init(|| {
+    /// The class's handle, made on first use.
+    fn class_handle(&self, class: usize) -> io::Result<&Arc<ClassHandle>> {
+        self.inner.classes[class].get_or_try_init(|| {
             let class = Box::new(Class::new(self.inner.config.geometry(class))?);
             if let Some(t) = self.inner.trimmer.get() {
                 let _ = class.trimmer.set(Arc::clone(t));
@@ -563,7 +583,19 @@ impl StackArena {
                 _registration: registration,
                 class,
             }))
-        })?;
+        })
+    }
+
+    fn allocate_class(&self, class: usize) -> io::Result<Slot> {
+        let handle = self.class_handle(class)?;
+        take_credit(handle)?;
+        self.slot_of(handle).inspect_err(|_| give_credit(handle))
+    }
+
+    /// A slot of `handle`'s class, for a caller holding one of its credits
+    /// (which goes into the slot): this thread's warm one if it has one.
+    fn slot_of(&self, handle: &Arc<ClassHandle>) -> io::Result<Slot> {
+        fault::ensure_thread_altstack()?;
         let (class, index) = match magazine_take(handle) {
             Some((class, i)) => {
                 class.class.reuse_retired(i)?;
@@ -846,11 +878,69 @@ impl Drop for Slot {
         // SAFETY: `class` is taken exactly once, here, and not used after
         // (`index` was read before).
         let class = unsafe { ManuallyDrop::take(&mut self.class) };
+        give_credit(&class);
         if class.class.retire(index) {
             class.class.release_deferred(index);
         } else if let Err((class, index)) = magazine_put(class, index) {
             class.class.alloc.release(index);
         }
+    }
+}
+
+/// A slot promised by [`StackArena::reserve`], not yet taken: one credit of
+/// its class, given back if the reservation is dropped unused.
+///
+/// It holds its class uncounted: it must be used or dropped while the
+/// arena that made it lives (the arena holds every class). The scheduler
+/// keeps a reservation in a coroutine's task, whose header holds the
+/// runtime, and so its arena, until the task is freed; and the reservation
+/// is taken out of the task (to start the coroutine or to drop it unrun)
+/// while the task is referenced.
+pub(crate) struct Reservation {
+    class: std::ptr::NonNull<ClassHandle>,
+}
+
+// SAFETY: the class it points to is `Sync` (shared by every thread of the
+// arena), and a reservation is used by one thread at a time.
+unsafe impl Send for Reservation {}
+
+impl Reservation {
+    /// Takes the promised slot, on the calling thread: its warm one if it
+    /// has one. The reservation's credit goes into the slot.
+    ///
+    /// # Errors
+    ///
+    /// Rarely: the class's free slots all sit in other threads' magazines
+    /// (at most 32 per thread), or the system refused memory for a slot's
+    /// first use. The credit is given back.
+    ///
+    /// # Panics
+    ///
+    /// If `arena` is not the arena that made the reservation.
+    pub(crate) fn into_slot(self, arena: &StackArena) -> io::Result<Slot> {
+        let this = ManuallyDrop::new(self);
+        let handle = arena
+            .handles()
+            .find(|h| std::ptr::eq(Arc::as_ptr(h), this.class.as_ptr()))
+            .expect("a reservation used with another arena");
+        let r = arena.slot_of(handle);
+        if r.is_err() {
+            give_credit(handle);
+        }
+        r
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: the arena that made the reservation lives (the type's
+        // contract), and holds the class in an `Arc`: the pointer is valid,
+        // and a count taken on it is a count of that `Arc`.
+        let handle = unsafe {
+            Arc::increment_strong_count(self.class.as_ptr());
+            Arc::from_raw(self.class.as_ptr())
+        };
+        give_credit(&handle);
     }
 }
 
@@ -864,6 +954,105 @@ struct Magazine {
     /// Identifies the class (compared, never dereferenced).
     key: *const ClassHandle,
     slots: Vec<(Arc<ClassHandle>, u32)>,
+    /// Credits of the class this thread took in a batch and has not used
+    /// (see [`take_credit`]); the class, for giving them back.
+    credits: usize,
+    class: Option<Arc<ClassHandle>>,
+}
+
+/// Credits a thread takes from its class's shared count at once, and gives
+/// back at once when it holds twice as many: one shared atomic operation
+/// per this many spawns, not per spawn (the count's cache line would bounce
+/// between the spawning and the finishing workers).
+const CREDIT_BATCH: usize = 16;
+
+/// Takes one credit of `handle`'s class for a slot or a reservation: from
+/// this thread's batch, else a new batch from the class's count. Exact for
+/// classes whose threads cache nothing (small arenas); in the others, up to
+/// `2 * CREDIT_BATCH` credits per thread sit in batches, as up to 32 slots
+/// sit in magazines: under 2% of a big arena's capacity.
+fn take_credit(handle: &Arc<ClassHandle>) -> io::Result<()> {
+    let class = &handle.class;
+    if class.magazine_size() > 0 {
+        let took = MAGAZINES.try_with(|m| {
+            let mut mags = m.borrow_mut();
+            let mag = magazine_for(&mut mags, handle);
+            if mag.credits > 0 {
+                mag.credits -= 1;
+                return true;
+            }
+            match class.credits.take(CREDIT_BATCH) {
+                0 => false,
+                n => {
+                    mag.credits = n - 1;
+                    true
+                }
+            }
+        });
+        match took {
+            Ok(true) => return Ok(()),
+            Ok(false) => return Err(exhausted(class)),
+            // The thread is exiting: straight from the count.
+            Err(_) => {}
+        }
+    }
+    if class.credits.take(1) == 1 {
+        Ok(())
+    } else {
+        Err(exhausted(class))
+    }
+}
+
+/// Gives back one credit of `handle`'s class (a slot was released or a
+/// reservation dropped): into this thread's batch, and half the batch to
+/// the class when it holds two.
+fn give_credit(handle: &Arc<ClassHandle>) {
+    let class = &handle.class;
+    if class.magazine_size() > 0 {
+        let kept = MAGAZINES.try_with(|m| {
+            let mut mags = m.borrow_mut();
+            let mag = magazine_for(&mut mags, handle);
+            mag.credits += 1;
+            if mag.credits >= 2 * CREDIT_BATCH {
+                mag.credits -= CREDIT_BATCH;
+                class.credits.give(CREDIT_BATCH);
+            }
+        });
+        if kept.is_ok() {
+            return;
+        }
+    }
+    class.credits.give(1);
+}
+
+/// The error of a class whose every slot is live or promised.
+fn exhausted(class: &Class) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        format!(
+            "stack arena exhausted: all {} slots of {} KiB are live, promised to coroutines that have not started, or cached by other threads (raise the arena's capacity)",
+            class.geo.capacity,
+            class.geo.stride / 1024
+        ),
+    )
+}
+
+/// This thread's magazine for `handle`'s class, made if missing.
+fn magazine_for<'a>(mags: &'a mut Vec<Magazine>, handle: &Arc<ClassHandle>) -> &'a mut Magazine {
+    let key = Arc::as_ptr(handle);
+    match mags.iter().position(|g| g.key == key) {
+        Some(i) => &mut mags[i],
+        None => {
+            mags.retain(|g| !g.slots.is_empty() || g.credits > 0);
+            mags.push(Magazine {
+                key,
+                slots: Vec::new(),
+                credits: 0,
+                class: Some(Arc::clone(handle)),
+            });
+            mags.last_mut().expect("just pushed")
+        }
+    }
 }
 
 thread_local! {
@@ -871,10 +1060,15 @@ thread_local! {
 }
 
 impl Drop for Magazine {
-    /// On thread exit (or flush), the slots go back to their classes' pools.
+    /// On thread exit (or flush), the slots go back to their classes' pools
+    /// and the credits to their counts.
     fn drop(&mut self) {
         for (class, i) in self.slots.drain(..) {
             class.class.alloc.release(i);
+        }
+        if let Some(class) = self.class.take() {
+            class.class.credits.give(self.credits);
+            self.credits = 0;
         }
     }
 }
@@ -885,7 +1079,7 @@ impl Drop for Magazine {
 pub(crate) fn flush_thread_magazines() {
     let _ = MAGAZINES.try_with(|m| {
         let mut mags = m.borrow_mut();
-        if mags.iter().any(|g| !g.slots.is_empty()) {
+        if mags.iter().any(|g| !g.slots.is_empty() || g.credits > 0) {
             mags.clear();
         }
     });
@@ -905,21 +1099,11 @@ fn magazine_put(class: Arc<ClassHandle>, index: u32) -> Result<(), (Arc<ClassHan
     if cap == 0 {
         return Err((class, index));
     }
-    let key = Arc::as_ptr(&class);
     let mut item = Some((class, index));
     let _ = MAGAZINES.try_with(|m| {
         let mut mags = m.borrow_mut();
-        let mag = match mags.iter().position(|g| g.key == key) {
-            Some(i) => &mut mags[i],
-            None => {
-                mags.retain(|g| !g.slots.is_empty());
-                mags.push(Magazine {
-                    key,
-                    slots: Vec::with_capacity(cap),
-                });
-                mags.last_mut().expect("just pushed")
-            }
-        };
+        let handle = &item.as_ref().expect("not yet placed").0;
+        let mag = magazine_for(&mut mags, handle);
         if mag.slots.len() < cap {
             mag.slots.push(item.take().expect("not yet placed"));
         }

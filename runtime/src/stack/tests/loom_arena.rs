@@ -135,3 +135,29 @@ fn loom_trim_never_claims_a_fresh_slot() {
         assert!(a.is_live(0), "a live slot reads as not live");
     });
 }
+
+/// Credits (`Credits`, the promise of a slot a spawn takes): two threads
+/// taking batches from a count that cannot serve both in full never get
+/// more than exist between them, and what they give back is all there.
+#[test]
+fn loom_credits_are_never_over_granted_or_lost() {
+    use crate::stack::arena::Credits;
+    loom::model(|| {
+        let c = Arc::new(Credits::new(3));
+        let c2 = Arc::clone(&c);
+        let t = thread::spawn(move || {
+            let got = c2.take(2);
+            c2.give(got.min(1));
+            got - got.min(1)
+        });
+        let mine = c.take(2);
+        let theirs = t.join().unwrap();
+        assert!(mine <= 2, "took {mine} of a batch of 2");
+        assert!(
+            mine + theirs + c.free() == 3,
+            "credits over-granted or lost: mine {mine}, theirs {theirs}, free {}",
+            c.free()
+        );
+        assert!(c.take(1) == usize::from(mine + theirs < 3));
+    });
+}
