@@ -168,6 +168,18 @@ fn http_hello_answers_keep_alive_requests() {
     c.read_to_string(&mut resp).unwrap();
     assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 2, "{resp}");
     assert_eq!(resp.matches("Hello, world!").count(), 2, "{resp}");
+
+    // 16 pipelined in one write (answered with one write), then one split
+    // across two writes in the middle of its header.
+    let mut c = TcpStream::connect(&addr).expect("connect to http_hello");
+    c.write_all(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(16))
+        .unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    c.write_all(b"st: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 17, "{resp}");
 }
 
 #[test]
