@@ -42,9 +42,9 @@
 
 pub use greenstack_macros::{main, spawn, test};
 pub use greenstack_runtime::{
-    block_on_future, coroutine_local, current, park, spawn, spawn_blocking, try_current, yield_now,
-    AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime,
-    RuntimeBuilder, RuntimeStats,
+    block_on_future, coroutine_local, current, park, scope, spawn, spawn_blocking, try_current,
+    yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey,
+    Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
 };
 pub use greenstack_runtime::{net, stack, sync, time};
 

@@ -60,6 +60,7 @@ pub(crate) mod join;
 mod local;
 pub(crate) mod park;
 mod refcount;
+mod scope;
 mod task;
 mod trimmer;
 mod watchdog;
@@ -85,6 +86,7 @@ use self::task::{HeaderInit, NewTask, Stack, TaskRef};
 use crate::stack::{ArenaBuilder, ArenaStats, GuardMode, StackArena};
 
 pub use self::local::{AccessError, LocalKey};
+pub use self::scope::{scope, Scope, ScopedJoinHandle};
 pub use self::task::{Cancelled, Coroutine, CoroutineId, JoinHandle};
 pub use blocking::spawn_blocking;
 
