@@ -792,3 +792,59 @@ fn runtime_dropped_inside_its_own_coroutine_stops_cleanly() {
     rx.recv()
         .expect("the coroutine ran past dropping its own runtime");
 }
+
+/// `join_timeout`: the handle back (never before the timeout) while the
+/// coroutine runs, then its value; at once when it has finished; from a
+/// coroutine and from a plain thread; and `join_deadline` past the
+/// deadline checks once.
+#[test]
+fn join_timeout_gives_the_handle_back_then_the_value() {
+    let rt = runtime(2);
+    let slow = || {
+        greenstack::time::sleep(Duration::from_millis(150));
+        7
+    };
+    let from_coroutine = rt.block_on_worker(move || {
+        let h = greenstack::spawn(slow);
+        let t = Instant::now();
+        let h = h
+            .join_timeout(Duration::from_millis(20))
+            .expect_err("still sleeping");
+        let waited = t.elapsed();
+        let v = h.join_timeout(Duration::from_secs(60)).expect("finished");
+        (waited, v.unwrap())
+    });
+    assert!(
+        from_coroutine.0 >= Duration::from_millis(20),
+        "{from_coroutine:?}"
+    );
+    assert_eq!(from_coroutine.1, 7);
+
+    let h = rt.spawn(slow);
+    let t = Instant::now();
+    let h = h
+        .join_timeout(Duration::from_millis(20))
+        .expect_err("still sleeping");
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    let h = h
+        .join_deadline(Instant::now())
+        .expect_err("a deadline passed");
+    assert_eq!(h.join().unwrap(), 7);
+
+    let done = rt.spawn(|| 8);
+    while !done.is_finished() {
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        done.join_timeout(Duration::ZERO)
+            .expect("finished")
+            .unwrap(),
+        8
+    );
+    let panics = rt.spawn(|| -> u8 { panic!("joined with a timeout") });
+    let p = panics
+        .join_timeout(Duration::from_secs(60))
+        .expect("finished")
+        .expect_err("it panicked");
+    assert_eq!(panic_message(p.as_ref()), Some("joined with a timeout"));
+}

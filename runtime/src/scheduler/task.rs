@@ -15,6 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use std::time::{Duration, Instant};
 
 use super::join::{JoinState, Outcome};
 use super::park::ParkState;
@@ -778,6 +779,64 @@ impl<T> JoinHandle<T> {
         into_result(self.take_outcome())
     }
 
+    /// Waits at most `timeout` for the coroutine to finish: `Ok` with what
+    /// [`join`](Self::join) would return, or `Err` with the handle back if
+    /// it has not finished by then (join it later, or drop it to detach).
+    ///
+    /// Never returns `Err` early: the wait lasts at least `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let rt = greenstack_runtime::Runtime::new()?;
+    /// rt.block_on(|| {
+    ///     let slow = greenstack_runtime::spawn(|| {
+    ///         greenstack_runtime::time::sleep(Duration::from_millis(200));
+    ///         7
+    ///     });
+    ///     let slow = slow.join_timeout(Duration::from_millis(10)).expect_err("still running");
+    ///     assert_eq!(slow.join().unwrap(), 7);
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn join_timeout(self, timeout: Duration) -> Result<std::thread::Result<T>, JoinHandle<T>> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.join_deadline(deadline),
+            None => Ok(self.join()),
+        }
+    }
+
+    /// [`join_timeout`](Self::join_timeout) with a deadline.
+    pub fn join_deadline(self, deadline: Instant) -> Result<std::thread::Result<T>, JoinHandle<T>> {
+        let finished = {
+            let state = self.state().expect("join handle already used");
+            if state.is_complete() {
+                true
+            } else {
+                let waker = super::current_waker();
+                loop {
+                    if state.register(&waker) {
+                        break true;
+                    }
+                    if Instant::now() >= deadline {
+                        // Leave no waker of ours behind: a later completion
+                        // must not unpark us while we wait for something
+                        // else. (`true`: it completed meanwhile.)
+                        break state.register(&noop_waker());
+                    }
+                    crate::time::park_until(Some(deadline));
+                }
+            }
+        };
+        if finished {
+            let mut this = self;
+            Ok(into_result(this.take_outcome()))
+        } else {
+            Err(self)
+        }
+    }
+
     /// Whether the coroutine has finished (its value is ready).
     pub fn is_finished(&self) -> bool {
         self.state().is_some_and(|s| s.is_complete())
@@ -791,6 +850,15 @@ impl<T> JoinHandle<T> {
             Owner::Blocking(_) | Owner::Taken => None,
         }
     }
+}
+
+/// A waker that does nothing (`Waker::noop` is newer than our MSRV).
+fn noop_waker() -> std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    std::task::Waker::from(Arc::new(Noop))
 }
 
 fn into_result<T>(o: Outcome<T>) -> std::thread::Result<T> {
