@@ -615,3 +615,64 @@ fn memory_child() {
     );
     assert_eq!(rt.stats().timers, 0);
 }
+
+/// `Interval`: ticks due at `start + n * period` whatever the caller does
+/// between them, never returned early; missed ticks per the behaviour
+/// (burst: all of them at once; delay: one, then a period from now; skip:
+/// one, then back on the original schedule). From a coroutine and from a
+/// plain thread.
+#[test]
+fn interval_ticks_without_drift_and_handles_missed_ticks() {
+    use greenstack::time::{interval_at, MissedTickBehavior};
+    let period = Duration::from_millis(10);
+    let check = move || {
+        // No drift: 3 ms of work between ticks moves no due instant.
+        let start = Instant::now() + period;
+        let mut every = interval_at(start, period);
+        for n in 0..5u32 {
+            let due = every.tick();
+            assert_eq!(due, start + period * n);
+            assert!(Instant::now() >= due, "tick {n} returned early");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        // Burst: a 35 ms pause misses the ticks due meanwhile; each comes
+        // back at once, in order, then the schedule goes on.
+        let mut burst = interval_at(Instant::now(), period);
+        let start = burst.tick();
+        std::thread::sleep(Duration::from_millis(35));
+        for n in 1..=3u32 {
+            assert_eq!(burst.tick(), start + period * n);
+        }
+        assert_eq!(burst.deadline(), start + period * 4);
+        // Delay: one tick for the missed ones, then a period from it.
+        let mut delay = interval_at(Instant::now(), period);
+        delay.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let start = delay.tick();
+        std::thread::sleep(Duration::from_millis(35));
+        assert_eq!(delay.tick(), start + period);
+        assert!(
+            delay.deadline() > start + period * 3,
+            "{:?}",
+            delay.deadline() - start
+        );
+        // Skip: one tick, then the first instant of the original schedule
+        // after now.
+        let mut skip = interval_at(Instant::now(), period);
+        skip.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let start = skip.tick();
+        std::thread::sleep(Duration::from_millis(35));
+        assert_eq!(skip.tick(), start + period);
+        let next = skip.deadline() - start;
+        assert_eq!(
+            next.as_nanos() % period.as_nanos(),
+            0,
+            "{next:?} is off the schedule"
+        );
+        assert!(next >= period * 4, "{next:?}: a missed tick was kept");
+    };
+    bounded("intervals on a plain thread", check);
+    let rt = Runtime::new().unwrap();
+    bounded("intervals in a coroutine", move || {
+        rt.block_on_worker(check)
+    });
+}

@@ -183,3 +183,117 @@ pub(crate) fn park_until(deadline: Option<Instant>) {
         }
     }
 }
+
+/// What an [`Interval`] does with ticks it missed (the caller was busy past
+/// one or more of them), as tokio's `MissedTickBehavior`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissedTickBehavior {
+    /// Fire the missed ticks at once, one per call, until caught up: the
+    /// count of ticks over a long run is exact. The default.
+    #[default]
+    Burst,
+    /// Fire once now and go on at `period` from now: the schedule shifts.
+    Delay,
+    /// Fire once now and go on with the original schedule, skipping the
+    /// missed ticks.
+    Skip,
+}
+
+/// Ticks at a fixed period without drift: the `n`-th tick is due at
+/// `start + n * period`, however long the caller took between ticks. Made
+/// by [`interval`] or [`interval_at`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// # let rt = greenstack_runtime::Runtime::new()?;
+/// rt.block_on(|| {
+///     let start = Instant::now();
+///     let mut every = greenstack_runtime::time::interval(Duration::from_millis(10));
+///     for _ in 0..4 {
+///         every.tick(); // the first tick is at once
+///     }
+///     assert!(start.elapsed() >= Duration::from_millis(30));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Interval {
+    next: Instant,
+    period: Duration,
+    missed: MissedTickBehavior,
+}
+
+/// An [`Interval`] whose first tick is at once.
+///
+/// # Panics
+///
+/// If `period` is zero.
+pub fn interval(period: Duration) -> Interval {
+    interval_at(Instant::now(), period)
+}
+
+/// An [`Interval`] whose first tick is at `start`.
+///
+/// # Panics
+///
+/// If `period` is zero.
+pub fn interval_at(start: Instant, period: Duration) -> Interval {
+    assert!(!period.is_zero(), "an interval's period must be non-zero");
+    Interval {
+        next: start,
+        period,
+        missed: MissedTickBehavior::default(),
+    }
+}
+
+impl Interval {
+    /// Waits until the next tick is due (at once if it already is) and
+    /// returns the instant it was due at. Parks the calling coroutine, or
+    /// blocks a plain thread.
+    pub fn tick(&mut self) -> Instant {
+        let due = self.next;
+        sleep_until(due);
+        let now = Instant::now();
+        self.next = match self.missed {
+            MissedTickBehavior::Burst => due + self.period,
+            // Only if a tick was missed: on schedule, the next is one
+            // period on.
+            _ if now < due + self.period => due + self.period,
+            MissedTickBehavior::Delay => now + self.period,
+            MissedTickBehavior::Skip => {
+                // The first tick of the original schedule after now.
+                let behind = (now - due).as_nanos() / self.period.as_nanos();
+                let steps = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+                due + self.period * steps
+            }
+        };
+        due
+    }
+
+    /// When the next tick is due.
+    pub fn deadline(&self) -> Instant {
+        self.next
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// What happens to missed ticks (default [`MissedTickBehavior::Burst`]).
+    pub fn missed_tick_behavior(&self) -> MissedTickBehavior {
+        self.missed
+    }
+
+    /// Sets what happens to missed ticks.
+    pub fn set_missed_tick_behavior(&mut self, behavior: MissedTickBehavior) {
+        self.missed = behavior;
+    }
+
+    /// Restarts the schedule: the next tick is one period from now.
+    pub fn reset(&mut self) {
+        self.next = Instant::now() + self.period;
+    }
+}
