@@ -5,7 +5,8 @@
 //! so none starves under contention. Timeouts use the worker's timers.
 //!
 //! - [`Mutex`], [`RwLock`], [`Condvar`], [`Semaphore`], [`Barrier`],
-//!   [`WaitGroup`]: not poisoned by panics (their guards just unlock).
+//!   [`WaitGroup`], [`Notify`]: not poisoned by panics (their guards just
+//!   unlock).
 //! - [`mpsc`]: std's channel API and semantics; [`mpmc`]: both ends clone;
 //!   [`oneshot`]: one value. As std's, dropping the last receiver drops
 //!   the values still queued, there and then.
@@ -29,10 +30,12 @@ mod condvar;
 pub mod mpmc;
 pub mod mpsc;
 mod mutex;
+mod notify;
 pub mod oneshot;
 mod semaphore;
 mod wait;
 
 pub use condvar::{Barrier, BarrierWaitResult, Condvar, WaitGroup, WaitTimeoutResult};
 pub use mutex::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use notify::Notify;
 pub use semaphore::{Semaphore, SemaphoreGuard};
