@@ -6,7 +6,7 @@
 //!
 //! - [`Mutex`], [`RwLock`], [`Condvar`], [`Semaphore`], [`Barrier`],
 //!   [`WaitGroup`], [`Notify`]: not poisoned by panics (their guards just
-//!   unlock).
+//!   unlock). [`OnceLock`]: std's, with initializers that park.
 //! - [`mpsc`]: std's channel API and semantics; [`mpmc`]: both ends clone;
 //!   [`oneshot`]: one value. As std's, dropping the last receiver drops
 //!   the values still queued, there and then.
@@ -31,6 +31,7 @@ pub mod mpmc;
 pub mod mpsc;
 mod mutex;
 mod notify;
+mod once;
 pub mod oneshot;
 mod semaphore;
 mod wait;
@@ -38,4 +39,5 @@ mod wait;
 pub use condvar::{Barrier, BarrierWaitResult, Condvar, WaitGroup, WaitTimeoutResult};
 pub use mutex::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use notify::Notify;
+pub use once::OnceLock;
 pub use semaphore::{Semaphore, SemaphoreGuard};

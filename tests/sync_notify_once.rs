@@ -1,7 +1,7 @@
 //! `sync::Notify`: tokio's semantics for blocking code, from coroutines and
 //! plain threads: a stored permit, `notify_one` wakes one waiter,
 //! `notify_waiters` wakes all of them and stores nothing, and timeouts are
-//! never early.
+//! never early. `sync::OnceLock`: std's, with initializers that park.
 
 mod common;
 
@@ -78,5 +78,46 @@ fn notify_one_wakes_one_and_notify_waiters_wakes_the_rest() {
             !n.notified_timeout(Duration::from_millis(10)),
             "notify_waiters left a permit"
         );
+    });
+}
+
+/// `OnceLock` on one worker: a second caller arrives while the first one's
+/// initializer sleeps (parks); it parks too, instead of blocking the
+/// worker the initializer needs, and both get the first's value. A
+/// panicking initializer leaves the cell empty for the next.
+#[test]
+fn once_lock_initializers_park_and_a_panic_leaves_it_empty() {
+    use greenstack::sync::OnceLock;
+    bounded("OnceLock on one worker", || {
+        let rt = greenstack::RuntimeBuilder::default()
+            .workers(1)
+            .build()
+            .unwrap();
+        let cell: Arc<OnceLock<u32>> = Arc::new(OnceLock::new());
+        let (a, b) = (cell.clone(), cell.clone());
+        let got = rt.block_on(move || {
+            let first = greenstack::spawn(move || {
+                *a.get_or_init(|| {
+                    greenstack::time::sleep(Duration::from_millis(50));
+                    5
+                })
+            });
+            let second = greenstack::spawn(move || {
+                greenstack::time::sleep(Duration::from_millis(10));
+                *b.get_or_init(|| 6)
+            });
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        assert_eq!(got, (5, 5));
+        assert_eq!(cell.set(7), Err(7));
+
+        let fresh: OnceLock<u32> = OnceLock::new();
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fresh.get_or_init(|| panic!("the initializer fails"));
+        }));
+        assert!(p.is_err());
+        assert_eq!(fresh.get(), None);
+        assert_eq!(*fresh.get_or_init(|| 9), 9);
+        assert_eq!(fresh.into_inner(), Some(9));
     });
 }
