@@ -4,11 +4,18 @@
 //!
 //! Run with `cargo run --release --example http_hello [ADDR]` (default
 //! `127.0.0.1:8080`), then `curl http://127.0.0.1:8080/` or
-//! `wrk -c 100 -d 10s http://127.0.0.1:8080/`.
+//! `wrk -c 100 -d 10s http://127.0.0.1:8080/`. SIGTERM or Ctrl-C stops it
+//! gracefully: it stops accepting once the open connections have closed
+//! (at most 5 s later).
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use greenstack::net::{TcpListener, TcpStream};
+use greenstack::signal::Signals;
+use greenstack::sync::WaitGroup;
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
@@ -71,24 +78,56 @@ fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
+    // Before the listener: from here on SIGTERM and SIGINT are ours.
+    let signals = Signals::new(&[libc::SIGTERM, libc::SIGINT])?;
     let listener = TcpListener::bind(&addr)?;
-    println!("http_hello listening on http://{}/", listener.local_addr()?);
-    loop {
+    let local = listener.local_addr()?;
+    println!("http_hello listening on http://{local}/");
+    let open = Arc::new(WaitGroup::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (connections, stop) = (Arc::clone(&open), Arc::clone(&stopping));
+    let acceptor = greenstack::spawn!(name = "acceptor", move || loop {
         match listener.accept() {
+            // Told to stop: the listener closes here, so new connections
+            // are refused from now on.
+            Ok(_) if stop.load(Ordering::Acquire) => return,
             Ok((conn, _)) => {
+                connections.add(1);
+                let open = Arc::clone(&connections);
                 greenstack::spawn(move || {
                     // A client that resets mid-request is its own business.
                     let _ = serve(conn);
+                    open.done();
                 });
             }
+            // The runtime shuts down: stop.
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             // Out of fds (a load tool opening more connections than the
             // limit allows) or a connection reset before it was accepted:
-            // the server serves on.
-            // A pause, so running out of fds is not a busy loop.
+            // serve on, after a pause (running out of fds is no busy loop).
             Err(e) => {
                 eprintln!("http_hello: accept: {e}");
-                greenstack::time::sleep(std::time::Duration::from_millis(10));
+                greenstack::time::sleep(Duration::from_millis(10));
             }
         }
-    }
+    });
+    // Graceful shutdown: on SIGTERM or SIGINT, stop taking connections,
+    // then wait for the open ones to close (at most 5 s: returning from
+    // main drops the runtime, which cancels what still runs).
+    let sig = signals.recv()?;
+    stopping.store(true, Ordering::Release);
+    // Wake the acceptor with a connection of our own.
+    drop(TcpStream::connect(local));
+    let _ = acceptor.join();
+    println!("http_hello: signal {sig}, draining");
+    let drained = open.wait_timeout(Duration::from_secs(5));
+    println!(
+        "http_hello: {}",
+        if drained {
+            "drained"
+        } else {
+            "drain timed out"
+        }
+    );
+    Ok(())
 }

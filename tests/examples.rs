@@ -109,10 +109,7 @@ fn async_interop_runs() {
 
 /// Kills the server when the test ends, however it ends. Keeps the read
 /// end of its stdout open meanwhile, so its prints do not fail.
-struct Server(
-    Child,
-    #[allow(dead_code)] BufReader<std::process::ChildStdout>,
-);
+struct Server(Child, BufReader<std::process::ChildStdout>);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -180,6 +177,43 @@ fn http_hello_answers_keep_alive_requests() {
     let mut resp = String::new();
     c.read_to_string(&mut resp).unwrap();
     assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 17, "{resp}");
+}
+
+/// SIGTERM drains http_hello: it stops accepting, keeps serving the open
+/// connection, and exits with status 0 once that one closes.
+#[test]
+fn http_hello_drains_on_sigterm() {
+    let (mut server, addr) = start_server("http_hello");
+    let mut c = TcpStream::connect(&addr).expect("connect to http_hello");
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    c.write_all(request).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+    // SAFETY: a signal to the child we started.
+    assert_eq!(
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let mut line = String::new();
+    server.1.read_line(&mut line).unwrap();
+    assert!(line.contains("draining"), "{line:?}");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "a new connection was accepted while draining"
+    );
+    c.write_all(request).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200 OK"),
+        "not served while draining"
+    );
+    drop(c);
+    let status = server.0.wait().unwrap();
+    let mut rest = String::new();
+    server.1.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(rest.contains("drained"), "{line:?} then {rest:?}");
 }
 
 #[test]

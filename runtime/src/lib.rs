@@ -59,6 +59,9 @@ pub mod net;
 pub mod hook;
 
 #[cfg(not(greenstack_loom))]
+pub mod signal;
+
+#[cfg(not(greenstack_loom))]
 pub use scheduler::{
     block_on_future, current, park, scope, spawn, spawn_blocking, try_current, yield_now,
     AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime,
