@@ -44,6 +44,11 @@ impl Args {
         })
     }
 
+    /// Whether the parameter `key` is given and not 0 (`cold=1`).
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key, 0) != 0
+    }
+
     /// The parameters as `key=value` pairs, for echoing them back.
     pub fn echo(&self) -> String {
         self.kv
@@ -113,6 +118,21 @@ pub fn measure(budget_ms: u64, mut once: impl FnMut() -> (Duration, u64)) -> (f6
         iters += 1;
     }
     (total.as_nanos() as f64 / ops as f64, iters)
+}
+
+/// `measure`, or with `cold` the first pass alone, timed, with no warm-up
+/// before it (what a fresh process sees: stacks, queues and allocator
+/// caches not yet grown). Returns (ns per operation, timed iterations).
+pub fn measure_or_cold(
+    cold: bool,
+    budget_ms: u64,
+    mut once: impl FnMut() -> (Duration, u64),
+) -> (f64, u64) {
+    if cold {
+        let (t, n) = once();
+        return (t.as_nanos() as f64 / n as f64, 1);
+    }
+    measure(budget_ms, once)
 }
 
 /// Prints the one result line (with the peak RSS added unless given).

@@ -10,7 +10,10 @@ workload on every peer alternately (greenstack, tokio, may, go, greenstack,
 ...) for several repetitions, one process per run, takes the median of each
 peer's runs, and writes the table, the machine, the versions, the notes on
 what a peer could not do, and an SVG chart of greenstack's ratio to the best
-peer. See benches/README.md.
+peer. The HTTP rows start a server per run (greenstack's
+`examples/http_hello`, may_minihttp's hello world, hyper on tokio) and
+drive it with wrk (installed from Debian when missing). See
+benches/README.md.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -100,7 +107,65 @@ def rust_binary(peer: str) -> Path:
     return TARGET / f"compare-{peer}" / "release" / f"compare-{peer}"
 
 
-def build(peers: list[str], go_cmd: list[str]) -> None:
+# The HTTP servers of the `http` workload: one program per peer that has
+# one, each called as `PROGRAM ADDR` (may's also takes its worker count)
+# and answering every request with HTTP_BODY. greenstack's is the
+# repository's own `examples/http_hello`, built from the workspace root;
+# the others are small crates beside this file.
+HTTP_PEERS = ("greenstack", "tokio", "may")
+HTTP_CRATES = {"tokio": "tokio_http", "may": "may_http"}
+HTTP_WORKERS = 2
+
+
+def http_server_binary(peer: str) -> Path:
+    if peer == "greenstack":
+        return TARGET / "compare-http_hello" / "release" / "examples" / "http_hello"
+    crate = HTTP_CRATES[peer]
+    return TARGET / f"compare-{crate}" / "release" / f"compare-{crate.replace('_', '-')}"
+
+
+def http_server_argv(peer: str, addr: str) -> list[str]:
+    argv = [str(http_server_binary(peer)), addr]
+    if peer == "may":
+        argv.append(str(HTTP_WORKERS))
+    return argv
+
+
+def rust_release_env(target_dir: Path) -> dict[str, str]:
+    """cargo's environment for a release build into `target_dir`, with the
+    same profile as the peer crates' (`lto = true`, `codegen-units = 1`),
+    which the workspace root's own release profile does not set."""
+    return dict(
+        os.environ,
+        CARGO_TARGET_DIR=str(target_dir),
+        CARGO_PROFILE_RELEASE_LTO="true",
+        CARGO_PROFILE_RELEASE_CODEGEN_UNITS="1",
+    )
+
+
+def build(peers: list[str], go_cmd: list[str], programs: bool = True, http: bool = False) -> None:
+    """Builds the workload programs of `peers` (with `programs`) and their
+    HTTP servers (with `http`)."""
+    if http:
+        for peer in [p for p in peers if p in HTTP_PEERS]:
+            if peer == "greenstack":
+                log("building greenstack's HTTP server (cargo build --release --example http_hello)")
+                subprocess.run(
+                    ["cargo", "build", "--release", "--quiet", "--example", "http_hello"],
+                    cwd=ROOT,
+                    env=rust_release_env(TARGET / "compare-http_hello"),
+                    check=True,
+                )
+            else:
+                crate = HTTP_CRATES[peer]
+                log(f"building {peer}'s HTTP server ({crate}, cargo build --release)")
+                subprocess.run(
+                    ["cargo", "build", "--release", "--quiet", "--manifest-path", str(HERE / crate / "Cargo.toml")],
+                    env=rust_release_env(TARGET / f"compare-{crate}"),
+                    check=True,
+                )
+    if not programs:
+        return
     for peer in peers:
         if peer == "go":
             log("building go peer")
@@ -188,6 +253,31 @@ def cases(quick: bool) -> list[Case]:
         100: dict(workers=2, n=100, trips=2000 if not quick else 500, budget_ms=b // 2),
         1000: dict(workers=2, n=1000, trips=200 if not quick else 50, budget_ms=b // 2),
     }
+    # What users write (issue 19): the spawner in main's body (greenstack's
+    # `#[greenstack::main]`, `#[tokio::main]`, may's main thread, Go's main
+    # goroutine), cold (the first pass in a fresh process, cold=1) next to
+    # warm; greenstack also from `block_on`'s root. One group: their
+    # repetitions alternate, so cold and warm are taken under the same
+    # conditions.
+    sj = dict(workers=2, n=200_000 if quick else 1_000_000, budget_ms=b)
+    for temp, cold in (("warm", 0), ("cold", 1)):
+        out.append(Case(f"spawn_join_main_{temp}", "spawn_join_main", dict(sj, cold=cold), group="spawn_join_main"))
+    for temp, cold in (("warm", 0), ("cold", 1)):
+        out.append(
+            Case(
+                f"spawn_join_root_{temp}",
+                "spawn_join_root",
+                dict(sj, cold=cold),
+                only_peers=("greenstack",),
+                group="spawn_join_main",
+            )
+        )
+    ds = dict(workers=2, n=1000, depth=256, stack=1 << 20, budget_ms=b)
+    for shape in ("main", "run"):
+        for temp, cold in (("warm", 0), ("cold", 1)):
+            out.append(
+                Case(f"deep_stack_{shape}_{temp}", f"deep_stack_{shape}", dict(ds, cold=cold), group="deep_stack_main")
+            )
     for n, p in tcp.items():
         out.append(Case(f"tcp_echo_{n}", "tcp_echo", dict(p), group=f"tcp_{n}"))
         # tcp_echo with std::net's blocking sockets inside greenstack's
@@ -196,6 +286,22 @@ def cases(quick: bool) -> list[Case]:
         # (issue 18), its repetitions interleaved with tcp_echo's.
         out.append(
             Case(f"tcp_echo_std_{n}", "tcp_echo_std", dict(p), only_peers=("greenstack",), group=f"tcp_{n}")
+        )
+    # HTTP: a server per run, driven by wrk over loopback (see run_http):
+    # 100 and 1,000 connections, one request in flight on each, and
+    # TechEmpower's plaintext shape, 256 connections with 16 requests
+    # pipelined on each. One wrk thread: the client shares the 2 CPUs with
+    # the server's 2 workers.
+    secs = 1 if quick else 4
+    for cid, conns, depth in (("http_100", 100, 0), ("http_1000", 1000, 0), ("http_256_pipelined", 256, 16)):
+        out.append(
+            Case(
+                cid,
+                "http",
+                dict(conns=conns, threads=1, duration_s=secs, pipeline=depth),
+                only_peers=HTTP_PEERS,
+                group="http",
+            )
         )
     return out
 
@@ -253,7 +359,10 @@ def crash_reason(proc: subprocess.CompletedProcess) -> str:
 def run_once(peer: str, case: Case) -> Run:
     """One process: its RESULT line, or why there was none. A process that
     panicked and then neither printed a result nor exited within
-    PANIC_GRACE_S (may can deadlock after a failed spawn) is killed."""
+    PANIC_GRACE_S (may can deadlock after a failed spawn) is killed. The
+    `http` workload is a server and a wrk run instead: see run_http."""
+    if case.workload == "http":
+        return run_http(peer, case)
     t = time.monotonic()
     proc = subprocess.Popen(
         [str(binary(peer))] + case.argv(),
@@ -306,10 +415,242 @@ def run_once(peer: str, case: Case) -> Run:
     return Run(True, fields=res, seconds=secs)
 
 
+# --------------------------------------------------------------------------
+# HTTP: a server per run, driven by wrk
+
+HTTP_PATH = "/plaintext"
+HTTP_BODY = b"Hello, world!"  # what examples/http_hello answers; the others too
+PIPELINE_LUA = HERE / "pipeline.lua"
+WRK_TIMEOUT_S = 8  # wrk's --timeout, TechEmpower's value (wrk's default: 2 s)
+# Why the pipelined row has no latency figures (wrk 4.1's `stats_correct`
+# and `stats_percentile` in src/stats.c, `interval` in src/wrk.c).
+PIPELINED_LATENCY = (
+    "wrk records one latency per pipelined batch, but its coordinated-omission "
+    "correction takes the expected interval from the count of responses, 16 per "
+    "batch, so it adds synthetic samples, many below the smallest recorded one, "
+    "which its percentile walk never reaches while they still count: the "
+    "percentiles are shifted, and the upper ones can come out as 0"
+)
+SERVER_READY_S = 15  # how long a server may take to answer its first request
+# Why wrk is missing (None: it is there or not yet looked for).
+WRK_MISSING: str | None = None
+
+
+def ensure_wrk() -> None:
+    """wrk from Debian's package, installed with apt-get when not on PATH
+    (the harness runs as root; if the install fails, `apt-get update` and
+    a second try); if that fails too, every http run says why."""
+    global WRK_MISSING
+    if shutil.which("wrk"):
+        return
+    log("no wrk on PATH: installing Debian's package (apt-get install -y wrk)")
+    why = ""
+    for cmd in (["apt-get", "install", "-y", "-q", "wrk"], ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "wrk"]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            why = f"`{' '.join(cmd)}` failed: {e}"
+            break
+        if r.returncode != 0:
+            tail = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+            why = f"`{' '.join(cmd)}` failed: {tail}"
+        if shutil.which("wrk"):
+            return
+    WRK_MISSING = f"wrk is not installed and apt-get did not install it ({why or 'no error given'})"
+    log(WRK_MISSING)
+
+
+def raise_nofile() -> None:
+    """The soft open-file limit up to the hard one, for this process and so
+    for the servers and wrk it starts (1,000 connections need 1,000
+    descriptors on each side; examples/http_hello does not raise its own)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, timeout: float = 2.0) -> bytes:
+    """One `GET HTTP_PATH` on a fresh connection: the whole response (head
+    and a Content-Length body). Raises OSError when nobody answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {HTTP_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        buf = b""
+        while True:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end >= 0:
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", buf[:head_end])
+                if m and len(buf) >= head_end + 4 + int(m.group(1)):
+                    return buf[: head_end + 4 + int(m.group(1))]
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf
+            buf += chunk
+
+
+def check_response(resp: bytes) -> str:
+    """Why a probe's response is not `200` with HTTP_BODY ("" when it is)."""
+    head, _, body = resp.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if not re.match(rb"HTTP/1\.[01] 200\b", status):
+        return f"status line {status[:60]!r}"
+    if body != HTTP_BODY:
+        return f"body {body[:60]!r}, not {HTTP_BODY!r}"
+    return ""
+
+
+def parse_duration_ms(text: str) -> float:
+    """wrk's latency figure (`812.00us`, `1.23ms`, `2.00s`, `1.50m`) in ms."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, str]:
+    """The figures of wrk's report (with `--latency`)."""
+    f: dict[str, str] = {}
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if m:
+        f["req_s"] = m.group(1)
+    for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        try:
+            if m:
+                f[key] = f"{parse_duration_ms(m.group(1)):.3f}"
+        except ValueError:
+            pass  # an unknown unit: the figure is left out, not misread
+    m = re.search(r"^\s*(\d+) requests in ([\d.]+\w+)", out, re.M)
+    if m:
+        f["requests"] = m.group(1)
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        f["socket_errors"] = "connect {},read {},write {},timeout {}".format(*m.groups())
+        f["socket_error_count"] = str(sum(int(x) for x in m.groups()))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    f["non_2xx"] = m.group(1) if m else "0"
+    return f
+
+
+def wrk_argv(case: Case, port: int) -> list[str]:
+    p = case.params
+    argv = [
+        "wrk",
+        f"-t{p['threads']}",
+        f"-c{p['conns']}",
+        f"-d{p['duration_s']}s",
+        f"--timeout={WRK_TIMEOUT_S}s",
+        "--latency",
+        f"http://127.0.0.1:{port}{HTTP_PATH}",
+    ]
+    if p.get("pipeline"):
+        argv += ["-s", str(PIPELINE_LUA), "--", str(p["pipeline"])]
+    return argv
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 3 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_http(peer: str, case: Case) -> Run:
+    """One `http` run: the peer's server started on a free loopback port,
+    waited for until it answers `GET HTTP_PATH` with HTTP_BODY, driven by
+    wrk, then stopped. The server's peak RSS (VmHWM) is read just before."""
+    t = time.monotonic()
+    if WRK_MISSING or not shutil.which("wrk"):
+        return Run(False, reason=WRK_MISSING or "wrk is not installed", seconds=0.0)
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    log_file = tempfile.TemporaryFile(mode="w+", errors="replace")
+    proc = subprocess.Popen(http_server_argv(peer, addr), stdout=log_file, stderr=subprocess.STDOUT)
+
+    def server_said() -> str:
+        log_file.seek(0)
+        lines = [ln.strip() for ln in log_file.read().splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def fail(reason: str) -> Run:
+        stop(proc)
+        said = server_said()
+        if said and said not in reason:
+            reason += f"; the server's last line: {said}"
+        log_file.close()
+        return Run(False, reason=reason, seconds=time.monotonic() - t)
+
+    # Until it answers, correctly.
+    deadline = time.monotonic() + SERVER_READY_S
+    resp = b""
+    while True:
+        if proc.poll() is not None:
+            return fail(f"the server exited before answering (exit code {proc.returncode})")
+        try:
+            resp = http_get(port)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                return fail(f"the server did not answer within {SERVER_READY_S} s")
+            time.sleep(0.05)
+    wrong = check_response(resp)
+    if wrong:
+        return fail(f"wrong answer to GET {HTTP_PATH}: {wrong}")
+    argv = wrk_argv(case, port)
+    try:
+        wrk = subprocess.run(argv, capture_output=True, text=True, timeout=case.params["duration_s"] + 60)
+    except subprocess.TimeoutExpired:
+        return fail("wrk did not finish: killed")
+    if proc.poll() is not None:
+        return fail(f"the server exited while driven (exit code {proc.returncode})")
+    peak = 0
+    try:
+        for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if ln.startswith("VmHWM:"):
+                peak = int(ln.split()[1])
+    except OSError:
+        pass
+    stop(proc)
+    log_file.close()
+    secs = time.monotonic() - t
+    if wrk.returncode != 0:
+        tail = (wrk.stderr.strip() or wrk.stdout.strip()).splitlines()
+        return Run(False, reason=f"wrk failed: {tail[-1] if tail else wrk.returncode}", seconds=secs)
+    f = parse_wrk(wrk.stdout)
+    f.update(
+        peak_rss_kib=str(peak),
+        response_bytes=str(len(resp)),
+        wrk=" ".join(["wrk"] + argv[1:]).replace(str(HERE) + "/", "benches/compare/"),
+    )
+    if "req_s" not in f or not int(f.get("requests", "0")):
+        return Run(False, fields=f, reason="wrk reported no completed request", seconds=secs)
+    if int(f["non_2xx"]):
+        return Run(False, fields=f, reason=f"{f['non_2xx']} responses were not 2xx", seconds=secs)
+    return Run(True, fields=f, seconds=secs)
+
+
 def short(run: Run, case: Case, full_reason: bool = True) -> str:
     if not run.ok:
         return "FAILED: " + run.reason[:110] if full_reason else "failed (see above)"
     f = run.fields
+    if "req_s" in f:
+        errs = f" ({f['socket_errors']} socket errors)" if int(f.get("socket_error_count", "0")) else ""
+        if case.params.get("pipeline"):  # no trustworthy latency (PIPELINED_LATENCY)
+            return f"{float(f['req_s']):,.0f} req/s{errs}"
+        return (
+            f"{float(f['req_s']):,.0f} req/s, p50 {f.get('p50_ms', '?')} ms, "
+            f"p99 {f.get('p99_ms', '?')} ms{errs}"
+        )
     if "ns_per_op" in f:
         return f"{float(f['ns_per_op']):.1f} ns/op ({f.get('iters', '?')} iters)"
     if "ms" in f:
@@ -348,6 +689,12 @@ class Row:
     # A reference that is not a peer's figure: (name, value); the ratio is
     # greenstack's value ÷ it (tcp_echo_std ÷ greenstack::net's tcp_echo).
     ref: tuple[str, float | None] | None = None
+    # The cases the row's figures come from (for the failure notes); empty:
+    # worked out from the label (row_case_ids).
+    case_ids: tuple[str, ...] = ()
+    # Per-peer cell text replacing the formatted value (the latency row's
+    # "p50 / p99"); the value still picks the best peer and the ratio.
+    cells: dict[str, str] | None = None
 
 
 def park_floor_text(rows: list[Row], floor: list[float]) -> tuple[str, str] | None:
@@ -422,6 +769,7 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
         if cid not in by_id:
             return None
         vals, fails = metric(cid, key, transform)
+        kw.setdefault("case_ids", (cid,))
         r = Row(label, unit, vals, fails, higher, goal, check, fmt, **kw)
         evaluate(r)
         rows.append(r)
@@ -436,6 +784,41 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
         ("ratio", "<=", 0.5),
         short="spawn_join, 2 workers",
     )
+    # What users write (issue 19): the spawner in main's body, warm and
+    # cold; then greenstack from block_on's root, against the peers' main.
+    for temp in ("warm", "cold"):
+        cid = f"spawn_join_main_{temp}"
+        if cid not in by_id:
+            continue
+        n = by_id[cid].params["n"]
+        what = "warm" if temp == "warm" else "cold (first pass)"
+        add(
+            cid,
+            f"spawn_join from main's body, {what}: {n:,} tasks, 2 workers",
+            "ns/task",
+            "ns_per_op",
+            short=f"spawn_join from main, {temp}",
+        )
+    for temp in ("warm", "cold"):
+        rid, mid = f"spawn_join_root_{temp}", f"spawn_join_main_{temp}"
+        if rid not in by_id:
+            continue
+        root_vals, root_fails = metric(rid, "ns_per_op")
+        main_vals, main_fails = metric(mid, "ns_per_op") if mid in by_id else ({}, {})
+        fails = {p: v for p, v in main_fails.items() if p != "greenstack"}
+        if "greenstack" in root_fails:
+            fails["greenstack"] = root_fails["greenstack"]
+        what = "warm" if temp == "warm" else "cold (first pass)"
+        r = Row(
+            f"spawn_join from greenstack's block_on root (peers: from main's body), {what}",
+            "ns/task",
+            {p: (root_vals.get(p) if p == "greenstack" else main_vals.get(p)) for p in PEERS},
+            fails,
+            short=f"spawn_join from root, {temp}",
+            case_ids=(rid, mid),
+        )
+        evaluate(r)
+        rows.append(r)
     add(
         "yield_pingpong",
         "yield_pingpong, 1 worker",
@@ -517,6 +900,31 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
             short="deep_stack peak RSS (÷ Go)",
             transform=lambda v: float(v) / 1024,
         )
+    # deep_stack from main's body (issue 19): all alive (as deep_stack) and
+    # spawn-then-run (each task ends as soon as it is down), warm and cold.
+    for shape, what in (("main", "all alive"), ("run", "spawn-then-run (tasks end as they go)")):
+        for temp in ("warm", "cold"):
+            cid = f"deep_stack_{shape}_{temp}"
+            if cid not in by_id:
+                continue
+            when = "warm (mean pass)" if temp == "warm" else "cold (first pass)"
+            tag = "all alive" if shape == "main" else "run"
+            add(
+                cid,
+                f"deep_stack from main, {what}, {when}: time",
+                "ms",
+                "ms",
+                fmt="{:.1f}",
+                short=f"deep_stack {tag}, {temp}: time",
+            )
+            add(
+                cid,
+                f"deep_stack from main, {what}, {when}: peak RSS",
+                "MiB",
+                "peak_rss_kib",
+                short=f"deep_stack {tag}, {temp}: peak RSS",
+                transform=lambda v: float(v) / 1024,
+            )
     parked = [c for c in plan if c.workload == "parked"]
     for c in parked:
         n = c.params["n"]
@@ -614,6 +1022,40 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
         )
         evaluate(r)
         rows.append(r)
+    # HTTP (issue 19): examples/http_hello against may_minihttp and hyper,
+    # driven by wrk; req/s (higher is better), then latency p50 / p99.
+    for c in [c for c in plan if c.workload == "http"]:
+        conns, depth = c.params["conns"], c.params["pipeline"]
+        shape = f"{conns:,} connections" + (f", pipelined {depth} deep" if depth else "")
+        add(
+            c.id,
+            f"http hello: {shape} (wrk -t{c.params['threads']} -c{conns})",
+            "req/s",
+            "req_s",
+            fmt="{:,.0f}",
+            higher=True,
+            short=f"http, {conns:,} conns" + (f", pipelined ×{depth}" if depth else ""),
+        )
+        if depth:
+            # wrk's percentiles are wrong under pipelining (see
+            # PIPELINED_LATENCY): no latency row.
+            continue
+        p50, _ = metric(c.id, "p50_ms")
+        p99, fails = metric(c.id, "p99_ms")
+        r = Row(
+            f"http hello: {shape}, latency p50 / p99 (÷: p99)",
+            "ms",
+            p99,
+            fails,
+            chart=False,
+            case_ids=(c.id,),
+            cells={
+                p: "—" if p99.get(p) is None or p50.get(p) is None else f"{p50[p]:.2f} / {p99[p]:.2f}"
+                for p in PEERS
+            },
+        )
+        evaluate(r)
+        rows.append(r)
     return rows
 
 
@@ -672,6 +1114,19 @@ def lock_version(peer: str, crate: str) -> str:
     return m.group(1) if m else "?"
 
 
+def wrk_version() -> str:
+    if not shutil.which("wrk"):
+        return "not installed"
+    # `wrk -v` prints its version and exits non-zero.
+    try:
+        r = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    line = (r.stdout + r.stderr).strip().splitlines()
+    pkg = sh(["dpkg-query", "-W", "-f=${Version}", "wrk"])
+    return (line[0].split(" Copyright")[0] if line else "?") + (f" (Debian package {pkg})" if pkg else "")
+
+
 def versions(go_cmd: list[str], go_origin: str) -> dict[str, str]:
     rev = sh(["git", "rev-parse", "--short", "HEAD"], ROOT)
     dirty = sh(["git", "status", "--porcelain", "--", "runtime", "macros", "src", "Cargo.toml"], ROOT)
@@ -681,6 +1136,10 @@ def versions(go_cmd: list[str], go_origin: str) -> dict[str, str]:
         "tokio": lock_version("tokio", "tokio") + " (rt-multi-thread)",
         "may": lock_version("may", "may") + f" (generator {lock_version('may', 'generator')})",
         "Go": f"{sh(go_cmd + ['version'])} ({go_origin})",
+        "hyper (http, tokio)": f"{lock_version('tokio_http', 'hyper')} (hyper-util "
+        f"{lock_version('tokio_http', 'hyper-util')}, tokio {lock_version('tokio_http', 'tokio')})",
+        "may_minihttp (http, may)": f"{lock_version('may_http', 'may_minihttp')} (may {lock_version('may_http', 'may')})",
+        "wrk (http client)": wrk_version(),
         "Python (harness)": platform.python_version(),
     }
 
@@ -698,7 +1157,7 @@ def peer_cell(row: Row, p: str, notes: dict[tuple[str, str], int]) -> str:
         seq = row.maps[p]  # type: ignore[attr-defined]
         cell = " / ".join("—" if v is None else f"{v:,.0f}" for v in seq)
     else:
-        cell = fmt_val(row, row.values.get(p))
+        cell = row.cells[p] if row.cells is not None else fmt_val(row, row.values.get(p))
         best, _ = best_peer(row)
         if p == best and row.values.get(p) is not None and row.ratio_against == "best":
             cell = f"**{cell}**"
@@ -767,7 +1226,7 @@ def chart_svg(rows: list[Row], title: str) -> str:
         f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
         f"{html.escape(title)}</text>",
         f'<text x="{width / 2}" y="42" text-anchor="middle" fill="#555">greenstack ÷ best peer '
-        "(deep_stack: ÷ Go; req/s and speed-up inverted, so left of 1× is always greenstack ahead), "
+        "(deep_stack's first two rows: ÷ Go; req/s and speed-up inverted, so left of 1× is always greenstack ahead), "
         "log scale</text>",
     ]
     y_end = top + rowh * len(items)
@@ -882,6 +1341,55 @@ STATIC_NOTES = """\
 - **stack growth** (greenstack's per-page growth cost against the kernel's
   own lazy fault, goal ≤ 1.1×) has no peer to compare with and is measured
   by `cargo bench --bench stack_growth`, not by this harness.
+- **From main's body** (issue 19: what users write). The `spawn_join from
+  main's body` and `deep_stack from main` rows spawn from where an
+  application's `main` would: greenstack from the body of a
+  `#[greenstack::main(workers = 2)]` function, which runs as an ordinary
+  coroutine on a worker (`Runtime::block_on_worker`; the timed spawning is
+  in that body, in no extra coroutine); tokio from the body of a
+  `#[tokio::main(flavor = "multi_thread", worker_threads = 2)]` function,
+  which tokio runs in `block_on` on the main thread, not on a worker (its
+  spawns go through the runtime's shared queue, and each `.await` on a
+  handle wakes the main thread); may from `main`'s thread itself, `go!`
+  and `join` there, as in the first program of may's README (may has no
+  main coroutine; the other may rows use a coroutine spawned from `main`
+  and joined there, the shape of may's `examples/spawn.rs`); Go from the
+  main goroutine, as in all its rows. `spawn_join from greenstack's
+  block_on root` spawns from `rt.block_on(..)`'s root coroutine, which
+  runs on the calling thread, not on a worker (the peers' cells there are
+  their from-main figures).
+- **Cold and warm.** A cold row times the first pass in a fresh process
+  and nothing else: the runtime is built, then the pass is timed with no
+  warm-up before it (stacks, queues and allocator caches not yet grown). A
+  warm row does one untimed pass, then timed passes until the time budget
+  is spent, and reports their mean. The cold and warm repetitions
+  alternate with each other.
+- **deep_stack from main**: the same 1,000 tasks × 256 frames of 1 KiB as
+  deep_stack, spawned from main's body. *All alive* waits at a barrier at
+  the bottom, as deep_stack does; *spawn-then-run* has no barrier, so each
+  task unwinds and ends as soon as it is down, and the runtime can reuse
+  its stack (or its futures' memory) for the next. greenstack sets the
+  stack reserve as an application would, `#[greenstack::main(stack_size
+  = 1 MiB)]` (the runtime's default for every coroutine), where the first
+  deep_stack rows use `Builder::stack_size` per spawn. Peak RSS is the
+  process's VmHWM, for warm rows including the untimed pass.
+- **HTTP** (`http hello` rows): greenstack's `examples/http_hello` (a
+  coroutine per connection, built from the workspace root with the peers'
+  release profile), may_minihttp's hello world (`benches/compare/may_http`)
+  and hyper 1.x with hyper-util on tokio (`benches/compare/tokio_http`,
+  http1 only, `pipeline_flush(true)` as in TechEmpower's hyper entry), each
+  with 2 worker threads (http_hello takes no worker count: its
+  `Runtime::new()` uses the available parallelism, 2 on the project's
+  machine). All answer `GET /plaintext` with `Hello, world!`. wrk (Debian's
+  package) drives each server over loopback with one thread: 100 and 1,000
+  connections with one request in flight each, and TechEmpower's plaintext
+  shape, 256 connections with 16 requests pipelined on each
+  (`benches/compare/pipeline.lua`). req/s is wrk's `Requests/sec`; the
+  latency cells are wrk's 50th / 99th percentiles. The pipelined row has
+  none: wrk records one latency per batch of 16 but corrects for
+  coordinated omission as if each response were a round trip, which
+  shifts its percentiles (the upper ones can come out as 0). wrk and the
+  server share the 2 CPUs.
 """
 
 
@@ -964,6 +1472,43 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
             f"`park_pingpong`, run after each repetition of that row) took {floor[0]} "
             "A channel on this runtime adds its own work to that hand-off (its queue, the lock "
             "over it, the waiter's node), so its ratio cannot go below the floor's.\n"
+        )
+    http_cases = [c for c in plan if c.workload == "http"]
+    if http_cases:
+        sizes = {}
+        for c in http_cases:
+            for p, runs in results.get(c.id, {}).items():
+                for r in runs:
+                    if "response_bytes" in r.fields:
+                        sizes[p] = int(r.fields["response_bytes"])
+        errs = []
+        for c in http_cases:
+            for p, runs in results.get(c.id, {}).items():
+                n_err = [int(r.fields.get("socket_error_count", "0")) for r in runs]
+                if any(n_err):
+                    errs.append(
+                        f"{PEER_NAMES[p]} {c.id}: "
+                        + "; ".join(r.fields.get("socket_errors", "0") for r in runs if r.fields.get("socket_errors"))
+                    )
+        secs = http_cases[0].params["duration_s"]
+        L.append(
+            "The HTTP rows: each run starts the peer's server on a free loopback port (greenstack "
+            "`examples/http_hello`, may `may_minihttp`'s hello world, tokio hyper 1.x http1; 2 worker "
+            "threads each), waits until it answers `GET /plaintext` with `Hello, world!`, drives it with "
+            f"wrk for {secs} s (`--latency`, `--timeout {WRK_TIMEOUT_S}s`; the pipelined row sends 16 "
+            "requests per write with `benches/compare/pipeline.lua`), then stops it. **wrk and the "
+            "server share the machine's 2 CPUs**: one wrk thread and the server's two workers compete "
+            "for them, so these figures are lower than on a machine with a separate client, and a "
+            "server that leaves more CPU to wrk gains by it. Response sizes (head and body): "
+            + (", ".join(f"{PEER_NAMES[p]} {b} B" for p, b in sizes.items()) or "—")
+            + " (may_minihttp adds `Server` and `Date`, hyper `date`; http_hello sends neither). "
+            + ("Socket errors reported by wrk: " + " | ".join(errs) + ". " if errs else "wrk reported no socket error. ")
+            + (
+                f"The pipelined row has no latency row: {PIPELINED_LATENCY}."
+                if any(c.params["pipeline"] for c in http_cases)
+                else ""
+            )
+            + "\n"
         )
     L.append(f"![greenstack ÷ best peer per workload]({svg_path.name})\n")
     missed = [r for r in rows if r.met is False]
@@ -1055,6 +1600,7 @@ def explain(peer: str, case: Case, why: str) -> tuple[str, str, str]:
         live = {
             "parked": f"{case.params['n']:,} coroutines parked at once",
             "spawn_join": f"{case.params['n']:,} coroutines spawned before the first join (most not yet run)",
+            "spawn_join_main": f"{case.params['n']:,} coroutines spawned before the first join (most not yet run)",
             "fanout_fib": f"fib({case.params['n']})'s tree of coroutines waiting on their children",
         }.get(case.workload, "this many live coroutines")
         return (
@@ -1077,6 +1623,8 @@ def explain(peer: str, case: Case, why: str) -> tuple[str, str, str]:
 
 def row_case_ids(row: Row, plan: list[Case]) -> set[str]:
     """Which cases a row's figures come from (to attach failure notes)."""
+    if row.case_ids:
+        return set(row.case_ids)
     label = row.label
     ids = set()
     for c in plan:
@@ -1133,9 +1681,15 @@ def main() -> None:
             sys.exit("--only matched no case")
 
     started = time.monotonic()
-    go_cmd, go_origin = find_go() if "go" in PEERS else (["go"], "not used")
+    http = any(c.workload == "http" for c in plan)
+    programs = any(c.workload != "http" for c in plan)
+    need_go = "go" in PEERS and any("go" in c.peers() for c in plan)
+    go_cmd, go_origin = find_go() if need_go else (["go"], "not used")
+    if http:
+        ensure_wrk()
+        raise_nofile()
     if not a.no_build:
-        build(PEERS, go_cmd)
+        build([p for p in PEERS if p != "go" or need_go], go_cmd, programs=programs, http=http)
 
     total = sum((c.reps or reps) * len(c.peers()) for c in plan)
     done = 0

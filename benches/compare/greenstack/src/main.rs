@@ -4,7 +4,10 @@
 //!
 //! All work runs on the runtime's workers: the driver coroutine is started
 //! with `rt.spawn(..).join()` from `main` (`block_on`'s root would run on
-//! the calling thread instead).
+//! the calling thread instead). The workloads of issue 19 that measure what
+//! users write are the exceptions: `spawn_join_main`, `deep_stack_main` and
+//! `deep_stack_run` spawn from the body of a `#[greenstack::main]` function
+//! (module `user_main`), `spawn_join_root` from `rt.block_on(..)`'s root.
 
 #[path = "../../common.rs"]
 mod common;
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{fib_spawns, measure, report, touch, Args};
+use common::{fib_spawns, measure, measure_or_cold, report, touch, Args};
 use greenstack::net::{TcpListener, TcpStream};
 use greenstack::sync::{mpsc, oneshot, Barrier};
 use greenstack::{Builder, Runtime};
@@ -29,18 +32,22 @@ fn on_workers<T: Send + 'static>(rt: &Runtime, f: impl FnOnce() -> T + Send + 's
         .expect("the driver coroutine does not panic")
 }
 
-/// `n` tiny coroutines each returning its index, joined in spawn order.
+/// `n` tiny coroutines each returning its index, joined in spawn order,
+/// spawned from the caller (a coroutine).
+fn spawn_join_here(n: u64) -> (Duration, u64) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| greenstack::spawn(move || black_box(i)))
+        .collect();
+    let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let t = start.elapsed();
+    assert_eq!(sum, n * (n - 1) / 2);
+    (t, n)
+}
+
+/// `spawn_join_here` in a driver coroutine on the workers.
 fn spawn_join(rt: &Runtime, n: u64) -> (Duration, u64) {
-    on_workers(rt, move || {
-        let start = Instant::now();
-        let handles: Vec<_> = (0..n)
-            .map(|i| greenstack::spawn(move || black_box(i)))
-            .collect();
-        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        let t = start.elapsed();
-        assert_eq!(sum, n * (n - 1) / 2);
-        (t, n)
-    })
+    on_workers(rt, move || spawn_join_here(n))
 }
 
 /// Two coroutines each calling `yield_now` `n` times.
@@ -189,14 +196,17 @@ fn fanout_fib(rt: &Runtime, n: u64) -> (Duration, u64) {
 }
 
 /// One frame of the deep recursion: a live 1 KiB local, used after the
-/// recursive call; the deepest frame waits at the barrier so that every
-/// coroutine's whole stack is live at once.
+/// recursive call; with a barrier, the deepest frame waits at it so that
+/// every coroutine's whole stack is live at once (without, each coroutine
+/// unwinds and ends as soon as it is down: `deep_stack_run`).
 #[inline(never)]
-fn recurse(depth: u64, barrier: &Barrier) -> u64 {
+fn recurse(depth: u64, barrier: Option<&Barrier>) -> u64 {
     let mut local = [0u8; 1024];
     touch(&mut local, depth);
     if depth == 0 {
-        barrier.wait();
+        if let Some(b) = barrier {
+            b.wait();
+        }
         return u64::from(local[0]);
     }
     let below = recurse(depth - 1, barrier);
@@ -212,7 +222,7 @@ fn deep_stack(rt: &Runtime, n: u64, depth: u64, stack: usize) -> Duration {
                 let barrier = barrier.clone();
                 Builder::new()
                     .stack_size(stack)
-                    .spawn(move || recurse(depth, &barrier))
+                    .spawn(move || recurse(depth, Some(&barrier)))
                     .expect("spawn")
             })
             .collect();
@@ -220,6 +230,99 @@ fn deep_stack(rt: &Runtime, n: u64, depth: u64, stack: usize) -> Duration {
         black_box(sum);
         start.elapsed()
     })
+}
+
+/// `n` coroutines spawned from the caller (a coroutine) with the runtime's
+/// default stack size, each recursing `depth` frames of 1 KiB, then joined:
+/// with `alive`, all of them wait at a barrier at the bottom (every stack
+/// live at once, as `deep_stack`); without, each ends as soon as it is down
+/// (spawn-then-run). Returns the time of the whole pass.
+fn deep_stack_here(n: u64, depth: u64, alive: bool) -> Duration {
+    let start = Instant::now();
+    let barrier = alive.then(|| Arc::new(Barrier::new(n as usize)));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            greenstack::spawn(move || recurse(depth, barrier.as_deref()))
+        })
+        .collect();
+    let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    black_box(sum);
+    start.elapsed()
+}
+
+/// The workloads whose spawner is `main`'s own body, as an application
+/// writes it (issue 19): `#[greenstack::main]` runs that body as an
+/// ordinary coroutine on a worker (`Runtime::block_on_worker`), and the
+/// timed spawning happens right there, in no extra coroutine. A
+/// `#[greenstack::main]` function must be called `main`, hence one module
+/// per set of runtime options; the real `main` calls the one the workload
+/// needs.
+mod user_main {
+    use super::*;
+
+    /// The command line, parsed once (the attribute's options read it too).
+    pub(crate) fn args() -> &'static Args {
+        static ARGS: OnceLock<Args> = OnceLock::new();
+        ARGS.get_or_init(Args::parse)
+    }
+
+    /// `spawn_join_main`: `spawn_join`'s work in `main`'s body; `cold=1`
+    /// times the first pass alone.
+    pub(crate) mod spawn_join {
+        use super::*;
+
+        #[greenstack::main(workers = args().get("workers", 2) as usize)]
+        pub(crate) fn main() {
+            let args = args();
+            let n = args.get("n", 1_000_000);
+            let (ns, iters) =
+                measure_or_cold(args.flag("cold"), args.get("budget_ms", 500), || {
+                    spawn_join_here(n)
+                });
+            report(
+                PEER,
+                args,
+                &[
+                    ("ns_per_op", format!("{ns:.2}")),
+                    ("iters", iters.to_string()),
+                ],
+            );
+        }
+    }
+
+    /// `deep_stack_main` (all alive) and `deep_stack_run` (spawn-then-run)
+    /// in `main`'s body, the stack reserve set as an application sets it:
+    /// the runtime's default, an option of the attribute. `cold=1` times
+    /// the first pass alone; otherwise one untimed pass, then timed passes
+    /// until `budget_ms` have passed. Reports the mean pass and the
+    /// process's peak RSS.
+    pub(crate) mod deep_stack {
+        use super::*;
+
+        #[greenstack::main(
+            workers = args().get("workers", 2) as usize,
+            stack_size = args().get("stack", 1 << 20) as usize,
+        )]
+        pub(crate) fn main() {
+            let args = args();
+            let (n, depth) = (args.get("n", 1000), args.get("depth", 256));
+            let alive = args.workload == "deep_stack_main";
+            let (ns, iters) =
+                measure_or_cold(args.flag("cold"), args.get("budget_ms", 500), || {
+                    (deep_stack_here(n, depth, alive), 1)
+                });
+            report(
+                PEER,
+                args,
+                &[
+                    ("ms", format!("{:.2}", ns / 1e6)),
+                    ("iters", iters.to_string()),
+                    ("peak_rss_kib", common::peak_rss_kib().to_string()),
+                ],
+            );
+        }
+    }
 }
 
 /// `n` coroutines each parked on its own channel; returns the memory
@@ -390,11 +493,34 @@ fn tcp_echo<N: Net>(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f6
 }
 
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
+    let args = user_main::args();
     let workers = args.get("workers", 2) as usize;
     let n = args.get("n", 1000);
     let budget = args.get("budget_ms", 500);
     match args.workload.as_str() {
+        // The spawner is `#[greenstack::main]`'s body (see `user_main`).
+        "spawn_join_main" => {
+            user_main::spawn_join::main();
+        }
+        "deep_stack_main" | "deep_stack_run" => {
+            user_main::deep_stack::main();
+        }
+        // The spawner is `block_on`'s root, on the calling thread (not a
+        // worker): the same work as `spawn_join_main`.
+        "spawn_join_root" => {
+            let rt = Runtime::builder().workers(workers).build()?;
+            let cold = args.flag("cold");
+            let (ns, iters) =
+                rt.block_on(move || measure_or_cold(cold, budget, || spawn_join_here(n)));
+            report(
+                PEER,
+                args,
+                &[
+                    ("ns_per_op", format!("{ns:.2}")),
+                    ("iters", iters.to_string()),
+                ],
+            );
+        }
         "machine_threads" => {
             // No runtime: the machine's own 1 -> 2 thread scaling (see
             // `common::two_thread_seconds`), measured by this binary only.
@@ -403,7 +529,7 @@ fn main() -> std::io::Result<()> {
             let (one_again, apart) = common::two_thread_seconds(n, true);
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     ("speedup_aligned", format!("{:.3}", 2.0 * one / aligned)),
                     ("speedup_apart", format!("{:.3}", 2.0 * one_again / apart)),
@@ -418,7 +544,7 @@ fn main() -> std::io::Result<()> {
             let t = deep_stack(&rt, n, depth, stack);
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     ("ms", format!("{:.2}", t.as_secs_f64() * 1e3)),
                     ("peak_rss_kib", common::peak_rss_kib().to_string()),
@@ -433,7 +559,7 @@ fn main() -> std::io::Result<()> {
             let (kib, maps) = parked(&rt, n);
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     ("status", "ok".into()),
                     (
@@ -461,7 +587,7 @@ fn main() -> std::io::Result<()> {
             let after = common::rss_pte_kib();
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     (
                         "ns_per_op",
@@ -505,7 +631,7 @@ fn main() -> std::io::Result<()> {
             let ((pmin, pmed), (tmin, tmed)) = (stats(&mut plain), stats(&mut timed));
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     ("recv_ns_min", format!("{pmin:.1}")),
                     ("recv_ns_median", format!("{pmed:.1}")),
@@ -526,7 +652,7 @@ fn main() -> std::io::Result<()> {
             };
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     ("ns_per_op", format!("{ns:.2}")),
                     ("iters", iters.to_string()),
@@ -549,7 +675,7 @@ fn main() -> std::io::Result<()> {
             let (ns, iters) = measure(budget, once);
             report(
                 PEER,
-                &args,
+                args,
                 &[
                     ("ns_per_op", format!("{ns:.2}")),
                     ("iters", iters.to_string()),

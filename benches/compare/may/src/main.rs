@@ -7,7 +7,15 @@
 //! coroutine starts: the worker count, and for `deep_stack` the default
 //! stack size (in words, as may's API takes it). All work runs in
 //! coroutines on the workers: the driver coroutine is started with `go!`
-//! from `main`, which joins it.
+//! from `main`, which joins it (the shape of may's `examples/spawn.rs`).
+//!
+//! The workloads of issue 19 that measure what users write
+//! (`spawn_join_main`, `deep_stack_main`, `deep_stack_run`) spawn from
+//! `main`'s thread itself, with `go!`, and join there: may has no main
+//! coroutine and no attribute that makes one, and that is the shape of
+//! the first program in may's README (an accept loop in `main` that
+//! `go!`s a coroutine per connection). A `JoinHandle::join` on a thread
+//! blocks the thread.
 
 #[path = "../../common.rs"]
 mod common;
@@ -18,7 +26,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fib_spawns, measure, report, touch, Args};
+use common::{fib_spawns, measure, measure_or_cold, report, touch, Args};
 use may::go;
 use may::net::{TcpListener, TcpStream};
 use may::sync::{mpsc, Barrier};
@@ -30,16 +38,20 @@ fn on_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     go!(f).join().expect("the driver coroutine does not panic")
 }
 
-/// `n` tiny coroutines each returning its index, joined in spawn order.
+/// `n` tiny coroutines each returning its index, joined in spawn order,
+/// spawned from the caller (a coroutine or a thread).
+fn spawn_join_here(n: u64) -> (Duration, u64) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n).map(|i| go!(move || black_box(i))).collect();
+    let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let t = start.elapsed();
+    assert_eq!(sum, n * (n - 1) / 2);
+    (t, n)
+}
+
+/// `spawn_join_here` in a driver coroutine on the workers.
 fn spawn_join(n: u64) -> (Duration, u64) {
-    on_workers(move || {
-        let start = Instant::now();
-        let handles: Vec<_> = (0..n).map(|i| go!(move || black_box(i))).collect();
-        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        let t = start.elapsed();
-        assert_eq!(sum, n * (n - 1) / 2);
-        (t, n)
-    })
+    on_workers(move || spawn_join_here(n))
 }
 
 /// Two coroutines each calling `yield_now` `n` times.
@@ -108,14 +120,17 @@ fn fanout_fib(n: u64) -> (Duration, u64) {
 }
 
 /// One frame of the deep recursion: a live 1 KiB local, used after the
-/// recursive call; the deepest frame waits at the barrier so that every
-/// coroutine's whole stack is live at once.
+/// recursive call; with a barrier, the deepest frame waits at it so that
+/// every coroutine's whole stack is live at once (without, each coroutine
+/// unwinds and ends as soon as it is down: `deep_stack_run`).
 #[inline(never)]
-fn recurse(depth: u64, barrier: &Barrier) -> u64 {
+fn recurse(depth: u64, barrier: Option<&Barrier>) -> u64 {
     let mut local = [0u8; 1024];
     touch(&mut local, depth);
     if depth == 0 {
-        barrier.wait();
+        if let Some(b) = barrier {
+            b.wait();
+        }
         return u64::from(local[0]);
     }
     let below = recurse(depth - 1, barrier);
@@ -129,13 +144,31 @@ fn deep_stack(n: u64, depth: u64) -> Duration {
         let handles: Vec<_> = (0..n)
             .map(|_| {
                 let barrier = barrier.clone();
-                go!(move || recurse(depth, &barrier))
+                go!(move || recurse(depth, Some(&barrier)))
             })
             .collect();
         let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
         black_box(sum);
         start.elapsed()
     })
+}
+
+/// `n` coroutines spawned from the caller, each recursing `depth` frames of
+/// 1 KiB, then joined: with `alive`, all wait at a barrier at the bottom
+/// (as `deep_stack`); without, each ends as soon as it is down
+/// (spawn-then-run). Returns the time of the whole pass.
+fn deep_stack_here(n: u64, depth: u64, alive: bool) -> Duration {
+    let start = Instant::now();
+    let barrier = alive.then(|| Arc::new(Barrier::new(n as usize)));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            go!(move || recurse(depth, barrier.as_deref()))
+        })
+        .collect();
+    let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    black_box(sum);
+    start.elapsed()
 }
 
 /// What became of a `parked` run.
@@ -284,6 +317,36 @@ fn main() {
     let budget = args.get("budget_ms", 500);
     may::config().set_workers(workers);
     match args.workload.as_str() {
+        // The spawner is `main`'s thread (see the module's docs); no
+        // driver coroutine, no warm-up unless `cold=0`.
+        "spawn_join_main" => {
+            let (ns, iters) = measure_or_cold(args.flag("cold"), budget, || spawn_join_here(n));
+            report(
+                PEER,
+                &args,
+                &[
+                    ("ns_per_op", format!("{ns:.2}")),
+                    ("iters", iters.to_string()),
+                ],
+            );
+        }
+        "deep_stack_main" | "deep_stack_run" => {
+            let stack = args.get("stack", 1 << 20) as usize;
+            may::config().set_stack_size(stack / std::mem::size_of::<usize>());
+            let (depth, alive) = (args.get("depth", 256), args.workload == "deep_stack_main");
+            let (ns, iters) = measure_or_cold(args.flag("cold"), budget, || {
+                (deep_stack_here(n, depth, alive), 1)
+            });
+            report(
+                PEER,
+                &args,
+                &[
+                    ("ms", format!("{:.2}", ns / 1e6)),
+                    ("iters", iters.to_string()),
+                    ("peak_rss_kib", common::peak_rss_kib().to_string()),
+                ],
+            );
+        }
         "deep_stack" => {
             // may's stacks are fixed-size: configure room for the recursion
             // (the size is in words).

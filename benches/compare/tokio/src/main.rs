@@ -4,7 +4,11 @@
 //!
 //! All work runs on the runtime's workers: the driver task is started with
 //! `rt.spawn(..)` and `main` waits for it with `rt.block_on` (whose own
-//! future runs on the calling thread, not on a worker).
+//! future runs on the calling thread, not on a worker). The workloads of
+//! issue 19 that measure what users write are the exceptions:
+//! `spawn_join_main`, `deep_stack_main` and `deep_stack_run` spawn from the
+//! body of a `#[tokio::main]` function (module `user_main`), which tokio
+//! runs in `block_on` on the main thread.
 
 #[path = "../../common.rs"]
 mod common;
@@ -37,21 +41,25 @@ fn on_workers<T: Send + 'static>(rt: &Runtime, f: impl Future<Output = T> + Send
     rt.block_on(task).expect("the driver task does not panic")
 }
 
-/// `n` tiny tasks each returning its index, joined in spawn order.
+/// `n` tiny tasks each returning its index, joined in spawn order,
+/// spawned from the caller.
+async fn spawn_join_here(n: u64) -> (Duration, u64) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(async move { black_box(i) }))
+        .collect();
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.unwrap();
+    }
+    let t = start.elapsed();
+    assert_eq!(sum, n * (n - 1) / 2);
+    (t, n)
+}
+
+/// `spawn_join_here` in a driver task on the workers.
 fn spawn_join(rt: &Runtime, n: u64) -> (Duration, u64) {
-    on_workers(rt, async move {
-        let start = Instant::now();
-        let handles: Vec<_> = (0..n)
-            .map(|i| tokio::spawn(async move { black_box(i) }))
-            .collect();
-        let mut sum = 0;
-        for h in handles {
-            sum += h.await.unwrap();
-        }
-        let t = start.elapsed();
-        assert_eq!(sum, n * (n - 1) / 2);
-        (t, n)
-    })
+    on_workers(rt, spawn_join_here(n))
 }
 
 /// Two tasks each calling `yield_now` `n` times.
@@ -124,13 +132,16 @@ fn fanout_fib(rt: &Runtime, n: u64) -> (Duration, u64) {
 
 /// One level of the deep recursion as a boxed async fn (async Rust's only
 /// form of recursion): the live 1 KiB local sits in the level's heap-boxed
-/// future; the deepest level waits at the barrier.
-fn recurse(depth: u64, barrier: Arc<Barrier>) -> Pin<Box<dyn Future<Output = u64> + Send>> {
+/// future; with a barrier, the deepest level waits at it (without, the
+/// task unwinds and ends as soon as it is down: `deep_stack_run`).
+fn recurse(depth: u64, barrier: Option<Arc<Barrier>>) -> Pin<Box<dyn Future<Output = u64> + Send>> {
     Box::pin(async move {
         let mut local = [0u8; 1024];
         touch(&mut local, depth);
         if depth == 0 {
-            barrier.wait().await;
+            if let Some(b) = barrier {
+                b.wait().await;
+            }
             return u64::from(local[0]);
         }
         let below = recurse(depth - 1, barrier).await;
@@ -143,7 +154,7 @@ fn deep_stack(rt: &Runtime, n: u64, depth: u64) -> Duration {
         let start = Instant::now();
         let barrier = Arc::new(Barrier::new(n as usize));
         let handles: Vec<_> = (0..n)
-            .map(|_| tokio::spawn(recurse(depth, barrier.clone())))
+            .map(|_| tokio::spawn(recurse(depth, Some(barrier.clone()))))
             .collect();
         let mut sum = 0;
         for h in handles {
@@ -152,6 +163,104 @@ fn deep_stack(rt: &Runtime, n: u64, depth: u64) -> Duration {
         black_box(sum);
         start.elapsed()
     })
+}
+
+/// `n` tasks spawned from the caller, each recursing `depth` boxed levels
+/// of 1 KiB, then joined: with `alive`, all wait at a barrier at the bottom
+/// (as `deep_stack`); without, each ends as soon as it is down
+/// (spawn-then-run). Returns the time of the whole pass.
+async fn deep_stack_here(n: u64, depth: u64, alive: bool) -> Duration {
+    let start = Instant::now();
+    let barrier = alive.then(|| Arc::new(Barrier::new(n as usize)));
+    let handles: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(recurse(depth, barrier.clone())))
+        .collect();
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.unwrap();
+    }
+    black_box(sum);
+    start.elapsed()
+}
+
+/// `common::measure_or_cold` for an async pass: with `cold` the first pass
+/// alone, else one untimed pass, then timed passes until `budget_ms` have
+/// passed (the same loop as `common::measure`).
+async fn measure_or_cold_async<F, Fut>(cold: bool, budget_ms: u64, mut once: F) -> (f64, u64)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (Duration, u64)>,
+{
+    if cold {
+        let (t, n) = once().await;
+        return (t.as_nanos() as f64 / n as f64, 1);
+    }
+    once().await;
+    let budget = Duration::from_millis(budget_ms);
+    let (mut total, mut ops, mut iters) = (Duration::ZERO, 0u64, 0u64);
+    while iters == 0 || (total < budget && iters < 1000) {
+        let (t, n) = once().await;
+        total += t;
+        ops += n;
+        iters += 1;
+    }
+    (total.as_nanos() as f64 / ops as f64, iters)
+}
+
+/// The workloads whose spawner is `main`'s own body, as an application
+/// writes it (issue 19): the body of a `#[tokio::main]` function, which
+/// tokio runs in `Runtime::block_on` on the calling thread (so spawns come
+/// from outside the workers, through the runtime's shared queue, and the
+/// joins wake that thread). The attribute takes the worker count as a
+/// literal: 2, the harness's; `main` refuses other counts.
+mod user_main {
+    use super::*;
+
+    /// The worker count written in the attributes below.
+    pub(crate) const WORKERS: usize = 2;
+
+    /// `spawn_join_main`: `spawn_join`'s work in `main`'s body; `cold=1`
+    /// times the first pass alone.
+    #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    pub(crate) async fn spawn_join(args: &Args) {
+        let n = args.get("n", 1_000_000);
+        let (ns, iters) =
+            measure_or_cold_async(args.flag("cold"), args.get("budget_ms", 500), || {
+                spawn_join_here(n)
+            })
+            .await;
+        report(
+            PEER,
+            args,
+            &[
+                ("ns_per_op", format!("{ns:.2}")),
+                ("iters", iters.to_string()),
+            ],
+        );
+    }
+
+    /// `deep_stack_main` (all alive) and `deep_stack_run` (spawn-then-run)
+    /// in `main`'s body. Reports the mean pass and the peak RSS.
+    #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+    pub(crate) async fn deep_stack(args: &Args) {
+        let (n, depth) = (args.get("n", 1000), args.get("depth", 256));
+        let alive = args.workload == "deep_stack_main";
+        let (ns, iters) = measure_or_cold_async(
+            args.flag("cold"),
+            args.get("budget_ms", 500),
+            || async move { (deep_stack_here(n, depth, alive).await, 1) },
+        )
+        .await;
+        report(
+            PEER,
+            args,
+            &[
+                ("ms", format!("{:.2}", ns / 1e6)),
+                ("iters", iters.to_string()),
+                ("peak_rss_kib", common::peak_rss_kib().to_string()),
+            ],
+        );
+    }
 }
 
 /// `n` tasks each parked on its own channel; returns the memory (VmRSS +
@@ -274,6 +383,35 @@ fn main() {
     let workers = args.get("workers", 2) as usize;
     let n = args.get("n", 1000);
     let budget = args.get("budget_ms", 500);
+    match args.workload.as_str() {
+        // The spawner is `#[tokio::main]`'s body (see `user_main`).
+        "spawn_join_main" | "deep_stack_main" | "deep_stack_run" => {
+            if workers != user_main::WORKERS {
+                report(
+                    PEER,
+                    &args,
+                    &[
+                        ("status", "failed".into()),
+                        (
+                            "error",
+                            format!(
+                                "#[tokio::main] here has worker_threads = {}",
+                                user_main::WORKERS
+                            ),
+                        ),
+                    ],
+                );
+                return;
+            }
+            if args.workload == "spawn_join_main" {
+                user_main::spawn_join(&args);
+            } else {
+                user_main::deep_stack(&args);
+            }
+            return;
+        }
+        _ => {}
+    }
     let rt = runtime(workers);
     match args.workload.as_str() {
         "deep_stack" => {
