@@ -66,6 +66,23 @@ impl TcpListener {
         Ok((TcpStream { io: Io::new(s) }, addr))
     }
 
+    /// Waits at most `timeout` for a connection; `ErrorKind::TimedOut` if
+    /// none came (never early).
+    pub fn accept_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> io::Result<(TcpStream, SocketAddr)> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        match self.io.op_until(Dir::Read, deadline, |l| l.accept()) {
+            Ok((s, addr)) => Ok((TcpStream { io: Io::new(s) }, addr)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no connection came before the timeout",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// An endless iterator of `accept`ed connections.
     pub fn incoming(&self) -> Incoming<'_> {
         Incoming { listener: self }

@@ -47,6 +47,23 @@ impl UnixListener {
         Ok((UnixStream { io: Io::new(s) }, addr))
     }
 
+    /// Waits at most `timeout` for a connection; `ErrorKind::TimedOut` if
+    /// none came (never early).
+    pub fn accept_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> io::Result<(UnixStream, SocketAddr)> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        match self.io.op_until(Dir::Read, deadline, |l| l.accept()) {
+            Ok((s, addr)) => Ok((UnixStream { io: Io::new(s) }, addr)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no connection came before the timeout",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// An endless iterator of accepted connections.
     pub fn incoming(&self) -> impl Iterator<Item = io::Result<UnixStream>> + '_ {
         std::iter::repeat_with(move || self.accept().map(|(s, _)| s))

@@ -184,6 +184,31 @@ impl Barrier {
         }
     }
 
+    /// Waits at most `timeout` for all parties of this round: `None` if it
+    /// did not complete by then, and this caller left the round (it needs
+    /// another party to complete). Never `None` early.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<BarrierWaitResult> {
+        let mut g = self.state.lock();
+        let generation = g.1;
+        g.0 += 1;
+        if g.0 >= self.n {
+            g.0 = 0;
+            g.1 = g.1.wrapping_add(1);
+            drop(g);
+            self.cvar.notify_all();
+            return Some(BarrierWaitResult(true));
+        }
+        let (mut g, _) = self
+            .cvar
+            .wait_timeout_while(g, timeout, |s| s.1 == generation);
+        if g.1 != generation {
+            Some(BarrierWaitResult(false))
+        } else {
+            g.0 -= 1;
+            None
+        }
+    }
+
     /// Waits until all parties of this round have called `wait`.
     pub fn wait(&self) -> BarrierWaitResult {
         let mut g = self.state.lock();

@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::chan::{recv_timeout_error, try_recv_error, try_send_error, unsent, Chan};
+use super::chan::{recv_timeout_error, try_recv_error, try_send_error, unsent, Chan, SendFail};
 use super::wait::deadline_after;
 
 pub use std::sync::mpsc::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
@@ -68,7 +68,63 @@ impl<T> Sender<T> {
     pub fn try_send(&self, t: T) -> Result<(), TrySendError<T>> {
         self.chan.send(t, false, None).map_err(try_send_error)
     }
+
+    /// Sends, waiting at most `timeout` for room in a bounded channel (for
+    /// a rendezvous channel, for a receiver to take it). The value comes
+    /// back in the error. Never times out early.
+    pub fn send_timeout(&self, t: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.chan
+            .send(t, true, deadline_after(timeout))
+            .map_err(|e| match e {
+                SendFail::Disconnected(v) => SendTimeoutError::Disconnected(v),
+                SendFail::Full(v) | SendFail::Timeout(v) => SendTimeoutError::Timeout(v),
+            })
+    }
 }
+
+/// Why [`Sender::send_timeout`] failed, with the value (crossbeam-channel's
+/// type of the same name).
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum SendTimeoutError<T> {
+    /// The channel stayed full until the timeout.
+    Timeout(T),
+    /// Every receiver is gone.
+    Disconnected(T),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The value that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(v) | SendTimeoutError::Disconnected(v) => v,
+        }
+    }
+
+    /// Whether the send timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendTimeoutError::Timeout(_))
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendTimeoutError::Timeout(_) => "Timeout(..)",
+            SendTimeoutError::Disconnected(_) => "Disconnected(..)",
+        })
+    }
+}
+
+impl<T> fmt::Display for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendTimeoutError::Timeout(_) => "timed out waiting on send operation",
+            SendTimeoutError::Disconnected(_) => "sending on a disconnected channel",
+        })
+    }
+}
+
+impl<T> std::error::Error for SendTimeoutError<T> {}
 
 impl<T> Receiver<T> {
     /// Waits for a value; fails once every sender is gone and the queue is

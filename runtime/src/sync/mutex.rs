@@ -248,6 +248,23 @@ impl<T: ?Sized> RwLock<T> {
         }
     }
 
+    /// Waits at most `timeout` for shared access.
+    pub fn read_timeout(&self, timeout: Duration) -> Option<RwLockReadGuard<'_, T>> {
+        self.sem
+            .acquire_until(1, deadline_after(timeout))
+            .map(|p| self.read_guard(p))
+    }
+
+    /// Waits at most `timeout` for exclusive access.
+    pub fn write_timeout(&self, timeout: Duration) -> Option<RwLockWriteGuard<'_, T>> {
+        let p = self.sem.acquire_until(WRITE, deadline_after(timeout))?;
+        Some(RwLockWriteGuard {
+            lock: self,
+            _permit: p,
+            _not_send: PhantomData,
+        })
+    }
+
     /// Shared access if available at once.
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
         self.sem.try_acquire().map(|p| self.read_guard(p))
