@@ -116,7 +116,7 @@ impl Credits {
     }
 
     /// Free credits now.
-    #[cfg(any(test, greenstack_loom))]
+    #[cfg(greenstack_loom)]
     pub(crate) fn free(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
