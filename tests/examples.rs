@@ -153,6 +153,40 @@ fn echo_server_echoes() {
     assert_eq!(back, "greenstack echo");
 }
 
+/// SIGTERM drains echo_server: no new connections, the open one is still
+/// echoed, and the server exits with status 0 once it closes.
+#[test]
+fn echo_server_drains_on_sigterm() {
+    let (mut server, addr) = start_server("echo_server");
+    let mut c = TcpStream::connect(&addr).expect("connect to echo_server");
+    let mut buf = [0u8; 5];
+    c.write_all(b"first").unwrap();
+    c.read_exact(&mut buf).unwrap();
+    // SAFETY: a signal to the child we started.
+    assert_eq!(
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let mut line = String::new();
+    while !line.contains("draining") {
+        line.clear();
+        assert!(server.1.read_line(&mut line).unwrap() > 0, "no drain");
+    }
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "accepted while draining"
+    );
+    c.write_all(b"again").unwrap();
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"again");
+    drop(c);
+    let status = server.0.wait().unwrap();
+    let mut rest = String::new();
+    server.1.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(rest.contains("drained"), "{rest:?}");
+}
+
 #[test]
 fn http_hello_answers_keep_alive_requests() {
     let (_server, addr) = start_server("http_hello");

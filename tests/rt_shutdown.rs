@@ -304,3 +304,42 @@ fn dropping_the_runtime_from_its_own_coroutine_ends_every_spawned_child() {
         wait_until(&format!("child {i} to end"), || h.is_finished());
     }
 }
+
+/// `Runtime::shutdown_timeout`: spawns fail from the start of it, running
+/// coroutines finish on their own (their joins see their values), and one
+/// that never finishes is cancelled once the timeout has passed (never
+/// before); `true` only when everything finished in time.
+#[test]
+fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
+    let rt = Runtime::new().unwrap();
+    let finisher = rt.spawn(|| {
+        greenstack::time::sleep(Duration::from_millis(50));
+        // Spawning while the runtime closes fails.
+        Builder::new().spawn(|| ()).is_err()
+    });
+    let parked = rt.spawn(|| loop {
+        greenstack::park();
+    });
+    let t = Instant::now();
+    assert!(
+        !rt.shutdown_timeout(Duration::from_millis(300)),
+        "a coroutine never finishes"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "cancelled before the timeout"
+    );
+    assert!(
+        finisher.join().unwrap(),
+        "a spawn succeeded during the shutdown"
+    );
+    assert_cancelled(parked);
+
+    let rt = Runtime::new().unwrap();
+    let quick = rt.spawn(|| {
+        greenstack::time::sleep(Duration::from_millis(20));
+        7
+    });
+    assert!(rt.shutdown_timeout(Duration::from_secs(60)));
+    assert_eq!(quick.join().unwrap(), 7);
+}

@@ -176,6 +176,9 @@ pub(crate) struct Shared {
     pub(crate) injector: Injector<NewTask>,
     pub(crate) idle: idle::Idle,
     pub(crate) shutdown: AtomicBool,
+    /// A graceful shutdown has begun (`Runtime::shutdown_timeout`): spawns
+    /// fail, what runs goes on.
+    pub(crate) closing: AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) blocking: blocking::Pool,
     /// Spin budget of the watchdog, if on.
@@ -419,6 +422,7 @@ impl RuntimeBuilder {
             injector: Injector::new(),
             idle: idle::Idle::new(n),
             shutdown: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             counters: Counters::default(),
             blocking: blocking::Pool::new(),
             watchdog: self.watchdog,
@@ -594,6 +598,44 @@ impl Runtime {
     {
         spawn_on(&self.shared, None, None, f)
             .unwrap_or_else(|e| panic!("greenstack: cannot spawn: {e}"))
+    }
+
+    /// Shuts the runtime down gracefully: from now on spawns fail (with
+    /// "the runtime is shutting down"), the coroutines already spawned go
+    /// on, and this waits at most `timeout` for all of them to finish.
+    /// Then it drops the runtime, which cancels what still runs (see
+    /// [`RuntimeBuilder::shutdown_timeout`]). Returns whether every
+    /// coroutine finished within `timeout`.
+    ///
+    /// Called from one of its own coroutines, it waits for the others.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = greenstack_runtime::Runtime::new()?;
+    /// let h = rt.spawn(|| greenstack_runtime::time::sleep(Duration::from_millis(10)));
+    /// assert!(rt.shutdown_timeout(Duration::from_secs(5)));
+    /// assert!(h.join().is_ok(), "it finished, not cancelled");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn shutdown_timeout(self, timeout: Duration) -> bool {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let own =
+            u64::from(worker::current_shared().is_some_and(|s| Arc::ptr_eq(&s, &self.shared)));
+        let finished = loop {
+            if self.shared.live.get() <= own {
+                break true;
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                break false;
+            }
+            // Parks a coroutine, sleeps a plain thread.
+            crate::time::sleep(Duration::from_millis(1));
+        };
+        drop(self);
+        finished
     }
 
     /// A snapshot of the runtime's counters.
@@ -812,7 +854,7 @@ fn new_coroutine(
     root_thread: Option<std::thread::Thread>,
     lazy: bool,
 ) -> io::Result<(HeaderInit, Stack)> {
-    if shared.shutdown.load(Ordering::Acquire) {
+    if shared.shutdown.load(Ordering::Acquire) || shared.closing.load(Ordering::Acquire) {
         return Err(io::Error::other("the runtime is shutting down"));
     }
     let id;
