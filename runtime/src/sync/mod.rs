@@ -8,7 +8,8 @@
 //!   [`WaitGroup`], [`Notify`]: not poisoned by panics (their guards just
 //!   unlock). [`OnceLock`]: std's, with initializers that park.
 //! - [`mpsc`]: std's channel API and semantics; [`mpmc`]: both ends clone;
-//!   [`oneshot`]: one value. As std's, dropping the last receiver drops
+//!   [`oneshot`]: one value; [`watch`]: the latest value, tokio's
+//!   semantics; [`broadcast`]: every value to every receiver, tokio's. As std's, dropping the last receiver drops
 //!   the values still queued, there and then.
 //!
 //! A wait cut short by an unwind (dropping a runtime cancels its parked
@@ -25,6 +26,7 @@
 //! on their own stacks, so waiting allocates nothing; [`oneshot`] takes no
 //! lock at all (one atomic state word).
 
+pub mod broadcast;
 mod chan;
 mod condvar;
 pub mod mpmc;
@@ -35,6 +37,7 @@ mod once;
 pub mod oneshot;
 mod semaphore;
 mod wait;
+pub mod watch;
 
 pub use condvar::{Barrier, BarrierWaitResult, Condvar, WaitGroup, WaitTimeoutResult};
 pub use mutex::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
