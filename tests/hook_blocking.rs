@@ -410,6 +410,111 @@ fn a_signal_handler_that_writes_works_in_a_coroutine() {
     assert_eq!(got, "signal");
 }
 
+static FULL_PIPE_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
+static IN_NODEFER_HANDLER: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn write_to_full_pipe(_: libc::c_int) {
+    IN_NODEFER_HANDLER.store(true, SeqCst);
+    let fd = FULL_PIPE_FD.load(SeqCst) as libc::c_int;
+    // SAFETY: write is async-signal-safe; a static buffer.
+    unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+    IN_NODEFER_HANDLER.store(false, SeqCst);
+}
+
+/// A handler installed with `SA_NODEFER` and an empty mask (so the thread's
+/// signal mask does not change while it runs) makes a call that would
+/// block, in a coroutine: the hooks must not park inside the handler (the
+/// interrupted coroutine is stopped at any instruction), so the call
+/// blocks the worker until a thread drains the pipe, and no other
+/// coroutine of the worker runs meanwhile.
+#[test]
+fn a_handler_that_leaves_the_mask_alone_is_not_parked_in() {
+    let (mut r, w) = pipe();
+    // Fill the pipe: the handler's one-byte write would block.
+    // SAFETY: fcntl on our fd; writes from a local buffer.
+    unsafe {
+        let fl = libc::fcntl(w.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(w.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        let chunk = [0u8; 4096];
+        while libc::write(w.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        libc::fcntl(w.as_raw_fd(), libc::F_SETFL, fl);
+    }
+    FULL_PIPE_FD.store(w.as_raw_fd() as usize, SeqCst);
+    let sig = libc::SIGRTMIN() + 1;
+    // SAFETY: installs a handler that only calls write(2) and atomics.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = write_to_full_pipe as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = libc::SA_NODEFER;
+        assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+    }
+    let drainer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut buf = vec![0u8; 1 << 20];
+        let _ = r.read(&mut buf);
+        r
+    });
+    let rt = one_worker(true);
+    let beats_in_handler = common::bounded("a write in a SA_NODEFER handler", move || {
+        rt.block_on(move || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let beats = Arc::new(AtomicUsize::new(0));
+            let hb = {
+                let (stop, beats) = (stop.clone(), beats.clone());
+                greenstack::spawn(move || {
+                    while !stop.load(SeqCst) {
+                        greenstack::time::sleep(Duration::from_millis(2));
+                        if IN_NODEFER_HANDLER.load(SeqCst) {
+                            beats.fetch_add(1, SeqCst);
+                        }
+                    }
+                })
+            };
+            greenstack::spawn(move || {
+                greenstack::time::sleep(Duration::from_millis(10));
+                // SAFETY: raise sends to this thread, whose handler writes.
+                assert_eq!(unsafe { libc::raise(sig) }, 0);
+            })
+            .join()
+            .unwrap();
+            stop.store(true, SeqCst);
+            hb.join().unwrap();
+            beats.load(SeqCst)
+        })
+    });
+    drop(drainer.join().unwrap());
+    drop(w);
+    assert_eq!(
+        beats_in_handler, 0,
+        "the worker ran other coroutines inside the handler"
+    );
+}
+
+/// A handler installed through `sigaction` is reported back as itself (the
+/// runtime's wrapper never shows), with its flags, by `sigaction` and
+/// `signal`.
+#[test]
+fn sigaction_reports_the_users_handler() {
+    let sig = libc::SIGRTMIN() + 2;
+    let h = write_from_handler as extern "C" fn(libc::c_int) as usize;
+    // SAFETY: installs and queries actions for a signal nobody sends.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = h;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+        let mut old: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(sig, std::ptr::null(), &mut old), 0);
+        assert_eq!(old.sa_sigaction, h);
+        assert_eq!(old.sa_flags & libc::SA_SIGINFO, 0, "SA_SIGINFO leaked out");
+        assert_eq!(libc::signal(sig, libc::SIG_DFL), h);
+        assert_eq!(libc::signal(sig, h), libc::SIG_DFL);
+        assert_eq!(libc::signal(sig, libc::SIG_IGN), h);
+    }
+}
+
 /// A FIFO with no writer yet: `std::fs::read` blocks in `open` until the
 /// writer comes, then reads. Parks the coroutine throughout.
 #[test]

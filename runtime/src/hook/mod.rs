@@ -68,9 +68,17 @@
 //! coroutine parks. `wait4`/`waitpid` of one child park on its pidfd.
 //!
 //! A coroutine never parks from a hook while it unwinds from a panic, nor
-//! while the thread's signal mask differs from the one the worker started
-//! with (the sign of a signal handler running on the coroutine's stack):
-//! the call then blocks the worker as it would have without the runtime.
+//! inside a signal handler (the interrupted code may be anywhere, inside
+//! malloc or the runtime): the call then blocks the worker as it would
+//! have without the runtime. The hooks know a handler runs because every
+//! handler installed through this binary's `sigaction`, `signal` or
+//! `bsd_signal` is wrapped in a trampoline that counts it (and `sigaction`
+//! reports the user's handler back, never the trampoline); this costs no
+//! system call per wait, and sees handlers that leave the signal mask
+//! alone (`SA_NODEFER`, an empty mask). A handler installed by a raw
+//! system call or by a library loaded at run time is not wrapped; neither
+//! is one that leaves by `longjmp` counted out (the hooks on that thread
+//! then never park again, which is safe).
 //!
 //! # Not covered (yet)
 //!
@@ -107,8 +115,21 @@ pub const HOOKS_ENV: &str = "GREENSTACK_HOOKS";
 thread_local! {
     /// Whether blocking calls on this thread park the running coroutine.
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
-    /// The thread's signal mask when its worker started (see `parkable`).
-    static BASE_MASK: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
+    /// Signal handlers running on this thread (see `sys::trampoline`).
+    static IN_HANDLER: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A wrapped signal handler starts on this thread. Async-signal-safe: a
+/// const thread-local without a destructor.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn enter_handler() {
+    IN_HANDLER.with(|c| c.set(c.get().wrapping_add(1)));
+}
+
+/// The wrapped signal handler returns.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn leave_handler() {
+    IN_HANDLER.with(|c| c.set(c.get().saturating_sub(1)));
 }
 
 /// Whether hooked calls on this thread park the running coroutine.
@@ -145,18 +166,14 @@ extern "C" fn clear_after_fork() {
     ACTIVE.with(|c| c.set(false));
 }
 
-/// Records the calling worker thread's signal mask, as `parkable` compares
-/// against it, and (once per process) makes forked children start with
-/// the hooks off.
+/// Called by each worker thread as it starts: (once per process) makes
+/// forked children start with the hooks off.
 pub(crate) fn record_base_mask() {
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
         // SAFETY: registers a child handler that only writes a thread-local.
         unsafe { libc::pthread_atfork(None, None, Some(clear_after_fork)) };
     });
-    if let Some(m) = current_mask() {
-        BASE_MASK.with(|c| c.set(Some(m)));
-    }
 }
 
 /// Whether the hooks are on for runtimes built now: the environment
@@ -169,22 +186,6 @@ pub(crate) fn env_enabled() -> bool {
             Ok("0" | "off" | "false" | "OFF" | "FALSE")
         )
     })
-}
-
-fn current_mask() -> Option<libc::sigset_t> {
-    // SAFETY: an all-zero sigset_t is a valid (empty) set; rt_sigprocmask
-    // with a null new set only writes the current mask into ours.
-    unsafe {
-        let mut m: libc::sigset_t = std::mem::zeroed();
-        let rc = libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_BLOCK,
-            std::ptr::null::<libc::sigset_t>(),
-            &mut m as *mut libc::sigset_t,
-            std::mem::size_of::<u64>(),
-        );
-        (rc == 0).then_some(m)
-    }
 }
 
 /// A call of a coroutine being cancelled is to fail with `ECANCELED`:
@@ -201,26 +202,12 @@ pub(crate) fn cancelling() -> bool {
 }
 
 /// Whether the running coroutine may park here: not while unwinding from
-/// a panic (parking then is refused), and not inside a signal handler
-/// (detected by a signal mask other than the worker's own). Called only
-/// on the slow path, before a park.
+/// a panic (parking then is refused), not while it is being cancelled, and
+/// not inside a signal handler (one installed through this binary's
+/// `sigaction` or `signal`, which count it: see `sys::trampoline`).
+/// Called only on the slow path, before a park.
 pub(crate) fn parkable() -> bool {
-    if std::thread::panicking() || cancelling() {
-        return false;
-    }
-    let Some(base) = BASE_MASK.with(Cell::get) else {
-        return true;
-    };
-    let Some(now) = current_mask() else {
-        return false;
-    };
-    // SAFETY: both are initialized sigset_t values; compared as the
-    // kernel's 64-bit masks (the first 8 bytes).
-    unsafe {
-        let a = std::slice::from_raw_parts((&base as *const libc::sigset_t).cast::<u8>(), 8);
-        let b = std::slice::from_raw_parts((&now as *const libc::sigset_t).cast::<u8>(), 8);
-        a == b
-    }
+    !std::thread::panicking() && !cancelling() && IN_HANDLER.with(Cell::get) == 0
 }
 
 /// What kind of file an fd is, as far as the hooks care.
@@ -472,8 +459,8 @@ pub(crate) struct FdWait {
     deadline: Option<Option<Instant>>,
     /// The kept registration's state, once looked up.
     state: Option<Arc<crate::scheduler::driver::IoState>>,
-    /// Whether the once-per-call checks (the user's `O_NONBLOCK`, the
-    /// signal mask) passed: neither changes within one call.
+    /// Whether the once-per-call checks (the user's `O_NONBLOCK`, not in
+    /// a signal handler) passed: neither changes within one call.
     checked: bool,
 }
 

@@ -1596,3 +1596,142 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: size_t, of
     // SAFETY: the caller's arguments.
     unsafe { pwrite64(fd, buf, count, off) }
 }
+
+// --------------------------------------------------------------------------
+// Signal handlers: how `parkable` knows a handler is running.
+//
+// A handler that interrupted a coroutine runs on the coroutine's stack (or
+// the thread's alternate one) with the interrupted code suspended at any
+// instruction, perhaps inside malloc or the runtime itself: a hooked call
+// in it must not park. The hooks used to compare the thread's signal mask
+// with the worker's (one `rt_sigprocmask` per wait, and blind to a handler
+// installed with `SA_NODEFER` and an empty mask). Instead, every handler
+// installed through `sigaction` or `signal` in this binary is wrapped: the
+// kernel calls `trampoline`, which counts the handler in `IN_HANDLER` around
+// the user's. `sigaction` reports the user's handler and flags back, never
+// the trampoline. A handler installed by a raw system call or by a library
+// loaded at run time is not seen (the module docs say so).
+
+/// The user's handlers (`sa_sigaction`) and flags per signal, for
+/// `trampoline` and for reporting back.
+static USER_HANDLER: [std::sync::atomic::AtomicUsize; 65] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 65];
+static USER_FLAGS: [std::sync::atomic::AtomicI32; 65] =
+    [const { std::sync::atomic::AtomicI32::new(0) }; 65];
+
+extern "C" {
+    /// glibc's `sigaction` under its exported alias (no `dlsym`, which is
+    /// not async-signal-safe; `sigaction` is).
+    fn __sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
+}
+
+/// What the kernel calls for a wrapped handler: the user's, counted.
+/// Async-signal-safe: atomics and a const thread-local only.
+extern "C" fn trampoline(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    let Some(h) = usize::try_from(sig).ok().and_then(|s| USER_HANDLER.get(s)) else {
+        return;
+    };
+    let h = h.load(std::sync::atomic::Ordering::Acquire);
+    if h == libc::SIG_DFL || h == libc::SIG_IGN || h == 0 {
+        // Replaced between the kernel's dispatch and this load.
+        return;
+    }
+    super::enter_handler();
+    // SAFETY: `h` is a handler the user installed for `sig`. Whether it was
+    // declared with one argument or three (SA_SIGINFO), the x86-64 calling
+    // convention passes the kernel's three in registers, which a callee
+    // taking fewer ignores.
+    unsafe {
+        let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) = std::mem::transmute(h);
+        f(sig, info, ctx);
+    }
+    super::leave_handler();
+}
+
+/// `sigaction(2)`: installs the user's handler wrapped in `trampoline`, and
+/// reports back the user's handler, never the trampoline.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    use std::sync::atomic::Ordering::AcqRel;
+    let Some(slot) = usize::try_from(sig).ok().filter(|&s| (1..65).contains(&s)) else {
+        // SAFETY: the caller's arguments (the kernel rejects the signal).
+        return unsafe { __sigaction(sig, act, old) };
+    };
+    let tramp = trampoline as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
+    // What a trampoline installed now stands for, to report in `old`.
+    let mut before = (
+        USER_HANDLER[slot].load(std::sync::atomic::Ordering::Acquire),
+        USER_FLAGS[slot].load(std::sync::atomic::Ordering::Acquire),
+    );
+    // SAFETY: `act` is null or the caller's valid action.
+    let wanted = unsafe { act.as_ref() };
+    let mut wrapped: libc::sigaction;
+    let act = match wanted {
+        Some(a)
+            if a.sa_sigaction != libc::SIG_DFL
+                && a.sa_sigaction != libc::SIG_IGN
+                && a.sa_sigaction != tramp =>
+        {
+            before = (
+                USER_HANDLER[slot].swap(a.sa_sigaction, AcqRel),
+                USER_FLAGS[slot].swap(a.sa_flags, AcqRel),
+            );
+            wrapped = *a;
+            wrapped.sa_sigaction = tramp;
+            wrapped.sa_flags |= libc::SA_SIGINFO;
+            &wrapped as *const libc::sigaction
+        }
+        _ => act,
+    };
+    // SAFETY: valid actions (the caller's, or our copy of it).
+    let r = unsafe { __sigaction(sig, act, old) };
+    if r != 0 {
+        if wanted
+            .is_some_and(|a| a.sa_sigaction != libc::SIG_DFL && a.sa_sigaction != libc::SIG_IGN)
+        {
+            USER_HANDLER[slot].store(before.0, std::sync::atomic::Ordering::Release);
+            USER_FLAGS[slot].store(before.1, std::sync::atomic::Ordering::Release);
+        }
+        return r;
+    }
+    // SAFETY: `old` is null or the caller's buffer, which the call filled.
+    if let Some(o) = unsafe { old.as_mut() } {
+        if o.sa_sigaction == tramp {
+            o.sa_sigaction = before.0;
+            o.sa_flags = (o.sa_flags & !libc::SA_SIGINFO) | (before.1 & libc::SA_SIGINFO);
+        }
+    }
+    r
+}
+
+/// `signal(3)` (glibc's BSD semantics: `SA_RESTART`, the signal blocked in
+/// its handler), through the `sigaction` above so the handler is wrapped.
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: an all-zero sigaction is valid; the sets are initialized.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        let mut old: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = handler;
+        libc::sigemptyset(&mut act.sa_mask);
+        if sig > 0 && sig < 65 {
+            libc::sigaddset(&mut act.sa_mask, sig);
+        }
+        act.sa_flags = libc::SA_RESTART;
+        if sigaction(sig, &act, &mut old) != 0 {
+            return libc::SIG_ERR;
+        }
+        old.sa_sigaction
+    }
+}
+
+/// `bsd_signal(3)`: `signal`.
+#[no_mangle]
+pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: the caller's arguments.
+    unsafe { signal(sig, handler) }
+}
