@@ -474,7 +474,11 @@ impl Driver {
         crate::time::keep_readings();
         Driver {
             poll: RefCell::new(poll),
-            events: RefCell::new(mio::Events::with_capacity(256)),
+            // As tokio's. With 256, `tcp_echo workers=2 n=1000` made 11,291
+            // `epoll_wait` calls per 50,000 round trips (strace -c), with
+            // 1024 8,078 (tokio: 7,492); median of 5 alternating runs 9.14
+            // -> 8.16 µs per round trip.
+            events: RefCell::new(mio::Events::with_capacity(1024)),
             timers: RefCell::new(Timers::new()),
             armed: Arc::clone(&handle.timers),
             seen: Cell::new(None),
