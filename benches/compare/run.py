@@ -1631,7 +1631,11 @@ def row_case_ids(row: Row, plan: list[Case]) -> set[str]:
         if c.workload == "parked" and label.startswith("parked"):
             if "maps" in label or f"{c.params['n']:,} tasks" in label:
                 ids.add(c.id)
-        elif label.startswith("tcp_echo_std") and f"{c.params['n']:,} conn" in label:
+        elif (
+            label.startswith("tcp_echo_std")
+            and c.workload in ("tcp_echo", "tcp_echo_std")
+            and f"{c.params['n']:,} conn" in label
+        ):
             # greenstack's own cell from tcp_echo_std, the peers' from tcp_echo
             if c.workload == "tcp_echo_std" or (c.workload == "tcp_echo" and "best peer" in label):
                 ids.add(c.id)
