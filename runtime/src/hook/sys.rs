@@ -656,12 +656,8 @@ pub unsafe extern "C" fn ppoll(
 ) -> c_int {
     let direct = || {
         // The kernel updates the timeout it is given: hand it a copy.
-        let mut t = if tmo.is_null() {
-            None
-        } else {
-            // SAFETY: non-null, the caller's timeout.
-            Some(unsafe { *tmo })
-        };
+        // SAFETY: null or the caller's timeout.
+        let mut t = unsafe { tmo.as_ref() }.copied();
         let tp = t
             .as_mut()
             .map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
@@ -749,12 +745,8 @@ pub unsafe extern "C" fn pselect(
     sigmask: *const libc::sigset_t,
 ) -> c_int {
     let direct = || {
-        let mut t = if timeout.is_null() {
-            None
-        } else {
-            // SAFETY: non-null, the caller's timeout.
-            Some(unsafe { *timeout })
-        };
+        // SAFETY: null or the caller's timeout.
+        let mut t = unsafe { timeout.as_ref() }.copied();
         let tp = t
             .as_mut()
             .map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);

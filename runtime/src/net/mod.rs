@@ -266,3 +266,23 @@ pub(crate) fn dup(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: `new` is a fresh fd owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
 }
+
+/// An accept that waits at most `timeout` (`accept_timeout` of both
+/// listeners): `TimedOut` if no connection came, never early.
+pub(crate) fn accept_until<S: AsRawFd, R>(
+    io: &Io<S>,
+    timeout: std::time::Duration,
+    accept: impl FnMut(&S) -> io::Result<R>,
+) -> io::Result<R> {
+    let deadline = Instant::now().checked_add(timeout);
+    io.op_until(Dir::Read, deadline, accept).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no connection came before the timeout",
+            )
+        } else {
+            e
+        }
+    })
+}

@@ -72,15 +72,8 @@ impl TcpListener {
         &self,
         timeout: std::time::Duration,
     ) -> io::Result<(TcpStream, SocketAddr)> {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        match self.io.op_until(Dir::Read, deadline, |l| l.accept()) {
-            Ok((s, addr)) => Ok((TcpStream { io: Io::new(s) }, addr)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no connection came before the timeout",
-            )),
-            Err(e) => Err(e),
-        }
+        let (s, addr) = super::accept_until(&self.io, timeout, |l| l.accept())?;
+        Ok((TcpStream { io: Io::new(s) }, addr))
     }
 
     /// An endless iterator of `accept`ed connections.

@@ -53,15 +53,8 @@ impl UnixListener {
         &self,
         timeout: std::time::Duration,
     ) -> io::Result<(UnixStream, SocketAddr)> {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        match self.io.op_until(Dir::Read, deadline, |l| l.accept()) {
-            Ok((s, addr)) => Ok((UnixStream { io: Io::new(s) }, addr)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no connection came before the timeout",
-            )),
-            Err(e) => Err(e),
-        }
+        let (s, addr) = super::accept_until(&self.io, timeout, |l| l.accept())?;
+        Ok((UnixStream { io: Io::new(s) }, addr))
     }
 
     /// An endless iterator of accepted connections.

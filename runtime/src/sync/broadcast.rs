@@ -28,23 +28,9 @@ use std::time::{Duration, Instant};
 
 use super::{Condvar, Mutex};
 
-/// No receiver was left to send to; the value comes back.
-#[derive(PartialEq, Eq, Clone, Copy)]
-pub struct SendError<T>(pub T);
-
-impl<T> fmt::Debug for SendError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SendError(..)")
-    }
-}
-
-impl<T> fmt::Display for SendError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sending on a broadcast channel without receivers")
-    }
-}
-
-impl<T> std::error::Error for SendError<T> {}
+/// Sending failed: no receiver is left. The value comes back (std's
+/// channel error, as [`mpmc`](super::mpmc) uses).
+pub use std::sync::mpsc::SendError;
 
 /// Why a receive failed.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
