@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -645,12 +645,19 @@ fn sleep_at_zero_one_and_max() {
             let past = Instant::now();
             start(side, Some(&rt), move || greenstack::time::sleep_until(past)).join();
         }
-        let sleeper = rt.spawn(|| {
+        // The earlier coroutines may have parked already: wait for a park
+        // past this baseline, made after the sleeper holds its guard, so the
+        // sleeper is parked (not merely queued) when the runtime drops.
+        let parks_before = rt.stats().parks;
+        let holding = Arc::new(AtomicBool::new(false));
+        let h = holding.clone();
+        let sleeper = rt.spawn(move || {
             let _g = SleeperGuard;
+            h.store(true, Ordering::SeqCst);
             greenstack::time::sleep(Duration::MAX);
             unreachable!("sleep(Duration::MAX) returned");
         });
-        wait_for(|| rt.stats().parks >= 1);
+        wait_for(|| holding.load(Ordering::SeqCst) && rt.stats().parks > parks_before);
         assert!(!sleeper.is_finished());
         drop(rt);
         assert_eq!(SLEEPER_DROPS.load(Ordering::SeqCst), 1);
