@@ -46,7 +46,7 @@ pub use greenstack_runtime::{
     yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey,
     Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
 };
-pub use greenstack_runtime::{net, signal, stack, sync, time};
+pub use greenstack_runtime::{cancel, net, signal, stack, sync, time};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -49,6 +49,8 @@ mod scheduler;
 #[cfg(not(greenstack_loom))]
 pub mod time;
 
+pub mod cancel;
+
 #[cfg(not(greenstack_loom))]
 pub mod sync;
 

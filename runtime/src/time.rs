@@ -37,7 +37,10 @@
 // fires timers to refresh a reading.
 
 use std::cell::Cell;
+use std::fmt;
 use std::time::{Duration, Instant};
+
+use crate::cancel::{End, Point};
 
 /// How close to a deadline, as the latest reading sees it, [`expired`]
 /// reads the clock rather than answer "not passed" from the reading: a
@@ -135,7 +138,9 @@ pub(crate) fn expired(deadline: Option<Instant>) -> bool {
 
 /// Puts the calling coroutine (or thread) to sleep for at least `dur`.
 ///
-/// Never returns early. `Duration::MAX` sleeps forever.
+/// Never returns early, unless the coroutine is cancelled or an enclosing
+/// [`timeout`] expires (see [`crate::cancel`]). `Duration::MAX` sleeps
+/// forever.
 ///
 /// # Examples
 ///
@@ -149,20 +154,94 @@ pub(crate) fn expired(deadline: Option<Instant>) -> bool {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn sleep(dur: Duration) {
-    match now().checked_add(dur) {
-        Some(deadline) => sleep_until(deadline),
-        None => loop {
-            park_until(None);
-        },
-    }
+    sleep_point(Point::new(now().checked_add(dur)));
 }
 
 /// Puts the calling coroutine (or thread) to sleep until `deadline`.
 ///
-/// Never returns before `deadline`.
+/// Never returns before `deadline`, unless the coroutine is cancelled or an
+/// enclosing [`timeout`] expires.
 pub fn sleep_until(deadline: Instant) {
-    while !expired(Some(deadline)) {
-        park_until(Some(deadline));
+    sleep_point(Point::new(Some(deadline)));
+}
+
+/// Sleeps until `point` ends the wait; true if its own deadline did (not a
+/// cancellation or a timeout).
+fn sleep_point(point: Point) -> bool {
+    loop {
+        match point.ended() {
+            Some(End::Deadline) => return true,
+            Some(End::Cancelled | End::Elapsed) => return false,
+            None => park_until(point.deadline()),
+        }
+    }
+}
+
+/// The error of [`timeout`]: the deadline cut at least one of the
+/// closure's waits short. It holds what the closure returned (which may
+/// hold data it got before the deadline: nothing is dropped).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed<T>(T);
+
+impl<T> Elapsed<T> {
+    /// What the closure returned.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for Elapsed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Elapsed(..)")
+    }
+}
+
+impl<T> fmt::Display for Elapsed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl<T> std::error::Error for Elapsed<T> {}
+
+/// Runs `f` on the calling coroutine (or thread) with a deadline `dur`
+/// from now: once it passes, `f`'s waits stop waiting as a cancelled
+/// coroutine's do (see [`crate::cancel`]; I/O fails with
+/// `ErrorKind::TimedOut`), and `f` returns by its own code.
+///
+/// `Ok` with `f`'s value if no wait of `f` was cut short; `Err` holding it
+/// if one was (a wait cut by an enclosing, earlier timeout counts too).
+/// Timeouts nest: the earliest deadline applies.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use greenstack_runtime::{sync::mpsc, time};
+/// # let rt = greenstack_runtime::Runtime::new()?;
+/// rt.block_on(|| {
+///     let (tx, rx) = mpsc::channel::<u32>();
+///     // Nothing comes within 20 ms: the receive is cut short.
+///     let r = time::timeout(Duration::from_millis(20), || rx.recv());
+///     assert!(r.is_err());
+///     tx.send(1).unwrap();
+///     assert_eq!(time::timeout(Duration::from_millis(20), || rx.recv()), Ok(Ok(1)));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn timeout<T>(dur: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed<T>> {
+    timeout_inner(now().checked_add(dur), f)
+}
+
+/// [`timeout`] with a deadline.
+pub fn timeout_at<T>(deadline: Instant, f: impl FnOnce() -> T) -> Result<T, Elapsed<T>> {
+    timeout_inner(Some(deadline), f)
+}
+
+fn timeout_inner<T>(deadline: Option<Instant>, f: impl FnOnce() -> T) -> Result<T, Elapsed<T>> {
+    match crate::cancel::with_deadline(deadline, f) {
+        (v, false) => Ok(v),
+        (v, true) => Err(Elapsed(v)),
     }
 }
 
@@ -252,9 +331,14 @@ impl Interval {
     /// Waits until the next tick is due (at once if it already is) and
     /// returns the instant it was due at. Parks the calling coroutine, or
     /// blocks a plain thread.
+    ///
+    /// A cancelled coroutine (or one whose enclosing [`timeout`] expired)
+    /// returns at once, without advancing the schedule.
     pub fn tick(&mut self) -> Instant {
         let due = self.next;
-        sleep_until(due);
+        if !sleep_point(Point::new(Some(due))) {
+            return due;
+        }
         let now = Instant::now();
         self.next = match self.missed {
             MissedTickBehavior::Burst => due + self.period,

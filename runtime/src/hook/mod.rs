@@ -193,7 +193,24 @@ pub(crate) fn env_enabled() -> bool {
 /// `worker::hook_call_cancelled`).
 pub(crate) fn cancelled() -> Wait {
     crate::scheduler::worker::hook_call_cancelled();
-    Wait::Cancelled
+    Wait::Cancelled(libc::ECANCELED)
+}
+
+/// Whether `point` ends the call now (see `crate::cancel`): its own
+/// deadline (`Wait::Again`), or the coroutine's cancellation or an
+/// enclosing timeout (`Wait::Cancelled`). A call that fails that way
+/// first yields, if it may: code that retries every error must not hold
+/// its worker.
+pub(crate) fn stop(point: &crate::cancel::Point) -> Option<Wait> {
+    match point.ended()? {
+        crate::cancel::End::Deadline => Some(Wait::Again),
+        end => {
+            if parkable() {
+                park(crate::scheduler::worker::yield_current);
+            }
+            Some(Wait::Cancelled(crate::cancel::errno(end)))
+        }
+    }
 }
 
 /// Whether the running coroutine is being cancelled at shutdown.
@@ -430,10 +447,12 @@ pub(crate) enum Wait {
     Again,
     /// Parking is not possible here: make the blocking call.
     Block,
-    /// The coroutine is being cancelled (its runtime shuts down): fail the
-    /// call with `ECANCELED`, so the coroutine's code returns to where the
-    /// cancellation can unwind it, instead of blocking its worker.
-    Cancelled,
+    /// Fail the call with this errno: `ECANCELED` when the coroutine is
+    /// being cancelled (by its runtime's shutdown, so its code returns to
+    /// where the cancellation can unwind it instead of blocking its
+    /// worker; or by `JoinHandle::cancel`), `ETIMEDOUT` when an enclosing
+    /// `time::timeout` expired.
+    Cancelled(libc::c_int),
 }
 
 /// One hooked call's waits on its fd, across its attempts.
@@ -455,8 +474,9 @@ pub(crate) struct FdWait {
     /// Whether the fd is a socket (whose `SO_RCVTIMEO`/`SO_SNDTIMEO` is
     /// the park's timeout).
     socket: bool,
-    /// The deadline, once read (on the first wait).
-    deadline: Option<Option<Instant>>,
+    /// The deadline (the socket's timeout, bounded by an enclosing
+    /// `time::timeout`), once read (on the first wait).
+    point: Option<crate::cancel::Point>,
     /// The kept registration's state, once looked up.
     state: Option<Arc<crate::scheduler::driver::IoState>>,
     /// Whether the once-per-call checks (the user's `O_NONBLOCK`, not in
@@ -471,7 +491,7 @@ impl FdWait {
             dir,
             check_user,
             socket,
-            deadline: None,
+            point: None,
             state: None,
             checked: false,
         }
@@ -500,19 +520,20 @@ impl FdWait {
         }
         let fd = self.fd;
         let (socket, dir) = (self.socket, self.dir);
-        let deadline = *self.deadline.get_or_insert_with(|| {
-            if socket {
+        let point = *self.point.get_or_insert_with(|| {
+            crate::cancel::Point::new(if socket {
                 socket_deadline(fd, dir)
             } else {
                 None
-            }
+            })
         });
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Wait::Again;
-        }
         if cancelling() {
             return cancelled();
         }
+        if let Some(w) = stop(&point) {
+            return w;
+        }
+        let deadline = point.deadline();
         if !self.checked && !parkable() {
             return Wait::Block;
         }
@@ -555,15 +576,17 @@ pub(crate) fn wait_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>, check_user
     if check_user && user_nonblocking(fd) {
         return Wait::Again;
     }
-    if deadline.is_some_and(|d| Instant::now() >= d) {
-        return Wait::Again;
-    }
     if cancelling() {
         return cancelled();
+    }
+    let point = crate::cancel::Point::new(deadline);
+    if let Some(w) = stop(&point) {
+        return w;
     }
     if !parkable() {
         return Wait::Block;
     }
+    let deadline = point.deadline();
     match park(|| crate::scheduler::driver::park_on_fd(fd, dir == Dir::Write, deadline)) {
         Ok(()) => Wait::Retry,
         Err(_) => Wait::Block,

@@ -65,8 +65,8 @@ fn socket_loop(
                 return -1;
             }
             Wait::Block => return blocking(),
-            Wait::Cancelled => {
-                set_errno(libc::ECANCELED);
+            Wait::Cancelled(e) => {
+                set_errno(e);
                 return -1;
             }
         }
@@ -97,8 +97,8 @@ fn pollable_loop(fd: c_int, dir: Dir, socket: bool, call: impl FnOnce() -> ssize
         match w.wait() {
             Wait::Retry => {}
             Wait::Again | Wait::Block => return call(),
-            Wait::Cancelled => {
-                set_errno(libc::ECANCELED);
+            Wait::Cancelled(e) => {
+                set_errno(e);
                 return -1;
             }
         }
@@ -515,8 +515,8 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
                 sys!(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, -1);
                 break;
             }
-            Wait::Cancelled => {
-                set_errno(libc::ECANCELED);
+            Wait::Cancelled(e) => {
+                set_errno(e);
                 restore();
                 return -1;
             }
@@ -611,18 +611,24 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
     // Made only once parking is allowed: nothing allocates before that
     // check (a signal handler may have interrupted malloc).
     let mut list: Option<Vec<(c_int, libc::c_short)>> = None;
+    let point = crate::cancel::Point::new(deadline);
     loop {
         let r = direct(0);
         if r != 0 {
             return r;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return 0;
-        }
         if super::cancelling() {
             super::cancelled();
             set_errno(libc::ECANCELED);
             return -1;
+        }
+        match super::stop(&point) {
+            Some(Wait::Cancelled(e)) => {
+                set_errno(e);
+                return -1;
+            }
+            Some(_) => return 0,
+            None => {}
         }
         if list.is_none() {
             if !super::parkable() {
@@ -639,7 +645,8 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
             );
         }
         let fds_list = list.as_deref().unwrap_or(&[]);
-        if super::park(|| crate::scheduler::driver::park_on_fds(fds_list, deadline)).is_err() {
+        let until = point.deadline();
+        if super::park(|| crate::scheduler::driver::park_on_fds(fds_list, until)).is_err() {
             return direct(left_ms());
         }
     }
@@ -1401,8 +1408,8 @@ pub unsafe extern "C" fn wait4(
             sys!(libc::SYS_close, pidfd);
             match waited {
                 Wait::Retry => {}
-                Wait::Cancelled => {
-                    set_errno(libc::ECANCELED);
+                Wait::Cancelled(e) => {
+                    set_errno(e);
                     return -1;
                 }
                 Wait::Again | Wait::Block => return direct(),

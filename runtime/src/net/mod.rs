@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
+use crate::cancel::Point;
 use crate::scheduler::driver::{waits_registered, Registration, READABLE, WRITABLE};
 
 /// The direction an operation waits for.
@@ -165,6 +166,9 @@ impl<S: AsRawFd> Io<S> {
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> io::Result<R> {
         let registered = waits_registered();
+        // A cancellation point (see `crate::cancel`), made when first
+        // needed: an operation ready at once costs no look at the limits.
+        let mut point: Option<Point> = None;
         loop {
             let reg = if registered {
                 Some(self.registration()?)
@@ -181,25 +185,23 @@ impl<S: AsRawFd> Io<S> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            let p = *point.get_or_insert_with(|| Point::new(deadline));
+            if let Some(end) = p.ended() {
                 if let Some(r) = reg {
                     // A waker left behind would keep the socket from
                     // moving to its next waiter's worker.
                     r.forget(dir.bit());
                 }
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "the operation timed out",
-                ));
+                return Err(crate::cancel::io_error(end));
             }
             match reg {
                 Some(r) => {
                     let fd = self.sock.as_raw_fd();
                     if r.wait(dir.bit(), &mut mio::unix::SourceFd(&fd))? {
-                        crate::time::park_until(deadline);
+                        crate::time::park_until(p.deadline());
                     }
                 }
-                None => poll_fd(self.sock.as_raw_fd(), dir, deadline)?,
+                None => poll_fd(self.sock.as_raw_fd(), dir, p.deadline())?,
             }
         }
     }

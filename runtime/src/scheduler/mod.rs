@@ -82,7 +82,8 @@ use crossbeam_deque::{Injector, Stealer};
 use crate::counter::Sharded;
 
 pub(crate) use self::task::Header;
-use self::task::{HeaderInit, NewTask, Stack, TaskRef};
+pub(crate) use self::task::TaskRef;
+use self::task::{HeaderInit, NewTask, Stack};
 use crate::stack::{ArenaBuilder, ArenaStats, GuardMode, StackArena};
 
 pub use self::local::{AccessError, LocalKey};

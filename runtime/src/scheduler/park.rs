@@ -116,6 +116,12 @@ impl ParkState {
             .is_ok()
     }
 
+    /// Whether the coroutine has finished (step 5).
+    #[cfg_attr(greenstack_loom, allow(dead_code))]
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.load(Ordering::Acquire) == DONE
+    }
+
     /// Step 5: the coroutine has finished.
     pub(crate) fn finish(&self) {
         self.0.store(DONE, Ordering::Release);

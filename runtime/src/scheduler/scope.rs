@@ -316,6 +316,15 @@ impl<T> ScopedJoinHandle<'_, T> {
         result.unwrap_or_else(|| Err(Box::new(Cancelled) as Box<dyn Any + Send>))
     }
 
+    /// Asks the coroutine to stop, as [`JoinHandle::cancel`] does: its
+    /// cancellable waits end with errors its own code handles. The scope
+    /// still waits for it to return.
+    pub fn cancel(&self) {
+        if let Some(h) = &self.handle {
+            h.cancel();
+        }
+    }
+
     /// Whether the coroutine has finished.
     pub fn is_finished(&self) -> bool {
         match &self.handle {

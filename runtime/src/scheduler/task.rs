@@ -55,6 +55,9 @@ pub(crate) struct Header {
     /// the payload's drop, which may happen on another thread if user code
     /// catches the payload and sends it away.
     pub(crate) cancel_in_flight: AtomicBool,
+    /// Set by `JoinHandle::cancel` (or a `CancelToken`), for good: the
+    /// coroutine's cancellable waits end (see `crate::cancel`).
+    pub(crate) cancel_requested: AtomicBool,
     /// The runtime it belongs to, for remote wake-ups, through a handle of
     /// the spawning worker's own: every header holding the runtime's one
     /// `Arc` would make its count a cache line all workers write on every
@@ -102,6 +105,7 @@ impl Header {
             key: AtomicU32::new(u32::MAX),
             cancelling: AtomicBool::new(false),
             cancel_in_flight: AtomicBool::new(false),
+            cancel_requested: AtomicBool::new(false),
             shared: init.shared,
             refs: RefCount::new(1),
             vtable,
@@ -671,14 +675,17 @@ impl fmt::Debug for Coroutine {
     }
 }
 
-/// The payload of the `Err` that [`JoinHandle::join`] returns for a
-/// coroutine that never finished: the runtime was dropped first.
+/// A coroutine was cancelled. The payload of the `Err` that
+/// [`JoinHandle::join`] returns for a coroutine that never finished (its
+/// runtime was dropped first), and the error of
+/// [`cancel::check`](crate::cancel::check) in a coroutine that
+/// [`JoinHandle::cancel`] asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cancelled;
 
 impl fmt::Display for Cancelled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the coroutine was cancelled: its runtime shut down before it finished")
+        f.write_str("the coroutine was cancelled")
     }
 }
 
@@ -808,6 +815,9 @@ impl<T> JoinHandle<T> {
     }
 
     /// [`join_timeout`](Self::join_timeout) with a deadline.
+    ///
+    /// A cancellation point (see [`crate::cancel`]): a cancelled caller
+    /// gets `Err` with the handle back at once.
     pub fn join_deadline(self, deadline: Instant) -> Result<std::thread::Result<T>, JoinHandle<T>> {
         let finished = {
             let state = self.state().expect("join handle already used");
@@ -815,17 +825,18 @@ impl<T> JoinHandle<T> {
                 true
             } else {
                 let waker = super::current_waker();
+                let point = crate::cancel::Point::new(Some(deadline));
                 loop {
                     if state.register(&waker) {
                         break true;
                     }
-                    if Instant::now() >= deadline {
+                    if point.ended().is_some() {
                         // Leave no waker of ours behind: a later completion
                         // must not unpark us while we wait for something
                         // else. (`true`: it completed meanwhile.)
                         break state.register(&noop_waker());
                     }
-                    crate::time::park_until(Some(deadline));
+                    crate::time::park_until(point.deadline());
                 }
             }
         };
@@ -834,6 +845,34 @@ impl<T> JoinHandle<T> {
             Ok(into_result(this.take_outcome()))
         } else {
             Err(self)
+        }
+    }
+
+    /// Asks the coroutine to stop: it is marked cancelled for good, and its
+    /// current or next cancellable wait ends with an error its own code
+    /// handles (see [`crate::cancel`] for which waits, and what each
+    /// returns). Nothing is unwound by force; [`join`](Self::join) returns
+    /// whatever the coroutine returned (or its panic). A no-op for a
+    /// finished coroutine and for a [`spawn_blocking`](crate::spawn_blocking)
+    /// job. Callable from any thread, any number of times.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let rt = greenstack_runtime::Runtime::new()?;
+    /// rt.block_on(|| {
+    ///     let listener = greenstack_runtime::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    ///     let server = greenstack_runtime::spawn(move || listener.accept().map(|_| ()));
+    ///     server.cancel();
+    ///     let err = server.join().unwrap().unwrap_err();
+    ///     assert!(greenstack_runtime::cancel::is_cancellation(&err));
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn cancel(&self) {
+        if let Owner::Task(c) = &self.owner {
+            crate::cancel::request(&c.header);
         }
     }
 

@@ -198,6 +198,8 @@ pub(crate) struct Running {
     /// park returns instead, and the hook finishes its call without
     /// parking again.
     no_throw: Cell<bool>,
+    /// Its `time::timeout` deadlines (see `crate::cancel`).
+    pub(crate) limits: crate::cancel::Limits,
 }
 
 impl Running {
@@ -237,6 +239,7 @@ impl Running {
             cancel_throws: Cell::new(0),
             unwinding_yields: Cell::new(0),
             no_throw: Cell::new(false),
+            limits: crate::cancel::Limits::new(),
         };
         let p = Box::into_raw(place).cast::<Running>();
         // SAFETY: `p` is a `Box` allocation with `Running`'s layout

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Condvar, Mutex};
+use crate::cancel::{End, Point};
 
 /// Sending failed: no receiver is left. The value comes back (std's
 /// channel error, as [`mpmc`](super::mpmc) uses).
@@ -217,7 +218,14 @@ impl<T: Clone> Receiver<T> {
         self.take(true, Instant::now().checked_add(timeout))
     }
 
+    /// A cancellation point: a cancelled (or timed-out) receiver finds
+    /// the channel closed once it has no value to take.
     fn take(&mut self, block: bool, deadline: Option<Instant>) -> Result<T, TryRecvError> {
+        let point = if block {
+            Point::new(deadline)
+        } else {
+            Point::plain(None)
+        };
         let mut st = self.shared.state.lock();
         loop {
             let oldest = st.next - st.buf.len() as u64;
@@ -237,15 +245,10 @@ impl<T: Clone> Receiver<T> {
             if !block {
                 return Err(TryRecvError::Empty);
             }
-            match deadline {
-                None => st = self.shared.sent.wait(st),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(TryRecvError::Empty);
-                    }
-                    st = self.shared.sent.wait_timeout(st, left).0;
-                }
+            match point.ended() {
+                Some(End::Deadline) => return Err(TryRecvError::Empty),
+                Some(End::Cancelled | End::Elapsed) => return Err(TryRecvError::Closed),
+                None => st = self.shared.sent.wait_point(st, point).0,
             }
         }
     }

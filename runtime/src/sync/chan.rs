@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::wait::{Defer, Node, NodePtr, SpinGuard, SpinLock, Wakers};
+use crate::cancel::{End, Point};
 
 pub(crate) struct Chan<T> {
     state: SpinLock<State<T>>,
@@ -175,6 +176,9 @@ impl<T> Chan<T> {
     fn send_slow(&self, v: T, block: bool, deadline: Option<Instant>) -> Result<(), SendFail<T>> {
         let mut value = Some(v);
         let mut my_seq = None;
+        // A cancellation point: a cancelled (or timed-out) sender finds the
+        // channel disconnected and gets its value back.
+        let point = Point::new(deadline);
         loop {
             // Declared before the lock so it outlives the wait; it does not
             // move while queued.
@@ -224,7 +228,7 @@ impl<T> Chan<T> {
                         return Err(SendFail::Full(value.take().expect("value not yet sent")));
                     }
                 }
-                if crate::time::expired(deadline) {
+                if let Some(end) = point.ended() {
                     let v = match value.take() {
                         Some(v) => v,
                         // A rendezvous value nobody took: withdraw it, which
@@ -237,7 +241,10 @@ impl<T> Chan<T> {
                             v
                         }
                     };
-                    return Err(SendFail::Timeout(v));
+                    return Err(match end {
+                        End::Deadline => SendFail::Timeout(v),
+                        End::Cancelled | End::Elapsed => SendFail::Disconnected(v),
+                    });
                 }
                 node = Node::new();
                 st.send_waiters.push_back(node.ptr());
@@ -249,7 +256,7 @@ impl<T> Chan<T> {
             self.wait_queued(
                 &node,
                 |st| &mut st.send_waiters,
-                deadline,
+                &point,
                 || {
                     if let Some(seq) = my_seq {
                         self.withdraw_unwound(seq);
@@ -307,6 +314,10 @@ impl<T> Chan<T> {
 
     /// Receives a value, waiting until `deadline` if `block`.
     pub(crate) fn recv(&self, block: bool, deadline: Option<Instant>) -> Result<T, RecvFail> {
+        // A cancellation point: a cancelled (or timed-out) receiver finds
+        // the channel disconnected once it is empty. Made when first
+        // needed: a value ready at once costs no look at the limits.
+        let mut point: Option<Point> = None;
         loop {
             // Declared before the lock so it outlives the wait; it does not
             // move while queued.
@@ -326,18 +337,23 @@ impl<T> Chan<T> {
                 if !block {
                     return Err(RecvFail::Empty);
                 }
-                if crate::time::expired(deadline) {
-                    return Err(RecvFail::Timeout);
+                let p = point.get_or_insert_with(|| Point::new(deadline));
+                if let Some(end) = p.ended() {
+                    return Err(match end {
+                        End::Deadline => RecvFail::Timeout,
+                        End::Cancelled | End::Elapsed => RecvFail::Disconnected,
+                    });
                 }
                 node = Node::new();
                 st.recv_waiters.push_back(node.ptr());
             }
             // A value handed over before a timeout is still ours; one handed
             // over to us as we are unwound goes on to another receiver.
+            let p = point.expect("made before queueing");
             self.wait_queued(
                 &node,
                 |st| &mut st.recv_waiters,
-                deadline,
+                &p,
                 || {
                     // SAFETY: run by `wait_queued` once the node has left its
                     // queue and settled.
@@ -362,14 +378,14 @@ impl<T> Chan<T> {
         &self,
         node: &Node<V>,
         queue: fn(&mut State<T>) -> &mut VecDeque<NodePtr<V>>,
-        deadline: Option<Instant>,
+        point: &Point,
         unwound: impl FnOnce(),
     ) {
         let leave = Defer::new(|| {
             self.unqueue(node, queue);
             unwound();
         });
-        let notified = node.wait(deadline);
+        let notified = node.wait(point);
         leave.disarm();
         if !notified {
             self.unqueue(node, queue);

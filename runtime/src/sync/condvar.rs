@@ -3,10 +3,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::mutex::{Mutex, MutexGuard};
 use super::wait::{deadline_after, lock, wake_all, Defer, Waiter};
+use crate::cancel::Point;
 
 /// A condition variable for [`Mutex`], with std's API: waiting parks the
 /// coroutine (or blocks the thread) and releases the mutex meanwhile.
@@ -39,7 +40,7 @@ impl Condvar {
     /// Spurious wake-ups are possible: wait in a loop (or use
     /// [`wait_while`](Self::wait_while)).
     pub fn wait<'a, T: ?Sized>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-        self.wait_until(guard, None).0
+        self.wait_point(guard, Point::plain(None)).0
     }
 
     /// Waits while `condition` holds.
@@ -60,7 +61,7 @@ impl Condvar {
         guard: MutexGuard<'a, T>,
         dur: Duration,
     ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
-        self.wait_until(guard, deadline_after(dur))
+        self.wait_point(guard, Point::new(deadline_after(dur)))
     }
 
     /// As [`wait_while`](Self::wait_while), for at most `dur` in all.
@@ -72,7 +73,7 @@ impl Condvar {
     ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
         let deadline = deadline_after(dur);
         while condition(&mut *guard) {
-            let (g, r) = self.wait_until(guard, deadline);
+            let (g, r) = self.wait_point(guard, Point::new(deadline));
             guard = g;
             if r.timed_out() {
                 let still = condition(&mut *guard);
@@ -82,10 +83,12 @@ impl Condvar {
         (guard, WaitTimeoutResult(false))
     }
 
-    fn wait_until<'a, T: ?Sized>(
+    /// Waits until notified or `point` ends the wait (for the crate's own
+    /// cancellable waits built on a condvar: watch, broadcast, notify).
+    pub(crate) fn wait_point<'a, T: ?Sized>(
         &self,
         guard: MutexGuard<'a, T>,
-        deadline: Option<Instant>,
+        point: Point,
     ) -> (MutexGuard<'a, T>, WaitTimeoutResult) {
         let node = Waiter::new(1);
         lock(&self.waiters).push_back(Arc::clone(&node));
@@ -109,7 +112,7 @@ impl Condvar {
         // Enqueued before the mutex is released: a notify issued by whoever
         // takes the mutex next cannot miss us.
         let mutex: &'a Mutex<T> = guard.unlock();
-        let notified = node.wait(deadline);
+        let notified = node.wait(&point);
         leave.disarm();
         if !notified {
             let mut q = lock(&self.waiters);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::semaphore::{Semaphore, SemaphoreGuard};
 use super::wait::deadline_after;
+use crate::cancel::Point;
 
 /// A mutual-exclusion lock that parks the waiting coroutine (or blocks a
 /// plain thread), and hands the lock to waiters in arrival order, so no
@@ -86,7 +87,7 @@ impl<T: ?Sized> Mutex<T> {
     /// Waits for the lock for at most `timeout`.
     pub fn lock_timeout(&self, timeout: Duration) -> Option<MutexGuard<'_, T>> {
         self.sem
-            .acquire_until(1, deadline_after(timeout))
+            .acquire_until(1, Point::new(deadline_after(timeout)))
             .map(|p| self.guard(p))
     }
 
@@ -251,13 +252,15 @@ impl<T: ?Sized> RwLock<T> {
     /// Waits at most `timeout` for shared access.
     pub fn read_timeout(&self, timeout: Duration) -> Option<RwLockReadGuard<'_, T>> {
         self.sem
-            .acquire_until(1, deadline_after(timeout))
+            .acquire_until(1, Point::new(deadline_after(timeout)))
             .map(|p| self.read_guard(p))
     }
 
     /// Waits at most `timeout` for exclusive access.
     pub fn write_timeout(&self, timeout: Duration) -> Option<RwLockWriteGuard<'_, T>> {
-        let p = self.sem.acquire_until(WRITE, deadline_after(timeout))?;
+        let p = self
+            .sem
+            .acquire_until(WRITE, Point::new(deadline_after(timeout)))?;
         Some(RwLockWriteGuard {
             lock: self,
             _permit: p,

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Condvar, Mutex};
+use crate::cancel::Point;
 
 /// Wakes waiting coroutines (or threads) without passing data, as tokio's
 /// `Notify`: [`notify_one`](Self::notify_one) wakes one waiter, or, if
@@ -74,19 +75,21 @@ impl Notify {
     /// Waits for a notification (returns at once if a permit is stored, and
     /// takes it).
     pub fn notified(&self) {
-        self.wait(None);
+        self.wait(Point::plain(None));
     }
 
     /// Waits at most `timeout` for a notification; true if one came.
     pub fn notified_timeout(&self, timeout: Duration) -> bool {
-        self.wait(Some(
+        self.wait(Point::new(Some(
             Instant::now()
                 .checked_add(timeout)
                 .unwrap_or_else(far_future),
-        ))
+        )))
     }
 
-    fn wait(&self, deadline: Option<Instant>) -> bool {
+    /// Waits until notified or `point` ends the wait (timed out, or the
+    /// coroutine cancelled): false then.
+    fn wait(&self, point: Point) -> bool {
         let mut st = self.state.lock();
         if std::mem::take(&mut st.permit) {
             return true;
@@ -101,13 +104,7 @@ impl Notify {
         };
         loop {
             let st = guard.st.take().expect("the lock is held here");
-            let st = match deadline {
-                None => self.cv.wait(st),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    self.cv.wait_timeout(st, left).0
-                }
-            };
+            let st = self.cv.wait_point(st, point).0;
             let st = guard.st.insert(st);
             if st.generation != generation {
                 return true;
@@ -116,7 +113,7 @@ impl Notify {
                 st.wakeups -= 1;
                 return true;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if point.ended().is_some() {
                 return false;
             }
         }

@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use super::chan::{recv_timeout_error, try_recv_error, RecvFail};
 use super::wait::{deadline_after, Defer};
+use crate::cancel::{End, Point};
 use crate::loom::cell::UnsafeCell;
 use crate::loom::sync::atomic::{AtomicUsize, Ordering};
 use crate::loom::sync::Arc;
@@ -217,13 +218,17 @@ impl<T> Receiver<T> {
                 self.unregister();
             })
         });
+        // A cancellation point: a cancelled (or timed-out) receiver finds
+        // the sender gone.
+        let point = Point::new(deadline);
+        let deadline = point.deadline();
         loop {
             if let Some(r) = self.take() {
                 // `COMPLETE`: the sender took our waker (step 2), if any.
                 return r;
             }
             let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if let Some(end) = point.ended() {
                 if let Some(leave) = leave {
                     leave.disarm();
                     if !self.unregister() {
@@ -231,7 +236,10 @@ impl<T> Receiver<T> {
                         return self.take().expect("complete");
                     }
                 }
-                return Err(RecvFail::Timeout);
+                return Err(match end {
+                    End::Deadline => RecvFail::Timeout,
+                    End::Cancelled | End::Elapsed => RecvFail::Disconnected,
+                });
             }
             if registered {
                 crate::time::park_until(deadline);

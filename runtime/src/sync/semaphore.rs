@@ -8,9 +8,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::wait::{deadline_after, lock, wake_all, Defer, Waiter};
+use crate::cancel::Point;
 
 /// A counting semaphore that parks coroutines (or blocks threads) while no
 /// permit is free; waiters are served in arrival order.
@@ -65,12 +66,13 @@ impl Semaphore {
 
     /// Waits for `n` permits at once.
     pub fn acquire_many(&self, n: usize) -> SemaphoreGuard<'_> {
-        self.acquire_until(n, None).expect("no deadline")
+        self.acquire_until(n, Point::plain(None))
+            .expect("no deadline")
     }
 
     /// Waits for one permit for at most `timeout`.
     pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
-        self.acquire_until(1, deadline_after(timeout))
+        self.acquire_until(1, Point::new(deadline_after(timeout)))
     }
 
     /// Takes one permit if one is free and nobody waits.
@@ -99,11 +101,7 @@ impl Semaphore {
         wake_all(woken);
     }
 
-    pub(crate) fn acquire_until(
-        &self,
-        n: usize,
-        deadline: Option<Instant>,
-    ) -> Option<SemaphoreGuard<'_>> {
+    pub(crate) fn acquire_until(&self, n: usize, point: Point) -> Option<SemaphoreGuard<'_>> {
         let node = {
             let mut st = lock(&self.state);
             if st.queue.is_empty() && st.permits >= n {
@@ -120,7 +118,7 @@ impl Semaphore {
         // otherwise the next release hands the permits to a waiter that is
         // gone, and they are lost for good (a `Mutex` stays locked).
         let leave = Defer::new(|| self.leave(&node));
-        if node.wait(deadline) {
+        if node.wait(&point) {
             leave.disarm();
             return Some(SemaphoreGuard { sem: self, n });
         }

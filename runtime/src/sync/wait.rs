@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+use crate::cancel::Point;
 use crate::loom::cell::UnsafeCell;
 use crate::loom::hint::{backoff, Backoff};
 use crate::loom::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -97,16 +98,16 @@ impl Waiter {
         self.notified.load(Ordering::Acquire)
     }
 
-    /// Parks until notified or `deadline`. True if notified.
-    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+    /// Parks until notified or `point` ends the wait. True if notified.
+    pub(crate) fn wait(&self, point: &Point) -> bool {
         loop {
             if self.is_notified() {
                 return true;
             }
-            if crate::time::expired(deadline) {
+            if point.ended().is_some() {
                 return false;
             }
-            crate::time::park_until(deadline);
+            crate::time::park_until(point.deadline());
         }
     }
 }
@@ -145,11 +146,11 @@ impl<V> Node<V> {
         NodePtr(NonNull::from(self))
     }
 
-    /// Parks until notified or `deadline` (step 3). True if notified (and
-    /// the notifier done); if false, the caller must take the lock and
-    /// unqueue the node, then [`settle`](Self::settle), before it may drop
-    /// it.
-    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+    /// Parks until notified or `point` ends the wait (step 3). True if
+    /// notified (and the notifier done); if false, the caller must take the
+    /// lock and unqueue the node, then [`settle`](Self::settle), before it
+    /// may drop it.
+    pub(crate) fn wait(&self, point: &Point) -> bool {
         loop {
             // Acquire: pairs with the Release stores in `NodePtr::notify`
             // and `Notified::wake`, so the handed-over value is visible.
@@ -157,10 +158,10 @@ impl<V> Node<V> {
                 self.settle();
                 return true;
             }
-            if crate::time::expired(deadline) {
+            if point.ended().is_some() {
                 return false;
             }
-            crate::time::park_until(deadline);
+            crate::time::park_until(point.deadline());
         }
     }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Condvar, Mutex, RwLock, RwLockReadGuard};
+use crate::cancel::{End, Point};
 
 /// Sending failed: no receiver is left. The value comes back (std's
 /// channel error, as [`mpmc`](super::mpmc) uses).
@@ -180,7 +181,10 @@ impl<T> Receiver<T> {
         self.wait(Instant::now().checked_add(timeout))
     }
 
+    /// A cancellation point: a cancelled (or timed-out) receiver finds the
+    /// sender gone.
     fn wait(&mut self, deadline: Option<Instant>) -> Result<bool, RecvError> {
+        let point = Point::new(deadline);
         let mut st = self.shared.state.lock();
         loop {
             if st.0 != self.seen {
@@ -190,15 +194,10 @@ impl<T> Receiver<T> {
             if st.1 {
                 return Err(RecvError);
             }
-            match deadline {
-                None => st = self.shared.changed.wait(st),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    st = self.shared.changed.wait_timeout(st, left).0;
-                }
+            match point.ended() {
+                Some(End::Deadline) => return Ok(false),
+                Some(End::Cancelled | End::Elapsed) => return Err(RecvError),
+                None => st = self.shared.changed.wait_point(st, point).0,
             }
         }
     }

@@ -79,7 +79,7 @@ impl Slot {
                 self.state.lock().waiters.retain(|w| !w.is(&node));
                 node.settle();
             });
-            if node.wait(deadline) {
+            if node.wait(&crate::cancel::Point::plain(deadline)) {
                 leave.disarm();
             }
         }
@@ -181,7 +181,7 @@ impl HandOff {
             st.queue.push_back(std::sync::Arc::clone(&node));
             node
         };
-        assert!(node.wait(None), "no deadline");
+        assert!(node.wait(&crate::cancel::Point::plain(None)), "no deadline");
     }
 
     /// `Semaphore::add_permits(1)`: hands the lock to the first waiter.
