@@ -308,7 +308,9 @@ fn dropping_the_runtime_from_its_own_coroutine_ends_every_spawned_child() {
 /// `Runtime::shutdown_timeout`: spawns fail from the start of it, running
 /// coroutines finish on their own (their joins see their values), and one
 /// that never finishes is cancelled once the timeout has passed (never
-/// before); `true` only when everything finished in time.
+/// before): first through its waits (`JoinHandle::cancel`), so one that
+/// waits on a channel returns, then by force; `true` only when everything
+/// finished in time.
 #[test]
 fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
     let rt = Runtime::new().unwrap();
@@ -319,6 +321,12 @@ fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
     });
     let parked = rt.spawn(|| loop {
         greenstack::park();
+    });
+    // Past the timeout it is cancelled, and returns by its own code.
+    let (tx, rx) = greenstack::sync::mpsc::channel::<u32>();
+    let cooperative = rt.spawn(move || {
+        let r = rx.recv();
+        (r.is_err(), greenstack::cancel::is_cancelled())
     });
     let t = Instant::now();
     assert!(
@@ -334,6 +342,12 @@ fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
         "a spawn succeeded during the shutdown"
     );
     assert_cancelled(parked);
+    assert_eq!(
+        cooperative.join().unwrap(),
+        (true, true),
+        "cancelled through its wait, it returned"
+    );
+    drop(tx);
 
     let rt = Runtime::new().unwrap();
     let quick = rt.spawn(|| {

@@ -180,6 +180,11 @@ pub(crate) struct Shared {
     /// A graceful shutdown has begun (`Runtime::shutdown_timeout`): spawns
     /// fail, what runs goes on.
     pub(crate) closing: AtomicBool,
+    /// A graceful shutdown's deadline passed: every coroutine is cancelled
+    /// (`JoinHandle::cancel`), by its worker, except the one with the id
+    /// in `cancel_spared` (the coroutine that shuts the runtime down).
+    pub(crate) cancel_all: AtomicBool,
+    pub(crate) cancel_spared: std::sync::atomic::AtomicU64,
     pub(crate) counters: Counters,
     pub(crate) blocking: blocking::Pool,
     /// Spin budget of the watchdog, if on.
@@ -424,6 +429,8 @@ impl RuntimeBuilder {
             idle: idle::Idle::new(n),
             shutdown: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            cancel_all: AtomicBool::new(false),
+            cancel_spared: std::sync::atomic::AtomicU64::new(0),
             counters: Counters::default(),
             blocking: blocking::Pool::new(),
             watchdog: self.watchdog,
@@ -604,9 +611,13 @@ impl Runtime {
     /// Shuts the runtime down gracefully: from now on spawns fail (with
     /// "the runtime is shutting down"), the coroutines already spawned go
     /// on, and this waits at most `timeout` for all of them to finish.
-    /// Then it drops the runtime, which cancels what still runs (see
+    /// Then it cancels those left, as [`JoinHandle::cancel`] does (their
+    /// waits end with errors their own code handles, see
+    /// [`crate::cancel`]), and waits at most `timeout` again, but no more
+    /// than a second, for them to return. Last it drops the runtime,
+    /// which unwinds by force whatever still runs (see
     /// [`RuntimeBuilder::shutdown_timeout`]). Returns whether every
-    /// coroutine finished within `timeout`.
+    /// coroutine finished within the first `timeout`, uncancelled.
     ///
     /// Called from one of its own coroutines, it waits for the others.
     ///
@@ -625,18 +636,39 @@ impl Runtime {
         let deadline = std::time::Instant::now().checked_add(timeout);
         let own =
             u64::from(worker::current_shared().is_some_and(|s| Arc::ptr_eq(&s, &self.shared)));
-        let finished = loop {
-            if self.shared.live.get() <= own {
-                break true;
+        let finished = self.wait_live(own, deadline);
+        if !finished {
+            // Cancel what is left (each worker cancels its own started
+            // coroutines, and the ones it starts from now on), sparing the
+            // caller, and give them a grace period to return.
+            let me = worker::current_header().map_or(0, |h| h.id.get());
+            self.shared.cancel_spared.store(me, Ordering::SeqCst);
+            self.shared.cancel_all.store(true, Ordering::SeqCst);
+            for w in self.shared.workers.iter() {
+                w.driver.unpark();
             }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                break false;
-            }
-            // Parks a coroutine, sleeps a plain thread.
-            crate::time::sleep(Duration::from_millis(1));
-        };
+            let grace = timeout.min(Duration::from_secs(1));
+            self.wait_live(own, std::time::Instant::now().checked_add(grace));
+        }
         drop(self);
         finished
+    }
+
+    /// Waits until at most `own` coroutines are alive, or `deadline`;
+    /// true in the first case.
+    fn wait_live(&self, own: u64, deadline: Option<std::time::Instant>) -> bool {
+        loop {
+            if self.shared.live.get() <= own {
+                return true;
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return false;
+            }
+            // Parks a coroutine, sleeps a plain thread. Not cut short by
+            // a cancellation of the caller: a plain sleep of the thread
+            // would do, but a coroutine must not hold its worker.
+            crate::time::sleep(Duration::from_millis(1));
+        }
     }
 
     /// A snapshot of the runtime's counters.

@@ -339,6 +339,9 @@ struct Local {
     left_work: Cell<bool>,
     /// Timers and I/O readiness; where the worker sleeps.
     driver: Driver,
+    /// Whether this worker has cancelled its coroutines for a graceful
+    /// shutdown past its deadline (`Shared::cancel_all`).
+    cancelled_all: Cell<bool>,
 }
 
 thread_local! {
@@ -840,6 +843,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         searching: Cell::new(false),
         seen: RefCell::new(Vec::new()),
         left_work: Cell::new(false),
+        cancelled_all: Cell::new(false),
         driver,
     };
     WORKER.with(|w| w.set(&local));
@@ -854,6 +858,9 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     // while coroutines pinned here still point into it: abort instead.
     let body = catch_unwind(AssertUnwindSafe(|| {
         while !local.shared.shutdown.load(Ordering::Acquire) {
+            if local.shared.cancel_all.load(Ordering::Relaxed) && !local.cancelled_all.get() {
+                local.cancel_all();
+            }
             let work = local.next_work();
             local.stop_searching(work.is_some());
             match work {
@@ -1404,9 +1411,32 @@ impl Local {
         }
     }
 
+    /// A graceful shutdown's deadline passed: cancels every coroutine
+    /// started here but the spared one (`Shared::cancel_all`); the ones
+    /// started from now on are cancelled in `start`.
+    #[cold]
+    fn cancel_all(&self) {
+        self.cancelled_all.set(true);
+        let spared = self.shared.cancel_spared.load(Ordering::SeqCst);
+        let headers: Vec<TaskRef> = self
+            .slab
+            .borrow()
+            .iter()
+            .flatten()
+            .map(|r| r.header.clone())
+            .filter(|h| h.id.get() != spared)
+            .collect();
+        for h in headers {
+            crate::cancel::request(&h);
+        }
+    }
+
     /// Step 4: creates the coroutine here and runs it.
     fn start(&self, task: NewTask) {
         let (header, stack, run) = task.into_parts();
+        if self.cancelled_all.get() {
+            header.cancel_requested.store(true, Ordering::Relaxed);
+        }
         let slot = match stack {
             Stack::Ready(slot) => slot,
             Stack::AtStart(reservation) => {
