@@ -43,8 +43,8 @@
 pub use greenstack_macros::{main, spawn, test};
 pub use greenstack_runtime::{
     block_on_future, coroutine_local, current, park, scope, spawn, spawn_blocking, try_current,
-    yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey,
-    Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
+    yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, JoinSet,
+    LocalKey, Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
 };
 pub use greenstack_runtime::{cancel, net, signal, stack, sync, time};
 

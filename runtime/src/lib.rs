@@ -66,8 +66,8 @@ pub mod signal;
 #[cfg(not(greenstack_loom))]
 pub use scheduler::{
     block_on_future, current, park, scope, spawn, spawn_blocking, try_current, yield_now,
-    AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, LocalKey, Runtime,
-    RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
+    AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, JoinSet, LocalKey,
+    Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
 };
 
 /// Under loom only the modeled components are built: the rest of the crate

@@ -57,6 +57,7 @@ mod blocking;
 pub(crate) mod driver;
 mod idle;
 pub(crate) mod join;
+mod join_set;
 mod local;
 pub(crate) mod park;
 mod refcount;
@@ -86,6 +87,7 @@ pub(crate) use self::task::TaskRef;
 use self::task::{HeaderInit, NewTask, Stack};
 use crate::stack::{ArenaBuilder, ArenaStats, GuardMode, StackArena};
 
+pub use self::join_set::JoinSet;
 pub use self::local::{AccessError, LocalKey};
 pub use self::scope::{scope, Scope, ScopedJoinHandle};
 pub use self::task::{Cancelled, Coroutine, CoroutineId, JoinHandle};
