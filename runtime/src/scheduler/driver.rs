@@ -652,6 +652,44 @@ impl Driver {
     }
 }
 
+/// For `select`: the calling coroutine's waker, registered for `fd`'s
+/// readiness (a duplicate registered with its worker's poller) until
+/// dropped.
+pub(crate) struct FdWatch {
+    dup: std::os::fd::OwnedFd,
+    reg: Registration,
+    bit: u8,
+}
+
+impl FdWatch {
+    /// `None` off a worker's coroutine, or if the fd cannot be duplicated
+    /// or registered (the select then polls).
+    pub(crate) fn new(fd: RawFd, write: bool) -> Option<FdWatch> {
+        use std::os::fd::AsRawFd;
+        if !waits_registered() {
+            return None;
+        }
+        let dup = crate::net::dup(fd).ok()?;
+        let raw = dup.as_raw_fd();
+        let reg = Registration::new(&mut mio::unix::SourceFd(&raw)).ok()?;
+        let bit = if write { WRITABLE } else { READABLE };
+        // The poller reports the fd's state at registration too: only its
+        // event sets the bit from here on.
+        reg.state.clear(READABLE | WRITABLE);
+        reg.wait(bit, &mut mio::unix::SourceFd(&raw)).ok()?;
+        Some(FdWatch { dup, reg, bit })
+    }
+}
+
+impl Drop for FdWatch {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        self.reg.forget(self.bit);
+        self.reg
+            .deregister(&mut mio::unix::SourceFd(&self.dup.as_raw_fd()));
+    }
+}
+
 /// Parks the calling coroutine (on a worker) until one of `fds` is ready
 /// for what its `events` ask (`POLLIN`/`POLLPRI` as readable, `POLLOUT` as
 /// writable; errors and hang-ups count as both), or until `deadline`; may

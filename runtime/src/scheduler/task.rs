@@ -876,6 +876,20 @@ impl<T> JoinHandle<T> {
         }
     }
 
+    /// For `select`: wakes `waker` when the coroutine finishes.
+    pub(crate) fn watch(&self, waker: &std::task::Waker) {
+        if let Some(s) = self.state() {
+            s.register(waker);
+        }
+    }
+
+    /// Undoes [`watch`](Self::watch): leaves no waker of the select behind.
+    pub(crate) fn unwatch(&self) {
+        if let Some(s) = self.state() {
+            s.register(&noop_waker());
+        }
+    }
+
     /// Whether the coroutine has finished (its value is ready).
     pub fn is_finished(&self) -> bool {
         self.state().is_some_and(|s| s.is_complete())

@@ -32,6 +32,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Instant;
 
 use super::wait::{Defer, Node, NodePtr, SpinGuard, SpinLock, Wakers};
@@ -54,6 +55,30 @@ struct State<T> {
     recv_waiters: VecDeque<NodePtr<T>>,
     /// Senders waiting for room (or for their rendezvous value to be taken).
     send_waiters: VecDeque<NodePtr<()>>,
+    /// Selects watching the channel (`sync::select`): woken, and removed,
+    /// at the next change that may make an end ready (a value queued or
+    /// taken, a receiver waiting, an end gone).
+    watchers: Vec<(u64, Waker)>,
+    /// The next watcher key.
+    next_watch: u64,
+}
+
+/// Takes the watchers of `st`, to wake after unlocking (`wake_watchers`).
+#[inline]
+fn take_watchers<T>(st: &mut State<T>) -> Vec<(u64, Waker)> {
+    if st.watchers.is_empty() {
+        Vec::new()
+    } else {
+        std::mem::take(&mut st.watchers)
+    }
+}
+
+/// Wakes what [`take_watchers`] took.
+#[inline]
+fn wake_watchers(w: Vec<(u64, Waker)>) {
+    for (_, w) in w {
+        w.wake();
+    }
 }
 
 /// Why a receive returned nothing.
@@ -83,8 +108,52 @@ impl<T> Chan<T> {
                 taken: 0,
                 recv_waiters: VecDeque::new(),
                 send_waiters: VecDeque::new(),
+                watchers: Vec::new(),
+                next_watch: 0,
             }),
         })
+    }
+
+    /// Whether a receive would return at once (a value, or the
+    /// disconnect).
+    pub(crate) fn recv_ready(&self) -> bool {
+        let st = self.state.lock();
+        !st.queue.is_empty() || st.senders == 0
+    }
+
+    /// Whether a non-blocking send would complete (deliver, or fail with
+    /// the disconnect).
+    pub(crate) fn send_ready(&self) -> bool {
+        let st = self.state.lock();
+        st.receivers == 0
+            || match st.cap {
+                None => true,
+                Some(0) => !st.recv_waiters.is_empty(),
+                Some(c) => st.queue.len() < c,
+            }
+    }
+
+    /// Wakes `waker` at the channel's next change (see `State::watchers`);
+    /// returns the key for [`unwatch`](Self::unwatch).
+    pub(crate) fn watch(&self, waker: &Waker) -> u64 {
+        let mut st = self.state.lock();
+        let key = st.next_watch;
+        st.next_watch += 1;
+        st.watchers.push((key, waker.clone()));
+        key
+    }
+
+    /// Removes the watcher `key`, if not woken (and removed) already.
+    pub(crate) fn unwatch(&self, key: u64) {
+        let removed = {
+            let mut st = self.state.lock();
+            st.watchers
+                .iter()
+                .position(|(k, _)| *k == key)
+                .map(|i| st.watchers.swap_remove(i))
+        };
+        // Its waker drops after unlocking.
+        drop(removed);
     }
 
     pub(crate) fn add_sender(&self) {
@@ -101,12 +170,13 @@ impl<T> Chan<T> {
             let mut st = self.state.lock();
             st.senders -= 1;
             if st.senders == 0 {
-                notify_all(&mut st.recv_waiters)
+                (notify_all(&mut st.recv_waiters), take_watchers(&mut st))
             } else {
-                Wakers::default()
+                (Wakers::default(), Vec::new())
             }
         };
-        woken.wake();
+        woken.0.wake();
+        wake_watchers(woken.1);
     }
 
     /// A receiver is gone. The last one drops every queued value (after
@@ -126,12 +196,16 @@ impl<T> Chan<T> {
                     st.taken += st.queue.len() as u64;
                     std::mem::take(&mut st.queue)
                 };
-                (notify_all(&mut st.send_waiters), dropped)
+                (
+                    (notify_all(&mut st.send_waiters), take_watchers(&mut st)),
+                    dropped,
+                )
             } else {
-                (Wakers::default(), VecDeque::new())
+                ((Wakers::default(), Vec::new()), VecDeque::new())
             }
         };
-        woken.wake();
+        woken.0.wake();
+        wake_watchers(woken.1);
         drop(dropped);
     }
 
@@ -160,9 +234,14 @@ impl<T> Chan<T> {
                 Some(c) => st.queue.len() < c,
             };
             if room {
-                // No receiver waits: nobody to wake.
+                // No receiver waits: nobody to wake but a select.
                 st.queue.push_back(v);
                 st.pushed += 1;
+                if !st.watchers.is_empty() {
+                    let w = take_watchers(&mut st);
+                    drop(st);
+                    wake_watchers(w);
+                }
                 return Ok(());
             }
             v
@@ -183,6 +262,7 @@ impl<T> Chan<T> {
             // Declared before the lock so it outlives the wait; it does not
             // move while queued.
             let node: Node<()>;
+            let watchers;
             {
                 let mut st = self.state.lock();
                 if my_seq.is_some_and(|seq| st.taken >= seq) {
@@ -216,11 +296,14 @@ impl<T> Chan<T> {
                         Some(c) => st.queue.len() < c.max(1),
                     };
                     if room {
-                        // No receiver waits: nobody to wake.
+                        // No receiver waits: nobody to wake but a select.
                         st.queue
                             .push_back(value.take().expect("value not yet sent"));
                         st.pushed += 1;
                         if st.cap != Some(0) || !block {
+                            let w = take_watchers(&mut st);
+                            drop(st);
+                            wake_watchers(w);
                             return Ok(());
                         }
                         my_seq = Some(st.pushed);
@@ -236,8 +319,10 @@ impl<T> Chan<T> {
                         None => {
                             let v = withdraw(&mut st);
                             let woken = notify_all(&mut st.send_waiters);
+                            let w = take_watchers(&mut st);
                             drop(st);
                             woken.wake();
+                            wake_watchers(w);
                             v
                         }
                     };
@@ -248,7 +333,11 @@ impl<T> Chan<T> {
                 }
                 node = Node::new();
                 st.send_waiters.push_back(node.ptr());
+                // A rendezvous value just queued makes the channel ready
+                // for a selecting receiver.
+                watchers = take_watchers(&mut st);
             }
+            wake_watchers(watchers);
             // The loop reports a timeout. An unwound rendezvous sender takes
             // its value back (its `send` never returned, so it must not be
             // delivered, and the queue must not keep a value nobody waits
@@ -276,9 +365,13 @@ impl<T> Chan<T> {
                 return;
             }
             let v = withdraw(&mut st);
-            (v, notify_all(&mut st.send_waiters))
+            (
+                v,
+                (notify_all(&mut st.send_waiters), take_watchers(&mut st)),
+            )
         };
-        woken.wake();
+        woken.0.wake();
+        wake_watchers(woken.1);
         drop(v);
     }
 
@@ -306,6 +399,9 @@ impl<T> Chan<T> {
             } else {
                 st.taken -= 1;
                 st.queue.push_front(v);
+                let w = take_watchers(&mut st);
+                drop(st);
+                wake_watchers(w);
                 None
             }
         };
@@ -322,13 +418,16 @@ impl<T> Chan<T> {
             // Declared before the lock so it outlives the wait; it does not
             // move while queued.
             let mut node: Node<T>;
+            let mut watchers = Vec::new();
             {
                 let mut st = self.state.lock();
                 if let Some(v) = st.queue.pop_front() {
                     st.taken += 1;
                     let woken = notify_all(&mut st.send_waiters);
+                    let w = take_watchers(&mut st);
                     drop(st);
                     woken.wake();
+                    wake_watchers(w);
                     return Ok(v);
                 }
                 if st.senders == 0 {
@@ -346,7 +445,13 @@ impl<T> Chan<T> {
                 }
                 node = Node::new();
                 st.recv_waiters.push_back(node.ptr());
+                // A waiting receiver makes a rendezvous channel ready for
+                // a selecting sender.
+                if st.cap == Some(0) {
+                    watchers = take_watchers(&mut st);
+                }
             }
+            wake_watchers(std::mem::take(&mut watchers));
             // A value handed over before a timeout is still ours; one handed
             // over to us as we are unwound goes on to another receiver.
             let p = point.expect("made before queueing");

@@ -35,6 +35,7 @@ mod mutex;
 mod notify;
 mod once;
 pub mod oneshot;
+pub mod select;
 mod semaphore;
 mod wait;
 pub mod watch;

@@ -56,6 +56,11 @@ pub struct Receiver<T> {
 }
 
 impl<T> Sender<T> {
+    /// The channel, for `select`.
+    pub(crate) fn chan(&self) -> &super::chan::Chan<T> {
+        &self.chan
+    }
+
     /// Sends, waiting for room in a bounded channel; fails only when every
     /// receiver is gone.
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
@@ -127,6 +132,11 @@ impl<T> fmt::Display for SendTimeoutError<T> {
 impl<T> std::error::Error for SendTimeoutError<T> {}
 
 impl<T> Receiver<T> {
+    /// The channel, for `select`.
+    pub(crate) fn chan(&self) -> &super::chan::Chan<T> {
+        &self.chan
+    }
+
     /// Waits for a value; fails once every sender is gone and the queue is
     /// empty.
     pub fn recv(&self) -> Result<T, RecvError> {

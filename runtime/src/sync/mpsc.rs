@@ -69,6 +69,11 @@ pub struct Receiver<T> {
 }
 
 impl<T> Sender<T> {
+    /// The channel, for `select`.
+    pub(crate) fn chan(&self) -> &super::chan::Chan<T> {
+        &self.chan
+    }
+
     /// Sends a value; fails only if the receiver is gone.
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
         self.chan
@@ -78,6 +83,11 @@ impl<T> Sender<T> {
 }
 
 impl<T> SyncSender<T> {
+    /// The channel, for `select`.
+    pub(crate) fn chan(&self) -> &super::chan::Chan<T> {
+        &self.chan
+    }
+
     /// Sends a value, waiting for room; fails only if the receiver is gone.
     pub fn send(&self, t: T) -> Result<(), SendError<T>> {
         self.chan
@@ -100,6 +110,11 @@ impl<T> SyncSender<T> {
 }
 
 impl<T> Receiver<T> {
+    /// The channel, for `select`.
+    pub(crate) fn chan(&self) -> &super::chan::Chan<T> {
+        &self.chan
+    }
+
     /// Waits for a value; fails once every sender is gone and the queue is
     /// empty.
     pub fn recv(&self) -> Result<T, RecvError> {

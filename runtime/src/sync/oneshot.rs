@@ -276,9 +276,29 @@ impl<T> Receiver<T> {
             .with_mut(|v| unsafe { (*v).assume_init_read() })))
     }
 
+    /// Whether the sender has sent or gone (a receive returns at once).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) & COMPLETE != 0
+    }
+
+    /// For `select`: puts `waker` in the slot, to be woken at completion.
+    /// False if it is not there (complete already, or the slot is busy).
+    pub(crate) fn watch(&self, waker: &Waker) -> bool {
+        matches!(self.register_waker(waker.clone()), Register::Done)
+    }
+
+    /// Undoes a [`watch`](Self::watch) that returned true.
+    pub(crate) fn unwatch(&self) {
+        self.unregister();
+    }
+
     /// Protocol step 1: puts the caller's waker in the slot.
     fn register(&self) -> Register {
-        let waker = crate::scheduler::current_waker();
+        self.register_waker(crate::scheduler::current_waker())
+    }
+
+    /// [`register`](Self::register) with `waker`.
+    fn register_waker(&self, waker: Waker) -> Register {
         let state = &self.inner.state;
         let mut s = state.load(Ordering::Relaxed);
         loop {

@@ -1,0 +1,656 @@
+//! Waiting for the first of several operations: channel receives and
+//! sends, a coroutine's end, a file descriptor's readiness, a deadline.
+//!
+//! [`Select`] has crossbeam-channel's shape (add operations, then
+//! [`select`](Select::select) one, or ask which is [`ready`](Select::ready))
+//! and Go's semantics: among the operations ready at once, one is picked
+//! at random, so none starves; [`try_select`](Select::try_select) is the
+//! `default` case, [`select_timeout`](Select::select_timeout) the
+//! deadline. It works from coroutines (which park) and plain threads
+//! (which block).
+//!
+//! # How it waits
+//!
+//! Readiness, then completion: a round asks every operation whether it
+//! would complete now, picks one of the ready ones at random and completes
+//! it (a receive takes its value then, so [`SelectedOperation::recv`]
+//! never waits). With none ready, the caller registers its waker with
+//! each operation's object (a channel wakes its watchers at its next
+//! change: a value queued or taken, a receiver waiting, an end gone),
+//! checks once more, and parks. A completion that loses a race (another
+//! receiver took the value) starts another round.
+//!
+//! Why not crossbeam-channel's own `Select`: greenstack's channels,
+//! coroutines and file descriptors are not crossbeam's, and parking must
+//! park a coroutine, not its worker.
+//!
+//! # Limits
+//!
+//! - A send is ready when it would complete without waiting: a rendezvous
+//!   channel (`sync_channel(0)`) is ready for a sender only while a
+//!   receiver waits in `recv`. A select sending on one while the only
+//!   receiver also selects never matches (Go's select would).
+//! - File-descriptor readiness parks a coroutine on its worker's poller;
+//!   a plain thread re-polls the descriptors every millisecond while it
+//!   waits.
+//! - `select` and `ready` are not cancellation points (see
+//!   [`crate::cancel`]); their timeout forms are.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{RecvError, SendError};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use super::chan::Chan;
+use super::{mpmc, mpsc, oneshot};
+use crate::cancel::Point;
+use crate::JoinHandle;
+
+mod imp {
+    use std::any::Any;
+    use std::task::Waker;
+
+    /// One operation of a select.
+    pub trait Op {
+        /// Whether it would complete now (or fail for good).
+        fn ready(&self) -> bool;
+        /// Completes it if it can now: `Some` with what a receive got
+        /// (boxed), `Some(None)` for the others; `None` if not ready.
+        fn attempt(&self) -> Option<Option<Box<dyn Any>>>;
+        /// Wakes `waker` at the next change that may make it ready.
+        fn watch(&self, waker: &Waker);
+        /// Undoes [`watch`](Self::watch).
+        fn unwatch(&self);
+        /// The object it was made from, to check a completion against.
+        fn object(&self) -> *const ();
+        /// Whether readiness must be polled on a plain thread.
+        fn polled(&self) -> bool {
+            false
+        }
+    }
+
+    /// Sealed: only greenstack's receivers and senders are selectable.
+    pub trait Sealed {}
+}
+use imp::{Op, Sealed};
+
+/// A receiver a [`Select`] can wait on: [`mpsc::Receiver`],
+/// [`mpmc::Receiver`], [`oneshot::Receiver`].
+pub trait SelectRecv<T>: Sealed {
+    #[doc(hidden)]
+    fn recv_op(&self) -> Box<dyn Op + '_>;
+}
+
+/// A sender a [`Select`] can wait on: [`mpsc::Sender`],
+/// [`mpsc::SyncSender`], [`mpmc::Sender`].
+pub trait SelectSend<T>: Sealed {
+    #[doc(hidden)]
+    fn send_op(&self) -> Box<dyn Op + '_>;
+    #[doc(hidden)]
+    fn send_now(&self, v: T) -> Result<(), SendError<T>>;
+}
+
+/// A channel receive or send.
+struct ChanOp<'a, T> {
+    chan: &'a Chan<T>,
+    object: *const (),
+    send: bool,
+    key: Cell<Option<u64>>,
+}
+
+impl<T> Op for ChanOp<'_, T>
+where
+    T: 'static,
+{
+    fn ready(&self) -> bool {
+        if self.send {
+            self.chan.send_ready()
+        } else {
+            self.chan.recv_ready()
+        }
+    }
+
+    fn attempt(&self) -> Option<Option<Box<dyn Any>>> {
+        if self.send {
+            return self.ready().then_some(None);
+        }
+        match self.chan.recv(false, None) {
+            Ok(v) => Some(Some(Box::new(Ok::<T, RecvError>(v)))),
+            Err(super::chan::RecvFail::Disconnected) => {
+                Some(Some(Box::new(Err::<T, RecvError>(RecvError))))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn watch(&self, waker: &Waker) {
+        self.key.set(Some(self.chan.watch(waker)));
+    }
+
+    fn unwatch(&self) {
+        if let Some(k) = self.key.take() {
+            self.chan.unwatch(k);
+        }
+    }
+
+    fn object(&self) -> *const () {
+        self.object
+    }
+}
+
+macro_rules! chan_ends {
+    ($($recv:ident)::+, $($send:ident)::+) => {
+        impl<T> Sealed for $($recv)::+<T> {}
+        impl<T: 'static> SelectRecv<T> for $($recv)::+<T> {
+            fn recv_op(&self) -> Box<dyn Op + '_> {
+                Box::new(ChanOp {
+                    chan: self.chan(),
+                    object: self as *const Self as *const (),
+                    send: false,
+                    key: Cell::new(None),
+                })
+            }
+        }
+        impl<T> Sealed for $($send)::+<T> {}
+        impl<T: 'static> SelectSend<T> for $($send)::+<T> {
+            fn send_op(&self) -> Box<dyn Op + '_> {
+                Box::new(ChanOp {
+                    chan: self.chan(),
+                    object: self as *const Self as *const (),
+                    send: true,
+                    key: Cell::new(None),
+                })
+            }
+            fn send_now(&self, v: T) -> Result<(), SendError<T>> {
+                self.send(v)
+            }
+        }
+    };
+}
+
+chan_ends!(mpsc::Receiver, mpsc::Sender);
+chan_ends!(mpmc::Receiver, mpmc::Sender);
+
+impl<T> Sealed for mpsc::SyncSender<T> {}
+impl<T: 'static> SelectSend<T> for mpsc::SyncSender<T> {
+    fn send_op(&self) -> Box<dyn Op + '_> {
+        Box::new(ChanOp {
+            chan: self.chan(),
+            object: self as *const Self as *const (),
+            send: true,
+            key: Cell::new(None),
+        })
+    }
+    fn send_now(&self, v: T) -> Result<(), SendError<T>> {
+        self.send(v)
+    }
+}
+
+/// A oneshot receive: through the receiver's own waker slot.
+struct OneshotOp<'a, T> {
+    rx: &'a oneshot::Receiver<T>,
+    registered: Cell<bool>,
+}
+
+impl<T: 'static> Op for OneshotOp<'_, T> {
+    fn ready(&self) -> bool {
+        self.rx.is_complete()
+    }
+
+    fn attempt(&self) -> Option<Option<Box<dyn Any>>> {
+        match self.rx.try_recv() {
+            Ok(v) => Some(Some(Box::new(Ok::<T, RecvError>(v)))),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Some(Some(Box::new(Err::<T, RecvError>(RecvError))))
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        }
+    }
+
+    fn watch(&self, waker: &Waker) {
+        self.registered.set(self.rx.watch(waker));
+    }
+
+    fn unwatch(&self) {
+        if self.registered.take() {
+            self.rx.unwatch();
+        }
+    }
+
+    fn object(&self) -> *const () {
+        self.rx as *const oneshot::Receiver<T> as *const ()
+    }
+
+    fn polled(&self) -> bool {
+        // Another receiver (through `&Receiver`) may hold the slot: then
+        // the select polls.
+        !self.registered.get()
+    }
+}
+
+impl<T> Sealed for oneshot::Receiver<T> {}
+impl<T: 'static> SelectRecv<T> for oneshot::Receiver<T> {
+    fn recv_op(&self) -> Box<dyn Op + '_> {
+        Box::new(OneshotOp {
+            rx: self,
+            registered: Cell::new(false),
+        })
+    }
+}
+
+/// A coroutine's end.
+struct JoinOp<'a, T> {
+    handle: &'a JoinHandle<T>,
+}
+
+impl<T> Op for JoinOp<'_, T> {
+    fn ready(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    fn attempt(&self) -> Option<Option<Box<dyn Any>>> {
+        self.ready().then_some(None)
+    }
+
+    fn watch(&self, waker: &Waker) {
+        self.handle.watch(waker);
+    }
+
+    fn unwatch(&self) {
+        self.handle.unwatch();
+    }
+
+    fn object(&self) -> *const () {
+        self.handle as *const JoinHandle<T> as *const ()
+    }
+}
+
+/// A file descriptor's readiness.
+struct FdOp {
+    fd: RawFd,
+    write: bool,
+    watched: Cell<Option<crate::scheduler::driver::FdWatch>>,
+}
+
+impl Op for FdOp {
+    fn ready(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: if self.write {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            },
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        let r = crate::hook::bypass(|| unsafe { libc::poll(&mut pfd, 1, 0) });
+        // An error (a closed fd) is "ready": the operation would fail now.
+        r != 0
+    }
+
+    fn attempt(&self) -> Option<Option<Box<dyn Any>>> {
+        self.ready().then_some(None)
+    }
+
+    fn watch(&self, _waker: &Waker) {
+        self.watched
+            .set(crate::scheduler::driver::FdWatch::new(self.fd, self.write));
+    }
+
+    fn unwatch(&self) {
+        drop(self.watched.take());
+    }
+
+    fn object(&self) -> *const () {
+        std::ptr::null()
+    }
+
+    fn polled(&self) -> bool {
+        // Off a worker (or if registering failed), no poller wakes us.
+        // SAFETY: not moved out; read and put back.
+        let w = self.watched.take();
+        let polled = w.is_none();
+        self.watched.set(w);
+        polled
+    }
+}
+
+/// Waits for the first of several operations. See the [module
+/// docs](self).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use greenstack_runtime::sync::{mpsc, select::Select};
+/// # let rt = greenstack_runtime::Runtime::new()?;
+/// rt.block_on(|| {
+///     let (tx1, rx1) = mpsc::channel::<u32>();
+///     let (_tx2, rx2) = mpsc::channel::<&str>();
+///     greenstack_runtime::spawn(move || tx1.send(7).unwrap());
+///
+///     let mut sel = Select::new();
+///     let a = sel.recv(&rx1);
+///     let b = sel.recv(&rx2);
+///     let op = sel.select_timeout(Duration::from_secs(10)).expect("one is ready");
+///     match op.index() {
+///         i if i == a => assert_eq!(op.recv(&rx1), Ok(7)),
+///         i if i == b => unreachable!("nothing is sent on rx2"),
+///         _ => unreachable!(),
+///     }
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Default)]
+pub struct Select<'a> {
+    ops: Vec<Option<Box<dyn Op + 'a>>>,
+}
+
+/// An operation [`Select`] picked: complete it with the method for its
+/// kind ([`recv`](Self::recv), [`send`](Self::send)); a join or
+/// readiness operation needs nothing more.
+#[must_use = "a selected receive holds its value: take it with `recv`"]
+pub struct SelectedOperation<'a> {
+    index: usize,
+    object: *const (),
+    got: Option<Box<dyn Any>>,
+    _select: std::marker::PhantomData<&'a ()>,
+}
+
+/// [`Select::try_select`] and [`Select::try_ready`] found nothing ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrySelectError;
+
+impl fmt::Display for TrySelectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no operation was ready")
+    }
+}
+
+impl std::error::Error for TrySelectError {}
+
+/// [`Select::select_timeout`] and [`Select::ready_timeout`] found nothing
+/// ready by the deadline (or the coroutine was cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectTimeoutError;
+
+impl fmt::Display for SelectTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no operation was ready before the deadline")
+    }
+}
+
+impl std::error::Error for SelectTimeoutError {}
+
+impl<'a> Select<'a> {
+    /// A select with no operations.
+    pub fn new() -> Select<'a> {
+        Select { ops: Vec::new() }
+    }
+
+    fn add(&mut self, op: Box<dyn Op + 'a>) -> usize {
+        self.ops.push(Some(op));
+        self.ops.len() - 1
+    }
+
+    /// Adds a receive from `r`; returns its index.
+    pub fn recv<T>(&mut self, r: &'a impl SelectRecv<T>) -> usize {
+        self.add(r.recv_op())
+    }
+
+    /// Adds a send on `s` (ready when a send would complete without
+    /// waiting); returns its index.
+    pub fn send<T>(&mut self, s: &'a impl SelectSend<T>) -> usize {
+        self.add(s.send_op())
+    }
+
+    /// Adds the end of the coroutine of `h`; returns its index.
+    pub fn join<T>(&mut self, h: &'a JoinHandle<T>) -> usize {
+        self.add(Box::new(JoinOp { handle: h }))
+    }
+
+    /// Adds `fd` becoming readable (or hung up, or in error); returns
+    /// its index.
+    pub fn readable(&mut self, fd: &'a impl AsRawFd) -> usize {
+        self.add(Box::new(FdOp {
+            fd: fd.as_raw_fd(),
+            write: false,
+            watched: Cell::new(None),
+        }))
+    }
+
+    /// Adds `fd` becoming writable; returns its index.
+    pub fn writable(&mut self, fd: &'a impl AsRawFd) -> usize {
+        self.add(Box::new(FdOp {
+            fd: fd.as_raw_fd(),
+            write: true,
+            watched: Cell::new(None),
+        }))
+    }
+
+    /// Removes the operation `index` (the indices of the others stay).
+    ///
+    /// # Panics
+    ///
+    /// If there is no such operation.
+    pub fn remove(&mut self, index: usize) {
+        let op = self.ops.get_mut(index).and_then(Option::take);
+        assert!(op.is_some(), "no operation with index {index}");
+    }
+
+    /// Waits until an operation is ready and completes it.
+    ///
+    /// # Panics
+    ///
+    /// With no operation to wait for (it would wait for ever).
+    pub fn select(&mut self) -> SelectedOperation<'a> {
+        assert!(self.has_ops(), "a select with no operations");
+        self.run(Point::plain(None), true, true)
+            .expect("waits for ever")
+    }
+
+    /// [`select`](Self::select) if an operation is ready now (Go's
+    /// `default` case).
+    pub fn try_select(&mut self) -> Result<SelectedOperation<'a>, TrySelectError> {
+        self.run(Point::plain(None), false, true)
+            .map_err(|_| TrySelectError)
+    }
+
+    /// [`select`](Self::select), waiting at most `timeout`. A
+    /// cancellation point (see [`crate::cancel`]).
+    pub fn select_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
+        self.run(Point::new(crate::time::deadline_after(timeout)), true, true)
+    }
+
+    /// [`select_timeout`](Self::select_timeout) with a deadline.
+    pub fn select_deadline(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
+        self.run(Point::new(Some(deadline)), true, true)
+    }
+
+    /// Waits until an operation is ready and returns its index, without
+    /// completing it: a receive may still find nothing if another
+    /// receiver is quicker.
+    ///
+    /// # Panics
+    ///
+    /// With no operation to wait for.
+    pub fn ready(&mut self) -> usize {
+        assert!(self.has_ops(), "a select with no operations");
+        self.run(Point::plain(None), true, false)
+            .expect("waits for ever")
+            .index
+    }
+
+    /// [`ready`](Self::ready) if an operation is ready now.
+    pub fn try_ready(&mut self) -> Result<usize, TrySelectError> {
+        self.run(Point::plain(None), false, false)
+            .map(|o| o.index)
+            .map_err(|_| TrySelectError)
+    }
+
+    /// [`ready`](Self::ready), waiting at most `timeout`. A cancellation
+    /// point.
+    pub fn ready_timeout(&mut self, timeout: Duration) -> Result<usize, SelectTimeoutError> {
+        self.run(
+            Point::new(crate::time::deadline_after(timeout)),
+            true,
+            false,
+        )
+        .map(|o| o.index)
+    }
+
+    fn has_ops(&self) -> bool {
+        self.ops.iter().any(Option::is_some)
+    }
+
+    /// The select loop (module docs): `block` waits, `complete` completes
+    /// the picked operation.
+    fn run(
+        &mut self,
+        point: Point,
+        block: bool,
+        complete: bool,
+    ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
+        let mut ready = Vec::new();
+        loop {
+            // The ready ones, then one at random: Go's fairness.
+            ready.clear();
+            ready.extend(
+                self.ops
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.as_ref().is_some_and(|o| o.ready()))
+                    .map(|(i, _)| i),
+            );
+            while !ready.is_empty() {
+                let i = ready.swap_remove(random_below(ready.len()));
+                let op = self.ops[i].as_ref().expect("a ready operation exists");
+                let got = if complete {
+                    match op.attempt() {
+                        Some(got) => got,
+                        // Lost a race: another one, or another round.
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
+                return Ok(SelectedOperation {
+                    index: i,
+                    object: op.object(),
+                    got,
+                    _select: std::marker::PhantomData,
+                });
+            }
+            if !block || point.ended().is_some() {
+                return Err(SelectTimeoutError);
+            }
+            let waker = crate::scheduler::current_waker();
+            let live = || self.ops.iter().flatten();
+            for op in live() {
+                op.watch(&waker);
+            }
+            // Registered first, then checked: a change after the check
+            // wakes us.
+            if !live().any(|o| o.ready()) {
+                let mut until = point.deadline();
+                if !crate::scheduler::worker::in_coroutine() && live().any(|o| o.polled()) {
+                    let poll = Instant::now() + Duration::from_millis(1);
+                    until = Some(until.map_or(poll, |d| d.min(poll)));
+                }
+                crate::time::park_until(until);
+            }
+            for op in live() {
+                op.unwatch();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Select<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Select")
+            .field("operations", &self.ops.iter().flatten().count())
+            .finish()
+    }
+}
+
+impl SelectedOperation<'_> {
+    /// The index [`Select`] gave the operation when it was added.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// What the selected receive got: the value, or `Err` if the channel
+    /// is disconnected (empty, with no sender left).
+    ///
+    /// # Panics
+    ///
+    /// If the selected operation is not a receive from `r`.
+    pub fn recv<T: 'static>(mut self, r: &impl SelectRecv<T>) -> Result<T, RecvError> {
+        assert!(
+            std::ptr::eq(self.object, r as *const _ as *const ()),
+            "the selected operation is not a receive from this receiver"
+        );
+        let got = self
+            .got
+            .take()
+            .expect("the selected operation is not a receive");
+        *got.downcast::<Result<T, RecvError>>()
+            .expect("the selected operation is not a receive of this type")
+    }
+
+    /// Sends `v` on `s`, the selected send's sender. The channel had room
+    /// (or a waiting receiver) when it was selected; if another sender
+    /// took it meanwhile, this waits for room as `send` does.
+    ///
+    /// # Panics
+    ///
+    /// If the selected operation is not a send on `s`.
+    pub fn send<T>(self, s: &impl SelectSend<T>, v: T) -> Result<(), SendError<T>> {
+        assert!(
+            std::ptr::eq(self.object, s as *const _ as *const ()),
+            "the selected operation is not a send on this sender"
+        );
+        s.send_now(v)
+    }
+}
+
+impl fmt::Debug for SelectedOperation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectedOperation")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// A random number below `n` (> 0): xorshift on a per-thread seed.
+fn random_below(n: usize) -> usize {
+    thread_local! {
+        static SEED: Cell<u64> = const { Cell::new(0) };
+    }
+    SEED.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            // Seeded from the thread-local's address and the clock.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            x = (s as *const Cell<u64> as u64) ^ t ^ 0x9E37_79B9_7F4A_7C15;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x % n as u64) as usize
+    })
+}
