@@ -40,7 +40,7 @@
 //! ```
 #![warn(missing_docs)]
 
-pub use greenstack_macros::{main, spawn, test};
+pub use greenstack_macros::{main, select, spawn, test};
 pub use greenstack_runtime::{
     block_on_future, coroutine_local, current, park, scope, spawn, spawn_blocking, try_current,
     yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, JoinSet,

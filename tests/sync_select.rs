@@ -273,3 +273,48 @@ fn a_cancelled_coroutine_s_timed_select_ends() {
         assert_eq!(h.join().unwrap(), Err(SelectTimeoutError));
     });
 }
+
+#[test]
+fn the_select_macro_in_crossbeam_s_shape() {
+    bounded("select!", || {
+        let rt = runtime(2);
+        for side in [Side::Co, Side::Th] {
+            start(side, Some(&rt), move || {
+                let (tx1, rx1) = mpsc::channel::<u32>();
+                let (tx2, rx2) = mpsc::sync_channel::<u32>(1);
+                // Nothing ready: the default case.
+                let got = greenstack::select! {
+                    recv(rx1) -> v => v.ok(),
+                    default => Some(0),
+                };
+                assert_eq!(got, Some(0), "{side:?}");
+                // A deadline, never early.
+                let t = Instant::now();
+                let d = Duration::from_millis(20);
+                let timed_out = greenstack::select! {
+                    recv(rx1) -> _v => false,
+                    default(d) => true,
+                };
+                assert!(timed_out && t.elapsed() >= d);
+                // A send with room; its value is evaluated only if picked.
+                let mut evaluated = 0;
+                let sent = greenstack::select! {
+                    send(tx2, { evaluated += 1; 7 }) -> res => res.is_ok(),
+                    recv(rx1) -> _v => false,
+                };
+                assert!(sent);
+                assert_eq!(evaluated, 1);
+                assert_eq!(rx2.recv(), Ok(7));
+                // A receive, blocking, bodies as blocks without commas.
+                tx1.send(3).unwrap();
+                let v = greenstack::select! {
+                    recv(rx1) -> v => { v.unwrap() }
+                    recv(rx2) -> v => { v.unwrap() + 100 }
+                };
+                assert_eq!(v, 3);
+                drop(tx2);
+            })
+            .join();
+        }
+    });
+}

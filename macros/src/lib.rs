@@ -1,5 +1,5 @@
 //! Procedural macros for greenstack, re-exported by the `greenstack` crate:
-//! [`macro@main`], [`macro@test`] and [`spawn!`].
+//! [`macro@main`], [`macro@test`], [`spawn!`] and [`select!`].
 //!
 //! The generated code names the facade by its absolute path
 //! (`::greenstack::…`), so it works in any crate that depends on
@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod entry;
+mod select;
 
 use proc_macro::TokenStream;
 
@@ -65,4 +66,28 @@ pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn spawn(input: TokenStream) -> TokenStream {
     entry::spawn(input.into()).into()
+}
+
+/// Waits for the first ready of several channel operations, in
+/// crossbeam-channel's `select!` shape, over
+/// `greenstack::sync::select::Select` (Go's semantics: a random pick among
+/// the ready cases).
+///
+/// Cases: `recv(rx) -> v => BODY` (`v` is `Result<T, RecvError>`),
+/// `send(tx, value) -> res => BODY` (`value` is evaluated only if the case
+/// is picked; `res` is `Result<(), SendError<T>>`), and at most one
+/// `default => BODY` (nothing ready now) or `default(timeout) => BODY`
+/// (nothing ready within `timeout`). Each receiver and sender expression
+/// is evaluated once.
+///
+/// ```ignore
+/// greenstack::select! {
+///     recv(jobs) -> job => handle(job?),
+///     recv(quit) -> _ => return Ok(()),
+///     default(Duration::from_secs(1)) => heartbeat(),
+/// }
+/// ```
+#[proc_macro]
+pub fn select(input: TokenStream) -> TokenStream {
+    select::select(input.into()).into()
 }
