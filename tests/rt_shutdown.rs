@@ -357,3 +357,36 @@ fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
     assert!(rt.shutdown_timeout(Duration::from_secs(60)));
     assert_eq!(quick.join().unwrap(), 7);
 }
+
+/// A graceful shutdown past its timeout cancels coroutines that never
+/// started too: the one worker is held (hooks off, a plain
+/// `std::thread::sleep`, 250 ms) past the timeout, so the three queued behind it
+/// start only once their cancellation is due, and each returns through
+/// its first wait instead of being unwound.
+#[test]
+fn graceful_shutdown_cancels_never_started_coroutines_through_their_waits() {
+    let rt = Runtime::builder()
+        .workers(1)
+        .hook_blocking_calls(false)
+        .build()
+        .unwrap();
+    let hold = rt.spawn(|| thread::sleep(Duration::from_millis(250)));
+    let (tx, rx) = greenstack::sync::mpmc::channel::<u32>();
+    let queued: Vec<JoinHandle<(bool, bool)>> = (0..3)
+        .map(|_| {
+            let rx = rx.clone();
+            rt.spawn(move || {
+                let r = rx.recv();
+                (r.is_err(), greenstack::cancel::is_cancelled())
+            })
+        })
+        .collect();
+    // Past the 200 ms timeout the worker is still held; it is free within
+    // the grace (another 200 ms).
+    assert!(!rt.shutdown_timeout(Duration::from_millis(200)));
+    assert!(hold.join().is_ok());
+    for h in queued {
+        assert_eq!(h.join().unwrap(), (true, true));
+    }
+    drop(tx);
+}
