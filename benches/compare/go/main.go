@@ -185,6 +185,92 @@ func channelPingpong(rounds uint64) (time.Duration, uint64) {
 	return t, 2 * rounds
 }
 
+// selectPingpong: a token bounced rounds times between two goroutines, the
+// receiving side selecting: A sends it on one of two unbuffered channels,
+// alternately, and B waits for it with a select over both (the other
+// stays idle), then replies on a third, which A receives from plainly.
+// One op is one round trip.
+func selectPingpong(rounds uint64) (time.Duration, uint64) {
+	toB1 := make(chan uint64)
+	toB2 := make(chan uint64)
+	toA := make(chan uint64)
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			var v uint64
+			var ok bool
+			select {
+			case v, ok = <-toB1:
+			case v, ok = <-toB2:
+			}
+			if !ok { // A closed its channels: done
+				return
+			}
+			toA <- v + 1
+		}
+	}()
+	var v uint64
+	for i := uint64(0); i < rounds; i++ {
+		if i%2 == 0 {
+			toB1 <- v
+		} else {
+			toB2 <- v
+		}
+		v = <-toA
+	}
+	close(toB1)
+	close(toB2)
+	<-done
+	t := time.Since(start)
+	if v != rounds {
+		panic("bad count")
+	}
+	return t, rounds
+}
+
+// timeoutPingpong: channelPingpong with every receive, on both sides, a
+// select against time.After(timeout), a new timer per receive (the idiom;
+// since Go 1.23 an unfired, unreferenced timer needs no Stop), which the
+// reply always beats (the harness gives 1 s). One op is one round trip.
+func timeoutPingpong(rounds uint64, timeout time.Duration) (time.Duration, uint64) {
+	recv := func(ch chan uint64) (uint64, bool) {
+		select {
+		case v, ok := <-ch:
+			return v, ok
+		case <-time.After(timeout):
+			panic(fmt.Sprintf("a receive timed out after %v", timeout))
+		}
+	}
+	toB := make(chan uint64)
+	toA := make(chan uint64)
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			v, ok := recv(toB)
+			if !ok {
+				return
+			}
+			toA <- v + 1
+		}
+	}()
+	var v uint64
+	for i := uint64(0); i < rounds; i++ {
+		toB <- v
+		v, _ = recv(toA)
+	}
+	close(toB)
+	<-done
+	t := time.Since(start)
+	if v != rounds {
+		panic("bad count")
+	}
+	return t, rounds
+}
+
 // fib: fib(n-1) in a new goroutine, fib(n-2) inline.
 func fib(n uint64) uint64 {
 	if n < 2 {
@@ -461,6 +547,11 @@ func main() {
 			once = func() (time.Duration, uint64) { return yieldPingpong(n) }
 		case "channel_pingpong":
 			once = func() (time.Duration, uint64) { return channelPingpong(n) }
+		case "select_pingpong":
+			once = func() (time.Duration, uint64) { return selectPingpong(n) }
+		case "timeout_pingpong":
+			timeout := time.Duration(arg("timeout_ms", 1000)) * time.Millisecond
+			once = func() (time.Duration, uint64) { return timeoutPingpong(n, timeout) }
 		case "fanout_fib":
 			once = func() (time.Duration, uint64) { return fanoutFib(n) }
 		default:

@@ -129,6 +129,77 @@ fn timed_pingpong(rt: &Runtime, rounds: u64, timeout: Option<Duration>) -> (Dura
     })
 }
 
+/// A token bounced `rounds` times between two coroutines, the receiving
+/// side selecting: A sends it on one of two channels, alternately, and B
+/// waits for it with `select!` over both (crossbeam-channel's shape, over
+/// `sync::select::Select`; the other channel stays idle), then replies on
+/// a third, which A receives from with a plain `recv`. One op is one round
+/// trip.
+fn select_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
+    on_workers(rt, move || {
+        let (to_b1, from_a1) = mpsc::channel::<u64>();
+        let (to_b2, from_a2) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let start = Instant::now();
+        let b = greenstack::spawn(move || loop {
+            let got = greenstack::select! {
+                recv(from_a1) -> v => v,
+                recv(from_a2) -> v => v,
+            };
+            // A dropped its senders: done.
+            let Ok(v) = got else { break };
+            if to_a.send(v + 1).is_err() {
+                break;
+            }
+        });
+        let mut v = 0;
+        for i in 0..rounds {
+            let to_b = if i % 2 == 0 { &to_b1 } else { &to_b2 };
+            to_b.send(v).unwrap();
+            v = from_b.recv().unwrap();
+        }
+        drop((to_b1, to_b2));
+        b.join().unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
+    })
+}
+
+/// `channel_pingpong` with every receive, on both sides, wrapped in
+/// `time::timeout(timeout, || rx.recv())`, a deadline the reply always
+/// beats (the harness gives 1 s). One op is one round trip.
+fn timeout_pingpong(rt: &Runtime, rounds: u64, timeout: Duration) -> (Duration, u64) {
+    // `None`: the channel is disconnected.
+    let recv =
+        move |rx: &mpsc::Receiver<u64>| match greenstack::time::timeout(timeout, || rx.recv()) {
+            Ok(got) => got.ok(),
+            Err(_) => panic!("a receive timed out after {timeout:?}"),
+        };
+    on_workers(rt, move || {
+        let (to_b, from_a) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let start = Instant::now();
+        let b = greenstack::spawn(move || {
+            while let Some(v) = recv(&from_a) {
+                if to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for _ in 0..rounds {
+            to_b.send(v).unwrap();
+            v = recv(&from_b).expect("B replies");
+        }
+        drop(to_b);
+        b.join().unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
+    })
+}
+
 /// The floor under `channel_pingpong` on this runtime, no channel at all:
 /// the same token bounced `rounds` times, each side with its own atomic
 /// slot, `unpark`ing the other and `park`ing until its slot holds the next
@@ -661,11 +732,14 @@ fn main() -> std::io::Result<()> {
         }
         w => {
             let rt = Runtime::builder().workers(workers).build()?;
+            let timeout = Duration::from_millis(args.get("timeout_ms", 1000));
             let once: Box<dyn FnMut() -> (Duration, u64)> = match w {
                 "spawn_join" => Box::new(|| spawn_join(&rt, n)),
                 "yield_pingpong" => Box::new(|| yield_pingpong(&rt, n)),
                 "channel_pingpong" => Box::new(|| channel_pingpong(&rt, n)),
                 "park_pingpong" => Box::new(|| park_pingpong(&rt, n)),
+                "select_pingpong" => Box::new(|| select_pingpong(&rt, n)),
+                "timeout_pingpong" => Box::new(|| timeout_pingpong(&rt, n, timeout)),
                 "fanout_fib" => Box::new(|| fanout_fib(&rt, n)),
                 _ => {
                     eprintln!("unknown workload {w}");

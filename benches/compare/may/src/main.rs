@@ -23,6 +23,7 @@ mod common;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,89 @@ fn channel_pingpong(rounds: u64) -> (Duration, u64) {
         let t = start.elapsed();
         assert_eq!(v, rounds);
         (t, 2 * rounds)
+    })
+}
+
+/// A token bounced `rounds` times between two coroutines, the receiving
+/// side selecting: A sends it on one of two `mpsc` channels, alternately,
+/// and B waits for it with `may::select!` over both (the other stays
+/// idle), then replies on a third, which A receives from with a plain
+/// `recv`. One op is one round trip.
+///
+/// may's `select!` runs each case's expression in a coroutine of its own
+/// (a `cqueue` scope: two coroutines spawned per select), takes the first
+/// to finish, runs its body on the caller and cancels the other. The
+/// bodies run in those coroutines' closures, so the value comes back
+/// through a slot (`u64::MAX`: the channel is disconnected).
+fn select_pingpong(rounds: u64) -> (Duration, u64) {
+    const GONE: u64 = u64::MAX;
+    on_workers(move || {
+        let (to_b1, from_a1) = mpsc::channel::<u64>();
+        let (to_b2, from_a2) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let start = Instant::now();
+        let b = go!(move || {
+            let got = AtomicU64::new(GONE);
+            loop {
+                may::select!(
+                    v = from_a1.recv() => got.store(v.unwrap_or(GONE), Ordering::Relaxed),
+                    v = from_a2.recv() => got.store(v.unwrap_or(GONE), Ordering::Relaxed)
+                );
+                // A dropped its senders: done.
+                let v = got.load(Ordering::Relaxed);
+                if v == GONE || to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for i in 0..rounds {
+            let to_b = if i % 2 == 0 { &to_b1 } else { &to_b2 };
+            to_b.send(v).unwrap();
+            v = from_b.recv().unwrap();
+        }
+        drop((to_b1, to_b2));
+        b.join().unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
+    })
+}
+
+/// `channel_pingpong` with every receive, on both sides, a
+/// `recv_timeout(timeout)` (may has no timeout wrapper for a wait; its
+/// channels take one), a deadline the reply always beats (the harness
+/// gives 1 s). One op is one round trip.
+fn timeout_pingpong(rounds: u64, timeout: Duration) -> (Duration, u64) {
+    // `None`: the channel is disconnected.
+    let recv = move |rx: &mpsc::Receiver<u64>| match rx.recv_timeout(timeout) {
+        Ok(v) => Some(v),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("a receive timed out after {timeout:?}")
+        }
+    };
+    on_workers(move || {
+        let (to_b, from_a) = mpsc::channel::<u64>();
+        let (to_a, from_b) = mpsc::channel::<u64>();
+        let start = Instant::now();
+        let b = go!(move || {
+            while let Some(v) = recv(&from_a) {
+                if to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for _ in 0..rounds {
+            to_b.send(v).unwrap();
+            v = recv(&from_b).expect("B replies");
+        }
+        drop(to_b);
+        b.join().unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
     })
 }
 
@@ -418,10 +502,13 @@ fn main() {
             );
         }
         w => {
+            let timeout = Duration::from_millis(args.get("timeout_ms", 1000));
             let once: Box<dyn FnMut() -> (Duration, u64)> = match w {
                 "spawn_join" => Box::new(|| spawn_join(n)),
                 "yield_pingpong" => Box::new(|| yield_pingpong(n)),
                 "channel_pingpong" => Box::new(|| channel_pingpong(n)),
+                "select_pingpong" => Box::new(|| select_pingpong(n)),
+                "timeout_pingpong" => Box::new(|| timeout_pingpong(n, timeout)),
                 "fanout_fib" => Box::new(|| fanout_fib(n)),
                 _ => {
                     eprintln!("unknown workload {w}");

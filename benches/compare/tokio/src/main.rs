@@ -107,6 +107,78 @@ fn channel_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
     })
 }
 
+/// A token bounced `rounds` times between two tasks, the receiving side
+/// selecting: A sends it on one of two unbounded `mpsc` channels,
+/// alternately, and B waits for it with `tokio::select!` over both
+/// receivers (the other stays idle), then replies on a third, which A
+/// receives from with a plain `recv().await`. One op is one round trip.
+fn select_pingpong(rt: &Runtime, rounds: u64) -> (Duration, u64) {
+    on_workers(rt, async move {
+        let (to_b1, mut from_a1) = mpsc::unbounded_channel::<u64>();
+        let (to_b2, mut from_a2) = mpsc::unbounded_channel::<u64>();
+        let (to_a, mut from_b) = mpsc::unbounded_channel::<u64>();
+        let start = Instant::now();
+        let b = tokio::spawn(async move {
+            loop {
+                let got = tokio::select! {
+                    v = from_a1.recv() => v,
+                    v = from_a2.recv() => v,
+                };
+                // A dropped its senders: done.
+                let Some(v) = got else { break };
+                if to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for i in 0..rounds {
+            let to_b = if i % 2 == 0 { &to_b1 } else { &to_b2 };
+            to_b.send(v).unwrap();
+            v = from_b.recv().await.unwrap();
+        }
+        drop((to_b1, to_b2));
+        b.await.unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
+    })
+}
+
+/// `channel_pingpong` with every receive, on both sides, wrapped in
+/// `tokio::time::timeout(timeout, rx.recv())`, a deadline the reply always
+/// beats (the harness gives 1 s). One op is one round trip.
+fn timeout_pingpong(rt: &Runtime, rounds: u64, timeout: Duration) -> (Duration, u64) {
+    on_workers(rt, async move {
+        let (to_b, mut from_a) = mpsc::unbounded_channel::<u64>();
+        let (to_a, mut from_b) = mpsc::unbounded_channel::<u64>();
+        let start = Instant::now();
+        let b = tokio::spawn(async move {
+            while let Some(v) = tokio::time::timeout(timeout, from_a.recv())
+                .await
+                .unwrap_or_else(|_| panic!("a receive timed out after {timeout:?}"))
+            {
+                if to_a.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut v = 0;
+        for _ in 0..rounds {
+            to_b.send(v).unwrap();
+            v = tokio::time::timeout(timeout, from_b.recv())
+                .await
+                .unwrap_or_else(|_| panic!("a receive timed out after {timeout:?}"))
+                .expect("B replies");
+        }
+        drop(to_b);
+        b.await.unwrap();
+        let t = start.elapsed();
+        assert_eq!(v, rounds);
+        (t, rounds)
+    })
+}
+
 /// `fib(n)` with `fib(n - 1)` in a new task and `fib(n - 2)` inline. A
 /// recursive `async fn` must box its future.
 fn fib(n: u64) -> Pin<Box<dyn Future<Output = u64> + Send>> {
@@ -458,10 +530,13 @@ fn main() {
             );
         }
         w => {
+            let timeout = Duration::from_millis(args.get("timeout_ms", 1000));
             let once: Box<dyn FnMut() -> (Duration, u64)> = match w {
                 "spawn_join" => Box::new(|| spawn_join(&rt, n)),
                 "yield_pingpong" => Box::new(|| yield_pingpong(&rt, n)),
                 "channel_pingpong" => Box::new(|| channel_pingpong(&rt, n)),
+                "select_pingpong" => Box::new(|| select_pingpong(&rt, n)),
+                "timeout_pingpong" => Box::new(|| timeout_pingpong(&rt, n, timeout)),
                 "fanout_fib" => Box::new(|| fanout_fib(&rt, n)),
                 _ => {
                     eprintln!("unknown workload {w}");
