@@ -10,12 +10,16 @@ step() { printf '\n==> %s\n' "$*"; }
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+cargo clippy --workspace --all-targets --locked --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet --all-features
 
 step "unit, integration and doc tests (guard markers where the kernel has them)"
 # tests/real_redis.rs starts its own redis-server (Debian's) on a loopback port.
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
-cargo test --workspace --locked
+# tests/examples.rs checks hyper_server and https_hello with curl.
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+# --all-features: the `tokio` (and `hyper`) integrations and their tests.
+cargo test --workspace --locked --all-features
 
 step "the stack tests again with the mprotect fallback forced"
 GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults \

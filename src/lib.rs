@@ -42,11 +42,14 @@
 
 pub use greenstack_macros::{main, select, spawn, test};
 pub use greenstack_runtime::{
-    block_on_future, coroutine_local, current, park, scope, spawn, spawn_blocking, try_current,
-    yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, JoinSet,
-    LocalKey, Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
+    block_on_future, coroutine_local, current, park, scope, spawn, spawn_blocking, spawn_future,
+    try_current, yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle,
+    JoinSet, LocalKey, Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
 };
-pub use greenstack_runtime::{cancel, net, signal, stack, sync, time};
+pub use greenstack_runtime::{cancel, future, net, signal, stack, sync, time};
+
+#[cfg(feature = "hyper")]
+pub use greenstack_runtime::hyper_rt;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

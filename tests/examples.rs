@@ -137,6 +137,7 @@ fn start_server(name: &str) -> (Server, String) {
         .last()
         .expect("an address")
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_string();
     (server, addr)
@@ -248,6 +249,54 @@ fn http_hello_drains_on_sigterm() {
     server.1.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{status:?}");
     assert!(rest.contains("drained"), "{line:?} then {rest:?}");
+}
+
+/// hyper 1.x on greenstack (the `hyper` feature), checked with curl: the
+/// response hyper wrote, over a keep-alive connection that serves two
+/// requests.
+#[cfg(feature = "hyper")]
+#[test]
+fn hyper_server_answers_curl() {
+    let (_server, addr) = start_server("hyper_server");
+    let url = format!("http://{addr}/");
+    let out = Command::new("curl")
+        .args(["-s", "-i", &url, &url])
+        .output()
+        .expect("curl (installed by scripts/test-all.sh)");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl failed: {out:?}");
+    assert_eq!(body.matches("HTTP/1.1 200 OK").count(), 2, "{body}");
+    assert_eq!(body.matches("Hello, world!").count(), 2, "{body}");
+}
+
+/// rustls over greenstack's sockets, checked with curl (`--insecure`: the
+/// certificate is self-signed at start-up).
+#[test]
+fn https_hello_answers_curl_over_tls() {
+    let (_server, addr) = start_server("https_hello");
+    let url = format!("https://{addr}/");
+    let out = Command::new("curl")
+        .args(["-s", "--insecure", &url, &url])
+        .output()
+        .expect("curl (installed by scripts/test-all.sh)");
+    assert!(out.status.success(), "curl failed: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello, world!Hello, world!"
+    );
+}
+
+/// reqwest (async, tokio-based) from 1,000 coroutines through the `tokio`
+/// feature, against http_hello.
+#[cfg(feature = "tokio")]
+#[test]
+fn async_client_fetches_from_a_thousand_coroutines() {
+    let (_server, addr) = start_server("http_hello");
+    let out = run("async_client", &[&format!("http://{addr}/"), "1000"]);
+    assert!(
+        out.contains("1000 of 1000 requests answered 200 (\"Hello, world!\")"),
+        "{out}"
+    );
 }
 
 #[test]

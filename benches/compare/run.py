@@ -13,9 +13,10 @@ several repetitions, one process per run, takes the median of each
 peer's runs, and writes the table, the machine, the versions, the notes on
 what a peer could not do, and an SVG chart of greenstack's ratio to the best
 peer. The HTTP rows start a server per run (greenstack's
-`examples/http_hello`, may_minihttp's hello world, hyper on tokio) and
-drive it with wrk (installed from Debian when missing). See
-benches/README.md.
+`examples/http_hello`, hyper on greenstack -- `examples/hyper_server`, a
+column of its own compared with hyper on tokio, not a peer --,
+may_minihttp's hello world, hyper on tokio) and drive it with wrk
+(installed from Debian when missing). See benches/README.md.
 """
 
 from __future__ import annotations
@@ -43,14 +44,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TARGET = ROOT / "target"
-PEERS = ["greenstack", "tokio", "may", "go", "threads"]
+PEERS = ["greenstack", "greenstack_hyper", "tokio", "may", "go", "threads"]
 ALL_PEERS = tuple(PEERS)
-PEER_NAMES = {"greenstack": "greenstack", "tokio": "tokio", "may": "may", "go": "Go", "threads": "threads + crossbeam"}
+PEER_NAMES = {
+    "greenstack": "greenstack",
+    "greenstack_hyper": "greenstack (hyper)",
+    "tokio": "tokio",
+    "may": "may",
+    "go": "Go",
+    "threads": "threads + crossbeam",
+}
 # Peers that run only the cases naming them in `only_peers`, and appear
 # (a column, a build) only in runs that have such a case: `threads`, plain
 # OS threads with crossbeam-channel (compare/threads/), is a peer of the
-# select and timeout rows only (issue 20), no runtime to compare elsewhere.
-OPT_IN_PEERS = ("threads",)
+# select and timeout rows only (issue 20), no runtime to compare elsewhere;
+# `greenstack_hyper`, hyper 1.x served on greenstack
+# (`examples/hyper_server`), has the HTTP rows only (issue 21).
+OPT_IN_PEERS = ("threads", "greenstack_hyper")
+# The columns that are greenstack itself, not peers to beat: never the
+# best peer (best_peer), never bold. `greenstack` is the subject of every
+# row's ratio; `greenstack_hyper` is the subject of its own rows only (hyper
+# on greenstack ÷ hyper on tokio, see build_rows), so adding it changes no
+# other row's ratio.
+OWN_COLUMNS = ("greenstack", "greenstack_hyper")
 RUN_TIMEOUT_S = 300
 PANIC_GRACE_S = 5
 MIN_GO = (1, 22)
@@ -117,17 +133,23 @@ def rust_binary(peer: str) -> Path:
 
 # The HTTP servers of the `http` workload: one program per peer that has
 # one, each called as `PROGRAM ADDR` (may's also takes its worker count)
-# and answering every request with HTTP_BODY. greenstack's is the
-# repository's own `examples/http_hello`, built from the workspace root;
+# and answering every request with HTTP_BODY. greenstack's two are the
+# repository's own examples, built from the workspace root, each into its
+# own target directory: `examples/http_hello` (hand-written HTTP) and
+# `examples/hyper_server` (hyper 1.x on greenstack, the `hyper` feature);
 # the others are small crates beside this file.
-HTTP_PEERS = ("greenstack", "tokio", "may")
+HTTP_PEERS = ("greenstack", "greenstack_hyper", "tokio", "may")
+HTTP_EXAMPLES = {"greenstack": ("http_hello", ()), "greenstack_hyper": ("hyper_server", ("hyper",))}
 HTTP_CRATES = {"tokio": "tokio_http", "may": "may_http"}
 HTTP_WORKERS = 2
+# Peers with an HTTP server and no workload program (compare/PEER/).
+HTTP_ONLY_PEERS = ("greenstack_hyper",)
 
 
 def http_server_binary(peer: str) -> Path:
-    if peer == "greenstack":
-        return TARGET / "compare-http_hello" / "release" / "examples" / "http_hello"
+    if peer in HTTP_EXAMPLES:
+        example, _ = HTTP_EXAMPLES[peer]
+        return TARGET / f"compare-{example}" / "release" / "examples" / example
     crate = HTTP_CRATES[peer]
     return TARGET / f"compare-{crate}" / "release" / f"compare-{crate.replace('_', '-')}"
 
@@ -156,12 +178,14 @@ def build(peers: list[str], go_cmd: list[str], programs: bool = True, http: bool
     HTTP servers (with `http`)."""
     if http:
         for peer in [p for p in peers if p in HTTP_PEERS]:
-            if peer == "greenstack":
-                log("building greenstack's HTTP server (cargo build --release --example http_hello)")
+            if peer in HTTP_EXAMPLES:
+                example, features = HTTP_EXAMPLES[peer]
+                feat = ["--features", ",".join(features)] if features else []
+                log(f"building greenstack's HTTP server (cargo build --release {' '.join(feat + ['--example', example])})")
                 subprocess.run(
-                    ["cargo", "build", "--release", "--quiet", "--example", "http_hello"],
+                    ["cargo", "build", "--release", "--quiet"] + feat + ["--example", example],
                     cwd=ROOT,
-                    env=rust_release_env(TARGET / "compare-http_hello"),
+                    env=rust_release_env(TARGET / f"compare-{example}"),
                     check=True,
                 )
             else:
@@ -174,7 +198,7 @@ def build(peers: list[str], go_cmd: list[str], programs: bool = True, http: bool
                 )
     if not programs:
         return
-    for peer in peers:
+    for peer in [p for p in peers if p not in HTTP_ONLY_PEERS]:
         if peer == "go":
             log("building go peer")
             out = TARGET / "compare-go" / "bench"
@@ -719,6 +743,9 @@ class Row:
     # Per-peer cell text replacing the formatted value (the latency row's
     # "p50 / p99"); the value still picks the best peer and the ratio.
     cells: dict[str, str] | None = None
+    # The column whose value is the ratio's numerator (and an "abs" goal's
+    # figure): greenstack's, or greenstack (hyper)'s on its own rows.
+    subject: str = "greenstack"
 
 
 def park_floor_text(rows: list[Row], floor: list[float]) -> tuple[str, str] | None:
@@ -741,7 +768,7 @@ def park_floor_text(rows: list[Row], floor: list[float]) -> tuple[str, str] | No
 
 
 def best_peer(row: Row) -> tuple[str | None, float | None]:
-    cands = [(p, v) for p, v in row.values.items() if p != "greenstack" and v is not None]
+    cands = [(p, v) for p, v in row.values.items() if p not in OWN_COLUMNS and v is not None]
     if not cands:
         return None, None
     pick = max if row.higher_better else min
@@ -749,7 +776,7 @@ def best_peer(row: Row) -> tuple[str | None, float | None]:
 
 
 def evaluate(row: Row) -> None:
-    gs = row.values.get("greenstack")
+    gs = row.values.get(row.subject)
     if row.ref is not None:
         other, ov = row.ref
     elif row.ratio_against == "go":
@@ -1073,18 +1100,42 @@ def build_rows(results: dict[str, dict[str, list[Run]]], plan: list[Case]) -> li
         rows.append(r)
     # HTTP (issue 19): examples/http_hello against may_minihttp and hyper,
     # driven by wrk; req/s (higher is better), then latency p50 / p99.
+    # greenstack (hyper), examples/hyper_server, has a column in these rows
+    # but is greenstack itself, not a peer (OWN_COLUMNS): the ratio of each
+    # row stays http_hello ÷ the best peer. Its own comparison (issue 21) is
+    # the row after each req/s row: hyper on greenstack ÷ hyper on tokio,
+    # the same server library on both runtimes, goal ≥ 1.0×.
     for c in [c for c in plan if c.workload == "http"]:
         conns, depth = c.params["conns"], c.params["pipeline"]
         shape = f"{conns:,} connections" + (f", pipelined {depth} deep" if depth else "")
-        add(
+        tag = f"{conns:,} conns" + (f", pipelined ×{depth}" if depth else "")
+        req = add(
             c.id,
             f"http hello: {shape} (wrk -t{c.params['threads']} -c{conns})",
             "req/s",
             "req_s",
             fmt="{:,.0f}",
             higher=True,
-            short=f"http, {conns:,} conns" + (f", pipelined ×{depth}" if depth else ""),
+            short=f"http, {tag}",
         )
+        if "greenstack_hyper" in c.peers():
+            keep = ("greenstack_hyper", "tokio")
+            r = Row(
+                f"http hello: {shape}: hyper on greenstack ÷ hyper on tokio",
+                "req/s",
+                {p: (req.values.get(p) if p in keep else None) for p in PEERS},
+                {p: v for p, v in req.failures.items() if p in keep},
+                higher_better=True,
+                goal="≥ 1.0×",
+                check=("ratio", ">=", 1.0),
+                fmt="{:,.0f}",
+                short=f"hyper: greenstack ÷ tokio, {tag}",
+                ref=("hyper on tokio", req.values.get("tokio")),
+                case_ids=(c.id,),
+                subject="greenstack_hyper",
+            )
+            evaluate(r)
+            rows.append(r)
         if depth:
             # wrk's percentiles are wrong under pipelining (see
             # PIPELINED_LATENCY): no latency row.
@@ -1154,7 +1205,9 @@ def machine() -> dict[str, str]:
 
 
 def lock_version(peer: str, crate: str) -> str:
-    lock = HERE / peer / "Cargo.lock"
+    """`crate`'s version in compare/PEER/Cargo.lock (PEER "": the
+    workspace's own Cargo.lock, for the examples)."""
+    lock = (HERE / peer if peer else ROOT) / "Cargo.lock"
     try:
         text = lock.read_text()
     except OSError:
@@ -1178,7 +1231,7 @@ def wrk_version() -> str:
 
 def versions(go_cmd: list[str], go_origin: str) -> dict[str, str]:
     rev = sh(["git", "rev-parse", "--short", "HEAD"], ROOT)
-    dirty = sh(["git", "status", "--porcelain", "--", "runtime", "macros", "src", "Cargo.toml"], ROOT)
+    dirty = sh(["git", "status", "--porcelain", "--", "runtime", "macros", "src", "examples", "Cargo.toml"], ROOT)
     return {
         "greenstack": f"{rev}{' + uncommitted changes' if dirty else ''} (this repository)",
         "rustc": sh(["rustc", "--version"]),
@@ -1187,6 +1240,8 @@ def versions(go_cmd: list[str], go_origin: str) -> dict[str, str]:
         "Go": f"{sh(go_cmd + ['version'])} ({go_origin})",
         "hyper (http, tokio)": f"{lock_version('tokio_http', 'hyper')} (hyper-util "
         f"{lock_version('tokio_http', 'hyper-util')}, tokio {lock_version('tokio_http', 'tokio')})",
+        "hyper (http, greenstack)": f"{lock_version('', 'hyper')} (the workspace's Cargo.lock; "
+        "`examples/hyper_server`, feature `hyper`, no tokio)",
         "crossbeam-channel (threads)": lock_version("threads", "crossbeam-channel"),
         "may_minihttp (http, may)": f"{lock_version('may_http', 'may_minihttp')} (may {lock_version('may_http', 'may')})",
         "wrk (http client)": wrk_version(),
@@ -1209,7 +1264,7 @@ def peer_cell(row: Row, p: str, notes: dict[tuple[str, str], int]) -> str:
     else:
         cell = row.cells[p] if row.cells is not None else fmt_val(row, row.values.get(p))
         best, _ = best_peer(row)
-        if p == best and row.values.get(p) is not None and row.ratio_against == "best":
+        if p == best and row.values.get(p) is not None and row.ratio_against == "best" and row.ref is None:
             cell = f"**{cell}**"
     if p in row.failures:
         key = (row.label, p)
@@ -1242,7 +1297,7 @@ def met_cell(row: Row) -> str:
         f = row.ratio / x if op == "<=" else x / row.ratio
         return f"**no** ({off(f)})"
     if kind == "abs":
-        gs = row.values.get("greenstack")
+        gs = row.values.get(row.subject)
         _, op, x = row.check
         if gs:
             f = gs / x if op == "<=" else x / gs
@@ -1276,8 +1331,8 @@ def chart_svg(rows: list[Row], title: str) -> str:
         f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">'
         f"{html.escape(title)}</text>",
         f'<text x="{width / 2}" y="42" text-anchor="middle" fill="#555">greenstack ÷ best peer '
-        "(deep_stack's first two rows: ÷ Go; req/s and speed-up inverted, so left of 1× is always greenstack ahead), "
-        "log scale</text>",
+        "(deep_stack's first two rows: ÷ Go; the hyper rows: hyper on greenstack ÷ hyper on tokio; "
+        "req/s and speed-up inverted, so left of 1× is always greenstack ahead), log scale</text>",
     ]
     y_end = top + rowh * len(items)
     for t in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16):
@@ -1308,7 +1363,7 @@ def chart_svg(rows: list[Row], title: str) -> str:
             )
         note = f"{r.ratio:.2f}× {r.against}"
         if r.check and r.check[0] == "abs":
-            own = r.values.get("greenstack")
+            own = r.values.get(r.subject)
             unit = r.unit if r.unit == "×" else " " + r.unit
             note += f" · own {r.fmt.format(own)}{unit}, goal {r.goal}" if own is not None else ""
         elif r.goal:
@@ -1450,7 +1505,16 @@ STATIC_NOTES = """\
   http1 only, `pipeline_flush(true)` as in TechEmpower's hyper entry), each
   with 2 worker threads (http_hello takes no worker count: its
   `Runtime::new()` uses the available parallelism, 2 on the project's
-  machine). All answer `GET /plaintext` with `Hello, world!`. wrk (Debian's
+  machine). A fourth server, **greenstack (hyper)**, is hyper 1.x served
+  on greenstack with no tokio (`examples/hyper_server`, built the same way
+  with `--features hyper`: `#[greenstack::main]`, so the available
+  parallelism's workers, a coroutine per connection running hyper's
+  connection future with `block_on_future`, `greenstack::net::TcpStream`
+  through hyper's I/O traits, greenstack's timer; hyper's default
+  `http1::Builder`, no `pipeline_flush`). It is greenstack, not a peer:
+  its column is never the best peer, and its ratio is its own row under
+  each req/s row, hyper on greenstack ÷ hyper on tokio (issue 21, goal
+  ≥ 1.0×). All answer `GET /plaintext` with `Hello, world!`. wrk (Debian's
   package) drives each server over loopback with one thread: 100 and 1,000
   connections with one request in flight each, and TechEmpower's plaintext
   shape, 256 connections with 16 requests pipelined on each
@@ -1461,6 +1525,37 @@ STATIC_NOTES = """\
   shifts its percentiles (the upper ones can come out as 0). wrk and the
   server share the 2 CPUs.
 """
+
+
+def hyper_summary(http_cases: list[Case], results) -> str:
+    """hyper on greenstack ÷ hyper on tokio per wrk shape (issue 21), req/s
+    and, where wrk's latency holds, p50 / p99 of both: the text under the
+    table."""
+
+    def median_of(cid: str, peer: str, key: str) -> float | None:
+        runs = results.get(cid, {}).get(peer, [])
+        return med([float(r.fields[key]) for r in runs if r.ok and key in r.fields])
+
+    parts = []
+    for c in http_cases:
+        conns, depth = c.params["conns"], c.params["pipeline"]
+        shape = f"{conns:,} connections" + (f" pipelined {depth} deep" if depth else "")
+        gs, tk = median_of(c.id, "greenstack_hyper", "req_s"), median_of(c.id, "tokio", "req_s")
+        if gs is None or not tk:
+            parts.append(f"{shape}: —")
+            continue
+        text = f"{shape}: **{gs / tk:.2f}×** ({gs:,.0f} ÷ {tk:,.0f} req/s"
+        if not depth:
+            lat = [
+                (median_of(c.id, p, "p50_ms"), median_of(c.id, p, "p99_ms")) for p in ("greenstack_hyper", "tokio")
+            ]
+            if all(a is not None and b is not None for a, b in lat):
+                text += f"; p50 / p99 {lat[0][0]:.2f} / {lat[0][1]:.2f} ms against {lat[1][0]:.2f} / {lat[1][1]:.2f} ms"
+        parts.append(text + ")")
+    return (
+        "**hyper on greenstack ÷ hyper on tokio** (the greenstack (hyper) column ÷ the tokio column, "
+        "medians; goal ≥ 1.0× on req/s, issue 21): " + "; ".join(parts) + "."
+    )
 
 
 def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: dict) -> None:
@@ -1513,6 +1608,16 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
     )
     if info.get("quick"):
         L.append("> **Quick run** (`--quick`): fewer repetitions and smaller sizes; not the published figures.\n")
+    if "greenstack_hyper" in PEERS:
+        L.append(
+            "Two columns are greenstack: **greenstack** is greenstack's own program (on the HTTP rows "
+            "`examples/http_hello`, hand-written HTTP) and the subject of every row's ratio; "
+            "**greenstack (hyper)** is hyper 1.x served on greenstack (`examples/hyper_server`, no "
+            "tokio), on the HTTP rows only. It is not a peer: never bold, never the best peer, so the "
+            "other rows' ratios are http_hello's as before. Its ratio is the row *hyper on greenstack ÷ "
+            "hyper on tokio* under each HTTP req/s row: the same server library on the two runtimes, "
+            "the **tokio** column there being hyper on tokio (goal ≥ 1.0×, issue 21).\n"
+        )
     # One column per peer of this run (`--peers` may leave some out).
     L.append("| workload | unit | " + " | ".join(PEER_NAMES[p] for p in PEERS) + " | greenstack ÷ | goal | met |")
     L.append("|---|---|" + "--:|" * len(PEERS) + "--:|---|---|")
@@ -1561,9 +1666,18 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
                         + "; ".join(r.fields.get("socket_errors", "0") for r in runs if r.fields.get("socket_errors"))
                     )
         secs = http_cases[0].params["duration_s"]
+        if "greenstack_hyper" in PEERS:
+            L.append(hyper_summary(http_cases, results) + "\n")
         L.append(
             "The HTTP rows: each run starts the peer's server on a free loopback port (greenstack "
-            "`examples/http_hello`, may `may_minihttp`'s hello world, tokio hyper 1.x http1; 2 worker "
+            "`examples/http_hello`, "
+            + (
+                "greenstack (hyper) `examples/hyper_server` (hyper 1.x http1 on greenstack, default "
+                "`http1::Builder`, so no `pipeline_flush`), "
+                if "greenstack_hyper" in PEERS
+                else ""
+            )
+            + "may `may_minihttp`'s hello world, tokio hyper 1.x http1 with `pipeline_flush(true)`; 2 worker "
             "threads each), waits until it answers `GET /plaintext` with `Hello, world!`, drives it with "
             f"wrk for {secs} s (`--latency`, `--timeout {WRK_TIMEOUT_S}s`; the pipelined row sends 16 "
             "requests per write with `benches/compare/pipeline.lua`), then stops it. **wrk and the "
@@ -1571,7 +1685,7 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
             "for them, so these figures are lower than on a machine with a separate client, and a "
             "server that leaves more CPU to wrk gains by it. Response sizes (head and body): "
             + (", ".join(f"{PEER_NAMES[p]} {b} B" for p, b in sizes.items()) or "—")
-            + " (may_minihttp adds `Server` and `Date`, hyper `date`; http_hello sends neither). "
+            + " (may_minihttp adds `Server` and `Date`, hyper `date` on either runtime; http_hello sends neither). "
             + ("Socket errors reported by wrk: " + " | ".join(errs) + ". " if errs else "wrk reported no socket error. ")
             + (
                 f"The pipelined row has no latency row: {PIPELINED_LATENCY}."
@@ -1586,11 +1700,11 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
         L.append("## Goals missed\n")
         for r in missed:
             L.append(
-                f"- {r.label}: {met_cell(r).replace('**', '')} — greenstack "
+                f"- {r.label}: {met_cell(r).replace('**', '')} — {PEER_NAMES[r.subject]} "
                 + (
                     " / ".join(f"{v:,.0f}" if v is not None else "—" for v in r.maps["greenstack"])  # type: ignore[attr-defined]
                     if getattr(r, "maps", None) is not None
-                    else fmt_val(r, r.values.get("greenstack"))
+                    else fmt_val(r, r.values.get(r.subject))
                 )
                 + ("" if r.unit == "×" else " ")
                 + f"{r.unit}, goal {r.goal}"

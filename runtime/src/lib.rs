@@ -64,6 +64,15 @@ pub mod hook;
 pub mod signal;
 
 #[cfg(not(greenstack_loom))]
+pub mod future;
+
+#[cfg(not(greenstack_loom))]
+pub use future::spawn_future;
+
+#[cfg(all(feature = "hyper", not(greenstack_loom)))]
+pub mod hyper_rt;
+
+#[cfg(not(greenstack_loom))]
 pub use scheduler::{
     block_on_future, current, park, scope, spawn, spawn_blocking, try_current, yield_now,
     AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle, JoinSet, LocalKey,

@@ -56,6 +56,201 @@ macro_rules! stream_io {
                 Ok(())
             }
         }
+
+        impl futures_io::AsyncRead for $t {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let mut this: &$t = &*self;
+                std::pin::Pin::new(&mut this).poll_read(cx, buf)
+            }
+        }
+
+        impl futures_io::AsyncRead for &$t {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_op($crate::net::Dir::Read, cx, |mut s| {
+                    std::io::Read::read(&mut s, buf)
+                })
+            }
+        }
+
+        impl futures_io::AsyncWrite for $t {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let mut this: &$t = &*self;
+                std::pin::Pin::new(&mut this).poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(self.shutdown(std::net::Shutdown::Write))
+            }
+        }
+
+        impl futures_io::AsyncWrite for &$t {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
+                    std::io::Write::write(&mut s, buf)
+                })
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(self.shutdown(std::net::Shutdown::Write))
+            }
+        }
+
+        #[cfg(feature = "hyper")]
+        impl hyper::rt::Read for $t {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                mut buf: hyper::rt::ReadBufCursor<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                // SAFETY: the kernel writes at most `dst.len()` bytes into
+                // the uninitialized space, and only the bytes it reports
+                // are then marked filled.
+                let dst = unsafe { buf.as_mut() };
+                match self.io.poll_op($crate::net::Dir::Read, cx, |s| {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+                    // SAFETY: `dst` is writable memory of `dst.len()` bytes.
+                    let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
+                    if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                }) {
+                    std::task::Poll::Ready(Ok(n)) => {
+                        // SAFETY: the read initialized `n` bytes.
+                        unsafe { buf.advance(n) };
+                        std::task::Poll::Ready(Ok(()))
+                    }
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            }
+        }
+
+        #[cfg(feature = "hyper")]
+        impl hyper::rt::Write for $t {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
+                    std::io::Write::write(&mut s, buf)
+                })
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
+                    std::io::Write::write_vectored(&mut s, bufs)
+                })
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(self.shutdown(std::net::Shutdown::Write))
+            }
+        }
+
+        #[cfg(feature = "tokio")]
+        impl tokio::io::AsyncRead for $t {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let dst = buf.initialize_unfilled();
+                match self.io.poll_op($crate::net::Dir::Read, cx, |mut s| {
+                    std::io::Read::read(&mut s, dst)
+                }) {
+                    std::task::Poll::Ready(Ok(n)) => {
+                        buf.advance(n);
+                        std::task::Poll::Ready(Ok(()))
+                    }
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            }
+        }
+
+        #[cfg(feature = "tokio")]
+        impl tokio::io::AsyncWrite for $t {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
+                    std::io::Write::write(&mut s, buf)
+                })
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(self.shutdown(std::net::Shutdown::Write))
+            }
+        }
     };
 }
 pub(crate) use stream_io;
@@ -202,6 +397,52 @@ impl<S: AsRawFd> Io<S> {
                     }
                 }
                 None => poll_fd(self.sock.as_raw_fd(), dir, p.deadline())?,
+            }
+        }
+    }
+
+    /// `op` as a future's poll: tries it, and on `WouldBlock` registers
+    /// `cx`'s waker for `dir` readiness and returns `Pending`. Only for a
+    /// future polled by a coroutine on a worker (`spawn_future`,
+    /// `block_on_future`), whose worker's poller then wakes it; anywhere
+    /// else a `WouldBlock` is an `Unsupported` error.
+    pub(crate) fn poll_op<R>(
+        &self,
+        dir: Dir,
+        cx: &mut std::task::Context<'_>,
+        mut op: impl FnMut(&S) -> io::Result<R>,
+    ) -> std::task::Poll<io::Result<R>> {
+        use std::task::Poll;
+        let registered = waits_registered();
+        loop {
+            let reg = if registered {
+                match self.registration() {
+                    Ok(r) => Some(r),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            } else {
+                None
+            };
+            if let Some(r) = reg {
+                r.state.clear(dir.bit());
+            }
+            match crate::hook::bypass(|| op(&self.sock)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return Poll::Ready(other),
+            }
+            let Some(r) = reg else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "greenstack sockets are polled as futures only by coroutines on a \
+                     worker (spawn_future, block_on_future in a coroutine)",
+                )));
+            };
+            let fd = self.sock.as_raw_fd();
+            match r.wait_with(dir.bit(), &mut mio::unix::SourceFd(&fd), cx.waker().clone()) {
+                Ok(true) => return Poll::Pending,
+                Ok(false) => continue,
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }

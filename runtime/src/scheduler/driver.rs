@@ -290,6 +290,17 @@ impl Registration {
     pub(crate) fn wait(&self, dir: u8, source: &mut impl mio::event::Source) -> io::Result<bool> {
         let header = super::worker::current_header()
             .expect("a registered wait is made by a coroutine on a worker");
+        self.wait_with(dir, source, header.into_waker())
+    }
+
+    /// [`wait`](Self::wait) with a given waker (a future's, polled by a
+    /// coroutine on a worker).
+    pub(crate) fn wait_with(
+        &self,
+        dir: u8,
+        source: &mut impl mio::event::Source,
+        waker: Waker,
+    ) -> io::Result<bool> {
         if let Some((shared, home)) = waiter_home() {
             if home != self.worker.load(Ordering::Relaxed)
                 || !std::ptr::eq(Arc::as_ptr(shared), self.runtime.load(Ordering::Relaxed))
@@ -297,7 +308,7 @@ impl Registration {
                 self.move_to(shared, home, source)?;
             }
         }
-        Ok(self.state.wait(dir, header.into_waker()))
+        Ok(self.state.wait(dir, waker))
     }
 
     /// Moves the registration to worker `to` of `shared`, unless it is
@@ -533,6 +544,16 @@ impl Driver {
         let key = timers.insert(d, owner, task.waker());
         self.publish(&timers);
         Some(key)
+    }
+
+    /// Arms a one-off timer that wakes `waker` at `deadline` (a future's
+    /// sleep, `crate::hyper_rt`); it is never disarmed, and a wake-up
+    /// after its future is gone is a spurious one.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn add_waker_timer(&self, deadline: Instant, waker: Waker) {
+        let mut timers = self.timers.borrow_mut();
+        timers.insert(deadline, 0, waker);
+        self.publish(&timers);
     }
 
     /// Disarms `key`'s timer (of coroutine `task`), if any and not fired.

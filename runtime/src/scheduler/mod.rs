@@ -1094,6 +1094,10 @@ pub fn try_current() -> Option<Coroutine> {
 /// parking the coroutine (or blocking the thread) while it is pending. Its
 /// waker unparks the caller, so coroutine code can call async libraries.
 ///
+/// With the `tokio` feature each poll runs inside a tokio runtime's
+/// context, so futures that need tokio's reactor or timer (tokio's own,
+/// reqwest's, …) work: see [`crate::future`].
+///
 /// # Examples
 ///
 /// ```
@@ -1110,7 +1114,8 @@ pub fn block_on_future<F: std::future::Future>(fut: F) -> F::Output {
     let waker = current_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     loop {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+        if let std::task::Poll::Ready(v) = crate::future::in_context(|| fut.as_mut().poll(&mut cx))
+        {
             return v;
         }
         park_current();

@@ -358,6 +358,29 @@ fn worker_ptr() -> *const Local {
     WORKER.with(Cell::get)
 }
 
+/// Arms a timer on the calling worker that wakes `waker` at `deadline`;
+/// false off a worker thread.
+#[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+pub(crate) fn add_waker_timer(deadline: Instant, waker: std::task::Waker) -> bool {
+    // SAFETY: `WORKER` points to the `Local` on the worker's own stack
+    // frame in `run`, set for exactly the time that frame lives; the
+    // driver's timers are borrowed only for the insertion, and the worker
+    // loop does not hold them while a coroutine runs.
+    match unsafe { worker_ptr().as_ref() } {
+        Some(w) => {
+            w.driver.add_waker_timer(deadline, waker);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether the calling thread is a worker (its coroutines included).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn on_worker_thread() -> bool {
+    !worker_ptr().is_null()
+}
+
 #[inline(never)]
 fn current_ptr() -> *const Running {
     CURRENT.with(Cell::get)
@@ -474,6 +497,9 @@ pub(crate) fn run_root<T: 'static>(
     slot: Slot,
     root: impl FnOnce() -> T + 'static,
 ) -> std::thread::Result<T> {
+    // With the `tokio` feature, the root's thread is inside the tokio
+    // context while the root runs, as a worker is (`crate::future`).
+    let _tokio = crate::future::enter_for_thread();
     let out: std::rc::Rc<Cell<Option<std::thread::Result<T>>>> = std::rc::Rc::new(Cell::new(None));
     let out2 = std::rc::Rc::clone(&out);
     // SAFETY: the gauge goes into the same `Running` as the coroutine that
@@ -847,6 +873,9 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
         driver,
     };
     WORKER.with(|w| w.set(&local));
+    // With the `tokio` feature, the worker lives inside the tokio
+    // runtime's context, so coroutines may make tokio futures anywhere.
+    let _tokio = crate::future::enter_for_thread();
     crate::hook::record_base_mask();
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;

@@ -1,0 +1,167 @@
+//! Futures on greenstack: running one as a coroutine
+//! ([`spawn_future`]), and, with the `tokio` feature, the tokio context
+//! that `block_on_future` enters so futures that need tokio's reactor or
+//! timer work from coroutines.
+//!
+//! # The `tokio` feature
+//!
+//! A future of a tokio-based crate (`tokio::time::sleep`, `tokio::net`,
+//! reqwest, sqlx, …) needs a tokio runtime's reactor and timer to be
+//! driven, and finds it through the calling thread's tokio context. With
+//! the feature, greenstack keeps one tokio runtime for the process: one
+//! worker thread (`greenstack-tokio`) that runs the reactor and the timer,
+//! started with the first greenstack runtime's workers (or at the first
+//! `block_on_future` on a plain thread), unless the application hands its
+//! own with [`use_tokio_runtime`] first. Every greenstack worker thread is
+//! inside that runtime's context for its whole life, so coroutines may
+//! make tokio futures anywhere; a plain thread is inside it during each
+//! poll of `block_on_future`. The future registers its sockets and timers
+//! there; their readiness wakes the coroutine through its waker, across
+//! threads.
+//!
+//! The cost is that hop: each wake-up of a tokio-driven future is a
+//! cross-thread wake of the coroutine (an eventfd write and a context
+//! switch when the worker sleeps), where a greenstack socket's readiness
+//! is seen by the worker's own poller.
+
+use std::future::Future;
+
+use crate::scheduler::{JoinHandle, Runtime};
+
+/// Runs `fut` to completion as a coroutine of the current runtime (it
+/// polls the future and parks while it is pending, as
+/// [`block_on_future`](crate::block_on_future) does), and returns its
+/// handle: async application code hosted by greenstack, one coroutine per
+/// future.
+///
+/// # Panics
+///
+/// As [`spawn`](crate::spawn): outside a runtime, or if no stack can be
+/// had.
+///
+/// # Examples
+///
+/// ```
+/// # let rt = greenstack_runtime::Runtime::new()?;
+/// rt.block_on(|| {
+///     let h = greenstack_runtime::spawn_future(async { 6 * 7 });
+///     assert_eq!(h.join().unwrap(), 42);
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn_future<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    crate::spawn(move || crate::block_on_future(fut))
+}
+
+impl Runtime {
+    /// [`spawn_future`] on this runtime, from any thread.
+    ///
+    /// # Panics
+    ///
+    /// If no stack can be had.
+    pub fn spawn_future<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(move || crate::block_on_future(fut))
+    }
+}
+
+/// Calls `poll` inside the tokio context (with the `tokio` feature), else
+/// just calls it. A worker thread is in the context for its whole life
+/// ([`enter_for_thread`]): entering around a poll there could unbalance
+/// tokio's per-thread context stack, since a poll that parks the coroutine
+/// lets other coroutines run on the thread before the guard drops.
+#[inline]
+pub(crate) fn in_context<R>(poll: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "tokio")]
+    {
+        if crate::scheduler::worker::on_worker_thread() {
+            return poll();
+        }
+        let _enter = tokio_support::handle().enter();
+        poll()
+    }
+    #[cfg(not(feature = "tokio"))]
+    poll()
+}
+
+/// With the `tokio` feature, a guard that keeps the calling thread (a
+/// worker, for its whole life) inside the tokio runtime's context, so
+/// `tokio::time::sleep(..)` and the like can be made anywhere in a
+/// coroutine, not only inside `block_on_future`.
+pub(crate) fn enter_for_thread() -> Option<ThreadContext> {
+    #[cfg(feature = "tokio")]
+    {
+        Some(ThreadContext {
+            _guard: tokio_support::handle().enter(),
+        })
+    }
+    #[cfg(not(feature = "tokio"))]
+    None
+}
+
+/// See [`enter_for_thread`].
+pub(crate) struct ThreadContext {
+    #[cfg(feature = "tokio")]
+    _guard: tokio::runtime::EnterGuard<'static>,
+}
+
+#[cfg(feature = "tokio")]
+pub use tokio_support::{tokio_handle, use_tokio_runtime};
+
+#[cfg(feature = "tokio")]
+mod tokio_support {
+    use once_cell::sync::OnceCell;
+
+    static HANDLE: OnceCell<tokio::runtime::Handle> = OnceCell::new();
+
+    /// The tokio runtime `block_on_future` enters: the one given to
+    /// [`use_tokio_runtime`], or greenstack's own, started now if it is not
+    /// yet (one worker thread, reactor and timer enabled).
+    ///
+    /// # Panics
+    ///
+    /// If the runtime cannot be started (no thread can be spawned).
+    pub fn tokio_handle() -> tokio::runtime::Handle {
+        handle().clone()
+    }
+
+    pub(super) fn handle() -> &'static tokio::runtime::Handle {
+        HANDLE.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("greenstack-tokio")
+                .enable_all()
+                .build()
+                .expect("greenstack: starting its tokio runtime");
+            let handle = rt.handle().clone();
+            // Kept for the process's life: dropping a tokio runtime from
+            // a static at exit would block on its threads.
+            std::mem::forget(rt);
+            handle
+        })
+    }
+
+    /// Makes `block_on_future` enter the application's own tokio runtime
+    /// instead of starting greenstack's. Call before the first
+    /// `block_on_future`; `Err` with the handle back if a runtime is in
+    /// use already. The runtime must outlive every coroutine that awaits
+    /// a tokio future.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let tokio_rt = tokio::runtime::Runtime::new()?;
+    /// let _ = greenstack_runtime::future::use_tokio_runtime(tokio_rt.handle().clone());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn use_tokio_runtime(handle: tokio::runtime::Handle) -> Result<(), tokio::runtime::Handle> {
+        HANDLE.set(handle)
+    }
+}

@@ -1,0 +1,101 @@
+//! hyper 1.x on greenstack, with the `hyper` feature: an
+//! [`Executor`] that runs hyper's background futures as coroutines, a
+//! [`Timer`] on the workers' own timers, and hyper's I/O traits
+//! (`hyper::rt::Read`/`Write`) on [`crate::net::TcpStream`] and
+//! [`crate::net::UnixStream`], driven by the workers' pollers. No tokio
+//! runtime is involved.
+//!
+//! A server serves each connection in a coroutine of its own, awaiting
+//! hyper's connection future with [`block_on_future`](crate::block_on_future)
+//! (`examples/hyper_server.rs`):
+//!
+//! ```ignore
+//! let (stream, _) = listener.accept()?;
+//! greenstack::spawn(move || {
+//!     let conn = hyper::server::conn::http1::Builder::new()
+//!         .timer(greenstack::hyper_rt::Timer)
+//!         .serve_connection(stream, hyper::service::service_fn(hello));
+//!     let _ = greenstack::block_on_future(conn);
+//! });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Runs hyper's background futures (an HTTP/2 connection's tasks) with
+/// [`spawn_future`](crate::spawn_future), on the current runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Executor;
+
+impl<F> hyper::rt::Executor<F> for Executor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        drop(crate::spawn_future(fut));
+    }
+}
+
+/// hyper's timers (header read timeouts, keep-alive) on the timers of the
+/// worker that polls them; off a worker, a short-lived thread sleeps for
+/// each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timer;
+
+impl hyper::rt::Timer for Timer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let deadline = Instant::now()
+            .checked_add(duration)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30));
+        Box::pin(Sleep::until(deadline))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Sleep::until(deadline))
+    }
+}
+
+/// A future that is ready at its deadline.
+#[derive(Debug)]
+pub struct Sleep {
+    deadline: Instant,
+    /// A timer is armed for the deadline.
+    armed: bool,
+}
+
+impl Sleep {
+    /// Ready at `deadline`.
+    pub fn until(deadline: Instant) -> Sleep {
+        Sleep {
+            deadline,
+            armed: false,
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        if !self.armed {
+            self.armed = true;
+            let deadline = self.deadline;
+            if !crate::scheduler::worker::add_waker_timer(deadline, cx.waker().clone()) {
+                let waker = cx.waker().clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                    waker.wake();
+                });
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}

@@ -1,0 +1,158 @@
+//! The async ecosystem from coroutines (the `tokio` feature): futures that
+//! need tokio's reactor and timer awaited with `block_on_future`, futures
+//! run as coroutines with `spawn_future`, and greenstack's sockets driven
+//! through tokio's and futures-io's async I/O traits by greenstack's own
+//! poller.
+#![cfg(feature = "tokio")]
+
+mod common;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use common::*;
+use greenstack::{block_on_future, net, spawn_future};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A greenstack echo server on a loopback port, for `conns` connections.
+fn echo_server(rt: &greenstack::Runtime, conns: usize) -> std::net::SocketAddr {
+    let listener = net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(move || {
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().unwrap();
+            greenstack::spawn(move || {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match std::io::Read::read(&mut s, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => std::io::Write::write_all(&mut s, &buf[..n]).unwrap(),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tokio_timers_and_sockets_work_from_coroutines() {
+    bounded("tokio from coroutines", || {
+        let rt = runtime(2);
+        let addr = echo_server(&rt, 100);
+        let clients: Vec<_> = (0..100u32)
+            .map(|i| {
+                rt.spawn(move || {
+                    let t = Instant::now();
+                    block_on_future(tokio::time::sleep(Duration::from_millis(10)));
+                    assert!(t.elapsed() >= Duration::from_millis(10));
+                    block_on_future(async move {
+                        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        let msg = i.to_le_bytes();
+                        s.write_all(&msg).await.unwrap();
+                        let mut back = [0u8; 4];
+                        s.read_exact(&mut back).await.unwrap();
+                        u32::from_le_bytes(back)
+                    })
+                })
+            })
+            .collect();
+        for (i, c) in clients.into_iter().enumerate() {
+            assert_eq!(c.join().unwrap(), i as u32);
+        }
+    });
+}
+
+#[test]
+fn spawn_future_runs_async_code_as_a_coroutine() {
+    bounded("spawn_future", || {
+        let rt = runtime(2);
+        // From a plain thread, through the runtime.
+        let h = rt.spawn_future(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            7
+        });
+        assert_eq!(h.join().unwrap(), 7);
+        // From a coroutine; a panic in the future is the join's Err.
+        let r = rt.block_on(|| {
+            let ok = spawn_future(async { 1 + 1 });
+            let bad = spawn_future(async { panic!("in a future") });
+            (ok.join().unwrap(), bad.join().is_err())
+        });
+        assert_eq!(r, (2, true));
+    });
+}
+
+#[test]
+fn greenstack_sockets_are_async_read_and_write() {
+    bounded("async traits", || {
+        let rt = runtime(2);
+        let addr = echo_server(&rt, 2);
+        // tokio's traits, in a future run as a coroutine.
+        let h = rt.spawn_future(async move {
+            let mut s = net::TcpStream::connect(addr).unwrap();
+            AsyncWriteExt::write_all(&mut s, b"hello").await.unwrap();
+            let mut back = [0u8; 5];
+            AsyncReadExt::read_exact(&mut s, &mut back).await.unwrap();
+            back
+        });
+        assert_eq!(&h.join().unwrap(), b"hello");
+        // futures-io's traits, polled by hand.
+        let h = rt.spawn_future(async move {
+            let mut s = net::TcpStream::connect(addr).unwrap();
+            let n = poll_fn(|cx| futures_io::AsyncWrite::poll_write(Pin::new(&mut s), cx, b"abc"))
+                .await
+                .unwrap();
+            assert_eq!(n, 3);
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let mut buf = [0u8; 8];
+                let n =
+                    poll_fn(|cx| futures_io::AsyncRead::poll_read(Pin::new(&mut s), cx, &mut buf))
+                        .await
+                        .unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            poll_fn(|cx| futures_io::AsyncWrite::poll_close(Pin::new(&mut s), cx))
+                .await
+                .unwrap();
+            got
+        });
+        assert_eq!(h.join().unwrap(), b"abc");
+    });
+}
+
+#[test]
+fn a_greenstack_socket_polled_off_a_worker_says_so() {
+    bounded("off a worker", || {
+        let rt = runtime(1);
+        let addr = echo_server(&rt, 1);
+        let mut s = net::TcpStream::connect(addr).unwrap();
+        // A plain thread: nothing to read yet, and no poller to wake it.
+        let e =
+            block_on_future(async { AsyncReadExt::read(&mut s, &mut [0u8; 4]).await }).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    });
+}
+
+#[test]
+fn tokio_futures_can_be_made_anywhere_in_a_coroutine_or_block_on_root() {
+    bounded("context", || {
+        let rt = runtime(1);
+        // Made outside block_on_future (tokio looks for its context at
+        // construction): in a block_on root and in a spawned coroutine.
+        rt.block_on(|| {
+            let sleep = tokio::time::sleep(Duration::from_millis(1));
+            block_on_future(sleep);
+            let h = greenstack::spawn(|| {
+                let sleep = tokio::time::sleep(Duration::from_millis(1));
+                block_on_future(sleep);
+                tokio::runtime::Handle::try_current().is_ok()
+            });
+            assert!(h.join().unwrap());
+        });
+        // A plain thread is inside the context during block_on_future.
+        block_on_future(async { tokio::time::sleep(Duration::from_millis(1)).await });
+    });
+}
