@@ -63,21 +63,44 @@ struct State<T> {
     next_watch: u64,
 }
 
+/// Wakers taken from `State::watchers`, to wake after unlocking: up to 4
+/// inline (a channel rarely has more selects watching), the rest in a
+/// `Vec`. Draining, not taking, the list keeps its capacity, so the next
+/// select's `watch` allocates nothing.
+struct Taken {
+    inline: [Option<Waker>; 4],
+    more: Vec<Waker>,
+}
+
 /// Takes the watchers of `st`, to wake after unlocking (`wake_watchers`).
 #[inline]
-fn take_watchers<T>(st: &mut State<T>) -> Vec<(u64, Waker)> {
+fn take_watchers<T>(st: &mut State<T>) -> Option<Taken> {
     if st.watchers.is_empty() {
-        Vec::new()
-    } else {
-        std::mem::take(&mut st.watchers)
+        return None;
     }
+    let mut t = Taken {
+        inline: Default::default(),
+        more: Vec::new(),
+    };
+    for (i, (_, w)) in st.watchers.drain(..).enumerate() {
+        match t.inline.get_mut(i) {
+            Some(slot) => *slot = Some(w),
+            None => t.more.push(w),
+        }
+    }
+    Some(t)
 }
 
 /// Wakes what [`take_watchers`] took.
 #[inline]
-fn wake_watchers(w: Vec<(u64, Waker)>) {
-    for (_, w) in w {
-        w.wake();
+fn wake_watchers(t: Option<Taken>) {
+    if let Some(t) = t {
+        for w in t.inline.into_iter().flatten() {
+            w.wake();
+        }
+        for w in t.more {
+            w.wake();
+        }
     }
 }
 
@@ -172,7 +195,7 @@ impl<T> Chan<T> {
             if st.senders == 0 {
                 (notify_all(&mut st.recv_waiters), take_watchers(&mut st))
             } else {
-                (Wakers::default(), Vec::new())
+                (Wakers::default(), None)
             }
         };
         woken.0.wake();
@@ -201,7 +224,7 @@ impl<T> Chan<T> {
                     dropped,
                 )
             } else {
-                ((Wakers::default(), Vec::new()), VecDeque::new())
+                ((Wakers::default(), None), VecDeque::new())
             }
         };
         woken.0.wake();
@@ -418,7 +441,7 @@ impl<T> Chan<T> {
             // Declared before the lock so it outlives the wait; it does not
             // move while queued.
             let mut node: Node<T>;
-            let mut watchers = Vec::new();
+            let mut watchers = None;
             {
                 let mut st = self.state.lock();
                 if let Some(v) = st.queue.pop_front() {

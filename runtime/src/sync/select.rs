@@ -11,14 +11,14 @@
 //!
 //! # How it waits
 //!
-//! Readiness, then completion: a round asks every operation whether it
-//! would complete now, picks one of the ready ones at random and completes
-//! it (a receive takes its value then, so [`SelectedOperation::recv`]
-//! never waits). With none ready, the caller registers its waker with
-//! each operation's object (a channel wakes its watchers at its next
-//! change: a value queued or taken, a receiver waiting, an end gone),
-//! checks once more, and parks. A completion that loses a race (another
-//! receiver took the value) starts another round.
+//! Go's way: a round tries the operations in a random order (a fresh
+//! permutation each round, so the first ready one met is a uniform pick
+//! among the ready ones) and completes the first that can complete now (a
+//! receive takes its value then, so [`SelectedOperation::recv`] never
+//! waits). With none ready, the caller registers its waker with each
+//! operation's object (a channel wakes its watchers at its next change: a
+//! value queued or taken, a receiver waiting, an end gone), checks once
+//! more, and parks; then it unregisters and tries another round.
 //!
 //! Why not crossbeam-channel's own `Select`: greenstack's channels,
 //! coroutines and file descriptors are not crossbeam's, and parking must
@@ -521,28 +521,40 @@ impl<'a> Select<'a> {
         block: bool,
         complete: bool,
     ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
-        let mut ready = Vec::new();
+        let n = self.ops.len();
+        // The order of this round's attempts: a random permutation, so the
+        // first ready operation met is a uniform pick among the ready ones
+        // (Go's `pollorder`). On the stack for up to 32 operations.
+        let mut small = [0u32; 32];
+        let mut large = Vec::new();
+        let order: &mut [u32] = if n <= small.len() {
+            &mut small[..n]
+        } else {
+            large.resize(n, 0);
+            &mut large
+        };
         loop {
-            // The ready ones, then one at random: Go's fairness.
-            ready.clear();
-            ready.extend(
-                self.ops
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, o)| o.as_ref().is_some_and(|o| o.ready()))
-                    .map(|(i, _)| i),
-            );
-            while !ready.is_empty() {
-                let i = ready.swap_remove(random_below(ready.len()));
-                let op = self.ops[i].as_ref().expect("a ready operation exists");
+            for (i, o) in order.iter_mut().enumerate() {
+                *o = i as u32;
+            }
+            for i in (1..n).rev() {
+                order.swap(i, random_below(i + 1));
+            }
+            for &i in order.iter() {
+                let i = i as usize;
+                let Some(op) = self.ops[i].as_ref() else {
+                    continue;
+                };
                 let got = if complete {
                     match op.attempt() {
                         Some(got) => got,
-                        // Lost a race: another one, or another round.
+                        // Not ready (or lost a race): the next one.
                         None => continue,
                     }
-                } else {
+                } else if op.ready() {
                     None
+                } else {
+                    continue;
                 };
                 return Ok(SelectedOperation {
                     index: i,
