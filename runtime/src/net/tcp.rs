@@ -67,7 +67,8 @@ impl TcpListener {
     }
 
     /// Waits at most `timeout` for a connection; `ErrorKind::TimedOut` if
-    /// none came (never early).
+    /// none came (never early, unless the coroutine is cancelled: see
+    /// [`crate::cancel`]).
     pub fn accept_timeout(
         &self,
         timeout: std::time::Duration,

@@ -790,7 +790,8 @@ impl<T> JoinHandle<T> {
     /// [`join`](Self::join) would return, or `Err` with the handle back if
     /// it has not finished by then (join it later, or drop it to detach).
     ///
-    /// Never returns `Err` early: the wait lasts at least `timeout`.
+    /// Never returns `Err` early: the wait lasts at least `timeout`, unless
+    /// the caller is cancelled (see [`crate::cancel`]).
     ///
     /// # Examples
     ///

@@ -213,7 +213,7 @@ impl<T: Clone> Receiver<T> {
     }
 
     /// Waits at most `timeout` for the next value (`Empty` after it,
-    /// never early).
+    /// never early, unless the coroutine is cancelled: see [`crate::cancel`]).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, TryRecvError> {
         self.take(true, Instant::now().checked_add(timeout))
     }

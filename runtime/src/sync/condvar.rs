@@ -189,7 +189,8 @@ impl Barrier {
 
     /// Waits at most `timeout` for all parties of this round: `None` if it
     /// did not complete by then, and this caller left the round (it needs
-    /// another party to complete). Never `None` early.
+    /// another party to complete). Never `None` early, unless the coroutine
+    /// is cancelled (see [`crate::cancel`]).
     pub fn wait_timeout(&self, timeout: Duration) -> Option<BarrierWaitResult> {
         let mut g = self.state.lock();
         let generation = g.1;

@@ -76,7 +76,8 @@ impl<T> Sender<T> {
 
     /// Sends, waiting at most `timeout` for room in a bounded channel (for
     /// a rendezvous channel, for a receiver to take it). The value comes
-    /// back in the error. Never times out early.
+    /// back in the error. Never times out early (a cancelled coroutine finds
+    /// the channel disconnected: see [`crate::cancel`]).
     pub fn send_timeout(&self, t: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         self.chan
             .send(t, true, deadline_after(timeout))
