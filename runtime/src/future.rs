@@ -12,7 +12,7 @@
 //! worker thread (`greenstack-tokio`) that runs the reactor and the timer,
 //! started with the first greenstack runtime's workers (or at the first
 //! `block_on_future` on a plain thread), unless the application hands its
-//! own with [`use_tokio_runtime`] first. Every greenstack worker thread is
+//! own with `use_tokio_runtime` first. Every greenstack worker thread is
 //! inside that runtime's context for its whole life, so coroutines may
 //! make tokio futures anywhere; a plain thread is inside it during each
 //! poll of `block_on_future`. The future registers its sockets and timers
