@@ -254,7 +254,10 @@ fn http_hello_drains_on_sigterm() {
 /// hyper 1.x on greenstack (the `hyper` feature), checked with curl: the
 /// response hyper wrote, over a keep-alive connection that serves two
 /// requests.
-#[cfg(feature = "hyper")]
+// The three async examples are built by `examples/async`'s package, which
+// enables both features on `greenstack` (so they are on whenever
+// `cargo test --workspace` builds these tests with it).
+#[cfg(all(feature = "tokio", feature = "hyper"))]
 #[test]
 fn hyper_server_answers_curl() {
     let (_server, addr) = start_server("hyper_server");
@@ -271,6 +274,7 @@ fn hyper_server_answers_curl() {
 
 /// rustls over greenstack's sockets, checked with curl (`--insecure`: the
 /// certificate is self-signed at start-up).
+#[cfg(all(feature = "tokio", feature = "hyper"))]
 #[test]
 fn https_hello_answers_curl_over_tls() {
     let (_server, addr) = start_server("https_hello");
@@ -288,7 +292,7 @@ fn https_hello_answers_curl_over_tls() {
 
 /// reqwest (async, tokio-based) from 1,000 coroutines through the `tokio`
 /// feature, against http_hello.
-#[cfg(feature = "tokio")]
+#[cfg(all(feature = "tokio", feature = "hyper"))]
 #[test]
 fn async_client_fetches_from_a_thousand_coroutines() {
     let (_server, addr) = start_server("http_hello");

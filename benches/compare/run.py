@@ -136,10 +136,15 @@ def rust_binary(peer: str) -> Path:
 # and answering every request with HTTP_BODY. greenstack's two are the
 # repository's own examples, built from the workspace root, each into its
 # own target directory: `examples/http_hello` (hand-written HTTP) and
-# `examples/hyper_server` (hyper 1.x on greenstack, the `hyper` feature);
-# the others are small crates beside this file.
+# `examples/async/examples/hyper_server.rs` (hyper 1.x on greenstack, in
+# the `greenstack-async-examples` package, which enables the `hyper`
+# feature); the others are small crates beside this file. The second item
+# is the extra cargo arguments that select the example's package.
 HTTP_PEERS = ("greenstack", "greenstack_hyper", "tokio", "may")
-HTTP_EXAMPLES = {"greenstack": ("http_hello", ()), "greenstack_hyper": ("hyper_server", ("hyper",))}
+HTTP_EXAMPLES = {
+    "greenstack": ("http_hello", ()),
+    "greenstack_hyper": ("hyper_server", ("-p", "greenstack-async-examples")),
+}
 HTTP_CRATES = {"tokio": "tokio_http", "may": "may_http"}
 HTTP_WORKERS = 2
 # Peers with an HTTP server and no workload program (compare/PEER/).
@@ -179,8 +184,8 @@ def build(peers: list[str], go_cmd: list[str], programs: bool = True, http: bool
     if http:
         for peer in [p for p in peers if p in HTTP_PEERS]:
             if peer in HTTP_EXAMPLES:
-                example, features = HTTP_EXAMPLES[peer]
-                feat = ["--features", ",".join(features)] if features else []
+                example, package = HTTP_EXAMPLES[peer]
+                feat = list(package)
                 log(f"building greenstack's HTTP server (cargo build --release {' '.join(feat + ['--example', example])})")
                 subprocess.run(
                     ["cargo", "build", "--release", "--quiet"] + feat + ["--example", example],
@@ -1506,12 +1511,12 @@ STATIC_NOTES = """\
   with 2 worker threads (http_hello takes no worker count: its
   `Runtime::new()` uses the available parallelism, 2 on the project's
   machine). A fourth server, **greenstack (hyper)**, is hyper 1.x served
-  on greenstack with no tokio (`examples/hyper_server`, built the same way
-  with `--features hyper`: `#[greenstack::main]`, so the available
+  on greenstack with no tokio (`examples/async/examples/hyper_server.rs`,
+  built the same way from its package: `#[greenstack::main]`, so the available
   parallelism's workers, a coroutine per connection running hyper's
   connection future with `block_on_future`, `greenstack::net::TcpStream`
-  through hyper's I/O traits, greenstack's timer; hyper's default
-  `http1::Builder`, no `pipeline_flush`). It is greenstack, not a peer:
+  through hyper's I/O traits, greenstack's timer; `pipeline_flush(true)`
+  as tokio's). It is greenstack, not a peer:
   its column is never the best peer, and its ratio is its own row under
   each req/s row, hyper on greenstack ÷ hyper on tokio (issue 21, goal
   ≥ 1.0×). All answer `GET /plaintext` with `Hello, world!`. wrk (Debian's
@@ -1672,8 +1677,8 @@ def write_report(out: Path, plan: list[Case], results, rows: list[Row], info: di
             "The HTTP rows: each run starts the peer's server on a free loopback port (greenstack "
             "`examples/http_hello`, "
             + (
-                "greenstack (hyper) `examples/hyper_server` (hyper 1.x http1 on greenstack, default "
-                "`http1::Builder`, so no `pipeline_flush`), "
+                "greenstack (hyper) `examples/async/examples/hyper_server.rs` (hyper 1.x http1 on "
+                "greenstack, `pipeline_flush(true)`), "
                 if "greenstack_hyper" in PEERS
                 else ""
             )

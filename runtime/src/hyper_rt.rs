@@ -7,7 +7,7 @@
 //!
 //! A server serves each connection in a coroutine of its own, awaiting
 //! hyper's connection future with [`block_on_future`](crate::block_on_future)
-//! (`examples/hyper_server.rs`):
+//! (`examples/async/examples/hyper_server.rs`):
 //!
 //! ```ignore
 //! let (stream, _) = listener.accept()?;

@@ -74,9 +74,13 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.io.poll_op($crate::net::Dir::Read, cx, |mut s| {
-                    std::io::Read::read(&mut s, buf)
-                })
+                let len = buf.len();
+                self.io.poll_op(
+                    $crate::net::Dir::Read,
+                    cx,
+                    |&n| n > 0 && n < len,
+                    |mut s| std::io::Read::read(&mut s, buf),
+                )
             }
         }
 
@@ -111,9 +115,13 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
-                    std::io::Write::write(&mut s, buf)
-                })
+                let len = buf.len();
+                self.io.poll_op(
+                    $crate::net::Dir::Write,
+                    cx,
+                    |&n| n < len,
+                    |mut s| std::io::Write::write(&mut s, buf),
+                )
             }
 
             fn poll_flush(
@@ -142,16 +150,22 @@ macro_rules! stream_io {
                 // the uninitialized space, and only the bytes it reports
                 // are then marked filled.
                 let dst = unsafe { buf.as_mut() };
-                match self.io.poll_op($crate::net::Dir::Read, cx, |s| {
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(s);
-                    // SAFETY: `dst` is writable memory of `dst.len()` bytes.
-                    let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
-                    if n < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
-                }) {
+                let len = dst.len();
+                match self.io.poll_op(
+                    $crate::net::Dir::Read,
+                    cx,
+                    |&n| n > 0 && n < len,
+                    |s| {
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+                        // SAFETY: `dst` is writable memory of `dst.len()` bytes.
+                        let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
+                        if n < 0 {
+                            Err(std::io::Error::last_os_error())
+                        } else {
+                            Ok(n as usize)
+                        }
+                    },
+                ) {
                     std::task::Poll::Ready(Ok(n)) => {
                         // SAFETY: the read initialized `n` bytes.
                         unsafe { buf.advance(n) };
@@ -170,9 +184,13 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
-                    std::io::Write::write(&mut s, buf)
-                })
+                let len = buf.len();
+                self.io.poll_op(
+                    $crate::net::Dir::Write,
+                    cx,
+                    |&n| n < len,
+                    |mut s| std::io::Write::write(&mut s, buf),
+                )
             }
 
             fn poll_write_vectored(
@@ -180,9 +198,13 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 bufs: &[std::io::IoSlice<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
-                    std::io::Write::write_vectored(&mut s, bufs)
-                })
+                let len: usize = bufs.iter().map(|b| b.len()).sum();
+                self.io.poll_op(
+                    $crate::net::Dir::Write,
+                    cx,
+                    |&n| n < len,
+                    |mut s| std::io::Write::write_vectored(&mut s, bufs),
+                )
             }
 
             fn is_write_vectored(&self) -> bool {
@@ -212,9 +234,13 @@ macro_rules! stream_io {
                 buf: &mut tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
                 let dst = buf.initialize_unfilled();
-                match self.io.poll_op($crate::net::Dir::Read, cx, |mut s| {
-                    std::io::Read::read(&mut s, dst)
-                }) {
+                let len = dst.len();
+                match self.io.poll_op(
+                    $crate::net::Dir::Read,
+                    cx,
+                    |&n| n > 0 && n < len,
+                    |mut s| std::io::Read::read(&mut s, dst),
+                ) {
                     std::task::Poll::Ready(Ok(n)) => {
                         buf.advance(n);
                         std::task::Poll::Ready(Ok(()))
@@ -232,9 +258,13 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.io.poll_op($crate::net::Dir::Write, cx, |mut s| {
-                    std::io::Write::write(&mut s, buf)
-                })
+                let len = buf.len();
+                self.io.poll_op(
+                    $crate::net::Dir::Write,
+                    cx,
+                    |&n| n < len,
+                    |mut s| std::io::Write::write(&mut s, buf),
+                )
             }
 
             fn poll_flush(
@@ -401,49 +431,68 @@ impl<S: AsRawFd> Io<S> {
         }
     }
 
-    /// `op` as a future's poll: tries it, and on `WouldBlock` registers
-    /// `cx`'s waker for `dir` readiness and returns `Pending`. Only for a
-    /// future polled by a coroutine on a worker (`spawn_future`,
-    /// `block_on_future`), whose worker's poller then wakes it; anywhere
-    /// else a `WouldBlock` is an `Unsupported` error.
+    /// `op` as a future's poll, tokio's way: tries it while the socket's
+    /// `dir` bit says it may be ready; on `WouldBlock` clears the bit
+    /// (unless an event came meanwhile), registers `cx`'s waker and returns
+    /// `Pending`. A poll of a socket known not to be ready makes no system
+    /// call; `drained` says a result shows the socket drained (a short
+    /// read or write), which clears the bit too, saving the `EAGAIN`
+    /// attempt after it. Only for a future polled by a coroutine on a
+    /// worker (`spawn_future`, `block_on_future`), whose worker's poller
+    /// then wakes it; anywhere else a `WouldBlock` is an `Unsupported`
+    /// error.
     pub(crate) fn poll_op<R>(
         &self,
         dir: Dir,
         cx: &mut std::task::Context<'_>,
+        drained: impl Fn(&R) -> bool,
         mut op: impl FnMut(&S) -> io::Result<R>,
     ) -> std::task::Poll<io::Result<R>> {
+        use crate::scheduler::driver::IoState;
         use std::task::Poll;
-        let registered = waits_registered();
+        let reg = if waits_registered() {
+            match self.registration() {
+                Ok(r) => Some(r),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        } else {
+            None
+        };
+        let bit = dir.bit();
+        let fd = self.sock.as_raw_fd();
         loop {
-            let reg = if registered {
-                match self.registration() {
-                    Ok(r) => Some(r),
-                    Err(e) => return Poll::Ready(Err(e)),
+            let snapshot = reg.map(|r| r.state.snapshot());
+            if let (Some(r), Some(snap)) = (reg, snapshot) {
+                if !IoState::is_ready(snap, bit) {
+                    match r.wait_with(bit, &mut mio::unix::SourceFd(&fd), cx.waker().clone()) {
+                        Ok(true) => return Poll::Pending,
+                        // Readiness came meanwhile: try.
+                        Ok(false) => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
                 }
-            } else {
-                None
-            };
-            if let Some(r) = reg {
-                r.state.clear(dir.bit());
             }
             match crate::hook::bypass(|| op(&self.sock)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return Poll::Ready(other),
+                Ok(v) => {
+                    if let (Some(r), Some(snap)) = (reg, snapshot) {
+                        if drained(&v) {
+                            r.state.clear_if_unchanged(bit, snap);
+                        }
+                    }
+                    return Poll::Ready(Ok(v));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
-            let Some(r) = reg else {
+            let (Some(r), Some(snap)) = (reg, snapshot) else {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "greenstack sockets are polled as futures only by coroutines on a \
                      worker (spawn_future, block_on_future in a coroutine)",
                 )));
             };
-            let fd = self.sock.as_raw_fd();
-            match r.wait_with(dir.bit(), &mut mio::unix::SourceFd(&fd), cx.waker().clone()) {
-                Ok(true) => return Poll::Pending,
-                Ok(false) => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            r.state.clear_if_unchanged(bit, snap);
         }
     }
 

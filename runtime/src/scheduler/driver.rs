@@ -95,7 +95,7 @@ mod timers;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -149,7 +149,12 @@ struct IoSlab {
 #[derive(Default)]
 pub(crate) struct IoState {
     /// `READABLE | WRITABLE` bits set by events, cleared by waiters.
-    readiness: AtomicU8,
+    /// Bits 0-1 `READABLE | WRITABLE`; bits 2 and up count the events
+    /// that set them (wrapping), so a future's poll can clear a bit only
+    /// if no event came since it looked ([`clear_if_unchanged`]).
+    ///
+    /// [`clear_if_unchanged`]: Self::clear_if_unchanged
+    readiness: AtomicU32,
     /// Coroutines (or threads) waiting, by direction.
     waiters: Mutex<[Vec<Waker>; 2]>,
 }
@@ -157,14 +162,48 @@ pub(crate) struct IoState {
 impl IoState {
     /// Clears `dir`'s readiness bit before an attempt (see the module docs).
     pub(crate) fn clear(&self, dir: u8) {
-        self.readiness.fetch_and(!dir, Ordering::AcqRel);
+        self.readiness.fetch_and(!u32::from(dir), Ordering::AcqRel);
+    }
+
+    /// The readiness word, for [`clear_if_unchanged`](Self::clear_if_unchanged)
+    /// and [`is_ready`](Self::is_ready).
+    pub(crate) fn snapshot(&self) -> u32 {
+        self.readiness.load(Ordering::Acquire)
+    }
+
+    /// Whether `dir`'s bit is set in `snapshot`.
+    pub(crate) fn is_ready(snapshot: u32, dir: u8) -> bool {
+        snapshot & u32::from(dir) != 0
+    }
+
+    /// Clears `dir`'s bit after an attempt found the socket not ready (or
+    /// drained), unless an event came since `snapshot` was taken before
+    /// the attempt: tokio's scheme, for futures, which try a socket only
+    /// while its bit is set and so make no system call for a socket known
+    /// not to be ready.
+    pub(crate) fn clear_if_unchanged(&self, dir: u8, snapshot: u32) {
+        let _ = self.readiness.compare_exchange(
+            snapshot,
+            snapshot & !u32::from(dir),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Sets `bits` as an event does (counted).
+    fn set(&self, bits: u8) {
+        let _ = self
+            .readiness
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.wrapping_add(4) | u32::from(bits))
+            });
     }
 
     /// Registers `waker` for `dir` unless readiness arrived since `clear`.
     /// Returns false if the caller should retry at once instead of parking.
     fn wait(&self, dir: u8, waker: Waker) -> bool {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if self.readiness.load(Ordering::Acquire) & dir != 0 {
+        if self.readiness.load(Ordering::Acquire) & u32::from(dir) != 0 {
             return false;
         }
         let list = &mut w[usize::from(dir == WRITABLE)];
@@ -190,7 +229,7 @@ impl IoState {
     /// Sets `bits` and moves their waiters' wakers to `woken`, for the
     /// caller to wake once it holds no lock.
     fn fire(&self, bits: u8, woken: &mut Vec<Waker>) {
-        self.readiness.fetch_or(bits, Ordering::AcqRel);
+        self.set(bits);
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         if bits & READABLE != 0 {
             woken.append(&mut w[0]);
@@ -262,9 +301,7 @@ impl Registration {
         let state = Arc::new(IoState::default());
         let token = shared.workers[worker].driver.add(source, &state)?;
         // Fresh registrations start ready: the first attempt decides.
-        state
-            .readiness
-            .store(READABLE | WRITABLE, Ordering::Release);
+        state.set(READABLE | WRITABLE);
         Ok(Registration {
             runtime: AtomicPtr::new(Arc::as_ptr(&shared).cast_mut()),
             worker: AtomicUsize::new(worker),
@@ -352,9 +389,7 @@ impl Registration {
             .store(Arc::as_ptr(shared).cast_mut(), Ordering::Relaxed);
         self.worker.store(to, Ordering::Relaxed);
         // As a fresh registration: the next attempt decides.
-        self.state
-            .readiness
-            .fetch_or(READABLE | WRITABLE, Ordering::AcqRel);
+        self.state.set(READABLE | WRITABLE);
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! (driven by the worker's own poller), with greenstack's timer for
 //! hyper's timeouts. Needs the `hyper` feature.
 //!
-//! Run with `cargo run --release --features hyper --example hyper_server
+//! Run with `cargo run --release --example hyper_server
 //! [ADDR]` (default `127.0.0.1:8080`), then `curl http://127.0.0.1:8080/`
 //! or `wrk -c 100 -d 10s http://127.0.0.1:8080/`.
 
@@ -46,6 +46,8 @@ fn main() -> std::io::Result<()> {
         greenstack::spawn(move || {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(greenstack::hyper_rt::Timer)
+                // Answers to pipelined requests go out in one write.
+                .pipeline_flush(true)
                 .serve_connection(stream, hyper::service::service_fn(hello));
             // A client that resets mid-request is its own business.
             let _ = greenstack::block_on_future(conn);

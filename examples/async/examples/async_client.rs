@@ -4,7 +4,7 @@
 //! sockets and wakes each coroutine when its response is in. Needs the
 //! `tokio` feature.
 //!
-//! Run with `cargo run --release --features tokio --example async_client
+//! Run with `cargo run --release --example async_client
 //! URL [REQUESTS]` (default 1,000 requests) against a server, e.g.
 //! `examples/http_hello`. Prints how many answered 200 and the rate.
 
