@@ -18,7 +18,9 @@
 //! the eventfd waker the worker's sleep already uses.
 
 /// `Read` and `Write` for a stream type and for shared references to it
-/// (as std offers for `&TcpStream`), over its `io: Io<_>` field.
+/// (as std offers for `&TcpStream`), over its `io: Io<_>` field; and the
+/// async I/O traits (futures-io's always, tokio's and hyper's with their
+/// features), all through [`Io::poll_read`] and [`Io::poll_write`].
 macro_rules! stream_io {
     ($t:ty) => {
         impl std::io::Read for $t {
@@ -57,41 +59,30 @@ macro_rules! stream_io {
             }
         }
 
-        impl futures_io::AsyncRead for $t {
+        $crate::net::async_io!($t);
+        $crate::net::async_io!(&$t);
+
+        #[cfg(feature = "tokio")]
+        impl tokio::io::AsyncRead for $t {
             fn poll_read(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
-                buf: &mut [u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let mut this: &$t = &*self;
-                std::pin::Pin::new(&mut this).poll_read(cx, buf)
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let dst = buf.initialize_unfilled();
+                let r = std::task::ready!(self.io.poll_read(cx, dst));
+                std::task::Poll::Ready(r.map(|n| buf.advance(n)))
             }
         }
 
-        impl futures_io::AsyncRead for &$t {
-            fn poll_read(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut [u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let len = buf.len();
-                self.io.poll_op(
-                    $crate::net::Dir::Read,
-                    cx,
-                    |&n| n > 0 && n < len,
-                    |mut s| std::io::Read::read(&mut s, buf),
-                )
-            }
-        }
-
-        impl futures_io::AsyncWrite for $t {
+        #[cfg(feature = "tokio")]
+        impl tokio::io::AsyncWrite for $t {
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                let mut this: &$t = &*self;
-                std::pin::Pin::new(&mut this).poll_write(cx, buf)
+                self.io.poll_write(cx, &[std::io::IoSlice::new(buf)])
             }
 
             fn poll_flush(
@@ -101,37 +92,7 @@ macro_rules! stream_io {
                 std::task::Poll::Ready(Ok(()))
             }
 
-            fn poll_close(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(self.shutdown(std::net::Shutdown::Write))
-            }
-        }
-
-        impl futures_io::AsyncWrite for &$t {
-            fn poll_write(
-                self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                let len = buf.len();
-                self.io.poll_op(
-                    $crate::net::Dir::Write,
-                    cx,
-                    |&n| n < len,
-                    |mut s| std::io::Write::write(&mut s, buf),
-                )
-            }
-
-            fn poll_flush(
-                self: std::pin::Pin<&mut Self>,
-                _cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-
-            fn poll_close(
+            fn poll_shutdown(
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
@@ -146,34 +107,12 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 mut buf: hyper::rt::ReadBufCursor<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                // SAFETY: the kernel writes at most `dst.len()` bytes into
-                // the uninitialized space, and only the bytes it reports
-                // are then marked filled.
+                // SAFETY: only what the kernel reports it wrote is marked
+                // filled (`poll_read_uninit`).
                 let dst = unsafe { buf.as_mut() };
-                let len = dst.len();
-                match self.io.poll_op(
-                    $crate::net::Dir::Read,
-                    cx,
-                    |&n| n > 0 && n < len,
-                    |s| {
-                        let fd = std::os::fd::AsRawFd::as_raw_fd(s);
-                        // SAFETY: `dst` is writable memory of `dst.len()` bytes.
-                        let n = unsafe { libc::read(fd, dst.as_mut_ptr().cast(), dst.len()) };
-                        if n < 0 {
-                            Err(std::io::Error::last_os_error())
-                        } else {
-                            Ok(n as usize)
-                        }
-                    },
-                ) {
-                    std::task::Poll::Ready(Ok(n)) => {
-                        // SAFETY: the read initialized `n` bytes.
-                        unsafe { buf.advance(n) };
-                        std::task::Poll::Ready(Ok(()))
-                    }
-                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-                    std::task::Poll::Pending => std::task::Poll::Pending,
-                }
+                let r = std::task::ready!(self.io.poll_read_uninit(cx, dst));
+                // SAFETY: the read initialized `n` bytes.
+                std::task::Poll::Ready(r.map(|n| unsafe { buf.advance(n) }))
             }
         }
 
@@ -184,13 +123,7 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                let len = buf.len();
-                self.io.poll_op(
-                    $crate::net::Dir::Write,
-                    cx,
-                    |&n| n < len,
-                    |mut s| std::io::Write::write(&mut s, buf),
-                )
+                self.io.poll_write(cx, &[std::io::IoSlice::new(buf)])
             }
 
             fn poll_write_vectored(
@@ -198,13 +131,7 @@ macro_rules! stream_io {
                 cx: &mut std::task::Context<'_>,
                 bufs: &[std::io::IoSlice<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                let len: usize = bufs.iter().map(|b| b.len()).sum();
-                self.io.poll_op(
-                    $crate::net::Dir::Write,
-                    cx,
-                    |&n| n < len,
-                    |mut s| std::io::Write::write_vectored(&mut s, bufs),
-                )
+                self.io.poll_write(cx, bufs)
             }
 
             fn is_write_vectored(&self) -> bool {
@@ -225,46 +152,38 @@ macro_rules! stream_io {
                 std::task::Poll::Ready(self.shutdown(std::net::Shutdown::Write))
             }
         }
+    };
+}
 
-        #[cfg(feature = "tokio")]
-        impl tokio::io::AsyncRead for $t {
+/// futures-io's `AsyncRead`/`AsyncWrite` for `$t` (a stream type or a
+/// shared reference to one).
+macro_rules! async_io {
+    ($t:ty) => {
+        impl futures_io::AsyncRead for $t {
             fn poll_read(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                let dst = buf.initialize_unfilled();
-                let len = dst.len();
-                match self.io.poll_op(
-                    $crate::net::Dir::Read,
-                    cx,
-                    |&n| n > 0 && n < len,
-                    |mut s| std::io::Read::read(&mut s, dst),
-                ) {
-                    std::task::Poll::Ready(Ok(n)) => {
-                        buf.advance(n);
-                        std::task::Poll::Ready(Ok(()))
-                    }
-                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-                    std::task::Poll::Pending => std::task::Poll::Pending,
-                }
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_read(cx, buf)
             }
         }
 
-        #[cfg(feature = "tokio")]
-        impl tokio::io::AsyncWrite for $t {
+        impl futures_io::AsyncWrite for $t {
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                let len = buf.len();
-                self.io.poll_op(
-                    $crate::net::Dir::Write,
-                    cx,
-                    |&n| n < len,
-                    |mut s| std::io::Write::write(&mut s, buf),
-                )
+                self.io.poll_write(cx, &[std::io::IoSlice::new(buf)])
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.io.poll_write(cx, bufs)
             }
 
             fn poll_flush(
@@ -274,7 +193,7 @@ macro_rules! stream_io {
                 std::task::Poll::Ready(Ok(()))
             }
 
-            fn poll_shutdown(
+            fn poll_close(
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
@@ -283,6 +202,7 @@ macro_rules! stream_io {
         }
     };
 }
+pub(crate) use async_io;
 pub(crate) use stream_io;
 
 mod tcp;
@@ -494,6 +414,76 @@ impl<S: AsRawFd> Io<S> {
             };
             r.state.clear_if_unchanged(bit, snap);
         }
+    }
+
+    /// A future's read into `buf` ([`poll_op`](Self::poll_op)).
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        // SAFETY: same layout; the read only ever writes initialized bytes
+        // into it, so `buf` stays initialized.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        self.poll_read_uninit(cx, buf)
+    }
+
+    /// A future's read into possibly uninitialized memory (hyper's
+    /// buffers): the count returned is what the kernel wrote.
+    pub(crate) fn poll_read_uninit(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let len = buf.len();
+        self.poll_op(
+            Dir::Read,
+            cx,
+            |&n| n > 0 && n < len,
+            |s| {
+                // SAFETY: `buf` is writable memory of `len` bytes; the
+                // kernel only writes to it.
+                let n = unsafe { libc::read(s.as_raw_fd(), buf.as_mut_ptr().cast(), len) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            },
+        )
+    }
+
+    /// A future's (vectored) write of `bufs`.
+    pub(crate) fn poll_write(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let count = bufs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+        self.poll_op(
+            Dir::Write,
+            cx,
+            |&n| n < len,
+            |s| {
+                // `sendmsg` with `MSG_NOSIGNAL`, as std's socket writes: a
+                // peer that closed is `EPIPE`, never a SIGPIPE.
+                // SAFETY: zeroed is a valid empty `msghdr`.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                // `IoSlice` is ABI-compatible with `iovec`; `bufs` holds
+                // `count` of them, each readable, and the kernel only
+                // reads them.
+                msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+                msg.msg_iovlen = count as _;
+                // SAFETY: `msg` points at `bufs`, alive for the call.
+                let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            },
+        )
     }
 
     /// The registration, made with the calling coroutine's worker on first

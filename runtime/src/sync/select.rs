@@ -141,8 +141,9 @@ where
     }
 }
 
-macro_rules! chan_ends {
-    ($($recv:ident)::+, $($send:ident)::+) => {
+/// `SelectRecv` for a channel receiver type.
+macro_rules! chan_recv {
+    ($($recv:ident)::+) => {
         impl<T> Sealed for $($recv)::+<T> {}
         impl<T: 'static> SelectRecv<T> for $($recv)::+<T> {
             fn recv_op(&self) -> Box<dyn Op + '_> {
@@ -154,6 +155,12 @@ macro_rules! chan_ends {
                 })
             }
         }
+    };
+}
+
+/// `SelectSend` for a channel sender type.
+macro_rules! chan_send {
+    ($($send:ident)::+) => {
         impl<T> Sealed for $($send)::+<T> {}
         impl<T: 'static> SelectSend<T> for $($send)::+<T> {
             fn send_op(&self) -> Box<dyn Op + '_> {
@@ -171,23 +178,11 @@ macro_rules! chan_ends {
     };
 }
 
-chan_ends!(mpsc::Receiver, mpsc::Sender);
-chan_ends!(mpmc::Receiver, mpmc::Sender);
-
-impl<T> Sealed for mpsc::SyncSender<T> {}
-impl<T: 'static> SelectSend<T> for mpsc::SyncSender<T> {
-    fn send_op(&self) -> Box<dyn Op + '_> {
-        Box::new(ChanOp {
-            chan: self.chan(),
-            object: self as *const Self as *const (),
-            send: true,
-            key: Cell::new(None),
-        })
-    }
-    fn send_now(&self, v: T) -> Result<(), SendError<T>> {
-        self.send(v)
-    }
-}
+chan_recv!(mpsc::Receiver);
+chan_recv!(mpmc::Receiver);
+chan_send!(mpsc::Sender);
+chan_send!(mpsc::SyncSender);
+chan_send!(mpmc::Sender);
 
 /// A oneshot receive: through the receiver's own waker slot.
 struct OneshotOp<'a, T> {
