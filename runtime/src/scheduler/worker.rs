@@ -316,7 +316,7 @@ struct Local {
     ready: RefCell<VecDeque<usize>>,
     slab: RefCell<Vec<Option<Box<Running>>>>,
     /// Allocations of finished coroutines' `Running`s, reused by the next
-    /// ones started here (at most [`SPARE_RUNNING`]). At 168 bytes a
+    /// ones started here (at most [`SPARE_RUNNING`]). At 184 bytes a
     /// `Running` is past glibc's fast bins: once a burst of finishes fills
     /// the thread cache's bin (7 entries), each further free takes the
     /// slow path of `free` (callgrind of `fanout_fib workers=1`:
