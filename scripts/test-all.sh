@@ -24,12 +24,13 @@ command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq cur
 cargo test --workspace --locked --all-features
 
 step "the stack tests again with the mprotect fallback forced"
-GREENSTACK_GUARD_MODE=mprotect cargo test --locked --test stack_growth --test stack_arena --test stack_faults \
+# The same flags as above: the build is reused, not made again.
+GREENSTACK_GUARD_MODE=mprotect cargo test --locked --workspace --all-features --test stack_growth --test stack_arena --test stack_faults \
     --test stack_inject --test stack_signals --test stack_signals_chain --test stack_signals_actions
 
 step "the use-after-free scenarios under valgrind memcheck (a runtime that unwound, a panicking subscriber, an abandoned stack)"
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
-unwind_bin=$(cargo test --locked --test rt_unwind --no-run --message-format=json 2>/dev/null \
+unwind_bin=$(cargo test --locked --workspace --all-features --test rt_unwind --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
 for scenario in a_detached_result_that_panics_on_drop_does_not_unwind_the_worker \
     a_joiners_waker_that_panics_does_not_unwind_the_worker \
@@ -40,7 +41,7 @@ for scenario in a_detached_result_that_panics_on_drop_does_not_unwind_the_worker
 done
 
 step "benches, one pass each in test mode"
-cargo test --locked --benches
+cargo test --locked --workspace --all-features --benches
 
 step "loom models (bounded: LOOM_MAX_PREEMPTIONS=2)"
 RUSTFLAGS="--cfg greenstack_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=2 \
