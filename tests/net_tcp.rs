@@ -810,3 +810,53 @@ fn unix_stream_round_trip_in_coroutines() {
         assert_no_nofault_violations(&rt);
     });
 }
+
+/// Counts the wakes of [`PanickingWaker`].
+static PANICKING_WAKES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A future's waker that panics when woken.
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        PANICKING_WAKES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        panic!("a future's waker panicked");
+    }
+}
+
+/// A future polls a greenstack socket with a waker that panics; when the
+/// socket becomes readable the worker's poller wakes it: the panic is
+/// contained (the worker loop goes on running coroutines), as every user
+/// code the worker runs is.
+#[test]
+fn a_panicking_waker_of_a_polled_socket_does_not_unwind_the_worker() {
+    bounded("panicking waker", || {
+        let rt = runtime(1);
+        let listener = greenstack::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = rt
+            .spawn(move || {
+                let s = greenstack::net::TcpStream::connect(addr).unwrap();
+                let waker = std::task::Waker::from(std::sync::Arc::new(PanickingWaker));
+                let mut cx = std::task::Context::from_waker(&waker);
+                let mut buf = [0u8; 1];
+                let r = futures_io::AsyncRead::poll_read(
+                    std::pin::Pin::new(&mut &s),
+                    &mut cx,
+                    &mut buf,
+                );
+                assert!(r.is_pending(), "nothing to read yet");
+                s
+            })
+            .join()
+            .unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(b"x").unwrap();
+        while PANICKING_WAKES.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The worker survived its waker's panic.
+        assert_eq!(rt.spawn(|| 5).join().unwrap(), 5);
+        drop(stream);
+    });
+}

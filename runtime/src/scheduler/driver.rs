@@ -464,7 +464,7 @@ impl DriverHandle {
             }
         }
         for waker in woken {
-            waker.wake();
+            wake_contained(waker);
         }
     }
 
@@ -639,7 +639,7 @@ impl Driver {
                 w
             };
             let Some(waker) = waker else { break };
-            waker.wake();
+            wake_contained(waker);
         }
     }
 
@@ -701,11 +701,19 @@ impl Driver {
         }
         drop(events);
         for waker in woken.drain(..) {
-            waker.wake();
+            wake_contained(waker);
         }
         drop(woken);
         self.fire_timers();
     }
+}
+
+/// Wakes `waker` from the worker loop. It may be a future's own waker
+/// (a socket polled by `Io::poll_op`, a `hyper_rt::Sleep`), which is user
+/// code: a panic in it is contained and reported, never unwound into the
+/// loop.
+fn wake_contained(waker: Waker) {
+    super::worker::contain("a waker woken by the poller or a timer", || waker.wake());
 }
 
 /// For `select`: the calling coroutine's waker, registered for `fd`'s

@@ -1862,7 +1862,7 @@ fn drop_quietly<T>(value: T) {
 /// reported (`what` says where) and `None` returned. Reporting goes
 /// through tracing, itself contained; a panic payload whose own drop
 /// panics is leaked.
-fn contain<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+pub(crate) fn contain<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(p) => {
