@@ -156,3 +156,19 @@ fn tokio_futures_can_be_made_anywhere_in_a_coroutine_or_block_on_root() {
         block_on_future(async { tokio::time::sleep(Duration::from_millis(1)).await });
     });
 }
+
+/// The worker's tokio context is a handle's, not a running runtime's: a
+/// coroutine may still drive its own tokio runtime with `block_on` (tokio
+/// refuses that inside a runtime it is driving).
+#[test]
+fn a_coroutine_may_still_block_on_a_tokio_runtime_of_its_own() {
+    let rt = runtime(1);
+    let v = rt.spawn(|| {
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        own.block_on(async { 3 })
+    });
+    assert_eq!(v.join().unwrap(), 3);
+}

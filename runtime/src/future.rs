@@ -19,6 +19,10 @@
 //! there; their readiness wakes the coroutine through its waker, across
 //! threads.
 //!
+//! The context is tokio's handle only (`Handle::enter`), not a running
+//! runtime: a coroutine may still drive a runtime of its own with
+//! `Runtime::block_on`.
+//!
 //! The cost is that hop: each wake-up of a tokio-driven future is a
 //! cross-thread wake of the coroutine (an eventfd write and a context
 //! switch when the worker sleeps), where a greenstack socket's readiness
