@@ -318,3 +318,48 @@ fn the_select_macro_in_crossbeam_s_shape() {
         }
     });
 }
+
+/// In a `block_on` root (no worker poller) and with a oneshot whose waker
+/// slot another waiter holds, readiness is polled: the select still ends.
+#[test]
+fn a_select_no_poller_watches_still_ends() {
+    bounded("polled select", || {
+        let rt = runtime(1);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            (&b).write_all(b"x").unwrap();
+            b
+        });
+        let idx = rt.block_on(move || {
+            let (_tx, rx) = mpsc::channel::<u32>();
+            let mut sel = Select::new();
+            sel.recv(&rx);
+            let r = sel.readable(&a);
+            (sel.select().index(), r)
+        });
+        assert_eq!(idx.0, idx.1);
+        drop(writer.join().unwrap());
+
+        // A coroutine waits on the oneshot (holding its waker slot) while
+        // another selects on the same receiver.
+        let (tx, orx) = oneshot::channel::<u32>();
+        let orx = Arc::new(orx);
+        let holder = {
+            let orx = Arc::clone(&orx);
+            rt.spawn(move || orx.recv_timeout(FOREVER).is_ok())
+        };
+        let selector = {
+            let orx = Arc::clone(&orx);
+            rt.spawn(move || {
+                let mut sel = Select::new();
+                sel.recv(&*orx);
+                sel.select().index()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        tx.send(1).unwrap();
+        assert_eq!(selector.join().unwrap(), 0);
+        let _ = holder.join().unwrap();
+    });
+}

@@ -40,8 +40,8 @@ where
 }
 
 /// hyper's timers (header read timeouts, keep-alive) on the timers of the
-/// worker that polls them; off a worker, a short-lived thread sleeps for
-/// each.
+/// worker that polls them; off a worker (a plain thread, a `block_on`
+/// root), a thread sleeps until each deadline.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timer;
 
@@ -59,11 +59,18 @@ impl hyper::rt::Timer for Timer {
 }
 
 /// A future that is ready at its deadline.
+///
+/// Its timer is armed for the waker of the poll that arms it, and armed
+/// again when a later poll brings a waker that wakes another task. An
+/// armed timer is not disarmed when the `Sleep` is dropped: it fires at
+/// its deadline as a spurious wake-up (hyper's timeouts are seconds, and
+/// most sleeps are reset or dropped early, so a busy server keeps one
+/// heap entry per pending timeout).
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
-    /// A timer is armed for the deadline.
-    armed: bool,
+    /// The waker the armed timer wakes, if armed.
+    armed: Option<std::task::Waker>,
 }
 
 impl Sleep {
@@ -71,7 +78,7 @@ impl Sleep {
     pub fn until(deadline: Instant) -> Sleep {
         Sleep {
             deadline,
-            armed: false,
+            armed: None,
         }
     }
 }
@@ -83,15 +90,24 @@ impl Future for Sleep {
         if Instant::now() >= self.deadline {
             return Poll::Ready(());
         }
-        if !self.armed {
-            self.armed = true;
-            let deadline = self.deadline;
-            if !crate::scheduler::worker::add_waker_timer(deadline, cx.waker().clone()) {
-                let waker = cx.waker().clone();
-                std::thread::spawn(move || {
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let waker = cx.waker().clone();
+        self.armed = Some(waker.clone());
+        let deadline = self.deadline;
+        if !crate::scheduler::worker::add_waker_timer(deadline, waker.clone()) {
+            // Off a worker: a thread sleeps for it; if none can be
+            // started, the future is polled again at once.
+            let spawned = std::thread::Builder::new()
+                .name("greenstack-hyper-sleep".into())
+                .spawn(move || {
                     std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
                     waker.wake();
                 });
+            if spawned.is_err() {
+                self.armed = None;
+                cx.waker().wake_by_ref();
             }
         }
         Poll::Pending

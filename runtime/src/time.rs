@@ -165,6 +165,12 @@ pub fn sleep_until(deadline: Instant) {
     sleep_point(Point::new(Some(deadline)));
 }
 
+/// Sleeps for `dur`, not cut short by a cancellation or a timeout (the
+/// runtime's own waits, such as `shutdown_timeout`'s).
+pub(crate) fn sleep_uncut(dur: Duration) {
+    sleep_point(Point::plain(now().checked_add(dur)));
+}
+
 /// Sleeps until `point` ends the wait; true if its own deadline did (not a
 /// cancellation or a timeout).
 fn sleep_point(point: Point) -> bool {
@@ -207,7 +213,9 @@ impl<T> std::error::Error for Elapsed<T> {}
 /// Runs `f` on the calling coroutine (or thread) with a deadline `dur`
 /// from now: once it passes, `f`'s waits stop waiting as a cancelled
 /// coroutine's do (see [`crate::cancel`]; I/O fails with
-/// `ErrorKind::TimedOut`), and `f` returns by its own code.
+/// `ErrorKind::TimedOut`), and `f` returns by its own code. On a plain
+/// thread it cuts greenstack's own waits only: the blocking-call hooks
+/// do not run there, so std's blocking calls are not cut.
 ///
 /// `Ok` with `f`'s value if no wait of `f` was cut short; `Err` holding it
 /// if one was (a wait cut by an enclosing, earlier timeout counts too).

@@ -460,7 +460,9 @@ impl<S: AsRawFd> Io<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<io::Result<usize>> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        let count = bufs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+        // At most IOV_MAX (1024 on Linux) slices per call, as std's
+        // `write_vectored` does: the rest goes in the next write.
+        let count = bufs.len().min(1024);
         self.poll_op(
             Dir::Write,
             cx,

@@ -666,10 +666,9 @@ impl Runtime {
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return false;
             }
-            // Parks a coroutine, sleeps a plain thread. Not cut short by
-            // a cancellation of the caller: a plain sleep of the thread
-            // would do, but a coroutine must not hold its worker.
-            crate::time::sleep(Duration::from_millis(1));
+            // Parks a coroutine, sleeps a plain thread; not cut short if
+            // the caller is cancelled (it would spin on its worker).
+            crate::time::sleep_uncut(Duration::from_millis(1));
         }
     }
 

@@ -887,7 +887,8 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     // while coroutines pinned here still point into it: abort instead.
     let body = catch_unwind(AssertUnwindSafe(|| {
         while !local.shared.shutdown.load(Ordering::Acquire) {
-            if local.shared.cancel_all.load(Ordering::Relaxed) && !local.cancelled_all.get() {
+            // Acquire: pairs with the SeqCst store after `cancel_spared`.
+            if local.shared.cancel_all.load(Ordering::Acquire) && !local.cancelled_all.get() {
                 local.cancel_all();
             }
             let work = local.next_work();

@@ -31,8 +31,11 @@
 //!   receiver waits in `recv`. A select sending on one while the only
 //!   receiver also selects never matches (Go's select would).
 //! - File-descriptor readiness parks a coroutine on its worker's poller;
-//!   a plain thread re-polls the descriptors every millisecond while it
-//!   waits.
+//!   a plain thread and a `block_on` root re-poll the descriptors every
+//!   millisecond while they wait (as does a select on a oneshot receiver
+//!   whose waker slot another waiter holds).
+//! - A `JoinHandle` has one waker slot: two selects waiting on the same
+//!   handle at once take it from each other, and one may not wake.
 //! - `select` and `ready` are not cancellation points (see
 //!   [`crate::cancel`]); their timeout forms are.
 
@@ -570,7 +573,10 @@ impl<'a> Select<'a> {
             // wakes us.
             if !live().any(|o| o.ready()) {
                 let mut until = point.deadline();
-                if !crate::scheduler::worker::in_coroutine() && live().any(|o| o.polled()) {
+                // An operation no poller or waker slot watches (off a
+                // worker, a `block_on` root, a busy oneshot slot, a failed
+                // registration) is polled every millisecond.
+                if live().any(|o| o.polled()) {
                     let poll = Instant::now() + Duration::from_millis(1);
                     until = Some(until.map_or(poll, |d| d.min(poll)));
                 }
