@@ -654,30 +654,31 @@ impl Driver {
 
     /// Polls for I/O events, sleeping up to the next timer (or not at all
     /// with `block == false`), then dispatches events and fires timers.
-    pub(crate) fn poll(&self, handle: &DriverHandle, block: bool) {
+    pub(crate) fn poll(&self, handle: &DriverHandle, block: bool) -> Polled {
         let timeout = if block {
             self.timeout()
         } else {
             Some(Duration::ZERO)
         };
-        self.poll_for(handle, timeout);
+        self.poll_for(handle, timeout)
     }
 
     /// As `poll` with `block == true`, but sleeps at most `max`.
-    pub(crate) fn poll_at_most(&self, handle: &DriverHandle, max: Duration) {
+    pub(crate) fn poll_at_most(&self, handle: &DriverHandle, max: Duration) -> Polled {
         let timeout = self.timeout().map_or(max, |t| t.min(max));
-        self.poll_for(handle, Some(timeout));
+        self.poll_for(handle, Some(timeout))
     }
 
     /// Polls with `timeout` (`None`: no limit), then dispatches events and
     /// fires timers.
-    fn poll_for(&self, handle: &DriverHandle, timeout: Option<Duration>) {
+    fn poll_for(&self, handle: &DriverHandle, timeout: Option<Duration>) -> Polled {
         let mut events = self.events.borrow_mut();
         if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::error!(error = %e, "epoll_wait failed");
             }
         }
+        let mut polled = Polled::default();
         let mut woken = self.woken.borrow_mut();
         {
             // Lock order: a slab, then an `IoState`'s waiters (as in
@@ -685,8 +686,10 @@ impl Driver {
             let io = handle.io.lock().unwrap_or_else(|p| p.into_inner());
             for ev in events.iter() {
                 if ev.token() == WAKE_TOKEN {
+                    polled.wake_up = true;
                     continue;
                 }
+                polled.io = true;
                 let mut bits = 0;
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     bits |= READABLE;
@@ -705,7 +708,18 @@ impl Driver {
         }
         drop(woken);
         self.fire_timers();
+        polled
     }
+}
+
+/// What a [`Driver::poll`] saw: how an idle worker tells what woke it
+/// (see `Local::sleep`'s adaptive spin).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Polled {
+    /// Some registered fd had an event.
+    pub(crate) io: bool,
+    /// Another thread wrote the wake-up eventfd (`DriverHandle::unpark`).
+    pub(crate) wake_up: bool,
 }
 
 /// Wakes `waker` from the worker loop. It may be a future's own waker
@@ -834,9 +848,10 @@ struct HookReg {
 }
 
 thread_local! {
-    /// This worker's registrations of fds the blocking-call hooks waited on.
-    static HOOK_REGS: RefCell<std::collections::HashMap<RawFd, HookReg>> =
-        RefCell::new(std::collections::HashMap::new());
+    /// This worker's registrations of fds the blocking-call hooks waited
+    /// on, indexed by fd (fd numbers are dense and small, as the kernel's
+    /// own fd table is indexed): a wait finds its fd's without hashing.
+    static HOOK_REGS: RefCell<Vec<Option<HookReg>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The calling worker's registration of `fd` (generation `gen`) for the
@@ -856,18 +871,26 @@ thread_local! {
 /// Not a coroutine on a worker, or the poller refused the fd (already
 /// registered there some other way): the caller waits on a duplicate.
 pub(crate) fn hook_registration(fd: RawFd, gen: u32) -> io::Result<(Arc<IoState>, bool)> {
+    if waiter_home().is_none() {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    let slot = usize::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // The fast path, a kept registration: no `Shared` touched (its count
+    // is shared by every worker).
+    let kept = HOOK_REGS.with(|t| match t.borrow().get(slot) {
+        Some(Some(r)) if r.gen == gen => Some(Arc::clone(&r.state)),
+        _ => None,
+    });
+    if let Some(state) = kept {
+        return Ok((state, false));
+    }
     let Some((shared, worker)) = waiter_home().map(|(s, w)| (Arc::clone(s), w)) else {
         return Err(io::Error::from(io::ErrorKind::Unsupported));
     };
     let driver = &shared.workers[worker].driver;
     HOOK_REGS.with(|t| {
         let mut t = t.borrow_mut();
-        if let Some(r) = t.get(&fd) {
-            if r.gen == gen {
-                return Ok((Arc::clone(&r.state), false));
-            }
-        }
-        if let Some(old) = t.remove(&fd) {
+        if let Some(old) = t.get_mut(slot).and_then(Option::take) {
             // Gone already if the fd was closed; if its number now names
             // another file, that one was never registered here.
             let _ = driver.registry.deregister(&mut mio::unix::SourceFd(&fd));
@@ -875,14 +898,14 @@ pub(crate) fn hook_registration(fd: RawFd, gen: u32) -> io::Result<(Arc<IoState>
         }
         let state = Arc::new(IoState::default());
         let token = driver.add(&mut mio::unix::SourceFd(&fd), &state)?;
-        t.insert(
-            fd,
-            HookReg {
-                gen,
-                token,
-                state: Arc::clone(&state),
-            },
-        );
+        if t.len() <= slot {
+            t.resize_with(slot + 1, || None);
+        }
+        t[slot] = Some(HookReg {
+            gen,
+            token,
+            state: Arc::clone(&state),
+        });
         Ok((state, true))
     })
 }
@@ -911,8 +934,11 @@ pub(crate) fn drop_hook_registration(fd: RawFd) {
     };
     let driver = &shared.workers[worker].driver;
     // `try_with`: not during the thread's exit.
+    let Ok(slot) = usize::try_from(fd) else {
+        return;
+    };
     let _ = HOOK_REGS.try_with(|t| {
-        if let Some(old) = t.borrow_mut().remove(&fd) {
+        if let Some(old) = t.borrow_mut().get_mut(slot).and_then(Option::take) {
             let _ = driver.registry.deregister(&mut mio::unix::SourceFd(&fd));
             driver.remove(old.token);
         }
