@@ -61,16 +61,18 @@ impl hyper::rt::Timer for Timer {
 /// A future that is ready at its deadline.
 ///
 /// Its timer is armed for the waker of the poll that arms it, and armed
-/// again when a later poll brings a waker that wakes another task. An
-/// armed timer is not disarmed when the `Sleep` is dropped: it fires at
-/// its deadline as a spurious wake-up (hyper's timeouts are seconds, and
-/// most sleeps are reset or dropped early, so a busy server keeps one
-/// heap entry per pending timeout).
+/// again when a later poll brings a waker that wakes another task. On a
+/// worker, the timer is disarmed when the `Sleep` is dropped or re-armed
+/// there: a busy server's header-read timeouts, one per request, leave
+/// nothing behind. (Dropped on another thread, it fires as a spurious
+/// wake-up at its deadline.)
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
     /// The waker the armed timer wakes, if armed.
     armed: Option<std::task::Waker>,
+    /// The armed timer, if armed on a worker.
+    timer: Option<crate::scheduler::worker::WakerTimer>,
 }
 
 impl Sleep {
@@ -79,6 +81,7 @@ impl Sleep {
         Sleep {
             deadline,
             armed: None,
+            timer: None,
         }
     }
 }
@@ -93,24 +96,38 @@ impl Future for Sleep {
         if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             return Poll::Pending;
         }
+        if let Some(t) = self.timer.take() {
+            crate::scheduler::worker::cancel_waker_timer(t);
+        }
         let waker = cx.waker().clone();
         self.armed = Some(waker.clone());
         let deadline = self.deadline;
-        if !crate::scheduler::worker::add_waker_timer(deadline, waker.clone()) {
-            // Off a worker: a thread sleeps for it; if none can be
-            // started, the future is polled again at once.
-            let spawned = std::thread::Builder::new()
-                .name("greenstack-hyper-sleep".into())
-                .spawn(move || {
-                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                    waker.wake();
-                });
-            if spawned.is_err() {
-                self.armed = None;
-                cx.waker().wake_by_ref();
+        match crate::scheduler::worker::add_waker_timer(deadline, waker.clone()) {
+            Some(t) => self.timer = Some(t),
+            None => {
+                // Off a worker: a thread sleeps for it; if none can be
+                // started, the future is polled again at once.
+                let spawned = std::thread::Builder::new()
+                    .name("greenstack-hyper-sleep".into())
+                    .spawn(move || {
+                        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                        waker.wake();
+                    });
+                if spawned.is_err() {
+                    self.armed = None;
+                    cx.waker().wake_by_ref();
+                }
             }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            crate::scheduler::worker::cancel_waker_timer(t);
+        }
     }
 }
 

@@ -581,14 +581,38 @@ impl Driver {
         Some(key)
     }
 
-    /// Arms a one-off timer that wakes `waker` at `deadline` (a future's
-    /// sleep, `crate::hyper_rt`); it is never disarmed, and a wake-up
-    /// after its future is gone is a spurious one.
+    /// Arms a one-off timer for `owner` (an odd tag, so never a task's
+    /// address) that wakes `waker` at `deadline` (a future's sleep,
+    /// `crate::hyper_rt`), until [`cancel_waker_timer`](Self::cancel_waker_timer).
     #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-    pub(crate) fn add_waker_timer(&self, deadline: Instant, waker: Waker) {
+    pub(crate) fn add_waker_timer(
+        &self,
+        deadline: Instant,
+        owner: usize,
+        waker: Waker,
+    ) -> TimerKey {
         let mut timers = self.timers.borrow_mut();
-        timers.insert(deadline, 0, waker);
+        let key = timers.insert(deadline, owner, waker);
         self.publish(&timers);
+        key
+    }
+
+    /// Disarms a timer of [`add_waker_timer`](Self::add_waker_timer), if
+    /// it has not fired. Does nothing while the timers are borrowed (a
+    /// future dropped from inside a waker that a firing timer woke): the
+    /// timer then fires as a spurious wake-up.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn cancel_waker_timer(&self, key: TimerKey, owner: usize) {
+        let waker = match self.timers.try_borrow_mut() {
+            Ok(mut timers) => {
+                let w = timers.cancel(key, owner);
+                self.publish(&timers);
+                w
+            }
+            Err(_) => None,
+        };
+        // Outside the borrow: it may be the last reference to a task.
+        drop(waker);
     }
 
     /// Disarms `key`'s timer (of coroutine `task`), if any and not fired.

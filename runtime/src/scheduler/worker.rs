@@ -364,21 +364,62 @@ fn worker_ptr() -> *const Local {
     WORKER.with(Cell::get)
 }
 
-/// Arms a timer on the calling worker that wakes `waker` at `deadline`;
-/// false off a worker thread.
+/// A timer of [`add_waker_timer`]: which worker's, and its key there.
 #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-pub(crate) fn add_waker_timer(deadline: Instant, waker: std::task::Waker) -> bool {
+#[derive(Debug)]
+pub(crate) struct WakerTimer {
+    key: super::driver::TimerKey,
+    /// The arming worker's `Local`, as an address (only compared).
+    worker: usize,
+    /// The timer's owner tag in that worker's timers.
+    owner: usize,
+}
+
+/// Arms a timer on the calling worker that wakes `waker` at `deadline`;
+/// `None` off a worker thread. Disarm it with [`cancel_waker_timer`] when
+/// its future goes.
+#[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+pub(crate) fn add_waker_timer(deadline: Instant, waker: std::task::Waker) -> Option<WakerTimer> {
+    thread_local! {
+        /// Owner tags of this thread's waker timers: odd (a task's
+        /// address, the other owners, is even) and never reused, so a
+        /// stale key cannot disarm another timer.
+        static NEXT_OWNER: Cell<usize> = const { Cell::new(1) };
+    }
+    let ptr = worker_ptr();
     // SAFETY: `WORKER` points to the `Local` on the worker's own stack
     // frame in `run`, set for exactly the time that frame lives; the
     // driver's timers are borrowed only for the insertion, and the worker
     // loop does not hold them while a coroutine runs.
-    match unsafe { worker_ptr().as_ref() } {
-        Some(w) => {
-            w.driver.add_waker_timer(deadline, waker);
-            true
-        }
-        None => false,
+    let w = unsafe { ptr.as_ref() }?;
+    let owner = NEXT_OWNER.with(|n| {
+        let o = n.get();
+        n.set(o.wrapping_add(2));
+        o
+    });
+    let key = w.driver.add_waker_timer(deadline, owner, waker);
+    Some(WakerTimer {
+        key,
+        worker: ptr as usize,
+        owner,
+    })
+}
+
+/// Disarms `t` if the caller is on the worker that armed it (and it has
+/// not fired); elsewhere it is left to fire as a spurious wake-up.
+#[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+pub(crate) fn cancel_waker_timer(t: WakerTimer) {
+    let ptr = worker_ptr();
+    if ptr.is_null() || ptr as usize != t.worker {
+        return;
     }
+    // SAFETY: as in `add_waker_timer`: the caller's own worker's `Local`,
+    // live while `WORKER` points to it; `cancel_waker_timer` tolerates a
+    // borrow of the timers that is already held. A later worker on this
+    // thread at the same address has other owner tags (`NEXT_OWNER` goes
+    // on counting), so the key cannot match one of its timers.
+    let w = unsafe { &*ptr };
+    w.driver.cancel_waker_timer(t.key, t.owner);
 }
 
 /// Whether the calling thread is a worker (its coroutines included).
