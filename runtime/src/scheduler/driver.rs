@@ -11,9 +11,11 @@
 //!   deadlines over a slab of wakers ([`timers`]), at most one per
 //!   coroutine: a wait that ends before its deadline leaves its timer for
 //!   the coroutine's next wait to move or disarm, and its end disarms it
-//!   ([`Driver::arm`]). Expired timers wake their coroutine; they never
-//!   run coroutine code themselves, and no thread but the worker touches
-//!   them.
+//!   ([`Driver::arm`]). Futures' sleeps (`crate::hyper_rt::Sleep`) add
+//!   one timer each, disarmed when the sleep is dropped
+//!   ([`Driver::add_waker_timer`]). Expired timers wake their coroutine (or
+//!   future); they never run coroutine code themselves, and no thread but
+//!   the worker touches them.
 //! - **I/O.** A socket is registered (edge-triggered, both directions) with
 //!   the driver of the worker whose coroutine first uses it, and moves to
 //!   the driver of whichever worker's coroutine waits on it next, in this
@@ -598,9 +600,10 @@ impl Driver {
     }
 
     /// Disarms a timer of [`add_waker_timer`](Self::add_waker_timer), if
-    /// it has not fired. Does nothing while the timers are borrowed (a
-    /// future dropped from inside a waker that a firing timer woke): the
-    /// timer then fires as a spurious wake-up.
+    /// it has not fired. The timers are never borrowed while user code
+    /// runs (every method here drops its borrow before it wakes or drops a
+    /// waker), so the `try_borrow_mut` is a defence only: were they
+    /// borrowed, the timer would fire later as a spurious wake-up.
     #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
     pub(crate) fn cancel_waker_timer(&self, key: TimerKey, owner: usize) {
         let waker = match self.timers.try_borrow_mut() {
@@ -875,6 +878,9 @@ thread_local! {
     /// This worker's registrations of fds the blocking-call hooks waited
     /// on, indexed by fd (fd numbers are dense and small, as the kernel's
     /// own fd table is indexed): a wait finds its fd's without hashing.
+    /// Bounded: the hooks keep registrations only for fds below their
+    /// generation table's size (`crate::hook`, 65,536 fds: at most 1.5 MiB
+    /// here); a wait on a higher fd registers a duplicate for that wait.
     static HOOK_REGS: RefCell<Vec<Option<HookReg>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -957,10 +963,10 @@ pub(crate) fn drop_hook_registration(fd: RawFd) {
         return;
     };
     let driver = &shared.workers[worker].driver;
-    // `try_with`: not during the thread's exit.
     let Ok(slot) = usize::try_from(fd) else {
         return;
     };
+    // `try_with`: not during the thread's exit.
     let _ = HOOK_REGS.try_with(|t| {
         if let Some(old) = t.borrow_mut().get_mut(slot).and_then(Option::take) {
             let _ = driver.registry.deregister(&mut mio::unix::SourceFd(&fd));

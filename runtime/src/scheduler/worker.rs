@@ -60,7 +60,7 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,8 +138,9 @@ const SINGLE_GRACE: u32 = 8;
 /// spins adapts between [`MIN_SPIN_ROUNDS`] and this (see `Local::sleep`).
 const SPIN_ROUNDS: u32 = 64;
 
-/// Fewest spin rounds of an idle worker (see `Local::sleep`).
-const MIN_SPIN_ROUNDS: u32 = 2;
+/// Fewest spin rounds of an idle worker (see `Local::sleep`): never fewer
+/// than the grace during which it leaves another worker's only task alone.
+const MIN_SPIN_ROUNDS: u32 = SINGLE_GRACE;
 
 /// Ready coroutines from which a worker prefetches the next one's state
 /// (see `Local::prefetch_next`): below that, as in a ping-pong, it is
@@ -380,23 +381,18 @@ pub(crate) struct WakerTimer {
 /// its future goes.
 #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
 pub(crate) fn add_waker_timer(deadline: Instant, waker: std::task::Waker) -> Option<WakerTimer> {
-    thread_local! {
-        /// Owner tags of this thread's waker timers: odd (a task's
-        /// address, the other owners, is even) and never reused, so a
-        /// stale key cannot disarm another timer.
-        static NEXT_OWNER: Cell<usize> = const { Cell::new(1) };
-    }
+    /// Owner tags of waker timers: odd (a task's address, the other
+    /// owners, is even) and never reused in the process, so a stale key
+    /// cannot disarm another timer, even one of a later worker whose
+    /// `Local` sits at the same address (a thread stack glibc reused).
+    static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
     let ptr = worker_ptr();
     // SAFETY: `WORKER` points to the `Local` on the worker's own stack
     // frame in `run`, set for exactly the time that frame lives; the
     // driver's timers are borrowed only for the insertion, and the worker
     // loop does not hold them while a coroutine runs.
     let w = unsafe { ptr.as_ref() }?;
-    let owner = NEXT_OWNER.with(|n| {
-        let o = n.get();
-        n.set(o.wrapping_add(2));
-        o
-    });
+    let owner = NEXT_OWNER.fetch_add(2, Ordering::Relaxed);
     let key = w.driver.add_waker_timer(deadline, owner, waker);
     Some(WakerTimer {
         key,
@@ -414,10 +410,11 @@ pub(crate) fn cancel_waker_timer(t: WakerTimer) {
         return;
     }
     // SAFETY: as in `add_waker_timer`: the caller's own worker's `Local`,
-    // live while `WORKER` points to it; `cancel_waker_timer` tolerates a
-    // borrow of the timers that is already held. A later worker on this
-    // thread at the same address has other owner tags (`NEXT_OWNER` goes
-    // on counting), so the key cannot match one of its timers.
+    // live while `WORKER` points to it (cleared before it is dropped);
+    // `cancel_waker_timer` tolerates a borrow of the timers that is
+    // already held. A worker that is not the arming one but sits at the
+    // same address has no timer with `t`'s owner tag (unique in the
+    // process), so the key matches none of its timers.
     let w = unsafe { &*ptr };
     w.driver.cancel_waker_timer(t.key, t.owner);
 }
@@ -1445,7 +1442,8 @@ impl Local {
         // length adapts, between `MIN_SPIN_ROUNDS` and `SPIN_ROUNDS`: it
         // halves when a sleep ends with I/O alone, and doubles when the spin
         // finds work or a sleep ends with another thread's wake-up alone.
-        // Under `wrk -t1 -c100` (8 alternating runs of 4 s) the server's CPU
+        // Under `wrk -t1 -c100` (8 alternating runs of 4 s, with a floor of
+        // 2 rounds, since raised to the single-task grace) the server's CPU
         // per request went from 16.7 to 13.0 µs (hyper on tokio: 11.4) and
         // its median from 67k to 75k req/s (tokio: 73k); tcp_echo,
         // channel_pingpong and spawn_join with 2 workers did not move

@@ -101,8 +101,9 @@ impl Entry {
 struct Slot {
     /// `Some` while armed.
     waker: Option<Waker>,
-    /// Whose timer it is (an opaque tag from `insert`, the task's address):
-    /// a key must match it as well as the generation (see the module docs).
+    /// Whose timer it is (an opaque tag from `insert`: a coroutine's task
+    /// address, or a future's sleep's odd, never reused tag): a key must
+    /// match it as well as the generation (see the module docs).
     owner: usize,
     /// While armed, the entry's index in the heap; while free, the next
     /// free slot (or `NONE`).
