@@ -424,3 +424,30 @@ fn mapping_budget_moves_between_size_classes() {
     );
     assert!(out.contains("budget moved"), "{out}");
 }
+
+/// A process whose address space is limited (`ulimit -v`, `RLIMIT_AS`, or
+/// valgrind's address space manager) cannot reserve a size class's default
+/// 256 GiB: the class takes the capacity that fits, and coroutines run.
+/// Before, every spawn failed with `ENOMEM` (`EINVAL` under valgrind).
+#[test]
+fn a_limited_address_space_still_runs_coroutines() {
+    if child().is_some() {
+        let limit: libc::rlim_t = 16 << 30;
+        let rl = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit only reads the struct we own.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
+        let rt = greenstack::Runtime::builder().workers(2).build().unwrap();
+        let handles: Vec<_> = (0..100u64).map(|i| rt.spawn(move || i * 2)).collect();
+        let sum: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        println!("sum={sum}");
+        return;
+    }
+    let out = run_child("a_limited_address_space_still_runs_coroutines", "rlimit-as");
+    assert!(
+        out.contains("sum=9900"),
+        "the coroutines did not all run:\n{out}"
+    );
+}

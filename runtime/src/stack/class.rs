@@ -213,6 +213,10 @@ impl Trimmer {
     }
 }
 
+/// Fewest slots a class falls back to when the address space refuses its
+/// reservation (see [`Class::new`]).
+const MIN_FALLBACK_CAPACITY: usize = 64;
+
 /// Smallest capacity for which threads keep magazines of warm slots: 4,096
 /// (32 slots per thread is then at most 0.8% of it).
 pub(crate) const MAGAZINE_MIN_CAPACITY: usize = 4096;
@@ -239,14 +243,41 @@ pub(crate) enum GrowError {
 
 impl Class {
     /// Reserves address space for a class and sets up its bookkeeping.
-    pub(crate) fn new(geo: Geometry) -> io::Result<Class> {
+    ///
+    /// A reservation the address space cannot take (an `RLIMIT_AS` limit,
+    /// `ulimit -v`, or valgrind, whose address space manager refuses the
+    /// default 256 GiB) is retried at half the capacity, down to
+    /// [`MIN_FALLBACK_CAPACITY`] slots, rather than failing every spawn; a
+    /// class that had to shrink says so in a `tracing` warning, and its
+    /// exhaustion error names the capacity it got.
+    pub(crate) fn new(mut geo: Geometry) -> io::Result<Class> {
         const TWO_MIB: usize = 2 << 20;
-        let len = geo
-            .capacity
-            .checked_mul(geo.stride)
-            .and_then(|l| l.checked_add(2 * TWO_MIB))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "arena too large"))?;
-        let raw = mmap::reserve(len)?;
+        let wanted = geo.capacity;
+        let (raw, len) = loop {
+            let len = geo
+                .capacity
+                .checked_mul(geo.stride)
+                .and_then(|l| l.checked_add(2 * TWO_MIB))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "arena too large"))?;
+            match mmap::reserve(len) {
+                Ok(raw) => break (raw, len),
+                Err(e)
+                    if geo.capacity > MIN_FALLBACK_CAPACITY
+                        && matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) =>
+                {
+                    geo.capacity = (geo.capacity / 2).max(MIN_FALLBACK_CAPACITY);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if geo.capacity < wanted {
+            tracing::warn!(
+                slot_kib = geo.stride >> 10,
+                wanted,
+                capacity = geo.capacity,
+                "the address space refused the stack arena's reservation: this size class has fewer slots"
+            );
+        }
         // First slot top ≡ 1 MiB (mod 2 MiB); tops are base + k·stride, and
         // for strides under 2 MiB the offset is harmless.
         let want = TWO_MIB / 2;
