@@ -120,8 +120,14 @@ impl Drop for Server {
 
 /// Starts a server example on an ephemeral port; returns it and its address.
 fn start_server(name: &str) -> (Server, String) {
+    start_server_with(name, &[])
+}
+
+/// [`start_server`] with more arguments after the address.
+fn start_server_with(name: &str, args: &[&str]) -> (Server, String) {
     let mut child = example(name)
         .arg("127.0.0.1:0")
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start server example");
@@ -270,6 +276,39 @@ fn hyper_server_answers_curl() {
     assert!(out.status.success(), "curl failed: {out:?}");
     assert_eq!(body.matches("HTTP/1.1 200 OK").count(), 2, "{body}");
     assert_eq!(body.matches("Hello, world!").count(), 2, "{body}");
+}
+
+/// hyper's header-read timeout on greenstack's timers (`hyper_rt::Timer`,
+/// `hyper_server`'s second argument): a client that sends half a request
+/// head is dropped. Without the argument the same client is kept waiting.
+#[cfg(all(feature = "tokio", feature = "hyper"))]
+#[test]
+fn hyper_server_drops_a_client_too_slow_to_send_its_head() {
+    use std::time::Duration;
+    let half_a_head = |addr: &str, wait: Duration| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got);
+        (
+            r.map_err(|e| e.kind()),
+            String::from_utf8_lossy(&got).into_owned(),
+        )
+    };
+    let (_server, addr) = start_server_with("hyper_server", &["1"]);
+    let (r, got) = half_a_head(&addr, Duration::from_secs(20));
+    assert!(r.is_ok(), "the server closed the connection: {r:?}");
+    assert!(!got.contains("200 OK"), "{got}");
+    let (_server, addr) = start_server("hyper_server");
+    let (r, got) = half_a_head(&addr, Duration::from_secs(2));
+    assert!(
+        matches!(
+            r,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "without a timeout the connection stays open: {r:?} {got}"
+    );
 }
 
 /// rustls over greenstack's sockets, checked with curl (`--insecure`: the
