@@ -282,3 +282,78 @@ fn many_cross_thread_completions() {
         assert_no_nofault_violations(&rt);
     });
 }
+
+/// Uses 128 KiB of the stack it runs on.
+#[inline(never)]
+fn deep_poll_frame() -> u8 {
+    let mut buf = [0u8; 128 * 1024];
+    std::hint::black_box(&mut buf);
+    buf[128 * 1024 - 1]
+}
+
+/// `spawn_future` polls each future on its worker's own stack, as tokio
+/// polls its tasks: a hundred futures parked at once, each of whose polls
+/// used 128 KiB of stack, leave the coroutines' stacks near their spawn
+/// size (measured: 32 KiB each; polled on their own stacks, as
+/// `spawn(|| block_on_future(f))` does, 258 KiB each). A future polled there still parks its coroutine, wakes it
+/// from another thread, and reaches its `JoinHandle`.
+#[test]
+fn spawn_future_polls_on_the_worker_stack() {
+    bounded("spawn_future on the worker stack", || {
+        const N: usize = 100;
+        let rt = runtime(2);
+        let before = rt.stats().arena.committed_bytes;
+        let (signals, completers): (Vec<_>, Vec<_>) = (0..N).map(|_| Signal::new()).unzip();
+        let handles: Vec<_> = signals
+            .into_iter()
+            .enumerate()
+            .map(|(i, sig)| {
+                rt.spawn_future(async move {
+                    let b = deep_poll_frame();
+                    sig.await;
+                    usize::from(b) + i
+                })
+            })
+            .collect();
+        while rt.stats().parks < N as u64 {
+            nap(Duration::from_millis(1));
+        }
+        let grown = rt.stats().arena.committed_bytes.saturating_sub(before);
+        assert!(
+            grown < N * 64 * 1024,
+            "{N} parked futures committed {grown} bytes of coroutine stack"
+        );
+        for c in completers {
+            c.complete();
+        }
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), i);
+        }
+    });
+}
+
+/// A future polled on the worker's stack may spawn: a coroutine and another
+/// future, both awaited through their `JoinHandle`s, and a panic in a poll
+/// there is its own `JoinHandle`'s `Err` while the spawner goes on.
+#[test]
+fn a_future_on_the_worker_stack_spawns_and_awaits() {
+    bounded("spawning from spawn_future", || {
+        let rt = runtime(2);
+        let h = rt.spawn_future(async {
+            let co: JoinHandle<u32> = greenstack::spawn(|| {
+                greenstack::time::sleep(Duration::from_millis(2));
+                40
+            });
+            let fut = greenstack::spawn_future(async { 2u32 });
+            let bad = greenstack::spawn_future(async {
+                if deep_poll_frame() == 0 {
+                    panic!("in a poll on the worker stack");
+                }
+            });
+            let sum = co.await.unwrap() + fut.await.unwrap();
+            (sum, bad.await.is_err())
+        });
+        assert_eq!(h.join().unwrap(), (42, true));
+        assert_no_nofault_violations(&rt);
+    });
+}

@@ -60,7 +60,7 @@ fn main() -> std::io::Result<()> {
             }
         };
         stream.set_nodelay(true)?;
-        greenstack::spawn(move || {
+        greenstack::spawn_future(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             // Answers to pipelined requests go out in one write.
             builder.pipeline_flush(true);
@@ -72,7 +72,7 @@ fn main() -> std::io::Result<()> {
             let conn = builder.serve_connection(stream, hyper::service::service_fn(hello));
             // A client that resets mid-request, or is too slow, is its own
             // business.
-            let _ = greenstack::block_on_future(conn);
+            let _ = conn.await;
         });
     }
 }

@@ -223,7 +223,9 @@ use std::time::{Duration, Instant};
 use once_cell::sync::OnceCell;
 
 use crate::cancel::Point;
-use crate::scheduler::driver::{waits_registered, Registration, READABLE, WRITABLE};
+use crate::scheduler::driver::{
+    polls_registered, waits_registered, Registration, READABLE, WRITABLE,
+};
 
 /// The direction an operation waits for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -370,7 +372,7 @@ impl<S: AsRawFd> Io<S> {
     ) -> std::task::Poll<io::Result<R>> {
         use crate::scheduler::driver::IoState;
         use std::task::Poll;
-        let reg = if waits_registered() {
+        let reg = if polls_registered() {
             match self.registration() {
                 Ok(r) => Some(r),
                 Err(e) => return Poll::Ready(Err(e)),

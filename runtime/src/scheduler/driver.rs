@@ -293,6 +293,21 @@ pub(crate) fn waits_registered() -> bool {
     waiter_home().is_some()
 }
 
+/// Where a future polled by the caller registers its sockets: as
+/// [`waiter_home`], or the worker itself when the caller runs on a worker's
+/// own stack (a future of `spawn_future`, polled there), whose poller then
+/// wakes the future's waker.
+fn poller_home<'a>() -> Option<(&'a Arc<super::Shared>, usize)> {
+    waiter_home().or_else(super::worker::current_worker_ref)
+}
+
+/// Whether a future polled by the caller can wait for a socket's readiness
+/// through a [`Registration`]: a coroutine on a worker, or a worker's own
+/// stack (see [`poller_home`]).
+pub(crate) fn polls_registered() -> bool {
+    poller_home().is_some()
+}
+
 impl Registration {
     /// Registers `source` with the driver of the calling coroutine's
     /// worker. Call only where [`waits_registered`] holds.
@@ -340,7 +355,7 @@ impl Registration {
         source: &mut impl mio::event::Source,
         waker: Waker,
     ) -> io::Result<bool> {
-        if let Some((shared, home)) = waiter_home() {
+        if let Some((shared, home)) = poller_home() {
             if home != self.worker.load(Ordering::Relaxed)
                 || !std::ptr::eq(Arc::as_ptr(shared), self.runtime.load(Ordering::Relaxed))
             {
