@@ -357,3 +357,22 @@ fn a_future_on_the_worker_stack_spawns_and_awaits() {
         assert_no_nofault_violations(&rt);
     });
 }
+
+/// `Runtime::block_on` inside a future polled on a worker's stack would
+/// block the worker: it panics there, as inside a coroutine, and the panic
+/// is the future's `JoinHandle`'s `Err`.
+#[test]
+fn block_on_inside_a_spawned_future_panics() {
+    bounded("block_on in spawn_future", || {
+        let rt = std::sync::Arc::new(runtime(2));
+        let inner = std::sync::Arc::clone(&rt);
+        let h = rt.spawn_future(async move { inner.block_on(|| 1) });
+        let err = h.join().unwrap_err();
+        let msg = err
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(msg.contains("block_on called from inside"), "{msg}");
+    });
+}

@@ -522,16 +522,19 @@ impl Runtime {
     /// # Panics
     ///
     /// If `f` panics, the panic resumes here. Panics if called from inside a
-    /// coroutine (that would block a worker: spawn and join instead), or if
-    /// no stack can be had for `f`.
+    /// coroutine or a future [`spawn_future`](crate::spawn_future) polls
+    /// (that would block a worker: spawn and join instead), or if no stack
+    /// can be had for `f`.
     pub fn block_on<F, T>(&self, f: F) -> T
     where
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
+        // A future `spawn_future` polls runs on a worker's stack with no
+        // coroutine current: a worker thread either way.
         assert!(
-            !worker::in_coroutine(),
-            "Runtime::block_on called from inside a coroutine, which would block its worker; spawn and join instead"
+            !worker::in_coroutine() && !worker::on_worker_thread(),
+            "Runtime::block_on called from inside a coroutine (or a future polled on a worker), which would block its worker; spawn and join instead"
         );
         let (init, stack) = new_coroutine(
             &self.shared,

@@ -420,7 +420,6 @@ pub(crate) fn cancel_waker_timer(t: WakerTimer) {
 }
 
 /// Whether the calling thread is a worker (its coroutines included).
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) fn on_worker_thread() -> bool {
     !worker_ptr().is_null()
 }
