@@ -257,6 +257,18 @@ fn http_hello_drains_on_sigterm() {
     assert!(rest.contains("drained"), "{line:?} then {rest:?}");
 }
 
+/// Runs curl (Debian's, installed by `scripts/test-all.sh`) with `args`,
+/// checks it succeeded and returns what it printed.
+#[cfg(all(feature = "tokio", feature = "hyper"))]
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl (installed by scripts/test-all.sh)");
+    assert!(out.status.success(), "curl failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// hyper 1.x on greenstack (the `hyper` feature), checked with curl: the
 /// response hyper wrote, over a keep-alive connection that serves two
 /// requests.
@@ -268,12 +280,7 @@ fn http_hello_drains_on_sigterm() {
 fn hyper_server_answers_curl() {
     let (_server, addr) = start_server("hyper_server");
     let url = format!("http://{addr}/");
-    let out = Command::new("curl")
-        .args(["-s", "-i", &url, &url])
-        .output()
-        .expect("curl (installed by scripts/test-all.sh)");
-    let body = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "curl failed: {out:?}");
+    let body = curl(&["-s", "-i", &url, &url]);
     assert_eq!(body.matches("HTTP/1.1 200 OK").count(), 2, "{body}");
     assert_eq!(body.matches("Hello, world!").count(), 2, "{body}");
 }
@@ -318,13 +325,8 @@ fn hyper_server_drops_a_client_too_slow_to_send_its_head() {
 fn https_hello_answers_curl_over_tls() {
     let (_server, addr) = start_server("https_hello");
     let url = format!("https://{addr}/");
-    let out = Command::new("curl")
-        .args(["-s", "--insecure", &url, &url])
-        .output()
-        .expect("curl (installed by scripts/test-all.sh)");
-    assert!(out.status.success(), "curl failed: {out:?}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        curl(&["-s", "--insecure", &url, &url]),
         "Hello, world!Hello, world!"
     );
 }
