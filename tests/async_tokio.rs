@@ -172,3 +172,58 @@ fn a_coroutine_may_still_block_on_a_tokio_runtime_of_its_own() {
     });
     assert_eq!(v.join().unwrap(), 3);
 }
+
+/// A std socket a coroutine first reads through the blocking-call hooks
+/// (its worker's poller then watches the fd for them), then wraps as a
+/// greenstack socket and awaits in a future polled on the same worker's
+/// stack: the wrap takes over the hooks' registration, so the await is
+/// woken by the data instead of failing with `EEXIST`.
+#[test]
+fn a_socket_used_through_the_hooks_then_awaited_on_the_worker_stack() {
+    bounded("hooks, then spawn_future", || {
+        let rt = runtime(1);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (reading_tx, reading_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            // The first byte once the coroutine reads, so that it parks.
+            reading_rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            std::io::Write::write_all(&mut client, b"a").unwrap();
+            // The second byte only once the future waits for it.
+            go_rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            std::io::Write::write_all(&mut client, b"b").unwrap();
+            client
+        });
+        let got = rt.block_on(move || {
+            greenstack::spawn(move || {
+                let mut server = server;
+                let mut b = [0u8; 1];
+                // A blocking std read: parks through the hooks.
+                reading_tx.send(()).unwrap();
+                std::io::Read::read_exact(&mut server, &mut b).unwrap();
+                let mut s = net::TcpStream::from_std(server).unwrap();
+                let second = spawn_future(async move {
+                    go_tx.send(()).unwrap();
+                    let mut c = [0u8; 1];
+                    let n = poll_fn(|cx| {
+                        futures_io::AsyncRead::poll_read(Pin::new(&mut s), cx, &mut c)
+                    })
+                    .await;
+                    n.map(|n| c[..n].to_vec())
+                })
+                .join()
+                .unwrap();
+                (b[0], second)
+            })
+            .join()
+            .unwrap()
+        });
+        let _client = writer.join().unwrap();
+        assert_eq!(got.0, b'a');
+        assert_eq!(got.1.unwrap(), b"b");
+    });
+}

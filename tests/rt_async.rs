@@ -376,3 +376,82 @@ fn block_on_inside_a_spawned_future_panics() {
         assert!(msg.contains("block_on called from inside"), "{msg}");
     });
 }
+
+greenstack::coroutine_local! {
+    static REQUEST: std::cell::Cell<u32> = std::cell::Cell::new(0);
+}
+
+/// Pending once (waking itself), then ready: a poll, a park, a poll.
+fn one_park() -> impl Future<Output = ()> {
+    let mut parked = false;
+    std::future::poll_fn(move |cx| {
+        if parked {
+            return Poll::Ready(());
+        }
+        parked = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+}
+
+/// A future polled on the worker's stack is still its coroutine's code:
+/// it sees its own coroutine-locals (not another future's, which share
+/// the worker's thread) across its parks, and its own cancellation.
+#[test]
+fn a_future_on_the_worker_stack_keeps_its_coroutine_locals_and_cancellation() {
+    bounded("coroutine-locals and cancellation in spawn_future", || {
+        let rt = runtime(1);
+        let a = rt.spawn_future(async {
+            REQUEST.with(|r| r.set(7));
+            one_park().await;
+            REQUEST.with(|r| r.get())
+        });
+        assert_eq!(a.join().unwrap(), 7);
+        let b = rt.spawn_future(async { REQUEST.with(|r| r.get()) });
+        assert_eq!(b.join().unwrap(), 0, "a new future saw another's value");
+        // Pending (waking itself) until it sees its cancellation.
+        let (running_tx, running_rx) = std::sync::mpsc::channel::<()>();
+        let h = rt.spawn_future(async move {
+            let mut polls = 0u64;
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                if polls == 1 {
+                    running_tx.send(()).unwrap();
+                }
+                if greenstack::cancel::is_cancelled() {
+                    return Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+            greenstack::cancel::is_cancelled()
+        });
+        running_rx.recv().unwrap();
+        h.cancel();
+        assert!(h.join().unwrap());
+    });
+}
+
+/// `block_on_future` inside a future polled on the worker's stack could
+/// only block the worker (for good, if what it waits for needs the
+/// worker): it panics, and the panic is the future's `JoinHandle`'s `Err`.
+#[test]
+fn block_on_future_inside_a_spawned_future_panics() {
+    bounded("block_on_future in spawn_future", || {
+        let rt = runtime(1);
+        let h = rt.spawn_future(async { block_on_future(async { 1 }) });
+        let err = h.join().unwrap_err();
+        let msg = err
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("block_on_future called inside a future"),
+            "{msg}"
+        );
+        // The worker goes on.
+        assert_eq!(rt.spawn_future(async { 5 }).join().unwrap(), 5);
+    });
+}

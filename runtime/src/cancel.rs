@@ -78,7 +78,7 @@ mod real {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
-    use crate::scheduler::worker::current_running;
+    use crate::scheduler::worker::{code_running, current_running};
     use crate::scheduler::{Cancelled, JoinHandle, TaskRef};
 
     /// Why a cancellable wait must end now.
@@ -129,7 +129,9 @@ mod real {
     #[inline]
     fn requested() -> bool {
         // Acquire: pairs with the Release in `request`.
-        current_running().is_some_and(|r| r.header.cancel_requested.load(Ordering::Acquire))
+        // `code_running`: a future polled on the worker's stack sees its
+        // coroutine's cancellation too.
+        code_running().is_some_and(|r| r.header.cancel_requested.load(Ordering::Acquire))
     }
 
     /// Marks the coroutine of `header` cancelled and wakes it if it waits.
@@ -334,7 +336,7 @@ mod real {
 
         /// Adds the calling coroutine (a no-op on a plain thread).
         pub fn add_current(&self) {
-            if let Some(r) = current_running() {
+            if let Some(r) = code_running() {
                 self.add_header(r.header.clone());
             }
         }

@@ -48,14 +48,18 @@ use crate::scheduler::{JoinHandle, Runtime};
 /// and 18 for hyper on tokio.)
 ///
 /// So, as in any async runtime, the future must not block: inside a poll
-/// no coroutine is current, a blocking call (a greenstack wait such as
-/// `Mutex::lock` or `JoinHandle::join`, or a blocking libc call) blocks
-/// the whole worker thread instead of parking, and coroutine-locals and
-/// [`current`](crate::current) are not there. Awaiting is fine: greenstack's
-/// sockets, timers (`hyper_rt::Timer` with the `hyper`
+/// the coroutine cannot be switched out, so a blocking call (a greenstack
+/// wait such as `Mutex::lock` or `JoinHandle::join`, or a blocking libc
+/// call, which the hooks then pass straight through) blocks the whole
+/// worker thread instead of parking, and
+/// [`block_on_future`](crate::block_on_future) panics. Awaiting is fine:
+/// greenstack's sockets, timers (`hyper_rt::Timer` with the `hyper`
 /// feature), [`JoinHandle`]s and tokio's futures (feature `tokio`) all
-/// wake the coroutine, which parks between polls. A future that needs to
-/// block runs on its coroutine's own stack with
+/// wake the coroutine, which parks between polls. The poll is still its
+/// coroutine's code: coroutine-locals are the coroutine's own, and
+/// [`cancel::is_cancelled`](crate::cancel::is_cancelled) sees a
+/// [`JoinHandle::cancel`]; [`try_current`](crate::try_current) is `None`.
+/// A future that needs to block runs on its coroutine's own stack with
 /// `spawn(|| block_on_future(fut))`, where every blocking call parks.
 /// The worker thread's stack is std's default for spawned threads (2 MiB,
 /// or `RUST_MIN_STACK`); a poll that overflows it is a crash, not a

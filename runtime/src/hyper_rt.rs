@@ -5,27 +5,34 @@
 //! [`crate::net::UnixStream`], driven by the workers' pollers. No tokio
 //! runtime is involved.
 //!
-//! A server serves each connection in a coroutine of its own, awaiting
-//! hyper's connection future with [`block_on_future`](crate::block_on_future)
-//! (`examples/async/examples/hyper_server.rs`):
+//! A server serves each connection as a future of its own with
+//! [`spawn_future`](crate::spawn_future), polled on the worker's stack as
+//! tokio polls its tasks (`examples/async/examples/hyper_server.rs`):
 //!
 //! ```ignore
 //! let (stream, _) = listener.accept()?;
-//! greenstack::spawn(move || {
+//! greenstack::spawn_future(async move {
 //!     let conn = hyper::server::conn::http1::Builder::new()
 //!         .timer(greenstack::hyper_rt::Timer)
 //!         .serve_connection(stream, hyper::service::service_fn(hello));
-//!     let _ = greenstack::block_on_future(conn);
+//!     let _ = conn.await;
 //! });
 //! ```
+//!
+//! A service that makes blocking calls (a sync database client, say)
+//! serves its connection in a coroutine instead, where each blocking call
+//! parks: `greenstack::spawn(move || greenstack::block_on_future(conn))`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Runs hyper's background futures (an HTTP/2 connection's tasks) with
-/// [`spawn_future`](crate::spawn_future), on the current runtime.
+/// Runs each of hyper's background futures (an HTTP/2 connection's
+/// tasks, whose streams run the service) in a coroutine of its own on the
+/// current runtime, polled on that coroutine's stack
+/// (`spawn(|| block_on_future(fut))`): blocking calls in a service park
+/// only its coroutine.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Executor;
 
@@ -35,7 +42,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        drop(crate::spawn_future(fut));
+        drop(crate::spawn(move || crate::block_on_future(fut)));
     }
 }
 

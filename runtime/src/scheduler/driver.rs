@@ -974,7 +974,9 @@ pub(crate) fn park_on_state(state: &IoState, dir: u8, deadline: Option<Instant>)
 /// before `net` registers the fd itself (a socket used through the hooks,
 /// then wrapped with `from_std`), as one poller takes an fd only once.
 pub(crate) fn drop_hook_registration(fd: RawFd) {
-    let Some((shared, worker)) = waiter_home().map(|(s, w)| (Arc::clone(s), w)) else {
+    // `poller_home`: `net` registers the fd there for a future polled on
+    // the worker's stack too.
+    let Some((shared, worker)) = poller_home().map(|(s, w)| (Arc::clone(s), w)) else {
         return;
     };
     let driver = &shared.workers[worker].driver;

@@ -111,7 +111,9 @@ impl<T: 'static> LocalKey<T> {
     /// On a plain thread whose thread-locals are being destroyed.
     pub fn try_with<R>(&'static self, f: impl FnOnce(&T) -> R) -> Result<R, AccessError> {
         let index = self.index();
-        let value: *const T = match super::worker::current_running() {
+        // `code_running`: a future `spawn_future` polls on the worker's
+        // stack still sees its own coroutine's values.
+        let value: *const T = match super::worker::code_running() {
             Some(r) => self.get_or_init(&r.locals, index),
             None => THREAD_VALUES
                 .try_with(|m| self.get_or_init(m, index))

@@ -1100,6 +1100,12 @@ pub fn try_current() -> Option<Coroutine> {
 /// context, so futures that need tokio's reactor or timer (tokio's own,
 /// reqwest's, …) work: see [`crate::future`].
 ///
+/// # Panics
+///
+/// Inside a future that [`spawn_future`](crate::spawn_future) polls on a
+/// worker's stack, where it could only block the worker (and for good if
+/// the future it waits for needs that worker): `.await` it there instead.
+///
 /// # Examples
 ///
 /// ```
@@ -1112,6 +1118,13 @@ pub fn try_current() -> Option<Coroutine> {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn block_on_future<F: std::future::Future>(fut: F) -> F::Output {
+    // A worker thread with no coroutine current is a future's poll on the
+    // worker's stack (`spawn_future`): nothing would poll the worker's
+    // sockets or timers while the thread waits here.
+    assert!(
+        worker::in_coroutine() || !worker::on_worker_thread(),
+        "greenstack::block_on_future called inside a future polled on a worker (spawn_future), which would block its worker; .await the future instead"
+    );
     let mut fut = std::pin::pin!(fut);
     let waker = current_waker();
     let mut cx = std::task::Context::from_waker(&waker);

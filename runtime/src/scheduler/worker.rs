@@ -356,6 +356,9 @@ thread_local! {
     static WORKER: Cell<*const Local> = const { Cell::new(ptr::null()) };
     /// The coroutine running on this thread right now, if any.
     static CURRENT: Cell<*const Running> = const { Cell::new(ptr::null()) };
+    /// The coroutine whose future [`on_worker_stack`] polls on the
+    /// worker's stack, while `CURRENT` is null (see [`code_running`]).
+    static POLLED: Cell<*const Running> = const { Cell::new(ptr::null()) };
 }
 
 // Accessors are `#[inline(never)]`: code around a stack switch must not
@@ -434,6 +437,26 @@ fn set_current(p: *const Running) {
     CURRENT.with(|c| c.set(p));
 }
 
+#[inline(never)]
+fn polled_ptr() -> *const Running {
+    POLLED.with(Cell::get)
+}
+
+/// The coroutine whose code the caller is: the running one, or the one
+/// whose future [`on_worker_stack`] polls. For what a coroutine *is* (its
+/// coroutine-locals, whether it was cancelled, its spawns), never for a
+/// wait: nothing can switch the coroutine out from the worker's stack, so
+/// waits see [`current_running`], which is `None` there.
+pub(crate) fn code_running<'a>() -> Option<&'a Running> {
+    let p = current_ptr();
+    let p = if p.is_null() { polled_ptr() } else { p };
+    // SAFETY: as in `current_running`; `POLLED` is non-null only while
+    // `on_worker_stack` runs its closure for that coroutine, which is
+    // suspended in the middle of `on_parent_stack` meanwhile (its `Running`
+    // stays in the slab).
+    unsafe { p.as_ref() }
+}
+
 /// The running coroutine, if the caller is one.
 pub(crate) fn current_running<'a>() -> Option<&'a Running> {
     let p = current_ptr();
@@ -507,7 +530,9 @@ pub(crate) fn current_cancelling() -> bool {
 /// The price: nothing inside `f` can park the coroutine, since its frames
 /// are not on the coroutine's stack. With no coroutine current, a
 /// greenstack wait inside `f` blocks the worker thread, and a blocking
-/// libc call passes straight through, as in any async runtime.
+/// libc call passes straight through, as in any async runtime. What the
+/// coroutine *is* stays visible through [`code_running`]: its
+/// coroutine-locals, its cancellation, its spawns' placement.
 pub(crate) fn on_worker_stack<R>(f: impl FnOnce() -> R) -> R {
     /// Carries `f` across corosensei's `Send` bound (see the SAFETY below).
     struct SameThread<F>(F);
@@ -522,11 +547,14 @@ pub(crate) fn on_worker_stack<R>(f: impl FnOnce() -> R) -> R {
             self.0
         }
     }
-    /// Makes the coroutine current again, also when `f` unwinds.
-    struct Restore(*const Running);
+    /// Makes the coroutine current again, and its hooks as they were,
+    /// also when `f` unwinds.
+    struct Restore(*const Running, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
+            POLLED.with(|c| c.set(ptr::null()));
             set_current(self.0);
+            crate::hook::set_active(self.1);
         }
     }
     let p = current_ptr();
@@ -550,8 +578,12 @@ pub(crate) fn on_worker_stack<R>(f: impl FnOnce() -> R) -> R {
     unsafe {
         (*y).on_parent_stack(move || {
             let (f, p) = (f.into_inner(), p.into_inner());
+            // Nothing in `f` may park: no coroutine is current, and the
+            // blocking-call hooks pass straight through.
+            let _restore = Restore(p, crate::hook::active());
+            crate::hook::set_active(false);
             set_current(ptr::null());
-            let _restore = Restore(p);
+            POLLED.with(|c| c.set(p));
             f()
         })
     }
@@ -1091,7 +1123,7 @@ impl Local {
     /// ones rebalance (`rebalance`): placing each of `spawn_join`'s million
     /// children through the incoming queues cost 180 -> 320 ns per task.
     fn placement(&self) -> Option<usize> {
-        let r = current_running()?;
+        let r = code_running()?;
         let n = r.children.get().wrapping_add(1);
         r.children.set(n);
         let resumes = r.resumes.get();
