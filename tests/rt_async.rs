@@ -368,11 +368,7 @@ fn block_on_inside_a_spawned_future_panics() {
         let inner = std::sync::Arc::clone(&rt);
         let h = rt.spawn_future(async move { inner.block_on(|| 1) });
         let err = h.join().unwrap_err();
-        let msg = err
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| err.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = panic_message(&*err);
         assert!(msg.contains("block_on called from inside"), "{msg}");
     });
 }
@@ -442,11 +438,7 @@ fn block_on_future_inside_a_spawned_future_panics() {
         let rt = runtime(1);
         let h = rt.spawn_future(async { block_on_future(async { 1 }) });
         let err = h.join().unwrap_err();
-        let msg = err
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| err.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = panic_message(&*err);
         assert!(
             msg.contains("block_on_future called inside a future"),
             "{msg}"

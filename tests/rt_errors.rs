@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::any::Any;
 use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -47,14 +46,6 @@ fn page() -> usize {
     // SAFETY: sysconf only reads a system constant.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).expect("a positive page size")
-}
-
-/// The message of a panic payload (`&str` or `String`).
-fn panic_message(p: &(dyn Any + Send)) -> String {
-    p.downcast_ref::<&'static str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "<non-string panic payload>".into())
 }
 
 /// Asserts `r` is an error of `kind` whose message contains `needle`.

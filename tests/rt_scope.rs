@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::bounded;
+use common::{bounded, panic_message};
 use greenstack::{Runtime, RuntimeBuilder};
 
 fn runtime(workers: usize) -> Runtime {
@@ -17,13 +17,6 @@ fn runtime(workers: usize) -> Runtime {
         .workers(workers)
         .build()
         .expect("building a runtime")
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
 }
 
 /// Children borrow the parent's locals, one of them mutably, and the
