@@ -3,6 +3,21 @@
 //! that `block_on_future` enters so futures that need tokio's reactor or
 //! timer work from coroutines.
 //!
+//! # Two ways to run a future
+//!
+//! - [`spawn_future`] polls the future on its worker thread's own stack
+//!   (corosensei's `on_parent_stack`, what Go calls `systemstack`), as
+//!   tokio polls its tasks: every future a worker polls writes the same
+//!   warm stack lines, and the coroutine, which holds the future's state
+//!   and parks between polls, keeps a stack of its spawn size. A blocking
+//!   call inside such a poll blocks the worker, as in any async runtime.
+//! - `spawn(|| block_on_future(fut))` polls it on the coroutine's own
+//!   stack, where every blocking call inside (a sync client a service
+//!   calls, say) parks only that coroutine; each future then writes stack
+//!   memory of its own (hyper at 100 connections: 92 first-level data
+//!   write misses per request, against 29 polled on the worker's stack,
+//!   callgrind's cache simulation).
+//!
 //! # The `tokio` feature
 //!
 //! A future of a tokio-based crate (`tokio::time::sleep`, `tokio::net`,
