@@ -740,7 +740,14 @@ fn switch_out(r: &Running, req: Request) {
     let y = r.yielder.get();
     // The switch itself must not take a growth fault.
     stack::prefault_for_runtime();
-    r.parked_sp.set(stack::stack_pointer());
+    let sp = stack::stack_pointer();
+    // A switch from anywhere but the coroutine's own stack (the worker's,
+    // during `on_worker_stack`) would resume the worker over live frames.
+    debug_assert!(
+        r.gauge.contains(sp),
+        "a coroutine switched out from outside its own stack"
+    );
+    r.parked_sp.set(sp);
     // SAFETY: the yielder lives in the coroutine's body frame for as long as
     // the coroutine runs, and we are that coroutine.
     unsafe { (*y).suspend(req) };

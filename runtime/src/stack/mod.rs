@@ -1173,6 +1173,11 @@ impl StackGauge {
         self.reserve
     }
 
+    /// Whether `sp` lies inside this slot's stack.
+    pub(crate) fn contains(&self, sp: usize) -> bool {
+        sp >= self.bottom && sp < self.top
+    }
+
     /// Tells `prefault` on this thread that this stack is the running one,
     /// so it need not search the class table. `None` when switching away.
     pub(crate) fn set_running(gauge: Option<&StackGauge>) {
