@@ -47,7 +47,7 @@ pub(crate) struct Header {
     pub(crate) key: AtomicU32,
     /// Set at shutdown, before the worker resumes the coroutine to cancel
     /// it: its next switch back in throws a [`CancelUnwind`] (see
-    /// `worker.rs`, "Shutdown").
+    /// `worker/shutdown.rs`).
     pub(crate) cancelling: AtomicBool,
     /// A [`CancelUnwind`] of this coroutine is alive (thrown and not yet
     /// dropped): its cancellation is unwinding, and a wait met meanwhile
@@ -693,7 +693,7 @@ impl std::error::Error for Cancelled {}
 
 /// The payload of the unwind with which shutdown cancels a started
 /// coroutine: thrown from the coroutine's suspend point when its worker
-/// resumes it one last time (see `worker.rs`, "Shutdown"), caught at the
+/// resumes it one last time (see `worker/shutdown.rs`), caught at the
 /// top of its body, where it becomes [`Outcome::Cancelled`]. It holds a
 /// reference to the coroutine's header so that its drop, wherever user
 /// code lets it happen, marks the unwind over.

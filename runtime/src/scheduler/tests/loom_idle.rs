@@ -1,6 +1,6 @@
 //! loom models of the workers' sleep/wake decision: the sleeper
 //! bookkeeping of `scheduler/idle.rs` (production code, through the shim)
-//! driven by the steps of the worker's run loop (`worker.rs`: `run`,
+//! driven by the steps of the worker's run loop (`worker/`: `run`,
 //! `Local::sleep`, `Local::stop_searching`) and of a spawn or remote
 //! wake-up (`Shared::notify_one`, `Shared::notify_worker`).
 //!
