@@ -227,3 +227,71 @@ fn a_socket_used_through_the_hooks_then_awaited_on_the_worker_stack() {
         assert_eq!(got.1.unwrap(), b"b");
     });
 }
+
+/// Environment variable of the child process of
+/// `async_writes_to_a_closed_peer_fail_instead_of_raising_sigpipe`.
+const PIPE_CHILD: &str = "GREENSTACK_ASYNC_PIPE_CHILD";
+
+/// An async write to a peer that has closed fails with an error, as std's
+/// socket writes do, instead of raising SIGPIPE: checked in a child with
+/// SIGPIPE back at its default action (which kills), the way a program
+/// that is not Rust's starts, for a write of one slice (`send`) and of two
+/// (`sendmsg`).
+#[test]
+fn async_writes_to_a_closed_peer_fail_instead_of_raising_sigpipe() {
+    if child_scenario(PIPE_CHILD).is_some() {
+        // SAFETY: restoring a signal's default action has no memory
+        // preconditions; no handler of ours is replaced (Rust ignores
+        // SIGPIPE, greenstack installs none for it).
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let rt = runtime(1);
+        let listener = net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for slices in [1usize, 2] {
+            let mut s = net::TcpStream::connect(addr).unwrap();
+            // The peer closes at once: the first write draws a reset, the
+            // next ones fail.
+            drop(listener.accept().unwrap());
+            let kind = rt
+                .spawn_future(async move {
+                    let chunk = [7u8; 1024];
+                    let bufs = [std::io::IoSlice::new(&chunk), std::io::IoSlice::new(&chunk)];
+                    loop {
+                        let r = poll_fn(|cx| {
+                            futures_io::AsyncWrite::poll_write_vectored(
+                                Pin::new(&mut s),
+                                cx,
+                                &bufs[..slices],
+                            )
+                        })
+                        .await;
+                        if let Err(e) = r {
+                            return e.kind();
+                        }
+                    }
+                })
+                .join()
+                .unwrap();
+            assert!(
+                matches!(
+                    kind,
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ),
+                "{slices} slice(s): {kind:?}"
+            );
+        }
+        println!("both writes failed with an error");
+        return;
+    }
+    let out = run_child(
+        PIPE_CHILD,
+        "async_writes_to_a_closed_peer_fail_instead_of_raising_sigpipe",
+        "run",
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("both writes failed with an error"),
+        "{}",
+        describe(&out)
+    );
+}
