@@ -848,3 +848,66 @@ fn join_timeout_gives_the_handle_back_then_the_value() {
         .expect_err("it panicked");
     assert_eq!(panic_message(p.as_ref()), Some("joined with a timeout"));
 }
+
+/// An accept loop under a storm of connections (a load generator opening
+/// 100 at once, as `wrk -c100` does): most accepts find a connection
+/// pending and do not suspend, so its spawns look like a burst, yet each
+/// connection's coroutine lives as long as the connection. Each accept
+/// makes the next spawn be placed by load, so both workers serve a fair
+/// share: with greenstack's listener, and with std's through the
+/// blocking-call hooks. (Without that rule, `examples/hyper_server` under
+/// `wrk -c100` served 80 connections on one worker and 20 on the other.)
+#[test]
+fn an_accept_loops_connections_spread_over_the_workers_under_a_storm() {
+    assert_spread(STORM as u64, |rt| {
+        let listener = greenstack::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        storm(rt, addr, move || listener.accept().map(|(c, _)| c))
+    });
+    assert_spread(STORM as u64, |rt| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        storm(rt, addr, move || listener.accept().map(|(c, _)| c))
+    });
+}
+
+/// Connections `storm` opens at once.
+const STORM: usize = 100;
+
+/// Opens [`STORM`] connections to `addr` at once while a coroutine accepts
+/// them with `accept`, spawning one long-lived coroutine per connection;
+/// returns how many of those started on each worker.
+fn storm<C: std::io::Read + Send + 'static>(
+    rt: &Runtime,
+    addr: std::net::SocketAddr,
+    accept: impl Fn() -> std::io::Result<C> + Send + 'static,
+) -> Vec<u64> {
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let acceptor = rt.spawn(move || {
+        (0..STORM)
+            .map(|_| {
+                let mut conn = accept().expect("accept");
+                let started = started_tx.clone();
+                greenstack::spawn(move || {
+                    started.send(()).expect("the test waits");
+                    // Lives until the client closes.
+                    let _ = conn.read(&mut [0u8; 1]);
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let clients: Vec<_> = (0..STORM)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    for _ in 0..STORM {
+        started_rx
+            .recv()
+            .expect("every connection's coroutine starts");
+    }
+    let split = rt.stats().worker_started;
+    drop(clients);
+    for h in acceptor.join().expect("the acceptor does not panic") {
+        h.join().expect("a connection's coroutine does not panic");
+    }
+    split
+}

@@ -572,7 +572,11 @@ pub unsafe extern "C" fn accept4(
     if !active() || hooked_kind(fd) != Some(Kind::Socket) {
         return call();
     }
-    pollable_loop(fd, Dir::Read, true, || call() as ssize_t) as c_int
+    let r = pollable_loop(fd, Dir::Read, true, || call() as ssize_t) as c_int;
+    if r >= 0 {
+        crate::scheduler::worker::note_accept();
+    }
+    r
 }
 
 /// `poll(2)`. In a coroutine with a timeout: polls once without waiting,

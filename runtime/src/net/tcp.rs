@@ -63,6 +63,7 @@ impl TcpListener {
     /// Waits for a connection.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (s, addr) = self.io.op(Dir::Read, |l| l.accept())?;
+        crate::scheduler::worker::note_accept();
         Ok((TcpStream { io: Io::new(s) }, addr))
     }
 
@@ -74,6 +75,7 @@ impl TcpListener {
         timeout: std::time::Duration,
     ) -> io::Result<(TcpStream, SocketAddr)> {
         let (s, addr) = super::accept_until(&self.io, timeout, |l| l.accept())?;
+        crate::scheduler::worker::note_accept();
         Ok((TcpStream { io: Io::new(s) }, addr))
     }
 

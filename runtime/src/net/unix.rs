@@ -44,6 +44,7 @@ impl UnixListener {
     /// Waits for a connection.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
         let (s, addr) = self.io.op(Dir::Read, |l| l.accept())?;
+        crate::scheduler::worker::note_accept();
         Ok((UnixStream { io: Io::new(s) }, addr))
     }
 
@@ -55,6 +56,7 @@ impl UnixListener {
         timeout: std::time::Duration,
     ) -> io::Result<(UnixStream, SocketAddr)> {
         let (s, addr) = super::accept_until(&self.io, timeout, |l| l.accept())?;
+        crate::scheduler::worker::note_accept();
         Ok((UnixStream { io: Io::new(s) }, addr))
     }
 

@@ -143,6 +143,9 @@ pub(crate) struct Running {
     /// (see `Local::placement`).
     resumes: Cell<u32>,
     resumes_at_spawn: Cell<u32>,
+    /// Whether it accepted a connection since its last spawn (see
+    /// `Local::placement` and [`note_accept`]).
+    accepted: Cell<bool>,
     /// The timer of its last park with a deadline, if armed: moved to the
     /// next park's deadline, or disarmed by the next park without one or
     /// by `finish` (see `Driver::arm`). A `Cell` (taken and set whole),
@@ -196,6 +199,7 @@ impl Running {
             children: Cell::new(0),
             resumes: Cell::new(0),
             resumes_at_spawn: Cell::new(0),
+            accepted: Cell::new(false),
             timer: Cell::new(None),
             cancel_throws: Cell::new(0),
             unwinding_yields: Cell::new(0),
@@ -411,6 +415,15 @@ pub(crate) fn code_running<'a>() -> Option<&'a Running> {
     // suspended in the middle of `on_parent_stack` meanwhile (its `Running`
     // stays in the slab).
     unsafe { p.as_ref() }
+}
+
+/// Notes that the running code (a coroutine, or a future polled on its
+/// worker's stack) accepted a connection: its next spawn, the
+/// connection's coroutine, is placed by load (see `Local::placement`).
+pub(crate) fn note_accept() {
+    if let Some(r) = code_running() {
+        r.accepted.set(true);
+    }
 }
 
 /// The running coroutine, if the caller is one.
