@@ -65,14 +65,7 @@ impl Local {
         // 1. Tasks that never ran.
         self.discard_queued();
         // 2. Every started coroutine, runnable once more, cancelling.
-        let keys: Vec<usize> = self
-            .slab
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter_map(|(k, r)| r.as_ref().map(|_| k))
-            .collect();
-        for key in keys {
+        for key in self.started_keys() {
             let slab = self.slab.borrow();
             let Some(Some(r)) = slab.get(key) else {
                 continue;
@@ -121,14 +114,7 @@ impl Local {
             self.shared.idle.remove_sleeper(self.index);
         }
         // 4. Whatever is left is abandoned.
-        let left: Vec<usize> = self
-            .slab
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter_map(|(k, r)| r.as_ref().map(|_| k))
-            .collect();
-        for key in left {
+        for key in self.started_keys() {
             self.abandon(key, "it was still waiting when the shutdown timeout passed");
         }
         self.discard_queued();
@@ -137,6 +123,17 @@ impl Local {
             let _ = self.ws().inbox.steal();
         }
         self.wait_for_watchdog();
+    }
+
+    /// The slab keys of the coroutines started here and not finished,
+    /// collected first so the slab is not borrowed while each is handled.
+    fn started_keys(&self) -> Vec<usize> {
+        self.slab
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| r.as_ref().map(|_| k))
+            .collect()
     }
 
     /// Drops every never-started task this worker could take: its deque,
