@@ -91,16 +91,26 @@ fn take_watchers<T>(st: &mut State<T>) -> Option<Taken> {
     Some(t)
 }
 
-/// Wakes what [`take_watchers`] took.
-#[inline]
+/// Wakes what [`take_watchers`] took. Only the check is inlined: without
+/// a select watching (the common case) it is all the call costs, where the
+/// whole function, left out of line by the compiler, cost 19 instructions
+/// per channel hand-off (callgrind, `channel_pingpong workers=1`).
+#[inline(always)]
 fn wake_watchers(t: Option<Taken>) {
     if let Some(t) = t {
-        for w in t.inline.into_iter().flatten() {
-            w.wake();
-        }
-        for w in t.more {
-            w.wake();
-        }
+        wake_taken(t);
+    }
+}
+
+/// [`wake_watchers`]' work, out of line.
+#[cold]
+#[inline(never)]
+fn wake_taken(t: Taken) {
+    for w in t.inline.into_iter().flatten() {
+        w.wake();
+    }
+    for w in t.more {
+        w.wake();
     }
 }
 
@@ -474,7 +484,7 @@ impl<T> Chan<T> {
                     watchers = take_watchers(&mut st);
                 }
             }
-            wake_watchers(std::mem::take(&mut watchers));
+            wake_watchers(watchers);
             // A value handed over before a timeout is still ours; one handed
             // over to us as we are unwound goes on to another receiver.
             let p = point.expect("made before queueing");
@@ -513,7 +523,9 @@ impl<T> Chan<T> {
             self.unqueue(node, queue);
             unwound();
         });
-        let notified = node.wait(point);
+        // The callers checked `point` under the lock just before queueing
+        // the node.
+        let notified = node.wait_checked(point);
         leave.disarm();
         if !notified {
             self.unqueue(node, queue);

@@ -66,10 +66,16 @@ impl Slot {
     /// node; 3: wait for `DONE`, or leave the queue on a timeout).
     fn recv(&self, deadline: Option<Instant>) -> Option<u32> {
         let mut node: Node<u32>;
+        let point = crate::cancel::Point::plain(deadline);
         {
             let mut st = self.state.lock();
             if let Some(v) = st.values.pop_front() {
                 return Some(v);
+            }
+            // As the channel: the point is looked at under the lock, so
+            // the wait skips its first look (`wait_checked`).
+            if point.ended().is_some() {
+                return None;
             }
             node = Node::new();
             st.waiters.push_back(node.ptr());
@@ -79,7 +85,7 @@ impl Slot {
                 self.state.lock().waiters.retain(|w| !w.is(&node));
                 node.settle();
             });
-            if node.wait(&crate::cancel::Point::plain(deadline)) {
+            if node.wait_checked(&point) {
                 leave.disarm();
             }
         }
