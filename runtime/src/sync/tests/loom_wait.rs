@@ -72,11 +72,12 @@ impl Slot {
             if let Some(v) = st.values.pop_front() {
                 return Some(v);
             }
-            // As the channel: the point is looked at under the lock, so
-            // the wait skips its first look (`wait_checked`).
-            if point.ended().is_some() {
-                return None;
-            }
+            // The channel looks at its point here, under the lock, then
+            // waits with `wait_checked`, which skips its first look. The
+            // model leaves the look out: its past deadline then stands for
+            // one that passed right after the look, so the receiver still
+            // queues, and gives up only after (the race with a notifier
+            // that `loom_node_cancel_races_notify` checks).
             node = Node::new();
             st.waiters.push_back(node.ptr());
         }
