@@ -32,11 +32,13 @@ step "the use-after-free scenarios under valgrind memcheck (a runtime that unwou
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 unwind_bin=$(cargo test --locked --workspace --all-features --test rt_unwind --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+# GREENSTACK_SYSTEM_ALLOC=1: task cells on the global allocator, which
+# memcheck tracks (by default they come from mimalloc's own pages).
 for scenario in a_detached_result_that_panics_on_drop_does_not_unwind_the_worker \
     a_joiners_waker_that_panics_does_not_unwind_the_worker \
     a_subscriber_that_panics_in_new_span_costs_only_the_span \
     shutdown_abandons_a_destructor_still_waiting_at_the_timeout; do
-    GREENSTACK_UNWIND_CHILD=$scenario valgrind -q --error-exitcode=99 \
+    GREENSTACK_SYSTEM_ALLOC=1 GREENSTACK_UNWIND_CHILD=$scenario valgrind -q --error-exitcode=99 \
         "$unwind_bin" "$scenario" --exact --test-threads=1 --quiet
 done
 

@@ -45,6 +45,7 @@ pub use greenstack_runtime::{
     block_on_future, coroutine_local, current, park, scope, spawn, spawn_blocking, spawn_future,
     try_current, yield_now, AccessError, Builder, Cancelled, Coroutine, CoroutineId, JoinHandle,
     JoinSet, LocalKey, Runtime, RuntimeBuilder, RuntimeStats, Scope, ScopedJoinHandle,
+    SYSTEM_ALLOC_ENV,
 };
 pub use greenstack_runtime::{cancel, future, net, signal, stack, sync, time};
 

@@ -1,0 +1,123 @@
+//! Where task cells (one allocation per spawn) come from: mimalloc's
+//! allocator by default, so the program's global allocator does not see
+//! them; the global allocator with `GREENSTACK_SYSTEM_ALLOC=1`, for heap
+//! checkers. The variable is read once per process, so each case runs in a
+//! child process of its own, counting the global allocator's allocations.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{describe, output_bounded};
+
+/// The system allocator, counting allocations.
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; the count is a
+// relaxed atomic increment, which allocates nothing.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const CHILD_ENV: &str = "GREENSTACK_CELL_ALLOC_CHILD";
+const SPAWNS: usize = 10_000;
+
+/// Global allocations made while a coroutine on a worker spawns and joins
+/// `SPAWNS` others one at a time (after a warm-up pass, so the runtime's
+/// own one-off allocations are done).
+fn global_allocs_per_spawn() -> f64 {
+    let rt = greenstack::Runtime::builder().workers(1).build().unwrap();
+    rt.block_on(|| {
+        greenstack::spawn(|| {
+            let pass = || {
+                for i in 0..SPAWNS {
+                    let h = greenstack::spawn(move || i);
+                    assert_eq!(h.join().unwrap(), i);
+                }
+            };
+            pass();
+            let before = ALLOCS.load(Ordering::Relaxed);
+            pass();
+            (ALLOCS.load(Ordering::Relaxed) - before) as f64 / SPAWNS as f64
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// The child's side: prints its figure for the parent.
+#[test]
+#[ignore = "run as a child process by the tests below"]
+fn child() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    println!("ALLOCS_PER_SPAWN={}", global_allocs_per_spawn());
+}
+
+/// Runs `child` in a fresh process with `system_alloc` as the variable's
+/// value (unset for `None`) and returns its figure.
+fn allocs_per_spawn_in_child(system_alloc: Option<&str>) -> f64 {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([
+        "child",
+        "--exact",
+        "--nocapture",
+        "--include-ignored",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, "1")
+    .env_remove(greenstack::SYSTEM_ALLOC_ENV);
+    if let Some(v) = system_alloc {
+        cmd.env(greenstack::SYSTEM_ALLOC_ENV, v);
+    }
+    let out = output_bounded(cmd, "cell allocation count");
+    assert!(out.status.success(), "child failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split("ALLOCS_PER_SPAWN=").nth(1))
+        .unwrap_or_else(|| panic!("no figure from the child: {}", describe(&out)))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn with_the_variable_set_every_cell_comes_from_the_global_allocator() {
+    for v in ["1", "on", "true"] {
+        let per_spawn = allocs_per_spawn_in_child(Some(v));
+        assert!(
+            per_spawn >= 1.0,
+            "GREENSTACK_SYSTEM_ALLOC={v}: {per_spawn} global allocations per spawn, expected at least the cell's"
+        );
+    }
+}
+
+#[cfg(feature = "mimalloc")]
+#[test]
+fn by_default_cells_do_not_come_from_the_global_allocator() {
+    for v in [None, Some("0"), Some("")] {
+        let per_spawn = allocs_per_spawn_in_child(v);
+        assert!(
+            per_spawn < 0.5,
+            "GREENSTACK_SYSTEM_ALLOC={v:?}: {per_spawn} global allocations per spawn; cells should come from mimalloc"
+        );
+    }
+}
