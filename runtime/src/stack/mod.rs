@@ -878,10 +878,11 @@ impl Drop for Slot {
         // SAFETY: `class` is taken exactly once, here, and not used after
         // (`index` was read before).
         let class = unsafe { ManuallyDrop::take(&mut self.class) };
-        give_credit(&class);
         if class.class.retire(index) {
+            give_credit(&class);
             class.class.release_deferred(index);
         } else if let Err((class, index)) = magazine_put(class, index) {
+            give_credit(&class);
             class.class.alloc.release(index);
         }
     }
@@ -1011,12 +1012,7 @@ fn give_credit(handle: &Arc<ClassHandle>) {
     if class.magazine_size() > 0 {
         let kept = MAGAZINES.try_with(|m| {
             let mut mags = m.borrow_mut();
-            let mag = magazine_for(&mut mags, handle);
-            mag.credits += 1;
-            if mag.credits >= 2 * CREDIT_BATCH {
-                mag.credits -= CREDIT_BATCH;
-                class.credits.give(CREDIT_BATCH);
-            }
+            magazine_for(&mut mags, handle).keep_credit(class);
         });
         if kept.is_ok() {
             return;
@@ -1051,6 +1047,18 @@ fn magazine_for<'a>(mags: &'a mut Vec<Magazine>, handle: &Arc<ClassHandle>) -> &
                 class: Some(Arc::clone(handle)),
             });
             mags.last_mut().expect("just pushed")
+        }
+    }
+}
+
+impl Magazine {
+    /// Keeps one given-back credit of `class` (this magazine's class), and
+    /// gives half the batch to the class when it holds two.
+    fn keep_credit(&mut self, class: &Class) {
+        self.credits += 1;
+        if self.credits >= 2 * CREDIT_BATCH {
+            self.credits -= CREDIT_BATCH;
+            class.credits.give(CREDIT_BATCH);
         }
     }
 }
@@ -1092,8 +1100,10 @@ fn flush_magazine(class: &ClassHandle) {
     });
 }
 
-/// Keeps a retired slot in this thread's magazine; gives it back if the
-/// magazine is full (or the class keeps none).
+/// Keeps a retired slot in this thread's magazine, and its credit as
+/// [`give_credit`] would, in one visit of the thread's magazines (a slot's
+/// release is on every coroutine's exit); gives the slot back, its credit
+/// not given, if the magazine is full (or the class keeps none).
 fn magazine_put(class: Arc<ClassHandle>, index: u32) -> Result<(), (Arc<ClassHandle>, u32)> {
     let cap = class.class.magazine_size();
     if cap == 0 {
@@ -1105,6 +1115,7 @@ fn magazine_put(class: Arc<ClassHandle>, index: u32) -> Result<(), (Arc<ClassHan
         let handle = &item.as_ref().expect("not yet placed").0;
         let mag = magazine_for(&mut mags, handle);
         if mag.slots.len() < cap {
+            mag.keep_credit(&handle.class);
             mag.slots.push(item.take().expect("not yet placed"));
         }
     });
