@@ -1034,21 +1034,32 @@ fn exhausted(class: &Class) -> io::Error {
 }
 
 /// This thread's magazine for `handle`'s class, made if missing.
+///
+/// Inlined, with the making out of line: called three times per coroutine
+/// (credit at spawn, slot at start, both back at exit), and as a call its
+/// register saves cost more than its search of one or two magazines
+/// (callgrind: 32 instructions per call out of line).
+#[inline(always)]
 fn magazine_for<'a>(mags: &'a mut Vec<Magazine>, handle: &Arc<ClassHandle>) -> &'a mut Magazine {
     let key = Arc::as_ptr(handle);
     match mags.iter().position(|g| g.key == key) {
         Some(i) => &mut mags[i],
-        None => {
-            mags.retain(|g| !g.slots.is_empty() || g.credits > 0);
-            mags.push(Magazine {
-                key,
-                slots: Vec::new(),
-                credits: 0,
-                class: Some(Arc::clone(handle)),
-            });
-            mags.last_mut().expect("just pushed")
-        }
+        None => new_magazine(mags, handle),
     }
+}
+
+/// [`magazine_for`]'s first call for a class on this thread.
+#[cold]
+#[inline(never)]
+fn new_magazine<'a>(mags: &'a mut Vec<Magazine>, handle: &Arc<ClassHandle>) -> &'a mut Magazine {
+    mags.retain(|g| !g.slots.is_empty() || g.credits > 0);
+    mags.push(Magazine {
+        key: Arc::as_ptr(handle),
+        slots: Vec::new(),
+        credits: 0,
+        class: Some(Arc::clone(handle)),
+    });
+    mags.last_mut().expect("just pushed")
 }
 
 impl Magazine {
