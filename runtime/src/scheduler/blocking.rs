@@ -90,7 +90,7 @@ where
     let job: Job = Box::new(move || {
         let outcome = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => Outcome::Value(v),
-            Err(p) => Outcome::Panic(p),
+            Err(p) => Outcome::Panic(Box::new(p)),
         };
         completer.complete(outcome);
     });

@@ -45,8 +45,11 @@ const WAKER: u8 = 4;
 pub(crate) enum Outcome<T> {
     /// It returned this value.
     Value(T),
-    /// It panicked with this payload.
-    Panic(Box<dyn Any + Send + 'static>),
+    /// It panicked with this payload, boxed once more: a thin pointer, so
+    /// an outcome of a word-sized `T` is 16 bytes, not 24, and a task cell
+    /// falls in a smaller allocation class (see `task::Cell`). A panic's
+    /// extra allocation is nothing beside its unwinding.
+    Panic(Box<Box<dyn Any + Send + 'static>>),
     /// It was dropped before finishing (runtime shutdown).
     Cancelled,
 }
@@ -61,7 +64,7 @@ impl<T> Unread<T> {
     /// Reports a panic in it (as coroutine `id`, `name`), then drops it.
     pub(crate) fn report(self, id: u64, name: Option<&str>) {
         if let Some(Outcome::Panic(p)) = &self.0 {
-            let msg = panic_message(p.as_ref());
+            let msg = panic_message(p.as_ref().as_ref());
             tracing::error!(
                 coroutine.id = id,
                 coroutine.name = name.unwrap_or("<unnamed>"),

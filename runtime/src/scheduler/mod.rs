@@ -895,7 +895,7 @@ fn new_coroutine(
         return Err(io::Error::other("the runtime is shutting down"));
     }
     let id;
-    let name: Option<Arc<str>> = name.map(Arc::from);
+    let name: Option<Arc<String>> = name.map(Arc::new);
     let stack = if lazy {
         let reservation = shared.arena.reserve(stack_size)?;
         id = next_id();
@@ -903,7 +903,7 @@ fn new_coroutine(
     } else {
         let mut slot = allocate_stack(shared, stack_size)?;
         id = next_id();
-        slot.set_identity(id.get(), name.as_deref());
+        slot.set_identity(id.get(), name.as_deref().map(String::as_str));
         Stack::Ready(slot)
     };
     let home = if root_thread.is_some() {

@@ -98,7 +98,7 @@ fn run(shared: &Shared) {
                 let cause = Cause::of(w.tid.load(Ordering::Relaxed));
                 tracing::warn!(
                     coroutine.id = id,
-                    coroutine.name = name.as_deref().unwrap_or("<unnamed>"),
+                    coroutine.name = name.as_deref().map_or("<unnamed>", String::as_str),
                     stuck_ms = stuck.as_millis() as u64,
                     cause = cause.label(),
                     "a coroutine has held its worker without switching; {}",

@@ -49,10 +49,7 @@ pub(super) fn check_stack(r: &Running) {
         return;
     }
     r.reported.set(level);
-    let (id, name) = (
-        r.header.id.get(),
-        r.header.name.as_deref().unwrap_or("<unnamed>"),
-    );
+    let (id, name) = (r.header.id.get(), r.header.name().unwrap_or("<unnamed>"));
     let reserve = r.gauge.reserve();
     if reported < 1 {
         tracing::info!(
@@ -105,7 +102,7 @@ impl Local {
                 };
                 match slot {
                     Ok(mut slot) => {
-                        slot.set_identity(header.id.get(), header.name.as_deref());
+                        slot.set_identity(header.id.get(), header.name());
                         slot
                     }
                     Err(e) => {
@@ -299,7 +296,7 @@ impl Local {
         running.header.park.finish();
         self.driver.disarm(running.timer.take(), &running.header);
         let (id, name) = (running.header.id, running.header.name.clone());
-        let name = name.as_deref().unwrap_or("<unnamed>");
+        let name = name.as_deref().map_or("<unnamed>", String::as_str);
         contain("reporting an abandoned coroutine", || {
             tracing::error!(
                 coroutine.id = id.get(),

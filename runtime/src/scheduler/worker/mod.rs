@@ -773,7 +773,7 @@ fn coroutine_span(header: &Header) -> Option<Box<tracing::Span>> {
         let span = tracing::debug_span!(
             "coroutine",
             id = header.id.get(),
-            name = header.name.as_deref().unwrap_or("")
+            name = header.name().unwrap_or("")
         );
         (!span.is_disabled()).then(|| Box::new(span))
     })

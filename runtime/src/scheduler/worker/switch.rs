@@ -218,7 +218,7 @@ pub(super) fn suspend_unusual(r: &Running, req: Request) -> bool {
         switch_out(r, req);
         return true;
     }
-    let name = header.name.as_deref().unwrap_or("<unnamed>");
+    let name = header.name().unwrap_or("<unnamed>");
     match req {
         // A yield is a hint: skipping it changes nothing a caller relies on,
         // unless it is spun on.
