@@ -3,6 +3,8 @@
 //! them; the global allocator with `GREENSTACK_SYSTEM_ALLOC=1`, for heap
 //! checkers. The variable is read once per process, so each case runs in a
 //! child process of its own, counting the global allocator's allocations.
+//! The same count checks that a `block_on` root spawns without a global
+//! allocation per spawn.
 
 mod common;
 
@@ -38,26 +40,30 @@ static GLOBAL: Counting = Counting;
 const CHILD_ENV: &str = "GREENSTACK_CELL_ALLOC_CHILD";
 const SPAWNS: usize = 10_000;
 
-/// Global allocations made while a coroutine on a worker spawns and joins
-/// `SPAWNS` others one at a time (after a warm-up pass, so the runtime's
-/// own one-off allocations are done).
-fn global_allocs_per_spawn() -> f64 {
+/// Global allocations made while the spawner (a coroutine on a worker,
+/// or with `from_root` the `block_on` root itself, on the calling thread)
+/// spawns and joins `SPAWNS` coroutines one at a time (after a warm-up
+/// pass, so the runtime's own one-off allocations are done).
+fn global_allocs_per_spawn(from_root: bool) -> f64 {
     let rt = greenstack::Runtime::builder().workers(1).build().unwrap();
-    rt.block_on(|| {
-        greenstack::spawn(|| {
-            let pass = || {
-                for i in 0..SPAWNS {
-                    let h = greenstack::spawn(move || i);
-                    assert_eq!(h.join().unwrap(), i);
-                }
-            };
-            pass();
-            let before = ALLOCS.load(Ordering::Relaxed);
-            pass();
-            (ALLOCS.load(Ordering::Relaxed) - before) as f64 / SPAWNS as f64
-        })
-        .join()
-        .unwrap()
+    let measure = || {
+        let pass = || {
+            for i in 0..SPAWNS {
+                let h = greenstack::spawn(move || i);
+                assert_eq!(h.join().unwrap(), i);
+            }
+        };
+        pass();
+        let before = ALLOCS.load(Ordering::Relaxed);
+        pass();
+        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / SPAWNS as f64
+    };
+    rt.block_on(move || {
+        if from_root {
+            measure()
+        } else {
+            greenstack::spawn(measure).join().unwrap()
+        }
     })
 }
 
@@ -68,12 +74,14 @@ fn child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    println!("ALLOCS_PER_SPAWN={}", global_allocs_per_spawn());
+    let from_root = std::env::var(CHILD_ENV).as_deref() == Ok("root");
+    println!("ALLOCS_PER_SPAWN={}", global_allocs_per_spawn(from_root));
 }
 
 /// Runs `child` in a fresh process with `system_alloc` as the variable's
-/// value (unset for `None`) and returns its figure.
-fn allocs_per_spawn_in_child(system_alloc: Option<&str>) -> f64 {
+/// value (unset for `None`), spawning from a worker (`spawner` "worker")
+/// or the `block_on` root ("root"), and returns its figure.
+fn allocs_per_spawn_in_child(system_alloc: Option<&str>, spawner: &str) -> f64 {
     let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
     cmd.args([
         "child",
@@ -82,7 +90,7 @@ fn allocs_per_spawn_in_child(system_alloc: Option<&str>) -> f64 {
         "--include-ignored",
         "--test-threads=1",
     ])
-    .env(CHILD_ENV, "1")
+    .env(CHILD_ENV, spawner)
     .env_remove(greenstack::SYSTEM_ALLOC_ENV);
     if let Some(v) = system_alloc {
         cmd.env(greenstack::SYSTEM_ALLOC_ENV, v);
@@ -102,7 +110,7 @@ fn allocs_per_spawn_in_child(system_alloc: Option<&str>) -> f64 {
 #[test]
 fn with_the_variable_set_every_cell_comes_from_the_global_allocator() {
     for v in ["1", "on", "true"] {
-        let per_spawn = allocs_per_spawn_in_child(Some(v));
+        let per_spawn = allocs_per_spawn_in_child(Some(v), "worker");
         assert!(
             per_spawn >= 1.0,
             "GREENSTACK_SYSTEM_ALLOC={v}: {per_spawn} global allocations per spawn, expected at least the cell's"
@@ -114,10 +122,24 @@ fn with_the_variable_set_every_cell_comes_from_the_global_allocator() {
 #[test]
 fn by_default_cells_do_not_come_from_the_global_allocator() {
     for v in [None, Some("0"), Some("")] {
-        let per_spawn = allocs_per_spawn_in_child(v);
+        let per_spawn = allocs_per_spawn_in_child(v, "worker");
         assert!(
             per_spawn < 0.5,
             "GREENSTACK_SYSTEM_ALLOC={v:?}: {per_spawn} global allocations per spawn; cells should come from mimalloc"
         );
     }
+}
+
+/// A `block_on` root (what a plain `main` calling `rt.block_on` runs) that
+/// spawns and joins makes no global allocation per spawn either: its
+/// coroutines share the root's handle on the runtime instead of each
+/// allocating one.
+#[cfg(feature = "mimalloc")]
+#[test]
+fn spawning_from_the_block_on_root_allocates_nothing_global_per_spawn() {
+    let per_spawn = allocs_per_spawn_in_child(None, "root");
+    assert!(
+        per_spawn < 0.5,
+        "{per_spawn} global allocations per spawn from the block_on root"
+    );
 }
