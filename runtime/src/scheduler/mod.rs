@@ -795,6 +795,9 @@ impl Drop for Runtime {
         // Again, now that none of this runtime's coroutines can clear a
         // socket's readiness before another runtime's waiter sees it.
         self.wake_all_io();
+        // With the workers gone, the memory of the cells this thread and
+        // they freed goes back to the system (see `give_back`).
+        task::cell_alloc::give_back();
     }
 }
 

@@ -603,6 +603,9 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
             }
         }
         local.shut_down();
+        // The cells this thread allocated and freed go back to the system
+        // (the thread is about to exit; see `give_back`).
+        super::task::cell_alloc::give_back();
     }));
     if let Err(p) = body {
         abort(&format!(
