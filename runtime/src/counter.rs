@@ -14,6 +14,11 @@
 //! shard keeps its count and no new thread writes it. No counter is bumped
 //! from a signal handler, which could otherwise interrupt a load-store pair
 //! on its own thread.
+//!
+//! Bumps are Release and sums Acquire (plain moves on x86-64): a reader
+//! that sees a bump sees what its thread did before it. Counts derived as
+//! a difference rely on it (`Shared::live`: spawned less finished, where a
+//! coroutine's spawn happens before its finish).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -66,10 +71,10 @@ impl Sharded {
             // This thread is the shard's only writer (module docs).
             cell.store(
                 cell.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
+                Ordering::Release,
             );
         } else {
-            cell.fetch_add(n, Ordering::Relaxed);
+            cell.fetch_add(n, Ordering::Release);
         }
     }
 
@@ -77,7 +82,7 @@ impl Sharded {
     pub(crate) fn sum(&self) -> i64 {
         self.shards
             .iter()
-            .map(|s| s.load(Ordering::Relaxed))
+            .map(|s| s.load(Ordering::Acquire))
             .fold(0i64, i64::wrapping_add)
     }
 

@@ -127,6 +127,8 @@ fn next_id() -> std::num::NonZeroU64 {
 pub(crate) struct Counters {
     pub(crate) spawned: Sharded,
     pub(crate) finished: Sharded,
+    /// Tasks dropped unrun at shutdown (`worker::discard`).
+    pub(crate) discarded: Sharded,
     pub(crate) steals: Sharded,
     pub(crate) parks: Sharded,
     pub(crate) wakeups: Sharded,
@@ -191,8 +193,6 @@ pub(crate) struct Shared {
     pub(crate) blocking: blocking::Pool,
     /// Spin budget of the watchdog, if on.
     pub(crate) watchdog: Option<Duration>,
-    /// Live coroutines not yet dropped (spawned - dropped).
-    pub(crate) live: Sharded,
     /// Where the watchdog sleeps between samples.
     pub(crate) watchdog_parker: park::Parker,
     /// Where the trimmer sleeps; the arena wakes it to trim the stack pool
@@ -210,6 +210,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Coroutines spawned and not yet dropped: spawned, less finished and
+    /// discarded. Derived, not counted, so that a spawn and a finish each
+    /// bump one counter, not two.
+    ///
+    /// Never below the true count at the time `spawned` is read (what
+    /// `Runtime::shutdown_timeout` needs: it must not stop waiting early).
+    /// The ends are read first, Acquire: a coroutine whose finish (or
+    /// discard) they see was spawned before it, and that spawn's bump is
+    /// then visible to the read of `spawned` (see `crate::counter`).
+    pub(crate) fn live(&self) -> u64 {
+        let c = &self.counters;
+        let ended = c.finished.get() + c.discarded.get();
+        c.spawned.get().saturating_sub(ended)
+    }
+
     /// Called by each worker thread as its run loop returns.
     fn worker_exited(&self) {
         let (count, cvar) = &self.exited;
@@ -436,7 +451,6 @@ impl RuntimeBuilder {
             counters: Counters::default(),
             blocking: blocking::Pool::new(),
             watchdog: self.watchdog,
-            live: Sharded::default(),
             watchdog_parker: park::Parker::new(),
             trimmer_parker: Arc::new(park::Parker::new()),
             shutdown_timeout: self.shutdown_timeout,
@@ -663,7 +677,7 @@ impl Runtime {
     /// true in the first case.
     fn wait_live(&self, own: u64, deadline: Option<std::time::Instant>) -> bool {
         loop {
-            if self.shared.live.get() <= own {
+            if self.shared.live() <= own {
                 return true;
             }
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
@@ -683,7 +697,7 @@ impl Runtime {
         RuntimeStats {
             spawned,
             finished,
-            live: self.shared.live.get(),
+            live: self.shared.live(),
             steals: c.steals.get(),
             parks: c.parks.get() + self.per_worker(|w| &w.parks).sum::<u64>(),
             wakeups: c.wakeups.get() + self.per_worker(|w| &w.wakeups).sum::<u64>(),
@@ -915,7 +929,6 @@ fn new_coroutine(
         u32::MAX
     };
     shared.counters.spawned.add(1);
-    shared.live.add(1);
     Ok((
         HeaderInit {
             id,

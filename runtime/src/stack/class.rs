@@ -135,8 +135,10 @@ pub(crate) struct Counters {
     pub(crate) bytes_grown: StdAtomicU64,
     pub(crate) bytes_reclaimed: StdAtomicU64,
     pub(crate) committed: StdAtomicUsize,
+    /// Slots live now. The pooled ones are the rest of those ever handed
+    /// out (`Class::pooled`): one counter bumped per allocation and per
+    /// release, not two.
     pub(crate) live: crate::counter::Sharded,
-    pub(crate) pooled: crate::counter::Sharded,
     pub(crate) violations: StdAtomicU64,
 }
 
@@ -341,11 +343,9 @@ impl Class {
         let index = claim.index();
         let meta = &self.metas[index as usize];
         if let Claim::Pooled(_) = claim {
-            self.counters.pooled.add(-1);
             self.unpool_excess(index as usize);
             if let Err(e) = self.scrub(index as usize) {
                 self.alloc.release(index);
-                self.counters.pooled.add(1);
                 return Err(e);
             }
         }
@@ -353,12 +353,21 @@ impl Class {
             if let Err(e) = self.set_up(index as usize) {
                 // Give the index back unset; the next taker retries set-up.
                 self.alloc.release(index);
-                self.counters.pooled.add(1);
                 return Err(e);
             }
         }
         self.counters.live.add(1);
         Ok(index)
+    }
+
+    /// Slots pooled now (in the shared pool or a thread's magazine): those
+    /// ever handed out, less the live ones. The live count is read first,
+    /// Acquire: an allocation whose bump it sees took its fresh index
+    /// before, so the difference is never below zero; it may count a slot
+    /// being handed out as pooled for a moment (a statistic only).
+    pub(crate) fn pooled(&self) -> u64 {
+        let live = self.counters.live.get();
+        (self.alloc.touched() as u64).saturating_sub(live)
     }
 
     /// First use of a slot: map its chunk, guard its zone, commit its top.
@@ -439,11 +448,9 @@ impl Class {
     ///
     /// If scrubbing fails; the slot then goes back to the shared pool.
     pub(crate) fn reuse_retired(&self, index: u32) -> io::Result<()> {
-        self.counters.pooled.add(-1);
         self.unpool_excess(index as usize);
         if let Err(e) = self.scrub(index as usize) {
             self.alloc.release(index);
-            self.counters.pooled.add(1);
             return Err(e);
         }
         self.counters.live.add(1);
@@ -541,7 +548,6 @@ impl Class {
         meta.released_epoch
             .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
         self.counters.live.add(-1);
-        self.counters.pooled.add(1);
         deferred
     }
 

@@ -689,7 +689,7 @@ impl StackArena {
             s.capacity_slots += c.geo.capacity;
             s.committed_bytes += n.committed.load(Ordering::Relaxed);
             s.live_slots += n.live.get() as usize;
-            s.pooled_slots += n.pooled.get() as usize;
+            s.pooled_slots += c.pooled() as usize;
             s.growth_faults += n.growth_faults.load(Ordering::Relaxed);
             s.bytes_grown += n.bytes_grown.load(Ordering::Relaxed);
             s.bytes_reclaimed += n.bytes_reclaimed.load(Ordering::Relaxed);
@@ -798,19 +798,21 @@ impl Slot {
     /// Names the coroutine on this stack for the overflow report. The name is
     /// copied and kept with the slot until it is released or renamed.
     pub fn set_identity(&mut self, id: u64, name: Option<&str>) {
-        self.drop_name();
+        let index = self.index();
+        self.drop_name(index);
         let (p, n) = name.map_or((0, 0), |s| {
             let n = s.len();
             (Box::into_raw(Box::<str>::from(s)).cast::<u8>() as usize, n)
         });
-        let meta = &self.class().metas[self.index() as usize];
+        let meta = &self.class().metas[index as usize];
         meta.id.store(id, Ordering::Relaxed);
         meta.name_len.store(n, Ordering::Relaxed);
         // Release: the handler's Acquire load of `name_ptr` sees the length.
         meta.name_ptr.store(p, Ordering::Release);
     }
 
-    /// Unpublishes and frees the name this slot owns, if any.
+    /// Unpublishes and frees the name this slot (of index `index`) owns,
+    /// if any.
     ///
     /// The bytes at a non-zero `name_ptr` are a `Box<str>` of `name_len`
     /// bytes leaked by [`set_identity`](Slot::set_identity) and owned by
@@ -818,8 +820,8 @@ impl Slot {
     /// (metadata starts zeroed, and `Class::retire` zeroes them again once
     /// this has run), and the fault handler only reads them, on the thread
     /// running the coroutine.
-    fn drop_name(&mut self) {
-        let meta = &self.class().metas[self.index() as usize];
+    fn drop_name(&mut self, index: u32) {
+        let meta = &self.class().metas[index as usize];
         let p = meta.name_ptr.load(Ordering::Relaxed);
         if p == 0 {
             return;
@@ -873,8 +875,8 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.drop_name();
         let index = self.index();
+        self.drop_name(index);
         // SAFETY: `class` is taken exactly once, here, and not used after
         // (`index` was read before).
         let class = unsafe { ManuallyDrop::take(&mut self.class) };

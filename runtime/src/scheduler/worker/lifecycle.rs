@@ -122,7 +122,6 @@ impl Local {
                             catch_unwind(AssertUnwindSafe(|| unsafe { run.fail(Box::new(msg)) }));
                         drop_quietly(failed);
                         self.shared.counters.finished.add(1);
-                        self.shared.live.add(-1);
                         return;
                     }
                 }
@@ -266,7 +265,6 @@ impl Local {
         drop_quietly((co, locals, gauge, span));
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
-        self.shared.live.add(-1);
         if stored {
             // Publishing drops the value of a detached coroutine and wakes a
             // joiner's waker: user code, which must not unwind the worker.
@@ -315,7 +313,6 @@ impl Local {
         // alive for good.
         std::mem::forget(running);
         self.shared.counters.finished.add(1);
-        self.shared.live.add(-1);
     }
 
     /// Makes sure the watchdog is not reading a header we are about to free

@@ -543,7 +543,6 @@ pub(crate) fn run_root<T: 'static>(
     running.header.park.finish();
     drop(running);
     shared.counters.finished.add(1);
-    shared.live.add(-1);
     out.take().expect("the root ran to completion")
 }
 

@@ -174,5 +174,5 @@ pub(super) fn bump(counter: &std::sync::atomic::AtomicU64) {
 pub(crate) fn discard(shared: &Shared, task: NewTask) {
     // A closure whose captures panic on drop must not cut shutdown short.
     drop_quietly(task);
-    shared.live.add(-1);
+    shared.counters.discarded.add(1);
 }
