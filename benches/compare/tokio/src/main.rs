@@ -372,7 +372,7 @@ fn parked(rt: &Runtime, n: u64) -> (u64, usize) {
 }
 
 /// An echo server of one task per connection; returns its address.
-fn echo_server(rt: &Runtime) -> std::net::SocketAddr {
+fn echo_server(rt: &Runtime, paged: bool) -> std::net::SocketAddr {
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     rt.spawn(async move {
@@ -383,7 +383,9 @@ fn echo_server(rt: &Runtime) -> std::net::SocketAddr {
             tokio::spawn(async move {
                 conn.set_nodelay(true).unwrap();
                 let mut buf = [0u8; 64];
+                let mut page = paged.then(OwnPage::new);
                 loop {
+                    OwnPage::touch(&mut page, buf[0]);
                     match conn.read_exact(&mut buf).await {
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
@@ -403,9 +405,35 @@ fn echo_server(rt: &Runtime) -> std::net::SocketAddr {
     addr
 }
 
-fn tcp_echo(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f64, u64) {
+/// A 4 KiB block on a page of its own, for `tcp_echo`'s `page_per_task`
+/// diagnostic.
+#[repr(align(4096))]
+struct OwnPage([u8; 4096]);
+
+impl OwnPage {
+    fn new() -> Box<OwnPage> {
+        Box::new(OwnPage([0; 4096]))
+    }
+
+    /// Writes one byte near the end of the page, as a coroutine's switch
+    /// writes the top of its stack (a no-op without a page).
+    #[inline(never)]
+    fn touch(page: &mut Option<Box<OwnPage>>, v: u8) {
+        if let Some(p) = page {
+            p.0[4095] = v;
+            std::hint::black_box(&p);
+        }
+    }
+}
+
+/// `paged` (the `page_per_task=1` diagnostic, not run by `run.py`): each
+/// task writes one byte of a page of its own per round trip, as each
+/// greenstack coroutine's switch writes the top of its own stack. What
+/// that costs tokio at many connections is the part of greenstack's gap
+/// that comes from one stack page per coroutine (README, Benchmarks).
+fn tcp_echo(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64, paged: bool) -> (f64, u64) {
     common::raise_nofile();
-    let addr = echo_server(rt);
+    let addr = echo_server(rt, paged);
     let mut streams: Vec<TcpStream> = on_workers(rt, async move {
         let mut v = Vec::with_capacity(conns as usize);
         for _ in 0..conns {
@@ -430,7 +458,9 @@ fn tcp_echo(rt: &Runtime, conns: u64, trips: u64, budget_ms: u64) -> (f64, u64) 
                     tokio::spawn(async move {
                         let msg = [i as u8; 64];
                         let mut buf = [0u8; 64];
+                        let mut page = paged.then(OwnPage::new);
                         for _ in 0..trips {
+                            OwnPage::touch(&mut page, buf[0]);
                             s.write_all(&msg).await.unwrap();
                             s.read_exact(&mut buf).await.unwrap();
                             assert_eq!(buf, msg);
@@ -519,7 +549,8 @@ fn main() {
             );
         }
         "tcp_echo" => {
-            let (ns, iters) = tcp_echo(&rt, n, args.get("trips", 100), budget);
+            let paged = args.flag("page_per_task");
+            let (ns, iters) = tcp_echo(&rt, n, args.get("trips", 100), budget, paged);
             report(
                 PEER,
                 &args,
