@@ -122,10 +122,10 @@ fn rss_after_drop() -> String {
     format!("{base},{peak},{}", rss())
 }
 
-/// Runs `child` in a fresh process with `system_alloc` as the variable's
-/// value (unset for `None`), spawning from a worker (`spawner` "worker")
-/// or the `block_on` root ("root"), and returns its figure.
-fn allocs_per_spawn_in_child(system_alloc: Option<&str>, spawner: &str) -> f64 {
+/// Runs `child` in a fresh process as `case`, with the allocator variable
+/// as `system_alloc` (unset for `None`) and `env` set, and returns what
+/// the child printed after `key=`.
+fn child_figure(case: &str, system_alloc: Option<&str>, env: &[(&str, &str)], key: &str) -> String {
     let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
     cmd.args([
         "child",
@@ -134,19 +134,30 @@ fn allocs_per_spawn_in_child(system_alloc: Option<&str>, spawner: &str) -> f64 {
         "--include-ignored",
         "--test-threads=1",
     ])
-    .env(CHILD_ENV, spawner)
+    .env(CHILD_ENV, case)
     .env_remove(greenstack::SYSTEM_ALLOC_ENV);
     if let Some(v) = system_alloc {
         cmd.env(greenstack::SYSTEM_ALLOC_ENV, v);
     }
-    let out = output_bounded(cmd, "cell allocation count");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output_bounded(cmd, key);
     assert!(out.status.success(), "child failed: {}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
+    let marker = format!("{key}=");
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.split("ALLOCS_PER_SPAWN=").nth(1))
-        .unwrap_or_else(|| panic!("no figure from the child: {}", describe(&out)))
+        .find_map(|l| l.split(marker.as_str()).nth(1))
+        .unwrap_or_else(|| panic!("no {key} from the child: {}", describe(&out)))
         .trim()
+        .to_string()
+}
+
+/// The child's allocations per spawn, with `system_alloc` as the
+/// variable's value (unset for `None`), spawning from a worker (`spawner`
+/// "worker") or the `block_on` root ("root").
+fn allocs_per_spawn_in_child(system_alloc: Option<&str>, spawner: &str) -> f64 {
+    child_figure(spawner, system_alloc, &[], "ALLOCS_PER_SPAWN")
         .parse()
         .expect("a number")
 }
@@ -182,28 +193,15 @@ fn by_default_cells_do_not_come_from_the_global_allocator() {
 #[cfg(feature = "mimalloc")]
 #[test]
 fn dropping_the_runtime_gives_the_cells_memory_back() {
-    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-    cmd.args([
-        "child",
-        "--exact",
-        "--nocapture",
-        "--include-ignored",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, "drop")
-    .env("MIMALLOC_PURGE_DELAY", "3600000")
-    .env_remove(greenstack::SYSTEM_ALLOC_ENV);
-    let out = output_bounded(cmd, "RSS after dropping a runtime");
-    assert!(out.status.success(), "child failed: {}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let figures: Vec<u64> = stdout
-        .lines()
-        .find_map(|l| l.split("RSS_BYTES=").nth(1))
-        .unwrap_or_else(|| panic!("no figures from the child: {}", describe(&out)))
-        .trim()
-        .split(',')
-        .map(|f| f.parse().expect("a number"))
-        .collect();
+    let figures: Vec<u64> = child_figure(
+        "drop",
+        None,
+        &[("MIMALLOC_PURGE_DELAY", "3600000")],
+        "RSS_BYTES",
+    )
+    .split(',')
+    .map(|f| f.parse().expect("a number"))
+    .collect();
     let [base, peak, dropped] = figures[..] else {
         panic!("three figures expected: {figures:?}");
     };
