@@ -30,9 +30,15 @@
 //!   deadline later than all others, the common case, stops at once);
 //!   cancelling takes the waker and leaves the entry, dead, for the top
 //!   or the next compaction (O(n) after at least n/2 cancellations); re-arming
-//!   (the same coroutine's next timed wait, see `Driver::arm`) changes the
-//!   deadline in place and sifts the entry. No allocation once the vectors
-//!   have grown to the worker's high-water mark of live timers.
+//!   (the same coroutine's next timed wait, see `Driver::arm`) to an earlier
+//!   deadline changes the entry in place and sifts it up. Re-arming to a
+//!   later deadline, what a wait in a loop does every time, only notes the
+//!   new deadline in the slot: the entry stays where it is, and when it
+//!   reaches the top and its old deadline passes it is put back at the noted
+//!   one instead of firing (Go's timers defer such moves the same way). That
+//!   took a heap sift and a conversion of the deadline off every such park
+//!   (callgrind, `timeout_pingpong workers=1`). No allocation once the
+//!   vectors have grown to the worker's high-water mark of live timers.
 //! - **4-ary**, as Go's: half the levels of a binary heap, and the four
 //!   children of a node share a cache line or two, so sifting down touches
 //!   fewer lines.
@@ -120,6 +126,12 @@ impl Entry {
 struct Slot {
     /// `Some` while armed.
     waker: Option<Waker>,
+    /// The deadline the heap entry stands for (while armed).
+    at: Instant,
+    /// A later deadline the timer was moved to and its arming order, not
+    /// yet in its entry: the entry is put back there when it reaches the
+    /// top (see the module docs). `None` while the entry is the deadline.
+    later: Option<(Instant, u32)>,
     /// Whose timer it is (an opaque tag from `insert`: a coroutine's task
     /// address, or a future's sleep's odd, never reused tag): a key must
     /// match it as well as the generation (see the module docs).
@@ -188,6 +200,8 @@ impl Timers {
                     .expect("fewer than 2^32 - 1 timers per worker");
                 self.slots.push(Slot {
                     waker: None,
+                    at: deadline,
+                    later: None,
                     owner: 0,
                     pos: 0,
                     generation: 1,
@@ -201,6 +215,8 @@ impl Timers {
         };
         let s = &mut self.slots[slot as usize];
         s.waker = Some(waker);
+        s.at = deadline;
+        s.later = None;
         s.owner = owner;
         let key = TimerKey::new(slot, s.generation);
         let seq = self.seq;
@@ -260,7 +276,9 @@ impl Timers {
     }
 
     /// Moves `key`'s timer, if still armed, to `deadline` (waker and slot
-    /// stay) and returns its key; `None` if it has fired since.
+    /// stay) and returns its key; `None` if it has fired since. A move to
+    /// a deadline no earlier than its entry's is only noted (see the
+    /// module docs).
     #[inline]
     pub(crate) fn rearm(
         &mut self,
@@ -271,10 +289,20 @@ impl Timers {
         let pos = self.armed(&key, owner)?;
         let seq = self.seq;
         self.seq = seq.wrapping_add(1);
+        let s = &mut self.slots[key.slot()];
+        if deadline >= s.at {
+            s.later = Some((deadline, seq));
+            return Some(key);
+        }
+        s.at = deadline;
+        s.later = None;
         let e = Entry::new(
             self.ns(deadline),
             (u64::from(seq) << 32) | key.slot() as u64,
         );
+        // Earlier than its entry, so it moves up, unless the two deadlines
+        // saturated to the same nanosecond (`ns`) and the arming order puts
+        // it lower.
         if pos > 0 && e.before(&self.heap[(pos - 1) / ARITY]) {
             self.sift_up(pos, e);
         } else {
@@ -301,8 +329,9 @@ impl Timers {
     }
 
     /// The earliest deadline (`base` for one before it). It may be a
-    /// cancelled timer's: the worker then wakes once for nothing, and
-    /// `pop_expired` drops it.
+    /// cancelled timer's, or one a timer has since been moved on from: the
+    /// worker then wakes once for nothing, and `pop_expired` drops the
+    /// entry or puts it back at the later deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.heap.first().map(|e| {
             self.base
@@ -317,7 +346,19 @@ impl Timers {
         let now = self.ns(now);
         loop {
             match self.heap.first() {
-                Some(e) if e.ns() <= now => {
+                Some(&e) if e.ns() <= now => {
+                    let s = &mut self.slots[e.slot()];
+                    if let Some((at, seq)) = s.later.take() {
+                        if s.waker.is_some() {
+                            // Moved on since: back in at its deadline, in
+                            // the arming order of the move.
+                            s.at = at;
+                            let moved =
+                                Entry::new(self.ns(at), (u64::from(seq) << 32) | e.slot() as u64);
+                            self.sift_down(0, moved);
+                            continue;
+                        }
+                    }
                     if let Some(w) = self.remove_at(0) {
                         return Some(w);
                     }
