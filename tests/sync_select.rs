@@ -363,3 +363,44 @@ fn a_select_no_poller_watches_still_ends() {
         let _ = holder.join().unwrap();
     });
 }
+
+/// A selected receive's value comes out whole whatever its size (kept
+/// inline up to four words, on the heap beyond), and one selected but
+/// never received is dropped with the `SelectedOperation`, once.
+#[test]
+fn selected_values_of_any_size_arrive_whole_and_drop_once() {
+    bounded("value sizes", || {
+        let rt = runtime(1);
+        rt.block_on(|| {
+            let (tx_small, rx_small) = mpsc::channel::<(u64, Arc<()>)>();
+            let (tx_large, rx_large) = mpsc::channel::<([u64; 16], Arc<()>)>();
+            let token = Arc::new(());
+            let large: [u64; 16] = std::array::from_fn(|i| i as u64 * 7 + 1);
+            tx_small.send((42, Arc::clone(&token))).unwrap();
+            tx_large.send((large, Arc::clone(&token))).unwrap();
+            for _ in 0..2 {
+                let mut sel = Select::new();
+                let s = sel.recv(&rx_small);
+                let l = sel.recv(&rx_large);
+                let op = sel.select();
+                match op.index() {
+                    i if i == s => assert_eq!(op.recv(&rx_small).unwrap().0, 42),
+                    i if i == l => assert_eq!(op.recv(&rx_large).unwrap().0, large),
+                    _ => unreachable!(),
+                }
+            }
+            assert_eq!(Arc::strong_count(&token), 1, "both values dropped");
+            // Selected, then dropped without `recv`: its value goes with it.
+            tx_large.send((large, Arc::clone(&token))).unwrap();
+            tx_small.send((1, Arc::clone(&token))).unwrap();
+            for _ in 0..2 {
+                let mut sel = Select::new();
+                sel.recv(&rx_small);
+                sel.recv(&rx_large);
+                drop(sel.select());
+            }
+            assert_eq!(Arc::strong_count(&token), 1, "unreceived values dropped");
+            assert!(rx_small.try_recv().is_err() && rx_large.try_recv().is_err());
+        });
+    });
+}

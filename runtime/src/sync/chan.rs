@@ -31,6 +31,7 @@
 //!   front), and a rendezvous sender takes its value back.
 
 use std::collections::VecDeque;
+use std::sync::mpsc::RecvError;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -174,6 +175,53 @@ impl<T> Chan<T> {
         st.next_watch += 1;
         st.watchers.push((key, waker.clone()));
         key
+    }
+
+    /// A select's receive, in one look under one lock: removes the
+    /// watcher `unwatch` (if not woken and removed already), then takes a
+    /// value, `Ok(Ok(v))`, or the disconnect, `Ok(Err(RecvError))`. With
+    /// neither, registers `watch` (see [`watch`](Self::watch)) and returns
+    /// its key, as `Err(key)`: registered under the lock of the look that
+    /// missed, so the next change wakes it. A select waiting on a channel
+    /// takes the lock twice per value this way (register, then leave and
+    /// take), where `unwatch`, `recv` and `watch` would take it four times.
+    pub(crate) fn select_recv(
+        &self,
+        unwatch: Option<u64>,
+        watch: Option<&Waker>,
+    ) -> Result<Result<T, RecvError>, Option<u64>> {
+        let mut st = self.state.lock();
+        // Dropped after unlocking.
+        let removed = unwatch.and_then(|key| {
+            st.watchers
+                .iter()
+                .position(|(k, _)| *k == key)
+                .map(|i| st.watchers.swap_remove(i))
+        });
+        if let Some(v) = st.queue.pop_front() {
+            st.taken += 1;
+            let woken = notify_all(&mut st.send_waiters);
+            let w = take_watchers(&mut st);
+            drop(st);
+            woken.wake();
+            wake_watchers(w);
+            drop(removed);
+            return Ok(Ok(v));
+        }
+        if st.senders == 0 {
+            drop(st);
+            drop(removed);
+            return Ok(Err(RecvError));
+        }
+        let key = watch.map(|waker| {
+            let key = st.next_watch;
+            st.next_watch += 1;
+            st.watchers.push((key, waker.clone()));
+            key
+        });
+        drop(st);
+        drop(removed);
+        Err(key)
     }
 
     /// Removes the watcher `key`, if not woken (and removed) already.
