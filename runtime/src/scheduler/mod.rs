@@ -1082,6 +1082,9 @@ pub fn park() {
     park_current();
 }
 
+/// Inlined into its callers (a join, a future's wait) down to the switch:
+/// see `time::park_until`.
+#[inline(always)]
 pub(crate) fn park_current() {
     if !worker::park_current_coroutine(None) {
         std::thread::park();
@@ -1090,6 +1093,7 @@ pub(crate) fn park_current() {
 
 /// Parks the calling coroutine until an unpark or `deadline`. False (and
 /// nothing done) on a plain thread.
+#[inline(always)]
 pub(crate) fn park_current_until(deadline: Option<std::time::Instant>) -> bool {
     worker::park_current_coroutine(deadline)
 }

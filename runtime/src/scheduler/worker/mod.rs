@@ -229,6 +229,7 @@ impl Running {
 
     /// Resumes the coroutine on this thread until it suspends or returns.
     /// `p` must point to `self`, boxed and kept alive by the caller.
+    #[inline(always)]
     fn resume(&self, p: *const Running) -> CoroutineResult<Request, bool> {
         self.resumes.set(self.resumes.get().wrapping_add(1));
         set_current(p);
@@ -596,7 +597,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
             let work = local.next_work();
             local.stop_searching(work.is_some());
             match work {
-                Some(Work::Resume(key)) => local.resume(key),
+                Some(Work::Resume(key)) => local.resume_inline(key),
                 Some(Work::Start(task)) => local.start(task),
                 None => local.sleep(),
             }

@@ -134,6 +134,7 @@ pub(crate) fn on_worker_stack<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Suspends the calling coroutine with `req`. False on a plain thread.
+#[inline(always)]
 pub(super) fn suspend(req: Request) -> bool {
     match current_running() {
         Some(r) => suspend_running(r, req),
@@ -149,7 +150,7 @@ pub(super) fn suspend(req: Request) -> bool {
 /// unwinding would leave `std::thread::panicking()` true for every other
 /// coroutine of its worker (and poison the std mutexes whose guards they
 /// drop): [`suspend_unusual`] refuses that switch.
-#[inline]
+#[inline(always)]
 pub(super) fn suspend_running(r: &Running, req: Request) -> bool {
     if r.no_throw.get() && !std::thread::panicking() {
         // Parked by a hook, inside an `extern "C"` frame: never throw here.
@@ -168,7 +169,7 @@ pub(super) fn suspend_running(r: &Running, req: Request) -> bool {
 }
 
 /// The switch to the worker itself.
-#[inline]
+#[inline(always)]
 fn switch_out(r: &Running, req: Request) {
     let y = r.yielder.get();
     // The switch itself must not take a growth fault.
@@ -261,12 +262,14 @@ fn throw_cancel(r: &Running) -> ! {
 }
 
 /// `yield_now` for a coroutine; false on a plain thread.
+#[inline(always)]
 pub(crate) fn yield_current() -> bool {
     suspend(Request::Yield)
 }
 
 /// `park` for a coroutine, until an unpark or `deadline`; false on a plain
 /// thread.
+#[inline(always)]
 pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
     let Some(r) = current_running() else {
         return false;
