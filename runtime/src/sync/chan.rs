@@ -64,32 +64,22 @@ struct State<T> {
     next_watch: u64,
 }
 
-/// Wakers taken from `State::watchers`, to wake after unlocking: up to 4
-/// inline (a channel rarely has more selects watching), the rest in a
-/// `Vec`. Draining, not taking, the list keeps its capacity, so the next
-/// select's `watch` allocates nothing.
-struct Taken {
-    inline: [Option<Waker>; 4],
-    more: Vec<Waker>,
+/// Wakers taken from `State::watchers`, to wake after unlocking. One is
+/// the common case (one select watching), moved out alone: the list keeps
+/// its capacity, so the next select's `watch` allocates nothing.
+enum Taken {
+    One(Waker),
+    Many(Vec<(u64, Waker)>),
 }
 
 /// Takes the watchers of `st`, to wake after unlocking (`wake_watchers`).
 #[inline]
 fn take_watchers<T>(st: &mut State<T>) -> Option<Taken> {
-    if st.watchers.is_empty() {
-        return None;
+    match st.watchers.len() {
+        0 => None,
+        1 => st.watchers.pop().map(|(_, w)| Taken::One(w)),
+        _ => Some(Taken::Many(std::mem::take(&mut st.watchers))),
     }
-    let mut t = Taken {
-        inline: Default::default(),
-        more: Vec::new(),
-    };
-    for (i, (_, w)) in st.watchers.drain(..).enumerate() {
-        match t.inline.get_mut(i) {
-            Some(slot) => *slot = Some(w),
-            None => t.more.push(w),
-        }
-    }
-    Some(t)
 }
 
 /// Wakes what [`take_watchers`] took. Only the check is inlined: without
@@ -107,11 +97,13 @@ fn wake_watchers(t: Option<Taken>) {
 #[cold]
 #[inline(never)]
 fn wake_taken(t: Taken) {
-    for w in t.inline.into_iter().flatten() {
-        w.wake();
-    }
-    for w in t.more {
-        w.wake();
+    match t {
+        Taken::One(w) => w.wake(),
+        Taken::Many(ws) => {
+            for (_, w) in ws {
+                w.wake();
+            }
+        }
     }
 }
 
