@@ -137,6 +137,37 @@ mod imp {
                 Kind::Other(o) => &**o,
             }
         }
+
+        // The loop's calls, direct for a channel's (the one indirect call
+        // left is into its channel).
+
+        pub(super) fn look(&self, complete: bool, watch: Option<&Waker>) -> Option<Option<Value>> {
+            match &self.0 {
+                Kind::Chan(c) => c.look(complete, watch),
+                Kind::Other(o) => o.look(complete, watch),
+            }
+        }
+
+        pub(super) fn relook(&self, complete: bool) -> Option<Option<Value>> {
+            match &self.0 {
+                Kind::Chan(c) => c.relook(complete),
+                Kind::Other(o) => o.relook(complete),
+            }
+        }
+
+        pub(super) fn unwatch(&self) {
+            match &self.0 {
+                Kind::Chan(c) => c.unwatch(),
+                Kind::Other(o) => o.unwatch(),
+            }
+        }
+
+        pub(super) fn polled(&self) -> bool {
+            match &self.0 {
+                Kind::Chan(_) => false,
+                Kind::Other(o) => o.polled(),
+            }
+        }
     }
 
     /// Sealed: only greenstack's receivers and senders are selectable.
@@ -672,7 +703,7 @@ impl<'a> Select<'a> {
                     let Some(e) = self.ops[i as usize].as_ref() else {
                         continue;
                     };
-                    if let Some(got) = e.op().relook(complete) {
+                    if let Some(got) = e.relook(complete) {
                         self.unwatch(&order[at + 1..]);
                         return Ok(self.selected(i as usize, got));
                     }
@@ -692,7 +723,7 @@ impl<'a> Select<'a> {
                 };
                 let watch =
                     block.then(|| &**waker.get_or_insert_with(crate::scheduler::current_waker_ref));
-                if let Some(got) = e.op().look(complete, watch) {
+                if let Some(got) = e.look(complete, watch) {
                     if block {
                         self.unwatch(&order[..at]);
                     }
@@ -710,7 +741,7 @@ impl<'a> Select<'a> {
             // An operation no poller or waker slot watches (off a worker, a
             // `block_on` root, a busy oneshot slot, a failed registration)
             // is polled every millisecond.
-            if self.ops.iter().flatten().any(|e| e.op().polled()) {
+            if self.ops.iter().flatten().any(|e| e.polled()) {
                 let poll = Instant::now() + Duration::from_millis(1);
                 until = Some(until.map_or(poll, |d| d.min(poll)));
             }
@@ -723,7 +754,7 @@ impl<'a> Select<'a> {
     fn unwatch(&self, at: &[u32]) {
         for &i in at {
             if let Some(e) = self.ops[i as usize].as_ref() {
-                e.op().unwatch();
+                e.unwatch();
             }
         }
     }
