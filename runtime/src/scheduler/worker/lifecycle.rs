@@ -197,9 +197,13 @@ impl Local {
                 if r.header.park.commit_park() {
                     bump(&ws.parks);
                     // The timer an earlier wait left armed moves to this
-                    // wait's deadline, or goes (see `Driver::arm`).
-                    r.timer
-                        .set(self.driver.arm(r.timer.take(), deadline, &r.header));
+                    // wait's deadline, or goes (see `Driver::arm`). Most
+                    // parks have neither (the call alone was 21
+                    // instructions of a channel hand-off's 656).
+                    let old = r.timer.take();
+                    if old.is_some() || deadline.is_some() {
+                        r.timer.set(self.driver.arm(old, deadline, &r.header));
+                    }
                 } else {
                     self.ready.borrow_mut().push_back(key);
                 }
