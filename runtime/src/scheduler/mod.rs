@@ -1171,52 +1171,20 @@ pub(crate) fn current_waker() -> Waker {
     }
 }
 
-/// [`current_waker`] for a caller that clones it where it registers and
-/// drops it before returning (a select): a coroutine's is borrowed from the
-/// running coroutine, with no count of its own, which saves taking and
-/// dropping one (two atomic operations per select).
-pub(crate) fn current_waker_ref() -> CurrentWaker {
+/// Calls `f` with the caller's waker ([`current_waker`]), borrowed: a
+/// coroutine's holds no count of its own, which saves a select taking and
+/// dropping one (two atomic operations). What `f` keeps is a clone, which
+/// holds its own.
+pub(crate) fn with_current_waker<R>(f: impl FnOnce(&Waker) -> R) -> R {
     match worker::current_running() {
-        // SAFETY: the running coroutine's header lives at least as long as
-        // its run, and a `CurrentWaker` is `!Send`, made and dropped within
-        // the caller's frame on that coroutine's stack (see the type), so
-        // the borrowed waker is not used after its run.
-        Some(r) => CurrentWaker(
-            std::mem::ManuallyDrop::new(unsafe { r.header.borrowed_waker() }),
-            false,
-            std::marker::PhantomData,
-        ),
-        None => CurrentWaker(
-            std::mem::ManuallyDrop::new(current_waker()),
-            true,
-            std::marker::PhantomData,
-        ),
-    }
-}
-
-/// The caller's waker, from [`current_waker_ref`]: borrowed (a coroutine's,
-/// holding no count) or owned (a thread's). Not `Send`: it stays on the
-/// stack of the coroutine that made it.
-pub(crate) struct CurrentWaker(
-    std::mem::ManuallyDrop<Waker>,
-    bool,
-    std::marker::PhantomData<*const ()>,
-);
-
-impl std::ops::Deref for CurrentWaker {
-    type Target = Waker;
-
-    fn deref(&self) -> &Waker {
-        &self.0
-    }
-}
-
-impl Drop for CurrentWaker {
-    fn drop(&mut self) {
-        if self.1 {
-            // SAFETY: owned (a thread's waker), and not used again.
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.0) }
+        Some(r) => {
+            // SAFETY: the coroutine running this call outlives it (its
+            // `Running`, and the header it holds, are freed only after its
+            // code has returned), and `f` gets only a reference.
+            let w = unsafe { r.header.borrowed_waker() };
+            f(&w)
         }
+        None => f(&current_waker()),
     }
 }
 

@@ -588,19 +588,20 @@ impl TaskRef {
     }
 
     /// A waker for this task that holds no reference of its own (its
-    /// clones hold theirs): it must not be dropped, nor woken by value.
+    /// clones hold theirs), so it is never dropped: dropping it, or waking
+    /// it by value, would need `ManuallyDrop::take`.
     ///
     /// # Safety
     ///
     /// The task's header outlives every use of the returned waker (its
     /// clones aside).
-    pub(crate) unsafe fn borrowed_waker(&self) -> Waker {
+    pub(crate) unsafe fn borrowed_waker(&self) -> ManuallyDrop<Waker> {
         let raw = RawWaker::new(self.ptr.as_ptr().cast(), &WAKER_VTABLE);
         // SAFETY: the vtable's functions treat the data pointer as a
         // reference to a live header; by the contract it stays live while
-        // this waker is used, and the caller never drops it (which would
-        // give back a reference it does not hold).
-        unsafe { Waker::from_raw(raw) }
+        // this waker is used, and `ManuallyDrop` keeps it from giving back
+        // a reference it does not hold.
+        ManuallyDrop::new(unsafe { Waker::from_raw(raw) })
     }
 
     /// # Safety

@@ -672,6 +672,21 @@ impl<'a> Select<'a> {
         block: bool,
         complete: bool,
     ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
+        if block {
+            crate::scheduler::with_current_waker(|w| self.run_with(point, Some(w), complete))
+        } else {
+            self.run_with(point, None, complete)
+        }
+    }
+
+    /// [`run`](Self::run), waiting (registered with `waker`) if given one.
+    fn run_with(
+        &mut self,
+        point: Point,
+        waker: Option<&Waker>,
+        complete: bool,
+    ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
+        let block = waker.is_some();
         let n = self.ops.len();
         // The order of this round's attempts: a random permutation, so the
         // first ready operation met is a uniform pick among the ready ones
@@ -684,8 +699,6 @@ impl<'a> Select<'a> {
             large.resize(n, 0);
             &mut large
         };
-        // The waker that watches, once a look misses.
-        let mut waker = None;
         // Whether the operations are watching (after a park).
         let mut watching = false;
         loop {
@@ -722,9 +735,7 @@ impl<'a> Select<'a> {
                 let Some(e) = self.ops[i as usize].as_ref() else {
                     continue;
                 };
-                let watch =
-                    block.then(|| &**waker.get_or_insert_with(crate::scheduler::current_waker_ref));
-                if let Some(got) = e.look(complete, watch) {
+                if let Some(got) = e.look(complete, waker) {
                     if block {
                         self.unwatch(&order[..at]);
                     }
