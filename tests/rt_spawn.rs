@@ -911,3 +911,104 @@ fn storm<C: std::io::Read + Send + 'static>(
     }
     split
 }
+
+/// A value aligned past a word, whose drops are counted.
+#[repr(align(64))]
+struct Counted {
+    drops: Arc<AtomicUsize>,
+    words: [u64; 9],
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Counted {
+    fn new(drops: &Arc<AtomicUsize>, seed: u64) -> Counted {
+        Counted {
+            drops: Arc::clone(drops),
+            words: std::array::from_fn(|i| seed + i as u64),
+        }
+    }
+}
+
+/// A coroutine's closure and its value, of any size and alignment, are each
+/// dropped exactly once whichever way its handle goes: the closure once it
+/// ran (or at shutdown, unrun), the value by the joiner, by a handle dropped
+/// after it finished, or after it finishes when the handle went first.
+/// (The closure and the value share one place in the task's allocation.)
+#[test]
+fn closures_and_values_of_any_alignment_are_dropped_once() {
+    let rt = runtime(2);
+    let captured = Arc::new(AtomicUsize::new(0));
+    let returned = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (Arc::clone(&captured), Arc::clone(&returned));
+    rt.block_on(move || {
+        // Joined: a 64-aligned capture, a 64-aligned value.
+        let held = Counted::new(&c, 1);
+        let r2 = Arc::clone(&r);
+        let h = greenstack::spawn(move || {
+            let held = held;
+            let sum: u64 = held.words.iter().sum();
+            Counted::new(&r2, sum)
+        });
+        let v = h.join().unwrap();
+        assert_eq!(v.words[0], (1..10).sum::<u64>());
+        assert_eq!(c.load(Ordering::SeqCst), 1, "the closure's capture");
+        drop(v);
+        assert_eq!(r.load(Ordering::SeqCst), 1, "the joined value");
+
+        // Detached before it finishes: the value is dropped when it does.
+        let (go_tx, go_rx) = greenstack::sync::oneshot::channel::<()>();
+        let r2 = Arc::clone(&r);
+        let h = greenstack::spawn(move || {
+            go_rx.recv().unwrap();
+            Counted::new(&r2, 0)
+        });
+        drop(h);
+        go_tx.send(()).unwrap();
+        wait_until("the detached value's drop", || {
+            r.load(Ordering::SeqCst) == 2
+        });
+
+        // Detached after it finished: the handle's drop drops the value.
+        let r2 = Arc::clone(&r);
+        let h = greenstack::spawn(move || Counted::new(&r2, 0));
+        wait_until("the coroutine to finish", || h.is_finished());
+        assert_eq!(r.load(Ordering::SeqCst), 2);
+        drop(h);
+        assert_eq!(r.load(Ordering::SeqCst), 3, "dropped with the handle");
+
+        // A panic in place of a value: the capture still goes once.
+        let held = Counted::new(&c, 0);
+        let h = greenstack::spawn(move || -> Counted {
+            let _held = held;
+            panic!("no value");
+        });
+        assert!(h.join().is_err());
+        assert_eq!(c.load(Ordering::SeqCst), 2);
+    });
+    // Never started: the runtime goes first, the capture is dropped unrun
+    // and the joiner hears `Cancelled`.
+    let rt1 = runtime(1);
+    let (block_tx, block_rx) = mpsc::channel::<()>();
+    let blocker = rt1.spawn(move || block_rx.recv_timeout(HANG_GUARD).is_ok());
+    let held = Counted::new(&captured, 0);
+    let r2 = Arc::clone(&returned);
+    let never = rt1.spawn(move || {
+        let _held = held;
+        Counted::new(&r2, 0)
+    });
+    drop(blocker);
+    drop(block_tx);
+    drop(rt1);
+    drop(rt);
+    assert!(
+        never.join().is_err(),
+        "a coroutine never started is cancelled"
+    );
+    assert_eq!(captured.load(Ordering::SeqCst), 3, "each capture once");
+    assert_eq!(returned.load(Ordering::SeqCst), 3, "each value once");
+}

@@ -74,7 +74,6 @@ mod real {
     use std::cell::Cell;
     use std::fmt;
     use std::io;
-    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
@@ -131,14 +130,14 @@ mod real {
         // Acquire: pairs with the Release in `request`.
         // `code_running`: a future polled on the worker's stack sees its
         // coroutine's cancellation too.
-        code_running().is_some_and(|r| r.header.cancel_requested.load(Ordering::Acquire))
+        code_running().is_some_and(|r| r.header.cancel_requested())
     }
 
     /// Marks the coroutine of `header` cancelled and wakes it if it waits.
     pub(crate) fn request(header: &crate::scheduler::Header) {
         // Release: what the canceller did before is visible to the
         // coroutine once it sees the flag.
-        if !header.cancel_requested.swap(true, Ordering::Release) {
+        if header.request_cancel() {
             header.unpark();
         }
     }

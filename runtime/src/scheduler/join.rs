@@ -31,6 +31,8 @@
 //! completer that saw `DETACHED`, or by the detacher that saw `COMPLETE`.
 
 use std::any::Any;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::task::Waker;
 
 use crate::loom::cell::UnsafeCell;
@@ -75,7 +77,10 @@ impl<T> Unread<T> {
     }
 }
 
-/// Shared between a coroutine's completer and its join handle.
+/// Shared between a `spawn_blocking` job's completer and its join handle:
+/// the protocol's three parts in one allocation. (A coroutine's parts live
+/// in its task cell instead, see `task::Cell`; both are driven through a
+/// [`JoinRef`].)
 pub(crate) struct JoinState<T> {
     state: AtomicU8,
     outcome: UnsafeCell<Option<Outcome<T>>>,
@@ -100,6 +105,97 @@ impl<T> JoinState<T> {
         }
     }
 
+    /// The protocol over this state's parts.
+    pub(crate) fn get(&self) -> JoinRef<'_, T> {
+        // SAFETY: the three parts are this state's own, initialised at
+        // `new`, and live as long as the borrow.
+        unsafe { JoinRef::new(&self.state, &self.waker, NonNull::from(&self.outcome)) }
+    }
+
+    /// See [`JoinRef::is_complete`].
+    #[cfg_attr(not(greenstack_loom), allow(dead_code))]
+    pub(crate) fn is_complete(&self) -> bool {
+        self.get().is_complete()
+    }
+
+    /// See [`JoinRef::complete`].
+    pub(crate) fn complete(&self, outcome: Outcome<T>) -> Unread<T> {
+        self.get().complete(outcome)
+    }
+
+    /// See [`JoinRef::register`].
+    #[cfg_attr(not(greenstack_loom), allow(dead_code))]
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
+        self.get().register(waker)
+    }
+
+    /// See [`JoinRef::take`].
+    #[cfg_attr(not(greenstack_loom), allow(dead_code))]
+    pub(crate) fn take(&self) -> Outcome<T> {
+        self.get().take()
+    }
+
+    /// See [`JoinRef::detach`].
+    #[cfg_attr(not(greenstack_loom), allow(dead_code))]
+    pub(crate) fn detach(&self) -> Unread<T> {
+        self.get().detach()
+    }
+}
+
+/// The join protocol (see the module docs) over its three parts, wherever
+/// they live: a [`JoinState`] of their own, or a coroutine's task cell,
+/// where the state bits sit in the header and the outcome shares its
+/// memory with the closure (the closure is gone before an outcome exists),
+/// so a cell is 32 bytes smaller than with a `JoinState` inside.
+pub(crate) struct JoinRef<'a, T> {
+    state: &'a AtomicU8,
+    waker: &'a UnsafeCell<Option<Waker>>,
+    /// A pointer, not a reference: in a task cell this memory still holds
+    /// the closure until the coroutine's body takes it, and it is read only
+    /// after `COMPLETE` or written by the completer, by when it holds an
+    /// outcome cell.
+    outcome: NonNull<UnsafeCell<Option<Outcome<T>>>>,
+    _outcome: PhantomData<&'a UnsafeCell<Option<Outcome<T>>>>,
+}
+
+impl<T> Clone for JoinRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for JoinRef<'_, T> {}
+
+impl<'a, T> JoinRef<'a, T> {
+    /// # Safety
+    /// The three parts belong to one join state and live for `'a`; `state`
+    /// started at 0 and `waker` at `None`; `outcome` is valid for reads and
+    /// writes for `'a` and holds an initialised cell (of `None` until the
+    /// completer stores) whenever the protocol reaches it: from before
+    /// [`store`](Self::store) or [`complete`](Self::complete) is called.
+    pub(crate) unsafe fn new(
+        state: &'a AtomicU8,
+        waker: &'a UnsafeCell<Option<Waker>>,
+        outcome: NonNull<UnsafeCell<Option<Outcome<T>>>>,
+    ) -> Self {
+        JoinRef {
+            state,
+            waker,
+            outcome,
+            _outcome: PhantomData,
+        }
+    }
+
+    /// The outcome's cell.
+    ///
+    /// # Safety
+    /// Only where the protocol reaches the outcome (see [`JoinRef::new`]).
+    unsafe fn outcome(&self) -> &'a UnsafeCell<Option<Outcome<T>>> {
+        // SAFETY: by the caller and `new`'s contract the cell is
+        // initialised and lives for `'a`.
+        unsafe { self.outcome.as_ref() }
+    }
+
     /// Whether the outcome is written.
     pub(crate) fn is_complete(&self) -> bool {
         self.state.load(Ordering::Acquire) & COMPLETE != 0
@@ -113,8 +209,9 @@ impl<T> JoinState<T> {
 
     /// Step 1, first half: writes the outcome without announcing it.
     pub(crate) fn store(&self, outcome: Outcome<T>) {
-        // SAFETY: before COMPLETE only the completer touches `outcome`.
-        self.outcome.with_mut(|p| unsafe { *p = Some(outcome) });
+        // SAFETY: the completer reaches the outcome (initialised, by
+        // `new`'s contract); before COMPLETE only it touches it.
+        unsafe { self.outcome() }.with_mut(|p| unsafe { *p = Some(outcome) });
     }
 
     /// Step 1, second half: announces the stored outcome.
@@ -125,8 +222,9 @@ impl<T> JoinState<T> {
         let prev = self.state.fetch_or(COMPLETE, Ordering::AcqRel);
         debug_assert_eq!(prev & COMPLETE, 0, "completed twice");
         if prev & DETACHED != 0 {
-            // SAFETY: DETACHED was set before COMPLETE, so no one will read.
-            return Unread(self.outcome.with_mut(|p| unsafe { (*p).take() }));
+            // SAFETY: stored (the caller stored first); DETACHED was set
+            // before COMPLETE, so no one will read.
+            return Unread(unsafe { self.outcome() }.with_mut(|p| unsafe { (*p).take() }));
         }
         if prev & WAKER != 0 {
             // SAFETY: WAKER set and COMPLETE now set: the cell is ours.
@@ -172,9 +270,9 @@ impl<T> JoinState<T> {
     /// Takes the outcome. Call only after seeing completion, once.
     pub(crate) fn take(&self) -> Outcome<T> {
         debug_assert!(self.is_complete());
-        // SAFETY: COMPLETE was observed with Acquire and the handle (the only
-        // other reader) is being consumed.
-        self.outcome
+        // SAFETY: COMPLETE was observed with Acquire, so the outcome is
+        // stored, and the handle (the only other reader) is being consumed.
+        unsafe { self.outcome() }
             .with_mut(|p| unsafe { (*p).take() })
             .unwrap_or(Outcome::Cancelled)
     }
@@ -186,11 +284,18 @@ impl<T> JoinState<T> {
         // visible if COMPLETE was set.
         let prev = self.state.fetch_or(DETACHED, Ordering::AcqRel);
         if prev & COMPLETE != 0 {
-            // SAFETY: COMPLETE seen; the completer no longer touches it.
-            return Unread(self.outcome.with_mut(|p| unsafe { (*p).take() }));
+            // SAFETY: COMPLETE seen, so the outcome is stored; the
+            // completer no longer touches it.
+            return Unread(unsafe { self.outcome() }.with_mut(|p| unsafe { (*p).take() }));
         }
         Unread(None)
     }
+}
+
+/// Whether a join state's bits (`JoinRef`'s `state`) say the outcome was
+/// stored: the completer's last step happened.
+pub(crate) fn is_complete(state: u8) -> bool {
+    state & COMPLETE != 0
 }
 
 /// The message of a panic payload, if it is a string.

@@ -89,7 +89,7 @@ impl Local {
     pub(super) fn start(&self, task: NewTask) {
         let (header, stack, run) = task.into_parts();
         if self.cancelled_all.get() {
-            header.cancel_requested.store(true, Ordering::Relaxed);
+            header.request_cancel();
         }
         let slot = match stack {
             Stack::Ready(slot) => slot,

@@ -70,7 +70,7 @@ impl Local {
             let Some(Some(r)) = slab.get(key) else {
                 continue;
             };
-            r.header.cancelling.store(true, Ordering::Relaxed);
+            r.header.set_cancelling();
             if r.header.park.cancel_park() {
                 drop(slab);
                 self.ready.borrow_mut().push_back(key);

@@ -57,7 +57,7 @@ pub(crate) fn hook_call_cancelled() {
 /// Whether the running coroutine is being cancelled (the runtime shuts
 /// down).
 pub(crate) fn current_cancelling() -> bool {
-    current_running().is_some_and(|r| r.header.cancelling.load(Ordering::Relaxed))
+    current_running().is_some_and(|r| r.header.cancelling())
 }
 
 /// Runs `f` on the stack of the worker that resumed the calling coroutine
@@ -157,11 +157,11 @@ pub(super) fn suspend_running(r: &Running, req: Request) -> bool {
         switch_out(r, req);
         return true;
     }
-    if r.header.cancelling.load(Ordering::Relaxed) || std::thread::panicking() {
+    if r.header.cancelling() || std::thread::panicking() {
         return suspend_unusual(r, req);
     }
     switch_out(r, req);
-    if r.header.cancelling.load(Ordering::Relaxed) {
+    if r.header.cancelling() {
         // Resumed by the shutdown, to be cancelled.
         throw_cancel(r);
     }
@@ -192,9 +192,9 @@ fn switch_out(r: &Running, req: Request) {
 #[inline(never)]
 pub(super) fn suspend_unusual(r: &Running, req: Request) -> bool {
     let header = &r.header;
-    if header.cancelling.load(Ordering::Relaxed) {
+    if header.cancelling() {
         // Acquire: pairs with the Release in `CancelUnwind::drop`.
-        if header.cancel_in_flight.load(Ordering::Acquire) || std::thread::panicking() {
+        if header.cancel_in_flight() || std::thread::panicking() {
             // A destructor waits while the coroutine unwinds at shutdown:
             // really wait. Every coroutine this worker runs meanwhile is
             // being cancelled and throws before any of its code runs (what
@@ -256,7 +256,7 @@ pub(super) fn suspend_unusual(r: &Running, req: Request) -> bool {
 #[inline(never)]
 fn throw_cancel(r: &Running) -> ! {
     r.cancel_throws.set(r.cancel_throws.get() + 1);
-    r.header.cancel_in_flight.store(true, Ordering::Relaxed);
+    r.header.set_cancel_in_flight();
     // `resume_unwind`: no panic hook, so nothing is printed for it.
     std::panic::resume_unwind(Box::new(CancelUnwind(r.header.clone())))
 }
