@@ -36,9 +36,7 @@ pub(crate) struct Header {
     /// Unique within the process, from 1.
     pub(crate) id: NonZeroU64,
     /// Set at spawn. `Arc<String>`, one pointer, not `Arc<str>`'s two: 8
-    /// bytes less in every task cell, which with the thin panic payload
-    /// (`Outcome::Panic`) puts a cell of a word-sized closure and result in
-    /// mimalloc's 128-byte class instead of its 160-byte one.
+    /// bytes less in every task cell (see `Cell` for why bytes count).
     pub(crate) name: Option<Arc<String>>,
     /// The park token.
     pub(crate) park: ParkState,
