@@ -267,11 +267,18 @@ impl<'a, T> JoinRef<'a, T> {
             .is_err()
     }
 
-    /// Takes the outcome. Call only after seeing completion, once.
+    /// Takes the outcome. Call only after seeing completion, once; called
+    /// before, it takes nothing and gives `Cancelled` (checked, not only
+    /// assumed: in a task cell the outcome's memory still holds the
+    /// closure until the body has run).
     pub(crate) fn take(&self) -> Outcome<T> {
-        debug_assert!(self.is_complete());
-        // SAFETY: COMPLETE was observed with Acquire, so the outcome is
-        // stored, and the handle (the only other reader) is being consumed.
+        if !self.is_complete() {
+            debug_assert!(false, "a join outcome taken before completion");
+            return Outcome::Cancelled;
+        }
+        // SAFETY: COMPLETE was just observed with Acquire, so the outcome
+        // is stored, and the handle (the only other reader) is being
+        // consumed.
         unsafe { self.outcome() }
             .with_mut(|p| unsafe { (*p).take() })
             .unwrap_or(Outcome::Cancelled)
