@@ -20,6 +20,8 @@ step "unit, integration and doc tests (guard markers where the kernel has them)"
 command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 # tests/examples.rs checks hyper_server and https_hello with curl.
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+# ... and http_hello and hyper_server under wrk.
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 # --all-features: the `tokio` (and `hyper`) integrations and their tests.
 cargo test --workspace --locked --all-features
 

@@ -1,5 +1,6 @@
-//! Every example runs to completion (the servers serve one scripted request),
-//! and a crate outside this workspace can use the macros and `sync`.
+//! Every example runs to completion (the servers serve one scripted request,
+//! curl, or wrk for a second), and a crate outside this workspace can use
+//! the macros and `sync`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -283,6 +284,76 @@ fn hyper_server_answers_curl() {
     let body = curl(&["-s", "-i", &url, &url]);
     assert_eq!(body.matches("HTTP/1.1 200 OK").count(), 2, "{body}");
     assert_eq!(body.matches("Hello, world!").count(), 2, "{body}");
+}
+
+/// wrk's Lua hooks: every response's status and body checked, the counts
+/// gathered from each wrk thread's own Lua state in `done` (a thread's
+/// globals are not the main state's).
+const WRK_CHECK: &str = r#"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function response(status, headers, body)
+  seen = (seen or 0) + 1
+  if status ~= 200 or body ~= "Hello, world!" then bad = (bad or 0) + 1 end
+end
+function done(summary, latency, requests)
+  local s, b = 0, 0
+  for _, t in ipairs(threads) do
+    s = s + (t:get("seen") or 0)
+    b = b + (t:get("bad") or 0)
+  end
+  io.write(string.format("checked %d bad %d\n", s, b))
+end
+"#;
+
+/// Drives the server at `addr` with wrk (Debian's, installed by
+/// `scripts/test-all.sh`) for a second over 50 keep-alive connections and
+/// checks what it reports: responses seen, each a 200 with the hello body,
+/// and no socket error or other status. Returns the count of responses.
+fn wrk_hello(addr: &str) -> u64 {
+    let script = std::env::temp_dir().join(format!("greenstack-wrk-{}.lua", std::process::id()));
+    std::fs::write(&script, WRK_CHECK).expect("writing wrk's script");
+    let out = Command::new("wrk")
+        .args(["-t2", "-c50", "-d1s", "-s"])
+        .arg(&script)
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("wrk (installed by scripts/test-all.sh)");
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {out:?}");
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("checked "))
+        .unwrap_or_else(|| panic!("no count from the script: {text}"));
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [seen, bad] = nums[..] else {
+        panic!("{line}")
+    };
+    assert_eq!(bad, 0, "responses other than 200 \"Hello, world!\": {text}");
+    assert!(seen > 0, "no response checked: {text}");
+    seen
+}
+
+/// `examples/http_hello` under wrk: every response whole and right.
+#[test]
+fn http_hello_serves_wrk() {
+    let (_server, addr) = start_server("http_hello");
+    wrk_hello(&addr);
+}
+
+/// hyper on greenstack under wrk, the client the compare harness drives
+/// it with: every response whole and right.
+#[cfg(all(feature = "tokio", feature = "hyper"))]
+#[test]
+fn hyper_server_serves_wrk() {
+    let (_server, addr) = start_server("hyper_server");
+    wrk_hello(&addr);
 }
 
 /// hyper's header-read timeout on greenstack's timers (`hyper_rt::Timer`,
