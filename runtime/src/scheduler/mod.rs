@@ -84,7 +84,7 @@ use crate::counter::Sharded;
 
 pub(crate) use self::task::Header;
 pub(crate) use self::task::TaskRef;
-use self::task::{HeaderInit, NewTask, Stack};
+use self::task::{HeaderInit, NewTask, Stack, TaskShared};
 use crate::stack::{ArenaBuilder, ArenaStats, GuardMode, StackArena};
 
 pub use self::join_set::JoinSet;
@@ -912,7 +912,6 @@ fn new_coroutine(
         return Err(io::Error::other("the runtime is shutting down"));
     }
     let id;
-    let name: Option<Arc<String>> = name.map(Arc::new);
     let stack = if lazy {
         let reservation = shared.arena.reserve(stack_size)?;
         id = next_id();
@@ -920,7 +919,7 @@ fn new_coroutine(
     } else {
         let mut slot = allocate_stack(shared, stack_size)?;
         id = next_id();
-        slot.set_identity(id.get(), name.as_deref().map(String::as_str));
+        slot.set_identity(id.get(), name.as_deref());
         Stack::Ready(slot)
     };
     let home = if root_thread.is_some() {
@@ -929,12 +928,18 @@ fn new_coroutine(
         u32::MAX
     };
     shared.counters.spawned.add(1);
+    let handle = match name {
+        None => worker::shared_handle(shared),
+        Some(name) => Arc::new(TaskShared {
+            shared: Arc::clone(shared),
+            name: Some(name),
+        }),
+    };
     Ok((
         HeaderInit {
             id,
-            name,
             home,
-            shared: worker::shared_handle(shared),
+            shared: handle,
             root_thread,
         },
         stack,

@@ -35,9 +35,6 @@ use crate::stack::{Reservation, Slot};
 pub(crate) struct Header {
     /// Unique within the process, from 1.
     pub(crate) id: NonZeroU64,
-    /// Set at spawn. `Arc<String>`, one pointer, not `Arc<str>`'s two: 8
-    /// bytes less in every task cell (see `Cell` for why bytes count).
-    pub(crate) name: Option<Arc<String>>,
     /// The park token.
     pub(crate) park: ParkState,
     /// The worker that started it (`usize::MAX` before it starts). Written
@@ -54,10 +51,11 @@ pub(crate) struct Header {
     /// The join protocol's state bits (see `join.rs`), for the join state
     /// whose other parts are in the task cell (a root's is unused).
     join: AtomicU8,
-    /// The runtime it belongs to, for remote wake-ups, through a handle of
-    /// the spawning worker's own: every header holding the runtime's one
-    /// `Arc` would make its count a cache line all workers write on every
-    /// spawn and exit (measured: ~6% of `fanout_fib` on 2 workers).
+    /// The runtime it belongs to, for remote wake-ups, and its name:
+    /// through a handle of the spawning worker's own (every header holding
+    /// the runtime's one `Arc` would make its count a cache line all
+    /// workers write on every spawn and exit: measured ~6% of `fanout_fib`
+    /// on 2 workers), or, named, a handle of its own (see [`TaskShared`]).
     pub(crate) shared: SharedHandle,
     /// `TaskRef`s alive (`u32`, as `home` and `key`: a smaller header is a
     /// smaller allocation class for every spawn).
@@ -66,15 +64,43 @@ pub(crate) struct Header {
     vtable: &'static Vtable,
 }
 
-/// A worker's own counted handle on the runtime (see `Header::shared`).
-/// The second allocation is the point: its count is per worker.
-#[allow(clippy::redundant_allocation)]
-pub(crate) type SharedHandle = Arc<Arc<Shared>>;
+/// A header's counted handle on its runtime (see `Header::shared`).
+pub(crate) type SharedHandle = Arc<TaskShared>;
+
+/// What a header's handle holds: the runtime and the coroutine's name.
+///
+/// Unnamed coroutines (nearly all) share their worker's one handle, whose
+/// count is per worker (the point of the second allocation); a named one
+/// gets a handle of its own, allocated at its spawn as its name is. The
+/// name lives here rather than in the header: 8 bytes less in every task
+/// cell, which puts a cell of a one-word closure and result in mimalloc's
+/// 80-byte class (see `Cell`). A named spawn makes one allocation for it,
+/// as it made one for the name before.
+pub(crate) struct TaskShared {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) name: Option<String>,
+}
+
+impl TaskShared {
+    /// A handle without a name.
+    pub(crate) fn unnamed(shared: &Arc<Shared>) -> SharedHandle {
+        Arc::new(TaskShared {
+            shared: Arc::clone(shared),
+            name: None,
+        })
+    }
+}
+
+impl std::ops::Deref for TaskShared {
+    type Target = Arc<Shared>;
+    fn deref(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
 
 /// What a header needs at creation; the rest is set by [`TaskRef::new`].
 pub(crate) struct HeaderInit {
     pub(crate) id: NonZeroU64,
-    pub(crate) name: Option<Arc<String>>,
     pub(crate) home: u32,
     pub(crate) shared: SharedHandle,
     pub(crate) root_thread: Option<std::thread::Thread>,
@@ -137,7 +163,7 @@ impl Header {
 
     /// The name it was spawned with, if any.
     pub(crate) fn name(&self) -> Option<&str> {
-        self.name.as_deref().map(String::as_str)
+        self.shared.name.as_deref()
     }
 
     /// Makes the coroutine runnable if it is parked, else leaves a token.
@@ -154,7 +180,6 @@ impl Header {
     fn new(init: HeaderInit, vtable: &'static Vtable) -> Header {
         Header {
             id: init.id,
-            name: init.name,
             park: ParkState::new(),
             home: AtomicU32::new(init.home),
             key: AtomicU32::new(u32::MAX),
@@ -228,11 +253,12 @@ struct Vtable {
 ///
 /// The join state is spread over it (see `JoinRef`): its bits in the
 /// header, the joiner's waker here, the outcome in `slot`, where the
-/// closure was. 96 bytes for a closure of one word returning one, in
-/// mimalloc's 96-byte class: a cold burst of spawns pays for every byte in
+/// closure was. 80 bytes for a closure of one word returning one, in
+/// mimalloc's 80-byte class: a cold burst of spawns pays for every byte in
 /// first touches of fresh pages (`compare-greenstack spawn_join_main
 /// workers=2 cold=1`, 10 alternating runs: 138 ns per task in 128-byte
-/// cells, 159 with 32 bytes more, 126 with 16 bytes less).
+/// cells, 159 with 32 bytes more, 126 with 16 bytes less; 123 in 96-byte
+/// ones).
 #[repr(C)]
 struct Cell<F, T> {
     header: Header,
@@ -241,7 +267,7 @@ struct Cell<F, T> {
     /// lives here, not in the `NewTask`, so a queued task is one pointer
     /// (see `NewTask`). Second, so its offset depends on neither `F` nor
     /// `T`.
-    stack: UnsafeCell<Stack>,
+    stack: UnsafeCell<StackWord>,
     /// The join state's waker (see `join.rs`); its offset, too, depends on
     /// neither `F` nor `T`.
     waker: crate::loom::cell::UnsafeCell<Option<Waker>>,
@@ -620,7 +646,7 @@ impl TaskRef {
         header.refs = RefCount::new(2);
         let cell = Cell::<F, T> {
             header,
-            stack: UnsafeCell::new(stack),
+            stack: UnsafeCell::new(StackWord::new(stack)),
             waker: crate::loom::cell::UnsafeCell::new(None),
             slot: UnsafeCell::new(FuncOrOutcome {
                 func: ManuallyDrop::new(f),
@@ -674,7 +700,7 @@ impl TaskRef {
         // (the caller's contract), and our reference keeps the cell alive.
         unsafe {
             let stack = &*std::ptr::addr_of!((*self.ptr.cast::<Cell<(), ()>>().as_ptr()).stack);
-            std::mem::replace(&mut *stack.get(), Stack::AtStart(None))
+            (*stack.get()).take()
         }
     }
 
@@ -805,7 +831,52 @@ pub(crate) enum Stack {
     AtStart(Option<Reservation>),
 }
 
-const _: () = assert!(std::mem::size_of::<Stack>() == 2 * std::mem::size_of::<usize>());
+/// A [`Stack`] in one word, as a task cell keeps it: null for
+/// `AtStart(None)`, a reservation's (even) pointer for
+/// `AtStart(Some(_))`, a boxed slot's pointer plus one for `Ready(_)`.
+/// Only the `mprotect` fallback's coroutines, which are few, pay for the
+/// box; every cell is 8 bytes smaller than with the two-word enum, which
+/// puts a cell of a one-word closure and result in mimalloc's 80-byte
+/// class (see `Cell`). Written by hand: no crate packs a two-pointer enum
+/// into one word, and the language leaves such an enum two words.
+struct StackWord(*mut u8);
+
+// `Ready`'s boxes are even, so the tag bit is free.
+const _: () = assert!(std::mem::align_of::<Slot>() >= 2);
+
+impl StackWord {
+    fn new(stack: Stack) -> StackWord {
+        StackWord(match stack {
+            Stack::AtStart(None) => std::ptr::null_mut(),
+            Stack::AtStart(Some(r)) => r.into_raw().as_ptr(),
+            // Pointer arithmetic, not integer casts, so the pointer keeps
+            // its provenance.
+            Stack::Ready(slot) => Box::into_raw(Box::new(slot)).cast::<u8>().wrapping_add(1),
+        })
+    }
+
+    /// The stack, leaving `AtStart(None)`, which owns nothing.
+    fn take(&mut self) -> Stack {
+        let p = std::mem::replace(&mut self.0, std::ptr::null_mut());
+        match NonNull::new(p) {
+            None => Stack::AtStart(None),
+            Some(p) if p.as_ptr() as usize & 1 == 1 => {
+                // SAFETY: an odd word is a boxed slot plus one (`new`),
+                // taken out of the word once (it is null now).
+                Stack::Ready(*unsafe { Box::from_raw(p.as_ptr().wrapping_sub(1).cast::<Slot>()) })
+            }
+            // SAFETY: an even non-null word came from `Reservation::into_raw`
+            // (`new`), and is taken out of the word once (it is null now).
+            Some(p) => Stack::AtStart(Some(unsafe { Reservation::from_raw(p) })),
+        }
+    }
+}
+
+impl Drop for StackWord {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
 
 /// A coroutine that has not run yet: its cell, with the `Send` closure and
 /// the stack to start on. This is all an idle worker ever steals. Dropping
@@ -1272,13 +1343,13 @@ mod tests {
     }
 
     /// A coroutine whose closure holds a word and returns one costs a cell
-    /// of 96 bytes, mimalloc's 96-byte class (the outcome takes the
-    /// closure's place); one holding a few words (a channel end each and a
-    /// number) at most 112, its next class. The `parked` row of the compare
-    /// harness counts them per task, `spawn_join_main` pays for them in
-    /// fresh pages.
+    /// of 80 bytes, mimalloc's 80-byte class (the outcome takes the
+    /// closure's place, the name and the stack take a word between them);
+    /// one holding a few words (a channel end each and a number) at most
+    /// 96. The `parked` row of the compare harness counts them per task,
+    /// `spawn_join_main` pays for them in fresh pages.
     #[test]
-    fn a_cell_of_a_small_closure_fits_96_bytes() {
+    fn a_cell_of_a_small_closure_fits_80_bytes() {
         let (tx, _rx) = crate::sync::mpsc::channel::<()>();
         let (_otx, orx) = crate::sync::oneshot::channel::<u64>();
         let i = 5u64;
@@ -1286,9 +1357,9 @@ mod tests {
             tx.send(()).unwrap();
             orx.recv().unwrap() + i
         };
-        assert!(cell_size(&parked) <= 112, "{} bytes", cell_size(&parked));
+        assert!(cell_size(&parked) <= 96, "{} bytes", cell_size(&parked));
         assert!(
-            cell_size(&move || i) <= 96,
+            cell_size(&move || i) <= 80,
             "{} bytes",
             cell_size(&move || i)
         );

@@ -92,13 +92,13 @@ fn run(shared: &Shared) {
             let p = w.current.load(Ordering::SeqCst);
             // SAFETY: see the module docs: a non-null header read here
             // stays alive until `watch_reading` is cleared below.
-            let who = unsafe { p.as_ref() }.map(|h| (h.id.get(), h.name.clone()));
+            let who = unsafe { p.as_ref() }.map(|h| (h.id.get(), h.shared.name.clone()));
             w.watch_reading.store(false, Ordering::SeqCst);
             if let Some((id, name)) = who {
                 let cause = Cause::of(w.tid.load(Ordering::Relaxed));
                 tracing::warn!(
                     coroutine.id = id,
-                    coroutine.name = name.as_deref().map_or("<unnamed>", String::as_str),
+                    coroutine.name = name.as_deref().unwrap_or("<unnamed>"),
                     stuck_ms = stuck.as_millis() as u64,
                     cause = cause.label(),
                     "a coroutine has held its worker without switching; {}",

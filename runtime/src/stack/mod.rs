@@ -907,7 +907,25 @@ pub(crate) struct Reservation {
 // arena), and a reservation is used by one thread at a time.
 unsafe impl Send for Reservation {}
 
+// `Reservation::into_raw`'s pointers are even (a task cell tags its other
+// kind of stack with the low bit).
+const _: () = assert!(std::mem::align_of::<ClassHandle>() >= 2);
+
 impl Reservation {
+    /// The reservation as a pointer (even: its class's), for a task cell to
+    /// keep in one word; [`from_raw`](Self::from_raw) makes it again.
+    pub(crate) fn into_raw(self) -> std::ptr::NonNull<u8> {
+        ManuallyDrop::new(self).class.cast()
+    }
+
+    /// A reservation [`into_raw`](Self::into_raw) made into a pointer.
+    ///
+    /// # Safety
+    /// `p` came from `into_raw`, and is made into a reservation once.
+    pub(crate) unsafe fn from_raw(p: std::ptr::NonNull<u8>) -> Reservation {
+        Reservation { class: p.cast() }
+    }
+
     /// Takes the promised slot, on the calling thread: its warm one if it
     /// has one. The reservation's credit goes into the slot.
     ///

@@ -306,8 +306,8 @@ impl Local {
         // some queue) find it finished and do nothing.
         running.header.park.finish();
         self.driver.disarm(running.timer.take(), &running.header);
-        let (id, name) = (running.header.id, running.header.name.clone());
-        let name = name.as_deref().map_or("<unnamed>", String::as_str);
+        let id = running.header.id;
+        let name = running.header.name().unwrap_or("<unnamed>");
         contain("reporting an abandoned coroutine", || {
             tracing::error!(
                 coroutine.id = id.get(),

@@ -45,7 +45,7 @@ use crossbeam_deque::{Steal, Worker};
 
 use super::driver::{Driver, TimerKey};
 use super::local::Map as LocalMap;
-use super::task::{CancelUnwind, Header, NewTask, SharedHandle, TaskRef};
+use super::task::{CancelUnwind, Header, NewTask, SharedHandle, TaskRef, TaskShared};
 use super::Shared;
 use crate::stack::{self, Slot, StackGauge};
 
@@ -467,7 +467,7 @@ pub(crate) fn with_current_shared<R>(f: impl FnOnce(Option<&Arc<Shared>>) -> R) 
     // SAFETY: as in `current_shared`; the borrow ends with `f`.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) => f(Some(&w.shared)),
-        None => f(current_running().map(|r| &*r.header.shared)),
+        None => f(current_running().map(|r| &r.header.shared.shared)),
     }
 }
 
@@ -478,7 +478,7 @@ pub(crate) fn current_shared() -> Option<Arc<Shared>> {
     // in `run`, set for exactly the time that frame lives.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) => Some(Arc::clone(&w.shared)),
-        None => current_running().map(|r| Arc::clone(&*r.header.shared)),
+        None => current_running().map(|r| Arc::clone(&r.header.shared.shared)),
     }
 }
 
@@ -559,7 +559,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     let local = Local {
         index,
         ws: &*shared.workers[index],
-        handle: Arc::new(Arc::clone(&shared)),
+        handle: TaskShared::unnamed(&shared),
         shared,
         deque,
         ready: RefCell::new(VecDeque::new()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crossbeam_deque::{Injector, Steal};
 
 use super::*;
-use crate::scheduler::task::{Header, NewTask, SharedHandle};
+use crate::scheduler::task::{Header, NewTask, SharedHandle, TaskShared};
 use crate::scheduler::Shared;
 use crate::stack::NoFaultSection;
 
@@ -99,10 +99,10 @@ pub(crate) fn discard_all(shared: &Shared, queue: &Injector<NewTask>) {
     }
 }
 
-/// A handle on `shared` for a new header: the calling worker's own if it
-/// is one of `shared`'s; off the workers, the calling coroutine's (a
-/// `block_on` root's) if it is of `shared`; else a new one (see
-/// `Header::shared`).
+/// An unnamed handle on `shared` for a new header: the calling worker's
+/// own if it is one of `shared`'s; off the workers, the calling
+/// coroutine's (a `block_on` root's) if it is of `shared` and unnamed;
+/// else a new one (see `Header::shared`).
 ///
 /// The root's case saves an allocation and its free per spawn: a root
 /// spawning and joining one coroutine at a time made one `malloc` per
@@ -112,8 +112,13 @@ pub(crate) fn shared_handle(shared: &Arc<Shared>) -> SharedHandle {
     match unsafe { worker_ptr().as_ref() } {
         Some(w) if Arc::ptr_eq(&w.shared, shared) => Arc::clone(&w.handle),
         _ => match current_running() {
-            Some(r) if Arc::ptr_eq(&*r.header.shared, shared) => Arc::clone(&r.header.shared),
-            _ => Arc::new(Arc::clone(shared)),
+            Some(r)
+                if Arc::ptr_eq(&r.header.shared.shared, shared)
+                    && r.header.shared.name.is_none() =>
+            {
+                Arc::clone(&r.header.shared)
+            }
+            _ => TaskShared::unnamed(shared),
         },
     }
 }
