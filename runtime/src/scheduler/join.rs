@@ -120,7 +120,8 @@ impl<T> JoinState<T> {
 
     /// See [`JoinRef::complete`].
     pub(crate) fn complete(&self, outcome: Outcome<T>) -> Unread<T> {
-        self.get().complete(outcome)
+        // SAFETY: a standalone state's outcome cell is initialised at `new`.
+        unsafe { self.get().complete(outcome) }
     }
 
     /// See [`JoinRef::register`].
@@ -202,20 +203,33 @@ impl<'a, T> JoinRef<'a, T> {
     }
 
     /// Step 1. Called once. Returns the outcome if nobody will read it.
-    pub(crate) fn complete(&self, outcome: Outcome<T>) -> Unread<T> {
-        self.store(outcome);
-        self.publish()
+    ///
+    /// # Safety
+    /// The outcome cell is initialised (see [`JoinRef::new`]): in a task
+    /// cell, the closure was taken.
+    pub(crate) unsafe fn complete(&self, outcome: Outcome<T>) -> Unread<T> {
+        // SAFETY: by the caller.
+        unsafe {
+            self.store(outcome);
+            self.publish()
+        }
     }
 
     /// Step 1, first half: writes the outcome without announcing it.
-    pub(crate) fn store(&self, outcome: Outcome<T>) {
+    ///
+    /// # Safety
+    /// As for [`complete`](Self::complete).
+    pub(crate) unsafe fn store(&self, outcome: Outcome<T>) {
         // SAFETY: the completer reaches the outcome (initialised, by
         // `new`'s contract); before COMPLETE only it touches it.
         unsafe { self.outcome() }.with_mut(|p| unsafe { *p = Some(outcome) });
     }
 
     /// Step 1, second half: announces the stored outcome.
-    pub(crate) fn publish(&self) -> Unread<T> {
+    ///
+    /// # Safety
+    /// [`store`](Self::store) was called first.
+    pub(crate) unsafe fn publish(&self) -> Unread<T> {
         // AcqRel: Release publishes the outcome (pairs with the Acquire in
         // `register`/`detach`); Acquire pairs with the Release that set
         // WAKER, so the waker in the cell is visible.

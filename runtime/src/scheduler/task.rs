@@ -367,7 +367,8 @@ where
             fn drop(&mut self) {
                 if let Some(j) = self.0.take() {
                     // Nothing to report in a `Cancelled`.
-                    drop(j.complete(Outcome::Cancelled));
+                    // SAFETY: the guard exists only after the closure was taken.
+                    drop(unsafe { j.complete(Outcome::Cancelled) });
                 }
             }
         }
@@ -392,7 +393,8 @@ where
         }
         drop(cancelled);
         guard.0 = None;
-        cell.join().store(outcome);
+        // SAFETY: the closure was taken at the top.
+        unsafe { cell.join().store(outcome) };
         true
     }
 
@@ -405,7 +407,8 @@ where
         let f = unsafe { cell.take_func() };
         // Release the joiner first: a capture that panics on drop must not
         // leave it waiting.
-        drop(cell.join().complete(Outcome::Cancelled));
+        // SAFETY: the closure was taken just above.
+        drop(unsafe { cell.join().complete(Outcome::Cancelled) });
         drop(f);
     }
 
@@ -417,7 +420,8 @@ where
         let cell = unsafe { Self::get(h) };
         let join = cell.join();
         if !join.is_complete() {
-            drop(join.complete(Outcome::Cancelled));
+            // SAFETY: `run` started, so the closure was taken.
+            drop(unsafe { join.complete(Outcome::Cancelled) });
         }
     }
 
@@ -428,8 +432,8 @@ where
         let cell = unsafe { Self::get(h) };
         // SAFETY: as in `run`.
         let f = unsafe { cell.take_func() };
-        cell.join()
-            .complete(Outcome::Panic(Box::new(payload)))
+        // SAFETY: the closure was taken just above.
+        unsafe { cell.join().complete(Outcome::Panic(Box::new(payload))) }
             .report(cell.header.id.get(), cell.header.name());
         drop(f);
     }
@@ -440,7 +444,8 @@ where
         // SAFETY: by the caller.
         let cell = unsafe { Self::get(h) };
         let header = &cell.header;
-        cell.join().publish().report(header.id.get(), header.name());
+        // SAFETY: `run` stored the outcome (the caller's contract).
+        unsafe { cell.join().publish() }.report(header.id.get(), header.name());
     }
 
     /// # Safety
