@@ -957,3 +957,127 @@ fn a_child_forked_from_a_coroutine_runs() {
         "the heartbeat never beat while the forked child ran"
     );
 }
+
+/// Without pidfds (a kernel before 5.3, or a seccomp filter that refuses
+/// `pidfd_open`, as some container profiles do), `Child::wait` still parks
+/// the coroutine, still reports the status, and stays cancellable: in a
+/// child process whose seccomp filter fails `pidfd_open` with `ENOSYS`.
+#[test]
+fn child_wait_without_pidfds_parks_and_can_be_cancelled() {
+    const ENV: &str = "GREENSTACK_HOOK_NO_PIDFD_CHILD";
+    if common::child_scenario(ENV).is_some() {
+        return no_pidfd_child();
+    }
+    let out = common::run_child(
+        ENV,
+        "child_wait_without_pidfds_parks_and_can_be_cancelled",
+        "no-pidfd",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let at = stdout
+        .find("nopidfd:")
+        .unwrap_or_else(|| panic!("no result line: {}", common::describe(&out)));
+    let line = stdout[at..].lines().next().unwrap_or("");
+    assert!(
+        line.contains(" enosys=true"),
+        "pidfd_open was not refused: {line}"
+    );
+    assert!(line.contains(" code=Some(7)"), "wrong exit status: {line}");
+    assert!(!line.contains(" beats=0 "), "held the worker: {line}");
+    assert!(
+        line.contains(" cancelled=true"),
+        "the wait was not cancelled: {line}"
+    );
+    assert!(
+        line.contains(" reaped=true"),
+        "the cancelled wait reaped the child: {line}"
+    );
+}
+
+fn no_pidfd_child() {
+    // A filter of four instructions: the system call's number; if it is
+    // pidfd_open, fail it with ENOSYS; else allow it. Installed before the
+    // runtime starts its threads, which inherit it.
+    let mut filter = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0, // offsetof(struct seccomp_data, nr)
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_pidfd_open as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prctl with the documented arguments; `prog` and `filter`
+    // outlive the call (the kernel copies the program).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog
+            ),
+            0,
+            "installing the seccomp filter: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: pidfd_open of our own pid; a returned fd is closed at once.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    let enosys = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS);
+    if r >= 0 {
+        // SAFETY: the fd just returned, closed once.
+        unsafe { libc::close(r as i32) };
+    }
+    let rt = one_worker(true);
+    let (beats, code) = beats_during(&rt, || {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3; exit 7"])
+            .spawn()
+            .unwrap();
+        child.wait().unwrap().code()
+    });
+    // Cancelled while it waits for a child that would sleep for an hour;
+    // the child is still there to reap afterwards.
+    let (cancelled, reaped) = rt.block_on(|| {
+        let child = std::process::Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .unwrap();
+        let h = greenstack::spawn(move || {
+            let mut child = child;
+            let e = child.wait().unwrap_err();
+            (child, e)
+        });
+        greenstack::time::sleep(Duration::from_millis(100));
+        h.cancel();
+        let (mut child, e) = h.join().expect("the waiting coroutine");
+        let cancelled = greenstack::cancel::is_cancellation(&e);
+        child.kill().unwrap();
+        let reaped = child.wait().map(|s| s.code().is_none()).unwrap_or(false);
+        (cancelled, reaped)
+    });
+    println!("nopidfd: enosys={enosys} code={code:?} beats={beats} cancelled={cancelled} reaped={reaped}");
+}

@@ -65,7 +65,9 @@
 //! once (`preadv2` with `RWF_NOWAIT` tells) and a write it cannot take,
 //! `fsync`, `fdatasync`, and waiting for a
 //! child other than through its pidfd run on the blocking pool while the
-//! coroutine parks. `wait4`/`waitpid` of one child park on its pidfd.
+//! coroutine parks. `wait4`/`waitpid` of one child park on its pidfd
+//! (where the kernel has none, or a seccomp filter refuses `pidfd_open`:
+//! in naps of 1 ms doubling to 50 ms between looks with `WNOHANG`).
 //!
 //! A coroutine never parks from a hook while it unwinds from a panic, nor
 //! inside a signal handler (the interrupted code may be anywhere, inside
@@ -591,6 +593,28 @@ pub(crate) fn wait_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>, check_user
         Ok(()) => Wait::Retry,
         Err(_) => Wait::Block,
     }
+}
+
+/// A cancellable pause of `d` between looks at something with no fd to
+/// wait on (a child, where the kernel has no pidfd): `Retry` once it is
+/// over (or cut short by an enclosing timeout, which the next call sees),
+/// `Cancelled` if the coroutine is cancelled, `Block` where it may not park.
+pub(crate) fn nap(d: Duration) -> Wait {
+    if cancelling() {
+        return cancelled();
+    }
+    let point = crate::cancel::Point::new(Instant::now().checked_add(d));
+    match stop(&point) {
+        Some(Wait::Again) => return Wait::Retry,
+        Some(w) => return w,
+        None => {}
+    }
+    if !parkable() {
+        return Wait::Block;
+    }
+    let deadline = point.deadline();
+    park(|| crate::time::park_until(deadline));
+    Wait::Retry
 }
 
 /// Runs a hook's park: with the hooks off for the runtime's own calls in

@@ -1393,6 +1393,11 @@ pub unsafe extern "C" fn wait4(
         return direct();
     }
     if pid > 0 && options & (libc::WUNTRACED | libc::WCONTINUED) == 0 {
+        // Without a pidfd (a kernel before 5.3, a seccomp filter, valgrind),
+        // the child is looked at with `WNOHANG` between naps of 1 ms
+        // doubling to 50 ms: the coroutine parks and stays cancellable, and
+        // the child is reaped by this call only, as with the pidfd.
+        let mut nap = Duration::from_millis(1);
         loop {
             let r = sys!(
                 libc::SYS_wait4,
@@ -1405,11 +1410,15 @@ pub unsafe extern "C" fn wait4(
                 return r as libc::pid_t;
             }
             let pidfd = sys!(libc::SYS_pidfd_open, pid, 0) as c_int;
-            if pidfd < 0 {
-                return direct();
-            }
-            let waited = wait_fd(pidfd, Dir::Read, None, false);
-            sys!(libc::SYS_close, pidfd);
+            let waited = if pidfd < 0 {
+                let w = super::nap(nap);
+                nap = (nap * 2).min(Duration::from_millis(50));
+                w
+            } else {
+                let w = wait_fd(pidfd, Dir::Read, None, false);
+                sys!(libc::SYS_close, pidfd);
+                w
+            };
             match waited {
                 Wait::Retry => {}
                 Wait::Cancelled(e) => {
