@@ -29,8 +29,12 @@ use super::{
 macro_rules! sys {
     ($n:expr $(, $a:expr)* $(,)?) => {
         // SAFETY: the caller's arguments, forwarded unchanged to the
-        // kernel, which checks them (see the module docs).
-        unsafe { libc::syscall($n $(, $a)*) as ssize_t }
+        // kernel, which checks them (see the module docs). Each is widened
+        // to a full register first: `syscall` is variadic, and an `int`
+        // passed to it leaves the register's upper half undefined, which
+        // the kernel reads for an `unsigned long` parameter (pwritev2's
+        // count) and memcheck reported for its flags.
+        unsafe { libc::syscall($n $(, ($a) as libc::c_long)*) as ssize_t }
     };
 }
 
