@@ -198,13 +198,17 @@ trait ChanSel {
     fn send_ready(&self) -> bool;
     fn watch(&self, waker: &Waker) -> u64;
     fn unwatch(&self, key: u64);
-    /// [`Chan::select_recv`].
-    fn select_recv(
-        &self,
-        unwatch: Option<u64>,
-        watch: Option<&Waker>,
-    ) -> Result<Value, Option<u64>>;
+    /// [`Chan::select_recv`], with [`NO_KEY`] for "no watcher" on both
+    /// sides.
+    fn select_recv(&self, unwatch: u64, watch: Option<&Waker>) -> Result<Value, u64>;
 }
+
+/// A [`ChanOp`]'s key when it is not watching. Keys are plain words, not
+/// `Option<u64>`: a two-word option returned through memory was written
+/// as two 8-byte stores and read back as one 16-byte load, which the CPU
+/// cannot forward from the stores (`perf annotate` of `select_pingpong
+/// workers=1`: the hottest instruction of the select loop).
+const NO_KEY: u64 = u64::MAX;
 
 impl<T: 'static> ChanSel for Chan<T> {
     fn recv_ready(&self) -> bool {
@@ -223,12 +227,12 @@ impl<T: 'static> ChanSel for Chan<T> {
         Chan::unwatch(self, key)
     }
 
-    fn select_recv(
-        &self,
-        unwatch: Option<u64>,
-        watch: Option<&Waker>,
-    ) -> Result<Value, Option<u64>> {
-        Chan::select_recv(self, unwatch, watch).map(|got| -> Value { smallbox!(got) })
+    fn select_recv(&self, unwatch: u64, watch: Option<&Waker>) -> Result<Value, u64> {
+        let unwatch = (unwatch != NO_KEY).then_some(unwatch);
+        match Chan::select_recv(self, unwatch, watch) {
+            Ok(got) => Ok(smallbox!(got)),
+            Err(key) => Err(key.unwrap_or(NO_KEY)),
+        }
     }
 }
 
@@ -237,7 +241,8 @@ struct ChanOp<'a> {
     chan: &'a dyn ChanSel,
     object: *const (),
     send: bool,
-    key: Cell<Option<u64>>,
+    /// Its watcher's key while it watches, else [`NO_KEY`].
+    key: Cell<u64>,
 }
 
 impl Op for ChanOp<'_> {
@@ -253,15 +258,16 @@ impl Op for ChanOp<'_> {
         if self.send {
             return self.ready().then_some(None);
         }
-        self.chan.select_recv(None, None).ok().map(Some)
+        self.chan.select_recv(NO_KEY, None).ok().map(Some)
     }
 
     fn watch(&self, waker: &Waker) {
-        self.key.set(Some(self.chan.watch(waker)));
+        self.key.set(self.chan.watch(waker));
     }
 
     fn unwatch(&self) {
-        if let Some(k) = self.key.take() {
+        let k = self.key.replace(NO_KEY);
+        if k != NO_KEY {
             self.chan.unwatch(k);
         }
     }
@@ -276,7 +282,7 @@ impl Op for ChanOp<'_> {
         if self.send || !complete {
             return imp::look_apart(self, complete, watch);
         }
-        match self.chan.select_recv(None, watch) {
+        match self.chan.select_recv(NO_KEY, watch) {
             Ok(got) => Some(Some(got)),
             Err(key) => {
                 self.key.set(key);
@@ -290,7 +296,10 @@ impl Op for ChanOp<'_> {
             self.unwatch();
             return imp::look_apart(self, complete, None);
         }
-        self.chan.select_recv(self.key.take(), None).ok().map(Some)
+        self.chan
+            .select_recv(self.key.replace(NO_KEY), None)
+            .ok()
+            .map(Some)
     }
 }
 
@@ -300,7 +309,7 @@ fn chan_entry<'a, T: 'static, E>(chan: &'a Chan<T>, end: &'a E, send: bool) -> E
         chan,
         object: end as *const E as *const (),
         send,
-        key: Cell::new(None),
+        key: Cell::new(NO_KEY),
     }))
 }
 
