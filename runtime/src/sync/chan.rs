@@ -64,6 +64,10 @@ struct State<T> {
     next_watch: u64,
 }
 
+/// A watcher key that names no watcher (keys count up from 0 and never
+/// reach it): see [`Chan::select_recv`].
+pub(crate) const NO_WATCH: u64 = u64::MAX;
+
 /// Wakers taken from `State::watchers`, to wake after unlocking. One is
 /// the common case (one select watching), moved out alone: the list keeps
 /// its capacity, so the next select's `watch` allocates nothing.
@@ -177,19 +181,27 @@ impl<T> Chan<T> {
     /// missed, so the next change wakes it. A select waiting on a channel
     /// takes the lock twice per value this way (register, then leave and
     /// take), where `unwatch`, `recv` and `watch` would take it four times.
+    ///
+    /// "No watcher" is [`NO_WATCH`] on both sides: a plain word, not an
+    /// `Option<u64>`, which, returned through memory, was written as two
+    /// 8-byte stores and read back as one 16-byte load the CPU cannot
+    /// forward from them (`perf annotate` of `select_pingpong workers=1`:
+    /// the select loop's hottest instruction).
     pub(crate) fn select_recv(
         &self,
-        unwatch: Option<u64>,
+        unwatch: u64,
         watch: Option<&Waker>,
-    ) -> Result<Result<T, RecvError>, Option<u64>> {
+    ) -> Result<Result<T, RecvError>, u64> {
         let mut st = self.state.lock();
         // Dropped after unlocking.
-        let removed = unwatch.and_then(|key| {
+        let removed = if unwatch == NO_WATCH {
+            None
+        } else {
             st.watchers
                 .iter()
-                .position(|(k, _)| *k == key)
+                .position(|(k, _)| *k == unwatch)
                 .map(|i| st.watchers.swap_remove(i))
-        });
+        };
         if let Some(v) = st.queue.pop_front() {
             st.taken += 1;
             woken_by_take(st);
@@ -201,12 +213,15 @@ impl<T> Chan<T> {
             drop(removed);
             return Ok(Err(RecvError));
         }
-        let key = watch.map(|waker| {
-            let key = st.next_watch;
-            st.next_watch += 1;
-            st.watchers.push((key, waker.clone()));
-            key
-        });
+        let key = match watch {
+            Some(waker) => {
+                let key = st.next_watch;
+                st.next_watch += 1;
+                st.watchers.push((key, waker.clone()));
+                key
+            }
+            None => NO_WATCH,
+        };
         drop(st);
         drop(removed);
         Err(key)

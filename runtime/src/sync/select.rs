@@ -198,17 +198,13 @@ trait ChanSel {
     fn send_ready(&self) -> bool;
     fn watch(&self, waker: &Waker) -> u64;
     fn unwatch(&self, key: u64);
-    /// [`Chan::select_recv`], with [`NO_KEY`] for "no watcher" on both
-    /// sides.
+    /// [`Chan::select_recv`] ([`NO_KEY`]: no watcher).
     fn select_recv(&self, unwatch: u64, watch: Option<&Waker>) -> Result<Value, u64>;
 }
 
-/// A [`ChanOp`]'s key when it is not watching. Keys are plain words, not
-/// `Option<u64>`: a two-word option returned through memory was written
-/// as two 8-byte stores and read back as one 16-byte load, which the CPU
-/// cannot forward from the stores (`perf annotate` of `select_pingpong
-/// workers=1`: the hottest instruction of the select loop).
-const NO_KEY: u64 = u64::MAX;
+/// A [`ChanOp`]'s key when it is not watching (a plain word, not an
+/// `Option<u64>`: see [`Chan::select_recv`]).
+const NO_KEY: u64 = super::chan::NO_WATCH;
 
 impl<T: 'static> ChanSel for Chan<T> {
     fn recv_ready(&self) -> bool {
@@ -228,11 +224,7 @@ impl<T: 'static> ChanSel for Chan<T> {
     }
 
     fn select_recv(&self, unwatch: u64, watch: Option<&Waker>) -> Result<Value, u64> {
-        let unwatch = (unwatch != NO_KEY).then_some(unwatch);
-        match Chan::select_recv(self, unwatch, watch) {
-            Ok(got) => Ok(smallbox!(got)),
-            Err(key) => Err(key.unwrap_or(NO_KEY)),
-        }
+        Chan::select_recv(self, unwatch, watch).map(|got| -> Value { smallbox!(got) })
     }
 }
 
