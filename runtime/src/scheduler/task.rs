@@ -625,6 +625,7 @@ pub(crate) mod cell_alloc {
 
 /// A counted reference to a task's header (and its cell), as an
 /// `Arc<Header>` would be.
+#[repr(transparent)]
 pub(crate) struct TaskRef {
     ptr: NonNull<Header>,
 }
@@ -1020,6 +1021,7 @@ impl fmt::Display for CoroutineId {
 /// its id, its name, and a way to unpark it. Cheap to clone; `Send` and
 /// `Sync`.
 #[derive(Clone)]
+#[repr(transparent)]
 pub struct Coroutine {
     pub(crate) header: TaskRef,
 }
@@ -1095,16 +1097,28 @@ impl Drop for CancelUnwind {
 /// It is also a [`Future`] of the same result, so async code can await a
 /// coroutine.
 pub struct JoinHandle<T> {
-    /// What holds the join state (16 bytes: one per spawned coroutine
-    /// that someone keeps a handle to).
-    owner: Owner<T>,
+    /// What holds the join state, in one word (a `Vec` of a million
+    /// handles is 8 MB, not the 16 of a two-word enum): a coroutine's
+    /// [`TaskRef`] (its header's address), a `spawn_blocking` job's
+    /// `Arc<JoinState<T>>` (its `into_raw` address with [`BLOCKING`] set;
+    /// both addresses are at least 8-aligned, so the low bit is free), or
+    /// null once the outcome is taken. A non-null word owns the one
+    /// reference it was made from; see [`owner`](Self::owner).
+    raw: *const (),
+    /// Owns what an `Arc<JoinState<T>>` owns, for variance and drop check.
+    _owns: PhantomData<crate::loom::sync::Arc<JoinState<T>>>,
 }
 
-enum Owner<T> {
+/// The low bit of a [`JoinHandle`]'s word that marks a `spawn_blocking`
+/// job's state.
+const BLOCKING: usize = 1;
+
+/// What a [`JoinHandle`] holds, borrowed.
+enum Owner<'a, T> {
     /// A coroutine: the state lives in its task cell, made for `T`.
-    Task(Coroutine),
+    Task(&'a Coroutine),
     /// A `spawn_blocking` job: the state is allocated on its own.
-    Blocking(crate::loom::sync::Arc<JoinState<T>>),
+    Blocking(&'a JoinState<T>),
     /// The outcome has been taken.
     Taken,
 }
@@ -1119,8 +1133,14 @@ unsafe impl<T: Send> Sync for JoinHandle<T> {}
 impl<T> JoinHandle<T> {
     /// A handle to a `spawn_blocking` job's state.
     pub(crate) fn blocking(state: crate::loom::sync::Arc<JoinState<T>>) -> Self {
+        // The low bit is free: the state holds a waker (pointer-aligned).
+        const { assert!(std::mem::align_of::<JoinState<T>>() > BLOCKING) };
+        let p = crate::loom::sync::Arc::into_raw(state);
         JoinHandle {
-            owner: Owner::Blocking(state),
+            // Pointer arithmetic, not an integer round trip: the word keeps
+            // the pointer's provenance.
+            raw: p.cast::<u8>().wrapping_add(BLOCKING).cast(),
+            _owns: PhantomData,
         }
     }
 
@@ -1130,13 +1150,61 @@ impl<T> JoinHandle<T> {
     /// `coroutine`'s cell was made for this `T` (`TaskRef::new::<_, T>`),
     /// and no other handle to it exists.
     pub(crate) unsafe fn task(coroutine: Coroutine) -> Self {
+        let header = ManuallyDrop::new(coroutine).header.ptr;
         JoinHandle {
-            owner: Owner::Task(coroutine),
+            raw: header.as_ptr().cast_const().cast(),
+            _owns: PhantomData,
+        }
+    }
+
+    /// What the word holds.
+    fn owner(&self) -> Owner<'_, T> {
+        if self.raw.is_null() {
+            Owner::Taken
+        } else if self.raw as usize & BLOCKING == 0 {
+            // SAFETY: `Coroutine` and `TaskRef` are `repr(transparent)` over
+            // a `NonNull<Header>`, which has a pointer's layout, so a
+            // non-null header address made by `task` is a valid
+            // `Coroutine`; the handle owns its reference (released only in
+            // `release`, through `&mut self`), so the header outlives the
+            // borrow.
+            Owner::Task(unsafe { &*std::ptr::addr_of!(self.raw).cast::<Coroutine>() })
+        } else {
+            let p = self
+                .raw
+                .cast::<u8>()
+                .wrapping_sub(BLOCKING)
+                .cast::<JoinState<T>>();
+            // SAFETY: `blocking` made the word from `Arc::into_raw`, whose
+            // reference the handle owns until `release`.
+            Owner::Blocking(unsafe { &*p })
+        }
+    }
+
+    /// Gives back the reference the word owns, and leaves it null.
+    fn release(&mut self) {
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null());
+        if raw.is_null() {
+            return;
+        }
+        if raw as usize & BLOCKING == 0 {
+            // SAFETY: made by `task` from a `TaskRef`'s pointer, whose one
+            // reference the word owned; it is null now, so it is given back
+            // once.
+            drop(unsafe { TaskRef::from_raw(raw) });
+        } else {
+            let p = raw
+                .cast::<u8>()
+                .wrapping_sub(BLOCKING)
+                .cast::<JoinState<T>>();
+            // SAFETY: made by `blocking` from `Arc::into_raw`; given back once
+            // (the word is null now).
+            drop(unsafe { crate::loom::sync::Arc::from_raw(p) });
         }
     }
 
     fn state(&self) -> Option<JoinRef<'_, T>> {
-        match &self.owner {
+        match self.owner() {
             // SAFETY: the cell was made for `T` (see `task`), and the
             // coroutine handle keeps it alive as long as `self`.
             Owner::Task(c) => Some(unsafe { c.header.join_state::<T>() }),
@@ -1148,7 +1216,7 @@ impl<T> JoinHandle<T> {
     /// Takes the outcome (once, after completion was seen).
     fn take_outcome(&mut self) -> Outcome<T> {
         let s = self.state().expect("join handle already used").take();
-        self.owner = Owner::Taken;
+        self.release();
         s
     }
 
@@ -1254,7 +1322,7 @@ impl<T> JoinHandle<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn cancel(&self) {
-        if let Owner::Task(c) = &self.owner {
+        if let Owner::Task(c) = self.owner() {
             crate::cancel::request(&c.header);
         }
     }
@@ -1281,7 +1349,7 @@ impl<T> JoinHandle<T> {
     /// The coroutine, if it runs on a greenstack worker (`None` for
     /// [`spawn_blocking`](crate::spawn_blocking) jobs).
     pub fn coroutine(&self) -> Option<&Coroutine> {
-        match &self.owner {
+        match self.owner() {
             Owner::Task(c) => Some(c),
             Owner::Blocking(_) | Owner::Taken => None,
         }
@@ -1309,11 +1377,12 @@ impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
         if let Some(s) = self.state() {
             let unread = s.detach();
-            match &self.owner {
+            match self.owner() {
                 Owner::Task(c) => unread.report(c.header.id.get(), c.header.name()),
                 Owner::Blocking(_) | Owner::Taken => unread.report(0, Some("<blocking job>")),
             }
         }
+        self.release();
     }
 }
 
@@ -1368,5 +1437,14 @@ mod tests {
             "{} bytes",
             cell_size(&move || i)
         );
+    }
+
+    /// A handle is one word, as tokio's is: a `Vec` of a million handles
+    /// (what `spawn_join` keeps) is 8 MB of fresh pages, not 16.
+    #[test]
+    fn a_join_handle_is_one_word() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<super::JoinHandle<u64>>(), size_of::<usize>());
+        assert_eq!(size_of::<super::JoinHandle<[u8; 64]>>(), size_of::<usize>());
     }
 }
