@@ -1375,14 +1375,22 @@ fn into_result<T>(o: Outcome<T>) -> std::thread::Result<T> {
 
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        if let Some(s) = self.state() {
+        /// Gives the handle's reference back also when dropping the unread
+        /// outcome (the user's value, whose destructor may panic) unwinds.
+        struct Release<'a, T>(&'a mut JoinHandle<T>);
+        impl<T> Drop for Release<'_, T> {
+            fn drop(&mut self) {
+                self.0.release();
+            }
+        }
+        let this = Release(self);
+        if let Some(s) = this.0.state() {
             let unread = s.detach();
-            match self.owner() {
+            match this.0.owner() {
                 Owner::Task(c) => unread.report(c.header.id.get(), c.header.name()),
                 Owner::Blocking(_) | Owner::Taken => unread.report(0, Some("<blocking job>")),
             }
         }
-        self.release();
     }
 }
 
