@@ -688,13 +688,11 @@ fn dns_through_a_silent_resolver_parks_the_coroutine() {
     if common::child_scenario(ENV).is_some() {
         return dns_child();
     }
-    let out = common::run_child(
+    let report = ChildReport::run(
         ENV,
         "dns_through_a_silent_resolver_parks_the_coroutine",
         "dns",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", common::describe(&out));
     // Each lookup fails (the resolver is silent) after its 1 s timeout,
     // and the heartbeat beats meanwhile.
     for (tag, what) in [
@@ -702,10 +700,7 @@ fn dns_through_a_silent_resolver_parks_the_coroutine() {
         ("legacy:", "gethostbyname, hooks on"),
         ("netdns:", "greenstack::net::TcpStream::connect, hooks off"),
     ] {
-        let at = stdout
-            .find(tag)
-            .unwrap_or_else(|| panic!("no {tag} result: {}", common::describe(&out)));
-        let line = stdout[at..].lines().next().unwrap_or("");
+        let line = report.line(tag);
         let field = |k: &str| -> String {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
@@ -721,6 +716,34 @@ fn dns_through_a_silent_resolver_parks_the_coroutine() {
         assert!(took >= 900, "{what}: did not wait for the resolver: {line}");
         let beats: usize = field("beats=").parse().unwrap();
         assert!(beats > 0, "{what}: held the worker: {line}");
+    }
+}
+
+/// What a child test process (see `common::run_child`) printed, once it
+/// exited successfully.
+struct ChildReport {
+    out: std::process::Output,
+    stdout: String,
+}
+
+impl ChildReport {
+    /// Runs this binary's test `name` as a child playing `scenario`, and
+    /// checks that it succeeded.
+    fn run(env: &str, name: &str, scenario: &str) -> ChildReport {
+        let out = common::run_child(env, name, scenario);
+        assert!(out.status.success(), "{}", common::describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ChildReport { out, stdout }
+    }
+
+    /// The line the child printed from `tag` on (libtest may print its
+    /// own text before it on the same line).
+    fn line(&self, tag: &str) -> &str {
+        let at = self
+            .stdout
+            .find(tag)
+            .unwrap_or_else(|| panic!("no {tag} result: {}", common::describe(&self.out)));
+        self.stdout[at..].lines().next().unwrap_or("")
     }
 }
 
@@ -968,17 +991,12 @@ fn child_wait_without_pidfds_parks_and_can_be_cancelled() {
     if common::child_scenario(ENV).is_some() {
         return no_pidfd_child();
     }
-    let out = common::run_child(
+    let report = ChildReport::run(
         ENV,
         "child_wait_without_pidfds_parks_and_can_be_cancelled",
         "no-pidfd",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", common::describe(&out));
-    let at = stdout
-        .find("nopidfd:")
-        .unwrap_or_else(|| panic!("no result line: {}", common::describe(&out)));
-    let line = stdout[at..].lines().next().unwrap_or("");
+    let line = report.line("nopidfd:");
     assert!(
         line.contains(" enosys=true"),
         "pidfd_open was not refused: {line}"
