@@ -30,7 +30,7 @@ step "the stack tests again with the mprotect fallback forced"
 GREENSTACK_GUARD_MODE=mprotect cargo test --locked --workspace --all-features --test stack_growth --test stack_arena --test stack_faults \
     --test stack_inject --test stack_signals --test stack_signals_chain --test stack_signals_actions
 
-step "the use-after-free scenarios under valgrind memcheck (a runtime that unwound, a panicking subscriber, an abandoned stack)"
+step "the use-after-free scenarios under valgrind memcheck (a runtime that unwound, a panicking subscriber, an abandoned stack), and a deep recursion"
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 unwind_bin=$(cargo test --locked --workspace --all-features --test rt_unwind --no-run --message-format=json 2>/dev/null \
     | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
@@ -43,6 +43,12 @@ for scenario in a_detached_result_that_panics_on_drop_does_not_unwind_the_worker
     GREENSTACK_SYSTEM_ALLOC=1 GREENSTACK_UNWIND_CHILD=$scenario valgrind -q --error-exitcode=99 \
         "$unwind_bin" "$scenario" --exact --test-threads=1 --quiet
 done
+# A coroutine recursing past its stack's initial commit: under valgrind the
+# arena commits stacks whole instead of growing them by fault.
+growth_bin=$(cargo test --locked --workspace --all-features --test stack_growth --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+GREENSTACK_SYSTEM_ALLOC=1 valgrind -q --error-exitcode=99 "$growth_bin" \
+    a_runtime_coroutine_recursing_past_its_initial_commit_keeps_every_frame --exact --test-threads=1 --quiet
 
 step "benches, one pass each in test mode"
 cargo test --locked --workspace --all-features --benches

@@ -161,3 +161,36 @@ fn prefault_keeps_nofault_sections_fault_free() {
         "with prefault disabled the section should have faulted"
     );
 }
+
+/// A coroutine of a runtime recursing 200 KiB deep, past its stack's
+/// initial commit, keeps every frame's value. Natively the stack grows by
+/// fault. Under valgrind (the test command runs this test under memcheck
+/// too), where growth by fault does not work, the arena uses the
+/// `mprotect` fallback and commits each stack whole, so nothing grows.
+#[test]
+fn a_runtime_coroutine_recursing_past_its_initial_commit_keeps_every_frame() {
+    let under_valgrind =
+        std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("vgpreload"));
+    let rt = greenstack::Runtime::builder().workers(1).build().unwrap();
+    // `recurse` returns once its frames reach 200 KiB below the top.
+    let (depth, sum) = rt.block_on(|| {
+        greenstack::spawn(|| recurse(sp(), 200 * 1024, 0))
+            .join()
+            .unwrap()
+    });
+    let expected: u64 = (0..=depth).map(|d| d % 256).sum();
+    assert_eq!(sum, expected, "a frame's local lost its value");
+    let stats = rt.stats().arena;
+    if under_valgrind {
+        assert_eq!(
+            rt.arena().guard_mode(),
+            greenstack::stack::GuardMode::Mprotect
+        );
+        assert_eq!(
+            stats.growth_faults, 0,
+            "grew by fault under valgrind: {stats:?}"
+        );
+    } else {
+        assert!(stats.growth_faults > 0, "never grew: {stats:?}");
+    }
+}

@@ -51,6 +51,16 @@
 //! `GREENSTACK_GUARD_MODE=mprotect` (or [`ArenaBuilder::guard_mode`]) to
 //! force the fallback.
 //!
+//! **Under valgrind** stacks do not grow by fault: valgrind takes a fault
+//! on a guard marker for its own crash ("VALGRIND INTERNAL ERROR ...
+//! SIGSEGV"), and with the `mprotect` fallback a coroutine that grew by
+//! fault jumped to a wrong address after returning (valgrind 3.19). So an
+//! arena built in a process valgrind runs (its preload library in
+//! `LD_PRELOAD`) uses the `mprotect` fallback (unless told otherwise)
+//! and commits each stack whole when it first hands it out: the kernel
+//! still backs only the pages a coroutine touches, and only an overflow
+//! faults.
+//!
 //! **Reclaim.** A released slot keeps [`ArenaBuilder::retained_commit`]
 //! bytes committed and goes on a LIFO pool, so the next allocation reuses a
 //! warm stack with no system call. Pages below the retained top stay while
@@ -258,7 +268,8 @@ impl ArenaBuilder {
 
     /// Forces how ungrown stack is guarded. By default: guard markers where
     /// the kernel has them, unless the environment variable
-    /// `GREENSTACK_GUARD_MODE` is `mprotect`.
+    /// `GREENSTACK_GUARD_MODE` is `mprotect` or the process runs under
+    /// valgrind (see "Under valgrind" in the [module docs](self)).
     pub fn guard_mode(mut self, mode: GuardMode) -> Self {
         self.guard_mode = Some(mode);
         self
@@ -309,6 +320,7 @@ impl ArenaBuilder {
                 self.max_growth_step
             ));
         }
+        let valgrind = under_valgrind();
         let mode = match self.guard_mode {
             Some(GuardMode::Markers) if !mmap::guard_markers_supported() => {
                 return Err(io::Error::new(
@@ -317,6 +329,7 @@ impl ArenaBuilder {
                 ))
             }
             Some(m) => m,
+            None if valgrind => GuardMode::Mprotect,
             None if std::env::var_os("GREENSTACK_GUARD_MODE").is_some_and(|v| v == "mprotect") => {
                 GuardMode::Mprotect
             }
@@ -331,6 +344,7 @@ impl ArenaBuilder {
             pool_budget: self.pool_budget,
             capacity: self.capacity,
             mode,
+            commit_all: valgrind,
             scrub: self.scrub,
             defer_trim: self.defer_trim,
         };
@@ -357,8 +371,17 @@ struct Config {
     pool_budget: usize,
     capacity: usize,
     mode: GuardMode,
+    /// Every slot committed whole at its first use, whatever the commit
+    /// settings (under valgrind: see the module docs).
+    commit_all: bool,
     scrub: bool,
     defer_trim: bool,
+}
+
+/// Whether valgrind runs this process: its core preload library is in
+/// `LD_PRELOAD` (valgrind puts it there for every program it runs).
+fn under_valgrind() -> bool {
+    std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("vgpreload"))
 }
 
 impl Config {
@@ -412,11 +435,17 @@ impl Config {
 
     fn geometry(&self, class: usize) -> Geometry {
         let stride = 1usize << (class + 14);
+        // `class_for` made every stride hold the guard and a page more.
+        let (initial_commit, retained_commit) = if self.commit_all {
+            (stride - self.guard, stride - self.guard)
+        } else {
+            (self.initial_commit, self.retained_commit)
+        };
         Geometry {
             stride,
             guard: self.guard,
-            initial_commit: self.initial_commit,
-            retained_commit: self.retained_commit,
+            initial_commit,
+            retained_commit,
             max_step: self.max_step,
             pool_budget: self.pool_budget,
             capacity: self.capacity.min(CLASS_ADDRESS_BUDGET / stride).max(1),
