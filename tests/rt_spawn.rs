@@ -991,19 +991,35 @@ fn closures_and_values_of_any_alignment_are_dropped_once() {
         assert_eq!(c.load(Ordering::SeqCst), 2);
     });
     // Never started: the runtime goes first, the capture is dropped unrun
-    // and the joiner hears `Cancelled`.
-    let rt1 = runtime(1);
+    // and the joiner hears `Cancelled`. The only worker is held in a
+    // blocking call (std's channel, which parks the thread) until after
+    // the runtime's drop has returned: the drop gives up on that worker
+    // after its shutdown timeout, so the worker can only see the shutdown
+    // flag before it could start `never`. (Releasing the blocker before
+    // the drop let the worker start `never` first, now and then.)
+    let rt1 = Runtime::builder()
+        .workers(1)
+        .shutdown_timeout(Duration::from_millis(10))
+        .build()
+        .expect("building a runtime");
     let (block_tx, block_rx) = mpsc::channel::<()>();
-    let blocker = rt1.spawn(move || block_rx.recv_timeout(HANG_GUARD).is_ok());
+    let (running_tx, running_rx) = mpsc::channel::<()>();
+    let blocker = rt1.spawn(move || {
+        running_tx.send(()).unwrap();
+        block_rx.recv_timeout(HANG_GUARD).is_ok()
+    });
     let held = Counted::new(&captured, 0);
     let r2 = Arc::clone(&returned);
     let never = rt1.spawn(move || {
         let _held = held;
         Counted::new(&r2, 0)
     });
+    running_rx
+        .recv_timeout(HANG_GUARD)
+        .expect("the blocker runs");
     drop(blocker);
-    drop(block_tx);
     drop(rt1);
+    drop(block_tx);
     drop(rt);
     assert!(
         never.join().is_err(),
