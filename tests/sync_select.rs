@@ -404,3 +404,64 @@ fn selected_values_of_any_size_arrive_whole_and_drop_once() {
         });
     });
 }
+
+/// A select that returns leaves its receive watches behind (kept, so the
+/// next select on the same channels registers nothing): a value sent on
+/// such a channel later may wake the coroutine once, spuriously. Every
+/// later wait must take that in its stride: a sleep still lasts its
+/// time, a join still waits for the coroutine's end, and the values are
+/// still there for the next receives.
+#[test]
+fn a_watch_left_by_a_select_cuts_no_later_wait_short() {
+    bounded("a watch left behind", || {
+        // One worker runs both coroutines: each runs only while the other
+        // is parked, which orders the sends after the waits they target.
+        let rt = runtime(1);
+        rt.spawn(|| {
+            let (tx_a, rx_a) = mpsc::channel::<u32>();
+            let (tx_b, rx_b) = mpsc::channel::<u32>();
+            let (tx_d, rx_d) = mpsc::channel::<u32>();
+            let (tx_sig, rx_sig) = mpsc::channel::<()>();
+            let selector = greenstack::spawn(move || {
+                // Parks (nothing is ready), watching all three; woken by a.
+                let got = greenstack::select! {
+                    recv(rx_a) -> v => v.unwrap(),
+                    recv(rx_b) -> v => v.unwrap() + 100,
+                    recv(rx_d) -> v => v.unwrap() + 100,
+                };
+                let late = greenstack::spawn(|| {
+                    time::sleep(Duration::from_millis(100));
+                    7
+                });
+                tx_sig.send(()).unwrap();
+                // b comes during the sleep.
+                let start = Instant::now();
+                time::sleep(Duration::from_millis(100));
+                let slept = start.elapsed();
+                tx_sig.send(()).unwrap();
+                // d comes during the join.
+                let joined = late.join().unwrap();
+                (
+                    got,
+                    slept,
+                    joined,
+                    rx_b.recv().unwrap(),
+                    rx_d.recv().unwrap(),
+                )
+            });
+            // The selector runs up to its park in the select.
+            greenstack::yield_now();
+            tx_a.send(1).unwrap();
+            rx_sig.recv().unwrap();
+            tx_b.send(2).unwrap();
+            rx_sig.recv().unwrap();
+            tx_d.send(4).unwrap();
+            let (got, slept, joined, b, d) = selector.join().unwrap();
+            assert_eq!(got, 1, "a was sent first");
+            assert!(slept >= Duration::from_millis(100), "slept {slept:?}");
+            assert_eq!((joined, b, d), (7, 2, 4));
+        })
+        .join()
+        .unwrap();
+    });
+}

@@ -62,27 +62,61 @@ struct State<T> {
     watchers: Vec<(u64, Waker)>,
     /// The next watcher key.
     next_watch: u64,
+    /// A receiving select's watch that outlives its select, [`KEPT`]: a
+    /// coroutine that selects on this channel again and again (a receive
+    /// loop) registers once and leaves nothing to remove, where a keyed
+    /// watcher costs a waker clone to register and a lock and a drop to
+    /// remove each time. Woken, and emptied, by every change `watchers`
+    /// is woken by except a take (which cannot make a receive ready).
+    /// Left behind when its select returns, it may wake that coroutine
+    /// once more, spuriously, as every wait allows. tokio's mpsc keeps its
+    /// one receiver's waker registered in the same way.
+    kept: Option<Waker>,
+}
+
+impl<T> State<T> {
+    /// Whether a select watches (a keyed watcher or the kept one).
+    #[inline(always)]
+    fn watched(&self) -> bool {
+        !self.watchers.is_empty() || self.kept.is_some()
+    }
 }
 
 /// A watcher key that names no watcher (keys count up from 0 and never
 /// reach it): see [`Chan::select_recv`].
 pub(crate) const NO_WATCH: u64 = u64::MAX;
 
+/// The key of a receive's watch kept in `State::kept`: nothing to remove
+/// when the select stops watching (see there). Keys never reach it either.
+pub(crate) const KEPT: u64 = u64::MAX - 1;
+
 /// Wakers taken from `State::watchers`, to wake after unlocking. One is
 /// the common case (one select watching), moved out alone: the list keeps
 /// its capacity, so the next select's `watch` allocates nothing.
 enum Taken {
     One(Waker),
-    Many(Vec<(u64, Waker)>),
+    Many(Option<Waker>, Vec<(u64, Waker)>),
 }
 
-/// Takes the watchers of `st`, to wake after unlocking (`wake_watchers`).
+/// Takes the watchers of `st`, the kept one too, to wake after unlocking
+/// (`wake_watchers`).
 #[inline]
 fn take_watchers<T>(st: &mut State<T>) -> Option<Taken> {
+    match (st.kept.take(), st.watchers.len()) {
+        (None, _) => take_keyed(st),
+        (Some(k), 0) => Some(Taken::One(k)),
+        (k, _) => Some(Taken::Many(k, std::mem::take(&mut st.watchers))),
+    }
+}
+
+/// Takes the keyed watchers of `st` only: for a take, which may make a
+/// send ready but not a receive.
+#[inline]
+fn take_keyed<T>(st: &mut State<T>) -> Option<Taken> {
     match st.watchers.len() {
         0 => None,
         1 => st.watchers.pop().map(|(_, w)| Taken::One(w)),
-        _ => Some(Taken::Many(std::mem::take(&mut st.watchers))),
+        _ => Some(Taken::Many(None, std::mem::take(&mut st.watchers))),
     }
 }
 
@@ -103,7 +137,10 @@ fn wake_watchers(t: Option<Taken>) {
 fn wake_taken(t: Taken) {
     match t {
         Taken::One(w) => w.wake(),
-        Taken::Many(ws) => {
+        Taken::Many(kept, ws) => {
+            if let Some(w) = kept {
+                w.wake();
+            }
             for (_, w) in ws {
                 w.wake();
             }
@@ -140,6 +177,7 @@ impl<T> Chan<T> {
                 send_waiters: VecDeque::new(),
                 watchers: Vec::new(),
                 next_watch: 0,
+                kept: None,
             }),
         })
     }
@@ -176,9 +214,11 @@ impl<T> Chan<T> {
     /// A select's receive, in one look under one lock: removes the
     /// watcher `unwatch` (if not woken and removed already), then takes a
     /// value, `Ok(Ok(v))`, or the disconnect, `Ok(Err(RecvError))`. With
-    /// neither, registers `watch` (see [`watch`](Self::watch)) and returns
-    /// its key, as `Err(key)`: registered under the lock of the look that
-    /// missed, so the next change wakes it. A select waiting on a channel
+    /// neither, registers `watch` and returns its key, as `Err(key)`:
+    /// registered under the lock of the look that missed, so the next
+    /// change wakes it. The registration is the kept one ([`KEPT`], see
+    /// `State::kept`) when that is free or already `watch`'s, else a keyed
+    /// one as [`watch`](Self::watch) makes. A select waiting on a channel
     /// takes the lock twice per value this way (register, then leave and
     /// take), where `unwatch`, `recv` and `watch` would take it four times.
     ///
@@ -194,7 +234,7 @@ impl<T> Chan<T> {
     ) -> Result<Result<T, RecvError>, u64> {
         let mut st = self.state.lock();
         // Dropped after unlocking.
-        let removed = if unwatch == NO_WATCH {
+        let removed = if unwatch == NO_WATCH || unwatch == KEPT {
             None
         } else {
             st.watchers
@@ -214,12 +254,19 @@ impl<T> Chan<T> {
             return Ok(Err(RecvError));
         }
         let key = match watch {
-            Some(waker) => {
-                let key = st.next_watch;
-                st.next_watch += 1;
-                st.watchers.push((key, waker.clone()));
-                key
-            }
+            Some(waker) => match &st.kept {
+                Some(k) if k.will_wake(waker) => KEPT,
+                None => {
+                    st.kept = Some(waker.clone());
+                    KEPT
+                }
+                Some(_) => {
+                    let key = st.next_watch;
+                    st.next_watch += 1;
+                    st.watchers.push((key, waker.clone()));
+                    key
+                }
+            },
             None => NO_WATCH,
         };
         drop(st);
@@ -227,8 +274,12 @@ impl<T> Chan<T> {
         Err(key)
     }
 
-    /// Removes the watcher `key`, if not woken (and removed) already.
+    /// Removes the watcher `key`, if not woken (and removed) already. A
+    /// [`KEPT`] watch stays (see `State::kept`).
     pub(crate) fn unwatch(&self, key: u64) {
+        if key == KEPT {
+            return;
+        }
         let removed = {
             let mut st = self.state.lock();
             st.watchers
@@ -321,7 +372,7 @@ impl<T> Chan<T> {
                 // No receiver waits: nobody to wake but a select.
                 st.queue.push_back(v);
                 st.pushed += 1;
-                if !st.watchers.is_empty() {
+                if st.watched() {
                     let w = take_watchers(&mut st);
                     drop(st);
                     wake_watchers(w);
@@ -589,7 +640,8 @@ impl<T> Chan<T> {
 }
 
 /// Unlocks `st` after a value was taken from its queue, then wakes the
-/// senders waiting for room and the selects watching. Neither waits on an
+/// senders waiting for room and the selects watching with a key (the kept
+/// watch is a receive's, which a take cannot make ready). Neither waits on an
 /// unbounded channel nobody selects on: then it only unlocks (gathering the
 /// empty lists cost 3% of `select_pingpong`'s time).
 #[inline(always)]
@@ -598,7 +650,7 @@ fn woken_by_take<T>(mut st: SpinGuard<'_, State<T>>) {
         return;
     }
     let woken = notify_all(&mut st.send_waiters);
-    let w = take_watchers(&mut st);
+    let w = take_keyed(&mut st);
     drop(st);
     woken.wake();
     wake_watchers(w);

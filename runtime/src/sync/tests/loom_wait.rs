@@ -295,3 +295,43 @@ fn loom_chan_last_sender_wakes_receiver() {
         dropper.join().unwrap();
     });
 }
+
+/// Wakes the loom thread that made it (a select's waker, as loom sees it).
+struct Unparker(loom::thread::Thread);
+
+impl std::task::Wake for Unparker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The channel core's select receive (`Chan::select_recv`) racing two
+/// sends: each of two selects in a row looks, and on a miss registers
+/// under the lock of that look and parks until woken. The second select
+/// finds its watch kept from the first (`State::kept`, nothing registered
+/// again), so a send that a kept watch failed to see would leave it parked
+/// for good: a deadlock report. Values arrive in order.
+#[test]
+fn loom_chan_select_recv_keeps_its_watch() {
+    loom::model(|| {
+        let chan = Chan::<u32>::new(None);
+        let c2 = std::sync::Arc::clone(&chan);
+        let sender = thread::spawn(move || {
+            assert!(c2.send(1, true, None).is_ok());
+            assert!(c2.send(2, true, None).is_ok());
+        });
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unparker(thread::current())));
+        let select = || loop {
+            match chan.select_recv(crate::sync::chan::NO_WATCH, Some(&waker)) {
+                Ok(got) => return got.expect("the sender is alive"),
+                Err(key) => {
+                    assert_eq!(key, crate::sync::chan::KEPT, "the receiver's own watch");
+                    thread::park();
+                }
+            }
+        };
+        assert_eq!(select(), 1);
+        assert_eq!(select(), 2);
+        sender.join().unwrap();
+    });
+}
