@@ -311,7 +311,11 @@ end
 /// checks what it reports: responses seen, each a 200 with the hello body,
 /// and no socket error or other status. Returns the count of responses.
 fn wrk_hello(addr: &str) -> u64 {
-    let script = std::env::temp_dir().join(format!("greenstack-wrk-{}.lua", std::process::id()));
+    // One file per call: the tests calling this run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let script =
+        std::env::temp_dir().join(format!("greenstack-wrk-{}-{call}.lua", std::process::id()));
     std::fs::write(&script, WRK_CHECK).expect("writing wrk's script");
     let out = Command::new("wrk")
         .args(["-t2", "-c50", "-d1s", "-s"])

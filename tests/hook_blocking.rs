@@ -32,10 +32,19 @@ fn beats_during<T: Send + 'static>(
     rt: &Runtime,
     call: impl FnOnce() -> T + Send + 'static,
 ) -> (usize, T) {
+    beats_counted_in(rt, Arc::default(), call)
+}
+
+/// [`beats_during`], counting in `beats`, which another thread may watch
+/// (with one worker, a beat while `call` runs means `call` has parked).
+fn beats_counted_in<T: Send + 'static>(
+    rt: &Runtime,
+    beats: Arc<AtomicUsize>,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> (usize, T) {
     rt.block_on(move || {
         let busy = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let beats = Arc::new(AtomicUsize::new(0));
         let hb = {
             let (busy, stop, beats) = (busy.clone(), stop.clone(), beats.clone());
             greenstack::spawn(move || {
@@ -95,9 +104,11 @@ fn hooks_off_thread_sleep_blocks_the_worker() {
 fn std_tcp_read_with_timeout_parks_and_times_out_as_std() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    // Silent, and open until the read has timed out.
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
     let peer = std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();
-        std::thread::sleep(Duration::from_millis(600));
+        let _ = wait_done.recv();
         drop(s);
     });
     let rt = one_worker(true);
@@ -112,6 +123,7 @@ fn std_tcp_read_with_timeout_parks_and_times_out_as_std() {
             (e.kind(), t.elapsed())
         })
     });
+    drop(done);
     peer.join().unwrap();
     assert_eq!(kind, ErrorKind::WouldBlock);
     assert!(
@@ -275,13 +287,22 @@ fn pipe() -> (std::fs::File, std::fs::File) {
 #[test]
 fn a_pipe_read_parks_until_the_writer_writes() {
     let (mut r, mut w) = pipe();
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        w.write_all(b"late").unwrap();
-    });
+    let beats = Arc::new(AtomicUsize::new(0));
+    // Writes once the heartbeat has beaten during the read: only a parked
+    // read lets it (if the read blocked the worker, this never writes and
+    // the hang guard reports it).
+    let writer = {
+        let beats = Arc::clone(&beats);
+        std::thread::spawn(move || {
+            while beats.load(SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            w.write_all(b"late").unwrap();
+        })
+    };
     let rt = one_worker(true);
     let (beats, got) = common::bounded("a pipe read", move || {
-        beats_during(&rt, move || {
+        beats_counted_in(&rt, beats, move || {
             let mut buf = [0u8; 4];
             r.read_exact(&mut buf).unwrap();
             buf

@@ -253,16 +253,18 @@ fn io_waits_fail_with_a_cancellation_error() {
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr2 = listener.local_addr().unwrap();
+        // Connected here: the read is the coroutine's only wait (a park in
+        // the connect would be cancelled instead).
+        let mut s = greenstack::net::TcpStream::connect(addr2).unwrap();
         let (e, _) = cancelled_while(&rt, move || {
-            let mut s = greenstack::net::TcpStream::connect(addr2).unwrap();
             let mut buf = [0u8; 4];
             s.read_exact(&mut buf).unwrap_err()
         });
         assert!(cancel::is_cancellation(&e), "{e:?}");
 
         // std's blocking sockets, through the hooks.
+        let mut s = std::net::TcpStream::connect(addr2).unwrap();
         let (e, _) = cancelled_while(&rt, move || {
-            let mut s = std::net::TcpStream::connect(addr2).unwrap();
             let mut buf = [0u8; 4];
             s.read(&mut buf).unwrap_err()
         });

@@ -1282,13 +1282,16 @@ fn panic_in_drop_during_shutdown_of_a_never_started_coroutine() {
         let started = Arc::new(Semaphore::new(0));
         let s2 = Arc::clone(&started);
         // Holds the only worker (without parking) until shutdown begins,
-        // so the next spawn stays queued.
+        // so the next spawn stays queued: spawns succeed until the drop
+        // has set the shutdown flag (a probe, queued, is dropped unrun).
         let blocker = rt.spawn(move || {
             s2.add_permits(1);
-            // A busy wait: `thread::sleep` would park the coroutine.
-            let t = std::time::Instant::now();
-            while t.elapsed() < Duration::from_millis(200) {
-                std::hint::spin_loop();
+            while greenstack::Builder::new().spawn(|| ()).is_ok() {
+                // A busy wait: `thread::sleep` would park the coroutine.
+                let t = std::time::Instant::now();
+                while t.elapsed() < Duration::from_millis(1) {
+                    std::hint::spin_loop();
+                }
             }
         });
         started.acquire().forget();

@@ -165,11 +165,18 @@ fn watchdog_names_a_coroutine_that_holds_its_worker() {
     let h = Builder::new()
         .name("spinner")
         .spawn_on(&rt, || {
-            // A workload, not a measurement: 300 ms without a switch.
+            // Holds its worker without a switch until the watchdog has
+            // spoken (however late its thread runs), or the hang guard.
             let start = Instant::now();
             let mut x = 0u64;
-            while start.elapsed() < Duration::from_millis(300) {
-                x = black_box(x.wrapping_add(1));
+            while start.elapsed() < HANG_GUARD
+                && !events()
+                    .iter()
+                    .any(|e| e.level == Level::WARN && e.names("spinner"))
+            {
+                for _ in 0..1000 {
+                    x = black_box(x.wrapping_add(1));
+                }
             }
             x
         })

@@ -314,10 +314,14 @@ fn dropping_the_runtime_from_its_own_coroutine_ends_every_spawned_child() {
 #[test]
 fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
     let rt = Runtime::new().unwrap();
+    // Spawning while the runtime closes fails: probes until a spawn does
+    // (if none ever failed, its sleeps, cancelled past the timeout, would
+    // return at once and it would spin until unwound by force).
     let finisher = rt.spawn(|| {
-        greenstack::time::sleep(Duration::from_millis(50));
-        // Spawning while the runtime closes fails.
-        Builder::new().spawn(|| ()).is_err()
+        while Builder::new().spawn(|| ()).is_ok() {
+            greenstack::time::sleep(Duration::from_millis(1));
+        }
+        true
     });
     let parked = rt.spawn(|| loop {
         greenstack::park();
@@ -359,10 +363,10 @@ fn graceful_shutdown_lets_running_coroutines_finish_then_cancels_the_rest() {
 }
 
 /// A graceful shutdown past its timeout cancels coroutines that never
-/// started too: the one worker is held (hooks off, a plain
-/// `std::thread::sleep`, 250 ms) past the timeout, so the three queued behind it
-/// start only once their cancellation is due, and each returns through
-/// its first wait instead of being unwound.
+/// started too: the one worker is held (hooks off, a plain blocking
+/// receive) past the timeout, so the three queued behind it start only
+/// once their cancellation is due, and each returns through its first
+/// wait instead of being unwound.
 #[test]
 fn graceful_shutdown_cancels_never_started_coroutines_through_their_waits() {
     let rt = Runtime::builder()
@@ -370,7 +374,15 @@ fn graceful_shutdown_cancels_never_started_coroutines_through_their_waits() {
         .hook_blocking_calls(false)
         .build()
         .unwrap();
-    let hold = rt.spawn(|| thread::sleep(Duration::from_millis(250)));
+    // Released by a thread of the test's, half-way through the grace that
+    // follows the timeout (both 1 s): the release does not depend on when
+    // the worker started the holder.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let hold = rt.spawn(move || held.recv().is_ok());
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        release.send(()).unwrap();
+    });
     let (tx, rx) = greenstack::sync::mpmc::channel::<u32>();
     let queued: Vec<JoinHandle<(bool, bool)>> = (0..3)
         .map(|_| {
@@ -381,10 +393,11 @@ fn graceful_shutdown_cancels_never_started_coroutines_through_their_waits() {
             })
         })
         .collect();
-    // Past the 200 ms timeout the worker is still held; it is free within
-    // the grace (another 200 ms).
-    assert!(!rt.shutdown_timeout(Duration::from_millis(200)));
-    assert!(hold.join().is_ok());
+    // Past the timeout the worker is still held; it is free within the
+    // grace.
+    assert!(!rt.shutdown_timeout(Duration::from_secs(1)));
+    releaser.join().unwrap();
+    assert!(hold.join().unwrap(), "released, not cancelled");
     for h in queued {
         assert_eq!(h.join().unwrap(), (true, true));
     }

@@ -30,6 +30,7 @@ fn a_coroutine_waiting_for_a_signal_parks() {
         let stop = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(AtomicBool::new(false));
         let (b, s, w) = (beats.clone(), stop.clone(), waiting.clone());
+        let beaten = beats.clone();
         let got = rt.block_on(move || {
             let signals = Signals::new(&[sig]).unwrap();
             let hb = greenstack::spawn(move || {
@@ -41,8 +42,14 @@ fn a_coroutine_waiting_for_a_signal_parks() {
                     }
                 }
             });
+            // Sends once the heartbeat has beaten while the other waits
+            // (with one worker, only a parked wait lets it beat); if the
+            // wait blocked the worker, this never sends and the hang guard
+            // reports it.
             let sender = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
+                while beaten.load(SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 kill_self(sig);
             });
             let got = greenstack::spawn(move || {

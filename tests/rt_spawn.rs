@@ -171,12 +171,17 @@ fn fan_out_fib_on_one_worker() {
     assert_eq!(rt.stats().worker_runs.len(), 1);
 }
 
+/// The other worker steals from a fan-out. A worker thread the machine
+/// does not schedule during a whole pass cannot steal, so passes repeat
+/// (each checked) until one has seen a steal, within the hang guard.
 #[test]
 fn fan_out_fib_on_two_workers_steals() {
-    let rt = runtime(2);
-    assert_eq!(rt.block_on(|| fib(25)), 75025);
+    let rt = two_running_workers();
+    wait_until("a steal during a fan-out", || {
+        assert_eq!(rt.block_on(|| fib(25)), 75025);
+        rt.stats().steals > 0
+    });
     let stats = rt.stats();
-    assert!(stats.steals > 0, "no steals: {stats:?}");
     assert_eq!(stats.worker_runs.len(), 2);
     assert!(
         stats.worker_runs.iter().all(|&r| r > 0),
@@ -800,17 +805,24 @@ fn runtime_dropped_inside_its_own_coroutine_stops_cleanly() {
 #[test]
 fn join_timeout_gives_the_handle_back_then_the_value() {
     let rt = runtime(2);
-    let slow = || {
-        greenstack::time::sleep(Duration::from_millis(150));
-        7
+    // A coroutine's body that runs until released (its sender sent), then
+    // gives 7: the test decides when, not the clock.
+    let gated = || {
+        let (go, wait) = greenstack::sync::oneshot::channel::<()>();
+        (go, move || {
+            wait.recv().unwrap();
+            7
+        })
     };
     let from_coroutine = rt.block_on_worker(move || {
+        let (go, slow) = gated();
         let h = greenstack::spawn(slow);
         let t = Instant::now();
         let h = h
             .join_timeout(Duration::from_millis(20))
-            .expect_err("still sleeping");
+            .expect_err("still waiting");
         let waited = t.elapsed();
+        go.send(()).unwrap();
         let v = h.join_timeout(Duration::from_secs(60)).expect("finished");
         (waited, v.unwrap())
     });
@@ -820,15 +832,17 @@ fn join_timeout_gives_the_handle_back_then_the_value() {
     );
     assert_eq!(from_coroutine.1, 7);
 
+    let (go, slow) = gated();
     let h = rt.spawn(slow);
     let t = Instant::now();
     let h = h
         .join_timeout(Duration::from_millis(20))
-        .expect_err("still sleeping");
+        .expect_err("still waiting");
     assert!(t.elapsed() >= Duration::from_millis(20));
     let h = h
         .join_deadline(Instant::now())
         .expect_err("a deadline passed");
+    go.send(()).unwrap();
     assert_eq!(h.join().unwrap(), 7);
 
     let done = rt.spawn(|| 8);

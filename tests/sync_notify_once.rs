@@ -69,7 +69,13 @@ fn notify_one_wakes_one_and_notify_waiters_wakes_the_rest() {
         wait_for(|| woken.load(SeqCst) >= 1);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(woken.load(SeqCst), 1, "notify_one woke more than one");
-        n.notify_waiters();
+        // A waiter still on its way to the wait would miss a single
+        // `notify_waiters` (it stores no permit): repeat it until all have
+        // woken. Repeated, it still stores none (checked below).
+        while woken.load(SeqCst) < 3 {
+            n.notify_waiters();
+            std::thread::sleep(Duration::from_millis(1));
+        }
         c1.join().unwrap();
         c2.join().unwrap();
         t.join().unwrap();
