@@ -465,3 +465,37 @@ fn a_watch_left_by_a_select_cuts_no_later_wait_short() {
         .unwrap();
     });
 }
+
+/// Completing a selected operation with the wrong end panics, as
+/// crossbeam-channel's `SelectedOperation` does, and leaves the value
+/// nowhere it could be taken twice: a receive from another receiver, and
+/// a receive of a selected send.
+#[test]
+fn completing_with_the_wrong_end_panics() {
+    let (tx1, rx1) = mpsc::channel::<u64>();
+    let (_tx2, rx2) = mpsc::channel::<u64>();
+    tx1.send(1).unwrap();
+    let mut sel = Select::new();
+    sel.recv(&rx1);
+    sel.recv(&rx2);
+    let op = sel.select();
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.recv(&rx2)))
+        .expect_err("a receive from the other receiver");
+    assert!(
+        panic_message(p.as_ref()).contains("not a receive from this receiver"),
+        "{}",
+        panic_message(p.as_ref())
+    );
+
+    let (tx3, _rx3) = mpsc::channel::<u64>();
+    let mut sel = Select::new();
+    sel.send(&tx3);
+    let op = sel.select();
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.recv(&rx1)))
+        .expect_err("a receive of a selected send");
+    assert!(
+        panic_message(p.as_ref()).contains("not a receive"),
+        "{}",
+        panic_message(p.as_ref())
+    );
+}

@@ -167,10 +167,14 @@ pub(crate) fn select(input: TokenStream) -> TokenStream {
     let op = Ident::new("op", site);
     let mut binds = Vec::new();
     let mut adds = Vec::new();
+    let mut idxs = Vec::new();
     let mut cases = Vec::new();
     for (n, arm) in input.arms.iter().enumerate() {
         let end = format_ident!("end{}", n, span = site);
         let idx = format_ident!("index{}", n, span = site);
+        if !matches!(arm, Arm::Default { .. }) {
+            idxs.push(idx.clone());
+        }
         match arm {
             Arm::Recv { rx, pat, body } => {
                 binds.push(quote_spanned!(rx.span()=> let #end = &#rx;));
@@ -216,12 +220,15 @@ pub(crate) fn select(input: TokenStream) -> TokenStream {
             quote!(#[allow(unused_braces)] ::core::option::Option::None => #body),
         ),
     };
+    // The select is dropped where it was built, at the end of its block
+    // (a `drop(sel)` moved its 176 bytes first), before the arm's body.
     quote! {{
         #(#binds)*
-        let mut #sel = ::greenstack::sync::select::Select::new();
-        #(#adds)*
-        let #op = #pick;
-        ::core::mem::drop(#sel);
+        let (#op, #(#idxs,)*) = {
+            let mut #sel = ::greenstack::sync::select::Select::new();
+            #(#adds)*
+            (#pick, #(#idxs,)*)
+        };
         match #op {
             #(#cases)*
             #none_case,

@@ -64,7 +64,6 @@ use std::sync::mpsc::{RecvError, SendError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use smallbox::smallbox;
 use smallvec::SmallVec;
 
 use super::chan::Chan;
@@ -77,10 +76,42 @@ use imp::{Entry, Kind, Op, Sealed, Value};
 mod imp {
     use std::task::Waker;
 
-    /// What a completed receive got, its type erased: inline for values of
-    /// up to four words (a `Result<u64, RecvError>`, a `String`), so a
-    /// select on a channel of small values allocates nothing.
-    pub(super) type Value = smallbox::SmallBox<dyn std::any::Any, smallbox::space::S4>;
+    /// What a completed receive got, an `Option<Result<T, RecvError>>`
+    /// (`Some` until taken), its type erased: inline for values of up to
+    /// four words (a `Result<u64, RecvError>`, a `String`), so a select on
+    /// a channel of small values allocates nothing. The value is taken
+    /// out where it was written, not moved with its box (a copy right
+    /// after the write stalls on the stores, as `ChanOp::look_into` says).
+    ///
+    /// Its type is checked against the `TypeId` kept beside it, not
+    /// through `Any`'s virtual `type_id`, whose 16-byte result came back
+    /// through memory and was read at once (the select's caller's hottest
+    /// instruction, `perf annotate` of `select_pingpong workers=1`).
+    pub(super) struct Value {
+        ty: std::any::TypeId,
+        boxed: smallbox::SmallBox<dyn std::any::Any, smallbox::space::S4>,
+    }
+
+    impl Value {
+        pub(super) fn new<T: 'static>(v: T) -> Value {
+            Value {
+                ty: std::any::TypeId::of::<T>(),
+                boxed: smallbox::smallbox!(v),
+            }
+        }
+
+        /// The value, if it is a `T`.
+        pub(super) fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
+            if self.ty != std::any::TypeId::of::<T>() {
+                return None;
+            }
+            let p: *mut dyn std::any::Any = &mut *self.boxed;
+            // SAFETY: `ty` is the `TypeId` of the value `new` boxed, and
+            // neither field changes after: the box holds a `T`, and the
+            // pointer is borrowed from `self` for the reference's life.
+            Some(unsafe { &mut *p.cast::<T>() })
+        }
+    }
 
     /// One operation of a select.
     pub(super) trait Op {
@@ -153,17 +184,25 @@ mod imp {
         // The loop's calls, direct for a channel's (the one indirect call
         // left is into its channel).
 
-        pub(super) fn look(&self, complete: bool, watch: Option<&Waker>) -> Option<Option<Value>> {
+        // A completed receive's value is written to `got`, where the
+        // select's caller takes it from (see `ChanOp::look_into`).
+
+        pub(super) fn look(
+            &self,
+            complete: bool,
+            watch: Option<&Waker>,
+            got: &mut Option<Value>,
+        ) -> bool {
             match &self.0 {
-                Kind::Chan(c) => c.look(complete, watch),
-                Kind::Other(o) => o.look(complete, watch),
+                Kind::Chan(c) => c.look_into(complete, watch, got),
+                Kind::Other(o) => put(o.look(complete, watch), got),
             }
         }
 
-        pub(super) fn relook(&self, complete: bool) -> Option<Option<Value>> {
+        pub(super) fn relook(&self, complete: bool, got: &mut Option<Value>) -> bool {
             match &self.0 {
-                Kind::Chan(c) => c.relook(complete),
-                Kind::Other(o) => o.relook(complete),
+                Kind::Chan(c) => c.relook_into(complete, got),
+                Kind::Other(o) => put(o.relook(complete), got),
             }
         }
 
@@ -179,6 +218,18 @@ mod imp {
                 Kind::Chan(_) => false,
                 Kind::Other(o) => o.polled(),
             }
+        }
+    }
+
+    /// An [`Op`]'s look, as [`Entry::look`] reports it: whether it
+    /// completed, what a receive got in `got`.
+    pub(super) fn put(looked: Option<Option<Value>>, got: &mut Option<Value>) -> bool {
+        match looked {
+            Some(v) => {
+                *got = v;
+                true
+            }
+            None => false,
         }
     }
 
@@ -209,8 +260,14 @@ trait ChanSel {
     fn send_ready(&self) -> bool;
     fn watch(&self, waker: &Waker) -> u64;
     fn unwatch(&self, key: u64);
-    /// [`Chan::select_recv`] ([`NO_KEY`]: no watcher).
-    fn select_recv(&self, unwatch: u64, watch: Option<&Waker>) -> Result<Value, u64>;
+    /// [`Chan::select_recv`] ([`NO_KEY`]: no watcher), what it got
+    /// written to `got`: `Ok` then, else the key.
+    fn select_recv(
+        &self,
+        unwatch: u64,
+        watch: Option<&Waker>,
+        got: &mut Option<Value>,
+    ) -> Result<(), u64>;
 }
 
 /// A [`ChanOp`]'s key when it is not watching (a plain word, not an
@@ -234,23 +291,43 @@ impl<T: 'static> ChanSel for Chan<T> {
         Chan::unwatch(self, key)
     }
 
-    fn select_recv(&self, unwatch: u64, watch: Option<&Waker>) -> Result<Value, u64> {
-        Chan::select_recv(self, unwatch, watch).map(|got| -> Value { smallbox!(got) })
+    fn select_recv(
+        &self,
+        unwatch: u64,
+        watch: Option<&Waker>,
+        got: &mut Option<Value>,
+    ) -> Result<(), u64> {
+        let v = Chan::select_recv(self, unwatch, watch)?;
+        *got = Some(Value::new(Some(v)));
+        Ok(())
     }
+}
+
+/// Which end of its channel a [`ChanOp`] works. A word, not a `bool`: an
+/// entry is made on the stack and then copied into the select's list,
+/// and that copy read the byte store of a `bool` (and the enum tags kept
+/// in its spare values) as part of an 8-byte load, which the CPU cannot
+/// forward from the store (`perf annotate` of `select_pingpong
+/// workers=1`: an eighth of the samples of the caller's `select!`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+enum Side {
+    Recv,
+    Send,
 }
 
 /// A channel receive or send.
 struct ChanOp<'a> {
     chan: &'a dyn ChanSel,
     object: *const (),
-    send: bool,
+    send: Side,
     /// Its watcher's key while it watches, else [`NO_KEY`].
     key: Cell<u64>,
 }
 
 impl Op for ChanOp<'_> {
     fn ready(&self) -> bool {
-        if self.send {
+        if self.send == Side::Send {
             self.chan.send_ready()
         } else {
             self.chan.recv_ready()
@@ -258,10 +335,12 @@ impl Op for ChanOp<'_> {
     }
 
     fn attempt(&self) -> Option<Option<Value>> {
-        if self.send {
+        if self.send == Side::Send {
             return self.ready().then_some(None);
         }
-        self.chan.select_recv(NO_KEY, None).ok().map(Some)
+        let mut got = None;
+        self.chan.select_recv(NO_KEY, None, &mut got).ok()?;
+        Some(got)
     }
 
     fn watch(&self, waker: &Waker) {
@@ -278,36 +357,46 @@ impl Op for ChanOp<'_> {
     fn object(&self) -> *const () {
         self.object
     }
+}
 
+impl ChanOp<'_> {
     // A receive looks, and registers on a miss, under one lock of its
-    // channel, and leaves and looks again under one more.
-    fn look(&self, complete: bool, watch: Option<&Waker>) -> Option<Option<Value>> {
-        if self.send || !complete {
-            return imp::look_apart(self, complete, watch);
+    // channel, and leaves and looks again under one more. What it gets is
+    // written once, by the channel, into the caller's `got`, and stays
+    // there until the user takes it: returned through each layer, the
+    // six-word value was copied three times, each copy's 16-byte loads
+    // reading stores of 8 bytes just made, which the CPU cannot forward
+    // (`perf annotate` of `select_pingpong workers=1`: the select loop's
+    // two hottest instructions).
+
+    /// [`Op::look`], the value written to `got`; true if it completed.
+    fn look_into(&self, complete: bool, watch: Option<&Waker>, got: &mut Option<Value>) -> bool {
+        if self.send == Side::Send || !complete {
+            return imp::put(imp::look_apart(self, complete, watch), got);
         }
-        match self.chan.select_recv(NO_KEY, watch) {
-            Ok(got) => Some(Some(got)),
+        match self.chan.select_recv(NO_KEY, watch, got) {
+            Ok(()) => true,
             Err(key) => {
                 self.key.set(key);
-                None
+                false
             }
         }
     }
 
-    fn relook(&self, complete: bool) -> Option<Option<Value>> {
-        if self.send || !complete {
+    /// [`Op::relook`], the value written to `got`; true if it completed.
+    fn relook_into(&self, complete: bool, got: &mut Option<Value>) -> bool {
+        if self.send == Side::Send || !complete {
             self.unwatch();
-            return imp::look_apart(self, complete, None);
+            return imp::put(imp::look_apart(self, complete, None), got);
         }
         self.chan
-            .select_recv(self.key.replace(NO_KEY), None)
-            .ok()
-            .map(Some)
+            .select_recv(self.key.replace(NO_KEY), None, got)
+            .is_ok()
     }
 }
 
 /// A channel end's entry.
-fn chan_entry<'a, T: 'static, E>(chan: &'a Chan<T>, end: &'a E, send: bool) -> Entry<'a> {
+fn chan_entry<'a, T: 'static, E>(chan: &'a Chan<T>, end: &'a E, send: Side) -> Entry<'a> {
     Entry(Kind::Chan(ChanOp {
         chan,
         object: end as *const E as *const (),
@@ -322,7 +411,7 @@ macro_rules! chan_recv {
         impl<T> Sealed for $($recv)::+<T> {}
         impl<T: 'static> SelectRecv<T> for $($recv)::+<T> {
             fn recv_op(&self) -> Entry<'_> {
-                chan_entry(self.chan(), self, false)
+                chan_entry(self.chan(), self, Side::Recv)
             }
         }
     };
@@ -334,7 +423,7 @@ macro_rules! chan_send {
         impl<T> Sealed for $($send)::+<T> {}
         impl<T: 'static> SelectSend<T> for $($send)::+<T> {
             fn send_op(&self) -> Entry<'_> {
-                chan_entry(self.chan(), self, true)
+                chan_entry(self.chan(), self, Side::Send)
             }
             fn send_now(&self, v: T) -> Result<(), SendError<T>> {
                 self.send(v)
@@ -362,9 +451,9 @@ impl<T: 'static> Op for OneshotOp<'_, T> {
 
     fn attempt(&self) -> Option<Option<Value>> {
         match self.rx.try_recv() {
-            Ok(v) => Some(Some(smallbox!(Ok::<T, RecvError>(v)))),
+            Ok(v) => Some(Some(Value::new(Some(Ok::<T, RecvError>(v))))),
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                Some(Some(smallbox!(Err::<T, RecvError>(RecvError))))
+                Some(Some(Value::new(Some(Err::<T, RecvError>(RecvError)))))
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => None,
         }
@@ -677,27 +766,46 @@ impl<'a> Select<'a> {
     }
 
     /// The select loop (module docs): `block` waits, `complete` completes
-    /// the picked operation.
+    /// the picked operation. Inlined into each caller, so that the
+    /// operation is built where the caller returns it (a copy of it right
+    /// after its last field was written stalled, see `ChanOp::look_into`).
+    #[inline(always)]
     fn run(
         &mut self,
         point: Point,
         block: bool,
         complete: bool,
     ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
-        if block {
-            crate::scheduler::with_current_waker(|w| self.run_with(point, Some(w), complete))
+        let mut got = None;
+        let index = if block {
+            crate::scheduler::with_current_waker(|w| {
+                self.run_with(point, Some(w), complete, &mut got)
+            })
         } else {
-            self.run_with(point, None, complete)
-        }
+            self.run_with(point, None, complete, &mut got)
+        }?;
+        let object = self.ops[index]
+            .as_ref()
+            .expect("a picked operation is there")
+            .op()
+            .object();
+        Ok(SelectedOperation {
+            index,
+            object,
+            got,
+            _select: std::marker::PhantomData,
+        })
     }
 
-    /// [`run`](Self::run), waiting (registered with `waker`) if given one.
+    /// [`run`](Self::run), waiting (registered with `waker`) if given
+    /// one: the index of the operation picked, a receive's value in `got`.
     fn run_with(
         &mut self,
         point: Point,
         waker: Option<&Waker>,
         complete: bool,
-    ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
+        got: &mut Option<Value>,
+    ) -> Result<usize, SelectTimeoutError> {
         let block = waker.is_some();
         let n = self.ops.len();
         // The order of this round's attempts: a random permutation, so the
@@ -729,9 +837,9 @@ impl<'a> Select<'a> {
                     let Some(e) = self.ops[i as usize].as_ref() else {
                         continue;
                     };
-                    if let Some(got) = e.relook(complete) {
+                    if e.relook(complete, got) {
                         self.unwatch(&order[at + 1..]);
-                        return Ok(self.selected(i as usize, got));
+                        return Ok(i as usize);
                     }
                 }
                 // Nothing (a change another select took, a value another
@@ -747,11 +855,11 @@ impl<'a> Select<'a> {
                 let Some(e) = self.ops[i as usize].as_ref() else {
                     continue;
                 };
-                if let Some(got) = e.look(complete, waker) {
+                if e.look(complete, waker, got) {
                     if block {
                         self.unwatch(&order[..at]);
                     }
-                    return Ok(self.selected(i as usize, got));
+                    return Ok(i as usize);
                 }
             }
             if !block {
@@ -780,19 +888,6 @@ impl<'a> Select<'a> {
             if let Some(e) = self.ops[i as usize].as_ref() {
                 e.unwatch();
             }
-        }
-    }
-
-    /// The operation `index`, picked, with what it got.
-    fn selected(&self, index: usize, got: Option<Value>) -> SelectedOperation<'a> {
-        let e = self.ops[index]
-            .as_ref()
-            .expect("a picked operation is there");
-        SelectedOperation {
-            index,
-            object: e.op().object(),
-            got,
-            _select: std::marker::PhantomData,
         }
     }
 }
@@ -824,11 +919,12 @@ impl SelectedOperation<'_> {
         );
         let got = self
             .got
-            .take()
+            .as_mut()
             .expect("the selected operation is not a receive");
-        got.downcast::<Result<T, RecvError>>()
-            .unwrap_or_else(|_| panic!("the selected operation is not a receive of this type"))
-            .into_inner()
+        got.get_mut::<Option<Result<T, RecvError>>>()
+            .unwrap_or_else(|| panic!("the selected operation is not a receive of this type"))
+            .take()
+            .expect("a selected receive's value is taken once")
     }
 
     /// Sends `v` on `s`, the selected send's sender. The channel had room
