@@ -192,23 +192,25 @@ impl Local {
         let result = r.resume(p);
         ws.current.store(ptr::null_mut(), Ordering::Release);
         match result {
-            CoroutineResult::Yield(Request::Yield) => self.ready.borrow_mut().push_back(key),
-            CoroutineResult::Yield(Request::Park(deadline)) => {
-                if r.header.park.commit_park() {
-                    bump(&ws.parks);
-                    // The timer an earlier wait left armed moves to this
-                    // wait's deadline, or goes (see `Driver::arm`). Most
-                    // parks have neither (the call alone was 21
-                    // instructions of a channel hand-off's 656).
-                    let old = r.timer.take();
-                    if old.is_some() || deadline.is_some() {
-                        r.timer.set(self.driver.arm(old, deadline, &r.header));
+            CoroutineResult::Yield(req) => match req.asked() {
+                Asked::Yield => self.ready.borrow_mut().push_back(key),
+                Asked::Park(deadline) => {
+                    if r.header.park.commit_park() {
+                        bump(&ws.parks);
+                        // The timer an earlier wait left armed moves to this
+                        // wait's deadline, or goes (see `Driver::arm`). Most
+                        // parks have neither (the call alone was 21
+                        // instructions of a channel hand-off's 656).
+                        let old = r.timer.take();
+                        if old.is_some() || deadline.is_some() {
+                            r.timer.set(self.driver.arm(old, deadline, &r.header));
+                        }
+                    } else {
+                        self.ready.borrow_mut().push_back(key);
                     }
-                } else {
-                    self.ready.borrow_mut().push_back(key);
                 }
-            }
-            CoroutineResult::Yield(Request::Abandon(why)) => self.abandon(key, why),
+                Asked::Abandon(why) => self.abandon(key, why),
+            },
             CoroutineResult::Return(stored) => self.finish(key, stored),
         }
     }

@@ -67,9 +67,23 @@ pub(crate) use switch::{
     without_cancel_unwind, yield_current,
 };
 
-/// What a coroutine asks of its worker when it suspends.
+/// What a coroutine asks of its worker when it suspends, in one word.
+///
+/// A word because it is written just before the switch and copied right
+/// after it, and a load cannot take its value from narrower stores still
+/// in flight: as an enum of `Yield`, `Park(Option<Instant>)` and
+/// `Abandon(&'static str)`, a park without a deadline wrote only the
+/// 4-byte niche of `Instant`'s nanoseconds, and the copy's 16-byte load
+/// stalled on it (the hottest instruction of a channel receive, `perf
+/// annotate` of `channel_pingpong workers=1`). [`Request::asked`] decodes
+/// it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Request {
+#[repr(transparent)]
+pub(crate) struct Request(u64);
+
+/// A [`Request`], decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
     /// Run me again after the others that are ready.
     Yield,
     /// Run me again after an unpark, or at the deadline if there is one.
@@ -78,6 +92,59 @@ pub(crate) enum Request {
     /// making blocking calls that fail because of it (see "Shutdown" in
     /// the module docs); the reason, for the report.
     Abandon(&'static str),
+}
+
+thread_local! {
+    /// The reason of the last [`Request::abandon`] on this thread: the
+    /// coroutine and its worker share the thread, and the request itself
+    /// is one word.
+    static ABANDON_WHY: Cell<&'static str> = const { Cell::new("") };
+}
+
+impl Request {
+    /// [`Asked::Yield`].
+    pub(crate) const YIELD: Request = Request(u64::MAX);
+    const ABANDON: Request = Request(u64::MAX - 1);
+    /// A park without a deadline.
+    const PARK_FOREVER: Request = Request(u64::MAX - 2);
+
+    /// [`Asked::Park`]: the deadline as nanoseconds since a base taken once
+    /// per process. One before the base counts as the base (both have
+    /// passed); one 584 years away, as no deadline.
+    #[inline]
+    pub(crate) fn park(deadline: Option<Instant>) -> Request {
+        match deadline {
+            None => Request::PARK_FOREVER,
+            Some(d) => Request(
+                u64::try_from(d.saturating_duration_since(park_base()).as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .min(Request::PARK_FOREVER.0),
+            ),
+        }
+    }
+
+    /// [`Asked::Abandon`] for `why`.
+    pub(crate) fn abandon(why: &'static str) -> Request {
+        ABANDON_WHY.with(|w| w.set(why));
+        Request::ABANDON
+    }
+
+    /// What was asked (on the thread that asked).
+    #[inline]
+    pub(crate) fn asked(self) -> Asked {
+        match self {
+            Request::YIELD => Asked::Yield,
+            Request::ABANDON => Asked::Abandon(ABANDON_WHY.with(Cell::get)),
+            Request::PARK_FOREVER => Asked::Park(None),
+            Request(n) => Asked::Park(park_base().checked_add(std::time::Duration::from_nanos(n))),
+        }
+    }
+}
+
+/// The base of [`Request::park`]'s deadlines.
+fn park_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
 }
 
 /// Cancellations a coroutine may catch at shutdown, going back to wait each
@@ -513,32 +580,32 @@ pub(crate) fn run_root<T: 'static>(
     loop {
         match running.resume(p) {
             CoroutineResult::Return(_) => break,
-            CoroutineResult::Yield(Request::Yield) => std::thread::yield_now(),
-            // A root is never cancelled.
-            CoroutineResult::Yield(Request::Abandon(_)) => {
-                abort("a block_on root asked to be abandoned")
-            }
-            CoroutineResult::Yield(Request::Park(deadline)) => {
-                if !running.header.park.commit_park() {
-                    continue;
-                }
-                shared.counters.parks.add(1);
-                while running.header.park.is_parked() {
-                    match deadline {
-                        None => std::thread::park(),
-                        Some(d) => {
-                            let now = Instant::now();
-                            if now >= d {
-                                // Wake ourselves; if an unpark raced in, it
-                                // already did.
-                                running.header.park.cancel_park();
-                                break;
+            CoroutineResult::Yield(req) => match req.asked() {
+                Asked::Yield => std::thread::yield_now(),
+                // A root is never cancelled.
+                Asked::Abandon(_) => abort("a block_on root asked to be abandoned"),
+                Asked::Park(deadline) => {
+                    if !running.header.park.commit_park() {
+                        continue;
+                    }
+                    shared.counters.parks.add(1);
+                    while running.header.park.is_parked() {
+                        match deadline {
+                            None => std::thread::park(),
+                            Some(d) => {
+                                let now = Instant::now();
+                                if now >= d {
+                                    // Wake ourselves; if an unpark raced in, it
+                                    // already did.
+                                    running.header.park.cancel_park();
+                                    break;
+                                }
+                                std::thread::park_timeout(d - now);
                             }
-                            std::thread::park_timeout(d - now);
                         }
                     }
                 }
-            }
+            },
         }
     }
     running.header.park.finish();

@@ -45,7 +45,7 @@ pub(crate) fn hook_call_cancelled() {
     if n > CANCEL_THROWS {
         switch_out(
             r,
-            Request::Abandon(
+            Request::abandon(
                 "its blocking calls kept failing with ECANCELED (the runtime shuts down) \
                  and it kept making them",
             ),
@@ -207,7 +207,7 @@ pub(super) fn suspend_unusual(r: &Running, req: Request) -> bool {
             // It keeps catching its cancellation and waiting again.
             switch_out(
                 r,
-                Request::Abandon("it caught its cancellation and waited again"),
+                Request::abandon("it caught its cancellation and waited again"),
             );
             abort("an abandoned coroutine was resumed");
         }
@@ -220,10 +220,10 @@ pub(super) fn suspend_unusual(r: &Running, req: Request) -> bool {
         return true;
     }
     let name = header.name().unwrap_or("<unnamed>");
-    match req {
+    match req.asked() {
         // A yield is a hint: skipping it changes nothing a caller relies on,
         // unless it is spun on.
-        Request::Yield => {
+        Asked::Yield => {
             let n = r.unwinding_yields.get() + 1;
             r.unwinding_yields.set(n);
             if n >= UNWINDING_YIELDS {
@@ -238,7 +238,7 @@ pub(super) fn suspend_unusual(r: &Running, req: Request) -> bool {
             }
             true
         }
-        Request::Park(_) | Request::Abandon(_) => abort(&format!(
+        Asked::Park(_) | Asked::Abandon(_) => abort(&format!(
             "coroutine {} ({name:?}) tried to wait while unwinding from a panic \
                  (a destructor that waits). std counts panics per OS thread, so \
                  switching away now would make every other coroutine on this worker \
@@ -264,7 +264,7 @@ fn throw_cancel(r: &Running) -> ! {
 /// `yield_now` for a coroutine; false on a plain thread.
 #[inline(always)]
 pub(crate) fn yield_current() -> bool {
-    suspend(Request::Yield)
+    suspend(Request::YIELD)
 }
 
 /// `park` for a coroutine, until an unpark or `deadline`; false on a plain
@@ -277,5 +277,5 @@ pub(crate) fn park_current_coroutine(deadline: Option<Instant>) -> bool {
     if r.header.park.take_token() {
         return true;
     }
-    suspend_running(r, Request::Park(deadline))
+    suspend_running(r, Request::park(deadline))
 }
