@@ -142,14 +142,16 @@ impl Local {
         // SAFETY: the gauge goes into the same `Running` as the coroutine that
         // owns the slot, and is read only while that coroutine exists.
         let gauge = unsafe { slot.gauge() };
-        let co = Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
-            if let Some(r) = current_running() {
-                r.yielder.set(y);
-            }
-            // SAFETY: the task's `Running` (below) holds a reference to its
-            // cell for as long as this coroutine exists.
-            unsafe { run.run() }
-        });
+        let co = move || {
+            Co::with_stack(slot, move |y: &Yielder<(), Request>, ()| {
+                if let Some(r) = current_running() {
+                    r.yielder.set(y);
+                }
+                // SAFETY: the task's `Running` (below) holds a reference to its
+                // cell for as long as this coroutine exists.
+                unsafe { run.run() }
+            })
+        };
         let place = self
             .spare
             .borrow_mut()
