@@ -467,35 +467,34 @@ fn a_watch_left_by_a_select_cuts_no_later_wait_short() {
 }
 
 /// Completing a selected operation with the wrong end panics, as
-/// crossbeam-channel's `SelectedOperation` does, and leaves the value
-/// nowhere it could be taken twice: a receive from another receiver, and
-/// a receive of a selected send.
+/// crossbeam-channel's `SelectedOperation` does: a receive from another
+/// receiver than the selected one, and a receive in place of a selected
+/// send.
 #[test]
 fn completing_with_the_wrong_end_panics() {
+    let message = |f: &mut dyn FnMut()| {
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .expect_err("completing with the wrong end panics");
+        panic_message(p.as_ref())
+    };
     let (tx1, rx1) = mpsc::channel::<u64>();
     let (_tx2, rx2) = mpsc::channel::<u64>();
     tx1.send(1).unwrap();
     let mut sel = Select::new();
     sel.recv(&rx1);
     sel.recv(&rx2);
-    let op = sel.select();
-    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.recv(&rx2)))
-        .expect_err("a receive from the other receiver");
-    assert!(
-        panic_message(p.as_ref()).contains("not a receive from this receiver"),
-        "{}",
-        panic_message(p.as_ref())
-    );
+    let mut op = Some(sel.select());
+    let m = message(&mut || {
+        let _ = op.take().unwrap().recv(&rx2);
+    });
+    assert!(m.contains("not a receive from this receiver"), "{m}");
 
     let (tx3, _rx3) = mpsc::channel::<u64>();
     let mut sel = Select::new();
     sel.send(&tx3);
-    let op = sel.select();
-    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.recv(&rx1)))
-        .expect_err("a receive of a selected send");
-    assert!(
-        panic_message(p.as_ref()).contains("not a receive"),
-        "{}",
-        panic_message(p.as_ref())
-    );
+    let mut op = Some(sel.select());
+    let m = message(&mut || {
+        let _ = op.take().unwrap().recv(&rx1);
+    });
+    assert!(m.contains("not a receive"), "{m}");
 }
