@@ -320,14 +320,14 @@ enum Side {
 struct ChanOp<'a> {
     chan: &'a dyn ChanSel,
     object: *const (),
-    send: Side,
+    side: Side,
     /// Its watcher's key while it watches, else [`NO_KEY`].
     key: Cell<u64>,
 }
 
 impl Op for ChanOp<'_> {
     fn ready(&self) -> bool {
-        if self.send == Side::Send {
+        if self.side == Side::Send {
             self.chan.send_ready()
         } else {
             self.chan.recv_ready()
@@ -335,7 +335,7 @@ impl Op for ChanOp<'_> {
     }
 
     fn attempt(&self) -> Option<Option<Value>> {
-        if self.send == Side::Send {
+        if self.side == Side::Send {
             return self.ready().then_some(None);
         }
         let mut got = None;
@@ -371,7 +371,7 @@ impl ChanOp<'_> {
 
     /// [`Op::look`], the value written to `got`; true if it completed.
     fn look_into(&self, complete: bool, watch: Option<&Waker>, got: &mut Option<Value>) -> bool {
-        if self.send == Side::Send || !complete {
+        if self.side == Side::Send || !complete {
             return imp::put(imp::look_apart(self, complete, watch), got);
         }
         match self.chan.select_recv(NO_KEY, watch, got) {
@@ -385,7 +385,7 @@ impl ChanOp<'_> {
 
     /// [`Op::relook`], the value written to `got`; true if it completed.
     fn relook_into(&self, complete: bool, got: &mut Option<Value>) -> bool {
-        if self.send == Side::Send || !complete {
+        if self.side == Side::Send || !complete {
             self.unwatch();
             return imp::put(imp::look_apart(self, complete, None), got);
         }
@@ -396,11 +396,11 @@ impl ChanOp<'_> {
 }
 
 /// A channel end's entry.
-fn chan_entry<'a, T: 'static, E>(chan: &'a Chan<T>, end: &'a E, send: Side) -> Entry<'a> {
+fn chan_entry<'a, T: 'static, E>(chan: &'a Chan<T>, end: &'a E, side: Side) -> Entry<'a> {
     Entry(Kind::Chan(ChanOp {
         chan,
         object: end as *const E as *const (),
-        send,
+        side,
         key: Cell::new(NO_KEY),
     }))
 }
