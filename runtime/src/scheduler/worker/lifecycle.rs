@@ -262,24 +262,14 @@ impl Local {
         self.wait_for_watchdog();
         // Stack back to the arena first, then tell the joiner (the task
         // reference, taken out, keeps the cell alive for that).
-        let (running, place) = Running::unbox(running);
+        let (header, timer, place) = Running::dismantle(running);
         {
             let mut spare = self.spare.borrow_mut();
             if spare.len() < SPARE_RUNNING {
                 spare.push(place);
             }
         }
-        let Running {
-            co,
-            header,
-            locals,
-            span,
-            gauge,
-            timer,
-            ..
-        } = running;
-        self.driver.disarm(timer.into_inner(), &header);
-        drop_quietly((co, locals, gauge, span));
+        self.driver.disarm(timer, &header);
         self.free_keys.borrow_mut().push(key);
         self.shared.counters.finished.add(1);
         if stored {
