@@ -962,3 +962,36 @@ fn abort(msg: &str) -> ! {
     eprintln!("greenstack: fatal: {msg}");
     std::process::abort()
 }
+
+#[cfg(all(test, not(greenstack_loom)))]
+mod tests {
+    use super::{Asked, Request};
+    use std::time::{Duration, Instant};
+
+    /// A request survives its one-word encoding: the kinds, a deadline to
+    /// the nanosecond, one already passed, one too far to count, and an
+    /// abandon's reason.
+    #[test]
+    fn a_request_is_decoded_as_it_was_made() {
+        assert_eq!(Request::YIELD.asked(), Asked::Yield);
+        assert_eq!(Request::park(None).asked(), Asked::Park(None));
+        let soon = Instant::now() + Duration::from_nanos(1_234_567_891);
+        assert_eq!(Request::park(Some(soon)).asked(), Asked::Park(Some(soon)));
+        // Before the encoding's base: still a deadline, and passed.
+        let past = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .expect("an hour ago");
+        match Request::park(Some(past)).asked() {
+            Asked::Park(Some(d)) => assert!(d <= Instant::now()),
+            other => panic!("{other:?}"),
+        }
+        let far = Instant::now().checked_add(Duration::from_secs(600 * 365 * 86_400));
+        if let Some(far) = far {
+            assert_eq!(Request::park(Some(far)).asked(), Asked::Park(None));
+        }
+        assert_eq!(
+            Request::abandon("a reason").asked(),
+            Asked::Abandon("a reason")
+        );
+    }
+}
