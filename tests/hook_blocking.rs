@@ -699,6 +699,98 @@ fn regular_file_writes_in_a_coroutine_are_exact() {
     }
 }
 
+/// Vectored reads and writes of a regular file in a coroutine (std's
+/// `read_vectored`/`write_vectored`, i.e. `readv`/`writev`) move exactly
+/// the bytes a plain thread's would, and a vectored read the page cache
+/// cannot answer (the file's pages dropped after an `fsync`) parks the
+/// coroutine while the blocking pool reads, as `read` does: without the
+/// hook the worker itself waits for the disk and nothing parks.
+#[test]
+fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
+    use std::io::{IoSlice, IoSliceMut};
+    // Inside target/, on the repository's disk (not tmpfs, which has no
+    // non-blocking reads).
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("greenstack-vectored-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
+    let rt = Arc::new(one_worker(true));
+    let (p2, d2) = (path.clone(), data.clone());
+    let (read, cold, parks) = common::bounded("vectored file I/O", move || {
+        let rt2 = Arc::clone(&rt);
+        rt.block_on(move || {
+            greenstack::spawn(move || {
+                let mut f = std::fs::File::create(&p2).unwrap();
+                let (a, rest) = d2.split_at(100);
+                let (b, c) = rest.split_at(5000);
+                let mut bufs = [IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)];
+                let mut slices = &mut bufs[..];
+                while !slices.is_empty() {
+                    let n = f.write_vectored(slices).unwrap();
+                    assert!(n > 0, "write_vectored wrote nothing");
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                f.sync_all().unwrap();
+                drop(f);
+                let mut f = std::fs::File::open(&p2).unwrap();
+                // SAFETY: an open fd; advice only, the whole file.
+                let advice =
+                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                assert_eq!(advice, 0, "posix_fadvise");
+                // Whether the pages are gone and the file system answers
+                // non-blocking reads: the plain call (not hooked) says.
+                let mut probe = [0u8; 1];
+                let iov = libc::iovec {
+                    iov_base: probe.as_mut_ptr().cast(),
+                    iov_len: 1,
+                };
+                // SAFETY: one iovec over `probe`, which outlives the call.
+                let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+                let cold =
+                    r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+                let parks = rt2.stats().parks;
+                let (mut x, mut y, mut z) = (vec![0u8; 7], vec![0u8; 70_000], vec![0u8; 1_000_000]);
+                let mut got = Vec::new();
+                loop {
+                    let mut bufs = [
+                        IoSliceMut::new(&mut x),
+                        IoSliceMut::new(&mut y),
+                        IoSliceMut::new(&mut z),
+                    ];
+                    let n = f.read_vectored(&mut bufs).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    let parts = [&x[..], &y[..], &z[..]];
+                    let mut left = n;
+                    for p in parts {
+                        let take = left.min(p.len());
+                        got.extend_from_slice(&p[..take]);
+                        left -= take;
+                    }
+                }
+                (got, cold, rt2.stats().parks - parks)
+            })
+            .join()
+            .unwrap()
+        })
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        read == data,
+        "writev then readv in a coroutine differ from the data"
+    );
+    if cold {
+        assert!(
+            parks >= 1,
+            "a cold vectored read did not park the coroutine"
+        );
+    } else {
+        eprintln!("the file system read the dropped pages without blocking, or has no RWF_NOWAIT: the park is not checked");
+    }
+}
+
 /// Name resolution through a resolver that never answers: in a child in
 /// its own mount namespace whose `/etc/resolv.conf` names a silent UDP
 /// socket on 127.0.0.77:53 (1 s timeout, 1 attempt). The lookup fails

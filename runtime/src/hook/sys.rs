@@ -201,7 +201,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
         Some(_) => pollable_loop(fd, Dir::Read, false, || {
             sys!(libc::SYS_read, fd, buf, count)
         }),
-        None if kind(fd) == Some(Kind::File) => file_io(fd, FileOp::Read, buf, count, -1),
+        None if kind(fd) == Some(Kind::File) => file_io_one(fd, FileOp::Read, buf, count, -1),
         None => sys!(libc::SYS_read, fd, buf, count),
     }
 }
@@ -213,45 +213,35 @@ enum FileOp {
     Write,
 }
 
-/// A regular file's read or write in a coroutine, of `count` bytes at
-/// `buf`, at offset `off` (-1: at the file position, as `read`/`write`):
-/// at once when the page cache can serve it without blocking (`preadv2`/
-/// `pwritev2` with `RWF_NOWAIT`: one system call, as the plain one), else
-/// on the blocking pool while the coroutine parks. Where the file system
-/// has no non-blocking form (`EOPNOTSUPP`: buffered writes on ext4 as of
-/// Linux 6.18, for one), the call is made directly, and the fd remembered
-/// so that it is not asked again.
-fn file_io(fd: c_int, op: FileOp, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
-    let direct = move |buf: *mut c_void| match (op, off) {
-        (FileOp::Read, -1) => sys!(libc::SYS_read, fd, buf, count),
-        (FileOp::Read, _) => sys!(libc::SYS_pread64, fd, buf, count, off),
-        (FileOp::Write, -1) => sys!(libc::SYS_write, fd, buf, count),
-        (FileOp::Write, _) => sys!(libc::SYS_pwrite64, fd, buf, count, off),
-    };
+/// A regular file's read or write in a coroutine, of the `iovcnt`
+/// buffers at `iov`, at offset `off` (-1: at the file position, as
+/// `read`/`write`/`readv`/`writev`): at once when the page cache can serve
+/// it without blocking (`preadv2`/`pwritev2` with `RWF_NOWAIT`: one system
+/// call, as the plain one), else on the blocking pool while the coroutine
+/// parks. `direct` is the plain call. Where the file system has no
+/// non-blocking form (`EOPNOTSUPP`: buffered writes on ext4 as of Linux
+/// 6.18, for one), the plain call is made, and the fd remembered so that
+/// it is not asked again.
+fn file_io(
+    fd: c_int,
+    op: FileOp,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+    direct: impl Fn() -> ssize_t + Copy + 'static,
+) -> ssize_t {
     let unsupported = match op {
         FileOp::Read => super::FL_NO_NOWAIT_READ,
         FileOp::Write => super::FL_NO_NOWAIT_WRITE,
     };
     if super::fd_flag(fd, unsupported) {
-        return direct(buf);
+        return direct();
     }
-    let iov = libc::iovec {
-        iov_base: buf,
-        iov_len: count,
-    };
     let n = match op {
         FileOp::Read => libc::SYS_preadv2,
         FileOp::Write => libc::SYS_pwritev2,
     };
-    let r = sys!(
-        n,
-        fd,
-        &iov as *const libc::iovec,
-        1,
-        off,
-        0,
-        libc::RWF_NOWAIT
-    );
+    let r = sys!(n, fd, iov, iovcnt, off, 0, libc::RWF_NOWAIT);
     if r >= 0 {
         return r;
     }
@@ -259,19 +249,35 @@ fn file_io(fd: c_int, op: FileOp, buf: *mut c_void, count: size_t, off: i64) -> 
         libc::EAGAIN => {}
         libc::EOPNOTSUPP => {
             super::set_fd_flag(fd, unsupported);
-            return direct(buf);
+            return direct();
         }
         // Not seekable (EINVAL, ESPIPE) or another refusal of the flag:
         // the plain call, which reports its own errors.
-        libc::EINVAL | libc::ESPIPE => return direct(buf),
+        libc::EINVAL | libc::ESPIPE => return direct(),
         _ => return r,
     }
-    let args = AssertSend(buf);
+    // `direct` holds the caller's pointers, which stay valid while this
+    // coroutine parks in `offload_call` (see `AssertSend`).
+    let call = AssertSend(direct);
     offload_call(move || {
-        let a = args;
-        direct(a.0)
+        let c = call;
+        (c.0)()
     })
-    .unwrap_or_else(|| direct(buf))
+    .unwrap_or_else(direct)
+}
+
+/// [`file_io`] of one buffer.
+fn file_io_one(fd: c_int, op: FileOp, buf: *mut c_void, count: size_t, off: i64) -> ssize_t {
+    let iov = libc::iovec {
+        iov_base: buf,
+        iov_len: count,
+    };
+    file_io(fd, op, &iov, 1, off, move || match (op, off) {
+        (FileOp::Read, -1) => sys!(libc::SYS_read, fd, buf, count),
+        (FileOp::Read, _) => sys!(libc::SYS_pread64, fd, buf, count, off),
+        (FileOp::Write, -1) => sys!(libc::SYS_write, fd, buf, count),
+        (FileOp::Write, _) => sys!(libc::SYS_pwrite64, fd, buf, count, off),
+    })
 }
 
 /// `write(2)`.
@@ -305,13 +311,14 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
             sys!(libc::SYS_write, fd, buf, count)
         }),
         None if kind(fd) == Some(Kind::File) => {
-            file_io(fd, FileOp::Write, buf.cast_mut(), count, -1)
+            file_io_one(fd, FileOp::Write, buf.cast_mut(), count, -1)
         }
         None => sys!(libc::SYS_write, fd, buf, count),
     }
 }
 
-/// `readv(2)`.
+/// `readv(2)`: on a socket, pipe or FIFO as `read`; on a regular file,
+/// from the page cache at once, else on the blocking pool (`file_io`).
 #[no_mangle]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
     if !active() {
@@ -334,11 +341,17 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int
         Some(_) => pollable_loop(fd, Dir::Read, false, || {
             sys!(libc::SYS_readv, fd, iov, iovcnt)
         }),
+        None if kind(fd) == Some(Kind::File) => {
+            file_io(fd, FileOp::Read, iov, iovcnt, -1, move || {
+                sys!(libc::SYS_readv, fd, iov, iovcnt)
+            })
+        }
         None => sys!(libc::SYS_readv, fd, iov, iovcnt),
     }
 }
 
-/// `writev(2)`.
+/// `writev(2)`: on a socket, pipe or FIFO as `write`; on a regular file,
+/// as `write` there (`file_io`).
 #[no_mangle]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
     if !active() {
@@ -361,6 +374,11 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_in
         Some(_) => pollable_loop(fd, Dir::Write, false, || {
             sys!(libc::SYS_writev, fd, iov, iovcnt)
         }),
+        None if kind(fd) == Some(Kind::File) => {
+            file_io(fd, FileOp::Write, iov, iovcnt, -1, move || {
+                sys!(libc::SYS_writev, fd, iov, iovcnt)
+            })
+        }
         None => sys!(libc::SYS_writev, fd, iov, iovcnt),
     }
 }
@@ -1580,7 +1598,7 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off
     if !active() || kind(fd) != Some(Kind::File) || off < 0 {
         return sys!(libc::SYS_pread64, fd, buf, count, off);
     }
-    file_io(fd, FileOp::Read, buf, count, off)
+    file_io_one(fd, FileOp::Read, buf, count, off)
 }
 
 /// `pread(2)`.
@@ -1603,7 +1621,7 @@ pub unsafe extern "C" fn pwrite64(
     if !active() || kind(fd) != Some(Kind::File) || off < 0 {
         return sys!(libc::SYS_pwrite64, fd, buf, count, off);
     }
-    file_io(fd, FileOp::Write, buf.cast_mut(), count, off)
+    file_io_one(fd, FileOp::Write, buf.cast_mut(), count, off)
 }
 
 /// `pwrite(2)`.
