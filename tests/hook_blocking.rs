@@ -340,6 +340,93 @@ fn poll_with_a_timeout_parks() {
     assert!(beats > 0, "the heartbeat never beat during poll");
 }
 
+/// `epoll_wait(2)` on the user's own epoll fd (a crate's private event
+/// loop, as mio's) parks: 0 at the timeout, then the registered pipe's
+/// event once it is readable (through `epoll_pwait` without a signal
+/// mask); a bad epoll fd fails at once with `EBADF`, even without a
+/// timeout.
+#[test]
+fn epoll_wait_with_a_timeout_parks() {
+    let (r, mut w) = pipe();
+    let rt = one_worker(true);
+    let (beats, (first, second, token, bad)) = common::bounded("epoll_wait", move || {
+        beats_during(&rt, move || {
+            // SAFETY: a fresh epoll fd, the pipe's read end registered in
+            // it, arrays of the lengths given; both fds outlive the calls.
+            unsafe {
+                let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                assert!(ep >= 0, "epoll_create1");
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: 77,
+                };
+                assert_eq!(
+                    libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut ev),
+                    0
+                );
+                let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                let first = libc::epoll_wait(ep, out.as_mut_ptr(), 4, 200);
+                w.write_all(b"x").unwrap();
+                let second = libc::epoll_pwait(ep, out.as_mut_ptr(), 4, 1000, std::ptr::null());
+                let token = out[0].u64;
+                let bad = (
+                    libc::epoll_wait(-1, out.as_mut_ptr(), 4, -1),
+                    std::io::Error::last_os_error().raw_os_error(),
+                );
+                libc::close(ep);
+                (first, second, token, bad)
+            }
+        })
+    });
+    assert_eq!(first, 0, "nothing was ready before the timeout");
+    assert_eq!(second, 1, "the pipe became readable");
+    assert_eq!(token, 77, "the event carries the registration's data");
+    assert_eq!(bad, (-1, Some(libc::EBADF)), "a bad epoll fd");
+    assert!(beats > 0, "the heartbeat never beat during epoll_wait");
+}
+
+/// A crate's own event loop, unchanged: mio's `Poll::poll` without a
+/// timeout in a coroutine parks until its socket is readable (a writer
+/// that writes only once the heartbeat has beaten during the poll, which a
+/// blocked worker would never let happen).
+#[test]
+fn a_crates_own_mio_event_loop_parks() {
+    let (mut a, b) = mio::net::UnixStream::pair().unwrap();
+    let beats = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let beats = Arc::clone(&beats);
+        std::thread::spawn(move || {
+            while beats.load(SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            a.write_all(b"mio").unwrap();
+        })
+    };
+    let rt = one_worker(true);
+    let (beats, (token, got)) = common::bounded("mio's poll", move || {
+        beats_counted_in(&rt, beats, move || {
+            let mut b = b;
+            let mut poll = mio::Poll::new().unwrap();
+            poll.registry()
+                .register(&mut b, mio::Token(5), mio::Interest::READABLE)
+                .unwrap();
+            let mut events = mio::Events::with_capacity(4);
+            loop {
+                poll.poll(&mut events, None).unwrap();
+                if let Some(e) = events.iter().next() {
+                    let mut buf = [0u8; 3];
+                    b.read_exact(&mut buf).unwrap();
+                    return (e.token(), buf);
+                }
+            }
+        })
+    });
+    writer.join().unwrap();
+    assert_eq!(token, mio::Token(5));
+    assert_eq!(&got, b"mio");
+    assert!(beats > 0, "the heartbeat never beat during mio's poll");
+}
+
 /// `select(2)` with a timeout parks, returns 0 at the timeout with the set
 /// cleared, then reports the fd readable once it is; `ppoll` too.
 #[test]

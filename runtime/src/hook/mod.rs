@@ -57,7 +57,10 @@
 //! Sleeps (`nanosleep`, `clock_nanosleep`, `usleep`, `sleep`) park on the
 //! worker's timers. `poll` with a timeout polls once without waiting, then
 //! parks until one of its fds is ready or the timeout passes; `ppoll`,
-//! `select` and `pselect` (without a signal mask) go the same way.
+//! `select` and `pselect` (without a signal mask) go the same way, and so
+//! do `epoll_wait` and `epoll_pwait` on a crate's own epoll fd (mio's
+//! `Poll`, say): the coroutine parks until that fd is readable, which an
+//! epoll fd is while it has events to report.
 //!
 //! Name resolution (`getaddrinfo`, `getnameinfo`, `gethostbyname`,
 //! `gethostbyname2`, `gethostbyname_r`; `errno` and `h_errno` carried back),
@@ -87,8 +90,8 @@
 //! Regular-file I/O on a file system without `RWF_NOWAIT` (the plain
 //! call: fast while the page cache takes it, blocking the worker when the
 //! kernel throttles dirty pages or the disk is slow), `preadv`/`pwritev`
-//! and their `2` forms, `epoll_wait` and `futex` (std's `Mutex`,
-//! `Condvar`, channels) still block the worker:
+//! and their `2` forms, `epoll_pwait` with a signal mask, `epoll_pwait2`,
+//! and `futex` (std's `Mutex`, `Condvar`, channels) still block the worker:
 //! the watchdog reports a worker stalled in them, naming the call. Calls
 //! made by shared libraries loaded at run time resolve to libc, not to
 //! these. The hooks are built on x86-64 Linux only; elsewhere blocking

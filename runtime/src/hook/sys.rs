@@ -618,25 +618,51 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeou
 /// forever), parking between attempts.
 fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Instant>) -> c_int {
     let direct = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
-    let left_ms = || match deadline {
+    if nfds == 0 {
+        return match deadline {
+            Some(d) if sleep_until(d) => 0,
+            _ => direct(ms_until(deadline)),
+        };
+    }
+    wait_parking(deadline, direct, || {
+        (0..nfds as usize)
+            .map(|i| {
+                // SAFETY: the caller's array holds `nfds` entries.
+                let p = unsafe { &*fds.add(i) };
+                (p.fd, p.events)
+            })
+            .collect()
+    })
+}
+
+/// Milliseconds from now to `deadline`, rounded up, as a poll timeout
+/// (none, or one past what `c_int` holds: -1, forever).
+fn ms_until(deadline: Option<Instant>) -> c_int {
+    match deadline {
         Some(d) => c_int::try_from(
             d.saturating_duration_since(Instant::now())
                 .as_nanos()
                 .div_ceil(1_000_000),
         )
         .unwrap_or(c_int::MAX),
-        // No deadline, or one past what `Instant` holds: forever.
         None => -1,
-    };
-    if nfds == 0 {
-        return match deadline {
-            Some(d) if sleep_until(d) => 0,
-            _ => direct(left_ms()),
-        };
     }
+}
+
+/// A poll-like call in a coroutine until `deadline` (none: forever):
+/// `direct(0)` attempts it without waiting; while that finds nothing, the
+/// coroutine parks until one of `fds()`'s (fd, events) is ready or the
+/// deadline passes. Where it may not park, `direct` waits with what is
+/// left of the timeout. Returns the call's result (0 at the deadline).
+fn wait_parking(
+    deadline: Option<Instant>,
+    direct: impl Fn(c_int) -> c_int,
+    fds: impl FnOnce() -> Vec<(c_int, libc::c_short)>,
+) -> c_int {
     // Made only once parking is allowed: nothing allocates before that
     // check (a signal handler may have interrupted malloc).
-    let mut list: Option<Vec<(c_int, libc::c_short)>> = None;
+    let mut fds = Some(fds);
+    let mut list: Vec<(c_int, libc::c_short)> = Vec::new();
     let point = crate::cancel::Point::new(deadline);
     loop {
         let r = direct(0);
@@ -656,26 +682,62 @@ fn poll_parking(fds: *mut libc::pollfd, nfds: libc::nfds_t, deadline: Option<Ins
             Some(_) => return 0,
             None => {}
         }
-        if list.is_none() {
+        if let Some(make) = fds.take() {
             if !super::parkable() {
-                return direct(left_ms());
+                return direct(ms_until(deadline));
             }
-            list = Some(
-                (0..nfds as usize)
-                    .map(|i| {
-                        // SAFETY: the caller's array holds `nfds` entries.
-                        let p = unsafe { &*fds.add(i) };
-                        (p.fd, p.events)
-                    })
-                    .collect(),
-            );
+            list = make();
         }
-        let fds_list = list.as_deref().unwrap_or(&[]);
         let until = point.deadline();
-        if super::park(|| crate::scheduler::driver::park_on_fds(fds_list, until)).is_err() {
-            return direct(left_ms());
+        if super::park(|| crate::scheduler::driver::park_on_fds(&list, until)).is_err() {
+            return direct(ms_until(deadline));
         }
     }
+}
+
+/// `epoll_wait(2)`. In a coroutine with a timeout: collects what is ready
+/// without waiting, then parks until the epoll fd itself is readable (it
+/// has events to report) or the timeout passes, and collects again.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    maxevents: c_int,
+    timeout: c_int,
+) -> c_int {
+    let direct = |t: c_int| sys!(libc::SYS_epoll_wait, epfd, events, maxevents, t) as c_int;
+    if !active() || timeout == 0 {
+        return direct(timeout);
+    }
+    let deadline = (timeout > 0)
+        .then(|| Instant::now().checked_add(Duration::from_millis(timeout as u64)))
+        .flatten();
+    wait_parking(deadline, direct, || vec![(epfd, libc::POLLIN)])
+}
+
+/// `epoll_pwait(2)`: as `epoll_wait` when no signal mask is given; with
+/// one (an atomic mask change) it is the system call.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    maxevents: c_int,
+    timeout: c_int,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    if sigmask.is_null() {
+        // SAFETY: the caller's arguments.
+        return unsafe { epoll_wait(epfd, events, maxevents, timeout) };
+    }
+    sys!(
+        libc::SYS_epoll_pwait,
+        epfd,
+        events,
+        maxevents,
+        timeout,
+        sigmask,
+        8usize
+    ) as c_int
 }
 
 /// `ppoll(2)`: as `poll` when no signal mask is given; with one (an atomic
