@@ -878,6 +878,82 @@ fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
     }
 }
 
+/// Waiting for a file lock parks: std's `File::lock` (`flock`) and an
+/// open-file-description record lock (`fcntl(F_OFD_SETLKW)`), each held
+/// through another open file of the test's until the heartbeat has beaten
+/// during the wait (a blocked worker never lets it). Each wait then gets
+/// its lock: a non-blocking try through a third open file fails.
+#[test]
+fn waiting_for_a_file_lock_parks() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("greenstack-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lock");
+    std::fs::write(&path, b"lock").unwrap();
+    // Write access: a write record lock needs it.
+    let open_rw = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let ofd_lock = |f: &std::fs::File, ty: libc::c_int, cmd: libc::c_int| {
+        // SAFETY: an all-zero flock is valid; the whole file, pid 0 as
+        // open-file-description locks require.
+        let mut l: libc::flock = unsafe { std::mem::zeroed() };
+        l.l_type = ty as libc::c_short;
+        l.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: an open fd and a valid lock description.
+        unsafe { libc::fcntl(f.as_raw_fd(), cmd, &l as *const libc::flock) }
+    };
+    for how in ["flock", "ofd"] {
+        let holder = open_rw(&path);
+        match how {
+            "flock" => holder.lock().unwrap(),
+            _ => assert_eq!(ofd_lock(&holder, libc::F_WRLCK, libc::F_OFD_SETLK), 0),
+        }
+        let beats = Arc::new(AtomicUsize::new(0));
+        let releaser = {
+            let beats = Arc::clone(&beats);
+            std::thread::spawn(move || {
+                while beats.load(SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drop(holder);
+            })
+        };
+        let rt = one_worker(true);
+        let p2 = path.clone();
+        let (beats, waiter) = common::bounded("a file lock", move || {
+            beats_counted_in(&rt, beats, move || {
+                let f = open_rw(&p2);
+                match how {
+                    "flock" => f.lock().unwrap(),
+                    _ => assert_eq!(ofd_lock(&f, libc::F_WRLCK, libc::F_OFD_SETLKW), 0),
+                }
+                f
+            })
+        });
+        releaser.join().unwrap();
+        assert!(beats > 0, "{how}: the heartbeat never beat during the wait");
+        let other = open_rw(&path);
+        match how {
+            "flock" => assert!(
+                matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+                "flock: the waiter does not hold the lock"
+            ),
+            _ => assert_eq!(
+                ofd_lock(&other, libc::F_WRLCK, libc::F_OFD_SETLK),
+                -1,
+                "ofd: the waiter does not hold the lock"
+            ),
+        }
+        drop(waiter);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Name resolution through a resolver that never answers: in a child in
 /// its own mount namespace whose `/etc/resolv.conf` names a silent UDP
 /// socket on 127.0.0.77:53 (1 s timeout, 1 attempt). The lookup fails

@@ -66,7 +66,9 @@
 //! `gethostbyname2`, `gethostbyname_r`; `errno` and `h_errno` carried back),
 //! opening a FIFO, a regular-file read the page cache cannot answer at
 //! once (`preadv2` with `RWF_NOWAIT` tells) and a write it cannot take,
-//! `fsync`, `fdatasync`, and waiting for a
+//! `fsync`, `fdatasync`, a file lock that is not free at once (`flock`,
+//! so std's `File::lock`, and `fcntl`'s `F_SETLKW`/`F_OFD_SETLKW`, tried
+//! without waiting first), and waiting for a
 //! child other than through its pidfd run on the blocking pool while the
 //! coroutine parks. `wait4`/`waitpid` of one child park on its pidfd
 //! (where the kernel has none, or a seccomp filter refuses `pidfd_open`:

@@ -1192,8 +1192,30 @@ extern "C" {
 /// the third argument in the register a fixed one uses, and every command
 /// takes at most one (an int, a long or a pointer), so it is taken as a
 /// `c_ulong` and handed on unchanged.
+///
+/// In a coroutine, a wait for a record lock (`F_SETLKW`, `F_OFD_SETLKW`)
+/// first tries it without waiting, then waits on the blocking pool while
+/// the coroutine parks: such a lock belongs to the process or to the open
+/// file description, not to the thread, so the pool thread takes the same
+/// lock the caller would have.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    if matches!(cmd, libc::F_SETLKW | libc::F_OFD_SETLKW) && active() {
+        let try_cmd = if cmd == libc::F_SETLKW {
+            libc::F_SETLK
+        } else {
+            libc::F_OFD_SETLK
+        };
+        // SAFETY: the caller's lock description, forwarded unchanged.
+        let r = unsafe { __fcntl(fd, try_cmd, arg) };
+        if r == 0 || !matches!(errno(), libc::EAGAIN | libc::EACCES) {
+            return r;
+        }
+        // SAFETY: as above; `arg` points into the caller's memory, which
+        // stays valid while the coroutine parks in `offload_call`.
+        let direct = move || unsafe { __fcntl(fd, cmd, arg) };
+        return offload_call(direct).unwrap_or_else(direct);
+    }
     // SAFETY: the caller's arguments, forwarded unchanged.
     let r = unsafe { __fcntl(fd, cmd, arg) };
     match cmd {
@@ -1630,6 +1652,23 @@ pub unsafe extern "C" fn openat64(
 ) -> c_int {
     // SAFETY: as `openat`.
     unsafe { openat(dirfd, path, flags, mode) }
+}
+
+/// `flock(2)` (std's `File::lock` and `lock_shared`): in a coroutine, a
+/// lock that is not free at once is waited for on the blocking pool while
+/// the coroutine parks (the lock belongs to the open file description,
+/// not to the thread). `LOCK_NB` and unlocking are the plain call.
+#[no_mangle]
+pub unsafe extern "C" fn flock(fd: c_int, op: c_int) -> c_int {
+    let direct = move || sys!(libc::SYS_flock, fd, op) as c_int;
+    if !active() || op & (libc::LOCK_NB | libc::LOCK_UN) != 0 {
+        return direct();
+    }
+    let r = sys!(libc::SYS_flock, fd, op | libc::LOCK_NB) as c_int;
+    if r == 0 || errno() != libc::EWOULDBLOCK {
+        return r;
+    }
+    offload_call(direct).unwrap_or_else(direct)
 }
 
 /// `fsync(2)`: on the blocking pool in a coroutine (it waits for the disk).
