@@ -787,11 +787,12 @@ fn regular_file_writes_in_a_coroutine_are_exact() {
 }
 
 /// Vectored reads and writes of a regular file in a coroutine (std's
-/// `read_vectored`/`write_vectored`, i.e. `readv`/`writev`) move exactly
-/// the bytes a plain thread's would, and a vectored read the page cache
-/// cannot answer (the file's pages dropped after an `fsync`) parks the
-/// coroutine while the blocking pool reads, as `read` does: without the
-/// hook the worker itself waits for the disk and nothing parks.
+/// `read_vectored`/`write_vectored`, i.e. `readv`/`writev`, and libc's
+/// `preadv`/`pwritev` at an offset) move exactly the bytes a plain
+/// thread's would, and a vectored read the page cache cannot answer (the
+/// file's pages dropped after an `fsync`) parks the coroutine while the
+/// blocking pool reads, as `read` does: without the hooks the worker
+/// itself waits for the disk and nothing parks.
 #[test]
 fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
     use std::io::{IoSlice, IoSliceMut};
@@ -804,7 +805,27 @@ fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
     let rt = Arc::new(one_worker(true));
     let (p2, d2) = (path.clone(), data.clone());
-    let (read, cold, parks) = common::bounded("vectored file I/O", move || {
+    /// Drops `f`'s pages and runs `read`: its result, and whether the
+    /// pages were gone (the plain call with the caller's own
+    /// `RWF_NOWAIT`, which the hooks pass through, says) with how often
+    /// the coroutine parked meanwhile.
+    fn cold_read<T>(f: &std::fs::File, rt: &Runtime, read: impl FnOnce() -> T) -> (T, Option<u64>) {
+        // SAFETY: an open fd; advice only, the whole file.
+        let advice = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(advice, 0, "posix_fadvise");
+        let mut probe = [0u8; 1];
+        let iov = libc::iovec {
+            iov_base: probe.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: one iovec over `probe`, which outlives the call.
+        let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+        let cold = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+        let before = rt.stats().parks;
+        let v = read();
+        (v, cold.then(|| rt.stats().parks - before))
+    }
+    let (read, at, parks) = common::bounded("vectored file I/O", move || {
         let rt2 = Arc::clone(&rt);
         rt.block_on(move || {
             greenstack::spawn(move || {
@@ -820,61 +841,92 @@ fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
                 }
                 f.sync_all().unwrap();
                 drop(f);
-                let mut f = std::fs::File::open(&p2).unwrap();
-                // SAFETY: an open fd; advice only, the whole file.
-                let advice =
-                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-                assert_eq!(advice, 0, "posix_fadvise");
-                // Whether the pages are gone and the file system answers
-                // non-blocking reads: the plain call (not hooked) says.
-                let mut probe = [0u8; 1];
-                let iov = libc::iovec {
-                    iov_base: probe.as_mut_ptr().cast(),
-                    iov_len: 1,
-                };
-                // SAFETY: one iovec over `probe`, which outlives the call.
-                let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
-                let cold =
-                    r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
-                let parks = rt2.stats().parks;
-                let (mut x, mut y, mut z) = (vec![0u8; 7], vec![0u8; 70_000], vec![0u8; 1_000_000]);
-                let mut got = Vec::new();
-                loop {
-                    let mut bufs = [
-                        IoSliceMut::new(&mut x),
-                        IoSliceMut::new(&mut y),
-                        IoSliceMut::new(&mut z),
+                let f = std::fs::File::open(&p2).unwrap();
+                let (got, readv) = cold_read(&f, &rt2, || {
+                    let (mut x, mut y, mut z) =
+                        (vec![0u8; 7], vec![0u8; 70_000], vec![0u8; 1_000_000]);
+                    let mut got = Vec::new();
+                    loop {
+                        let mut bufs = [
+                            IoSliceMut::new(&mut x),
+                            IoSliceMut::new(&mut y),
+                            IoSliceMut::new(&mut z),
+                        ];
+                        let n = (&f).read_vectored(&mut bufs).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        let parts = [&x[..], &y[..], &z[..]];
+                        let mut left = n;
+                        for p in parts {
+                            let take = left.min(p.len());
+                            got.extend_from_slice(&p[..take]);
+                            left -= take;
+                        }
+                    }
+                    got
+                });
+                // preadv at an offset, into two buffers.
+                let (at, preadv) = cold_read(&f, &rt2, || {
+                    let (mut p, mut q) = (vec![0u8; 10], vec![0u8; 5000]);
+                    let iovs = [
+                        libc::iovec {
+                            iov_base: p.as_mut_ptr().cast(),
+                            iov_len: p.len(),
+                        },
+                        libc::iovec {
+                            iov_base: q.as_mut_ptr().cast(),
+                            iov_len: q.len(),
+                        },
                     ];
-                    let n = f.read_vectored(&mut bufs).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    let parts = [&x[..], &y[..], &z[..]];
-                    let mut left = n;
-                    for p in parts {
-                        let take = left.min(p.len());
-                        got.extend_from_slice(&p[..take]);
-                        left -= take;
-                    }
-                }
-                (got, cold, rt2.stats().parks - parks)
+                    // SAFETY: two iovecs over `p` and `q`, which outlive
+                    // the call.
+                    let n = unsafe { libc::preadv(f.as_raw_fd(), iovs.as_ptr(), 2, 123_456) };
+                    assert_eq!(n, 5010, "preadv read short");
+                    [p, q].concat()
+                });
+                // pwritev at an offset, from two buffers.
+                let w = std::fs::OpenOptions::new().write(true).open(&p2).unwrap();
+                let iovs = [
+                    libc::iovec {
+                        iov_base: b"AB".as_ptr().cast_mut().cast(),
+                        iov_len: 2,
+                    },
+                    libc::iovec {
+                        iov_base: b"CD".as_ptr().cast_mut().cast(),
+                        iov_len: 2,
+                    },
+                ];
+                // SAFETY: two iovecs over static bytes the call only reads.
+                let wrote = unsafe { libc::pwritev(w.as_raw_fd(), iovs.as_ptr(), 2, 10) };
+                assert_eq!(wrote, 4, "pwritev");
+                (got, at, [readv, preadv])
             })
             .join()
             .unwrap()
         })
     });
+    let on_disk = std::fs::read(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         read == data,
         "writev then readv in a coroutine differ from the data"
     );
-    if cold {
-        assert!(
-            parks >= 1,
-            "a cold vectored read did not park the coroutine"
-        );
-    } else {
-        eprintln!("the file system read the dropped pages without blocking, or has no RWF_NOWAIT: the park is not checked");
+    assert!(
+        at[..] == data[123_456..128_466],
+        "preadv at an offset differs"
+    );
+    let mut expect = data.clone();
+    expect[10..14].copy_from_slice(b"ABCD");
+    assert!(on_disk == expect, "pwritev at an offset differs");
+    for (call, parks) in ["readv", "preadv"].iter().zip(parks) {
+        match parks {
+            Some(n) => assert!(n >= 1, "a cold {call} did not park the coroutine"),
+            None => eprintln!(
+                "{call}: the file system read the dropped pages without blocking, \
+                 or has no RWF_NOWAIT: the park is not checked"
+            ),
+        }
     }
 }
 

@@ -24,8 +24,9 @@
 //!   is the exception: it sets `O_NONBLOCK` for the call and restores it.
 //! - **Pipes, FIFOs, terminals**: `poll` with a zero timeout first, then
 //!   the call.
-//! - **Regular files**: `read`, `readv`, `pread`, `write`, `writev` and
-//!   `pwrite` are tried with `RWF_NOWAIT` (`preadv2`/`pwritev2`): what the page cache can do
+//! - **Regular files**: `read`, `readv`, `pread`, `preadv`, `write`,
+//!   `writev`, `pwrite` and `pwritev` (and `preadv2`/`pwritev2` without
+//!   flags of the caller's) are tried with `RWF_NOWAIT` (`preadv2`/`pwritev2`): what the page cache can do
 //!   at once is done at once, the rest goes to the blocking pool (below).
 //!   Measured on ext4 (Linux 6.18), a cached 4 KiB `std::fs::read` costs
 //!   1.5x the plain call (`benches/hook_file_read.rs`). A file system
@@ -91,8 +92,8 @@
 //!
 //! Regular-file I/O on a file system without `RWF_NOWAIT` (the plain
 //! call: fast while the page cache takes it, blocking the worker when the
-//! kernel throttles dirty pages or the disk is slow), `preadv`/`pwritev`
-//! and their `2` forms, `epoll_pwait` with a signal mask, `epoll_pwait2`,
+//! kernel throttles dirty pages or the disk is slow), `preadv2`/`pwritev2`
+//! with flags, `epoll_pwait` with a signal mask, `epoll_pwait2`,
 //! and `futex` (std's `Mutex`, `Condvar`, channels) still block the worker:
 //! the watchdog reports a worker stalled in them, naming the call. Calls
 //! made by shared libraries loaded at run time resolve to libc, not to

@@ -1732,6 +1732,121 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: size_t, of
     unsafe { pwrite64(fd, buf, count, off) }
 }
 
+/// `preadv(2)`: on a regular file in a coroutine, as `pread` (`file_io`).
+#[no_mangle]
+pub unsafe extern "C" fn preadv(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+) -> ssize_t {
+    let direct = move || sys!(libc::SYS_preadv, fd, iov, iovcnt, off, 0usize);
+    if !active() || off < 0 || kind(fd) != Some(Kind::File) {
+        return direct();
+    }
+    file_io(fd, FileOp::Read, iov, iovcnt, off, direct)
+}
+
+/// `preadv64`: glibc's name for `preadv` with 64-bit offsets.
+#[no_mangle]
+pub unsafe extern "C" fn preadv64(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { preadv(fd, iov, iovcnt, off) }
+}
+
+/// `pwritev(2)`: on a regular file in a coroutine, as `pwrite`.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+) -> ssize_t {
+    let direct = move || sys!(libc::SYS_pwritev, fd, iov, iovcnt, off, 0usize);
+    if !active() || off < 0 || kind(fd) != Some(Kind::File) {
+        return direct();
+    }
+    file_io(fd, FileOp::Write, iov, iovcnt, off, direct)
+}
+
+/// `pwritev64`: glibc's name for `pwritev` with 64-bit offsets.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { pwritev(fd, iov, iovcnt, off) }
+}
+
+/// `preadv2(2)`: without flags, on a regular file in a coroutine, as
+/// `preadv` (an offset of -1 reads at the file position); with flags (the
+/// caller's own `RWF_NOWAIT`, `RWF_HIPRI`, …) the plain call.
+#[no_mangle]
+pub unsafe extern "C" fn preadv2(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+    flags: c_int,
+) -> ssize_t {
+    let direct = move || sys!(libc::SYS_preadv2, fd, iov, iovcnt, off, 0usize, flags);
+    if !active() || flags != 0 || off < -1 || kind(fd) != Some(Kind::File) {
+        return direct();
+    }
+    file_io(fd, FileOp::Read, iov, iovcnt, off, direct)
+}
+
+/// `preadv64v2`: glibc's name for `preadv2` with 64-bit offsets.
+#[no_mangle]
+pub unsafe extern "C" fn preadv64v2(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { preadv2(fd, iov, iovcnt, off, flags) }
+}
+
+/// `pwritev2(2)`: without flags, as `pwritev` (-1: at the file position);
+/// with flags the plain call.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev2(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+    flags: c_int,
+) -> ssize_t {
+    let direct = move || sys!(libc::SYS_pwritev2, fd, iov, iovcnt, off, 0usize, flags);
+    if !active() || flags != 0 || off < -1 || kind(fd) != Some(Kind::File) {
+        return direct();
+    }
+    file_io(fd, FileOp::Write, iov, iovcnt, off, direct)
+}
+
+/// `pwritev64v2`: glibc's name for `pwritev2` with 64-bit offsets.
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64v2(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: i64,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { pwritev2(fd, iov, iovcnt, off, flags) }
+}
+
 // --------------------------------------------------------------------------
 // Signal handlers: how `parkable` knows a handler is running.
 //
