@@ -1671,6 +1671,43 @@ pub unsafe extern "C" fn flock(fd: c_int, op: c_int) -> c_int {
     offload_call(direct).unwrap_or_else(direct)
 }
 
+/// `copy_file_range(2)` (std's `fs::copy`, and `io::copy` between files):
+/// in a coroutine, on the blocking pool while the coroutine parks. It is
+/// an in-kernel copy of up to a gigabyte a call (std's chunk), bound by
+/// the disk, with no non-blocking form.
+#[no_mangle]
+pub unsafe extern "C" fn copy_file_range(
+    fd_in: c_int,
+    off_in: *mut i64,
+    fd_out: c_int,
+    off_out: *mut i64,
+    len: size_t,
+    flags: c_uint,
+) -> ssize_t {
+    let direct = move || {
+        sys!(
+            libc::SYS_copy_file_range,
+            fd_in,
+            off_in,
+            fd_out,
+            off_out,
+            len,
+            flags
+        )
+    };
+    if !active() {
+        return direct();
+    }
+    // `off_in` and `off_out` point into the caller's memory, which stays
+    // valid while the coroutine parks in `offload_call`.
+    let call = AssertSend(direct);
+    offload_call(move || {
+        let c = call;
+        (c.0)()
+    })
+    .unwrap_or_else(direct)
+}
+
 /// `fsync(2)`: on the blocking pool in a coroutine (it waits for the disk).
 #[no_mangle]
 pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
