@@ -427,6 +427,47 @@ fn a_crates_own_mio_event_loop_parks() {
     assert!(beats > 0, "the heartbeat never beat during mio's poll");
 }
 
+/// A tokio current-thread runtime built and driven inside a coroutine (as
+/// a sync wrapper crate might do) waits in its own `epoll_wait`, which
+/// parks the coroutine: a tokio sleep there lets the heartbeat beat, and a
+/// tokio TCP echo through it works.
+#[test]
+fn a_tokio_current_thread_runtime_in_a_coroutine_parks() {
+    let rt = one_worker(true);
+    let (beats, (took, echoed)) = common::bounded("a tokio runtime in a coroutine", move || {
+        beats_during(&rt, || {
+            let tokio_rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let t = Instant::now();
+            tokio_rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+            let took = t.elapsed();
+            let echoed = tokio_rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                let server = tokio::spawn(async move {
+                    let (mut s, _) = l.accept().await.unwrap();
+                    let mut buf = [0u8; 5];
+                    s.read_exact(&mut buf).await.unwrap();
+                    s.write_all(&buf).await.unwrap();
+                });
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                c.write_all(b"tokio").await.unwrap();
+                let mut buf = [0u8; 5];
+                c.read_exact(&mut buf).await.unwrap();
+                server.await.unwrap();
+                buf
+            });
+            (took, echoed)
+        })
+    });
+    assert!(took >= Duration::from_millis(200), "slept only {took:?}");
+    assert_eq!(&echoed, b"tokio");
+    assert!(beats > 0, "the heartbeat never beat during the tokio sleep");
+}
+
 /// `select(2)` with a timeout parks, returns 0 at the timeout with the set
 /// cleared, then reports the fd readable once it is; `ppoll` too.
 #[test]
