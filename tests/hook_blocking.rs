@@ -74,6 +74,22 @@ fn beats_counted_in<T: Send + 'static>(
     })
 }
 
+/// A thread that runs `then` once `beats` counts a beat (with one worker,
+/// once the call being watched has parked: a blocked call never lets the
+/// heartbeat beat, so `then` never runs and the hang guard reports it).
+fn after_a_beat(
+    beats: &Arc<AtomicUsize>,
+    then: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let beats = Arc::clone(beats);
+    std::thread::spawn(move || {
+        while beats.load(SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        then();
+    })
+}
+
 #[test]
 fn thread_sleep_parks_only_the_coroutine() {
     let rt = one_worker(true);
@@ -288,18 +304,8 @@ fn pipe() -> (std::fs::File, std::fs::File) {
 fn a_pipe_read_parks_until_the_writer_writes() {
     let (mut r, mut w) = pipe();
     let beats = Arc::new(AtomicUsize::new(0));
-    // Writes once the heartbeat has beaten during the read: only a parked
-    // read lets it (if the read blocked the worker, this never writes and
-    // the hang guard reports it).
-    let writer = {
-        let beats = Arc::clone(&beats);
-        std::thread::spawn(move || {
-            while beats.load(SeqCst) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            w.write_all(b"late").unwrap();
-        })
-    };
+    // Writes once the heartbeat has beaten during the read.
+    let writer = after_a_beat(&beats, move || w.write_all(b"late").unwrap());
     let rt = one_worker(true);
     let (beats, got) = common::bounded("a pipe read", move || {
         beats_counted_in(&rt, beats, move || {
@@ -393,15 +399,7 @@ fn epoll_wait_with_a_timeout_parks() {
 fn a_crates_own_mio_event_loop_parks() {
     let (mut a, b) = mio::net::UnixStream::pair().unwrap();
     let beats = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let beats = Arc::clone(&beats);
-        std::thread::spawn(move || {
-            while beats.load(SeqCst) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            a.write_all(b"mio").unwrap();
-        })
-    };
+    let writer = after_a_beat(&beats, move || a.write_all(b"mio").unwrap());
     let rt = one_worker(true);
     let (beats, (token, got)) = common::bounded("mio's poll", move || {
         beats_counted_in(&rt, beats, move || {
@@ -1088,15 +1086,7 @@ fn waiting_for_a_file_lock_parks() {
             _ => assert_eq!(ofd_lock(&holder, libc::F_WRLCK, libc::F_OFD_SETLK), 0),
         }
         let beats = Arc::new(AtomicUsize::new(0));
-        let releaser = {
-            let beats = Arc::clone(&beats);
-            std::thread::spawn(move || {
-                while beats.load(SeqCst) == 0 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                drop(holder);
-            })
-        };
+        let releaser = after_a_beat(&beats, move || drop(holder));
         let rt = one_worker(true);
         let p2 = path.clone();
         let (beats, waiter) = common::bounded("a file lock", move || {

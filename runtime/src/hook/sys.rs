@@ -1769,19 +1769,35 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: size_t, of
     unsafe { pwrite64(fd, buf, count, off) }
 }
 
-/// `preadv(2)`: on a regular file in a coroutine, as `pread` (`file_io`).
-#[no_mangle]
-pub unsafe extern "C" fn preadv(
+/// `preadv`/`pwritev` (system call `nr`, no `flags`) and their `2` forms
+/// (with the caller's `flags`): on a regular file in a coroutine, and
+/// without flags of the caller's (`RWF_NOWAIT`, `RWF_HIPRI`, …), as
+/// `pread`/`pwrite` (`file_io`; the `2` forms take -1 for the file
+/// position); otherwise the plain call.
+fn vectored_at(
+    nr: libc::c_long,
+    op: FileOp,
     fd: c_int,
     iov: *const libc::iovec,
     iovcnt: c_int,
     off: i64,
+    flags: Option<c_int>,
 ) -> ssize_t {
-    let direct = move || sys!(libc::SYS_preadv, fd, iov, iovcnt, off, 0usize);
-    if !active() || off < 0 || kind(fd) != Some(Kind::File) {
+    let direct = move || match flags {
+        None => sys!(nr, fd, iov, iovcnt, off, 0usize),
+        Some(f) => sys!(nr, fd, iov, iovcnt, off, 0usize, f),
+    };
+    let first = if flags.is_some() { -1 } else { 0 };
+    if !active() || flags.unwrap_or(0) != 0 || off < first || kind(fd) != Some(Kind::File) {
         return direct();
     }
-    file_io(fd, FileOp::Read, iov, iovcnt, off, direct)
+    file_io(fd, op, iov, iovcnt, off, direct)
+}
+
+/// `preadv(2)`: see `vectored_at`.
+#[no_mangle]
+pub unsafe extern "C" fn preadv(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64) -> ssize_t {
+    vectored_at(libc::SYS_preadv, FileOp::Read, fd, iov, n, off, None)
 }
 
 /// `preadv64`: glibc's name for `preadv` with 64-bit offsets.
@@ -1789,26 +1805,21 @@ pub unsafe extern "C" fn preadv(
 pub unsafe extern "C" fn preadv64(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
 ) -> ssize_t {
-    // SAFETY: the caller's arguments.
-    unsafe { preadv(fd, iov, iovcnt, off) }
+    vectored_at(libc::SYS_preadv, FileOp::Read, fd, iov, n, off, None)
 }
 
-/// `pwritev(2)`: on a regular file in a coroutine, as `pwrite`.
+/// `pwritev(2)`: see `vectored_at`.
 #[no_mangle]
 pub unsafe extern "C" fn pwritev(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
 ) -> ssize_t {
-    let direct = move || sys!(libc::SYS_pwritev, fd, iov, iovcnt, off, 0usize);
-    if !active() || off < 0 || kind(fd) != Some(Kind::File) {
-        return direct();
-    }
-    file_io(fd, FileOp::Write, iov, iovcnt, off, direct)
+    vectored_at(libc::SYS_pwritev, FileOp::Write, fd, iov, n, off, None)
 }
 
 /// `pwritev64`: glibc's name for `pwritev` with 64-bit offsets.
@@ -1816,29 +1827,30 @@ pub unsafe extern "C" fn pwritev(
 pub unsafe extern "C" fn pwritev64(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
 ) -> ssize_t {
-    // SAFETY: the caller's arguments.
-    unsafe { pwritev(fd, iov, iovcnt, off) }
+    vectored_at(libc::SYS_pwritev, FileOp::Write, fd, iov, n, off, None)
 }
 
-/// `preadv2(2)`: without flags, on a regular file in a coroutine, as
-/// `preadv` (an offset of -1 reads at the file position); with flags (the
-/// caller's own `RWF_NOWAIT`, `RWF_HIPRI`, …) the plain call.
+/// `preadv2(2)`: see `vectored_at`.
 #[no_mangle]
 pub unsafe extern "C" fn preadv2(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
     flags: c_int,
 ) -> ssize_t {
-    let direct = move || sys!(libc::SYS_preadv2, fd, iov, iovcnt, off, 0usize, flags);
-    if !active() || flags != 0 || off < -1 || kind(fd) != Some(Kind::File) {
-        return direct();
-    }
-    file_io(fd, FileOp::Read, iov, iovcnt, off, direct)
+    vectored_at(
+        libc::SYS_preadv2,
+        FileOp::Read,
+        fd,
+        iov,
+        n,
+        off,
+        Some(flags),
+    )
 }
 
 /// `preadv64v2`: glibc's name for `preadv2` with 64-bit offsets.
@@ -1846,29 +1858,39 @@ pub unsafe extern "C" fn preadv2(
 pub unsafe extern "C" fn preadv64v2(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
     flags: c_int,
 ) -> ssize_t {
-    // SAFETY: the caller's arguments.
-    unsafe { preadv2(fd, iov, iovcnt, off, flags) }
+    vectored_at(
+        libc::SYS_preadv2,
+        FileOp::Read,
+        fd,
+        iov,
+        n,
+        off,
+        Some(flags),
+    )
 }
 
-/// `pwritev2(2)`: without flags, as `pwritev` (-1: at the file position);
-/// with flags the plain call.
+/// `pwritev2(2)`: see `vectored_at`.
 #[no_mangle]
 pub unsafe extern "C" fn pwritev2(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
     flags: c_int,
 ) -> ssize_t {
-    let direct = move || sys!(libc::SYS_pwritev2, fd, iov, iovcnt, off, 0usize, flags);
-    if !active() || flags != 0 || off < -1 || kind(fd) != Some(Kind::File) {
-        return direct();
-    }
-    file_io(fd, FileOp::Write, iov, iovcnt, off, direct)
+    vectored_at(
+        libc::SYS_pwritev2,
+        FileOp::Write,
+        fd,
+        iov,
+        n,
+        off,
+        Some(flags),
+    )
 }
 
 /// `pwritev64v2`: glibc's name for `pwritev2` with 64-bit offsets.
@@ -1876,12 +1898,19 @@ pub unsafe extern "C" fn pwritev2(
 pub unsafe extern "C" fn pwritev64v2(
     fd: c_int,
     iov: *const libc::iovec,
-    iovcnt: c_int,
+    n: c_int,
     off: i64,
     flags: c_int,
 ) -> ssize_t {
-    // SAFETY: the caller's arguments.
-    unsafe { pwritev2(fd, iov, iovcnt, off, flags) }
+    vectored_at(
+        libc::SYS_pwritev2,
+        FileOp::Write,
+        fd,
+        iov,
+        n,
+        off,
+        Some(flags),
+    )
 }
 
 // --------------------------------------------------------------------------
