@@ -1794,123 +1794,44 @@ fn vectored_at(
     file_io(fd, op, iov, iovcnt, off, direct)
 }
 
-/// `preadv(2)`: see `vectored_at`.
-#[no_mangle]
-pub unsafe extern "C" fn preadv(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64) -> ssize_t {
-    vectored_at(libc::SYS_preadv, FileOp::Read, fd, iov, n, off, None)
+/// The exports of the `preadv`/`pwritev` family, each `vectored_at` with
+/// its system call and direction; those given a `flags` parameter are the
+/// `2` forms.
+macro_rules! vectored_exports {
+    ($($doc:literal $name:ident($nr:expr, $op:expr $(, $flags:ident)?);)*) => {$(
+        #[doc = $doc]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            n: c_int,
+            off: i64,
+            $($flags: c_int,)?
+        ) -> ssize_t {
+            vectored_at($nr, $op, fd, iov, n, off, vectored_exports!(@flags $($flags)?))
+        }
+    )*};
+    (@flags) => { None };
+    (@flags $f:ident) => { Some($f) };
 }
 
-/// `preadv64`: glibc's name for `preadv` with 64-bit offsets.
-#[no_mangle]
-pub unsafe extern "C" fn preadv64(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-) -> ssize_t {
-    vectored_at(libc::SYS_preadv, FileOp::Read, fd, iov, n, off, None)
-}
-
-/// `pwritev(2)`: see `vectored_at`.
-#[no_mangle]
-pub unsafe extern "C" fn pwritev(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-) -> ssize_t {
-    vectored_at(libc::SYS_pwritev, FileOp::Write, fd, iov, n, off, None)
-}
-
-/// `pwritev64`: glibc's name for `pwritev` with 64-bit offsets.
-#[no_mangle]
-pub unsafe extern "C" fn pwritev64(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-) -> ssize_t {
-    vectored_at(libc::SYS_pwritev, FileOp::Write, fd, iov, n, off, None)
-}
-
-/// `preadv2(2)`: see `vectored_at`.
-#[no_mangle]
-pub unsafe extern "C" fn preadv2(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-    flags: c_int,
-) -> ssize_t {
-    vectored_at(
-        libc::SYS_preadv2,
-        FileOp::Read,
-        fd,
-        iov,
-        n,
-        off,
-        Some(flags),
-    )
-}
-
-/// `preadv64v2`: glibc's name for `preadv2` with 64-bit offsets.
-#[no_mangle]
-pub unsafe extern "C" fn preadv64v2(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-    flags: c_int,
-) -> ssize_t {
-    vectored_at(
-        libc::SYS_preadv2,
-        FileOp::Read,
-        fd,
-        iov,
-        n,
-        off,
-        Some(flags),
-    )
-}
-
-/// `pwritev2(2)`: see `vectored_at`.
-#[no_mangle]
-pub unsafe extern "C" fn pwritev2(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-    flags: c_int,
-) -> ssize_t {
-    vectored_at(
-        libc::SYS_pwritev2,
-        FileOp::Write,
-        fd,
-        iov,
-        n,
-        off,
-        Some(flags),
-    )
-}
-
-/// `pwritev64v2`: glibc's name for `pwritev2` with 64-bit offsets.
-#[no_mangle]
-pub unsafe extern "C" fn pwritev64v2(
-    fd: c_int,
-    iov: *const libc::iovec,
-    n: c_int,
-    off: i64,
-    flags: c_int,
-) -> ssize_t {
-    vectored_at(
-        libc::SYS_pwritev2,
-        FileOp::Write,
-        fd,
-        iov,
-        n,
-        off,
-        Some(flags),
-    )
+vectored_exports! {
+    "`preadv(2)`: see `vectored_at`."
+    preadv(libc::SYS_preadv, FileOp::Read);
+    "`preadv64`: glibc's name for `preadv` with 64-bit offsets."
+    preadv64(libc::SYS_preadv, FileOp::Read);
+    "`pwritev(2)`: see `vectored_at`."
+    pwritev(libc::SYS_pwritev, FileOp::Write);
+    "`pwritev64`: glibc's name for `pwritev` with 64-bit offsets."
+    pwritev64(libc::SYS_pwritev, FileOp::Write);
+    "`preadv2(2)`: see `vectored_at`."
+    preadv2(libc::SYS_preadv2, FileOp::Read, flags);
+    "`preadv64v2`: glibc's name for `preadv2` with 64-bit offsets."
+    preadv64v2(libc::SYS_preadv2, FileOp::Read, flags);
+    "`pwritev2(2)`: see `vectored_at`."
+    pwritev2(libc::SYS_pwritev2, FileOp::Write, flags);
+    "`pwritev64v2`: glibc's name for `pwritev2` with 64-bit offsets."
+    pwritev64v2(libc::SYS_pwritev2, FileOp::Write, flags);
 }
 
 // --------------------------------------------------------------------------
