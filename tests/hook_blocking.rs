@@ -1050,6 +1050,53 @@ fn fs_copy_in_a_coroutine_parks_and_copies_exactly() {
     assert!(parks >= 1, "fs::copy did not park the coroutine");
 }
 
+/// `std::io::copy` from a child's output to a std `TcpStream` (a
+/// `splice(2)` from a pipe to a socket) in a coroutine parks while the
+/// child has nothing to say: the child answers only once the heartbeat has
+/// beaten during the copy (a blocked worker never lets it), and every byte
+/// arrives.
+#[test]
+fn io_copy_from_a_childs_output_to_a_socket_parks() {
+    use std::process::{Command, Stdio};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut child = Command::new("sh")
+        .args(["-c", "read x; echo \"out-$x\"; head -c 200000 /dev/zero"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let beats = Arc::new(AtomicUsize::new(0));
+    let answerer = after_a_beat(&beats, move || stdin.write_all(b"go\n").unwrap());
+    let rt = one_worker(true);
+    let (beats, copied) = common::bounded("io::copy from a child", move || {
+        beats_counted_in(&rt, beats, move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            std::io::copy(&mut out, &mut s).unwrap()
+        })
+    });
+    answerer.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    let got = reader.join().unwrap();
+    let mut expect = b"out-go\n".to_vec();
+    expect.resize(expect.len() + 200_000, 0);
+    assert_eq!(copied, expect.len() as u64);
+    assert!(
+        got == expect,
+        "the socket got {} bytes, not the child's output",
+        got.len()
+    );
+    assert!(beats > 0, "the heartbeat never beat during io::copy");
+}
+
 /// Waiting for a file lock parks: std's `File::lock` (`flock`) and an
 /// open-file-description record lock (`fcntl(F_OFD_SETLKW)`), each held
 /// through another open file of the test's until the heartbeat has beaten

@@ -67,8 +67,9 @@
 //! `gethostbyname2`, `gethostbyname_r`; `errno` and `h_errno` carried back),
 //! opening a FIFO, a regular-file read the page cache cannot answer at
 //! once (`preadv2` with `RWF_NOWAIT` tells) and a write it cannot take,
-//! `fsync`, `fdatasync`, `copy_file_range` (std's `fs::copy`), a file
-//! lock that is not free at once (`flock`,
+//! `fsync`, `fdatasync`, `copy_file_range` (std's `fs::copy`), `splice`
+//! (std's `io::copy` from or to a pipe; it first parks until its input
+//! is readable), a file lock that is not free at once (`flock`,
 //! so std's `File::lock`, and `fcntl`'s `F_SETLKW`/`F_OFD_SETLKW`, tried
 //! without waiting first), and waiting for a
 //! child other than through its pidfd run on the blocking pool while the

@@ -1708,6 +1708,52 @@ pub unsafe extern "C" fn copy_file_range(
     .unwrap_or_else(direct)
 }
 
+/// `splice(2)` (std's `io::copy` from or to a pipe: a child's output to a
+/// socket, say), in a coroutine and without `SPLICE_F_NONBLOCK`: parks
+/// until the input (a socket, pipe or FIFO) has something to give, then
+/// makes the call on the blocking pool while the coroutine parks, since
+/// its other side may still block (a socket's send, a file's disk). The
+/// pool makes the very call the caller asked for, so what moves and what
+/// stays in the pipe are the kernel's; waiting for a slow reader at the
+/// output holds a pool thread. An fd the user made non-blocking is the
+/// plain call.
+#[no_mangle]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut i64,
+    fd_out: c_int,
+    off_out: *mut i64,
+    len: size_t,
+    flags: c_uint,
+) -> ssize_t {
+    let direct = move || sys!(libc::SYS_splice, fd_in, off_in, fd_out, off_out, len, flags);
+    if !active() || flags & libc::SPLICE_F_NONBLOCK != 0 {
+        return direct();
+    }
+    let (Some(kin), Some(_)) = (kind(fd_in), kind(fd_out)) else {
+        return direct();
+    };
+    if user_nonblocking(fd_in) || user_nonblocking(fd_out) {
+        return direct();
+    }
+    if kin != Kind::File {
+        // Until the input is readable (data, end of file or an error),
+        // parked; `-1` only when the coroutine is cancelled meanwhile.
+        let r = pollable_loop(fd_in, Dir::Read, kin == Kind::Socket, || 0);
+        if r < 0 {
+            return r;
+        }
+    }
+    // `off_in` and `off_out` point into the caller's memory, which stays
+    // valid while the coroutine parks in `offload_call`.
+    let call = AssertSend(direct);
+    offload_call(move || {
+        let c = call;
+        (c.0)()
+    })
+    .unwrap_or_else(direct)
+}
+
 /// `fsync(2)`: on the blocking pool in a coroutine (it waits for the disk).
 #[no_mangle]
 pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
