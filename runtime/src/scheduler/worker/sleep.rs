@@ -8,7 +8,8 @@ use super::*;
 use crate::stack;
 
 /// Most rounds of 32 spin hints an idle worker checks its sources for before
-/// it sleeps: about 10–20 µs on the machine the benches run on. How many it
+/// it sleeps: about 50 µs on the machine the benches run on (an AMD EPYC
+/// virtual machine, where a `pause` takes ~25 ns). How many it
 /// spins adapts between [`MIN_SPIN_ROUNDS`] and this (see `Local::sleep`).
 pub(super) const SPIN_ROUNDS: u32 = 64;
 
