@@ -1097,6 +1097,75 @@ fn io_copy_from_a_childs_output_to_a_socket_parks() {
     assert!(beats > 0, "the heartbeat never beat during io::copy");
 }
 
+/// `sendfile(2)` from a file to a std `TcpStream` in a coroutine parks
+/// while the reader does not read: the socket's buffers (the send buffer
+/// made small) fill long before the 1 MiB is sent, and the reader starts
+/// only once the heartbeat has beaten during the calls. Every byte
+/// arrives, and the offset moves as the kernel's would.
+#[test]
+fn sendfile_to_a_socket_parks_while_the_reader_waits() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("greenstack-sendfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data");
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let beats = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let beats = Arc::clone(&beats);
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            while beats.load(SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        })
+    };
+    let rt = one_worker(true);
+    let p2 = path.clone();
+    let total = data.len();
+    let (beats, sent) = common::bounded("sendfile", move || {
+        beats_counted_in(&rt, beats, move || {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            let small: libc::c_int = 4096;
+            // SAFETY: an open socket and an int option of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&small as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "SO_SNDBUF");
+            let f = std::fs::File::open(&p2).unwrap();
+            let mut off: libc::off_t = 0;
+            while (off as usize) < total {
+                // SAFETY: open fds, and `off` outlives the call.
+                let n = unsafe {
+                    libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), &mut off, total - off as usize)
+                };
+                assert!(n > 0, "sendfile: {}", std::io::Error::last_os_error());
+            }
+            off as usize
+        })
+    });
+    let got = reader.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(sent, total, "the offset after the calls");
+    assert!(
+        got == data,
+        "the reader got {} bytes, not the file",
+        got.len()
+    );
+    assert!(beats > 0, "the heartbeat never beat during sendfile");
+}
+
 /// Waiting for a file lock parks: std's `File::lock` (`flock`) and an
 /// open-file-description record lock (`fcntl(F_OFD_SETLKW)`), each held
 /// through another open file of the test's until the heartbeat has beaten

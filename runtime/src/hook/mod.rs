@@ -69,7 +69,8 @@
 //! once (`preadv2` with `RWF_NOWAIT` tells) and a write it cannot take,
 //! `fsync`, `fdatasync`, `copy_file_range` (std's `fs::copy`), `splice`
 //! (std's `io::copy` from or to a pipe; it first parks until its input
-//! is readable), a file lock that is not free at once (`flock`,
+//! is readable), `sendfile` (it first parks until its output is
+//! writable), a file lock that is not free at once (`flock`,
 //! so std's `File::lock`, and `fcntl`'s `F_SETLKW`/`F_OFD_SETLKW`, tried
 //! without waiting first), and waiting for a
 //! child other than through its pidfd run on the blocking pool while the

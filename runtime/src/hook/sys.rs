@@ -256,8 +256,15 @@ fn file_io(
         libc::EINVAL | libc::ESPIPE => return direct(),
         _ => return r,
     }
-    // `direct` holds the caller's pointers, which stay valid while this
-    // coroutine parks in `offload_call` (see `AssertSend`).
+    offload_raw(direct)
+}
+
+/// Makes `direct`, a call on the caller's raw pointers, on the blocking
+/// pool while the coroutine parks, and returns its result (with its
+/// `errno`); where it may not park, makes it here. The pointers stay
+/// valid meanwhile: the caller's frame waits in `offload_call` until the
+/// pool is done with them (see `AssertSend`).
+fn offload_raw(direct: impl Fn() -> ssize_t + Copy + 'static) -> ssize_t {
     let call = AssertSend(direct);
     offload_call(move || {
         let c = call;
@@ -1698,14 +1705,7 @@ pub unsafe extern "C" fn copy_file_range(
     if !active() {
         return direct();
     }
-    // `off_in` and `off_out` point into the caller's memory, which stays
-    // valid while the coroutine parks in `offload_call`.
-    let call = AssertSend(direct);
-    offload_call(move || {
-        let c = call;
-        (c.0)()
-    })
-    .unwrap_or_else(direct)
+    offload_raw(direct)
 }
 
 /// `splice(2)` (std's `io::copy` from or to a pipe: a child's output to a
@@ -1744,14 +1744,52 @@ pub unsafe extern "C" fn splice(
             return r;
         }
     }
-    // `off_in` and `off_out` point into the caller's memory, which stays
-    // valid while the coroutine parks in `offload_call`.
-    let call = AssertSend(direct);
-    offload_call(move || {
-        let c = call;
-        (c.0)()
-    })
-    .unwrap_or_else(direct)
+    offload_raw(direct)
+}
+
+/// `sendfile(2)` in a coroutine: parks until its output (a socket, pipe or
+/// FIFO) is writable, then makes the call on the blocking pool while the
+/// coroutine parks (it sends all of `count` to a blocking socket, however
+/// long the reader takes, and reads a file that may not be cached). A
+/// non-blocking output of the user's is the plain call.
+#[no_mangle]
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut i64,
+    count: size_t,
+) -> ssize_t {
+    let direct = move || sys!(libc::SYS_sendfile, out_fd, in_fd, offset, count);
+    if !active() {
+        return direct();
+    }
+    let Some(kout) = kind(out_fd) else {
+        return direct();
+    };
+    if user_nonblocking(out_fd) {
+        return direct();
+    }
+    if kout != Kind::File {
+        // Until the output can take something (or reports an error),
+        // parked; `-1` only when the coroutine is cancelled meanwhile.
+        let r = pollable_loop(out_fd, Dir::Write, kout == Kind::Socket, || 0);
+        if r < 0 {
+            return r;
+        }
+    }
+    offload_raw(direct)
+}
+
+/// `sendfile64`: glibc's name for `sendfile` with 64-bit offsets.
+#[no_mangle]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut i64,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    unsafe { sendfile(out_fd, in_fd, offset, count) }
 }
 
 /// `fsync(2)`: on the blocking pool in a coroutine (it waits for the disk).
