@@ -1736,10 +1736,22 @@ pub unsafe extern "C" fn splice(
     if user_nonblocking(fd_in) || user_nonblocking(fd_out) {
         return direct();
     }
-    if kin != Kind::File {
-        // Until the input is readable (data, end of file or an error),
-        // parked; `-1` only when the coroutine is cancelled meanwhile.
-        let r = pollable_loop(fd_in, Dir::Read, kin == Kind::Socket, || 0);
+    when_ready_offload(fd_in, Dir::Read, kin, direct)
+}
+
+/// A transfer with no non-blocking form (`splice`, `sendfile`): parks
+/// until `fd` (a socket, pipe or FIFO, of kind `k`) is ready for `dir`
+/// (readable with data, end of file or an error; writable), then makes
+/// `direct` on the blocking pool (`offload_raw`). `-1` without a call only
+/// when the coroutine is cancelled while it waits.
+fn when_ready_offload(
+    fd: c_int,
+    dir: Dir,
+    k: Kind,
+    direct: impl Fn() -> ssize_t + Copy + 'static,
+) -> ssize_t {
+    if k != Kind::File {
+        let r = pollable_loop(fd, dir, k == Kind::Socket, || 0);
         if r < 0 {
             return r;
         }
@@ -1769,15 +1781,7 @@ pub unsafe extern "C" fn sendfile(
     if user_nonblocking(out_fd) {
         return direct();
     }
-    if kout != Kind::File {
-        // Until the output can take something (or reports an error),
-        // parked; `-1` only when the coroutine is cancelled meanwhile.
-        let r = pollable_loop(out_fd, Dir::Write, kout == Kind::Socket, || 0);
-        if r < 0 {
-            return r;
-        }
-    }
-    offload_raw(direct)
+    when_ready_offload(out_fd, Dir::Write, kout, direct)
 }
 
 /// `sendfile64`: glibc's name for `sendfile` with 64-bit offsets.
