@@ -1,7 +1,7 @@
 //! The watchdog's report says what holds a stuck worker when it can tell
 //! (issue 18): its own code running (CPU work), or a blocking system call
-//! the hooks do not park, named by number. (A std lock, a futex, is
-//! `rt_watchdog_std_lock.rs`.)
+//! the hooks do not park, named by number. (A futex wait, a std channel's,
+//! is `rt_watchdog_std_channel.rs`.)
 
 mod common;
 

@@ -144,11 +144,13 @@ mod time {
 }
 
 /// Under loom only the modeled components are built: the wait queues, the
-/// spin lock and oneshot (and the channel core they share code with).
+/// spin lock and oneshot (and the channel core they share code with), and
+/// the futex hook's queues.
 #[cfg(greenstack_loom)]
 #[allow(dead_code, unreachable_pub)]
 mod sync {
     mod chan;
+    pub(crate) mod futex_queue;
     pub(crate) mod oneshot;
     #[cfg(test)]
     mod tests;

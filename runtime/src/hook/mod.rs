@@ -78,6 +78,14 @@
 //! (where the kernel has none, or a seccomp filter refuses `pidfd_open`:
 //! in naps of 1 ms doubling to 50 ms between looks with `WNOHANG`).
 //!
+//! std's locks (`Mutex`, `RwLock`, `Condvar`, `Once`, `OnceLock`,
+//! `LazyLock`) park the coroutine too: std makes their futex waits through
+//! libc's `syscall` function, which `futex` replaces, and a wait of
+//! theirs in a coroutine queues there and parks until a wake of the same
+//! word, from any thread, finds it. Waits on the worker thread's own
+//! `thread::park` word (std's channels) are left to the kernel: every
+//! coroutine of the worker shares that word (see `futex`'s docs).
+//!
 //! A coroutine never parks from a hook while it unwinds from a panic, nor
 //! inside a signal handler (the interrupted code may be anywhere, inside
 //! malloc or the runtime): the call then blocks the worker as it would
@@ -97,8 +105,9 @@
 //! call: fast while the page cache takes it, blocking the worker when the
 //! kernel throttles dirty pages or the disk is slow), `preadv2`/`pwritev2`
 //! with flags, `epoll_pwait` with a signal mask, `epoll_pwait2`,
-//! and `futex` (std's `Mutex`, `Condvar`, channels) still block the worker:
-//! the watchdog reports a worker stalled in them, naming the call. Calls
+//! `thread::park` (so std's channels' blocking `recv`) and other crates'
+//! futex waits (`parking_lot`'s locks) still block the worker: the
+//! watchdog reports a worker stalled in them, naming the call. Calls
 //! made by shared libraries loaded at run time resolve to libc, not to
 //! these. The hooks are built on x86-64 Linux only; elsewhere blocking
 //! calls block the worker.
@@ -109,6 +118,8 @@
 //!
 //! [`RuntimeBuilder::hook_blocking_calls`]: crate::RuntimeBuilder::hook_blocking_calls
 
+#[cfg(target_arch = "x86_64")]
+mod futex;
 #[cfg(target_arch = "x86_64")]
 mod sys;
 
@@ -175,11 +186,16 @@ extern "C" fn clear_after_fork() {
     // A const-initialized thread-local without a destructor: a plain TLS
     // write, safe in a forked child.
     ACTIVE.with(|c| c.set(false));
+    #[cfg(target_arch = "x86_64")]
+    futex::forget_after_fork();
 }
 
-/// Called by each worker thread as it starts: (once per process) makes
-/// forked children start with the hooks off.
+/// Called by each worker thread as it starts: learns its `thread::park`
+/// word (`futex`), and (once per process) makes forked children start
+/// with the hooks off.
 pub(crate) fn record_base_mask() {
+    #[cfg(target_arch = "x86_64")]
+    futex::learn_parker();
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
         // SAFETY: registers a child handler that only writes a thread-local.

@@ -6,15 +6,17 @@
 //! naming the coroutine. It runs only when a threshold is set.
 //!
 //! The report names the likely causes. Besides a blocking call or long CPU
-//! work in the coroutine itself, there is one that is not its fault: a std
-//! lock (`std::sync::Mutex`, `RwLock`) that another coroutine of the same
-//! worker holds across a yield. The named coroutine then blocks the worker
-//! thread in the lock, and the holder, which only that thread may run,
-//! never resumes to release it: the worker hangs for good.
+//! work in the coroutine itself, there is one that is not its fault: a
+//! wait the hooks do not park (a std channel's `recv`, `thread::park`,
+//! `parking_lot`'s locks; std's own locks park, `crate::hook`) for what
+//! only another coroutine of the same worker would do, a send or an
+//! unlock. The named coroutine then blocks the worker thread, and the
+//! other, which only that thread may run, never gets to it: the worker
+//! hangs for good.
 //!
 //! The report says which it is when it can, from the worker thread's
 //! `/proc/self/task/<tid>/syscall`: `running` is CPU work; the futex call
-//! is a std lock, condvar or channel (most likely the held-lock case); any
+//! is such a wait (most likely the case above); any
 //! other number is a blocking system call the hooks do not park
 //! (`crate::hook`: calls they cover park the coroutine and never stall the
 //! worker), named for the common ones. Without `/proc` it lists the
@@ -116,7 +118,8 @@ fn run(shared: &Shared) {
 enum Cause {
     /// Running its code: CPU work without a yield.
     Cpu,
-    /// Waiting on a futex: a std lock, condvar or channel.
+    /// Waiting on a futex the hooks do not park: a std channel,
+    /// `thread::park`, another crate's lock.
     Futex,
     /// Blocked in another system call (its number) the hooks do not park.
     Syscall(i64),
@@ -153,16 +156,17 @@ impl Cause {
     }
 
     fn explain(self) -> String {
-        const STD_LOCK: &str = "a std lock (Mutex, RwLock) held across a yield by another \
-             coroutine on this worker, which cannot run to release it while this one waits \
-             (use greenstack::sync's locks)";
+        const ON_WORKER: &str = "a wait for what only another coroutine on this worker \
+             would do (a send, an unlock), which cannot run while this one waits (use \
+             greenstack::sync's channels and locks)";
         match self {
             Cause::Cpu => "the worker is running it: long CPU work without a yield \
                  (use spawn_blocking, or yield_now in the loop)"
                 .to_string(),
             Cause::Futex => format!(
-                "the worker is blocked on a futex, a blocking call the hooks cannot park: \
-                 a std Mutex, RwLock, Condvar or channel; likely {STD_LOCK}"
+                "the worker is blocked on a futex the hooks do not park: a std channel's \
+                 recv, thread::park, another crate's lock (parking_lot's), or a std lock \
+                 with the hooks off; likely {ON_WORKER}"
             ),
             Cause::Syscall(n) => format!(
                 "the worker is blocked in system call {n}{}, a blocking call the hooks do \
@@ -173,7 +177,7 @@ impl Cause {
             ),
             Cause::Unknown => format!(
                 "the worker is blocked: likely a blocking call or long CPU work \
-                 (use spawn_blocking), or {STD_LOCK}"
+                 (use spawn_blocking), or {ON_WORKER}"
             ),
         }
     }

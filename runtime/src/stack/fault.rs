@@ -311,7 +311,7 @@ fn nofault_enter_by(delta: i32) {
 }
 
 #[inline(never)]
-fn in_nofault_section() -> bool {
+pub(crate) fn in_nofault_section() -> bool {
     NOFAULT_DEPTH.with(|d| d.get() > 0)
 }
 

@@ -99,6 +99,8 @@ mod class;
 mod fault;
 pub mod mmap;
 
+pub(crate) use fault::in_nofault_section;
+
 #[cfg(test)]
 mod tests;
 

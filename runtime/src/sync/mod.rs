@@ -29,6 +29,9 @@
 pub mod broadcast;
 mod chan;
 mod condvar;
+// The futex hook's queues (x86-64 only), and their loom model.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) mod futex_queue;
 pub mod mpmc;
 pub mod mpsc;
 mod mutex;
@@ -37,7 +40,7 @@ mod once;
 pub mod oneshot;
 pub mod select;
 mod semaphore;
-mod wait;
+pub(crate) mod wait;
 pub mod watch;
 
 pub use condvar::{Barrier, BarrierWaitResult, Condvar, WaitGroup, WaitTimeoutResult};

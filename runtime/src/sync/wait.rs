@@ -175,6 +175,13 @@ impl<V> Node<V> {
         }
     }
 
+    /// Whether a notifier has popped the node (then [`settle`](Self::settle)
+    /// before leaving).
+    pub(crate) fn is_notified(&self) -> bool {
+        // Acquire: as in `wait_checked`.
+        self.state.load(Ordering::Acquire) != WAITING
+    }
+
     /// Waits out a notifier that popped the node but may still be waking
     /// its target (step 3). Returns at once for a node never notified.
     pub(crate) fn settle(&self) {

@@ -1,7 +1,10 @@
-//! A std `Mutex` held across a yield, then locked by another coroutine of
-//! the same worker, blocks that worker for good (the holder can only run on
-//! the blocked thread). The watchdog's report names the coroutine stuck in
-//! the lock and says that this is a likely cause.
+//! A std channel's `recv` in a coroutine, waiting for a send that only
+//! another coroutine of the same worker would make, blocks that worker for
+//! good: the wait is on the worker thread's own `thread::park` word, which
+//! the hooks leave alone (std's locks park the coroutine instead, see
+//! `hook_futex.rs`), and the sender can only run on the blocked thread.
+//! The watchdog's report names the coroutine stuck in the wait and says
+//! that this is a likely cause.
 //!
 //! The scenario hangs by design, so it runs in a child process (this
 //! binary re-run with an environment variable) that prints tracing events
@@ -10,27 +13,27 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use greenstack::{Builder, Runtime};
 
 /// Set in the child process that plays the hanging scenario.
-const CHILD_ENV: &str = "GREENSTACK_WATCHDOG_STD_LOCK_CHILD";
+const CHILD_ENV: &str = "GREENSTACK_WATCHDOG_STD_CHANNEL_CHILD";
 
 /// How long the parent waits for the report before it fails: a hang guard,
 /// far above the watchdog's 100 ms threshold.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// The name of the coroutine that blocks its worker in the std lock.
-const WAITER: &str = "std-lock-waiter";
+/// The name of the coroutine that blocks its worker in the std channel.
+const WAITER: &str = "std-channel-receiver";
 
-/// The child's scenario: one worker, watchdog at 100 ms. `holder` locks a
-/// std `Mutex`, spawns `WAITER` (which locks it too), and sleeps holding
-/// the guard; `WAITER` runs and blocks the worker in `lock`, so `holder`
-/// never wakes. Never returns.
-fn hang_on_a_std_lock() -> ! {
+/// The child's scenario: one worker, watchdog at 100 ms. `sender` spawns
+/// `WAITER`, which receives from a std channel, and sleeps before sending;
+/// `WAITER` runs and blocks the worker in `recv`, so `sender` never wakes.
+/// Never returns.
+fn hang_on_a_std_channel() -> ! {
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .finish();
@@ -40,19 +43,17 @@ fn hang_on_a_std_lock() -> ! {
         .watchdog(Some(Duration::from_millis(100)))
         .build()
         .unwrap();
-    let lock = Arc::new(Mutex::new(0u32));
-    let _holder = Builder::new()
-        .name("std-lock-holder")
+    let _sender = Builder::new()
+        .name("std-channel-sender")
         .spawn_on(&rt, move || {
-            let mut guard = lock.lock().unwrap();
-            let again = Arc::clone(&lock);
-            let _waiter = Builder::new()
+            let (tx, rx) = mpsc::channel::<u32>();
+            let _receiver = Builder::new()
                 .name(WAITER)
-                .spawn(move || *again.lock().unwrap() += 1)
+                .spawn(move || rx.recv())
                 .unwrap();
-            // A yield with the guard held: the waiter runs meanwhile.
+            // A park before the send: the receiver runs meanwhile.
             greenstack::time::sleep(Duration::from_millis(10));
-            *guard += 1;
+            tx.send(1).unwrap();
         })
         .unwrap();
     eprintln!("child: scenario started");
@@ -61,17 +62,17 @@ fn hang_on_a_std_lock() -> ! {
     }
 }
 
-/// The watchdog reports the coroutine blocked in a std lock that another
-/// coroutine of its worker holds across a yield, naming that as a likely
-/// cause (and a blocking call as the other).
+/// The watchdog reports the coroutine blocked in a std channel's wait for
+/// a send that another coroutine of its worker would make, naming that as
+/// a likely cause (and a blocking call as the other).
 #[test]
-fn watchdog_names_a_std_lock_held_across_a_yield() {
+fn watchdog_names_a_std_channel_wait_on_the_worker() {
     if std::env::var_os(CHILD_ENV).is_some() {
-        hang_on_a_std_lock();
+        hang_on_a_std_channel();
     }
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .args([
-            "watchdog_names_a_std_lock_held_across_a_yield",
+            "watchdog_names_a_std_channel_wait_on_the_worker",
             "--exact",
             "--nocapture",
             "--test-threads=1",
@@ -112,8 +113,9 @@ fn watchdog_names_a_std_lock_held_across_a_yield() {
     };
     for needle in [
         "without switching",
-        "blocking call",
-        "a std lock (Mutex, RwLock) held across a yield by another coroutine on this worker",
+        "the hooks do not park",
+        "a wait for what only another coroutine on this worker would do",
+        "a std channel's recv",
         "greenstack::sync",
         "cause=\"futex\"",
         "blocked on a futex",

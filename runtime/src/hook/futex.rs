@@ -1,0 +1,362 @@
+//! std's locks park the coroutine: the interposed `syscall` function and
+//! the futex waits it takes over.
+//!
+//! std makes its futex calls through libc's `syscall` function
+//! (`syscall(SYS_futex, ...)`), which the binary's own definition here
+//! replaces, as the other hooks replace `read` or `poll`. Every system
+//! call other than `futex` goes straight to the kernel (one comparison,
+//! then the `syscall` instruction): async-signal-safe, no allocation, no
+//! lock, `errno` set as glibc's wrapper sets it.
+//!
+//! # Which waits park the coroutine
+//!
+//! A futex wait is taken over (the coroutine parks, the worker runs
+//! others) only when all of these hold, and is the plain system call
+//! otherwise:
+//!
+//! - it is std's form of the wait: `FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG`
+//!   with the match-any bitset, which std's `Mutex`, `RwLock`, `Condvar`,
+//!   `Once`, `OnceLock` and `LazyLock` use, and whose waiting state lives
+//!   in the object waited on;
+//! - it is not on the worker thread's own `thread::park` word. That word
+//!   belongs to the thread, which every coroutine of the worker shares:
+//!   two coroutines parked on it at once would corrupt std's parker (its
+//!   state goes below `PARKED`, and a later `unpark` wakes nobody). So
+//!   `thread::park` and what waits through it (std's `mpsc` and `mpmc`
+//!   channels, `once_cell`'s waits) still block the worker, as do other
+//!   crates' waits (`FUTEX_WAIT`: `parking_lot` keeps a per-thread record
+//!   that two coroutines of one thread must not share);
+//! - the call is in a coroutine that may park ([`super::parkable`]), and
+//!   not inside the runtime's own no-fault sections (its short internal
+//!   lock sections, whose waits stay the thread's).
+//!
+//! The worker's parker word is learnt as the worker thread starts, before
+//! it runs any coroutine: a `thread::park_timeout(0)` with a probe flag
+//! set, whose futex call this hook records instead of making.
+//!
+//! # The wait queue
+//!
+//! A taken-over wait queues in `sync::futex_queue` (checking there, under
+//! the queue's lock, that the word still holds the expected value, as the
+//! kernel does) and parks. Every `FUTEX_WAKE` and `FUTEX_WAKE_BITSET`, from
+//! any thread, first wakes queued coroutines of that word, then asks the
+//! kernel for what is left of its count (a plain thread may wait there on
+//! the same word). A wake that finds no coroutine waiting anywhere costs
+//! one fence and one load. Other operations on a word with queued
+//! coroutines (requeue, wake-op) first wake all of them there: a futex
+//! waiter must recheck its condition on every return, so an early wake-up
+//! is allowed.
+//!
+//! A wait that times out returns `ETIMEDOUT`; a coroutine cancelled at
+//! shutdown gets `EINTR` (std then tries again, and a coroutine that keeps
+//! trying is abandoned as by the other hooks).
+
+#![allow(clippy::missing_safety_doc, unreachable_pub)]
+
+use std::cell::Cell;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use libc::c_long;
+
+use crate::sync::futex_queue::{FutexQueues, NotWoken};
+
+/// The queues of taken-over waits, made by the first one.
+static QUEUES: once_cell::sync::OnceCell<FutexQueues> = once_cell::sync::OnceCell::new();
+
+thread_local! {
+    /// This thread's `thread::park` word, once probed (0: not yet).
+    static PARKER: Cell<usize> = const { Cell::new(0) };
+    /// Set while this thread probes for [`PARKER`]; the address seen.
+    static PROBE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The marker of "probing, nothing seen yet" in [`PROBE`].
+const PROBING: usize = 0;
+
+/// A raw system call (`syscall` instruction): the kernel's result, a
+/// negative errno on failure.
+///
+/// # Safety
+///
+/// The arguments are the caller's, for the kernel to check; the call must
+/// be one that returns to this point (not `vfork`-like).
+#[inline(always)]
+unsafe fn raw(n: c_long, a: [c_long; 6]) -> c_long {
+    let ret: c_long;
+    // SAFETY: the `syscall` instruction with the x86-64 Linux convention:
+    // the number in rax, arguments in rdi, rsi, rdx, r10, r8, r9; the
+    // kernel clobbers rcx and r11 and touches no user stack.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") n => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// A kernel result (negative errno on failure) as libc's wrapper returns
+/// it: -1 with `errno` set, or the value.
+#[inline(always)]
+fn libc_result(r: c_long) -> c_long {
+    if (-4095..0).contains(&r) {
+        super::set_errno(-r as i32);
+        -1
+    } else {
+        r
+    }
+}
+
+/// `syscall(3)`. Declared with six arguments after the number, as glibc's
+/// own (assembly) definition reads them: a variadic call passes integer
+/// arguments as a fixed one does on x86-64, and a caller that passed fewer
+/// leaves values there that the kernel ignores for its call.
+#[no_mangle]
+pub unsafe extern "C" fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    let args = [a1, a2, a3, a4, a5, a6];
+    if n == libc::SYS_clone || n == libc::SYS_clone3 {
+        // A child on a stack of the caller's returns with libc's `ret`
+        // from that stack: libc's own function keeps that exact.
+        // SAFETY: the caller's call, to the function it meant.
+        return unsafe { libc_syscall()(n, a1, a2, a3, a4, a5, a6) };
+    }
+    if n != libc::SYS_futex {
+        // SAFETY: the caller's system call, forwarded unchanged.
+        return libc_result(unsafe { raw(n, args) });
+    }
+    // SAFETY: as above; `futex` reads the caller's pointers, which its
+    // contract makes valid.
+    libc_result(unsafe { futex(args) })
+}
+
+/// The signature of libc's `syscall` as [`syscall`] calls it.
+type SyscallFn =
+    unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
+
+/// libc's own `syscall` (the next definition after this binary's), looked
+/// up on first use.
+fn libc_syscall() -> SyscallFn {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut f = NEXT.load(std::sync::atomic::Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: a symbol lookup with a NUL-terminated name.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr()) } as usize;
+        assert!(f != 0, "libc's syscall is not found");
+        NEXT.store(f, std::sync::atomic::Ordering::Release);
+    }
+    // SAFETY: `f` is libc's `syscall`, whose C signature this is (its
+    // variadic arguments passed as six integers, as above).
+    unsafe { std::mem::transmute::<usize, SyscallFn>(f) }
+}
+
+/// `FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG`, the wait std makes.
+const STD_WAIT: c_long = (libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG) as c_long;
+
+/// A `futex` call: the kernel's result convention (negative errno).
+///
+/// # Safety
+///
+/// The arguments are `futex(2)`'s, valid as its contract says.
+unsafe fn futex(a: [c_long; 6]) -> c_long {
+    let (uaddr, op) = (a[0] as usize, a[1] as libc::c_int);
+    let cmd = op & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
+    if cmd == libc::FUTEX_WAIT_BITSET {
+        if let Some(seen) = PROBE.with(Cell::get) {
+            // The parker probe's own wait (see `learn_parker`): note the
+            // address, and let the zero timeout pass at once.
+            if seen == PROBING {
+                PROBE.with(|p| p.set(Some(uaddr)));
+            }
+            return -c_long::from(libc::ETIMEDOUT);
+        }
+        if op as c_long & !(libc::FUTEX_CLOCK_REALTIME as c_long) == STD_WAIT
+            && a[5] as u32 == libc::FUTEX_BITSET_MATCH_ANY as u32
+            && ours(uaddr)
+        {
+            if super::cancelling() {
+                // Being cancelled (shutdown): the wait fails, as a hooked
+                // read does, rather than block the worker; std tries again,
+                // and a coroutine that keeps trying is abandoned
+                // (`super::cancelled`), so the shutdown completes.
+                let _ = super::cancelled();
+                return -c_long::from(libc::EINTR);
+            }
+            if super::parkable() {
+                let realtime = op & libc::FUTEX_CLOCK_REALTIME != 0;
+                // SAFETY: the caller's pointers, valid by `futex`'s contract.
+                return unsafe {
+                    wait(uaddr, a[2] as u32, a[3] as *const libc::timespec, realtime)
+                };
+            }
+        }
+    } else if cmd == libc::FUTEX_WAKE || cmd == libc::FUTEX_WAKE_BITSET {
+        // The kernel wakes at least one whatever the count; a bitset of 0
+        // is its error to report. Queued waits match any bitset.
+        let max = (a[2] as libc::c_int).max(1) as usize;
+        let bitset = if cmd == libc::FUTEX_WAKE {
+            u32::MAX
+        } else {
+            a[5] as u32
+        };
+        let woken = if bitset == 0 { 0 } else { wake(uaddr, max) };
+        if woken == 0 {
+            // SAFETY: the caller's call.
+            return unsafe { raw(libc::SYS_futex, a) };
+        }
+        if woken == max {
+            return woken as c_long;
+        }
+        let mut rest = a;
+        rest[2] = (max - woken) as c_long;
+        // SAFETY: the caller's call, for fewer waiters.
+        let r = unsafe { raw(libc::SYS_futex, rest) };
+        return woken as c_long + r.max(0);
+    } else if matches!(
+        cmd,
+        libc::FUTEX_REQUEUE
+            | libc::FUTEX_CMP_REQUEUE
+            | libc::FUTEX_CMP_REQUEUE_PI
+            | libc::FUTEX_WAKE_OP
+    ) && may_have_waiters()
+    {
+        // These move or wake kernel waiters only: wake ours on the words
+        // first (they recheck and wait again).
+        wake(uaddr, usize::MAX);
+        wake(a[4] as usize, usize::MAX);
+    }
+    // SAFETY: the caller's call, unchanged.
+    unsafe { raw(libc::SYS_futex, a) }
+}
+
+/// Whether a std-form wait on `uaddr` here is one to take over: in a
+/// coroutine, outside the runtime's own no-fault sections, and not on the
+/// worker thread's parker word (module docs). (Whether it may park is
+/// asked after.)
+fn ours(uaddr: usize) -> bool {
+    super::active()
+        && !crate::stack::in_nofault_section()
+        && own_parker().is_some_and(|p| p != uaddr)
+}
+
+/// This thread's `thread::park` word, if learnt ([`learn_parker`]).
+fn own_parker() -> Option<usize> {
+    Some(PARKER.with(Cell::get)).filter(|&p| p != 0)
+}
+
+/// Learns the calling thread's `thread::park` word (see the module docs):
+/// called by each worker thread as it starts, before it runs a coroutine
+/// (a probe from inside a wait could be a wait on that very word). A
+/// thread that has not learnt it takes over no wait.
+pub(crate) fn learn_parker() {
+    if PARKER.with(Cell::get) != 0 {
+        return;
+    }
+    PROBE.with(|p| p.set(Some(PROBING)));
+    std::thread::park_timeout(Duration::ZERO);
+    let seen = PROBE.with(|p| p.replace(None)).unwrap_or(PROBING);
+    if seen == PROBING {
+        // A token was pending, and the probe consumed it instead of
+        // waiting: give it back (and take over no wait on this thread).
+        std::thread::current().unpark();
+        return;
+    }
+    PARKER.with(|p| p.set(seen));
+}
+
+/// Takes over a wait on the word at `uaddr` while it holds `val`, until a
+/// wake, the timeout (absolute, on `CLOCK_REALTIME` if `realtime`, else
+/// `CLOCK_MONOTONIC`; none if null) or the coroutine's cancellation. The
+/// kernel's result convention.
+///
+/// # Safety
+///
+/// `uaddr` points to a live, aligned 32-bit futex word; `timeout` is null
+/// or points to a readable timespec (the caller's `futex` contract).
+unsafe fn wait(uaddr: usize, val: u32, timeout: *const libc::timespec, realtime: bool) -> c_long {
+    let deadline = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: readable by the contract.
+        let ts = unsafe { *timeout };
+        if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+            return -c_long::from(libc::EINVAL);
+        }
+        Some(deadline_of(ts, realtime))
+    };
+    // SAFETY: a live, aligned futex word by the contract, which its users
+    // (and the kernel) access atomically.
+    let word = unsafe { &*(uaddr as *const AtomicU32) };
+    let queues = QUEUES.get_or_init(FutexQueues::new);
+    let park = |d| super::park(|| crate::time::park_until(d));
+    match queues.wait(word, val, deadline, park, super::cancelling) {
+        Ok(()) => 0,
+        Err(NotWoken::Changed) => -c_long::from(libc::EAGAIN),
+        Err(NotWoken::TimedOut) => -c_long::from(libc::ETIMEDOUT),
+        Err(NotWoken::Stopped) => {
+            // Counted: a coroutine that keeps waiting while it is
+            // cancelled is abandoned (`super::cancelled`).
+            let _ = super::cancelled();
+            -c_long::from(libc::EINTR)
+        }
+    }
+}
+
+/// Wakes up to `max` coroutines queued on `addr`; returns how many.
+fn wake(addr: usize, max: usize) -> usize {
+    QUEUES.get().map_or(0, |q| q.wake(addr, max))
+}
+
+/// Whether a coroutine may be queued (after the caller changed a word).
+fn may_have_waiters() -> bool {
+    QUEUES.get().is_some_and(FutexQueues::may_have_waiters)
+}
+
+/// The instant of an absolute futex timeout.
+fn deadline_of(ts: libc::timespec, realtime: bool) -> Instant {
+    let clock = if realtime {
+        libc::CLOCK_REALTIME
+    } else {
+        libc::CLOCK_MONOTONIC
+    };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the struct we own.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    let at = |t: libc::timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+    let left = (at(ts) - at(now)).max(0);
+    let left = Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX));
+    Instant::now().checked_add(left).unwrap_or_else(far_future)
+}
+
+/// An instant no wait reaches (about 30 years on).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(30 * 365 * 86_400)
+}
+
+/// In a child forked from a process whose coroutines waited here: none of
+/// them exists in the child (only the forking thread does).
+pub(crate) fn forget_after_fork() {
+    if let Some(q) = QUEUES.get() {
+        q.forget_all();
+    }
+}

@@ -1,0 +1,366 @@
+//! std's locks inside coroutines park the coroutine, not its worker: a
+//! `Mutex`, `Condvar`, `RwLock` or `LazyLock` that another coroutine of the
+//! same worker holds across a park used to block the worker for good (the
+//! holder could only run on the blocked thread); now the waiter parks and
+//! the holder runs. `thread::park` and std's channels, which wait on the
+//! worker thread's own parker word, still block the worker, and must still
+//! work.
+//!
+//! Every scenario that would hang without the hook runs under a hang guard
+//! (`common::bounded`); no timing thresholds.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, RwLock};
+use std::time::Duration;
+
+use greenstack::{Runtime, RuntimeBuilder};
+
+fn workers(n: usize) -> Runtime {
+    RuntimeBuilder::default()
+        .workers(n)
+        .build()
+        .expect("building a runtime")
+}
+
+/// One worker: `holder` locks, starts a second coroutine that locks too,
+/// and parks (a sleep) with the guard held. The second must park in
+/// `lock` for the holder to run again; then it gets the lock, after the
+/// holder's update.
+#[test]
+fn a_std_mutex_held_across_a_park_parks_the_next_locker() {
+    let got = common::bounded("a std mutex between two coroutines of one worker", || {
+        let rt = workers(1);
+        rt.block_on(|| {
+            let lock = Arc::new(Mutex::new(Vec::new()));
+            let l = Arc::clone(&lock);
+            let holder = greenstack::spawn(move || {
+                let mut g = l.lock().unwrap();
+                let again = Arc::clone(&l);
+                let waiter = greenstack::spawn(move || again.lock().unwrap().push("waiter"));
+                // Parks with the guard held: the waiter runs meanwhile.
+                std::thread::sleep(Duration::from_millis(20));
+                g.push("holder");
+                drop(g);
+                waiter.join().unwrap();
+            });
+            holder.join().unwrap();
+            let v = lock.lock().unwrap().clone();
+            v
+        })
+    });
+    assert_eq!(got, ["holder", "waiter"]);
+}
+
+/// The same with a `RwLock`: a reader waits while a writer of the same
+/// worker holds it across a park.
+#[test]
+fn a_std_rwlock_held_across_a_park_parks_the_reader() {
+    let got = common::bounded("a std rwlock between two coroutines of one worker", || {
+        let rt = workers(1);
+        rt.block_on(|| {
+            let lock = Arc::new(RwLock::new(0u32));
+            let l = Arc::clone(&lock);
+            greenstack::spawn(move || {
+                let mut w = l.write().unwrap();
+                let again = Arc::clone(&l);
+                let reader = greenstack::spawn(move || *again.read().unwrap());
+                std::thread::sleep(Duration::from_millis(20));
+                *w = 7;
+                drop(w);
+                reader.join().unwrap()
+            })
+            .join()
+            .unwrap()
+        })
+    });
+    assert_eq!(got, 7);
+}
+
+/// A coroutine waits on a std `Condvar` until another coroutine of the
+/// same worker sets the flag and notifies: the wait parks.
+#[test]
+fn a_std_condvar_wait_parks_until_a_coroutine_notifies() {
+    let got = common::bounded("a std condvar between two coroutines of one worker", || {
+        let rt = workers(1);
+        rt.block_on(|| {
+            let pair = Arc::new((Mutex::new(None::<u32>), Condvar::new()));
+            let p = Arc::clone(&pair);
+            let waiter = greenstack::spawn(move || {
+                let (m, cv) = &*p;
+                let g = cv.wait_while(m.lock().unwrap(), |v| v.is_none()).unwrap();
+                g.unwrap()
+            });
+            // The notifier is a coroutine of the same worker: it runs
+            // only if the wait parked.
+            greenstack::spawn(move || {
+                greenstack::time::sleep(Duration::from_millis(20));
+                let (m, cv) = &*pair;
+                *m.lock().unwrap() = Some(42);
+                cv.notify_all();
+            })
+            .join()
+            .unwrap();
+            waiter.join().unwrap()
+        })
+    });
+    assert_eq!(got, 42);
+}
+
+/// `Condvar::wait_timeout` with nobody to notify: it times out as std's
+/// does, and the worker ran others meanwhile (the heartbeat beat).
+#[test]
+fn a_std_condvar_wait_timeout_parks_and_times_out() {
+    let (beats, timed_out) = common::bounded("a std condvar wait with a timeout", || {
+        let rt = workers(1);
+        rt.block_on(|| {
+            let waiting = Arc::new(AtomicBool::new(true));
+            let beats = Arc::new(AtomicUsize::new(0));
+            let hb = {
+                let (waiting, beats) = (Arc::clone(&waiting), Arc::clone(&beats));
+                greenstack::spawn(move || {
+                    while waiting.load(SeqCst) {
+                        greenstack::time::sleep(Duration::from_millis(5));
+                        beats.fetch_add(1, SeqCst);
+                    }
+                })
+            };
+            let b = Arc::clone(&beats);
+            let (during, r) = greenstack::spawn(move || {
+                let pair = (Mutex::new(()), Condvar::new());
+                let g = pair.0.lock().unwrap();
+                let (_g, r) = pair.1.wait_timeout(g, Duration::from_millis(100)).unwrap();
+                (b.load(SeqCst), r)
+            })
+            .join()
+            .unwrap();
+            waiting.store(false, SeqCst);
+            hb.join().unwrap();
+            (during, r.timed_out())
+        })
+    });
+    assert!(timed_out, "the wait reported a notification nobody sent");
+    assert!(beats > 0, "the worker was blocked for the whole wait");
+}
+
+/// A `LazyLock` whose initialiser parks (a sleep): a second coroutine of
+/// the same worker that reaches it meanwhile parks in `Once`'s wait, and
+/// the initialiser runs once.
+#[test]
+fn a_lazy_lock_whose_init_parks_is_awaited_by_parking() {
+    static INITS: AtomicUsize = AtomicUsize::new(0);
+    static VALUE: LazyLock<u32> = LazyLock::new(|| {
+        INITS.fetch_add(1, SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        42
+    });
+    let got = common::bounded(
+        "a lazy lock reached by two coroutines of one worker",
+        || {
+            let rt = workers(1);
+            rt.block_on(|| {
+                let a = greenstack::spawn(|| *VALUE);
+                let b = greenstack::spawn(|| *VALUE);
+                (a.join().unwrap(), b.join().unwrap())
+            })
+        },
+    );
+    assert_eq!(got, (42, 42));
+    assert_eq!(INITS.load(SeqCst), 1);
+}
+
+/// A plain thread holds the lock until the coroutine waiting for it has
+/// parked (the heartbeat beat during the wait); its unlock wakes the
+/// coroutine.
+#[test]
+fn a_plain_threads_unlock_wakes_the_parked_coroutine() {
+    let (beats, v) = common::bounded("a std mutex held by a plain thread", || {
+        let rt = workers(1);
+        let lock = Arc::new(Mutex::new(0u32));
+        let beats = Arc::new(AtomicUsize::new(0));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let (lock, beats) = (Arc::clone(&lock), Arc::clone(&beats));
+            std::thread::spawn(move || {
+                let mut g = lock.lock().unwrap();
+                held_tx.send(()).unwrap();
+                while beats.load(SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                *g = 5;
+            })
+        };
+        held_rx.recv().unwrap();
+        let l = Arc::clone(&lock);
+        let hb_beats = Arc::clone(&beats);
+        let r = rt.block_on(move || {
+            let beats = hb_beats;
+            let waiting = Arc::new(AtomicBool::new(true));
+            let hb = {
+                let (waiting, beats) = (Arc::clone(&waiting), Arc::clone(&beats));
+                greenstack::spawn(move || {
+                    while waiting.load(SeqCst) {
+                        greenstack::time::sleep(Duration::from_millis(5));
+                        beats.fetch_add(1, SeqCst);
+                    }
+                })
+            };
+            let v = greenstack::spawn(move || *l.lock().unwrap())
+                .join()
+                .unwrap();
+            waiting.store(false, SeqCst);
+            hb.join().unwrap();
+            v
+        });
+        holder.join().unwrap();
+        (beats.load(SeqCst), r)
+    });
+    assert!(beats > 0);
+    assert_eq!(v, 5);
+}
+
+/// Mutual exclusion and no lost wake-up under contention: coroutines on
+/// two workers and two plain threads add to one std `Mutex`, the
+/// coroutines yielding with the guard held now and then (so others queue
+/// behind a parked holder). Every addition counts.
+#[test]
+fn a_contended_std_mutex_counts_exactly() {
+    const COROUTINES: usize = 200;
+    const THREADS: usize = 2;
+    const ROUNDS: usize = 300;
+    let total = common::bounded("a contended std mutex", || {
+        let rt = workers(2);
+        let lock = Arc::new(Mutex::new(0usize));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let lock = Arc::clone(&lock);
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        *lock.lock().unwrap() += 1;
+                    }
+                })
+            })
+            .collect();
+        let l = Arc::clone(&lock);
+        rt.block_on(move || {
+            let hs: Vec<_> = (0..COROUTINES)
+                .map(|i| {
+                    let l = Arc::clone(&l);
+                    greenstack::spawn(move || {
+                        for r in 0..ROUNDS {
+                            let mut g = l.lock().unwrap();
+                            let v = *g;
+                            if (i + r) % 17 == 0 {
+                                greenstack::yield_now();
+                            }
+                            *g = v + 1;
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = *lock.lock().unwrap();
+        n
+    });
+    assert_eq!(total, (COROUTINES + THREADS) * ROUNDS);
+}
+
+/// `thread::park` and std's channels wait on the worker thread's own
+/// parker, which its coroutines share: those waits still block the worker
+/// (two coroutines parked on one thread's parker would corrupt it), and
+/// must still deliver. One worker, two coroutines each receiving from its
+/// own std channel, a plain thread sending to both, and a coroutine parked
+/// in `thread::park` until a plain thread unparks the worker thread.
+#[test]
+fn std_channels_and_thread_park_in_coroutines_still_deliver() {
+    let got = common::bounded("std channels and thread::park in coroutines", || {
+        let rt = workers(1);
+        rt.block_on(|| {
+            let (tx1, rx1) = std::sync::mpsc::channel::<u32>();
+            let (tx2, rx2) = std::sync::mpsc::channel::<u32>();
+            let a = greenstack::spawn(move || rx1.recv().unwrap());
+            let b = greenstack::spawn(move || rx2.recv().unwrap());
+            let (thread_tx, thread_rx) = std::sync::mpsc::channel();
+            let c = greenstack::spawn(move || {
+                thread_tx.send(std::thread::current()).unwrap();
+                // Spurious returns are allowed: park until the flag says.
+                while !UNPARKED.load(SeqCst) {
+                    std::thread::park();
+                }
+                3
+            });
+            static UNPARKED: AtomicBool = AtomicBool::new(false);
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                tx1.send(1).unwrap();
+                tx2.send(2).unwrap();
+                let worker = thread_rx.recv().unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                UNPARKED.store(true, SeqCst);
+                worker.unpark();
+            });
+            let got = (a.join().unwrap(), b.join().unwrap(), c.join().unwrap());
+            sender.join().unwrap();
+            got
+        })
+    });
+    assert_eq!(got, (1, 2, 3));
+}
+
+/// A coroutine waiting for a std `Mutex` that a plain thread holds when
+/// its runtime is dropped: the shutdown completes (the wait fails with
+/// `EINTR`, std retries, and the coroutine is abandoned after a few), it
+/// does not block the worker until the holder lets go. Afterwards the
+/// lock still works: the abandoned waiter left no trace in it.
+#[test]
+fn a_std_lock_wait_at_shutdown_does_not_hold_it_up() {
+    let lock = Arc::new(Mutex::new(0u32));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let lock = Arc::clone(&lock);
+        std::thread::spawn(move || {
+            let mut g = lock.lock().unwrap();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            *g += 1;
+        })
+    };
+    held_rx.recv().unwrap();
+    let waiting = Arc::new(AtomicBool::new(false));
+    {
+        let (lock, waiting) = (Arc::clone(&lock), Arc::clone(&waiting));
+        common::bounded(
+            "a shutdown with a coroutine waiting for a std lock",
+            move || {
+                let rt = RuntimeBuilder::default()
+                    .workers(1)
+                    .shutdown_timeout(Duration::from_secs(3600))
+                    .build()
+                    .unwrap();
+                let w = Arc::clone(&waiting);
+                let _h = rt.spawn(move || {
+                    w.store(true, SeqCst);
+                    *lock.lock().unwrap() += 10;
+                });
+                while !waiting.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                drop(rt);
+            },
+        );
+    }
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // The lock is free and consistent: only the holder's update happened.
+    *lock.lock().unwrap() += 100;
+    assert_eq!(*lock.lock().unwrap(), 101);
+}
