@@ -1655,3 +1655,33 @@ fn no_pidfd_child() {
     });
     println!("nopidfd: enosys={enosys} code={code:?} beats={beats} cancelled={cancelled} reaped={reaped}");
 }
+
+/// Joining a plain thread (`JoinHandle::join`, `pthread_join`) in a
+/// coroutine parks: the thread ends only once the heartbeat has beaten
+/// during the join (a blocked worker never lets it, and the hang guard
+/// fires). The thread's value, and a panicking thread's `Err`, come back
+/// as std's; a thread that has ended already is joined at once.
+#[test]
+fn joining_a_std_thread_parks_the_coroutine() {
+    let beats = Arc::new(AtomicUsize::new(0));
+    let b = Arc::clone(&beats);
+    let (during, (value, panicked, early)) = common::bounded("joining a std thread", move || {
+        let rt = one_worker(true);
+        beats_counted_in(&rt, beats, move || {
+            let t = std::thread::spawn(move || {
+                while b.load(SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                7u32
+            });
+            let value = t.join().unwrap();
+            let p = std::thread::spawn(|| panic!("the joined thread panics on purpose"));
+            let panicked = p.join().is_err();
+            let done = std::thread::spawn(|| 9u32);
+            std::thread::sleep(Duration::from_millis(20));
+            (value, panicked, done.join().unwrap())
+        })
+    });
+    assert!(during > 0, "the join blocked the worker");
+    assert_eq!((value, panicked, early), (7, true, 9));
+}

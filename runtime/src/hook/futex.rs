@@ -135,8 +135,10 @@ pub unsafe extern "C" fn syscall(
     if n == libc::SYS_clone || n == libc::SYS_clone3 {
         // A child on a stack of the caller's returns with libc's `ret`
         // from that stack: libc's own function keeps that exact.
-        // SAFETY: the caller's call, to the function it meant.
-        return unsafe { libc_syscall()(n, a1, a2, a3, a4, a5, a6) };
+        if let Some(libc_syscall) = next_fn!("syscall", SyscallFn) {
+            // SAFETY: the caller's call, to the function it meant.
+            return unsafe { libc_syscall(n, a1, a2, a3, a4, a5, a6) };
+        }
     }
     if n != libc::SYS_futex {
         // SAFETY: the caller's system call, forwarded unchanged.
@@ -150,22 +152,6 @@ pub unsafe extern "C" fn syscall(
 /// The signature of libc's `syscall` as [`syscall`] calls it.
 type SyscallFn =
     unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
-
-/// libc's own `syscall` (the next definition after this binary's), looked
-/// up on first use.
-fn libc_syscall() -> SyscallFn {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let mut f = NEXT.load(std::sync::atomic::Ordering::Acquire);
-    if f == 0 {
-        // SAFETY: a symbol lookup with a NUL-terminated name.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr()) } as usize;
-        assert!(f != 0, "libc's syscall is not found");
-        NEXT.store(f, std::sync::atomic::Ordering::Release);
-    }
-    // SAFETY: `f` is libc's `syscall`, whose C signature this is (its
-    // variadic arguments passed as six integers, as above).
-    unsafe { std::mem::transmute::<usize, SyscallFn>(f) }
-}
 
 /// `FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG`, the wait std makes.
 const STD_WAIT: c_long = (libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG) as c_long;

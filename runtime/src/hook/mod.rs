@@ -72,7 +72,8 @@
 //! is readable), `sendfile` (it first parks until its output is
 //! writable), a file lock that is not free at once (`flock`,
 //! so std's `File::lock`, and `fcntl`'s `F_SETLKW`/`F_OFD_SETLKW`, tried
-//! without waiting first), and waiting for a
+//! without waiting first), joining a plain thread that is still running
+//! (`pthread_join`, so std's `JoinHandle::join`), and waiting for a
 //! child other than through its pidfd run on the blocking pool while the
 //! coroutine parks. `wait4`/`waitpid` of one child park on its pidfd
 //! (where the kernel has none, or a seccomp filter refuses `pidfd_open`:
@@ -117,6 +118,26 @@
 //! every runtime of the process).
 //!
 //! [`RuntimeBuilder::hook_blocking_calls`]: crate::RuntimeBuilder::hook_blocking_calls
+
+/// libc's own definition of a function these hooks replace, looked up once
+/// with `dlsym(RTLD_NEXT)` (the next definition after this binary's).
+macro_rules! next_fn {
+    ($name:literal, $ty:ty) => {{
+        static FN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut p = FN.load(std::sync::atomic::Ordering::Relaxed);
+        if p == 0 {
+            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds
+            // libc's definition, not ours.
+            p = unsafe {
+                libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) as usize
+            };
+            FN.store(p, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: `p` is null or the address of libc's function of this
+        // exact signature (`$ty` is its C prototype).
+        (p != 0).then(|| unsafe { std::mem::transmute::<usize, $ty>(p) })
+    }};
+}
 
 #[cfg(target_arch = "x86_64")]
 mod futex;

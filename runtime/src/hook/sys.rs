@@ -1286,26 +1286,6 @@ fn duration_of(ts: &libc::timespec) -> Option<Duration> {
     Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
-/// libc's own definition of a function these hooks replace, looked up once
-/// with `dlsym(RTLD_NEXT)` (the next definition after this binary's).
-macro_rules! next_fn {
-    ($name:literal, $ty:ty) => {{
-        static FN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let mut p = FN.load(std::sync::atomic::Ordering::Relaxed);
-        if p == 0 {
-            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds
-            // libc's definition, not ours.
-            p = unsafe {
-                libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) as usize
-            };
-            FN.store(p, std::sync::atomic::Ordering::Relaxed);
-        }
-        // SAFETY: `p` is null or the address of libc's function of this
-        // exact signature (`$ty` is its C prototype).
-        (p != 0).then(|| unsafe { std::mem::transmute::<usize, $ty>(p) })
-    }};
-}
-
 type GetAddrInfoFn = unsafe extern "C" fn(
     *const libc::c_char,
     *const libc::c_char,
@@ -2059,4 +2039,38 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
 pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     // SAFETY: the caller's arguments.
     unsafe { signal(sig, handler) }
+}
+
+type PthreadJoinFn = unsafe extern "C" fn(libc::pthread_t, *mut *mut c_void) -> c_int;
+
+/// `pthread_join(3)`: std's `JoinHandle::join` of a plain thread. In a
+/// coroutine, a thread that has finished is joined at once
+/// (`pthread_tryjoin_np`); one still running is joined on the blocking
+/// pool while the coroutine parks (any thread may join another).
+#[no_mangle]
+pub unsafe extern "C" fn pthread_join(thread: libc::pthread_t, retval: *mut *mut c_void) -> c_int {
+    let Some(real) = next_fn!("pthread_join", PthreadJoinFn) else {
+        return libc::ENOSYS;
+    };
+    if !active() {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        return unsafe { real(thread, retval) };
+    }
+    // SAFETY: as above: a try that does not wait (its result is `EBUSY`
+    // while the thread runs, or the join's own).
+    let r = unsafe { libc::pthread_tryjoin_np(thread, retval) };
+    if r != libc::EBUSY {
+        return r;
+    }
+    let out = AssertSend(retval);
+    super::offload(move || {
+        let out = out;
+        // SAFETY: as above; `offload` returns only once this call is done,
+        // so `retval` is written while the caller still waits for it.
+        unsafe { real(thread, out.0) }
+    })
+    .unwrap_or_else(|| {
+        // SAFETY: the caller's arguments, passed to libc's function unchanged.
+        unsafe { real(thread, retval) }
+    })
 }
