@@ -183,3 +183,38 @@ fn coroutines_a_dropped_runtime_never_ran_are_joined_as_cancelled() {
         assert!(cancelled >= 3, "{cancelled}");
     });
 }
+
+/// A coroutine of the set abandoned at shutdown (its closure never ends:
+/// an accept loop that retries every error, abandoned after a few
+/// `ECANCELED`s) is still joined, as cancelled, instead of `join_next`
+/// waiting for good.
+#[test]
+fn a_coroutine_abandoned_at_shutdown_is_joined_as_cancelled() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    bounded("a set with an abandoned coroutine", || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let rt = Runtime::builder()
+            .workers(1)
+            .shutdown_timeout(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let mut set: JoinSet<()> = JoinSet::new();
+        let started = Arc::new(AtomicBool::new(false));
+        let s2 = Arc::clone(&started);
+        set.spawn_on(&rt, move || {
+            s2.store(true, SeqCst);
+            loop {
+                let _ = listener.accept();
+            }
+        });
+        while !started.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        drop(rt);
+        let r = set.join_next().expect("the set holds one coroutine");
+        let p = r.expect_err("an abandoned coroutine has no value");
+        assert!(p.downcast_ref::<Cancelled>().is_some());
+        assert!(set.join_next().is_none());
+    });
+}

@@ -1,11 +1,13 @@
 //! A group of coroutines joined in the order they finish: tokio's
 //! `JoinSet` for coroutines.
 //!
-//! Each coroutine spawned into the set carries a guard that, when its
-//! closure returns, unwinds or is dropped unrun (its runtime shut down
-//! first), sends the coroutine's key on the set's channel. `join_next`
-//! receives the next key and joins that coroutine, whose result follows
-//! at once (the guard drops as the closure's frame ends).
+//! Each coroutine spawned into the set has a waker registered with its
+//! join state that sends the coroutine's key on the set's channel when it
+//! completes, however it does: returns, panics, is cancelled, is dropped
+//! unrun (its runtime shut down first) or is abandoned at shutdown (its
+//! closure then never ends: a guard inside it would never tell).
+//! `join_next` receives the next key and joins that coroutine, whose
+//! result is there already.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,16 +51,20 @@ pub struct JoinSet<T> {
     next_key: u64,
 }
 
-/// Sends its key when dropped: the coroutine's closure ended (or was
-/// dropped without running).
-struct Done {
+/// Sends its key when woken: the coroutine completed.
+struct Finished {
     tx: mpsc::Sender<u64>,
     key: u64,
 }
 
-impl Drop for Done {
-    fn drop(&mut self) {
-        // The set may be gone: nobody to tell.
+impl std::task::Wake for Finished {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        // The set may be gone: nobody to tell. (An unbounded send never
+        // waits, so the completer, a worker among them, never stalls.)
         let _ = self.tx.send(self.key);
     }
 }
@@ -92,7 +98,7 @@ impl<T: Send + 'static> JoinSet<T> {
     where
         F: FnOnce() -> T + Send + 'static,
     {
-        let (key, f) = self.wrap(f);
+        let key = self.new_key();
         self.insert(key, crate::spawn(f))
     }
 
@@ -105,7 +111,7 @@ impl<T: Send + 'static> JoinSet<T> {
     where
         F: FnOnce() -> T + Send + 'static,
     {
-        let (key, f) = self.wrap(f);
+        let key = self.new_key();
         self.insert(key, rt.spawn(f))
     }
 
@@ -118,28 +124,28 @@ impl<T: Send + 'static> JoinSet<T> {
     where
         F: FnOnce() -> T + Send + 'static,
     {
-        let (key, f) = self.wrap(f);
+        let key = self.new_key();
         let h = builder.spawn(f)?;
         Ok(self.insert(key, h))
     }
 
-    fn wrap<F>(&mut self, f: F) -> (u64, impl FnOnce() -> T + Send + 'static)
-    where
-        F: FnOnce() -> T + Send + 'static,
-    {
+    fn new_key(&mut self) -> u64 {
         let key = self.next_key;
         self.next_key += 1;
-        let done = Done {
-            tx: self.done_tx.clone(),
-            key,
-        };
-        (key, move || {
-            let _done = done;
-            f()
-        })
+        key
     }
 
     fn insert(&mut self, key: u64, h: JoinHandle<T>) -> &JoinHandle<T> {
+        let waker = std::task::Waker::from(std::sync::Arc::new(Finished {
+            tx: self.done_tx.clone(),
+            key,
+        }));
+        h.watch(&waker);
+        if h.is_finished() {
+            // Completed before the waker was there: it may never be woken.
+            // (A duplicate key, if it was, finds the handle gone.)
+            let _ = self.done_tx.send(key);
+        }
         self.handles.entry(key).or_insert(h)
     }
 
@@ -188,12 +194,11 @@ impl<T: Send + 'static> JoinSet<T> {
         }
     }
 
-    /// Joins the coroutine of `key` (its closure has ended), if still in
-    /// the set.
+    /// Joins the coroutine of `key` (it has completed), if still in the
+    /// set.
     fn take(&mut self, key: u64) -> Option<std::thread::Result<T>> {
         let h = self.handles.remove(&key)?;
-        // Not a cancellation point: the result comes as the closure's
-        // frame ends.
+        // Not a cancellation point, and no wait: the result is there.
         Some(h.join())
     }
 
