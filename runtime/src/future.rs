@@ -171,6 +171,18 @@ pub(crate) fn enter_for_thread() -> Option<ThreadContext> {
     None
 }
 
+/// The id of the tokio runtime whose context every worker thread is in
+/// ([`enter_for_thread`], feature `tokio`), if one was started: waits in
+/// it may park (`hook::inside_foreign_tokio`).
+pub(crate) fn worker_tokio_id() -> Option<tokio::runtime::Id> {
+    #[cfg(feature = "tokio")]
+    {
+        tokio_support::started().map(tokio::runtime::Handle::id)
+    }
+    #[cfg(not(feature = "tokio"))]
+    None
+}
+
 /// See [`enter_for_thread`].
 pub(crate) struct ThreadContext {
     #[cfg(feature = "tokio")]
@@ -195,6 +207,11 @@ mod tokio_support {
     /// If the runtime cannot be started (no thread can be spawned).
     pub fn tokio_handle() -> tokio::runtime::Handle {
         handle().clone()
+    }
+
+    /// The runtime, if started (or given) already.
+    pub(super) fn started() -> Option<&'static tokio::runtime::Handle> {
+        HANDLE.get()
     }
 
     pub(super) fn handle() -> &'static tokio::runtime::Handle {

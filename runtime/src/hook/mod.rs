@@ -60,8 +60,9 @@
 //! parks until one of its fds is ready or the timeout passes; `ppoll`,
 //! `select` and `pselect` (without a signal mask) go the same way, and so
 //! do `epoll_wait` and `epoll_pwait` on a crate's own epoll fd (mio's
-//! `Poll`, say): the coroutine parks until that fd is readable, which an
-//! epoll fd is while it has events to report.
+//! `Poll`, say; not a tokio runtime's, below): the coroutine parks until
+//! that fd is readable, which an epoll fd is while it has events to
+//! report.
 //!
 //! Name resolution (`getaddrinfo`, `getnameinfo`, `gethostbyname`,
 //! `gethostbyname2`, `gethostbyname_r`; `errno` and `h_errno` carried back),
@@ -86,6 +87,13 @@
 //! word, from any thread, finds it. Waits on the worker thread's own
 //! `thread::park` word (std's channels) are left to the kernel: every
 //! coroutine of the worker shares that word (see `futex`'s docs).
+//!
+//! Nor does a call park inside a tokio runtime's context other than the
+//! worker's own (a tokio `block_on` driven in the coroutine, as sync
+//! facades over async crates do; a `Handle::enter` guard): tokio keeps
+//! that state per thread, and another coroutine of the worker entering
+//! tokio meanwhile would make tokio panic. The call blocks the worker
+//! there, as without the runtime (`inside_foreign_tokio`).
 //!
 //! A coroutine never parks from a hook while it unwinds from a panic, nor
 //! inside a signal handler (the interrupted code may be anywhere, inside
@@ -272,7 +280,26 @@ pub(crate) fn cancelling() -> bool {
 /// `sigaction` or `signal`, which count it: see `sys::trampoline`).
 /// Called only on the slow path, before a park.
 pub(crate) fn parkable() -> bool {
-    !std::thread::panicking() && !cancelling() && IN_HANDLER.with(Cell::get) == 0
+    !std::thread::panicking()
+        && !cancelling()
+        && IN_HANDLER.with(Cell::get) == 0
+        && !inside_foreign_tokio()
+}
+
+/// Whether a tokio runtime's context other than the worker's own is
+/// current on this thread: inside a tokio runtime's `block_on` (a sync
+/// facade over an async crate, as the `postgres` crate is), or under a
+/// `Handle::enter` guard. tokio keeps that state per thread, and every
+/// coroutine of the worker shares the thread: were the call to park,
+/// another coroutine entering a tokio runtime meanwhile would find the
+/// thread inside one already, and tokio panics ("Cannot start a runtime
+/// from within a runtime"), or its guards would leave in the wrong order.
+/// So the call blocks the worker instead, as it would without the runtime.
+/// Asked last, on the slow path only (not async-signal-safe: tokio's
+/// thread-local may allocate on first use).
+fn inside_foreign_tokio() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| Some(h.id()) != crate::future::worker_tokio_id())
 }
 
 /// What kind of file an fd is, as far as the hooks care.
