@@ -24,6 +24,18 @@ fn workers(n: usize) -> Runtime {
         .expect("building a runtime")
 }
 
+/// A coroutine that counts a beat every 5 ms while `waiting` holds (with
+/// one worker, a beat during a wait means the wait parked).
+fn heartbeat(waiting: &Arc<AtomicBool>, beats: &Arc<AtomicUsize>) -> greenstack::JoinHandle<()> {
+    let (waiting, beats) = (Arc::clone(waiting), Arc::clone(beats));
+    greenstack::spawn(move || {
+        while waiting.load(SeqCst) {
+            greenstack::time::sleep(Duration::from_millis(5));
+            beats.fetch_add(1, SeqCst);
+        }
+    })
+}
+
 /// One worker: `holder` locks, starts a second coroutine that locks too,
 /// and parks (a sleep) with the guard held. The second must park in
 /// `lock` for the holder to run again; then it gets the lock, after the
@@ -117,15 +129,7 @@ fn a_std_condvar_wait_timeout_parks_and_times_out() {
         rt.block_on(|| {
             let waiting = Arc::new(AtomicBool::new(true));
             let beats = Arc::new(AtomicUsize::new(0));
-            let hb = {
-                let (waiting, beats) = (Arc::clone(&waiting), Arc::clone(&beats));
-                greenstack::spawn(move || {
-                    while waiting.load(SeqCst) {
-                        greenstack::time::sleep(Duration::from_millis(5));
-                        beats.fetch_add(1, SeqCst);
-                    }
-                })
-            };
+            let hb = heartbeat(&waiting, &beats);
             let b = Arc::clone(&beats);
             let (during, r) = greenstack::spawn(move || {
                 let pair = (Mutex::new(()), Condvar::new());
@@ -197,15 +201,7 @@ fn a_plain_threads_unlock_wakes_the_parked_coroutine() {
         let r = rt.block_on(move || {
             let beats = hb_beats;
             let waiting = Arc::new(AtomicBool::new(true));
-            let hb = {
-                let (waiting, beats) = (Arc::clone(&waiting), Arc::clone(&beats));
-                greenstack::spawn(move || {
-                    while waiting.load(SeqCst) {
-                        greenstack::time::sleep(Duration::from_millis(5));
-                        beats.fetch_add(1, SeqCst);
-                    }
-                })
-            };
+            let hb = heartbeat(&waiting, &beats);
             let v = greenstack::spawn(move || *l.lock().unwrap())
                 .join()
                 .unwrap();

@@ -7,22 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use greenstack::Runtime;
-
 const ENV: &str = "GREENSTACK_WATCHDOG_CAUSE_CHILD";
 
 /// In a child: a 1-worker runtime with a 100 ms watchdog whose only
 /// coroutine holds the worker for 600 ms the way `how` says.
 fn stuck_child(how: &str) {
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("one subscriber in the child");
-    let rt = Runtime::builder()
-        .workers(1)
-        .watchdog(Some(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let rt = common::watchdog_child_runtime();
     let how = how.to_string();
     rt.spawn(move || match how.as_str() {
         "cpu" => {

@@ -11,13 +11,15 @@
 //! to stderr; the parent reads them until the watchdog's report appears,
 //! then kills the child.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use greenstack::{Builder, Runtime};
+use greenstack::Builder;
 
 /// Set in the child process that plays the hanging scenario.
 const CHILD_ENV: &str = "GREENSTACK_WATCHDOG_STD_CHANNEL_CHILD";
@@ -34,15 +36,7 @@ const WAITER: &str = "std-channel-receiver";
 /// `WAITER` runs and blocks the worker in `recv`, so `sender` never wakes.
 /// Never returns.
 fn hang_on_a_std_channel() -> ! {
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("one subscriber in the child");
-    let rt = Runtime::builder()
-        .workers(1)
-        .watchdog(Some(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let rt = common::watchdog_child_runtime();
     let _sender = Builder::new()
         .name("std-channel-sender")
         .spawn_on(&rt, move || {

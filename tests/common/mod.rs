@@ -173,3 +173,18 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "<non-string panic payload>".into())
 }
+
+/// In a child process that plays a stuck-worker scenario: tracing events
+/// go to stderr (where the parent looks for the watchdog's report), and
+/// the runtime has one worker and a 100 ms watchdog.
+pub fn watchdog_child_runtime() -> Runtime {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber in the child");
+    Runtime::builder()
+        .workers(1)
+        .watchdog(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap()
+}

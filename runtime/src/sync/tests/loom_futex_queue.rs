@@ -22,27 +22,32 @@ fn addr(word: &AtomicU32) -> usize {
     word as *const AtomicU32 as usize
 }
 
+/// Fresh queues, a word holding 0, and a loom thread that runs `wait` as
+/// a coroutine on them.
+fn waiter<R: Send + 'static>(
+    wait: impl FnOnce(&FutexQueues, &AtomicU32) -> R + Send + 'static,
+) -> (Arc<FutexQueues>, Arc<AtomicU32>, thread::JoinHandle<R>) {
+    let q = Arc::new(FutexQueues::new());
+    let word = Arc::new(AtomicU32::new(0));
+    let (q2, word2) = (Arc::clone(&q), Arc::clone(&word));
+    let h = thread::spawn(move || as_coroutine(|| wait(&q2, &word2)));
+    (q, word, h)
+}
+
 /// std's lock-wait shape: wait while the word is 0; the waker sets it to
 /// 1 and wakes one. The waiter always gets out.
 #[test]
 fn loom_futex_wake_after_a_change_is_never_lost() {
     loom::model(|| {
-        let q = Arc::new(FutexQueues::new());
-        let word = Arc::new(AtomicU32::new(0));
-        let waiter = {
-            let (q, word) = (Arc::clone(&q), Arc::clone(&word));
-            thread::spawn(move || {
-                as_coroutine(|| {
-                    while word.load(Ordering::Acquire) == 0 {
-                        let r = q.wait(&word, 0, None, crate::time::park_until, || false);
-                        assert!(matches!(r, Ok(()) | Err(NotWoken::Changed)), "{r:?}");
-                    }
-                })
-            })
-        };
+        let (q, word, h) = waiter(|q, word| {
+            while word.load(Ordering::Acquire) == 0 {
+                let r = q.wait(word, 0, None, crate::time::park_until, || false);
+                assert!(matches!(r, Ok(()) | Err(NotWoken::Changed)), "{r:?}");
+            }
+        });
         word.store(1, Ordering::Release);
         q.wake(addr(&word), 1);
-        waiter.join().unwrap();
+        h.join().unwrap();
     });
 }
 
@@ -53,21 +58,14 @@ fn loom_futex_wake_after_a_change_is_never_lost() {
 #[test]
 fn loom_futex_timeout_races_a_wake() {
     loom::model(|| {
-        let q = Arc::new(FutexQueues::new());
-        let word = Arc::new(AtomicU32::new(0));
-        let waiter = {
-            let (q, word) = (Arc::clone(&q), Arc::clone(&word));
-            thread::spawn(move || {
-                as_coroutine(|| {
-                    let past = Instant::now();
-                    q.wait(&word, 0, Some(past), crate::time::park_until, || false)
-                })
-            })
-        };
+        let (q, word, h) = waiter(|q, word| {
+            let past = Instant::now();
+            q.wait(word, 0, Some(past), crate::time::park_until, || false)
+        });
         // The waker does not change the word: a wake-up of whoever waits
         // (a condvar's notify after its counter was read, say).
         let woken = q.wake(addr(&word), 1);
-        let r = waiter.join().unwrap();
+        let r = h.join().unwrap();
         match r {
             Ok(()) => assert_eq!(woken, 1),
             Err(NotWoken::TimedOut) => assert_eq!(woken, 0),
