@@ -74,8 +74,10 @@ mod real {
     use std::cell::Cell;
     use std::fmt;
     use std::io;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Instant;
+
+    use crate::loom::sync::Mutex;
 
     use crate::scheduler::worker::{code_running, current_running};
     use crate::scheduler::{Cancelled, JoinHandle, TaskRef};

@@ -19,10 +19,10 @@
 //! action. The signals the runtime or the kernel reserve (`SIGSEGV`,
 //! `SIGBUS`, `SIGILL`, `SIGFPE`, `SIGKILL`, `SIGSTOP`) are refused.
 
+use crate::loom::sync::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// How many [`Signals`] may listen for one signal at once.

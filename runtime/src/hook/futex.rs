@@ -27,8 +27,12 @@
 //!   crates' waits (`FUTEX_WAIT`: `parking_lot` keeps a per-thread record
 //!   that two coroutines of one thread must not share);
 //! - the call is in a coroutine that may park ([`super::parkable`]), and
-//!   not inside the runtime's own no-fault sections (its short internal
-//!   lock sections, whose waits stay the thread's).
+//!   not inside the runtime's own code that must not switch coroutines
+//!   midway: a wait for one of its std locks (`loom::std::sync::Mutex`),
+//!   its no-fault sections, a push onto a worker's deque
+//!   (`super::internal`; crossbeam-epoch's first-use `OnceLock` waits
+//!   there, and a coroutine parked mid-push left the deque to the next
+//!   one, which corrupted it: a crash in 3 of 5 `tcp_echo` runs).
 //!
 //! The worker's parker word is learnt as the worker thread starts, before
 //! it runs any coroutine: a `thread::park_timeout(0)` with a probe flag
@@ -65,6 +69,9 @@ use crate::sync::futex_queue::{FutexQueues, NotWoken};
 static QUEUES: once_cell::sync::OnceCell<FutexQueues> = once_cell::sync::OnceCell::new();
 
 thread_local! {
+    /// Runtime-internal sections in progress on this thread
+    /// ([`internal`]): no wait is taken over in them.
+    static INTERNAL: Cell<u32> = const { Cell::new(0) };
     /// This thread's `thread::park` word, once probed (0: not yet).
     static PARKER: Cell<usize> = const { Cell::new(0) };
     /// Set while this thread probes for [`PARKER`]; the address seen.
@@ -238,8 +245,23 @@ unsafe fn futex(a: [c_long; 6]) -> c_long {
 /// asked after.)
 fn ours(uaddr: usize) -> bool {
     super::active()
+        && INTERNAL.with(Cell::get) == 0
         && !crate::stack::in_nofault_section()
         && own_parker().is_some_and(|p| p != uaddr)
+}
+
+/// Runs `f` (runtime-internal code, `super::internal`) with take-over off
+/// on this thread, also if `f` unwinds.
+pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            INTERNAL.with(|c| c.set(c.get() - 1));
+        }
+    }
+    INTERNAL.with(|c| c.set(c.get() + 1));
+    let _leave = Leave;
+    f()
 }
 
 /// This thread's `thread::park` word, if learnt ([`learn_parker`]).
@@ -344,5 +366,64 @@ fn far_future() -> Instant {
 pub(crate) fn forget_after_fork() {
     if let Some(q) = QUEUES.get() {
         q.forget_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Beats counted by a heartbeat coroutine while `wait` runs in another
+    /// coroutine of a one-worker runtime, for a std lock a plain thread
+    /// holds for 100 ms from the start of the wait.
+    fn beats_while(wait: fn(&Mutex<()>)) -> usize {
+        let rt = crate::Runtime::builder().workers(1).build().unwrap();
+        let lock = Arc::new(Mutex::new(()));
+        let beats = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicBool::new(false));
+        let (l, b, w) = (Arc::clone(&lock), Arc::clone(&beats), Arc::clone(&waiting));
+        rt.block_on(move || {
+            let guard = l.lock().unwrap();
+            let hb = {
+                let (b, w) = (Arc::clone(&b), Arc::clone(&w));
+                crate::spawn(move || {
+                    for _ in 0..40 {
+                        crate::time::sleep(Duration::from_millis(5));
+                        if w.load(SeqCst) {
+                            b.fetch_add(1, SeqCst);
+                        }
+                    }
+                })
+            };
+            let waiter = {
+                let (l, w) = (Arc::clone(&l), Arc::clone(&w));
+                crate::spawn(move || {
+                    w.store(true, SeqCst);
+                    wait(&l);
+                    w.store(false, SeqCst);
+                })
+            };
+            // The holder is this thread (the `block_on` root, not the
+            // worker): it lets go after 100 ms.
+            std::thread::sleep(Duration::from_millis(100));
+            drop(guard);
+            waiter.join().unwrap();
+            hb.join().unwrap();
+        });
+        beats.load(SeqCst)
+    }
+
+    /// A std lock wait in user code parks (the heartbeat beats during it);
+    /// the same wait inside the runtime's own code (`hook::internal`, as a
+    /// deque push or a runtime lock is) blocks the worker instead.
+    #[test]
+    fn waits_inside_the_runtimes_own_code_are_not_taken_over() {
+        assert!(beats_while(|l| drop(l.lock().unwrap())) > 0);
+        assert_eq!(
+            beats_while(|l| super::super::internal(|| drop(l.lock().unwrap()))),
+            0
+        );
     }
 }

@@ -183,6 +183,21 @@ fn leave_handler() {
     IN_HANDLER.with(|c| c.set(c.get().saturating_sub(1)));
 }
 
+/// Runs `f`, runtime code that must not switch coroutines midway (a wait
+/// for one of its own std locks, a push onto a worker's deque), with the
+/// futex hook's take-over off on this thread: a std wait inside it, the
+/// runtime's own or a library's it calls (crossbeam-epoch's first-use
+/// `OnceLock`, say), is the kernel's (see `futex`).
+#[inline]
+pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        futex::internal(f)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    f()
+}
+
 /// Whether hooked calls on this thread park the running coroutine.
 #[inline(always)]
 pub(crate) fn active() -> bool {

@@ -17,7 +17,9 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar};
+
+use crate::loom::sync::Mutex;
 use std::time::Duration;
 
 use super::join::{Completer, JoinState, Outcome};

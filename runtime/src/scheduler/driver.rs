@@ -98,7 +98,9 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::loom::sync::Mutex;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 

@@ -206,7 +206,7 @@ pub(crate) struct Shared {
     pub(crate) hooks: bool,
     /// Worker threads whose run loop has returned, and where
     /// `Runtime::drop` waits for that count with a time limit.
-    pub(crate) exited: (std::sync::Mutex<usize>, std::sync::Condvar),
+    pub(crate) exited: (crate::loom::sync::Mutex<usize>, std::sync::Condvar),
 }
 
 impl Shared {

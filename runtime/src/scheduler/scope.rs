@@ -192,7 +192,7 @@ impl Builder {
     {
         scope.data.running.add(1);
         let packet = Arc::new(Packet {
-            state: std::sync::Mutex::new(PacketState {
+            state: crate::loom::sync::Mutex::new(PacketState {
                 result: None,
                 handle_alive: true,
             }),
@@ -269,7 +269,7 @@ impl Drop for Done {
 }
 
 struct Packet<T> {
-    state: std::sync::Mutex<PacketState<T>>,
+    state: crate::loom::sync::Mutex<PacketState<T>>,
 }
 
 struct PacketState<T> {

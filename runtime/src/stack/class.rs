@@ -39,8 +39,8 @@ use std::ptr::NonNull;
 use crate::loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize as StdAtomicUsize};
 
+use crate::loom::sync::Mutex;
 use once_cell::sync::OnceCell;
-use std::sync::Mutex;
 
 use super::arena::{Claim, Credits, Exhausted, SlotAllocator};
 use super::mmap;

@@ -6,7 +6,8 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::OnceLock;
+// once_cell's `OnceCell`, not std's `OnceLock`: see `worker::park_base`.
+use once_cell::sync::OnceCell as OnceLock;
 
 /// `madvise` advice: install guard markers (Linux 6.13, `mm/madvise.c`). Not
 /// yet in the `libc` crate.

@@ -2,7 +2,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
+
+use crate::loom::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use super::mutex::{Mutex, MutexGuard};

@@ -7,7 +7,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::loom::sync::Mutex;
 use std::time::Duration;
 
 use super::wait::{deadline_after, lock, wake_all, Defer, Waiter};

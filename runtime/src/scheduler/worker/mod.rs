@@ -143,7 +143,10 @@ impl Request {
 
 /// The base of [`Request::park`]'s deadlines.
 fn park_base() -> Instant {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // once_cell's, not std's `OnceLock`: a racing first use waits on the
+    // thread's parker, which the futex hook never takes over (see
+    // `loom::std::sync::Mutex` for why the runtime's waits must not park).
+    static BASE: once_cell::sync::OnceCell<Instant> = once_cell::sync::OnceCell::new();
     *BASE.get_or_init(Instant::now)
 }
 

@@ -35,6 +35,13 @@ use crate::stack::NoFaultSection;
 /// 100–300 ns across two). The next spawn onto a non-empty deque wakes a
 /// sleeper as before.
 pub(crate) fn submit(shared: &Arc<Shared>, task: NewTask) {
+    // No coroutine switch midway: the deque's push may wait (see
+    // `hook::internal`).
+    crate::hook::internal(|| submit_here(shared, task));
+}
+
+/// [`submit`]'s work.
+fn submit_here(shared: &Arc<Shared>, task: NewTask) {
     // SAFETY: as in `current_shared`.
     match unsafe { worker_ptr().as_ref() } {
         Some(w) if Arc::ptr_eq(&w.shared, shared) => match w.placement() {
