@@ -377,8 +377,11 @@ mod tests {
 
     /// Beats counted by a heartbeat coroutine while `wait` runs in another
     /// coroutine of a one-worker runtime, for a std lock a plain thread
-    /// holds for 100 ms from the start of the wait.
-    fn beats_while(wait: fn(&Mutex<()>)) -> usize {
+    /// holds until the heartbeat has beaten during the wait (a parked wait
+    /// lets it; a hang guard of 10 s) or, if `blocks`, for 100 ms (a
+    /// blocked worker never lets it beat; nothing is asserted about the
+    /// time).
+    fn beats_while(wait: fn(&Mutex<()>), blocks: bool) -> usize {
         let rt = crate::Runtime::builder().workers(1).build().unwrap();
         let lock = Arc::new(Mutex::new(()));
         let beats = Arc::new(AtomicUsize::new(0));
@@ -406,8 +409,17 @@ mod tests {
                 })
             };
             // The holder is this thread (the `block_on` root, not the
-            // worker): it lets go after 100 ms.
-            std::thread::sleep(Duration::from_millis(100));
+            // worker).
+            if blocks {
+                std::thread::sleep(Duration::from_millis(100));
+            } else {
+                // A hang guard, not a threshold: a wait that blocks lets
+                // no beat come, and the assertion then fails.
+                let guard_until = std::time::Instant::now() + Duration::from_secs(10);
+                while b.load(SeqCst) == 0 && std::time::Instant::now() < guard_until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             drop(guard);
             waiter.join().unwrap();
             hb.join().unwrap();
@@ -420,9 +432,9 @@ mod tests {
     /// deque push or a runtime lock is) blocks the worker instead.
     #[test]
     fn waits_inside_the_runtimes_own_code_are_not_taken_over() {
-        assert!(beats_while(|l| drop(l.lock().unwrap())) > 0);
+        assert!(beats_while(|l| drop(l.lock().unwrap()), false) > 0);
         assert_eq!(
-            beats_while(|l| super::super::internal(|| drop(l.lock().unwrap()))),
+            beats_while(|l| super::super::internal(|| drop(l.lock().unwrap())), true),
             0
         );
     }
