@@ -1714,3 +1714,96 @@ fn joining_a_std_thread_parks_the_coroutine() {
     assert!(during > 0, "the join blocked the worker");
     assert_eq!((value, panicked, early), (7, true, 9));
 }
+
+/// std's `stdout` and `stderr` are reentrant locks owned by the OS thread,
+/// around a `RefCell`: were a coroutine parked in a write to a full pipe
+/// while holding one, another coroutine of the same worker printing would
+/// re-enter the lock and panic ("already borrowed"). So writes to fds 1 and
+/// 2 block the worker instead, as without the hooks: on one worker, one
+/// coroutine writes 256 KiB to a stream that is a pipe nobody reads for a
+/// while, another prints a line meanwhile, and both succeed, in order.
+#[test]
+fn printing_while_another_coroutine_writes_to_a_full_stdout_or_stderr_works() {
+    const ENV: &str = "GREENSTACK_HOOK_STD_STREAM_CHILD";
+    if let Some(fd) = common::child_scenario(ENV) {
+        return std_stream_child(fd.parse().expect("an fd"));
+    }
+    for fd in ["1", "2"] {
+        let report = ChildReport::run(
+            ENV,
+            "printing_while_another_coroutine_writes_to_a_full_stdout_or_stderr_works",
+            fd,
+        );
+        let line = report.line("std_stream:");
+        assert_eq!(
+            line,
+            format!("std_stream: fd={fd} printer_ok=true bytes=262146 in_order=true"),
+            "{}",
+            common::describe(&report.out)
+        );
+    }
+}
+
+fn std_stream_child(fd: i32) {
+    const BIG: usize = 256 * 1024;
+    let (mut r, w) = pipe();
+    // SAFETY: dup and dup2 of fds this process owns; `saved` restores the
+    // stream afterwards.
+    let saved = unsafe { libc::dup(fd) };
+    assert!(saved >= 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::dup2(w.as_raw_fd(), fd) }, fd);
+    drop(w);
+    // The pipe holds 64 KiB: the big write fills it and waits for this
+    // reader, which starts late and reads to the end (once the stream is
+    // restored below, the pipe has no writer left).
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        all
+    });
+    let rt = one_worker(true);
+    let printer_ok = rt.block_on(move || {
+        let writer = greenstack::spawn(move || {
+            // Fill the pipe first (its 64 KiB, not through std: no lock
+            // held), so the printed rest finds it full while std's lock is
+            // held, where the hooks would park.
+            let fill = [b'a'; 64 * 1024];
+            // SAFETY: a write of a live buffer.
+            let n = unsafe { libc::write(fd, fill.as_ptr().cast(), fill.len()) };
+            assert_eq!(n, fill.len() as isize);
+            let big = "a".repeat(BIG - fill.len());
+            if fd == 1 {
+                print!("{big}");
+                std::io::stdout().flush().unwrap();
+            } else {
+                eprint!("{big}");
+            }
+        });
+        let printer = greenstack::spawn(move || {
+            greenstack::time::sleep(Duration::from_millis(20));
+            if fd == 1 {
+                println!("b");
+                std::io::stdout().flush().unwrap();
+            } else {
+                eprintln!("b");
+            }
+        });
+        let ok = printer.join().is_ok();
+        writer.join().expect("the big write");
+        ok
+    });
+    drop(rt);
+    // SAFETY: as above; closes the pipe's last write end.
+    assert_eq!(unsafe { libc::dup2(saved, fd) }, fd);
+    // SAFETY: `saved` is ours and no longer needed.
+    unsafe { libc::close(saved) };
+    let all = reader.join().expect("the reader");
+    let in_order =
+        all.len() == BIG + 2 && all[..BIG].iter().all(|&c| c == b'a') && &all[BIG..] == b"b\n";
+    println!(
+        "std_stream: fd={fd} printer_ok={printer_ok} bytes={} in_order={in_order}",
+        all.len()
+    );
+}

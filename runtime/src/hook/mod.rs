@@ -116,7 +116,12 @@
 //! with flags, `epoll_pwait` with a signal mask, `epoll_pwait2`,
 //! `thread::park` (so std's channels' blocking `recv`) and other crates'
 //! futex waits (`parking_lot`'s locks) still block the worker: the
-//! watchdog reports a worker stalled in them, naming the call. Calls
+//! watchdog reports a worker stalled in them, naming the call. So do
+//! writes to standard output and error (fds 1 and 2), on purpose: std's
+//! `Stdout` and `Stderr` write under a reentrant lock that the OS thread
+//! owns, and a coroutine parked inside one would let the next coroutine
+//! of its worker to print re-enter it and panic ("RefCell already
+//! borrowed"). Calls
 //! made by shared libraries loaded at run time resolve to libc, not to
 //! these. The hooks are built on x86-64 Linux only; elsewhere blocking
 //! calls block the worker.

@@ -287,10 +287,25 @@ fn file_io_one(fd: c_int, op: FileOp, buf: *mut c_void, count: size_t, off: i64)
     })
 }
 
-/// `write(2)`.
+/// Whether `fd` is standard output or error, whose writes never park.
+///
+/// std's `Stdout` and `Stderr` write under a reentrant lock owned by the
+/// OS thread, around a `RefCell`. A coroutine parked in such a write (a
+/// full pipe, a socket, a slow file) would leave the lock held by its
+/// worker thread, and the next coroutine of that worker to print would
+/// re-enter it and panic ("RefCell already borrowed"): every `println!`,
+/// `eprintln!` and logger on stdout would be a hazard. So these writes
+/// block the worker, as without the hooks; the watchdog reports one that
+/// lasts.
+#[inline(always)]
+fn std_stream(fd: c_int) -> bool {
+    fd == libc::STDOUT_FILENO || fd == libc::STDERR_FILENO
+}
+
+/// `write(2)`: never parks on standard output or error ([`std_stream`]).
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    if !active() {
+    if !active() || std_stream(fd) {
         return sys!(libc::SYS_write, fd, buf, count);
     }
     match hooked_kind(fd) {
@@ -358,10 +373,11 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int
 }
 
 /// `writev(2)`: on a socket, pipe or FIFO as `write`; on a regular file,
-/// as `write` there (`file_io`).
+/// as `write` there (`file_io`); never parks on standard output or error
+/// ([`std_stream`]).
 #[no_mangle]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> ssize_t {
-    if !active() {
+    if !active() || std_stream(fd) {
         return sys!(libc::SYS_writev, fd, iov, iovcnt);
     }
     match hooked_kind(fd) {
