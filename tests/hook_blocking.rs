@@ -391,6 +391,57 @@ fn epoll_wait_with_a_timeout_parks() {
     assert!(beats > 0, "the heartbeat never beat during epoll_wait");
 }
 
+/// `epoll_pwait2` (a `timespec` timeout) without a signal mask parks as
+/// `epoll_wait` does: nothing ready within 200 ms is 0, then the pipe's
+/// event; with a mask it is the plain call, which still works.
+#[test]
+fn epoll_pwait2_with_a_timeout_parks() {
+    let (r, mut w) = pipe();
+    let rt = one_worker(true);
+    let (beats, (first, second, token, masked)) = common::bounded("epoll_pwait2", move || {
+        beats_during(&rt, move || {
+            // SAFETY: a fresh epoll fd, the pipe's read end registered in
+            // it, arrays of the lengths given, an empty signal set; both
+            // fds outlive the calls.
+            unsafe {
+                let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                assert!(ep >= 0, "epoll_create1");
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: 78,
+                };
+                assert_eq!(
+                    libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut ev),
+                    0
+                );
+                let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                let t = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                };
+                let first = libc::epoll_pwait2(ep, out.as_mut_ptr(), 4, &t, std::ptr::null());
+                w.write_all(b"x").unwrap();
+                let second =
+                    libc::epoll_pwait2(ep, out.as_mut_ptr(), 4, std::ptr::null(), std::ptr::null());
+                let token = out[0].u64;
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                let masked = libc::epoll_pwait2(ep, out.as_mut_ptr(), 4, &t, &set);
+                libc::close(ep);
+                (first, second, token, masked)
+            }
+        })
+    });
+    assert_eq!(first, 0, "nothing was ready before the timeout");
+    assert_eq!(second, 1, "the pipe became readable");
+    assert_eq!(token, 78, "the event carries the registration's data");
+    assert_eq!(
+        masked, 1,
+        "with a mask: the plain call, the pipe still readable"
+    );
+    assert!(beats > 0, "the heartbeat never beat during epoll_pwait2");
+}
+
 /// A crate's own event loop, unchanged: mio's `Poll::poll` without a
 /// timeout in a coroutine parks until its socket is readable (a writer
 /// that writes only once the heartbeat has beaten during the poll, which a
@@ -856,7 +907,8 @@ fn regular_file_writes_in_a_coroutine_are_exact() {
 
 /// Vectored reads and writes of a regular file in a coroutine (std's
 /// `read_vectored`/`write_vectored`, i.e. `readv`/`writev`, and libc's
-/// `preadv`/`pwritev` at an offset) move exactly the bytes a plain
+/// `preadv`/`pwritev` at an offset, and their `2` forms with a flag of the
+/// caller's) move exactly the bytes a plain
 /// thread's would, and a vectored read the page cache cannot answer (the
 /// file's pages dropped after an `fsync`) parks the coroutine while the
 /// blocking pool reads, as `read` does: without the hooks the worker
@@ -1001,6 +1053,20 @@ fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
                     assert_eq!(n, 5010, "preadv read short");
                     [p, q].concat()
                 });
+                // preadv2 with a flag of the caller's (kept by the hooks)
+                // at an offset.
+                let (at2, preadv2) = cold_read(&f, 500_000, nowait, &rt2, || {
+                    let mut p = vec![0u8; 3000];
+                    let iov = libc::iovec {
+                        iov_base: p.as_mut_ptr().cast(),
+                        iov_len: p.len(),
+                    };
+                    // SAFETY: one iovec over `p`, which outlives the call.
+                    let n =
+                        unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 500_000, libc::RWF_HIPRI) };
+                    assert_eq!(n, 3000, "preadv2 read short");
+                    p
+                });
                 // pwritev at an offset, from two buffers.
                 let w = std::fs::OpenOptions::new().write(true).open(&p2).unwrap();
                 let iovs = [
@@ -1016,7 +1082,14 @@ fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
                 // SAFETY: two iovecs over static bytes the call only reads.
                 let wrote = unsafe { libc::pwritev(w.as_raw_fd(), iovs.as_ptr(), 2, 10) };
                 assert_eq!(wrote, 4, "pwritev");
-                (got, at, [readv, preadv])
+                let iov = libc::iovec {
+                    iov_base: b"EF".as_ptr().cast_mut().cast(),
+                    iov_len: 2,
+                };
+                // SAFETY: one iovec over static bytes the call only reads.
+                let wrote = unsafe { libc::pwritev2(w.as_raw_fd(), &iov, 1, 20, libc::RWF_DSYNC) };
+                assert_eq!(wrote, 2, "pwritev2");
+                (got, [at, at2], [readv, preadv, preadv2])
             })
             .join()
             .unwrap()
@@ -1029,13 +1102,21 @@ fn vectored_file_io_in_a_coroutine_is_exact_and_a_cold_read_parks() {
         "writev then readv in a coroutine differ from the data"
     );
     assert!(
-        at[..] == data[123_456..128_466],
+        at[0][..] == data[123_456..128_466],
         "preadv at an offset differs"
+    );
+    assert!(
+        at[1][..] == data[500_000..503_000],
+        "preadv2 with RWF_HIPRI at an offset differs"
     );
     let mut expect = data.clone();
     expect[10..14].copy_from_slice(b"ABCD");
-    assert!(on_disk == expect, "pwritev at an offset differs");
-    for (call, parks) in ["readv", "preadv"].iter().zip(parks) {
+    expect[20..22].copy_from_slice(b"EF");
+    assert!(
+        on_disk == expect,
+        "pwritev or pwritev2 at an offset differs"
+    );
+    for (call, parks) in ["readv", "preadv", "preadv2"].iter().zip(parks) {
         match parks {
             Some(n) => assert!(n >= 1, "a cold {call} did not park the coroutine"),
             None => eprintln!(

@@ -25,8 +25,10 @@
 //! - **Pipes, FIFOs, terminals**: `poll` with a zero timeout first, then
 //!   the call.
 //! - **Regular files**: `read`, `readv`, `pread`, `preadv`, `write`,
-//!   `writev`, `pwrite` and `pwritev` (and `preadv2`/`pwritev2` without
-//!   flags of the caller's) are tried with `RWF_NOWAIT` (`preadv2`/`pwritev2`): what the page cache can do
+//!   `writev`, `pwrite` and `pwritev` (and `preadv2`/`pwritev2`, keeping
+//!   the caller's `RWF_HIPRI`, `RWF_DSYNC`, `RWF_SYNC` and `RWF_APPEND`;
+//!   a caller's own `RWF_NOWAIT` gets the plain call) are tried with
+//!   `RWF_NOWAIT` (`preadv2`/`pwritev2`): what the page cache can do
 //!   at once is done at once, the rest goes to the blocking pool (below).
 //!   Measured on ext4 (Linux 6.18), a cached 4 KiB `std::fs::read` costs
 //!   1.5x the plain call (`benches/hook_file_read.rs`). A file system
@@ -59,7 +61,8 @@
 //! worker's timers. `poll` with a timeout polls once without waiting, then
 //! parks until one of its fds is ready or the timeout passes; `ppoll`,
 //! `select` and `pselect` (without a signal mask) go the same way, and so
-//! do `epoll_wait` and `epoll_pwait` on a crate's own epoll fd (mio's
+//! do `epoll_wait`, `epoll_pwait` and `epoll_pwait2` (without a signal
+//! mask) on a crate's own epoll fd (mio's
 //! `Poll`, say; not a tokio runtime's, below): the coroutine parks until
 //! that fd is readable, which an epoll fd is while it has events to
 //! report.
@@ -112,8 +115,9 @@
 //!
 //! Regular-file I/O on a file system without `RWF_NOWAIT` (the plain
 //! call: fast while the page cache takes it, blocking the worker when the
-//! kernel throttles dirty pages or the disk is slow), `preadv2`/`pwritev2`
-//! with flags, `epoll_pwait` with a signal mask, `epoll_pwait2`,
+//! kernel throttles dirty pages or the disk is slow), calls with a
+//! signal mask (`ppoll`, `pselect`, `epoll_pwait`, `epoll_pwait2`: the mask
+//! is the worker thread's, shared by its coroutines), `sigtimedwait`,
 //! `thread::park` (so std's channels' blocking `recv`) and other crates'
 //! futex waits (`parking_lot`'s locks) still block the worker: the
 //! watchdog reports a worker stalled in them, naming the call. So do
@@ -121,10 +125,10 @@
 //! `Stdout` and `Stderr` write under a reentrant lock that the OS thread
 //! owns, and a coroutine parked inside one would let the next coroutine
 //! of its worker to print re-enter it and panic ("RefCell already
-//! borrowed"). Calls
-//! made by shared libraries loaded at run time resolve to libc, not to
-//! these. The hooks are built on x86-64 Linux only; elsewhere blocking
-//! calls block the worker.
+//! borrowed"). Calls made by shared libraries loaded at run time resolve
+//! to libc, not to these, and raw system calls (every call of a crate
+//! built on `rustix`'s default backend) never reach them. The hooks are
+//! built on x86-64 Linux only; elsewhere blocking calls block the worker.
 //!
 //! The switches: [`RuntimeBuilder::hook_blocking_calls`] and the
 //! environment variable [`HOOKS_ENV`] (`0` or `off` turns hooks off for

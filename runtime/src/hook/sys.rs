@@ -221,13 +221,15 @@ enum FileOp {
 /// parks. `direct` is the plain call. Where the file system has no
 /// non-blocking form (`EOPNOTSUPP`: buffered writes on ext4 as of Linux
 /// 6.18, for one), the plain call is made, and the fd remembered so that
-/// it is not asked again.
+/// it is not asked again. `flags`: the caller's own `RWF_*` flags (of a
+/// `preadv2`/`pwritev2`), kept in the attempt; a refusal of the attempt
+/// then is not taken for the file system's (the fd is not remembered).
 fn file_io(
     fd: c_int,
     op: FileOp,
-    iov: *const libc::iovec,
-    iovcnt: c_int,
+    (iov, iovcnt): (*const libc::iovec, c_int),
     off: i64,
+    flags: c_int,
     direct: impl Fn() -> ssize_t + Copy + 'static,
 ) -> ssize_t {
     let unsupported = match op {
@@ -241,14 +243,16 @@ fn file_io(
         FileOp::Read => libc::SYS_preadv2,
         FileOp::Write => libc::SYS_pwritev2,
     };
-    let r = sys!(n, fd, iov, iovcnt, off, 0, libc::RWF_NOWAIT);
+    let r = sys!(n, fd, iov, iovcnt, off, 0, flags | libc::RWF_NOWAIT);
     if r >= 0 {
         return r;
     }
     match errno() {
         libc::EAGAIN => {}
         libc::EOPNOTSUPP => {
-            super::set_fd_flag(fd, unsupported);
+            if flags == 0 {
+                super::set_fd_flag(fd, unsupported);
+            }
             return direct();
         }
         // Not seekable (EINVAL, ESPIPE) or another refusal of the flag:
@@ -279,7 +283,7 @@ fn file_io_one(fd: c_int, op: FileOp, buf: *mut c_void, count: size_t, off: i64)
         iov_base: buf,
         iov_len: count,
     };
-    file_io(fd, op, &iov, 1, off, move || match (op, off) {
+    file_io(fd, op, (&iov, 1), off, 0, move || match (op, off) {
         (FileOp::Read, -1) => sys!(libc::SYS_read, fd, buf, count),
         (FileOp::Read, _) => sys!(libc::SYS_pread64, fd, buf, count, off),
         (FileOp::Write, -1) => sys!(libc::SYS_write, fd, buf, count),
@@ -364,7 +368,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int
             sys!(libc::SYS_readv, fd, iov, iovcnt)
         }),
         None if kind(fd) == Some(Kind::File) => {
-            file_io(fd, FileOp::Read, iov, iovcnt, -1, move || {
+            file_io(fd, FileOp::Read, (iov, iovcnt), -1, 0, move || {
                 sys!(libc::SYS_readv, fd, iov, iovcnt)
             })
         }
@@ -398,7 +402,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_in
             sys!(libc::SYS_writev, fd, iov, iovcnt)
         }),
         None if kind(fd) == Some(Kind::File) => {
-            file_io(fd, FileOp::Write, iov, iovcnt, -1, move || {
+            file_io(fd, FileOp::Write, (iov, iovcnt), -1, 0, move || {
                 sys!(libc::SYS_writev, fd, iov, iovcnt)
             })
         }
@@ -761,6 +765,45 @@ pub unsafe extern "C" fn epoll_pwait(
         sigmask,
         8usize
     ) as c_int
+}
+
+/// `epoll_pwait2(2)`: `epoll_pwait` with a `timespec` timeout (null:
+/// forever). As `epoll_wait` in a coroutine when no signal mask is given;
+/// with one (an atomic mask change), or a timeout the kernel would refuse,
+/// it is the system call.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    maxevents: c_int,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    let call = || {
+        sys!(
+            libc::SYS_epoll_pwait2,
+            epfd,
+            events,
+            maxevents,
+            timeout,
+            sigmask,
+            8usize
+        ) as c_int
+    };
+    if !active() || !sigmask.is_null() {
+        return call();
+    }
+    // SAFETY: null or the caller's timeout.
+    let deadline = match unsafe { timeout.as_ref() } {
+        None => None,
+        Some(t) => match duration_of(t) {
+            Some(d) if d.is_zero() => return call(),
+            Some(d) => Instant::now().checked_add(d),
+            None => return call(),
+        },
+    };
+    let direct = |t: c_int| sys!(libc::SYS_epoll_wait, epfd, events, maxevents, t) as c_int;
+    wait_parking(deadline, direct, || vec![(epfd, libc::POLLIN)])
 }
 
 /// `ppoll(2)`: as `poll` when no signal mask is given; with one (an atomic
@@ -1854,10 +1897,12 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: size_t, of
 }
 
 /// `preadv`/`pwritev` (system call `nr`, no `flags`) and their `2` forms
-/// (with the caller's `flags`): on a regular file in a coroutine, and
-/// without flags of the caller's (`RWF_NOWAIT`, `RWF_HIPRI`, …), as
-/// `pread`/`pwrite` (`file_io`; the `2` forms take -1 for the file
-/// position); otherwise the plain call.
+/// (with the caller's `flags`): on a regular file in a coroutine, as
+/// `pread`/`pwrite` (`file_io`, keeping the caller's `RWF_HIPRI`,
+/// `RWF_DSYNC`, `RWF_SYNC` and `RWF_APPEND`; the `2` forms take -1 for the
+/// file position); otherwise the plain call, as is a call that asks for
+/// `RWF_NOWAIT` itself (it wants `EAGAIN`, not a wait) or for flags these
+/// hooks do not know.
 fn vectored_at(
     nr: libc::c_long,
     op: FileOp,
@@ -1871,11 +1916,13 @@ fn vectored_at(
         None => sys!(nr, fd, iov, iovcnt, off, 0usize),
         Some(f) => sys!(nr, fd, iov, iovcnt, off, 0usize, f),
     };
+    const KEPT: c_int = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_APPEND;
     let first = if flags.is_some() { -1 } else { 0 };
-    if !active() || flags.unwrap_or(0) != 0 || off < first || kind(fd) != Some(Kind::File) {
+    let f = flags.unwrap_or(0);
+    if !active() || f & !KEPT != 0 || off < first || kind(fd) != Some(Kind::File) {
         return direct();
     }
-    file_io(fd, op, iov, iovcnt, off, direct)
+    file_io(fd, op, (iov, iovcnt), off, f, direct)
 }
 
 /// The exports of the `preadv`/`pwritev` family, each `vectored_at` with
