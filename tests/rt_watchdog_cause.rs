@@ -1,10 +1,13 @@
 //! The watchdog's report says what holds a stuck worker when it can tell
 //! (issue 18): its own code running (CPU work), or a blocking system call
-//! the hooks do not park, named by number. (A futex wait, a std channel's,
-//! is `rt_watchdog_std_channel.rs`.)
+//! the hooks do not park, named by number, or a write to standard output
+//! that waits for its reader. (A futex wait, a std channel's, is
+//! `rt_watchdog_std_channel.rs`.)
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 const ENV: &str = "GREENSTACK_WATCHDOG_CAUSE_CHILD";
@@ -37,10 +40,52 @@ fn stuck_child(how: &str) {
                 assert_eq!(r, -1, "no SIGUSR2 came");
             }
         }
+        "stdout" => {
+            // Standard output is a pipe already full, read only 600 ms
+            // from now: the print blocks the worker (never parks).
+            let (mut r, w) = pipe();
+            // SAFETY: dup and dup2 of fds this process owns; `saved`
+            // restores standard output afterwards.
+            let saved = unsafe { libc::dup(1) };
+            assert!(saved >= 0);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::dup2(w.as_raw_fd(), 1) }, 1);
+            drop(w);
+            let fill = [b'.'; 64 * 1024];
+            // SAFETY: a write of a live buffer.
+            let n = unsafe { libc::write(1, fill.as_ptr().cast(), fill.len()) };
+            assert_eq!(n, fill.len() as isize, "filling the pipe");
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(600));
+                let mut all = Vec::new();
+                r.read_to_end(&mut all).unwrap();
+                all.len()
+            });
+            print!("{}", "x".repeat(4096));
+            std::io::stdout().flush().unwrap();
+            // SAFETY: as above; closes the pipe's last write end.
+            assert_eq!(unsafe { libc::dup2(saved, 1) }, 1);
+            // SAFETY: `saved` is ours and no longer needed.
+            unsafe { libc::close(saved) };
+            assert_eq!(reader.join().unwrap(), 64 * 1024 + 4096);
+        }
         other => panic!("unknown scenario {other}"),
     })
     .join()
     .unwrap();
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds, owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
+        )
+    }
 }
 
 fn report_of(test: &str, how: &str) -> String {
@@ -81,4 +126,19 @@ fn watchdog_names_a_system_call_the_hooks_do_not_park() {
         )),
         "{r}"
     );
+}
+
+/// A print to a standard output whose reader lags blocks the worker (the
+/// hooks never park writes to fds 1 and 2), and the report says so.
+#[test]
+fn watchdog_says_a_worker_waits_for_a_slow_reader_of_stdout() {
+    if let Some(how) = common::child_scenario(ENV) {
+        return stuck_child(&how);
+    }
+    let r = report_of(
+        "watchdog_says_a_worker_waits_for_a_slow_reader_of_stdout",
+        "stdout",
+    );
+    assert!(r.contains("cause=\"std_stream\""), "{r}");
+    assert!(r.contains("writing to standard output (fd 1)"), "{r}");
 }

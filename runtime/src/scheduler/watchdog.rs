@@ -121,6 +121,9 @@ enum Cause {
     /// Waiting on a futex the hooks do not park: a std channel,
     /// `thread::park`, another crate's lock.
     Futex,
+    /// Blocked writing to standard output or error (the fd), which the
+    /// hooks never park (see `crate::hook`'s "Not covered").
+    StdStream(i64),
     /// Blocked in another system call (its number) the hooks do not park.
     Syscall(i64),
     /// Not readable (no `/proc`, or the thread moved on).
@@ -135,12 +138,21 @@ impl Cause {
         let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
             return Cause::Unknown;
         };
-        let first = s.split_whitespace().next().unwrap_or("");
+        let mut fields = s.split_whitespace();
+        let first = fields.next().unwrap_or("");
         if first == "running" {
             return Cause::Cpu;
         }
+        // The first argument, in hex: the fd of a write.
+        let arg0 = fields
+            .next()
+            .and_then(|a| i64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
         match first.parse::<i64>() {
             Ok(n) if n == libc::SYS_futex => Cause::Futex,
+            Ok(n) if n == libc::SYS_write || n == libc::SYS_writev => match arg0 {
+                Some(fd @ (1 | 2)) => Cause::StdStream(fd),
+                _ => Cause::Syscall(n),
+            },
             Ok(n) if n >= 0 => Cause::Syscall(n),
             _ => Cause::Unknown,
         }
@@ -150,6 +162,7 @@ impl Cause {
         match self {
             Cause::Cpu => "cpu",
             Cause::Futex => "futex",
+            Cause::StdStream(_) => "std_stream",
             Cause::Syscall(_) => "syscall",
             Cause::Unknown => "unknown",
         }
@@ -167,6 +180,13 @@ impl Cause {
                 "the worker is blocked on a futex the hooks do not park: a std channel's \
                  recv, thread::park, another crate's lock (parking_lot's), or a std lock \
                  with the hooks off; likely {ON_WORKER}"
+            ),
+            Cause::StdStream(fd) => format!(
+                "the worker is blocked writing to standard {} (fd {fd}), whose reader \
+                 is not keeping up: writes to stdout and stderr block the worker on \
+                 purpose (std's lock on them is the OS thread's, shared by its \
+                 coroutines); read the output faster, or print less",
+                if fd == 1 { "output" } else { "error" }
             ),
             Cause::Syscall(n) => format!(
                 "the worker is blocked in system call {n}{}, a blocking call the hooks do \
