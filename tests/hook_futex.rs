@@ -360,3 +360,97 @@ fn a_std_lock_wait_at_shutdown_does_not_hold_it_up() {
     *lock.lock().unwrap() += 100;
     assert_eq!(*lock.lock().unwrap(), 101);
 }
+
+/// A child process forked while a coroutine waited on a std `Condvar`
+/// starts with no futex waiter queued: its own coroutine waiting on the
+/// same `Condvar` (the child's copy) is the one `notify_one` wakes, not
+/// the parent's coroutine, which does not exist in the child.
+#[test]
+fn a_forked_child_forgets_the_parents_queued_waiters() {
+    const ENV: &str = "GREENSTACK_FUTEX_FORK_CHILD";
+    if common::child_scenario(ENV).is_some() {
+        return fork_child();
+    }
+    let out = common::run_child(
+        ENV,
+        "a_forked_child_forgets_the_parents_queued_waiters",
+        "fork",
+    );
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("fork: child_status=0 parent_woken=true"),
+        "{}",
+        common::describe(&out)
+    );
+}
+
+fn fork_child() {
+    let pair = Arc::new((Mutex::new(false), Condvar::new()));
+    let rt = workers(1);
+    let p = Arc::clone(&pair);
+    let waiter = rt.spawn(move || {
+        let (m, cv) = &*p;
+        let g = cv.wait_while(m.lock().unwrap(), |go| !*go).unwrap();
+        *g
+    });
+    // Let the coroutine queue itself on the condvar's word.
+    while rt.stats().parks == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: fork; the child below builds its own runtime (glibc's
+    // malloc and thread creation work in a forked child) and leaves with
+    // `_exit`, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            let rt2 = workers(1);
+            let p = Arc::clone(&pair);
+            let h = rt2.spawn(move || {
+                let (m, cv) = &*p;
+                let g = cv.wait_while(m.lock().unwrap(), |go| !*go).unwrap();
+                *g
+            });
+            while rt2.stats().parks == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            *pair.0.lock().unwrap() = true;
+            pair.1.notify_one();
+            // A wake that went to the parent's coroutine leaves this one
+            // waiting for good: the parent's guard below kills the child.
+            i32::from(!h.join().unwrap())
+        })
+        .unwrap_or(3);
+        // SAFETY: leaves the forked child at once.
+        unsafe { libc::_exit(code) };
+    }
+    // The forked child gets 10 s.
+    let mut status = 0;
+    let mut waited = 0;
+    loop {
+        // SAFETY: waits for our own child without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid");
+        if r == pid {
+            break;
+        }
+        waited += 1;
+        if waited == 1000 {
+            // SAFETY: our child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let child_status = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    };
+    *pair.0.lock().unwrap() = true;
+    pair.1.notify_all();
+    let parent_woken = waiter.join().unwrap();
+    println!("fork: child_status={child_status} parent_woken={parent_woken}");
+}

@@ -363,9 +363,14 @@ fn far_future() -> Instant {
 
 /// In a child forked from a process whose coroutines waited here: none of
 /// them exists in the child (only the forking thread does).
-pub(crate) fn forget_after_fork() {
+///
+/// # Safety
+///
+/// Only in a `pthread_atfork` child handler.
+pub(crate) unsafe fn forget_after_fork() {
     if let Some(q) = QUEUES.get() {
-        q.forget_all();
+        // SAFETY: the caller's contract.
+        unsafe { q.forget_all_after_fork() };
     }
 }
 

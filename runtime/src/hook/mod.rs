@@ -234,13 +234,19 @@ pub(crate) fn bypass<R>(f: impl FnOnce() -> R) -> R {
 
 /// In a child process forked from a coroutine, the forking thread's flag
 /// would still be set: the child has no runtime to park on, so its calls
-/// (std's between `fork` and `exec`) must be the plain system calls.
+/// (std's between `fork` and `exec`) must be the plain system calls. The
+/// parent's coroutines queued on futex words do not exist in the child
+/// either: their queues are emptied (see `futex::forget_after_fork`).
 extern "C" fn clear_after_fork() {
     // A const-initialized thread-local without a destructor: a plain TLS
     // write, safe in a forked child.
     ACTIVE.with(|c| c.set(false));
     #[cfg(target_arch = "x86_64")]
-    futex::forget_after_fork();
+    // SAFETY: this is the child handler, run before the child can start a
+    // thread.
+    unsafe {
+        futex::forget_after_fork()
+    };
 }
 
 /// Called by each worker thread as it starts: learns its `thread::park`
@@ -251,7 +257,8 @@ pub(crate) fn record_base_mask() {
     futex::learn_parker();
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
-        // SAFETY: registers a child handler that only writes a thread-local.
+        // SAFETY: registers a child handler that only writes a thread-local
+        // and resets the futex queues, without allocating or locking.
         unsafe { libc::pthread_atfork(None, None, Some(clear_after_fork)) };
     });
 }

@@ -179,10 +179,22 @@ impl FutexQueues {
         n
     }
 
-    /// Forgets every waiter: in a child forked while some waited, where
-    /// none of them exists.
+    /// Forgets every waiter, and every queue's lock: in a child forked
+    /// while some waited, where none of them exists (a wake would pick a
+    /// parent's coroutine instead of the child's), nor does a thread that
+    /// held a queue's lock at the fork. The queues' old vectors leak (one
+    /// may have been half grown); no allocation.
+    ///
+    /// # Safety
+    ///
+    /// Only in a forked child before it starts a thread (a
+    /// `pthread_atfork` child handler).
     #[cfg_attr(greenstack_loom, allow(dead_code))]
-    pub(crate) fn forget_all(&self) {
+    pub(crate) unsafe fn forget_all_after_fork(&self) {
         self.waiters.store(0, Ordering::Relaxed);
+        for q in &self.queues {
+            // SAFETY: the caller's contract; `Vec::new` does not allocate.
+            unsafe { q.reset_after_fork(Vec::new()) };
+        }
     }
 }

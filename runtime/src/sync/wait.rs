@@ -459,6 +459,24 @@ impl<S> SpinLock<S> {
         }
     }
 
+    /// Puts `value` in and unlocks, whoever held the lock, leaking the old
+    /// value: for a child process after `fork`, where a thread that held
+    /// the lock at the fork does not exist and the old value may be half
+    /// changed.
+    ///
+    /// # Safety
+    ///
+    /// Only where no other thread can reach the lock: in a forked child
+    /// before it starts a thread (a `pthread_atfork` child handler).
+    #[cfg_attr(greenstack_loom, allow(dead_code))]
+    pub(crate) unsafe fn reset_after_fork(&self, value: S) {
+        // SAFETY: no other thread reaches the value (the caller's
+        // contract); `write` leaves the old one alone, whatever its state.
+        self.value
+            .with_mut(|v| unsafe { std::ptr::write(v, value) });
+        self.locked.store(false, Ordering::Release);
+    }
+
     /// Locks inside a no-fault section (entered first, left after the
     /// unlock).
     pub(crate) fn lock(&self) -> SpinGuard<'_, S> {
