@@ -1,10 +1,12 @@
-//! std's locks inside coroutines park the coroutine, not its worker: a
-//! `Mutex`, `Condvar`, `RwLock` or `LazyLock` that another coroutine of the
-//! same worker holds across a park used to block the worker for good (the
-//! holder could only run on the blocked thread); now the waiter parks and
-//! the holder runs. `thread::park` and std's channels, which wait on the
-//! worker thread's own parker word, still block the worker, and must still
-//! work.
+//! With `RuntimeBuilder::hook_std_locks`, std's locks inside coroutines
+//! park the coroutine, not its worker: a `Mutex`, `Condvar`, `RwLock` or
+//! `LazyLock` that another coroutine of the same worker holds across a
+//! park would block the worker for good (the holder could only run on the
+//! blocked thread); with it the waiter parks and the holder runs.
+//! `thread::park` and std's channels, which wait on the worker thread's
+//! own parker word, still block the worker, and must still work; so do
+//! locks kept in a thread-local (rayon's). Off by default: then rayon from
+//! two coroutines must work too.
 //!
 //! Every scenario that would hang without the hook runs under a hang guard
 //! (`common::bounded`); no timing thresholds.
@@ -17,8 +19,12 @@ use std::time::Duration;
 
 use greenstack::{Runtime, RuntimeBuilder};
 
+/// A runtime of `n` workers whose std lock waits park (`hook_std_locks`).
 fn workers(n: usize) -> Runtime {
-    RuntimeBuilder::default()
+    // SAFETY: the coroutines of these tests wait on no lock owned by their
+    // thread through a pointer kept per thread (rayon's thread-local latch
+    // is recognised).
+    unsafe { RuntimeBuilder::default().hook_std_locks(true) }
         .workers(n)
         .build()
         .expect("building a runtime")
@@ -336,7 +342,8 @@ fn a_std_lock_wait_at_shutdown_does_not_hold_it_up() {
         common::bounded(
             "a shutdown with a coroutine waiting for a std lock",
             move || {
-                let rt = RuntimeBuilder::default()
+                // SAFETY: the coroutine waits on no thread-owned lock.
+                let rt = unsafe { RuntimeBuilder::default().hook_std_locks(true) }
                     .workers(1)
                     .shutdown_timeout(Duration::from_secs(3600))
                     .build()
@@ -453,4 +460,82 @@ fn fork_child() {
     pair.1.notify_all();
     let parent_woken = waiter.join().unwrap();
     println!("fork: child_status={child_status} parent_woken={parent_woken}");
+}
+
+/// rayon's `install` from outside its pool waits on a latch kept in a
+/// thread-local (a `Mutex` and `Condvar`), with the job on the caller's
+/// stack: two coroutines of one worker in it at once would share that
+/// latch, and the first job to finish would release the other's caller,
+/// which would return before its job ran (rayon panics) and leave the pool
+/// writing into a dead frame. Here the first caller's job is the slower:
+/// each coroutine must get its own result.
+#[test]
+fn rayon_install_from_two_coroutines_of_one_worker_returns_each_its_own_result() {
+    for take_over in [false, true] {
+        rayon_from_two_coroutines(take_over);
+    }
+}
+
+fn rayon_from_two_coroutines(take_over: bool) {
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a rayon pool"),
+    );
+    let (a, b) = common::bounded("rayon from coroutines", move || {
+        let rt = if take_over {
+            workers(1)
+        } else {
+            RuntimeBuilder::default().workers(1).build().unwrap()
+        };
+        rt.block_on(move || {
+            let p = Arc::clone(&pool);
+            let a = greenstack::spawn(move || {
+                p.install(|| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    1
+                })
+            });
+            let b = greenstack::spawn(move || {
+                greenstack::time::sleep(Duration::from_millis(50));
+                pool.install(|| {
+                    std::thread::sleep(Duration::from_millis(10));
+                    2
+                })
+            });
+            (a.join().ok(), b.join().ok())
+        })
+    });
+    assert_eq!((a, b), (Some(1), Some(2)), "hook_std_locks({take_over})");
+}
+
+/// tokio's blocking calls outside a runtime (`blocking_recv` here) park
+/// the thread on a parker tokio keeps per thread, behind a `Mutex` and a
+/// `Condvar`. By default (no `hook_std_locks`) such a wait blocks the
+/// worker, so two coroutines of one worker never share that parker: both
+/// get their message. (With the take-over on, the second would find the
+/// parker already parked and tokio would panic: the contract of
+/// `hook_std_locks` rules that code out.)
+#[test]
+fn tokio_blocking_recv_from_two_coroutines_of_one_worker_by_default() {
+    let (got_a, got_b) = common::bounded("tokio blocking_recv in coroutines", || {
+        let rt = RuntimeBuilder::default().workers(1).build().unwrap();
+        let (tx_a, mut rx_a) = tokio::sync::mpsc::channel::<u32>(1);
+        let (tx_b, mut rx_b) = tokio::sync::mpsc::channel::<u32>(1);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            tx_b.blocking_send(2).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            tx_a.blocking_send(1).unwrap();
+        });
+        let got = rt.block_on(move || {
+            let a = greenstack::spawn(move || rx_a.blocking_recv());
+            let b = greenstack::spawn(move || rx_b.blocking_recv());
+            (a.join().ok().flatten(), b.join().ok().flatten())
+        });
+        sender.join().unwrap();
+        got
+    });
+    assert_eq!((got_a, got_b), (Some(1), Some(2)));
 }

@@ -26,8 +26,9 @@
 //! `lock` for good (the holder runs only on it), and with it every
 //! coroutine living there: on one worker, the whole runtime. Release std
 //! guards before a yield, or use [`sync::Mutex`] and [`sync::RwLock`],
-//! which park the coroutine. The watchdog's warning names this as a likely
-//! cause.
+//! which park the coroutine (or see [`RuntimeBuilder::hook_std_locks`],
+//! an `unsafe` opt-in under which std's locks park too). The watchdog's
+//! warning names this as a likely cause.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 

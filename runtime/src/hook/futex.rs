@@ -1,5 +1,5 @@
-//! std's locks park the coroutine: the interposed `syscall` function and
-//! the futex waits it takes over.
+//! std's locks park the coroutine (with `RuntimeBuilder::hook_std_locks`):
+//! the interposed `syscall` function and the futex waits it takes over.
 //!
 //! std makes its futex calls through libc's `syscall` function
 //! (`syscall(SYS_futex, ...)`), which the binary's own definition here
@@ -13,6 +13,25 @@
 //! A futex wait is taken over (the coroutine parks, the worker runs
 //! others) only when all of these hold, and is the plain system call
 //! otherwise:
+//!
+//! - the worker's runtime opted in (`RuntimeBuilder::hook_std_locks`, an
+//!   `unsafe` switch, off by default). Crates keep std locks and condition
+//!   variables per OS thread, as latches and parkers, and every coroutine
+//!   of a worker shares its thread: two coroutines inside one at once
+//!   break it. tokio's parker for its `blocking_*` calls (kept on the heap,
+//!   reached through a thread-local) panics ("inconsistent park state")
+//!   when a second coroutine parks while the first waits; nothing here can
+//!   tell such a lock from any other, so the opt-in's contract rules that
+//!   code out;
+//! - the word is not in the worker thread's own block (its stack, static
+//!   thread-local storage and control block, learnt from
+//!   `pthread_getattr_np` as the worker starts): a lock inside a
+//!   `thread_local!` belongs to the thread. rayon keeps the latch that
+//!   `install` from outside its pool waits on there, with the job on the
+//!   caller's stack: with two coroutines in it, the first job to finish
+//!   released the other caller before its own job had run, and the pool
+//!   then wrote into the returned frame (a SIGSEGV in
+//!   `tests/hook_futex.rs`);
 //!
 //! - it is std's form of the wait: `FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG`
 //!   with the match-any bitset, which std's `Mutex`, `RwLock`, `Condvar`,
@@ -76,6 +95,13 @@ thread_local! {
     static PARKER: Cell<usize> = const { Cell::new(0) };
     /// Set while this thread probes for [`PARKER`]; the address seen.
     static PROBE: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Whether waits are taken over on this thread at all: a worker of a
+    /// runtime built with `RuntimeBuilder::hook_std_locks`.
+    static ENABLED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's own block, `[start, end)`: its stack and, for a
+    /// thread glibc created, its static thread-local storage and control
+    /// block (see [`learn_own_block`]).
+    static OWN_BLOCK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// The marker of "probing, nothing seen yet" in [`PROBE`].
@@ -244,10 +270,53 @@ unsafe fn futex(a: [c_long; 6]) -> c_long {
 /// worker thread's parker word (module docs). (Whether it may park is
 /// asked after.)
 fn ours(uaddr: usize) -> bool {
-    super::active()
+    ENABLED.with(Cell::get)
+        && super::active()
         && INTERNAL.with(Cell::get) == 0
         && !crate::stack::in_nofault_section()
         && own_parker().is_some_and(|p| p != uaddr)
+        && !OWN_BLOCK.with(|b| (b.get().0..b.get().1).contains(&uaddr))
+}
+
+/// Turns the take-over on or off for the calling worker thread (its
+/// runtime's `hook_std_locks`); when on, first learns what it must leave
+/// alone: the thread's parker word and its own block.
+pub(crate) fn enable_for_thread(on: bool) {
+    if on {
+        learn_parker();
+        learn_own_block();
+    }
+    ENABLED.with(|e| e.set(on));
+}
+
+/// Learns the calling thread's own block (`pthread_getattr_np`): for a
+/// thread glibc created, the one mapping that holds its stack, its static
+/// thread-local storage and its control block. A `thread_local!` lives
+/// there, so a lock or latch kept in one belongs to the thread, which
+/// every coroutine of the worker shares: rayon keeps the latch that
+/// `install` from outside its pool waits on in one, with the job on the
+/// caller's stack, and two coroutines in it at once let the first job to
+/// finish release the other caller before its own job ran (rayon panics,
+/// and its pool then writes into a frame that has returned: a crash in a
+/// test). Waits there are never taken over. If the block cannot be
+/// learnt, nothing is taken over on the thread.
+fn learn_own_block() {
+    // SAFETY: a zeroed attribute object is filled by pthread_getattr_np
+    // and destroyed after; pthread_attr_getstack writes the two outputs.
+    let block = unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            None
+        } else {
+            let mut addr: *mut libc::c_void = std::ptr::null_mut();
+            let mut size: libc::size_t = 0;
+            let r = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+            libc::pthread_attr_destroy(&mut attr);
+            (r == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
+        }
+    };
+    // Nothing learnt: a range that holds every address.
+    OWN_BLOCK.with(|b| b.set(block.unwrap_or((0, usize::MAX))));
 }
 
 /// Runs `f` (runtime-internal code, `super::internal`) with take-over off
@@ -273,7 +342,7 @@ fn own_parker() -> Option<usize> {
 /// called by each worker thread as it starts, before it runs a coroutine
 /// (a probe from inside a wait could be a wait on that very word). A
 /// thread that has not learnt it takes over no wait.
-pub(crate) fn learn_parker() {
+fn learn_parker() {
     if PARKER.with(Cell::get) != 0 {
         return;
     }
@@ -387,7 +456,20 @@ mod tests {
     /// blocked worker never lets it beat; nothing is asserted about the
     /// time).
     fn beats_while(wait: fn(&Mutex<()>), blocks: bool) -> usize {
-        let rt = crate::Runtime::builder().workers(1).build().unwrap();
+        beats_while_in(on(), wait, blocks)
+    }
+
+    /// A one-worker runtime with the take-over on.
+    fn on() -> crate::Runtime {
+        // SAFETY: these tests' coroutines wait on no thread-owned lock.
+        unsafe { crate::Runtime::builder().hook_std_locks(true) }
+            .workers(1)
+            .build()
+            .unwrap()
+    }
+
+    /// [`beats_while`] on `rt`.
+    fn beats_while_in(rt: crate::Runtime, wait: fn(&Mutex<()>), blocks: bool) -> usize {
         let lock = Arc::new(Mutex::new(()));
         let beats = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicBool::new(false));
@@ -441,6 +523,45 @@ mod tests {
         assert_eq!(
             beats_while(|l| super::super::internal(|| drop(l.lock().unwrap())), true),
             0
+        );
+    }
+
+    /// Without `hook_std_locks` (the default) no wait is taken over: the
+    /// same std lock wait blocks the worker.
+    #[test]
+    fn std_lock_waits_block_the_worker_by_default() {
+        let rt = crate::Runtime::builder().workers(1).build().unwrap();
+        assert_eq!(beats_while_in(rt, |l| drop(l.lock().unwrap()), true), 0);
+    }
+
+    thread_local! {
+        static MINE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A worker's own block holds its thread-locals (so a lock kept in
+    /// one is never taken over) and its stack, and not a heap object.
+    #[test]
+    fn a_threads_own_block_holds_its_thread_locals() {
+        let (tls, local, heap, block) = std::thread::spawn(|| {
+            super::learn_own_block();
+            let local = 0u32;
+            let heap = Box::new(0u32);
+            (
+                MINE.with(|m| m as *const _ as usize),
+                &local as *const u32 as usize,
+                &*heap as *const u32 as usize,
+                super::OWN_BLOCK.with(std::cell::Cell::get),
+            )
+        })
+        .join()
+        .unwrap();
+        let inside = |a: usize| (block.0..block.1).contains(&a);
+        assert!(inside(tls), "thread-local {tls:#x} outside {block:x?}");
+        assert!(inside(local), "stack {local:#x} outside {block:x?}");
+        assert!(!inside(heap), "heap {heap:#x} inside {block:x?}");
+        assert!(
+            block.1 - block.0 < 1 << 30,
+            "no real block learnt: {block:x?}"
         );
     }
 }
