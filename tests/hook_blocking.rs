@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -286,23 +286,10 @@ fn a_read_on_a_plain_thread_is_untouched() {
     assert!(t.elapsed() >= Duration::from_millis(100));
 }
 
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds we then own.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds, owned by nobody else.
-    unsafe {
-        (
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
-    }
-}
-
 /// A pipe read waits for a writer that comes later, parking.
 #[test]
 fn a_pipe_read_parks_until_the_writer_writes() {
-    let (mut r, mut w) = pipe();
+    let (mut r, mut w) = common::pipe();
     let beats = Arc::new(AtomicUsize::new(0));
     // Writes once the heartbeat has beaten during the read.
     let writer = after_a_beat(&beats, move || w.write_all(b"late").unwrap());
@@ -323,7 +310,7 @@ fn a_pipe_read_parks_until_the_writer_writes() {
 /// readiness when it comes.
 #[test]
 fn poll_with_a_timeout_parks() {
-    let (r, mut w) = pipe();
+    let (r, mut w) = common::pipe();
     let rt = one_worker(true);
     let (beats, (first, second)) = common::bounded("poll", move || {
         beats_during(&rt, move || {
@@ -346,6 +333,25 @@ fn poll_with_a_timeout_parks() {
     assert!(beats > 0, "the heartbeat never beat during poll");
 }
 
+/// A fresh epoll fd with `fd`'s readability registered under `token`
+/// (closed by the caller).
+fn epoll_for(fd: &impl AsRawFd, token: u64) -> libc::c_int {
+    // SAFETY: a fresh epoll fd, and a registration of a live fd in it.
+    unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        assert!(ep >= 0, "epoll_create1");
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        assert_eq!(
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev),
+            0
+        );
+        ep
+    }
+}
+
 /// `epoll_wait(2)` on the user's own epoll fd (a crate's private event
 /// loop, as mio's) parks: 0 at the timeout, then the registered pipe's
 /// event once it is readable (through `epoll_pwait` without a signal
@@ -353,23 +359,14 @@ fn poll_with_a_timeout_parks() {
 /// timeout.
 #[test]
 fn epoll_wait_with_a_timeout_parks() {
-    let (r, mut w) = pipe();
+    let (r, mut w) = common::pipe();
     let rt = one_worker(true);
     let (beats, (first, second, token, bad)) = common::bounded("epoll_wait", move || {
         beats_during(&rt, move || {
-            // SAFETY: a fresh epoll fd, the pipe's read end registered in
-            // it, arrays of the lengths given; both fds outlive the calls.
+            let ep = epoll_for(&r, 77);
+            // SAFETY: `ep` and the pipe outlive the calls; arrays of the
+            // lengths given.
             unsafe {
-                let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-                assert!(ep >= 0, "epoll_create1");
-                let mut ev = libc::epoll_event {
-                    events: libc::EPOLLIN as u32,
-                    u64: 77,
-                };
-                assert_eq!(
-                    libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut ev),
-                    0
-                );
                 let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
                 let first = libc::epoll_wait(ep, out.as_mut_ptr(), 4, 200);
                 w.write_all(b"x").unwrap();
@@ -396,24 +393,14 @@ fn epoll_wait_with_a_timeout_parks() {
 /// event; with a mask it is the plain call, which still works.
 #[test]
 fn epoll_pwait2_with_a_timeout_parks() {
-    let (r, mut w) = pipe();
+    let (r, mut w) = common::pipe();
     let rt = one_worker(true);
     let (beats, (first, second, token, masked)) = common::bounded("epoll_pwait2", move || {
         beats_during(&rt, move || {
-            // SAFETY: a fresh epoll fd, the pipe's read end registered in
-            // it, arrays of the lengths given, an empty signal set; both
-            // fds outlive the calls.
+            let ep = epoll_for(&r, 78);
+            // SAFETY: `ep` and the pipe outlive the calls; arrays of the
+            // lengths given, an empty signal set.
             unsafe {
-                let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-                assert!(ep >= 0, "epoll_create1");
-                let mut ev = libc::epoll_event {
-                    events: libc::EPOLLIN as u32,
-                    u64: 78,
-                };
-                assert_eq!(
-                    libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut ev),
-                    0
-                );
                 let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
                 let t = libc::timespec {
                     tv_sec: 0,
@@ -550,7 +537,7 @@ fn tokio_runtimes_driven_in_coroutines_of_one_worker_all_finish() {
 /// cleared, then reports the fd readable once it is; `ppoll` too.
 #[test]
 fn select_and_ppoll_with_a_timeout_park() {
-    let (r, mut w) = pipe();
+    let (r, mut w) = common::pipe();
     let rt = one_worker(true);
     let (beats, (first, second, third)) = common::bounded("select", move || {
         beats_during(&rt, move || {
@@ -611,7 +598,7 @@ extern "C" fn write_from_handler(_: libc::c_int) {
 /// happens (passing through or not, it must not park the handler).
 #[test]
 fn a_signal_handler_that_writes_works_in_a_coroutine() {
-    let (mut r, w) = pipe();
+    let (mut r, w) = common::pipe();
     SIGNAL_WRITE_FD.store(w.as_raw_fd() as usize, SeqCst);
     // SAFETY: installs a handler that only calls write(2).
     unsafe {
@@ -656,7 +643,7 @@ extern "C" fn write_to_full_pipe(_: libc::c_int) {
 /// coroutine of the worker runs meanwhile.
 #[test]
 fn a_handler_that_leaves_the_mask_alone_is_not_parked_in() {
-    let (mut r, w) = pipe();
+    let (mut r, w) = common::pipe();
     // Fill the pipe: the handler's one-byte write would block.
     // SAFETY: fcntl on our fd; writes from a local buffer.
     unsafe {
@@ -1615,7 +1602,7 @@ fn a_child_forked_from_a_coroutine_runs() {
     let rt = one_worker(true);
     let (beats, out) = common::bounded("a forked child", move || {
         beats_during(&rt, || {
-            let (quiet, _keep) = pipe();
+            let (quiet, _keep) = common::pipe();
             let fd = quiet.as_raw_fd();
             let mut cmd = std::process::Command::new("sh");
             cmd.args(["-c", "sleep 0.2; echo forked"]);
@@ -1827,7 +1814,7 @@ fn printing_while_another_coroutine_writes_to_a_full_stdout_or_stderr_works() {
 
 fn std_stream_child(fd: i32) {
     const BIG: usize = 256 * 1024;
-    let (mut r, w) = pipe();
+    let (mut r, w) = common::pipe();
     // SAFETY: dup and dup2 of fds this process owns; `saved` restores the
     // stream afterwards.
     let saved = unsafe { libc::dup(fd) };

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const ENV: &str = "GREENSTACK_WATCHDOG_CAUSE_CHILD";
@@ -43,7 +43,7 @@ fn stuck_child(how: &str) {
         "stdout" => {
             // Standard output is a pipe already full, read only 600 ms
             // from now: the print blocks the worker (never parks).
-            let (mut r, w) = pipe();
+            let (mut r, w) = common::pipe();
             // SAFETY: dup and dup2 of fds this process owns; `saved`
             // restores standard output afterwards.
             let saved = unsafe { libc::dup(1) };
@@ -73,19 +73,6 @@ fn stuck_child(how: &str) {
     })
     .join()
     .unwrap();
-}
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds we then own.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds, owned by nobody else.
-    unsafe {
-        (
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
-    }
 }
 
 fn report_of(test: &str, how: &str) -> String {

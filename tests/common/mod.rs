@@ -188,3 +188,18 @@ pub fn watchdog_child_runtime() -> Runtime {
         .build()
         .unwrap()
 }
+
+/// A pipe (close-on-exec): its read end and write end.
+pub fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds, owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
+        )
+    }
+}

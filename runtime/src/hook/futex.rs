@@ -582,6 +582,20 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    /// A coroutine that beats every 5 ms, 40 times, counting in `beats`
+    /// the beats while `waiting` holds.
+    fn heartbeat(beats: &Arc<AtomicUsize>, waiting: &Arc<AtomicBool>) -> crate::JoinHandle<()> {
+        let (b, w) = (Arc::clone(beats), Arc::clone(waiting));
+        crate::spawn(move || {
+            for _ in 0..40 {
+                crate::time::sleep(Duration::from_millis(5));
+                if w.load(SeqCst) {
+                    b.fetch_add(1, SeqCst);
+                }
+            }
+        })
+    }
+
     /// Beats counted by a heartbeat coroutine while `wait` runs in another
     /// coroutine of a one-worker runtime, for a std lock a plain thread
     /// holds until the heartbeat has beaten during the wait (a parked wait
@@ -596,17 +610,7 @@ mod tests {
         let (l, b, w) = (Arc::clone(&lock), Arc::clone(&beats), Arc::clone(&waiting));
         rt.block_on(move || {
             let guard = l.lock().unwrap();
-            let hb = {
-                let (b, w) = (Arc::clone(&b), Arc::clone(&w));
-                crate::spawn(move || {
-                    for _ in 0..40 {
-                        crate::time::sleep(Duration::from_millis(5));
-                        if w.load(SeqCst) {
-                            b.fetch_add(1, SeqCst);
-                        }
-                    }
-                })
-            };
+            let hb = heartbeat(&b, &w);
             let waiter = {
                 let (l, w) = (Arc::clone(&l), Arc::clone(&w));
                 crate::spawn(move || {
@@ -662,17 +666,7 @@ mod tests {
         let waiting = Arc::new(AtomicBool::new(false));
         let (p, b, w) = (Arc::clone(&pair), Arc::clone(&beats), Arc::clone(&waiting));
         rt.block_on(move || {
-            let hb = {
-                let (b, w) = (Arc::clone(&b), Arc::clone(&w));
-                crate::spawn(move || {
-                    for _ in 0..40 {
-                        crate::time::sleep(Duration::from_millis(5));
-                        if w.load(SeqCst) {
-                            b.fetch_add(1, SeqCst);
-                        }
-                    }
-                })
-            };
+            let hb = heartbeat(&b, &w);
             let waiter = {
                 let (p, w) = (Arc::clone(&p), Arc::clone(&w));
                 crate::spawn(move || {
