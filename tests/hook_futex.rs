@@ -1,13 +1,12 @@
-//! std's locks inside coroutines park the coroutine, not its worker: a
-//! `Mutex`, `RwLock` or `LazyLock` that another coroutine of the same
-//! worker holds across a park would block the worker for good (the holder
-//! could only run on the blocked thread); now the waiter parks and the
-//! holder runs. A `Condvar` does so too with the `unsafe` opt-in
-//! `RuntimeBuilder::hook_std_condvars`, and blocks the worker without it,
-//! which crates that keep a parker or latch per thread rely on (tokio's
-//! `blocking_recv`, rayon's `install`; both must work). `thread::park` and
-//! std's channels, which wait on the worker thread's own parker word,
-//! still block the worker, and must still work.
+//! With `RuntimeBuilder::hook_std_locks`, std's locks inside coroutines
+//! park the coroutine, not its worker: a `Mutex`, `Condvar`, `RwLock` or
+//! `LazyLock` that another coroutine of the same worker holds across a
+//! park would block the worker for good (the holder could only run on the
+//! blocked thread); with it the waiter parks and the holder runs.
+//! `thread::park` and std's channels, which wait on the worker thread's
+//! own parker word, still block the worker, and must still work; so do
+//! locks kept in a thread-local (rayon's). Off by default: then rayon from
+//! two coroutines must work too.
 //!
 //! Every scenario that would hang without the hook runs under a hang guard
 //! (`common::bounded`); no timing thresholds.
@@ -20,13 +19,12 @@ use std::time::Duration;
 
 use greenstack::{Runtime, RuntimeBuilder};
 
-/// A runtime of `n` workers whose std `Condvar` waits park too
-/// (`hook_std_condvars`).
+/// A runtime of `n` workers whose std lock waits park (`hook_std_locks`).
 fn workers(n: usize) -> Runtime {
-    // SAFETY: the coroutines of these tests wait on no condvar owned by
-    // their thread through a pointer kept per thread (rayon's thread-local
-    // latch is recognised).
-    unsafe { RuntimeBuilder::default().hook_std_condvars(true) }
+    // SAFETY: the coroutines of these tests wait on no lock owned by their
+    // thread through a pointer kept per thread (rayon's thread-local latch
+    // is recognised).
+    unsafe { RuntimeBuilder::default().hook_std_locks(true) }
         .workers(n)
         .build()
         .expect("building a runtime")
@@ -344,7 +342,8 @@ fn a_std_lock_wait_at_shutdown_does_not_hold_it_up() {
         common::bounded(
             "a shutdown with a coroutine waiting for a std lock",
             move || {
-                let rt = RuntimeBuilder::default()
+                // SAFETY: the coroutine waits on no thread-owned lock.
+                let rt = unsafe { RuntimeBuilder::default().hook_std_locks(true) }
                     .workers(1)
                     .shutdown_timeout(Duration::from_secs(3600))
                     .build()
@@ -508,16 +507,16 @@ fn rayon_from_two_coroutines(take_over: bool) {
             (a.join().ok(), b.join().ok())
         })
     });
-    assert_eq!((a, b), (Some(1), Some(2)), "hook_std_condvars({take_over})");
+    assert_eq!((a, b), (Some(1), Some(2)), "hook_std_locks({take_over})");
 }
 
 /// tokio's blocking calls outside a runtime (`blocking_recv` here) park
 /// the thread on a parker tokio keeps per thread, behind a `Mutex` and a
-/// `Condvar`. By default (no `hook_std_condvars`) the `Condvar` wait
-/// blocks the worker, so two coroutines of one worker never share that
-/// parker: both get their message. (With the opt-in, the second would
-/// find the parker already parked and tokio would panic: the contract of
-/// `hook_std_condvars` rules that code out.)
+/// `Condvar`. By default (no `hook_std_locks`) such a wait blocks the
+/// worker, so two coroutines of one worker never share that parker: both
+/// get their message. (With the take-over on, the second would find the
+/// parker already parked and tokio would panic: the contract of
+/// `hook_std_locks` rules that code out.)
 #[test]
 fn tokio_blocking_recv_from_two_coroutines_of_one_worker_by_default() {
     let (got_a, got_b) = common::bounded("tokio blocking_recv in coroutines", || {

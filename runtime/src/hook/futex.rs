@@ -1,5 +1,5 @@
-//! std's locks park the coroutine: the interposed `syscall` function and
-//! the futex waits it takes over.
+//! std's locks park the coroutine (with `RuntimeBuilder::hook_std_locks`):
+//! the interposed `syscall` function and the futex waits it takes over.
 //!
 //! std makes its futex calls through libc's `syscall` function
 //! (`syscall(SYS_futex, ...)`), which the binary's own definition here
@@ -14,21 +14,21 @@
 //! others) only when all of these hold, and is the plain system call
 //! otherwise:
 //!
-//! - it is not a std `Condvar`'s wait, unless the worker's runtime opted
-//!   in (`RuntimeBuilder::hook_std_condvars`, an `unsafe` switch, off by
-//!   default). Crates build per-thread parkers and latches on condition
-//!   variables, and every coroutine of a worker shares its thread: two
-//!   coroutines inside one at once break it. tokio's parker for its
-//!   `blocking_*` calls (on the heap, reached through a thread-local)
-//!   panicked ("inconsistent park state") when a second coroutine parked
-//!   while the first waited; nothing here can tell such a condvar from any
-//!   other, so the opt-in's contract rules that code out. A lock's wait
-//!   (`Mutex`, `RwLock`, `Once`) keeps its meaning when coroutines share a
-//!   thread: the waiter waits for the holder, whichever coroutine that is.
-//!   std inlines its futex wait into each user, so the call site (the
-//!   stub `syscall` passes its return address) tells a `Condvar` wait from
-//!   a lock's: the sites are learnt as the worker starts, from a probe
-//!   `wait` and `wait_timeout` whose calls are recorded, not made;
+//! - the worker's runtime opted in (`RuntimeBuilder::hook_std_locks`, an
+//!   `unsafe` switch, off by default). Crates keep std locks and condition
+//!   variables per OS thread, as latches and parkers, and every coroutine
+//!   of a worker shares its thread: two coroutines inside one at once
+//!   break it. tokio's parker for its `blocking_*` calls (kept on the heap,
+//!   reached through a thread-local) panics ("inconsistent park state")
+//!   when a second coroutine parks while the first waits; nothing here can
+//!   tell such a lock from any other, so the opt-in's contract rules that
+//!   code out. (Tried: telling a `Condvar`'s wait, where parkers live, from
+//!   a lock's by the call site in std, passed on by a naked `syscall` stub
+//!   and learnt from a probe `wait`. It held in a plain build; with
+//!   `lto = "fat"` std's condvar wait was inlined into tokio's parker at a
+//!   site of its own, and tokio panicked again. A lock's contended path is
+//!   `#[cold]` and keeps one site, but learning it means driving std's
+//!   internal states from a probe.);
 //! - the word is not in the worker thread's own block (its stack, static
 //!   thread-local storage and control block, learnt from
 //!   `pthread_getattr_np` as the worker starts): a lock inside a
@@ -101,17 +101,9 @@ thread_local! {
     static PARKER: Cell<usize> = const { Cell::new(0) };
     /// Set while this thread probes for [`PARKER`]; the address seen.
     static PROBE: Cell<Option<usize>> = const { Cell::new(None) };
-    /// Whether lock waits are taken over on this thread: a worker of a
-    /// runtime with the hooks on.
-    static LOCKS: Cell<bool> = const { Cell::new(false) };
-    /// Whether `Condvar` waits are too: a worker of a runtime built with
-    /// `RuntimeBuilder::hook_std_condvars`.
-    static CONDVARS: Cell<bool> = const { Cell::new(false) };
-    /// Where std's `Condvar` makes its futex waits (return addresses into
-    /// std), as [`learn_condvar_sites`] found them; 0: unused slot.
-    static CONDVAR_SITES: Cell<[usize; 4]> = const { Cell::new([0; 4]) };
-    /// Set while [`learn_condvar_sites`] probes.
-    static PROBE_CONDVAR: Cell<bool> = const { Cell::new(false) };
+    /// Whether waits are taken over on this thread at all: a worker of a
+    /// runtime built with `RuntimeBuilder::hook_std_locks`.
+    static ENABLED: Cell<bool> = const { Cell::new(false) };
     /// This thread's own block, `[start, end)`: its stack and, for a
     /// thread glibc created, its static thread-local storage and control
     /// block (see [`learn_own_block`]).
@@ -164,83 +156,12 @@ fn libc_result(r: c_long) -> c_long {
     }
 }
 
-/// `syscall(3)`: a stub that sends every call but `futex` on to
-/// [`syscall_other`] unchanged (a jump: the same registers and stack), and
-/// a `futex` call to [`syscall_futex`] with one more argument, its return
-/// address: the call site in std tells a `Condvar` wait from a lock's
-/// (see [`learn_condvar_sites`]). Written by hand (a naked function)
-/// because Rust has no stable way to read a function's return address.
-///
-/// The x86-64 convention: the number in rdi, the six arguments in rsi,
-/// rdx, rcx, r8, r9 and the stack slot above the return address. For
-/// `futex`, the stub makes a frame of 24 bytes (keeping the stack 16-byte
-/// aligned at the inner call) holding the sixth argument and the return
-/// address as the inner function's seventh and eighth.
-// SAFETY: the stub keeps `syscall(3)`'s C calling convention: the
-// non-futex path is a jump with registers and stack untouched; the futex
-// path reads the return address and the sixth argument from the caller's
-// stack, passes them in a frame that keeps the stack 16-byte aligned at
-// the inner call and that it removes before `ret`, and changes only rax
-// (scratch) beyond what the inner C-ABI function may.
-#[unsafe(naked)]
+/// `syscall(3)`. Declared with six arguments after the number, as glibc's
+/// own (assembly) definition reads them: a variadic call passes integer
+/// arguments as a fixed one does on x86-64, and a caller that passed fewer
+/// leaves values there that the kernel ignores for its call.
 #[no_mangle]
 pub unsafe extern "C" fn syscall(
-    n: c_long,
-    a1: c_long,
-    a2: c_long,
-    a3: c_long,
-    a4: c_long,
-    a5: c_long,
-    a6: c_long,
-) -> c_long {
-    std::arch::naked_asm!(
-        "cmp rdi, {futex}",
-        "jne {other}",
-        "sub rsp, 24",
-        "mov rax, [rsp + 24]",
-        "mov [rsp + 8], rax",
-        "mov rax, [rsp + 32]",
-        "mov [rsp], rax",
-        "call {imp}",
-        "add rsp, 24",
-        "ret",
-        futex = const libc::SYS_futex,
-        other = sym syscall_other,
-        imp = sym syscall_futex,
-    )
-}
-
-/// [`syscall`] for a `futex` call from `site` (the caller's return
-/// address).
-///
-/// # Safety
-///
-/// As `syscall(SYS_futex, ...)`'s.
-unsafe extern "C" fn syscall_futex(
-    _n: c_long,
-    a1: c_long,
-    a2: c_long,
-    a3: c_long,
-    a4: c_long,
-    a5: c_long,
-    a6: c_long,
-    site: usize,
-) -> c_long {
-    // SAFETY: `futex` reads the caller's pointers, which its contract
-    // makes valid.
-    libc_result(unsafe { futex([a1, a2, a3, a4, a5, a6], site) })
-}
-
-/// [`syscall`] for every call but `futex`. Declared with six arguments
-/// after the number, as glibc's own (assembly) definition reads them: a
-/// variadic call passes integer arguments as a fixed one does on x86-64,
-/// and a caller that passed fewer leaves values there that the kernel
-/// ignores for its call.
-///
-/// # Safety
-///
-/// As `syscall(3)`'s.
-unsafe extern "C" fn syscall_other(
     n: c_long,
     a1: c_long,
     a2: c_long,
@@ -258,9 +179,13 @@ unsafe extern "C" fn syscall_other(
             return unsafe { libc_syscall(n, a1, a2, a3, a4, a5, a6) };
         }
     }
-    // SAFETY: the caller's system call, forwarded unchanged (`futex` goes
-    // to `syscall_futex`).
-    libc_result(unsafe { raw(n, args) })
+    if n != libc::SYS_futex {
+        // SAFETY: the caller's system call, forwarded unchanged.
+        return libc_result(unsafe { raw(n, args) });
+    }
+    // SAFETY: as above; `futex` reads the caller's pointers, which its
+    // contract makes valid.
+    libc_result(unsafe { futex(args) })
 }
 
 /// The signature of libc's `syscall` as [`syscall`] calls it.
@@ -275,7 +200,7 @@ const STD_WAIT: c_long = (libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG) as
 /// # Safety
 ///
 /// The arguments are `futex(2)`'s, valid as its contract says.
-unsafe fn futex(a: [c_long; 6], site: usize) -> c_long {
+unsafe fn futex(a: [c_long; 6]) -> c_long {
     let (uaddr, op) = (a[0] as usize, a[1] as libc::c_int);
     let cmd = op & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
     if cmd == libc::FUTEX_WAIT_BITSET {
@@ -287,23 +212,9 @@ unsafe fn futex(a: [c_long; 6], site: usize) -> c_long {
             }
             return -c_long::from(libc::ETIMEDOUT);
         }
-        if PROBE_CONDVAR.with(Cell::get) {
-            // The condvar probe's wait (see `learn_condvar_sites`): note
-            // the call site, and return as a wake-up would.
-            CONDVAR_SITES.with(|c| {
-                let mut sites = c.get();
-                if !sites.contains(&site) {
-                    if let Some(free) = sites.iter_mut().find(|s| **s == 0) {
-                        *free = site;
-                    }
-                }
-                c.set(sites);
-            });
-            return 0;
-        }
         if op as c_long & !(libc::FUTEX_CLOCK_REALTIME as c_long) == STD_WAIT
             && a[5] as u32 == libc::FUTEX_BITSET_MATCH_ANY as u32
-            && ours(uaddr, site)
+            && ours(uaddr)
         {
             if super::cancelling() {
                 // Being cancelled (shutdown): the wait fails, as a hooked
@@ -364,9 +275,8 @@ unsafe fn futex(a: [c_long; 6], site: usize) -> c_long {
 /// coroutine, outside the runtime's own no-fault sections, and not on the
 /// worker thread's parker word (module docs). (Whether it may park is
 /// asked after.)
-fn ours(uaddr: usize, site: usize) -> bool {
-    LOCKS.with(Cell::get)
-        && (CONDVARS.with(Cell::get) || !condvar_site(site))
+fn ours(uaddr: usize) -> bool {
+    ENABLED.with(Cell::get)
         && super::active()
         && INTERNAL.with(Cell::get) == 0
         && !crate::stack::in_nofault_section()
@@ -374,52 +284,15 @@ fn ours(uaddr: usize, site: usize) -> bool {
         && !OWN_BLOCK.with(|b| (b.get().0..b.get().1).contains(&uaddr))
 }
 
-/// Whether a wait made from `site` is a std `Condvar`'s; also when the
-/// probe found no site (nothing then tells the two apart).
-fn condvar_site(site: usize) -> bool {
-    CONDVAR_SITES.with(|c| {
-        let sites = c.get();
-        sites[0] == 0 || sites.contains(&site)
-    })
-}
-
-/// Sets what the calling worker thread takes over: lock waits if `locks`
-/// (its runtime's hooks), `Condvar` waits too if `condvars` (its
-/// `hook_std_condvars`). With `locks`, first learns what must be left
-/// alone or told apart: the thread's parker word, its own block, and
-/// where std's `Condvar` waits.
-pub(crate) fn enable_for_thread(locks: bool, condvars: bool) {
-    if locks {
+/// Turns the take-over on or off for the calling worker thread (its
+/// runtime's `hook_std_locks`); when on, first learns what it must leave
+/// alone: the thread's parker word and its own block.
+pub(crate) fn enable_for_thread(on: bool) {
+    if on {
         learn_parker();
         learn_own_block();
-        learn_condvar_sites();
     }
-    LOCKS.with(|e| e.set(locks));
-    CONDVARS.with(|e| e.set(locks && condvars));
-}
-
-/// Learns where std's `Condvar` makes its futex waits: the return
-/// addresses of `syscall` in a `wait` and a `wait_timeout` whose waits
-/// the hook records instead of making (each returns as a spurious
-/// wake-up, which a condition variable allows). std inlines its futex
-/// wait into each of its users, so a `Condvar` wait comes from one of
-/// these sites and a lock's (`Mutex`, `RwLock`, `Once`) from others. Were
-/// std ever to make every wait from one shared function, that site would
-/// be learnt here, and no wait would be taken over: the safe way to be
-/// wrong.
-fn learn_condvar_sites() {
-    let m = std::sync::Mutex::new(());
-    let cv = std::sync::Condvar::new();
-    PROBE_CONDVAR.with(|p| p.set(true));
-    let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let g = cv
-        .wait(g)
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let g = cv
-        .wait_timeout(g, Duration::from_secs(1))
-        .map_or_else(|e| e.into_inner().0, |(g, _)| g);
-    drop(g);
-    PROBE_CONDVAR.with(|p| p.set(false));
+    ENABLED.with(|e| e.set(on));
 }
 
 /// Learns the calling thread's own block (`pthread_getattr_np`): for a
@@ -603,7 +476,20 @@ mod tests {
     /// blocked worker never lets it beat; nothing is asserted about the
     /// time).
     fn beats_while(wait: fn(&Mutex<()>), blocks: bool) -> usize {
-        let rt = crate::Runtime::builder().workers(1).build().unwrap();
+        beats_while_in(on(), wait, blocks)
+    }
+
+    /// A one-worker runtime with the take-over on.
+    fn on() -> crate::Runtime {
+        // SAFETY: these tests' coroutines wait on no thread-owned lock.
+        unsafe { crate::Runtime::builder().hook_std_locks(true) }
+            .workers(1)
+            .build()
+            .unwrap()
+    }
+
+    /// [`beats_while`] on `rt`.
+    fn beats_while_in(rt: crate::Runtime, wait: fn(&Mutex<()>), blocks: bool) -> usize {
         let lock = Arc::new(Mutex::new(()));
         let beats = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicBool::new(false));
@@ -650,65 +536,12 @@ mod tests {
         );
     }
 
-    /// Beats counted by a heartbeat coroutine while another coroutine of a
-    /// one-worker runtime (with `hook_std_condvars` if `condvars`) waits on
-    /// a std `Condvar` until the `block_on` root notifies it: once the
-    /// heartbeat beat during the wait (a hang guard of 10 s), or after
-    /// 100 ms if the wait is expected to block.
-    fn beats_in_condvar_wait(condvars: bool) -> usize {
-        // SAFETY: the coroutines below wait on no thread-owned condvar.
-        let rt = unsafe { crate::Runtime::builder().hook_std_condvars(condvars) }
-            .workers(1)
-            .build()
-            .unwrap();
-        let pair = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let beats = Arc::new(AtomicUsize::new(0));
-        let waiting = Arc::new(AtomicBool::new(false));
-        let (p, b, w) = (Arc::clone(&pair), Arc::clone(&beats), Arc::clone(&waiting));
-        rt.block_on(move || {
-            let hb = heartbeat(&b, &w);
-            let waiter = {
-                let (p, w) = (Arc::clone(&p), Arc::clone(&w));
-                crate::spawn(move || {
-                    let (m, cv) = &*p;
-                    w.store(true, SeqCst);
-                    drop(cv.wait_while(m.lock().unwrap(), |ready| !*ready).unwrap());
-                    w.store(false, SeqCst);
-                })
-            };
-            while !w.load(SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if condvars {
-                let guard_until = std::time::Instant::now() + Duration::from_secs(10);
-                while b.load(SeqCst) == 0 && std::time::Instant::now() < guard_until {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            } else {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            *p.0.lock().unwrap() = true;
-            p.1.notify_all();
-            waiter.join().unwrap();
-            hb.join().unwrap();
-        });
-        beats.load(SeqCst)
-    }
-
-    /// A std `Condvar` wait blocks the worker by default, told from a
-    /// lock's wait by where std makes it (the probe found those sites),
-    /// and parks with `hook_std_condvars`.
+    /// Without `hook_std_locks` (the default) no wait is taken over: the
+    /// same std lock wait blocks the worker.
     #[test]
-    fn condvar_waits_park_only_with_the_opt_in() {
-        assert_eq!(beats_in_condvar_wait(false), 0);
-        assert!(beats_in_condvar_wait(true) > 0);
-        let sites = std::thread::spawn(|| {
-            super::learn_condvar_sites();
-            super::CONDVAR_SITES.with(std::cell::Cell::get)
-        })
-        .join()
-        .unwrap();
-        assert_ne!(sites[0], 0, "the probe found no Condvar wait site");
+    fn std_lock_waits_block_the_worker_by_default() {
+        let rt = crate::Runtime::builder().workers(1).build().unwrap();
+        assert_eq!(beats_while_in(rt, |l| drop(l.lock().unwrap()), true), 0);
     }
 
     thread_local! {

@@ -83,19 +83,18 @@
 //! (where the kernel has none, or a seccomp filter refuses `pidfd_open`:
 //! in naps of 1 ms doubling to 50 ms between looks with `WNOHANG`).
 //!
-//! std's locks (`Mutex`, `RwLock`, `Once`, `OnceLock`, `LazyLock`) park
-//! the coroutine too: std makes their futex waits through libc's
-//! `syscall` function, which `futex` replaces, and a wait of theirs in a
-//! coroutine queues there and parks until a wake of the same word, from
-//! any thread, finds it. A std `Condvar`'s waits (told from a lock's by
-//! where std makes them) park only with
-//! [`RuntimeBuilder::hook_std_condvars`], an `unsafe` opt-in: crates build
-//! per-thread parkers and latches on condition variables, which every
-//! coroutine of the worker shares, and two coroutines parked inside one
-//! break it (tokio's `blocking_recv` panicked; rayon's `install` crashed).
-//! Waits on the worker thread's own `thread::park` word (std's channels)
-//! and on locks kept inside a `thread_local!` are always left to the
-//! kernel (see `futex`'s docs).
+//! With [`RuntimeBuilder::hook_std_locks`] (an `unsafe` opt-in; off by
+//! default), std's locks (`Mutex`, `RwLock`, `Condvar`, `Once`,
+//! `OnceLock`, `LazyLock`) park the coroutine too: std makes their futex
+//! waits through libc's `syscall` function, which `futex` replaces, and a
+//! wait of theirs in a coroutine queues there and parks until a wake of
+//! the same word, from any thread, finds it. Off by default because
+//! crates keep such locks per OS thread (a latch, a parker), which every
+//! coroutine of the worker shares: two coroutines parked inside one break
+//! it (tokio's `blocking_recv` panics; rayon's `install` crashed). Waits
+//! on the worker thread's own `thread::park` word (std's channels) and on
+//! locks kept inside a `thread_local!` are always left to the kernel (see
+//! `futex`'s docs).
 //!
 //! Nor does a call park inside a tokio runtime's context other than the
 //! worker's own (a tokio `block_on` driven in the coroutine, as sync
@@ -124,7 +123,7 @@
 //! kernel throttles dirty pages or the disk is slow), calls with a
 //! signal mask (`ppoll`, `pselect`, `epoll_pwait`, `epoll_pwait2`: the mask
 //! is the worker thread's, shared by its coroutines), `sigtimedwait`,
-//! std's `Condvar` without `hook_std_condvars`, `thread::park` (so std's
+//! std's locks without `hook_std_locks`, `thread::park` (so std's
 //! channels' blocking `recv`) and other crates' futex waits
 //! (`parking_lot`'s locks) still block the worker: the
 //! watchdog reports a worker stalled in them, naming the call. So do
@@ -142,7 +141,7 @@
 //! every runtime of the process).
 //!
 //! [`RuntimeBuilder::hook_blocking_calls`]: crate::RuntimeBuilder::hook_blocking_calls
-//! [`RuntimeBuilder::hook_std_condvars`]: crate::RuntimeBuilder::hook_std_condvars
+//! [`RuntimeBuilder::hook_std_locks`]: crate::RuntimeBuilder::hook_std_locks
 
 /// libc's own definition of a function these hooks replace, looked up once
 /// with `dlsym(RTLD_NEXT)` (the next definition after this binary's).
@@ -257,15 +256,15 @@ extern "C" fn clear_after_fork() {
     };
 }
 
-/// Called by each worker thread as it starts: sets what `futex` takes
-/// over on it (lock waits with `hooks`, its runtime's hooks; `Condvar`
-/// waits too with `std_condvars`, its `hook_std_condvars`), and (once per
-/// process) makes forked children start with the hooks off.
-pub(crate) fn record_base_mask(hooks: bool, std_condvars: bool) {
+/// Called by each worker thread as it starts: with `std_locks` (its
+/// runtime's `hook_std_locks`), learns what `futex` must leave alone (its
+/// `thread::park` word, its own block), and (once per process) makes
+/// forked children start with the hooks off.
+pub(crate) fn record_base_mask(std_locks: bool) {
     #[cfg(target_arch = "x86_64")]
-    futex::enable_for_thread(hooks, std_condvars);
+    futex::enable_for_thread(std_locks);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (hooks, std_condvars);
+    let _ = std_locks;
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
         // SAFETY: registers a child handler that only writes a thread-local

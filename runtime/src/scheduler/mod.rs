@@ -204,10 +204,10 @@ pub(crate) struct Shared {
     /// Whether blocking libc calls in this runtime's coroutines park the
     /// coroutine (`crate::hook`).
     pub(crate) hooks: bool,
-    /// Whether waits on std's `Condvar` in this runtime's coroutines park
-    /// the coroutine too (`RuntimeBuilder::hook_std_condvars`; never
-    /// without `hooks`).
-    pub(crate) std_condvars: bool,
+    /// Whether waits for std's locks in this runtime's coroutines park the
+    /// coroutine too (`RuntimeBuilder::hook_std_locks`; never without
+    /// `hooks`).
+    pub(crate) std_locks: bool,
     /// Worker threads whose run loop has returned, and where
     /// `Runtime::drop` waits for that count with a time limit.
     pub(crate) exited: (crate::loom::sync::Mutex<usize>, std::sync::Condvar),
@@ -279,7 +279,7 @@ pub struct RuntimeBuilder {
     watchdog: Option<Duration>,
     shutdown_timeout: Duration,
     hooks: bool,
-    std_condvars: bool,
+    std_locks: bool,
 }
 
 /// Default of [`RuntimeBuilder::shutdown_timeout`]: long enough for a
@@ -301,7 +301,7 @@ impl Default for RuntimeBuilder {
             watchdog: Some(Duration::from_millis(100)),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             hooks: true,
-            std_condvars: false,
+            std_locks: false,
         }
     }
 }
@@ -384,62 +384,65 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Whether waits on std's `Condvar` (and so `Barrier`) in this
-    /// runtime's coroutines park the coroutine instead of blocking its
-    /// worker, as waits for std's locks (`Mutex`, `RwLock`, `Once`,
-    /// `OnceLock`, `LazyLock`) do with the hooks on. Default: off. Needs
-    /// the hooks ([`hook_blocking_calls`](Self::hook_blocking_calls)).
+    /// Whether waits for std's locks in this runtime's coroutines (a
+    /// contended `Mutex` or `RwLock`, a `Condvar`, a `Once`, `OnceLock` or
+    /// `LazyLock` another caller is initialising) park the coroutine
+    /// instead of blocking its worker. Default: off. Needs the hooks
+    /// ([`hook_blocking_calls`](Self::hook_blocking_calls)).
     ///
-    /// With it, a coroutine that waits on a std `Condvar` for what another
-    /// coroutine of its worker will do (a notify) no longer blocks that
-    /// worker for good. See `crate::hook`'s futex module for how.
+    /// With it, a std lock held across a park (a sleep, a socket read) no
+    /// longer blocks every other coroutine of the holder's worker that
+    /// waits for it, and cannot deadlock that worker. See
+    /// [`crate::hook`]'s futex module for how.
     ///
     /// # Safety
     ///
     /// Every coroutine of a worker shares the worker's OS thread, so with
-    /// this on, two of them can wait at once on a condition variable that
-    /// belongs to that thread, which two threads never can. Crates build
-    /// per-thread parkers and latches that way, and break: tokio's
-    /// `blocking_*` calls (`blocking_recv`, `blocking_lock`) panic
-    /// ("inconsistent park state"), as do `event-listener`'s and the
-    /// `parking` crate's blocking waits, and a crate that keeps a job on
-    /// the waiter's stack until such a latch fires could let its pool
-    /// write into a frame that has returned. So the caller promises that
-    /// no code running in this runtime's coroutines waits on a std
-    /// `Condvar` that belongs to the current thread through a pointer kept
-    /// per thread. One stored inside a `thread_local!` itself (as rayon's
-    /// latch for `install` from outside its pool is) is recognised and
-    /// never taken over; `thread::park` (std's channels, `crossbeam`) and
-    /// `parking_lot` never are either.
+    /// this on, two of them can be inside one wait on a std lock or
+    /// condition variable that belongs to that thread, which a thread
+    /// never can be. Code that keeps such a thread-owned latch or parker
+    /// on the heap and waits on it is then wrong: tokio's `blocking_*`
+    /// calls (`blocking_recv`, `blocking_lock`) panic or lose a wake-up,
+    /// as do `event-listener`'s and the `parking` crate's blocking waits,
+    /// and a crate that keeps a job on the waiter's stack until such a
+    /// latch fires could let the pool write into a frame that has
+    /// returned. So the caller promises that no code running in this
+    /// runtime's coroutines waits on a std `Mutex`, `RwLock`, `Condvar`
+    /// or `Once` owned by the current thread through a pointer kept per
+    /// thread. Such objects stored inside a `thread_local!` itself (as
+    /// rayon's latch for `install` from outside its pool is) are
+    /// recognised and never taken over; `thread::park` (std's channels,
+    /// `crossbeam`) and `parking_lot` never are either.
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::sync::{Arc, Condvar, Mutex};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
     ///
-    /// // SAFETY: the coroutines below wait on no thread-owned condvar.
-    /// let rt = unsafe { greenstack_runtime::Runtime::builder().hook_std_condvars(true) }
+    /// // SAFETY: the coroutines below wait on no thread-owned lock.
+    /// let rt = unsafe { greenstack_runtime::Runtime::builder().hook_std_locks(true) }
     ///     .workers(1)
     ///     .build()?;
-    /// let pair = Arc::new((Mutex::new(false), Condvar::new()));
+    /// let m = Arc::new(Mutex::new(0));
     /// rt.block_on(move || {
-    ///     let p = Arc::clone(&pair);
-    ///     // Parks in `wait_while` until the notify below, on the same worker.
-    ///     let waiter = greenstack_runtime::spawn(move || {
-    ///         let (m, cv) = &*p;
-    ///         drop(cv.wait_while(m.lock().unwrap(), |ready| !*ready).unwrap());
+    ///     let held = Arc::clone(&m);
+    ///     let a = greenstack_runtime::spawn(move || {
+    ///         let mut g = held.lock().unwrap();
+    ///         // Parks while holding the lock.
+    ///         greenstack_runtime::time::sleep(Duration::from_millis(20));
+    ///         *g += 1;
     ///     });
-    ///     let notifier = greenstack_runtime::spawn(move || {
-    ///         *pair.0.lock().unwrap() = true;
-    ///         pair.1.notify_all();
-    ///     });
-    ///     waiter.join().unwrap();
-    ///     notifier.join().unwrap();
+    ///     greenstack_runtime::yield_now();
+    ///     // Parks until `a` lets go, instead of blocking the one worker.
+    ///     *m.lock().unwrap() += 1;
+    ///     a.join().unwrap();
+    ///     assert_eq!(*m.lock().unwrap(), 2);
     /// });
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub unsafe fn hook_std_condvars(mut self, on: bool) -> Self {
-        self.std_condvars = on;
+    pub unsafe fn hook_std_locks(mut self, on: bool) -> Self {
+        self.std_locks = on;
         self
     }
 
@@ -520,7 +523,7 @@ impl RuntimeBuilder {
             trimmer_parker: Arc::new(park::Parker::new()),
             shutdown_timeout: self.shutdown_timeout,
             hooks: self.hooks && crate::hook::env_enabled(),
-            std_condvars: self.std_condvars && self.hooks && crate::hook::env_enabled(),
+            std_locks: self.std_locks && self.hooks && crate::hook::env_enabled(),
             exited: Default::default(),
         });
         let parker = Arc::clone(&shared.trimmer_parker);
