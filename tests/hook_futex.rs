@@ -1,12 +1,12 @@
-//! With `RuntimeBuilder::hook_std_locks`, std's locks inside coroutines
-//! park the coroutine, not its worker: a `Mutex`, `Condvar`, `RwLock` or
-//! `LazyLock` that another coroutine of the same worker holds across a
-//! park would block the worker for good (the holder could only run on the
-//! blocked thread); with it the waiter parks and the holder runs.
-//! `thread::park` and std's channels, which wait on the worker thread's
-//! own parker word, still block the worker, and must still work; so do
-//! locks kept in a thread-local (rayon's). Off by default: then rayon from
-//! two coroutines must work too.
+//! std's locks inside coroutines park the coroutine, not its worker: a
+//! `Mutex` that another coroutine of the same worker holds across a park
+//! would block the worker for good (the holder could only run on the
+//! blocked thread); its waiter parks instead, by default. With
+//! `RuntimeBuilder::hook_std_locks` (an `unsafe` opt-in) so do `RwLock`,
+//! `Condvar` and `LazyLock` waits. Crates that keep a parker or latch per
+//! thread (tokio's `blocking_recv`, rayon's `install`) must work either
+//! way. `thread::park` and std's channels, which wait on the worker
+//! thread's own parker word, still block the worker, and must still work.
 //!
 //! Every scenario that would hang without the hook runs under a hang guard
 //! (`common::bounded`); no timing thresholds.
@@ -45,30 +45,46 @@ fn heartbeat(waiting: &Arc<AtomicBool>, beats: &Arc<AtomicUsize>) -> greenstack:
 /// One worker: `holder` locks, starts a second coroutine that locks too,
 /// and parks (a sleep) with the guard held. The second must park in
 /// `lock` for the holder to run again; then it gets the lock, after the
-/// holder's update.
+/// holder's update. A `Mutex` wait parks by default too.
 #[test]
 fn a_std_mutex_held_across_a_park_parks_the_next_locker() {
-    let got = common::bounded("a std mutex between two coroutines of one worker", || {
-        let rt = workers(1);
-        rt.block_on(|| {
-            let lock = Arc::new(Mutex::new(Vec::new()));
-            let l = Arc::clone(&lock);
-            let holder = greenstack::spawn(move || {
-                let mut g = l.lock().unwrap();
-                let again = Arc::clone(&l);
-                let waiter = greenstack::spawn(move || again.lock().unwrap().push("waiter"));
-                // Parks with the guard held: the waiter runs meanwhile.
-                std::thread::sleep(Duration::from_millis(20));
-                g.push("holder");
-                drop(g);
-                waiter.join().unwrap();
-            });
-            holder.join().unwrap();
-            let v = lock.lock().unwrap().clone();
-            v
-        })
-    });
-    assert_eq!(got, ["holder", "waiter"]);
+    for all in [false, true] {
+        assert_eq!(
+            mutex_across_a_park(all),
+            ["holder", "waiter"],
+            "hook_std_locks({all})"
+        );
+    }
+}
+
+fn mutex_across_a_park(all: bool) -> Vec<&'static str> {
+    common::bounded(
+        "a std mutex between two coroutines of one worker",
+        move || {
+            let rt = if all {
+                workers(1)
+            } else {
+                RuntimeBuilder::default().workers(1).build().unwrap()
+            };
+            rt.block_on(|| {
+                let lock = Arc::new(Mutex::new(Vec::new()));
+                let l = Arc::clone(&lock);
+                let holder = greenstack::spawn(move || {
+                    let mut g = l.lock().unwrap();
+                    let again = Arc::clone(&l);
+                    let waiter = greenstack::spawn(move || again.lock().unwrap().push("waiter"));
+                    // Parks with the guard held: the waiter runs meanwhile.
+                    std::thread::sleep(Duration::from_millis(20));
+                    g.push("holder");
+                    drop(g);
+                    waiter.join().unwrap();
+                });
+                holder.join().unwrap();
+                let v = lock.lock().unwrap().clone();
+                v
+            })
+        },
+    )
 }
 
 /// The same with a `RwLock`: a reader waits while a writer of the same

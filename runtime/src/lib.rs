@@ -20,15 +20,16 @@
 //! reference or a std `MutexGuard` across a yield, park, channel receive or
 //! socket read, and thread-local addresses the compiler cached stay valid.
 //!
-//! Memory-safe is not deadlock-free: a std lock blocks the thread, not the
-//! coroutine. If a coroutine holds a std guard across a yield and another
-//! coroutine on the same worker locks the same lock, that worker blocks in
-//! `lock` for good (the holder runs only on it), and with it every
-//! coroutine living there: on one worker, the whole runtime. Release std
-//! guards before a yield, or use [`sync::Mutex`] and [`sync::RwLock`],
-//! which park the coroutine (or see [`RuntimeBuilder::hook_std_locks`],
-//! an `unsafe` opt-in under which std's locks park too). The watchdog's
-//! warning names this as a likely cause.
+//! Memory-safe is not deadlock-free. With the hooks on (the default), a
+//! std `Mutex`'s wait parks the coroutine, but std's other locks and its
+//! `Condvar` block the thread (unless [`RuntimeBuilder::hook_std_locks`]),
+//! as a `Mutex` does with the hooks off: if a coroutine waits that way
+//! for what another coroutine on the same worker would do (a notify, an
+//! unlock), that worker blocks for good (the other runs only on it), and
+//! with it every coroutine living there: on one worker, the whole
+//! runtime. Use [`sync::Mutex`], [`sync::RwLock`] and [`sync::Condvar`],
+//! which park the coroutine. The watchdog's warning names this as a likely
+//! cause.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 

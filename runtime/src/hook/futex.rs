@@ -1,5 +1,6 @@
-//! std's locks park the coroutine (with `RuntimeBuilder::hook_std_locks`):
-//! the interposed `syscall` function and the futex waits it takes over.
+//! std's `Mutex` (and, with `RuntimeBuilder::hook_std_locks`, every std
+//! lock) parks the coroutine: the interposed `syscall` function and the
+//! futex waits it takes over.
 //!
 //! std makes its futex calls through libc's `syscall` function
 //! (`syscall(SYS_futex, ...)`), which the binary's own definition here
@@ -14,21 +15,26 @@
 //! others) only when all of these hold, and is the plain system call
 //! otherwise:
 //!
-//! - the worker's runtime opted in (`RuntimeBuilder::hook_std_locks`, an
-//!   `unsafe` switch, off by default). Crates keep std locks and condition
-//!   variables per OS thread, as latches and parkers, and every coroutine
-//!   of a worker shares its thread: two coroutines inside one at once
-//!   break it. tokio's parker for its `blocking_*` calls (kept on the heap,
-//!   reached through a thread-local) panics ("inconsistent park state")
-//!   when a second coroutine parks while the first waits; nothing here can
-//!   tell such a lock from any other, so the opt-in's contract rules that
-//!   code out. (Tried: telling a `Condvar`'s wait, where parkers live, from
-//!   a lock's by the call site in std, passed on by a naked `syscall` stub
-//!   and learnt from a probe `wait`. It held in a plain build; with
-//!   `lto = "fat"` std's condvar wait was inlined into tokio's parker at a
-//!   site of its own, and tokio panicked again. A lock's contended path is
-//!   `#[cold]` and keeps one site, but learning it means driving std's
-//!   internal states from a probe.);
+//! - it is a std `Mutex`'s contended wait, or the worker's runtime opted
+//!   in to every std-form wait (`RuntimeBuilder::hook_std_locks`, an
+//!   `unsafe` switch, off by default). Crates build per-thread latches and
+//!   parkers on condition variables, and every coroutine of a worker
+//!   shares its thread: two coroutines inside one at once break it.
+//!   tokio's parker for its `blocking_*` calls (on the heap, reached
+//!   through a thread-local) panicked ("inconsistent park state") when a
+//!   second coroutine parked while the first waited, and nothing here can
+//!   tell such a condvar from any other: the opt-in's contract rules that
+//!   code out. A `Mutex`'s wait keeps its meaning when coroutines share a
+//!   thread (the waiter waits for the holder, whichever coroutine that
+//!   is), and a per-thread parker's mutex is contended only by the thread
+//!   that wakes it, while its owner waits on the condvar, which blocks the
+//!   worker. The hook tells a `Mutex`'s wait by its call site: the stub
+//!   `syscall` passes the return address on, and the site is learnt as
+//!   the worker starts ([`learn_lock_site`]). std's contended path is
+//!   `#[cold]`, never inlined, so it is one site, also with
+//!   `lto = "fat"`; a `Condvar`'s wait is not (under fat LTO it was
+//!   inlined into tokio's parker, at a site of its own), so telling
+//!   condvars apart instead would not be safe;
 //! - the word is not in the worker thread's own block (its stack, static
 //!   thread-local storage and control block, learnt from
 //!   `pthread_getattr_np` as the worker starts): a lock inside a
@@ -38,7 +44,6 @@
 //!   released the other caller before its own job had run, and the pool
 //!   then wrote into the returned frame (a SIGSEGV in
 //!   `tests/hook_futex.rs`);
-//!
 //! - it is std's form of the wait: `FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG`
 //!   with the match-any bitset, which std's `Mutex`, `RwLock`, `Condvar`,
 //!   `Once`, `OnceLock` and `LazyLock` use, and whose waiting state lives
@@ -101,9 +106,17 @@ thread_local! {
     static PARKER: Cell<usize> = const { Cell::new(0) };
     /// Set while this thread probes for [`PARKER`]; the address seen.
     static PROBE: Cell<Option<usize>> = const { Cell::new(None) };
-    /// Whether waits are taken over on this thread at all: a worker of a
-    /// runtime built with `RuntimeBuilder::hook_std_locks`.
-    static ENABLED: Cell<bool> = const { Cell::new(false) };
+    /// Whether `Mutex` waits are taken over on this thread: a worker of a
+    /// runtime with the hooks on.
+    static MUTEXES: Cell<bool> = const { Cell::new(false) };
+    /// Whether every std-form wait is: a worker of a runtime built with
+    /// `RuntimeBuilder::hook_std_locks`.
+    static ALL: Cell<bool> = const { Cell::new(false) };
+    /// Where std's `Mutex` makes its contended wait (a return address into
+    /// std), as [`learn_lock_site`] found it; 0: not found.
+    static LOCK_SITE: Cell<usize> = const { Cell::new(0) };
+    /// Set while [`learn_lock_site`] probes.
+    static PROBE_LOCK: Cell<bool> = const { Cell::new(false) };
     /// This thread's own block, `[start, end)`: its stack and, for a
     /// thread glibc created, its static thread-local storage and control
     /// block (see [`learn_own_block`]).
@@ -156,12 +169,83 @@ fn libc_result(r: c_long) -> c_long {
     }
 }
 
-/// `syscall(3)`. Declared with six arguments after the number, as glibc's
-/// own (assembly) definition reads them: a variadic call passes integer
-/// arguments as a fixed one does on x86-64, and a caller that passed fewer
-/// leaves values there that the kernel ignores for its call.
+/// `syscall(3)`: a stub that sends every call but `futex` on to
+/// [`syscall_other`] unchanged (a jump: the same registers and stack), and
+/// a `futex` call to [`syscall_futex`] with one more argument, its return
+/// address: the call site in std tells a `Mutex`'s contended wait from
+/// the rest (see [`learn_lock_site`]). Written by hand (a naked function)
+/// because Rust has no stable way to read a function's return address.
+///
+/// The x86-64 convention: the number in rdi, the six arguments in rsi,
+/// rdx, rcx, r8, r9 and the stack slot above the return address. For
+/// `futex`, the stub makes a frame of 24 bytes (keeping the stack 16-byte
+/// aligned at the inner call) holding the sixth argument and the return
+/// address as the inner function's seventh and eighth.
+// SAFETY: the stub keeps `syscall(3)`'s C calling convention: the
+// non-futex path is a jump with registers and stack untouched; the futex
+// path reads the return address and the sixth argument from the caller's
+// stack, passes them in a frame that keeps the stack 16-byte aligned at
+// the inner call and that it removes before `ret`, and changes only rax
+// (scratch) beyond what the inner C-ABI function may.
+#[unsafe(naked)]
 #[no_mangle]
 pub unsafe extern "C" fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    std::arch::naked_asm!(
+        "cmp rdi, {futex}",
+        "jne {other}",
+        "sub rsp, 24",
+        "mov rax, [rsp + 24]",
+        "mov [rsp + 8], rax",
+        "mov rax, [rsp + 32]",
+        "mov [rsp], rax",
+        "call {imp}",
+        "add rsp, 24",
+        "ret",
+        futex = const libc::SYS_futex,
+        other = sym syscall_other,
+        imp = sym syscall_futex,
+    )
+}
+
+/// [`syscall`] for a `futex` call from `site` (the caller's return
+/// address).
+///
+/// # Safety
+///
+/// As `syscall(SYS_futex, ...)`'s.
+unsafe extern "C" fn syscall_futex(
+    _n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+    site: usize,
+) -> c_long {
+    // SAFETY: `futex` reads the caller's pointers, which its contract
+    // makes valid.
+    libc_result(unsafe { futex([a1, a2, a3, a4, a5, a6], site) })
+}
+
+/// [`syscall`] for every call but `futex`. Declared with six arguments
+/// after the number, as glibc's own (assembly) definition reads them: a
+/// variadic call passes integer arguments as a fixed one does on x86-64,
+/// and a caller that passed fewer leaves values there that the kernel
+/// ignores for its call.
+///
+/// # Safety
+///
+/// As `syscall(3)`'s.
+unsafe extern "C" fn syscall_other(
     n: c_long,
     a1: c_long,
     a2: c_long,
@@ -179,13 +263,9 @@ pub unsafe extern "C" fn syscall(
             return unsafe { libc_syscall(n, a1, a2, a3, a4, a5, a6) };
         }
     }
-    if n != libc::SYS_futex {
-        // SAFETY: the caller's system call, forwarded unchanged.
-        return libc_result(unsafe { raw(n, args) });
-    }
-    // SAFETY: as above; `futex` reads the caller's pointers, which its
-    // contract makes valid.
-    libc_result(unsafe { futex(args) })
+    // SAFETY: the caller's system call, forwarded unchanged (`futex` goes
+    // to `syscall_futex`).
+    libc_result(unsafe { raw(n, args) })
 }
 
 /// The signature of libc's `syscall` as [`syscall`] calls it.
@@ -200,7 +280,7 @@ const STD_WAIT: c_long = (libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG) as
 /// # Safety
 ///
 /// The arguments are `futex(2)`'s, valid as its contract says.
-unsafe fn futex(a: [c_long; 6]) -> c_long {
+unsafe fn futex(a: [c_long; 6], site: usize) -> c_long {
     let (uaddr, op) = (a[0] as usize, a[1] as libc::c_int);
     let cmd = op & !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
     if cmd == libc::FUTEX_WAIT_BITSET {
@@ -212,9 +292,18 @@ unsafe fn futex(a: [c_long; 6]) -> c_long {
             }
             return -c_long::from(libc::ETIMEDOUT);
         }
+        if PROBE_LOCK.with(Cell::get) && a[2] as u32 == 2 {
+            // The lock probe's contended wait (see `learn_lock_site`): note
+            // the call site, and let go of the probe's own lock so that
+            // its second `lock` takes it.
+            LOCK_SITE.with(|l| l.set(site));
+            // SAFETY: the probe's own mutex word, live and aligned.
+            unsafe { &*(uaddr as *const AtomicU32) }.store(0, std::sync::atomic::Ordering::Release);
+            return 0;
+        }
         if op as c_long & !(libc::FUTEX_CLOCK_REALTIME as c_long) == STD_WAIT
             && a[5] as u32 == libc::FUTEX_BITSET_MATCH_ANY as u32
-            && ours(uaddr)
+            && ours(uaddr, site)
         {
             if super::cancelling() {
                 // Being cancelled (shutdown): the wait fails, as a hooked
@@ -275,8 +364,9 @@ unsafe fn futex(a: [c_long; 6]) -> c_long {
 /// coroutine, outside the runtime's own no-fault sections, and not on the
 /// worker thread's parker word (module docs). (Whether it may park is
 /// asked after.)
-fn ours(uaddr: usize) -> bool {
-    ENABLED.with(Cell::get)
+fn ours(uaddr: usize, site: usize) -> bool {
+    MUTEXES.with(Cell::get)
+        && (ALL.with(Cell::get) || (site != 0 && site == LOCK_SITE.with(Cell::get)))
         && super::active()
         && INTERNAL.with(Cell::get) == 0
         && !crate::stack::in_nofault_section()
@@ -284,15 +374,42 @@ fn ours(uaddr: usize) -> bool {
         && !OWN_BLOCK.with(|b| (b.get().0..b.get().1).contains(&uaddr))
 }
 
-/// Turns the take-over on or off for the calling worker thread (its
-/// runtime's `hook_std_locks`); when on, first learns what it must leave
-/// alone: the thread's parker word and its own block.
-pub(crate) fn enable_for_thread(on: bool) {
-    if on {
+/// Sets what the calling worker thread takes over: `Mutex` waits if
+/// `hooks` (its runtime's hooks), every std-form wait if `all` too (its
+/// `hook_std_locks`). With `hooks`, first learns what must be left alone
+/// or recognised: the thread's parker word, its own block, and where
+/// std's `Mutex` waits.
+pub(crate) fn enable_for_thread(hooks: bool, all: bool) {
+    if hooks {
         learn_parker();
         learn_own_block();
+        learn_lock_site();
     }
-    ENABLED.with(|e| e.set(on));
+    MUTEXES.with(|e| e.set(hooks));
+    ALL.with(|e| e.set(hooks && all));
+}
+
+/// Learns where std's `Mutex` makes its contended wait: the probe locks
+/// a mutex of its own twice; the second `lock` finds it held, spins, marks
+/// it contended and waits on it (value 2) from its `#[cold]` contended
+/// path, and the hook, seeing the probe flag, records that call's return
+/// address and unlocks the word, so the `lock` takes the mutex and
+/// returns. The contended path is one function std never inlines (cold),
+/// so every `Mutex` wait comes from this one site, with `lto = "fat"` too;
+/// a `Condvar`'s wait does not (its site was inlined into tokio's parker
+/// under fat LTO), which is why only this site is taken over by default.
+/// If std's mutex ever stopped waiting there, no site is learnt and
+/// nothing is taken over.
+fn learn_lock_site() {
+    let m = std::sync::Mutex::new(());
+    let first = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    PROBE_LOCK.with(|p| p.set(true));
+    let second = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    PROBE_LOCK.with(|p| p.set(false));
+    drop(second);
+    // The word is free already (the second guard let it go): the first
+    // guard must not unlock it again.
+    std::mem::forget(first);
 }
 
 /// Learns the calling thread's own block (`pthread_getattr_np`): for a
@@ -476,20 +593,7 @@ mod tests {
     /// blocked worker never lets it beat; nothing is asserted about the
     /// time).
     fn beats_while(wait: fn(&Mutex<()>), blocks: bool) -> usize {
-        beats_while_in(on(), wait, blocks)
-    }
-
-    /// A one-worker runtime with the take-over on.
-    fn on() -> crate::Runtime {
-        // SAFETY: these tests' coroutines wait on no thread-owned lock.
-        unsafe { crate::Runtime::builder().hook_std_locks(true) }
-            .workers(1)
-            .build()
-            .unwrap()
-    }
-
-    /// [`beats_while`] on `rt`.
-    fn beats_while_in(rt: crate::Runtime, wait: fn(&Mutex<()>), blocks: bool) -> usize {
+        let rt = crate::Runtime::builder().workers(1).build().unwrap();
         let lock = Arc::new(Mutex::new(()));
         let beats = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicBool::new(false));
@@ -536,12 +640,65 @@ mod tests {
         );
     }
 
-    /// Without `hook_std_locks` (the default) no wait is taken over: the
-    /// same std lock wait blocks the worker.
+    /// Beats counted by a heartbeat coroutine while another coroutine of a
+    /// one-worker runtime (with `hook_std_locks` if `all`) waits on a std
+    /// `Condvar` until the `block_on` root notifies it: once the heartbeat
+    /// beat during the wait (a hang guard of 10 s), or after 100 ms if the
+    /// wait is expected to block.
+    fn beats_in_condvar_wait(all: bool) -> usize {
+        // SAFETY: the coroutines below wait on no thread-owned condvar.
+        let rt = unsafe { crate::Runtime::builder().hook_std_locks(all) }
+            .workers(1)
+            .build()
+            .unwrap();
+        let pair = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let beats = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicBool::new(false));
+        let (p, b, w) = (Arc::clone(&pair), Arc::clone(&beats), Arc::clone(&waiting));
+        rt.block_on(move || {
+            let hb = heartbeat(&b, &w);
+            let waiter = {
+                let (p, w) = (Arc::clone(&p), Arc::clone(&w));
+                crate::spawn(move || {
+                    let (m, cv) = &*p;
+                    w.store(true, SeqCst);
+                    drop(cv.wait_while(m.lock().unwrap(), |ready| !*ready).unwrap());
+                    w.store(false, SeqCst);
+                })
+            };
+            while !w.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if all {
+                let guard_until = std::time::Instant::now() + Duration::from_secs(10);
+                while b.load(SeqCst) == 0 && std::time::Instant::now() < guard_until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            *p.0.lock().unwrap() = true;
+            p.1.notify_all();
+            waiter.join().unwrap();
+            hb.join().unwrap();
+        });
+        beats.load(SeqCst)
+    }
+
+    /// By default only a `Mutex`'s wait (from the site the probe learnt)
+    /// is taken over: a `Condvar` wait blocks the worker, and parks with
+    /// `hook_std_locks`.
     #[test]
-    fn std_lock_waits_block_the_worker_by_default() {
-        let rt = crate::Runtime::builder().workers(1).build().unwrap();
-        assert_eq!(beats_while_in(rt, |l| drop(l.lock().unwrap()), true), 0);
+    fn by_default_only_mutex_waits_park() {
+        let site = std::thread::spawn(|| {
+            super::learn_lock_site();
+            super::LOCK_SITE.with(std::cell::Cell::get)
+        })
+        .join()
+        .unwrap();
+        assert_ne!(site, 0, "the probe found no Mutex wait site");
+        assert_eq!(beats_in_condvar_wait(false), 0);
+        assert!(beats_in_condvar_wait(true) > 0);
     }
 
     thread_local! {

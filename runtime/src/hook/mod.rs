@@ -83,18 +83,18 @@
 //! (where the kernel has none, or a seccomp filter refuses `pidfd_open`:
 //! in naps of 1 ms doubling to 50 ms between looks with `WNOHANG`).
 //!
-//! With [`RuntimeBuilder::hook_std_locks`] (an `unsafe` opt-in; off by
-//! default), std's locks (`Mutex`, `RwLock`, `Condvar`, `Once`,
-//! `OnceLock`, `LazyLock`) park the coroutine too: std makes their futex
+//! A contended std `Mutex` parks the coroutine too: std makes its futex
 //! waits through libc's `syscall` function, which `futex` replaces, and a
-//! wait of theirs in a coroutine queues there and parks until a wake of
-//! the same word, from any thread, finds it. Off by default because
-//! crates keep such locks per OS thread (a latch, a parker), which every
-//! coroutine of the worker shares: two coroutines parked inside one break
-//! it (tokio's `blocking_recv` panics; rayon's `install` crashed). Waits
-//! on the worker thread's own `thread::park` word (std's channels) and on
-//! locks kept inside a `thread_local!` are always left to the kernel (see
-//! `futex`'s docs).
+//! `Mutex`'s wait in a coroutine (known by its call site in std) queues
+//! there and parks until a wake of the same word, from any thread, finds
+//! it. std's other locks (`RwLock`, `Condvar`, `Once`, `OnceLock`,
+//! `LazyLock`) do so only with [`RuntimeBuilder::hook_std_locks`], an
+//! `unsafe` opt-in: crates build per-thread parkers and latches on
+//! condition variables, which every coroutine of the worker shares, and
+//! two coroutines parked inside one break it (tokio's `blocking_recv`
+//! panicked; rayon's `install` crashed). Waits on the worker thread's own
+//! `thread::park` word (std's channels) and on locks kept inside a
+//! `thread_local!` are always left to the kernel (see `futex`'s docs).
 //!
 //! Nor does a call park inside a tokio runtime's context other than the
 //! worker's own (a tokio `block_on` driven in the coroutine, as sync
@@ -123,9 +123,9 @@
 //! kernel throttles dirty pages or the disk is slow), calls with a
 //! signal mask (`ppoll`, `pselect`, `epoll_pwait`, `epoll_pwait2`: the mask
 //! is the worker thread's, shared by its coroutines), `sigtimedwait`,
-//! std's locks without `hook_std_locks`, `thread::park` (so std's
-//! channels' blocking `recv`) and other crates' futex waits
-//! (`parking_lot`'s locks) still block the worker: the
+//! std's locks other than `Mutex` without `hook_std_locks`,
+//! `thread::park` (so std's channels' blocking `recv`) and other crates'
+//! futex waits (`parking_lot`'s locks) still block the worker: the
 //! watchdog reports a worker stalled in them, naming the call. So do
 //! writes to standard output and error (fds 1 and 2), on purpose: std's
 //! `Stdout` and `Stderr` write under a reentrant lock that the OS thread
@@ -256,15 +256,15 @@ extern "C" fn clear_after_fork() {
     };
 }
 
-/// Called by each worker thread as it starts: with `std_locks` (its
-/// runtime's `hook_std_locks`), learns what `futex` must leave alone (its
-/// `thread::park` word, its own block), and (once per process) makes
-/// forked children start with the hooks off.
-pub(crate) fn record_base_mask(std_locks: bool) {
+/// Called by each worker thread as it starts: sets what `futex` takes
+/// over on it (std `Mutex` waits with `hooks`, its runtime's hooks; every
+/// std lock and condvar wait with `std_locks` too, its `hook_std_locks`),
+/// and (once per process) makes forked children start with the hooks off.
+pub(crate) fn record_base_mask(hooks: bool, std_locks: bool) {
     #[cfg(target_arch = "x86_64")]
-    futex::enable_for_thread(std_locks);
+    futex::enable_for_thread(hooks, std_locks);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = std_locks;
+    let _ = (hooks, std_locks);
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
         // SAFETY: registers a child handler that only writes a thread-local

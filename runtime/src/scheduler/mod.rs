@@ -384,23 +384,25 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Whether waits for std's locks in this runtime's coroutines (a
-    /// contended `Mutex` or `RwLock`, a `Condvar`, a `Once`, `OnceLock` or
-    /// `LazyLock` another caller is initialising) park the coroutine
-    /// instead of blocking its worker. Default: off. Needs the hooks
+    /// Whether every wait for std's locks in this runtime's coroutines (a
+    /// contended `RwLock`, a `Condvar`, a `Once`, `OnceLock` or `LazyLock`
+    /// another caller is initialising) parks the coroutine instead of
+    /// blocking its worker, as a contended std `Mutex`'s wait does with
+    /// the hooks on anyway. Default: off. Needs the hooks
     /// ([`hook_blocking_calls`](Self::hook_blocking_calls)).
     ///
-    /// With it, a std lock held across a park (a sleep, a socket read) no
+    /// With it, such a lock held across a park (a sleep, a socket read) no
     /// longer blocks every other coroutine of the holder's worker that
-    /// waits for it, and cannot deadlock that worker. See
-    /// [`crate::hook`]'s futex module for how.
+    /// waits for it, and a `Condvar` notified by another coroutine of the
+    /// waiter's worker cannot deadlock that worker. See [`crate::hook`]'s
+    /// futex module for how.
     ///
     /// # Safety
     ///
     /// Every coroutine of a worker shares the worker's OS thread, so with
-    /// this on, two of them can be inside one wait on a std lock or
-    /// condition variable that belongs to that thread, which a thread
-    /// never can be. Code that keeps such a thread-owned latch or parker
+    /// this on, two of them can be inside one wait on a condition variable
+    /// (or another std lock) that belongs to that thread, which two
+    /// threads never can be. Code that keeps such a thread-owned latch or parker
     /// on the heap and waits on it is then wrong: tokio's `blocking_*`
     /// calls (`blocking_recv`, `blocking_lock`) panic or lose a wake-up,
     /// as do `event-listener`'s and the `parking` crate's blocking waits,

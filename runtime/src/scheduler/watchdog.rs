@@ -118,9 +118,9 @@ fn run(shared: &Shared) {
 enum Cause {
     /// Running its code: CPU work without a yield.
     Cpu,
-    /// Waiting on a futex the hooks do not park: a std lock (without
-    /// `hook_std_locks`), a std channel, `thread::park`, another crate's
-    /// lock.
+    /// Waiting on a futex the hooks do not park: a std channel,
+    /// `thread::park`, a std `Condvar` or `RwLock` (without
+    /// `hook_std_locks`), another crate's lock.
     Futex,
     /// Blocked writing to standard output or error (the fd), which the
     /// hooks never park (see `crate::hook`'s "Not covered").
@@ -178,10 +178,10 @@ impl Cause {
                  (use spawn_blocking, or yield_now in the loop)"
                 .to_string(),
             Cause::Futex => format!(
-                "the worker is blocked on a futex the hooks do not park: a std lock \
-                 (Mutex, RwLock, Condvar; they park only with hook_std_locks), a std \
-                 channel's recv, thread::park, or another crate's lock (parking_lot's); \
-                 likely {ON_WORKER}"
+                "the worker is blocked on a futex the hooks do not park: a std channel's \
+                 recv, thread::park, a std Condvar or RwLock (they park only with \
+                 hook_std_locks), another crate's lock (parking_lot's), or a std lock \
+                 with the hooks off; likely {ON_WORKER}"
             ),
             Cause::StdStream(fd) => format!(
                 "the worker is blocked writing to standard {} (fd {fd}), whose reader \

@@ -714,7 +714,7 @@ pub(crate) fn run(shared: Arc<Shared>, index: usize, deque: Worker<NewTask>, pol
     // With the `tokio` feature, the worker lives inside the tokio
     // runtime's context, so coroutines may make tokio futures anywhere.
     let _tokio = crate::future::enter_for_thread();
-    crate::hook::record_base_mask(local.shared.std_locks);
+    crate::hook::record_base_mask(local.shared.hooks, local.shared.std_locks);
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
     local.ws().tid.store(tid, Ordering::Relaxed);
