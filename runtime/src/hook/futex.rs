@@ -292,11 +292,15 @@ unsafe fn futex(a: [c_long; 6], site: usize) -> c_long {
             }
             return -c_long::from(libc::ETIMEDOUT);
         }
-        if PROBE_LOCK.with(Cell::get) && a[2] as u32 == 2 {
-            // The lock probe's contended wait (see `learn_lock_site`): note
-            // the call site, and let go of the probe's own lock so that
-            // its second `lock` takes it.
-            LOCK_SITE.with(|l| l.set(site));
+        if PROBE_LOCK.with(Cell::get) {
+            // The lock probe's wait (see `learn_lock_site`), the only one
+            // it makes: note the call site if it is std's contended form
+            // (value 2), and in any case let go of the probe's own lock so
+            // that its second `lock` takes it, instead of waiting for good
+            // on a lock this thread holds.
+            if a[2] as u32 == 2 {
+                LOCK_SITE.with(|l| l.set(site));
+            }
             // SAFETY: the probe's own mutex word, live and aligned.
             unsafe { &*(uaddr as *const AtomicU32) }.store(0, std::sync::atomic::Ordering::Release);
             return 0;
